@@ -1,0 +1,696 @@
+"""Component specs: the typed model, validation, fingerprinting and spec files.
+
+A Component is one Helm release targeted at edge nodes::
+
+    apiVersion: edgecollab.io/v1alpha1
+    kind: Component
+    metadata: {name: web, namespace: demo}
+    spec:
+      chart: ./chart                  # or {path: ./chart}; a directory or a .tgz
+      values: {message: hi}
+      edge:
+        nodePools: [shanghai]
+        nodeSelector:
+          matchLabels: {tier: store}
+          matchExpressions: [{key: zone, operator: In, values: [east]}]
+        poolValues:
+          shanghai: {greeting: "ni hao"}
+
+:func:`parse_component` validates a document and reports *every* problem it
+finds in one :class:`SpecError`, one line per problem, each starting with the
+path of the field at fault. Unknown fields are refused everywhere (with a
+"did you mean" suggestion), except the standard Kubernetes object metadata
+(labels, uid, resourceVersion, ...) and a top-level ``status``, which a
+Component read back from the Kubernetes API carries and which are ignored.
+
+Everything here is pure Python except :func:`load_component_file`, which
+packages the chart with the Helm engine and so blocks (see
+:mod:`deployer_plugin.charts`).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import io
+import json
+import math
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import yaml
+
+from edgeprotocol.topics import check_name
+
+from .errors import ChartError, SpecError
+
+API_VERSION = "edgecollab.io/v1alpha1"
+KIND = "Component"
+DEFAULT_NAMESPACE = "default"
+# Every node carries this label with its pool name, so a selector can use pools.
+POOL_LABEL = "edgecollab.io/pool"
+# Helm refuses release names longer than this (they must fit in label values
+# with a suffix); the component name is the release name.
+MAX_RELEASE_NAME = 53
+
+Operator = Literal["In", "NotIn", "Exists", "DoesNotExist"]
+OPERATORS: tuple[str, ...] = get_args(Operator)
+
+_TOP_FIELDS = ("apiVersion", "kind", "metadata", "spec", "status")
+_METADATA_FIELDS = ("name", "namespace")
+# Standard Kubernetes ObjectMeta fields: accepted so a Component custom
+# resource read from the API server parses, and ignored.
+_KUBE_METADATA_FIELDS = (
+    "annotations",
+    "creationTimestamp",
+    "deletionGracePeriodSeconds",
+    "deletionTimestamp",
+    "finalizers",
+    "generateName",
+    "generation",
+    "labels",
+    "managedFields",
+    "ownerReferences",
+    "resourceVersion",
+    "selfLink",
+    "uid",
+)
+_SPEC_FIELDS = ("chart", "values", "edge")
+_CHART_FIELDS = ("path",)
+_EDGE_FIELDS = ("nodePools", "nodeSelector", "poolValues")
+_SELECTOR_FIELDS = ("matchLabels", "matchExpressions")
+_EXPRESSION_FIELDS = ("key", "operator", "values")
+
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+_PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+
+
+# --------------------------------------------------------------------------- model
+
+
+@dataclass(frozen=True, slots=True)
+class SelectorRequirement:
+    """One ``matchExpressions`` entry of a label selector."""
+
+    key: str
+    operator: Operator
+    values: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.operator not in OPERATORS:
+            raise ValueError(f"operator {self.operator!r} is not one of {', '.join(OPERATORS)}")
+        if self.operator in ("In", "NotIn") and not self.values:
+            raise ValueError(f"operator {self.operator} needs at least one value")
+        if self.operator in ("Exists", "DoesNotExist") and self.values:
+            raise ValueError(f"operator {self.operator} takes no values")
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        """Kubernetes semantics: ``NotIn`` also matches a node without the label."""
+        if self.operator == "In":
+            return self.key in labels and labels[self.key] in self.values
+        if self.operator == "NotIn":
+            return self.key not in labels or labels[self.key] not in self.values
+        if self.operator == "Exists":
+            return self.key in labels
+        return self.key not in labels
+
+    def to_document(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"key": self.key, "operator": self.operator}
+        if self.values:
+            doc["values"] = list(self.values)
+        return doc
+
+
+@dataclass(frozen=True, slots=True)
+class LabelSelector:
+    """A Kubernetes LabelSelector: every matchLabels pair and every expression must hold.
+
+    An empty selector matches every node, as in Kubernetes; a spec may not
+    give one (see :func:`parse_component`), but code may build one.
+    """
+
+    match_labels: Mapping[str, str] = field(default_factory=dict, hash=False)
+    match_expressions: tuple[SelectorRequirement, ...] = ()
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        return all(labels.get(key) == value for key, value in self.match_labels.items()) and all(
+            requirement.matches(labels) for requirement in self.match_expressions
+        )
+
+    def to_document(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {}
+        if self.match_labels:
+            doc["matchLabels"] = dict(self.match_labels)
+        if self.match_expressions:
+            doc["matchExpressions"] = [r.to_document() for r in self.match_expressions]
+        return doc
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeTarget:
+    """Which nodes run a component, and the values each pool overrides.
+
+    A node is targeted when it is in one of ``node_pools`` (if any are given)
+    and its labels match ``node_selector`` (if one is given).
+    """
+
+    node_pools: tuple[str, ...] = ()
+    node_selector: LabelSelector | None = None
+    pool_values: Mapping[str, dict[str, Any]] = field(default_factory=dict, hash=False)
+
+    def to_document(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {}
+        if self.node_pools:
+            doc["nodePools"] = list(self.node_pools)
+        if self.node_selector is not None:
+            doc["nodeSelector"] = self.node_selector.to_document()
+        if self.pool_values:
+            doc["poolValues"] = copy.deepcopy(dict(self.pool_values))
+        return doc
+
+
+@dataclass(frozen=True, slots=True)
+class Component:
+    """A validated Component spec. Build one with :func:`parse_component`.
+
+    ``chart_ref`` is the chart path as the spec wrote it (relative to the spec
+    file); the chart itself travels separately as archive bytes.
+    """
+
+    name: str
+    namespace: str
+    chart_ref: str
+    values: dict[str, Any] = field(default_factory=dict, hash=False)
+    edge: EdgeTarget = field(default_factory=EdgeTarget)
+
+    def __post_init__(self) -> None:
+        check_name(self.name, "component name")
+        check_name(self.namespace, "component namespace")
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """``(namespace, name)``: the release this component becomes."""
+        return (self.namespace, self.name)
+
+    def to_document(self) -> dict[str, Any]:
+        """The spec as a plain document; ``parse_component`` reads it back to an equal Component."""
+        return {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "metadata": {"name": self.name, "namespace": self.namespace},
+            "spec": {
+                "chart": self.chart_ref,
+                "values": copy.deepcopy(self.values),
+                "edge": self.edge.to_document(),
+            },
+        }
+
+
+# --------------------------------------------------------------------------- validation
+
+
+class _Problems:
+    """Collects problems, each as ``path: message``, in the order found."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, path: str, message: str) -> None:
+        self.items.append(f"{path}: {message}" if path else message)
+
+
+def _join(path: str, key: str) -> str:
+    if _PLAIN_KEY.match(key):
+        return f"{path}.{key}" if path else key
+    return f"{path}[{json.dumps(key)}]"
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list"}
+    for kind, name in names.items():
+        if isinstance(value, kind):
+            return name
+    if isinstance(value, Mapping):
+        return "a mapping"
+    return f"a {type(value).__name__}"
+
+
+def _suggest(key: str, allowed: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+    if not close:  # catch pure case slips such as "nodepools" too
+        close = [name for name in allowed if name.lower() == key.lower()]
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _check_fields(
+    doc: Mapping[Any, Any], path: str, allowed: tuple[str, ...], problems: _Problems, *, ignored: tuple[str, ...] = ()
+) -> None:
+    for key in doc:
+        if not isinstance(key, str):
+            problems.add(path, f"field name {key!r} is not a string")
+        elif key not in allowed and key not in ignored:
+            problems.add(_join(path, key), f"unknown field{_suggest(key, allowed)}")
+
+
+def _mapping(doc: Mapping[str, Any], key: str, path: str, problems: _Problems, *, required: str = "") -> Mapping[str, Any] | None:
+    """The mapping at ``doc[key]``; null counts as absent. ``required`` says what to put there."""
+    where = _join(path, key)
+    value = doc.get(key)
+    if value is None:
+        if required:
+            problems.add(where, f"required: {required}")
+        return None
+    if not isinstance(value, Mapping):
+        problems.add(where, f"must be a mapping, not {_kind(value)}")
+        return None
+    return value
+
+
+def _string(doc: Mapping[str, Any], key: str, path: str, problems: _Problems, *, required: str = "") -> str | None:
+    where = _join(path, key)
+    value = doc.get(key)
+    if value is None:
+        if required:
+            problems.add(where, f"required: {required}")
+        return None
+    if not isinstance(value, str):
+        problems.add(where, f"must be a string, not {_kind(value)}")
+        return None
+    return value
+
+
+def _dns_label(value: Any, path: str, problems: _Problems) -> str | None:
+    if not isinstance(value, str):
+        problems.add(path, f"must be a string, not {_kind(value)}")
+        return None
+    try:
+        return check_name(value, "")
+    except ValueError as exc:
+        problems.add(path, str(exc).strip())
+        return None
+
+
+def _label_key(value: Any, path: str, problems: _Problems) -> str | None:
+    if not isinstance(value, str):
+        problems.add(path, f"must be a string, not {_kind(value)}")
+        return None
+    prefix, _, name = value.rpartition("/")
+    if (
+        not name
+        or len(name) > 63
+        or not _LABEL_NAME.match(name)
+        or ("/" in value and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix)))
+    ):
+        problems.add(
+            path,
+            f"{value!r} is not a valid label key: an optional DNS prefix and '/', then 1-63 "
+            "letters, digits, '-', '_' or '.', starting and ending with a letter or digit",
+        )
+        return None
+    return value
+
+
+def _label_value(value: Any, path: str, problems: _Problems) -> str | None:
+    if not isinstance(value, str):
+        hint = " (quote it)" if isinstance(value, (bool, int, float)) else ""
+        problems.add(path, f"must be a string, not {_kind(value)}{hint}")
+        return None
+    if value and (len(value) > 63 or not _LABEL_NAME.match(value)):
+        problems.add(
+            path,
+            f"{value!r} is not a valid label value: at most 63 letters, digits, '-', '_' or '.', "
+            "starting and ending with a letter or digit",
+        )
+        return None
+    return value
+
+
+def _json_values(value: Any, path: str, problems: _Problems) -> bool:
+    """Whether ``value`` is plain JSON data (what Helm values are); reports what is not."""
+    if isinstance(value, Mapping):
+        ok = True
+        for key, item in value.items():
+            if not isinstance(key, str):
+                problems.add(path, f"key {key!r} is not a string (quote it)")
+                ok = False
+            else:
+                ok = _json_values(item, _join(path, key), problems) and ok
+        return ok
+    if isinstance(value, list | tuple):
+        return all([_json_values(item, f"{path}[{i}]", problems) for i, item in enumerate(value)])
+    if isinstance(value, float) and not math.isfinite(value):
+        problems.add(path, f"{value} is not a JSON number")
+        return False
+    if value is None or isinstance(value, str | bool | int | float):
+        return True
+    problems.add(path, f"{_kind(value)} is not a JSON value (quote it if it is meant as text)")
+    return False
+
+
+def _values(doc: Mapping[str, Any], key: str, path: str, problems: _Problems) -> dict[str, Any] | None:
+    """A values mapping (null means empty), deep-copied so the Component owns it."""
+    mapping = _mapping(doc, key, path, problems)
+    if mapping is None:
+        return None if doc.get(key) is not None else {}
+    if not _json_values(mapping, _join(path, key), problems):
+        return None
+    return json.loads(json.dumps(mapping))
+
+
+def _string_list(doc: Mapping[str, Any], key: str, path: str, problems: _Problems, check: Callable[[Any, str, _Problems], str | None]) -> tuple[str, ...] | None:
+    where = _join(path, key)
+    value = doc.get(key)
+    if not isinstance(value, list):
+        problems.add(where, f"must be a list, not {_kind(value)}")
+        return None
+    items = [check(item, f"{where}[{i}]", problems) for i, item in enumerate(value)]
+    if any(item is None for item in items):
+        return None
+    return tuple(item for item in items if item is not None)
+
+
+def _parse_chart(spec: Mapping[str, Any], problems: _Problems) -> str | None:
+    raw = spec.get("chart")
+    if isinstance(raw, Mapping):
+        _check_fields(raw, "spec.chart", _CHART_FIELDS, problems)
+        ref = _string(raw, "path", "spec.chart", problems, required="the chart directory or .tgz, relative to the spec file")
+        where = "spec.chart.path"
+    elif raw is None or isinstance(raw, str):
+        ref = _string(spec, "chart", "spec", problems, required="a local chart directory or packaged .tgz, relative to the spec file")
+        where = "spec.chart"
+    else:
+        problems.add("spec.chart", f"must be a path or a mapping with a path, not {_kind(raw)}")
+        return None
+    if ref is None:
+        return None
+    if not ref.strip():
+        problems.add(where, "must not be empty")
+        return None
+    if "://" in ref:
+        problems.add(where, f"{ref!r} is a URL; only a local chart directory or packaged .tgz is supported")
+        return None
+    return ref
+
+
+def _parse_selector(edge: Mapping[str, Any], problems: _Problems) -> LabelSelector | None:
+    path = "spec.edge.nodeSelector"
+    raw = _mapping(edge, "nodeSelector", "spec.edge", problems)
+    if raw is None:
+        return None
+    _check_fields(raw, path, _SELECTOR_FIELDS, problems)
+    ok = True
+    labels: dict[str, str] = {}
+    match_labels = _mapping(raw, "matchLabels", path, problems)
+    ok = ok and (match_labels is not None or raw.get("matchLabels") is None)
+    for key, value in (match_labels or {}).items():
+        where = _join(f"{path}.matchLabels", str(key))
+        checked_key = _label_key(key, where, problems)
+        checked_value = _label_value(value, where, problems)
+        if checked_key is None or checked_value is None:
+            ok = False
+        else:
+            labels[checked_key] = checked_value
+
+    requirements: list[SelectorRequirement] = []
+    raw_expressions = raw.get("matchExpressions")
+    if raw_expressions is not None and not isinstance(raw_expressions, list):
+        problems.add(f"{path}.matchExpressions", f"must be a list, not {_kind(raw_expressions)}")
+        ok = False
+    for i, expression in enumerate(raw_expressions or []):
+        where = f"{path}.matchExpressions[{i}]"
+        requirement = _parse_requirement(expression, where, problems)
+        if requirement is None:
+            ok = False
+        else:
+            requirements.append(requirement)
+
+    if not ok:
+        return None
+    if not labels and not requirements:
+        problems.add(
+            path,
+            "an empty selector selects every node; give matchLabels or matchExpressions (to target every "
+            f"node on purpose, use matchExpressions: [{{key: {POOL_LABEL}, operator: Exists}}])",
+        )
+        return None
+    return LabelSelector(match_labels=labels, match_expressions=tuple(requirements))
+
+
+def _parse_requirement(raw: Any, where: str, problems: _Problems) -> SelectorRequirement | None:
+    if not isinstance(raw, Mapping):
+        problems.add(where, f"must be a mapping with key, operator and values, not {_kind(raw)}")
+        return None
+    before = len(problems.items)
+    _check_fields(raw, where, _EXPRESSION_FIELDS, problems)
+    key = raw.get("key")
+    if key is None:
+        problems.add(f"{where}.key", "required: the label key to test")
+    else:
+        key = _label_key(key, f"{where}.key", problems)
+    operator = _string(raw, "operator", where, problems, required=f"one of {', '.join(OPERATORS)}")
+    if operator is not None and operator not in OPERATORS:
+        problems.add(f"{where}.operator", f"{operator!r} is not one of {', '.join(OPERATORS)}")
+        operator = None
+    values: tuple[str, ...] | None = ()
+    if raw.get("values") is not None:
+        values = _string_list(raw, "values", where, problems, _label_value)
+    if operator in ("In", "NotIn") and values == ():
+        problems.add(f"{where}.values", f"required: operator {operator} needs at least one value")
+    if operator in ("Exists", "DoesNotExist") and values:
+        problems.add(f"{where}.values", f"must be empty: operator {operator} takes no values")
+    if len(problems.items) > before or key is None or operator is None or values is None:
+        return None
+    return SelectorRequirement(key=key, operator=operator, values=values)  # type: ignore[arg-type]
+
+
+def _parse_edge(spec: Mapping[str, Any], problems: _Problems) -> EdgeTarget | None:
+    path = "spec.edge"
+    edge = _mapping(spec, "edge", "spec", problems, required="which nodes run the component (nodePools and/or nodeSelector)")
+    if edge is None:
+        return None
+    before = len(problems.items)
+    _check_fields(edge, path, _EDGE_FIELDS, problems)
+
+    pools: tuple[str, ...] = ()
+    if edge.get("nodePools") is not None:
+        pools = _string_list(edge, "nodePools", path, problems, _dns_label) or ()
+        seen: set[str] = set()
+        for i, pool in enumerate(pools):
+            if pool in seen:
+                problems.add(f"{path}.nodePools[{i}]", f"pool {pool!r} is listed twice")
+            seen.add(pool)
+        if isinstance(edge.get("nodePools"), list) and not edge["nodePools"]:
+            problems.add(f"{path}.nodePools", "must list at least one pool (or be left out)")
+
+    selector = _parse_selector(edge, problems)
+    # A misspelt nodePools or nodeSelector was reported as an unknown field;
+    # "selects no node" would only repeat it.
+    misspelt = any(
+        isinstance(key, str) and key not in _EDGE_FIELDS and _suggest(key, ("nodePools", "nodeSelector")) for key in edge
+    )
+    if edge.get("nodePools") is None and edge.get("nodeSelector") is None and not misspelt:
+        problems.add(path, "selects no node: give nodePools and/or nodeSelector")
+
+    pool_values: dict[str, dict[str, Any]] = {}
+    raw_pool_values = _mapping(edge, "poolValues", path, problems)
+    for pool, overrides in (raw_pool_values or {}).items():
+        where = _join(f"{path}.poolValues", str(pool))
+        if _dns_label(pool, where, problems) is None:
+            continue
+        if pools and pool not in pools:
+            problems.add(where, f"pool {pool!r} is not in spec.edge.nodePools{_suggest(pool, pools)}")
+            continue
+        if not isinstance(overrides, Mapping):
+            problems.add(where, f"must be a mapping of values, not {_kind(overrides)}")
+            continue
+        if _json_values(overrides, where, problems):
+            pool_values[pool] = json.loads(json.dumps(overrides))
+
+    if len(problems.items) > before:
+        return None
+    return EdgeTarget(node_pools=pools, node_selector=selector, pool_values=pool_values)
+
+
+def parse_component(doc: Mapping[str, Any], *, source: str = "<spec>") -> Component:
+    """Validate a Component document and return it typed.
+
+    Raises:
+        SpecError: listing every problem found, each prefixed with its field
+            path. ``source`` (e.g. the file name) prefixes the message unless
+            it is the default ``"<spec>"``.
+    """
+    where = None if source == "<spec>" else source
+    if not isinstance(doc, Mapping):
+        raise SpecError(f"a Component must be a mapping, not {_kind(doc)}", source=where)
+    problems = _Problems()
+    _check_fields(doc, "", _TOP_FIELDS, problems)
+
+    api_version = _string(doc, "apiVersion", "", problems, required=f"set it to {API_VERSION}")
+    if api_version is not None and api_version != API_VERSION:
+        problems.add("apiVersion", f"{api_version!r} is not supported; use {API_VERSION}")
+    kind = _string(doc, "kind", "", problems, required=f"set it to {KIND}")
+    if kind is not None and kind != KIND:
+        problems.add("kind", f"{kind!r} is not {KIND}")
+
+    name = namespace = None
+    metadata = _mapping(doc, "metadata", "", problems, required="name and optional namespace")
+    if metadata is not None:
+        _check_fields(metadata, "metadata", _METADATA_FIELDS, problems, ignored=_KUBE_METADATA_FIELDS)
+        if metadata.get("name") is None:
+            problems.add("metadata.name", "required: the component name, which is also the Helm release name")
+        else:
+            name = _dns_label(metadata["name"], "metadata.name", problems)
+            if name is not None and len(name) > MAX_RELEASE_NAME:
+                problems.add(
+                    "metadata.name",
+                    f"{name!r} is {len(name)} characters; Helm release names are at most {MAX_RELEASE_NAME}",
+                )
+                name = None
+        namespace = DEFAULT_NAMESPACE
+        if metadata.get("namespace") is not None:
+            namespace = _dns_label(metadata["namespace"], "metadata.namespace", problems)
+
+    chart_ref = values = edge = None
+    spec = _mapping(doc, "spec", "", problems, required="chart, values and edge")
+    if spec is not None:
+        _check_fields(spec, "spec", _SPEC_FIELDS, problems)
+        chart_ref = _parse_chart(spec, problems)
+        values = _values(spec, "values", "spec", problems)
+        edge = _parse_edge(spec, problems)
+
+    if problems.items:
+        raise SpecError(problems.items, source=where)
+    assert name and namespace and chart_ref is not None and values is not None and edge is not None
+    return Component(name=name, namespace=namespace, chart_ref=chart_ref, values=values, edge=edge)
+
+
+# --------------------------------------------------------------------------- fingerprint
+
+
+def component_fingerprint(component: Component, chart_fingerprint: str) -> str:
+    """A ``sha256:`` digest of everything that makes a new revision due.
+
+    It covers the chart's content (pass :func:`~deployer_plugin.charts.chart_fingerprint`),
+    the values, the per-pool values and the targeting. It ignores what does
+    not change a deployment: mapping key order, the order of nodePools, of
+    selector expressions and of their values, and the chart's path.
+    """
+    selector = component.edge.node_selector
+    canonical = {
+        "chart": chart_fingerprint,
+        "name": component.name,
+        "namespace": component.namespace,
+        "values": component.values,
+        "nodePools": sorted(set(component.edge.node_pools)),
+        "poolValues": component.edge.pool_values,
+        "nodeSelector": None
+        if selector is None
+        else {
+            "matchLabels": dict(selector.match_labels),
+            "matchExpressions": sorted(
+                {json.dumps([r.key, r.operator, sorted(set(r.values))]) for r in selector.match_expressions}
+            ),
+        },
+    }
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- spec files
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """Safe YAML without timestamps (a date stays text, as Helm's values do) and
+    with duplicate keys refused (PyYAML would silently keep the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            if isinstance(key, str) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark, f"found duplicate key {key!r}", key_node.start_mark
+                )
+            if isinstance(key, str):
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_SpecLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def read_component_document(text: str, *, source: str) -> dict[str, Any]:
+    """The single YAML (or JSON) document of a spec file's text.
+
+    Raises:
+        SpecError: if the text is not YAML, or holds no document or several.
+    """
+    stream = io.StringIO(text)
+    stream.name = source  # so YAML errors name the file, not "<unicode string>"
+    try:
+        documents = [d for d in yaml.load_all(stream, Loader=_SpecLoader) if d is not None]  # noqa: S506 - a SafeLoader
+    except yaml.YAMLError as exc:
+        raise SpecError(f"not valid YAML: {exc}", source=source) from exc
+    if not documents:
+        raise SpecError("holds no document; expected one Component", source=source)
+    if len(documents) > 1:
+        raise SpecError(f"holds {len(documents)} documents; put one Component per file", source=source)
+    if not isinstance(documents[0], dict):
+        raise SpecError(f"a Component must be a mapping, not {_kind(documents[0])}", source=source)
+    return documents[0]
+
+
+def resolve_chart_path(component: Component, spec_file: str | os.PathLike[str]) -> Path:
+    """The chart's absolute path: ``chart_ref`` taken relative to the spec file's directory."""
+    ref = Path(component.chart_ref)
+    base = Path(os.path.abspath(spec_file)).parent
+    return Path(os.path.normpath(ref if ref.is_absolute() else base / ref))
+
+
+def load_component_file(path: str | os.PathLike[str]) -> tuple[Component, bytes]:
+    """Read a spec file and package its chart; for ``edgectl apply -f``.
+
+    Returns the Component and its chart packaged as ``.tgz`` bytes, ready to
+    send to a hub that does not share this filesystem. Blocks on file I/O and
+    the Helm engine.
+
+    Raises:
+        SpecError: the file is unreadable, not one YAML document, or not a
+            valid Component.
+        ChartError: the chart is missing or is not a Helm chart.
+    """
+    # Imported here: charts needs the Helm engine, the rest of this module does not.
+    from .charts import package_chart
+
+    source = os.fspath(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError(f"cannot read the spec file: {exc.strerror or exc}", source=source) from exc
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"the spec file is not UTF-8 text ({exc.reason})", source=source) from exc
+    component = parse_component(read_component_document(text, source=source), source=source)
+
+    chart_path = resolve_chart_path(component, path)
+    what = "chart archive" if chart_path.name.endswith((".tgz", ".tar.gz")) else "chart directory"
+    if not chart_path.exists():
+        raise ChartError(f"spec.chart: {what} {component.chart_ref} not found (resolved to {chart_path})", source=source)
+    try:
+        archive = package_chart(chart_path)
+    except ChartError as exc:
+        raise ChartError(
+            f"spec.chart: {component.chart_ref} is not a Helm chart: {exc.detail} (resolved to {chart_path})",
+            source=source,
+        ) from exc
+    return component, archive

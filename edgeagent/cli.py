@@ -1,0 +1,118 @@
+"""``edgeagent join | run | status``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from edgectl.table import print_table
+
+from .agent import Agent, AgentSettings
+from .identity import JoinError, NodeIdentity, join
+from .runtime import PodmanRuntime, PodmanSettings
+from .store import AgentStore
+
+
+def _label(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"label {text!r} must look like KEY=VALUE")
+    return key, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgeagent", description="edgecollab agent for an edge node.")
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    j = sub.add_parser("join", help="register this node with a hub using a bootstrap token")
+    j.add_argument("--hub", required=True, help="hub URL, e.g. http://127.0.0.1:8470")
+    j.add_argument("--token", required=True, help="bootstrap token from 'edgectl token create'")
+    j.add_argument("--name", help="node name (default: the host name)")
+    j.add_argument("--pool", help="expected pool; the join fails if the token is for another")
+    j.add_argument("--label", action="append", type=_label, default=[], metavar="KEY=VALUE")
+    j.add_argument("--state-dir", type=Path, required=True)
+
+    r = sub.add_parser("run", help="run the agent")
+    r.add_argument("--state-dir", type=Path, required=True)
+    r.add_argument("--runtime", choices=["podman"], default="podman")
+    r.add_argument("--podman-root", type=Path, help="podman --root (storage) for this node")
+    r.add_argument("--podman-runroot", type=Path, help="podman --runroot for this node")
+    r.add_argument("--podman-network", help="network for played pods (podman kube play --network)")
+    r.add_argument("--containers-conf", type=Path, help="containers.conf for podman (sets CONTAINERS_CONF)")
+    r.add_argument("--reconcile-interval", type=float, default=AgentSettings.reconcile_interval,
+                   help="seconds between reconcile passes; bounds self-heal time")
+
+    s = sub.add_parser("status", help="show what this node holds and runs, without the hub")
+    s.add_argument("--state-dir", type=Path, required=True)
+    s.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    return parser
+
+
+async def _run(args: argparse.Namespace) -> int:
+    identity = NodeIdentity.load(args.state_dir)
+    settings = AgentSettings(state_dir=args.state_dir, reconcile_interval=args.reconcile_interval)
+    runtime = PodmanRuntime(PodmanSettings(
+        work_dir=args.state_dir / "podman",
+        root=args.podman_root,
+        runroot=args.podman_runroot,
+        network=args.podman_network,
+        containers_conf=args.containers_conf,
+    ))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with Agent(settings, identity, runtime):
+        logging.getLogger("edgeagent").info("Agent %s (pool %s) running", identity.node, identity.pool)
+        await stop.wait()
+    return 0
+
+
+async def _status(args: argparse.Namespace) -> int:
+    identity = NodeIdentity.load(args.state_dir)
+    async with AgentStore(args.state_dir / "agent.db") as store:
+        releases = await store.releases()
+        outbox = await store.outbox_size()
+    rows = [
+        {"namespace": r.namespace, "release": r.release, "desired_revision": r.desired_revision,
+         "desired": r.desired_kind, "applied_revision": r.applied_revision, "phase": r.phase,
+         "ready": f"{r.ready}/{r.total}", "observed_at": r.observed_at, "message": r.message}
+        for r in releases
+    ]
+    if args.output == "json":
+        print(json.dumps({"node": identity.node, "pool": identity.pool, "outbox": outbox, "releases": rows}, indent=2))
+        return 0
+    print(f"node {identity.node}  pool {identity.pool}  outbox {outbox} event(s)")
+    print_table(rows, ["namespace", "release", "desired_revision", "applied_revision", "phase", "ready",
+                       "observed_at", "message"])
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "join":
+            identity = join(hub_url=args.hub, token=args.token, state_dir=args.state_dir, node=args.name,
+                            pool=args.pool, labels=dict(args.label))
+            print(f"joined as node {identity.node} in pool {identity.pool}; state in {args.state_dir}")
+            return 0
+        if args.command == "run":
+            with contextlib.suppress(KeyboardInterrupt):
+                return asyncio.run(_run(args))
+            return 0
+        return asyncio.run(_status(args))
+    except JoinError as exc:
+        print(f"edgeagent: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""The node's identity and the join flow.
+
+At join the node makes its own Ed25519 key (it never leaves the node), sends a
+certificate request with a bootstrap token, and stores what the hub answers in
+its state directory: the signed certificate, the hub's CA, the hub's public
+key (pinned: every assignment must verify against it) and the broker URL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.x509.oid import NameOID
+
+from edgeprotocol.errors import EdgeError
+from edgeprotocol.topics import check_name
+
+IDENTITY_FILE = "identity.json"
+KEY_FILE = "node.key"
+CERT_FILE = "node.crt"
+# A join is one request; a hub that does not answer in this time is down.
+JOIN_TIMEOUT_SECONDS = 30.0
+
+
+class JoinError(EdgeError):
+    """The join failed; the message says why and what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeIdentity:
+    node: str
+    pool: str
+    labels: dict[str, str]
+    hub_url: str
+    mqtt_url: str
+    hub_public_key: str
+    ca_certificate: str
+
+    @classmethod
+    def load(cls, state_dir: Path) -> NodeIdentity:
+        path = state_dir / IDENTITY_FILE
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError as exc:
+            raise JoinError(f"{path} not found: run 'edgeagent join --state-dir {state_dir}' first") from exc
+        except ValueError as exc:
+            raise JoinError(f"{path} is corrupt ({exc}); join again") from exc
+        return cls(**data)
+
+    def save(self, state_dir: Path) -> None:
+        _write_atomic(state_dir / IDENTITY_FILE, json.dumps(asdict(self), indent=2).encode(), mode=0o644)
+
+
+def _write_atomic(path: Path, data: bytes, *, mode: int) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def make_csr(key: Ed25519PrivateKey, node: str) -> str:
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node)]))
+        .sign(key, algorithm=None)
+    )
+    return csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def _post_json(url: str, body: dict[str, Any]) -> dict[str, Any]:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=JOIN_TIMEOUT_SECONDS) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            reason = json.loads(exc.read()).get("error", exc.reason)
+        except ValueError:
+            reason = exc.reason
+        raise JoinError(f"hub refused the join: {reason}") from exc
+    except (urllib.error.URLError, OSError) as exc:
+        raise JoinError(f"cannot reach the hub at {url}: {exc}") from exc
+
+
+def join(
+    *,
+    hub_url: str,
+    token: str,
+    state_dir: Path,
+    node: str | None = None,
+    pool: str | None = None,
+    labels: dict[str, str] | None = None,
+) -> NodeIdentity:
+    """Register this node with the hub and store its identity in ``state_dir``."""
+    name = node or socket.gethostname().split(".")[0].lower()
+    try:
+        check_name(name, "node name")
+    except ValueError as exc:
+        raise JoinError(f"{exc}; pass --name") from exc
+    state_dir.mkdir(parents=True, exist_ok=True)
+    key = Ed25519PrivateKey.generate()
+    answer = _post_json(
+        hub_url.rstrip("/") + "/api/v1/join",
+        {"token": token, "node": name, "pool": pool, "labels": labels or {}, "csr": make_csr(key, name)},
+    )
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    _write_atomic(state_dir / KEY_FILE, key_pem, mode=0o600)
+    _write_atomic(state_dir / CERT_FILE, answer["certificate"].encode(), mode=0o644)
+    identity = NodeIdentity(
+        node=answer["node"],
+        pool=answer["pool"],
+        labels=answer.get("labels", {}),
+        hub_url=hub_url,
+        mqtt_url=answer["mqtt_url"],
+        hub_public_key=answer["hub_public_key"],
+        ca_certificate=answer["ca_certificate"],
+    )
+    identity.save(state_dir)
+    return identity

@@ -1,0 +1,30 @@
+"""Node-local runtimes the agent applies releases to.
+
+The agent talks to the ``Runtime`` protocol only; ``PodmanRuntime`` is the
+runtime for nodes without Kubernetes.
+"""
+
+from .base import (
+    ApplyResult,
+    EdgeRuntimeError,
+    NodeContext,
+    Observation,
+    PodState,
+    ReleaseRef,
+    Runtime,
+    RuntimeApplyError,
+)
+from .podman import PodmanRuntime, PodmanSettings
+
+__all__ = [
+    "ApplyResult",
+    "EdgeRuntimeError",
+    "NodeContext",
+    "Observation",
+    "PodState",
+    "PodmanRuntime",
+    "PodmanSettings",
+    "ReleaseRef",
+    "Runtime",
+    "RuntimeApplyError",
+]

@@ -1,0 +1,148 @@
+"""The runtime interface: how the agent applies a release to the node it runs on.
+
+A runtime turns a release's rendered manifests into workloads on the node
+(``apply``), takes them away again (``remove``), and says what runs now
+(``observe``, ``releases``). The agent's reconcile loop is the only caller; it
+never imports a concrete runtime's internals.
+
+Errors a runtime raises on purpose::
+
+    EdgeError                     (edgeprotocol.errors)
+      EdgeRuntimeError            the runtime could not do what was asked: its
+                                  tool is missing, failed or timed out
+        RuntimeApplyError         the runtime refused or failed a manifest; the
+                                  message names the object and says why
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from edgeprotocol.errors import EdgeError
+from edgeprotocol.topics import check_name
+
+__all__ = [
+    "ApplyResult",
+    "EdgeRuntimeError",
+    "NodeContext",
+    "Observation",
+    "PodState",
+    "ReleaseRef",
+    "Runtime",
+    "RuntimeApplyError",
+]
+
+
+class EdgeRuntimeError(EdgeError):
+    """A runtime call failed: the tool is missing, broken or did not answer in time."""
+
+
+class RuntimeApplyError(EdgeRuntimeError):
+    """The runtime refused or failed a manifest; the message names the object and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseRef:
+    """One release on a node: the Helm release ``release`` in ``namespace``.
+
+    Both parts are DNS labels (the protocol's name rule), so ``str(ref)``
+    (``"namespace/release"``) is unambiguous and both are safe in podman names,
+    label values and file names.
+    """
+
+    namespace: str
+    release: str
+
+    def __post_init__(self) -> None:
+        check_name(self.namespace, "namespace")
+        check_name(self.release, "release")
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.release}"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeContext:
+    """Who the node is: injected into every workload at apply time, not at render time."""
+
+    node: str
+    pool: str
+
+    def __post_init__(self) -> None:
+        check_name(self.node, "node")
+        check_name(self.pool, "pool")
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    """What an apply did beside running the workloads.
+
+    ``warnings`` lists every manifest the runtime did not apply and why, e.g.
+    ``"Service/web: kind not supported by podman, not applied"``.
+    """
+
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PodState:
+    """One pod of a release as the runtime sees it now.
+
+    ``phase`` is the runtime's word for the pod (podman: ``Running``,
+    ``Degraded``, ``Exited``, ``Created``, ... or ``Missing`` for a pod the
+    manifests ask for that does not exist). ``ready`` is true when every
+    (non-init) container of the pod runs. ``container_ids`` and ``started_at``
+    (RFC 3339, the latest start of any of its containers, empty if none ever
+    started) change when a container is recreated or restarted: compare them to
+    prove a pod was left alone.
+    """
+
+    name: str
+    phase: str
+    ready: bool
+    container_ids: tuple[str, ...]
+    started_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """What runs now for a release.
+
+    ``total`` is the number of pods the release's manifests ask for, ``ready``
+    how many of those have all their containers running; ``pods`` holds one
+    state per pod asked for (missing ones included) plus any leftover pod the
+    runtime still holds for the release. ``message`` explains a shortfall.
+    """
+
+    ready: int
+    total: int
+    pods: tuple[PodState, ...]
+    message: str = ""
+
+
+@runtime_checkable
+class Runtime(Protocol):
+    """A node-local workload runtime (podman, a local Kubernetes, ...)."""
+
+    name: str
+
+    async def apply(self, ref: ReleaseRef, manifests: str, node: NodeContext) -> ApplyResult:
+        """Make the node run exactly ``manifests`` (multi-document YAML) for ``ref``.
+
+        Objects the previous apply of ``ref`` created and ``manifests`` no longer
+        holds are removed. Raises RuntimeApplyError naming the object at fault.
+        """
+        ...
+
+    async def remove(self, ref: ReleaseRef) -> None:
+        """Remove everything the runtime holds for ``ref``; an unknown release is fine."""
+        ...
+
+    async def observe(self, ref: ReleaseRef) -> Observation:
+        """Report what runs now for ``ref``."""
+        ...
+
+    async def releases(self) -> set[ReleaseRef]:
+        """Every release the runtime currently holds anything for."""
+        ...

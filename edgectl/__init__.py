@@ -1,0 +1,1 @@
+"""edgectl: the command line for the hub's API."""

@@ -1,0 +1,178 @@
+"""``edgectl``: tokens, components, nodes and pools, from the command line.
+
+The hub URL comes from ``--hub`` or the ``EDGECOLLAB_HUB`` environment variable.
+Every ``get`` and ``describe`` takes ``-o json`` for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from edgeprotocol.errors import EdgeError
+
+from .client import HubClient
+from .table import print_table
+
+DEFAULT_HUB = "http://127.0.0.1:8470"
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(text: str) -> float:
+    """Parse ``90s``, ``15m``, ``1h`` or ``2d`` (plain numbers are seconds)."""
+    match = _DURATION.match(text.strip())
+    if not match or float(match.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"duration {text!r} must look like 90s, 15m, 1h or 2d")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def _component_ref(name: str, namespace: str) -> tuple[str, str]:
+    if "/" in name:
+        ns, _, name = name.partition("/")
+        return ns, name
+    return namespace, name
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgectl", description="Command line for an edgecollab hub.")
+    parser.add_argument("--hub", default=os.environ.get("EDGECOLLAB_HUB", DEFAULT_HUB),
+                        help="hub URL (default: $EDGECOLLAB_HUB or %(default)s)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    token = sub.add_parser("token", help="bootstrap tokens").add_subparsers(dest="action", required=True)
+    create = token.add_parser("create", help="create a join token for a pool and print it")
+    create.add_argument("--pool", required=True)
+    create.add_argument("--ttl", type=duration, help="lifetime, e.g. 15m or 1h (hub default: 1h)")
+    create.add_argument("--uses", type=int, help="how many nodes may join with it (hub default: 1)")
+    create.add_argument("-o", "--output", choices=["text", "json"], default="text")
+
+    apply = sub.add_parser("apply", help="apply a component spec")
+    apply.add_argument("-f", "--filename", type=Path, required=True)
+    apply.add_argument("-o", "--output", choices=["text", "json"], default="text")
+
+    get = sub.add_parser("get", help="list nodes, pools or components")
+    get.add_argument("kind", choices=["nodes", "pools", "components", "node", "pool", "component"])
+    get.add_argument("-o", "--output", choices=["table", "json"], default="table")
+
+    describe = sub.add_parser("describe", help="show one component with its per-node status")
+    describe.add_argument("kind", choices=["component", "node"])
+    describe.add_argument("name", help="NAME or NAMESPACE/NAME")
+    describe.add_argument("-n", "--namespace", default="default")
+    describe.add_argument("-o", "--output", choices=["text", "json"], default="text")
+
+    delete = sub.add_parser("delete", help="delete a component from every node")
+    delete.add_argument("kind", choices=["component"])
+    delete.add_argument("name", help="NAME or NAMESPACE/NAME")
+    delete.add_argument("-n", "--namespace", default="default")
+    delete.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    return parser
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True))
+
+
+def cmd_token(hub: HubClient, args: argparse.Namespace) -> None:
+    body: dict[str, Any] = {"pool": args.pool}
+    if args.ttl is not None:
+        body["ttl_seconds"] = args.ttl
+    if args.uses is not None:
+        body["uses"] = args.uses
+    answer = hub.post("/api/v1/tokens", body)
+    if args.output == "json":
+        _print_json(answer)
+    else:
+        print(answer["token"])
+
+
+def cmd_apply(hub: HubClient, args: argparse.Namespace) -> None:
+    # Only apply needs the Helm engine (to package a local chart).
+    from deployer_plugin import load_component_file  # noqa: PLC0415
+
+    component, archive = load_component_file(args.filename)
+    answer = hub.post(
+        "/api/v1/components",
+        {"component": component.to_document(), "chart_archive": base64.b64encode(archive).decode()},
+    )
+    if args.output == "json":
+        _print_json(answer)
+        return
+    verb = "configured" if answer["changed"] else "unchanged"
+    print(f"component/{answer['component']} {verb} (revision {answer['revision']}"
+          + (f", {answer['targets']} node(s))" if "targets" in answer else ")"))
+    for warning in answer.get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
+
+
+def cmd_get(hub: HubClient, args: argparse.Namespace) -> None:
+    kind = args.kind.rstrip("s") + "s"
+    data = hub.get(f"/api/v1/{kind}")
+    if args.output == "json":
+        _print_json(data)
+    elif kind == "nodes":
+        rows = [{**n, "releases": ", ".join(f"{r['namespace']}/{r['release']}@{r.get('applied_revision', 0)}:{r.get('phase', '?')}"
+                                           for r in n["releases"]) or "-",
+                 "labels": ",".join(f"{k}={v}" for k, v in sorted(n["labels"].items())) or "-"}
+                for n in data]
+        print_table(rows, ["name", "pool", "presence", "last_seen", "labels", "releases"])
+    elif kind == "pools":
+        print_table(data, ["pool", "nodes", "online"])
+    else:
+        rows = [{**c, "component": f"{c['namespace']}/{c['name']}", "chart": f"{c['chart']['name']}-{c['chart']['version']}",
+                 "ready": f"{c['deployed']}/{c['targets']}"} for c in data]
+        print_table(rows, ["component", "revision", "chart", "ready"])
+
+
+def cmd_describe(hub: HubClient, args: argparse.Namespace) -> None:
+    if args.kind == "node":
+        data = hub.get(f"/api/v1/nodes/{args.name}")
+        if args.output == "json":
+            _print_json(data)
+            return
+        print(f"Node:      {data['name']}\nPool:      {data['pool']}\nPresence:  {data['presence']} since {data['presence_since']}"
+              f"\nLast seen: {data['last_seen']}\nRuntime:   {data['runtime']} (agent {data['agent_version']})")
+        print_table(data["releases"], ["namespace", "release", "applied_revision", "phase", "ready", "total", "message"])
+        return
+    namespace, name = _component_ref(args.name, args.namespace)
+    data = hub.get(f"/api/v1/components/{namespace}/{name}")
+    if args.output == "json":
+        _print_json(data)
+        return
+    print(f"Component: {data['namespace']}/{data['name']}\nRevision:  {data['revision']}\n"
+          f"Chart:     {data['chart']['name']}-{data['chart']['version']}\nReady:     {data['deployed']}/{data['targets']} node(s)")
+    rows = [{**r, "ready": f"{r['ready']}/{r['total']}", "presence": r["presence"] + (" (stale)" if r.get("stale") else "")}
+            for r in data["nodes"]]
+    print_table(rows, ["node", "pool", "presence", "assigned_revision", "applied_revision", "phase", "ready", "message"])
+
+
+def cmd_delete(hub: HubClient, args: argparse.Namespace) -> None:
+    namespace, name = _component_ref(args.name, args.namespace)
+    answer = hub.delete(f"/api/v1/components/{namespace}/{name}")
+    if args.output == "json":
+        _print_json(answer)
+    else:
+        print(f"component/{answer['component']} deleted (revision {answer['revision']})")
+
+
+COMMANDS = {"token": cmd_token, "apply": cmd_apply, "get": cmd_get, "describe": cmd_describe, "delete": cmd_delete}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](HubClient(args.hub), args)
+    except EdgeError as exc:
+        print(f"edgectl: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""The hub application factory: resources hang on ``cleanup_ctx`` with typed keys."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import aiomqtt
+from aiohttp import web
+
+from edgeprotocol import topics
+from edgeprotocol.mqtt import MqttSession, SessionSettings
+
+from .api import MAX_REQUEST_BYTES, add_routes, json_errors
+from .dispatch import Dispatcher
+from .identity import HubIdentity
+from .ingest import NodeMessages
+from .keys import DISPATCHER, IDENTITY, MQTT, SETTINGS, STORE
+from .settings import HubSettings
+from .store import HubStore
+
+HUB_CLIENT_ID = "edgehub"
+
+
+async def identity_ctx(app: web.Application) -> AsyncIterator[None]:
+    # Key generation and file writes: a thread keeps the loop free.
+    app[IDENTITY] = await asyncio.to_thread(HubIdentity.load_or_create, app[SETTINGS].state_dir)
+    yield
+
+
+async def store_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    async with HubStore(settings.db_path, events_kept_per_node=settings.events_kept_per_node) as store:
+        app[STORE] = store
+
+        async def publish(topic: str, payload: bytes, retain: bool) -> bool:
+            session = app.get(MQTT)
+            return await session.publish(topic, payload, retain=retain) if session else False
+
+        app[DISPATCHER] = Dispatcher(store, app[IDENTITY].key, publish)
+        yield
+
+
+async def mqtt_ctx(app: web.Application) -> AsyncIterator[None]:
+    dispatcher = app[DISPATCHER]
+    messages = NodeMessages(app[STORE], dispatcher)
+
+    async def on_connect(_: MqttSession) -> None:
+        # The broker may have restarted without its retained messages: the
+        # store is the truth, so re-publish all of it on every connect.
+        await dispatcher.publish_all()
+
+    session_settings = SessionSettings(
+        url=app[SETTINGS].mqtt_url,
+        client_id=HUB_CLIENT_ID,
+        subscriptions=(topics.ALL_STATUS, topics.ALL_PRESENCE, topics.ALL_EVENTS, topics.ALL_RESYNC),
+        will=aiomqtt.Will(f"{topics.PREFIX}/hub/presence", b"offline", qos=1, retain=True),
+    )
+    async with MqttSession(session_settings, on_message=messages.handle, on_connect=on_connect) as session:
+        app[MQTT] = session
+        yield
+
+
+def create_app(settings: HubSettings) -> web.Application:
+    app = web.Application(middlewares=[json_errors], client_max_size=MAX_REQUEST_BYTES)
+    app[SETTINGS] = settings
+    app.cleanup_ctx.extend([identity_ctx, store_ctx, mqtt_ctx])
+    add_routes(app)
+    return app

@@ -1,0 +1,68 @@
+"""``edgehub serve``: run the hub."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from .app import create_app
+from .settings import HubSettings
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} must look like HOST:PORT")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgehub", description="edgecollab hub: pushes Helm releases to edge nodes over MQTT.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the hub (HTTP API and MQTT dispatcher)")
+    serve.add_argument("--config", type=Path, help="settings file (YAML or JSON); flags override it")
+    serve.add_argument("--listen", type=_host_port, help="HTTP address HOST:PORT (default 127.0.0.1:8470)")
+    serve.add_argument("--mqtt", help="broker URL mqtt://HOST:PORT the hub connects to")
+    serve.add_argument("--mqtt-advertise", help="broker URL handed to agents at join (default: --mqtt)")
+    serve.add_argument("--state", type=Path, help="state directory (SQLite store and hub key)")
+    serve.add_argument("--log-level", default="INFO")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides = {
+        "listen_host": args.listen[0] if args.listen else None,
+        "listen_port": args.listen[1] if args.listen else None,
+        "mqtt_url": args.mqtt,
+        "mqtt_advertise_url": args.mqtt_advertise,
+        "state_dir": args.state.resolve() if args.state else None,
+    }
+    try:
+        if args.config:
+            settings = HubSettings.from_file(args.config, **overrides)
+        elif args.state is None:
+            print("edgehub: --state (or --config with state_dir) is required", file=sys.stderr)
+            return 2
+        else:
+            settings = HubSettings(**{k: v for k, v in overrides.items() if v is not None})
+    except (ValueError, TypeError, OSError) as exc:
+        print(f"edgehub: {exc}", file=sys.stderr)
+        return 2
+    web.run_app(
+        create_app(settings),
+        host=settings.listen_host,
+        port=settings.listen_port,
+        print=lambda _: print(f"edgehub listening on http://{settings.listen_host}:{settings.listen_port}", flush=True),
+        access_log=None,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Dispatch: from components and nodes to the signed, retained assignment of each node.
+
+``sync`` recomputes, for every node, which release at which revision it should
+hold, writes the difference to the store's assignment table, then publishes
+what changed. The table is the truth; MQTT is a delivery cache, so
+``publish_all`` (on every broker connect) re-publishes the whole table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from deployer_plugin import NodeInfo, parse_component, place
+from edgeprotocol import topics
+from edgeprotocol.messages import Assignment, Bundle, NodeStatus, now
+from edgeprotocol.signing import seal
+
+from .store import AssignmentRecord, ComponentRecord, HubStore
+
+logger = logging.getLogger(__name__)
+
+Publish = Callable[[str, bytes, bool], Awaitable[bool]]
+
+
+@dataclass(frozen=True, slots=True)
+class SyncReport:
+    changed: int
+    published: int
+
+
+class Dispatcher:
+    def __init__(self, store: HubStore, key: Ed25519PrivateKey, publish: Publish) -> None:
+        self._store = store
+        self._key = key
+        self._publish = publish
+        # Applies, joins and status reports all call sync; one at a time keeps
+        # the read-compare-write of the assignment table consistent.
+        self._lock = asyncio.Lock()
+
+    async def sync(self) -> SyncReport:
+        async with self._lock:
+            components = await self._store.list_components(include_deleted=True)
+            nodes = [NodeInfo(name=n.name, pool=n.pool, labels=n.labels) for n in await self._store.list_nodes()]
+            current = {(a.node, a.namespace, a.release): a for a in await self._store.list_assignments()}
+            by_release = {(c.namespace, c.name): c for c in components}
+
+            desired: dict[tuple[str, str, str], AssignmentRecord] = {}
+            for comp in components:
+                if comp.deleted:
+                    continue
+                for node, key in place(parse_component(comp.spec), nodes).items():
+                    desired[(node, comp.namespace, comp.name)] = AssignmentRecord(
+                        node=node, namespace=comp.namespace, release=comp.name,
+                        revision=comp.revision, kind="release", render_key=key,
+                    )
+            for ident, held in current.items():
+                if ident in desired or held.kind == "tombstone":
+                    continue
+                comp = by_release.get(ident[1:])
+                revision = max(comp.revision if comp else 0, held.revision + 1)
+                desired[ident] = AssignmentRecord(
+                    node=held.node, namespace=held.namespace, release=held.release,
+                    revision=revision, kind="tombstone",
+                )
+            for ident, held in current.items():
+                desired.setdefault(ident, held)
+
+            changed = [a for ident, a in desired.items() if current.get(ident) != a]
+            await self._store.update_assignments(changed)
+            published = await self._publish_records(changed, by_release)
+            if changed:
+                logger.info("Dispatch: %d assignments changed, %d published", len(changed), published)
+            return SyncReport(changed=len(changed), published=published)
+
+    async def publish_all(self) -> int:
+        """Re-publish every assignment (the broker may have lost its retained messages)."""
+        async with self._lock:
+            components = {(c.namespace, c.name): c for c in await self._store.list_components(include_deleted=True)}
+            return await self._publish_records(await self._store.list_assignments(), components)
+
+    async def publish_node(self, node: str) -> int:
+        async with self._lock:
+            components = {(c.namespace, c.name): c for c in await self._store.list_components(include_deleted=True)}
+            return await self._publish_records(await self._store.list_assignments(node=node), components)
+
+    async def on_status(self, status: NodeStatus) -> None:
+        """Forget tombstones the node has carried out: it no longer reports the release."""
+        reported = {(r.namespace, r.release) for r in status.releases if r.phase != "Removed"}
+        async with self._lock:
+            done = [
+                a for a in await self._store.list_assignments(node=status.node)
+                if a.kind == "tombstone" and (a.namespace, a.release) not in reported
+            ]
+            if not done:
+                return
+            await self._store.update_assignments([], [(a.node, a.namespace, a.release) for a in done])
+            for a in done:
+                # An empty retained message clears the broker's copy.
+                await self._publish(topics.assignment(a.node, a.namespace, a.release), b"", True)
+            logger.info("Node %s removed %d release(s); cleared their tombstones", status.node, len(done))
+
+    async def _publish_records(
+        self, records: list[AssignmentRecord], components: dict[tuple[str, str], ComponentRecord]
+    ) -> int:
+        renders: dict[tuple[str, str, int, str], Bundle | None] = {}
+        published = 0
+        for rec in records:
+            comp = components.get((rec.namespace, rec.release))
+            bundle = None
+            if rec.kind == "release":
+                cache_key = (rec.namespace, rec.release, rec.revision, rec.render_key)
+                if cache_key not in renders:
+                    renders[cache_key] = await self._store.get_render(*cache_key)
+                bundle = renders[cache_key]
+                if bundle is None:
+                    logger.error("No render stored for %s/%s revision %d key %r; not publishing to %s",
+                                 rec.namespace, rec.release, rec.revision, rec.render_key, rec.node)
+                    continue
+            assignment = Assignment(
+                node=rec.node, namespace=rec.namespace, release=rec.release, revision=rec.revision,
+                kind=rec.kind,  # type: ignore[arg-type]
+                issued_at=now(),
+                chart={"name": comp.chart_name, "version": comp.chart_version} if comp else {},
+                bundle=bundle,
+            )
+            if await self._publish(topics.assignment(rec.node, rec.namespace, rec.release), seal(assignment, self._key), True):
+                published += 1
+        return published

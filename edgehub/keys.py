@@ -1,0 +1,18 @@
+"""Typed keys for the resources the hub's aiohttp application holds."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from edgeprotocol.mqtt import MqttSession
+
+from .dispatch import Dispatcher
+from .identity import HubIdentity
+from .settings import HubSettings
+from .store import HubStore
+
+SETTINGS = web.AppKey("settings", HubSettings)
+STORE = web.AppKey("store", HubStore)
+IDENTITY = web.AppKey("identity", HubIdentity)
+DISPATCHER = web.AppKey("dispatcher", Dispatcher)
+MQTT = web.AppKey("mqtt", MqttSession)

@@ -1,0 +1,92 @@
+"""JSON views of nodes, pools and components, shared by the API and dashboards.
+
+A node's reported status is shown with its presence and the time it was
+observed: an offline node's releases keep their last phase but are marked
+``stale`` with the time the node was last seen, never shown as live.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from .store import AssignmentRecord, ComponentRecord, NodeRecord
+
+
+def release_view(node: NodeRecord, namespace: str, release: str) -> dict[str, Any] | None:
+    if node.status is None:
+        return None
+    for r in node.status.releases:
+        if (r.namespace, r.release) == (namespace, release):
+            return {
+                "desired_revision": r.desired_revision,
+                "applied_revision": r.applied_revision,
+                "phase": r.phase,
+                "message": r.message,
+                "ready": r.ready,
+                "total": r.total,
+                "observed_at": r.observed_at,
+                "stale": node.presence != "online",
+            }
+    return None
+
+
+def node_view(node: NodeRecord) -> dict[str, Any]:
+    status = node.status
+    return {
+        "name": node.name,
+        "pool": node.pool,
+        "labels": node.labels,
+        "presence": node.presence,
+        "presence_since": node.presence_at,
+        "last_seen": node.last_seen,
+        "agent_version": status.agent_version if status else "",
+        "runtime": status.runtime if status else "",
+        "status_observed_at": status.observed_at if status else "",
+        "releases": [
+            {"namespace": r.namespace, "release": r.release, **(release_view(node, r.namespace, r.release) or {})}
+            for r in (status.releases if status else ())
+        ],
+    }
+
+
+def pool_views(nodes: list[NodeRecord]) -> list[dict[str, Any]]:
+    total = Counter(n.pool for n in nodes)
+    online = Counter(n.pool for n in nodes if n.presence == "online")
+    return [{"pool": p, "nodes": total[p], "online": online[p]} for p in sorted(total)]
+
+
+def component_view(
+    comp: ComponentRecord, nodes: list[NodeRecord], assignments: list[AssignmentRecord], *, detail: bool
+) -> dict[str, Any]:
+    by_name = {n.name: n for n in nodes}
+    targets = [a for a in assignments
+               if (a.namespace, a.release) == (comp.namespace, comp.name) and a.kind == "release"]
+    rows = []
+    for a in targets:
+        node = by_name.get(a.node)
+        reported = release_view(node, comp.namespace, comp.name) if node else None
+        rows.append({
+            "node": a.node,
+            "pool": node.pool if node else "",
+            "presence": node.presence if node else "unknown",
+            "last_seen": node.last_seen if node else "",
+            "assigned_revision": a.revision,
+            **(reported or {"phase": "Pending", "applied_revision": 0, "message": "not reported yet",
+                            "ready": 0, "total": 0, "observed_at": "", "stale": False}),
+        })
+    deployed = sum(1 for r in rows if r["phase"] == "Deployed" and r["applied_revision"] == comp.revision
+                   and not r["stale"])
+    view: dict[str, Any] = {
+        "namespace": comp.namespace,
+        "name": comp.name,
+        "revision": comp.revision,
+        "chart": {"name": comp.chart_name, "version": comp.chart_version},
+        "targets": len(rows),
+        "deployed": deployed,
+        "phases": dict(Counter(r["phase"] for r in rows)),
+    }
+    if detail:
+        view["spec"] = comp.spec
+        view["nodes"] = sorted(rows, key=lambda r: r["node"])
+    return view

@@ -1,0 +1,37 @@
+"""What hub and agent must agree on: topics, message schemas and signatures.
+
+This package imports nothing from ``edgehub``, ``edgeagent`` or
+``deployer_plugin`` and carries no heavy dependency, so the agent can install
+it alone.
+"""
+
+from .errors import AddressError, EdgeError, ProtocolError, SignatureError
+from .messages import (
+    PHASES,
+    VERSION,
+    Assignment,
+    Bundle,
+    Event,
+    NodeStatus,
+    Phase,
+    Presence,
+    ReleaseStatus,
+    Resync,
+)
+
+__all__ = [
+    "PHASES",
+    "VERSION",
+    "AddressError",
+    "Assignment",
+    "Bundle",
+    "EdgeError",
+    "Event",
+    "NodeStatus",
+    "Phase",
+    "Presence",
+    "ProtocolError",
+    "ReleaseStatus",
+    "Resync",
+    "SignatureError",
+]

@@ -1,0 +1,357 @@
+"""Message schemas of protocol version 1, with encoding and validation.
+
+Every message is a JSON object with ``"v": 1``. Assignments travel inside a
+signed envelope (see :mod:`edgeprotocol.signing`); everything a node sends is
+plain JSON. ``docs/protocol.md`` is the prose version of this module.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import gzip
+import hashlib
+import json
+import zlib
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, get_args
+
+from .errors import ProtocolError
+from .topics import check_name
+
+VERSION = 1
+
+# An MQTT message larger than this is refused before it is parsed. Rendered
+# releases compress well; 4 MiB leaves room for large charts while keeping a
+# hostile publisher from filling an agent's memory.
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# A bundle that inflates past this is refused (a compression bomb).
+MAX_BUNDLE_BYTES = 16 * 1024 * 1024
+
+Phase = Literal["Pending", "Applying", "Deployed", "Failed", "Degraded", "Removing", "Removed"]
+PHASES: tuple[str, ...] = get_args(Phase)
+AssignmentKind = Literal["release", "tombstone"]
+PresenceState = Literal["online", "offline"]
+
+
+def now() -> str:
+    """The current time as an RFC 3339 UTC string, the protocol's time format."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_time(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def manifest_digest(manifests: str) -> str:
+    return "sha256:" + hashlib.sha256(manifests.encode()).hexdigest()
+
+
+def _require(data: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if key not in data:
+        raise ProtocolError(f"{where}: field {key!r} is missing")
+    value = data[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ProtocolError(f"{where}: field {key!r} has the wrong type {type(value).__name__}")
+    return value
+
+
+def _name(data: dict[str, Any], key: str, where: str) -> str:
+    value = _require(data, key, str, where)
+    try:
+        return check_name(value, f"{where}: {key}")
+    except ValueError as exc:
+        raise ProtocolError(str(exc)) from exc
+
+
+def _check_version(data: Any, where: str) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise ProtocolError(f"{where}: a JSON object was expected")
+    if data.get("v") != VERSION:
+        raise ProtocolError(f"{where}: protocol version {data.get('v')!r} is not {VERSION}")
+    return data
+
+
+def decode_json(payload: bytes | str, where: str) -> dict[str, Any]:
+    """Parse a payload into a JSON object of this protocol version, with size limits."""
+    if len(payload) > MAX_MESSAGE_BYTES:
+        raise ProtocolError(f"{where}: message of {len(payload)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    try:
+        data = json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"{where}: not valid JSON ({exc})") from exc
+    return _check_version(data, where)
+
+
+def encode_json(data: dict[str, Any]) -> bytes:
+    return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Bundle:
+    """A release's rendered manifests (multi-document YAML) and their digest."""
+
+    manifests: str
+    digest: str
+
+    @classmethod
+    def of(cls, manifests: str) -> Bundle:
+        return cls(manifests=manifests, digest=manifest_digest(manifests))
+
+    def to_wire(self) -> dict[str, Any]:
+        packed = base64.b64encode(gzip.compress(self.manifests.encode(), mtime=0)).decode()
+        return {"encoding": "gzip+base64", "data": packed, "digest": self.digest}
+
+    @classmethod
+    def from_wire(cls, data: Any, where: str) -> Bundle:
+        if not isinstance(data, dict):
+            raise ProtocolError(f"{where}: bundle must be an object")
+        if data.get("encoding") != "gzip+base64":
+            raise ProtocolError(f"{where}: bundle encoding {data.get('encoding')!r} is not gzip+base64")
+        digest = _require(data, "digest", str, where)
+        try:
+            packed = base64.b64decode(_require(data, "data", str, where), validate=True)
+            inflater = zlib.decompressobj(wbits=31)
+            raw = inflater.decompress(packed, MAX_BUNDLE_BYTES + 1)
+        except (binascii.Error, zlib.error) as exc:
+            raise ProtocolError(f"{where}: bundle data is corrupt ({exc})") from exc
+        if len(raw) > MAX_BUNDLE_BYTES:
+            raise ProtocolError(f"{where}: bundle inflates past {MAX_BUNDLE_BYTES} bytes")
+        manifests = raw.decode()
+        if manifest_digest(manifests) != digest:
+            raise ProtocolError(f"{where}: bundle digest does not match its content")
+        return cls(manifests=manifests, digest=digest)
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """What the hub wants one node to run for one release, at one revision.
+
+    A ``tombstone`` assignment tells the node to remove the release; it carries
+    a revision higher than the last one installed so ordering rules still hold.
+    """
+
+    node: str
+    namespace: str
+    release: str
+    revision: int
+    kind: AssignmentKind
+    issued_at: str
+    pool: str = ""
+    chart: dict[str, str] = field(default_factory=dict)
+    bundle: Bundle | None = None
+
+    def __post_init__(self) -> None:
+        for key in ("node", "namespace", "release"):
+            check_name(getattr(self, key), key)
+        if self.revision < 1:
+            raise ValueError(f"revision must be at least 1, not {self.revision}")
+        if self.kind == "release" and self.bundle is None:
+            raise ValueError("a release assignment needs a bundle")
+        if self.kind == "tombstone" and self.bundle is not None:
+            raise ValueError("a tombstone carries no bundle")
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.release)
+
+    def to_body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "v": VERSION,
+            "type": "assignment",
+            "kind": self.kind,
+            "node": self.node,
+            "namespace": self.namespace,
+            "release": self.release,
+            "revision": self.revision,
+            "issued_at": self.issued_at,
+            "pool": self.pool,
+            "chart": dict(self.chart),
+        }
+        if self.bundle is not None:
+            body["bundle"] = self.bundle.to_wire()
+        return body
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> Assignment:
+        where = "assignment"
+        _check_version(body, where)
+        if body.get("type") != "assignment":
+            raise ProtocolError(f"{where}: type {body.get('type')!r} is not 'assignment'")
+        kind = _require(body, "kind", str, where)
+        if kind not in get_args(AssignmentKind):
+            raise ProtocolError(f"{where}: kind {kind!r} is not one of {get_args(AssignmentKind)}")
+        revision = _require(body, "revision", int, where)
+        if revision < 1:
+            raise ProtocolError(f"{where}: revision {revision} is below 1")
+        chart = body.get("chart", {})
+        if not isinstance(chart, dict) or not all(isinstance(v, str) for v in chart.values()):
+            raise ProtocolError(f"{where}: chart must be an object of strings")
+        bundle = Bundle.from_wire(body["bundle"], where) if "bundle" in body else None
+        if (kind == "release") != (bundle is not None):
+            raise ProtocolError(f"{where}: a {kind} assignment {'needs' if bundle is None else 'carries no'} bundle")
+        return cls(
+            node=_name(body, "node", where),
+            namespace=_name(body, "namespace", where),
+            release=_name(body, "release", where),
+            revision=revision,
+            kind=kind,  # type: ignore[arg-type]
+            issued_at=_require(body, "issued_at", str, where),
+            pool=str(body.get("pool", "")),
+            chart=chart,
+            bundle=bundle,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseStatus:
+    """What a node reports of one release."""
+
+    namespace: str
+    release: str
+    desired_revision: int
+    applied_revision: int
+    phase: Phase
+    message: str = ""
+    ready: int = 0
+    total: int = 0
+    observed_at: str = ""
+
+    def __post_init__(self) -> None:
+        if self.phase not in PHASES:
+            raise ValueError(f"phase {self.phase!r} is not one of {PHASES}")
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> ReleaseStatus:
+        if not isinstance(data, dict):
+            raise ProtocolError(f"{where}: each release status must be an object")
+        phase = _require(data, "phase", str, where)
+        if phase not in PHASES:
+            raise ProtocolError(f"{where}: phase {phase!r} is not one of {PHASES}")
+        return cls(
+            namespace=_name(data, "namespace", where),
+            release=_name(data, "release", where),
+            desired_revision=_require(data, "desired_revision", int, where),
+            applied_revision=_require(data, "applied_revision", int, where),
+            phase=phase,  # type: ignore[arg-type]
+            message=str(data.get("message", "")),
+            ready=int(data.get("ready", 0)),
+            total=int(data.get("total", 0)),
+            observed_at=str(data.get("observed_at", "")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    """A node's full report: every release it holds, with a sequence number.
+
+    ``seq`` grows with every report a node sends, across agent restarts, so the
+    hub can drop a report older than one it already has.
+    """
+
+    node: str
+    seq: int
+    observed_at: str
+    releases: tuple[ReleaseStatus, ...]
+    agent_version: str = ""
+    runtime: str = ""
+
+    def encode(self) -> bytes:
+        data = asdict(self)
+        data["v"] = VERSION
+        data["releases"] = [asdict(r) for r in self.releases]
+        return encode_json(data)
+
+    @classmethod
+    def decode(cls, payload: bytes | str) -> NodeStatus:
+        where = "status"
+        data = decode_json(payload, where)
+        releases = _require(data, "releases", list, where)
+        return cls(
+            node=_name(data, "node", where),
+            seq=_require(data, "seq", int, where),
+            observed_at=_require(data, "observed_at", str, where),
+            releases=tuple(ReleaseStatus.from_dict(r, f"{where}.releases[{i}]") for i, r in enumerate(releases)),
+            agent_version=str(data.get("agent_version", "")),
+            runtime=str(data.get("runtime", "")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Presence:
+    """``online`` when a node connects; the broker's last will says ``offline``."""
+
+    node: str
+    state: PresenceState
+    at: str = ""
+
+    def encode(self) -> bytes:
+        return encode_json({"v": VERSION, "node": self.node, "state": self.state, "at": self.at})
+
+    @classmethod
+    def decode(cls, payload: bytes | str) -> Presence:
+        where = "presence"
+        data = decode_json(payload, where)
+        state = _require(data, "state", str, where)
+        if state not in get_args(PresenceState):
+            raise ProtocolError(f"{where}: state {state!r} is not online or offline")
+        return cls(node=_name(data, "node", where), state=state, at=str(data.get("at", "")))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Something that happened on a node, in order (``seq`` grows by one each)."""
+
+    node: str
+    seq: int
+    at: str
+    reason: str
+    message: str
+    namespace: str = ""
+    release: str = ""
+    revision: int = 0
+
+    def encode(self) -> bytes:
+        data = asdict(self)
+        data["v"] = VERSION
+        return encode_json(data)
+
+    @classmethod
+    def decode(cls, payload: bytes | str) -> Event:
+        where = "event"
+        data = decode_json(payload, where)
+        return cls(
+            node=_name(data, "node", where),
+            seq=_require(data, "seq", int, where),
+            at=_require(data, "at", str, where),
+            reason=_require(data, "reason", str, where),
+            message=str(data.get("message", "")),
+            namespace=str(data.get("namespace", "")),
+            release=str(data.get("release", "")),
+            revision=int(data.get("revision", 0)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Resync:
+    """Sent by a node on connect: the revision it holds of every release.
+
+    The hub answers by re-publishing every assignment that is newer than what
+    the node holds or that the node lacks.
+    """
+
+    node: str
+    held: dict[str, int]  # "namespace/release" -> revision
+
+    def encode(self) -> bytes:
+        return encode_json({"v": VERSION, "node": self.node, "held": self.held})
+
+    @classmethod
+    def decode(cls, payload: bytes | str) -> Resync:
+        where = "resync"
+        data = decode_json(payload, where)
+        held = _require(data, "held", dict, where)
+        if not all(isinstance(k, str) and isinstance(v, int) for k, v in held.items()):
+            raise ProtocolError(f"{where}: held must map 'namespace/release' to a revision")
+        return cls(node=_name(data, "node", where), held=held)

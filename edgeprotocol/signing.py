@@ -1,0 +1,63 @@
+"""Signed envelopes for hub-to-node assignments.
+
+An envelope is ``{"v": 1, "body": {...}, "sig": base64}``; the Ed25519
+signature covers the canonical JSON encoding of ``body`` (sorted keys, no
+spaces). The agent pins the hub's public key at join and verifies every
+assignment against it, then checks that the body names the receiving node.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from .errors import AddressError, ProtocolError, SignatureError
+from .messages import VERSION, Assignment, decode_json, encode_json
+
+
+def public_key_pem(key: Ed25519PublicKey) -> str:
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+
+
+def load_public_key(pem: str) -> Ed25519PublicKey:
+    try:
+        key = serialization.load_pem_public_key(pem.encode())
+    except ValueError as exc:
+        raise ProtocolError(f"hub public key is not a PEM public key ({exc})") from exc
+    if not isinstance(key, Ed25519PublicKey):
+        raise ProtocolError("hub public key is not an Ed25519 key")
+    return key
+
+
+def seal(assignment: Assignment, key: Ed25519PrivateKey) -> bytes:
+    """Encode and sign an assignment, ready to publish."""
+    body = assignment.to_body()
+    signature = key.sign(encode_json(body))
+    return encode_json({"v": VERSION, "body": body, "sig": base64.b64encode(signature).decode()})
+
+
+def open_sealed(payload: bytes, key: Ed25519PublicKey, *, node: str) -> Assignment:
+    """Verify and decode an assignment addressed to ``node``.
+
+    Raises ProtocolError (or its SignatureError / AddressError subclasses) with
+    a reason fit for the node's status and events.
+    """
+    envelope: dict[str, Any] = decode_json(payload, "assignment envelope")
+    body, sig = envelope.get("body"), envelope.get("sig")
+    if not isinstance(body, dict) or not isinstance(sig, str):
+        raise ProtocolError("assignment envelope: needs an object 'body' and a string 'sig'")
+    try:
+        key.verify(base64.b64decode(sig, validate=True), encode_json(body))
+    except (InvalidSignature, binascii.Error) as exc:
+        raise SignatureError("assignment is not signed by the pinned hub key") from exc
+    assignment = Assignment.from_body(body)
+    if assignment.node != node:
+        raise AddressError(f"assignment is addressed to node {assignment.node!r}, not {node!r}")
+    return assignment

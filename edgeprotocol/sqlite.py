@@ -1,0 +1,94 @@
+"""A serialized, asynchronous SQLite connection shared by the hub's and agent's stores.
+
+sqlite3 calls block, so every call runs on one dedicated worker thread: the
+event loop never waits on disk, and because there is only one thread, calls
+never interleave. ``transaction`` runs a function inside BEGIN IMMEDIATE ...
+COMMIT, rolled back on any error, so a store change is all or nothing even if
+the process is killed half-way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Database:
+    """An open SQLite file. Use as an async context manager."""
+
+    def __init__(self, path: Path, schema: str) -> None:
+        self._path = path
+        self._schema = schema
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+
+    async def __aenter__(self) -> Database:
+        if self._executor is not None:
+            raise RuntimeError(f"database {self._path} is already open")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sqlite-{self._path.name}")
+        try:
+            await self._run(self._open)
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await asyncio.get_running_loop().run_in_executor(executor, conn.close)
+        executor.shutdown(wait=True)
+
+    def _open(self) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        # WAL keeps readers off writers' backs; synchronous=FULL because a
+        # store write that vanishes on power loss is exactly the lost data
+        # the agent promises not to have.
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.executescript(self._schema)
+        self._conn = conn
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        if self._executor is None:
+            raise RuntimeError(f"database {self._path} is not open")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    async def transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(conn)`` in one write transaction and return its result."""
+
+        def run() -> T:
+            assert self._conn is not None
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(self._conn)
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+            return result
+
+        return await self._run(run)
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(conn)`` for reading (no transaction of its own)."""
+
+        def run() -> T:
+            assert self._conn is not None
+            return fn(self._conn)
+
+        return await self._run(run)

@@ -1,0 +1,333 @@
+"""A whole edgecollab fleet on one machine: Mosquitto, a hub and simulated nodes.
+
+Used by the demo and by the end-to-end tests, so both run the real commands a
+user runs (``edgehub serve``, ``edgeagent join``/``run``, ``edgectl``) as
+separate processes against a real broker and real podman. Every simulated node
+gets its own state directory and podman storage (``--root``/``--runroot``).
+Addresses are loopback only.
+
+Everything here is synchronous and blocking: it drives other processes and is
+never imported by the product.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from edgeagent.runtime import PodmanRuntime, PodmanSettings
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+DEMO_IMAGE = "localhost/edgecollab-busybox:1"
+REPO = Path(__file__).resolve().parent.parent
+# Processes get this long to stop on SIGTERM before they are killed.
+STOP_GRACE_SECONDS = 15.0
+
+
+class FleetError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], T], *, timeout: float, what: str, interval: float = 0.25) -> T:
+    """Poll ``predicate`` until it returns something truthy; raise naming ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while True:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - the predicate may fail while things start
+            last_error = exc
+        if time.monotonic() > deadline:
+            detail = f" (last error: {last_error})" if last_error else ""
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}{detail}")
+        time.sleep(interval)
+
+
+def _port_open(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        return True
+    return False
+
+
+class _Process:
+    """A child process with its output in a log file; stop() is safe to call twice."""
+
+    def __init__(self, name: str, log_path: Path) -> None:
+        self.name = name
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def _spawn(self, argv: list[str], env: dict[str, str] | None = None) -> None:
+        if self.running:
+            raise FleetError(f"{self.name} is already running")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                                         start_new_session=True)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(STOP_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            logger.warning("%s did not stop on SIGTERM within %.0f s; killing it", self.name, STOP_GRACE_SECONDS)
+            proc.kill()
+            proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: no clean shutdown, as in a crash or power loss."""
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    def log_tail(self, lines: int = 40) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+
+class Mosquitto(_Process):
+    """A real Mosquitto on a loopback port, without persistence (a restart loses retained messages)."""
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        super().__init__("mosquitto", workdir / "mosquitto.log")
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.config = workdir / "mosquitto.conf"
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> Mosquitto:
+        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            "log_dest stdout\nlog_type error\nlog_type warning\nlog_type notice\n"
+        )
+        self._spawn([binary, "-c", str(self.config)])
+        wait_until(lambda: _port_open(self.port) or self._check_alive(), timeout=10, what=f"mosquitto on port {self.port}")
+        return self
+
+    def _check_alive(self) -> bool:
+        if not self.running:
+            raise FleetError(f"mosquitto exited:\n{self.log_tail()}")
+        return False
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+class Hub(_Process):
+    def __init__(self, workdir: Path, mqtt_url: str, port: int | None = None) -> None:
+        super().__init__("edgehub", workdir / "hub.log")
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.mqtt_url = mqtt_url
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Hub:
+        self._spawn([sys.executable, "-m", "edgehub.cli", "serve", "--listen", f"127.0.0.1:{self.port}",
+                     "--mqtt", self.mqtt_url, "--state", str(self.workdir / "state")])
+        wait_until(self._healthy, timeout=30, what="the hub's /healthz")
+        return self
+
+    def _healthy(self) -> bool:
+        if not self.running:
+            raise FleetError(f"edgehub exited:\n{self.log_tail()}")
+        self.api("/healthz")
+        return True
+
+    def api(self, path: str) -> Any:
+        with urllib.request.urlopen(self.url + path, timeout=10) as response:
+            return json.loads(response.read())
+
+    def ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run ``edgectl --hub URL ARGS``, as a user would."""
+        result = subprocess.run([sys.executable, "-m", "edgectl.cli", "--hub", self.url, *args],
+                                capture_output=True, text=True, timeout=120)
+        if check and result.returncode != 0:
+            raise FleetError(f"edgectl {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
+        return result
+
+    def ctl_json(self, *args: str) -> Any:
+        return json.loads(self.ctl(*args, "-o", "json").stdout)
+
+    def token(self, pool: str, *, uses: int = 1, ttl: str = "10m") -> str:
+        return self.ctl("token", "create", "--pool", pool, "--uses", str(uses), "--ttl", ttl).stdout.strip()
+
+
+@dataclass
+class NodeOptions:
+    containers_conf: Path | None = None
+    network: str | None = "none"
+    reconcile_interval: float = 2.0
+    image_tar: Path | None = None
+    extra_args: tuple[str, ...] = ()
+
+
+class Node(_Process):
+    """A simulated edge node: its own state directory and podman storage."""
+
+    def __init__(self, name: str, workdir: Path, hub: Hub, options: NodeOptions) -> None:
+        self.node_dir = workdir / name
+        super().__init__(f"edgeagent {name}", self.node_dir / "agent.log")
+        self.name = name
+        self.hub = hub
+        self.options = options
+        self.state_dir = self.node_dir / "state"
+        # podman keeps sockets under runroot: short paths stay under the
+        # 108-byte limit of Unix socket names.
+        self.podman_base = Path(tempfile.mkdtemp(prefix=f"ec-{name[:12]}-", dir="/tmp"))
+        self.podman_settings = PodmanSettings(
+            work_dir=self.state_dir / "podman",
+            root=self.podman_base / "root",
+            runroot=self.podman_base / "run",
+            containers_conf=options.containers_conf,
+            network=options.network,
+        )
+
+    def join(self, token: str, *, labels: dict[str, str] | None = None, pool: str | None = None) -> subprocess.CompletedProcess[str]:
+        args = [sys.executable, "-m", "edgeagent.cli", "join", "--hub", self.hub.url, "--token", token,
+                "--name", self.name, "--state-dir", str(self.state_dir)]
+        for key, value in (labels or {}).items():
+            args += ["--label", f"{key}={value}"]
+        if pool:
+            args += ["--pool", pool]
+        return subprocess.run(args, capture_output=True, text=True, timeout=60)
+
+    def load_image(self) -> None:
+        if self.options.image_tar is not None:
+            asyncio.run(PodmanRuntime(self.podman_settings).import_image(self.options.image_tar, DEMO_IMAGE))
+
+    def start(self) -> Node:
+        o = self.options
+        argv = [sys.executable, "-m", "edgeagent.cli", "run", "--state-dir", str(self.state_dir),
+                "--podman-root", str(self.podman_settings.root), "--podman-runroot", str(self.podman_settings.runroot),
+                "--reconcile-interval", str(o.reconcile_interval), *o.extra_args]
+        if o.network:
+            argv += ["--podman-network", o.network]
+        if o.containers_conf:
+            argv += ["--containers-conf", str(o.containers_conf)]
+        self._spawn(argv)
+        return self
+
+    # --- looking at the node through podman, not through the hub -------------
+
+    def podman(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        s = self.podman_settings
+        env = {**os.environ}
+        if s.containers_conf:
+            env["CONTAINERS_CONF"] = str(s.containers_conf)
+        result = subprocess.run(["podman", "--root", str(s.root), "--runroot", str(s.runroot), *args],
+                                capture_output=True, text=True, env=env, timeout=120)
+        if check and result.returncode != 0:
+            raise FleetError(f"podman {' '.join(args)} on {self.name} failed: {result.stderr.strip()}")
+        return result
+
+    def pods(self) -> list[dict[str, Any]]:
+        """Pods that podman runs for edgecollab releases on this node."""
+        out = self.podman("pod", "ps", "--filter", "label=edgecollab.io/release", "--format", "json").stdout
+        return json.loads(out or "[]")
+
+    def running_pods(self) -> list[dict[str, Any]]:
+        return [p for p in self.pods() if p.get("Status") == "Running"]
+
+    def container_env(self, container: str) -> dict[str, str]:
+        out = self.podman("inspect", container, "--format", "{{json .Config.Env}}").stdout
+        return dict(item.split("=", 1) for item in json.loads(out))
+
+    def cleanup(self) -> None:
+        """Stop the agent and remove every pod and the podman storage of this node."""
+        self.stop()
+        if self.podman_base.exists():
+            self.podman("pod", "rm", "-f", "-a", "-t", "0", check=False)
+            self.podman("system", "reset", "-f", check=False)
+            shutil.rmtree(self.podman_base, ignore_errors=True)
+
+
+@dataclass
+class Fleet:
+    """Broker, hub and nodes under one work directory; close() stops and removes all."""
+
+    workdir: Path
+    node_options: NodeOptions = field(default_factory=NodeOptions)
+    broker: Mosquitto | None = None
+    hub: Hub | None = None
+    nodes: dict[str, Node] = field(default_factory=dict)
+
+    def start(self) -> Fleet:
+        self.broker = Mosquitto(self.workdir / "broker").start()
+        self.hub = Hub(self.workdir / "hub", self.broker.url).start()
+        return self
+
+    def add_node(self, name: str, pool: str, *, labels: dict[str, str] | None = None, token: str | None = None,
+                 start: bool = True) -> Node:
+        """Join a new simulated node to ``pool`` (with a fresh single-use token unless given one) and start it."""
+        assert self.hub is not None
+        node = Node(name, self.workdir / "nodes", self.hub, self.node_options)
+        self.nodes[name] = node
+        result = node.join(token or self.hub.token(pool), labels=labels)
+        if result.returncode != 0:
+            raise FleetError(f"join of {name} failed: {result.stderr.strip()}")
+        node.load_image()
+        if start:
+            node.start()
+        return node
+
+    def close(self) -> None:
+        for node in self.nodes.values():
+            node.cleanup()
+        if self.hub:
+            self.hub.stop()
+        if self.broker:
+            self.broker.stop()
+
+    def __enter__(self) -> Fleet:
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+

@@ -1,0 +1,73 @@
+"""Assignments are signed by the hub and checked by the node: what a node must refuse."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edgeprotocol import AddressError, Assignment, Bundle, ProtocolError, SignatureError
+from edgeprotocol.messages import MAX_MESSAGE_BYTES, now
+from edgeprotocol.signing import open_sealed, seal
+
+MANIFESTS = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n"
+
+
+def make(node: str = "sh-1", revision: int = 3) -> Assignment:
+    return Assignment(node=node, namespace="demo", release="web", revision=revision, kind="release",
+                      issued_at=now(), chart={"name": "web", "version": "0.1.0"}, bundle=Bundle.of(MANIFESTS))
+
+
+def test_a_sealed_assignment_opens_with_the_hub_key_and_keeps_its_manifests():
+    key = Ed25519PrivateKey.generate()
+    opened = open_sealed(seal(make(), key), key.public_key(), node="sh-1")
+    assert opened.revision == 3
+    assert opened.bundle is not None and opened.bundle.manifests == MANIFESTS
+
+
+def test_an_assignment_signed_by_another_key_is_refused():
+    hub, intruder = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    with pytest.raises(SignatureError, match="not signed by the pinned hub key"):
+        open_sealed(seal(make(), intruder), hub.public_key(), node="sh-1")
+
+
+def test_a_tampered_revision_breaks_the_signature():
+    key = Ed25519PrivateKey.generate()
+    envelope = json.loads(seal(make(revision=3), key))
+    envelope["body"]["revision"] = 99
+    with pytest.raises(SignatureError):
+        open_sealed(json.dumps(envelope).encode(), key.public_key(), node="sh-1")
+
+
+def test_an_assignment_for_another_node_is_refused():
+    key = Ed25519PrivateKey.generate()
+    with pytest.raises(AddressError, match="addressed to node 'sh-2'"):
+        open_sealed(seal(make(node="sh-2"), key), key.public_key(), node="sh-1")
+
+
+def test_a_bundle_whose_digest_does_not_match_is_refused():
+    key = Ed25519PrivateKey.generate()
+    body = make().to_body()
+    body["bundle"]["digest"] = "sha256:" + "0" * 64
+    envelope = {"v": 1, "body": body, "sig": ""}
+    from edgeprotocol.messages import encode_json
+
+    envelope["sig"] = __import__("base64").b64encode(key.sign(encode_json(body))).decode()
+    with pytest.raises(ProtocolError, match="digest does not match"):
+        open_sealed(encode_json(envelope), key.public_key(), node="sh-1")
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"not json", "not valid JSON"),
+        (b"[]", "a JSON object was expected"),
+        (b'{"v": 2}', "protocol version 2"),
+        (b"x" * (MAX_MESSAGE_BYTES + 1), "exceeds"),
+    ],
+)
+def test_malformed_payloads_are_refused_with_a_reason(payload: bytes, reason: str):
+    key = Ed25519PrivateKey.generate()
+    with pytest.raises(ProtocolError, match=reason):
+        open_sealed(payload, key.public_key(), node="sh-1")

@@ -1,0 +1,64 @@
+"""What observe says when pods change behind the runtime's back."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgeagent.runtime import ReleaseRef
+
+from .helpers import PodmanNode, render_web
+
+pytestmark = pytest.mark.timeout(60)
+
+DEMO_WEB = ReleaseRef("demo", "web")
+
+
+async def test_a_pod_removed_behind_the_runtimes_back_shows_as_missing_and_not_ready(node: PodmanNode) -> None:
+    await node.runtime.apply(DEMO_WEB, render_web(), node.context)
+
+    await node.podman("pod", "rm", "-f", "-t", "0", "demo.web-pod-0")
+
+    seen = await node.runtime.observe(DEMO_WEB)
+    assert (seen.ready, seen.total) == (0, 1)
+    assert seen.pods[0].phase == "Missing"
+    assert "demo.web-pod-0 (Missing)" in seen.message
+    assert DEMO_WEB in await node.runtime.releases()  # still on record: the agent will re-apply
+
+
+async def test_a_stopped_pod_shows_as_not_ready_and_reapplying_brings_it_back(node: PodmanNode) -> None:
+    manifests = render_web()
+    await node.runtime.apply(DEMO_WEB, manifests, node.context)
+    before = await node.runtime.observe(DEMO_WEB)
+
+    await node.podman("pod", "stop", "-t", "0", "demo.web-pod-0")
+    stopped = await node.runtime.observe(DEMO_WEB)
+    assert (stopped.ready, stopped.total) == (0, 1)
+    assert stopped.pods[0].phase == "Exited"
+
+    await node.runtime.apply(DEMO_WEB, manifests, node.context)
+    after = await node.runtime.observe(DEMO_WEB)
+    assert (after.ready, after.total) == (1, 1)
+    assert after.pods[0].container_ids != before.pods[0].container_ids
+
+
+async def test_observing_twice_shows_the_same_containers_and_start_times(node: PodmanNode) -> None:
+    await node.runtime.apply(DEMO_WEB, render_web(), node.context)
+
+    first = await node.runtime.observe(DEMO_WEB)
+    second = await node.runtime.observe(DEMO_WEB)
+
+    assert first == second
+    assert first.pods[0].started_at
+
+
+async def test_a_restarted_container_shows_a_later_start_time(node: PodmanNode) -> None:
+    await node.runtime.apply(DEMO_WEB, render_web(), node.context)
+    before = await node.runtime.observe(DEMO_WEB)
+
+    await node.podman("restart", "-t", "0", "demo.web-pod-0-httpd")
+
+    after = await node.runtime.observe(DEMO_WEB)
+    assert after.pods[0].container_ids == before.pods[0].container_ids
+    assert after.pods[0].started_at > before.pods[0].started_at or (
+        after.pods[0].started_at != before.pods[0].started_at
+    )
