@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--runtime", choices=["podman"], default="podman")
     r.add_argument("--podman-root", type=Path, help="podman --root (storage) for this node")
     r.add_argument("--podman-runroot", type=Path, help="podman --runroot for this node")
+    r.add_argument("--podman-tmpdir", type=Path, help="podman --tmpdir for this node (simulated nodes sharing a machine)")
     r.add_argument("--podman-network", help="network for played pods (podman kube play --network)")
     r.add_argument("--containers-conf", type=Path, help="containers.conf for podman (sets CONTAINERS_CONF)")
     r.add_argument("--reconcile-interval", type=float, default=AgentSettings.reconcile_interval,
@@ -56,15 +57,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    identity = NodeIdentity.load(args.state_dir)
-    settings = AgentSettings(state_dir=args.state_dir, reconcile_interval=args.reconcile_interval)
-    runtime = PodmanRuntime(PodmanSettings(
-        work_dir=args.state_dir / "podman",
-        root=args.podman_root,
-        runroot=args.podman_runroot,
-        network=args.podman_network,
-        containers_conf=args.containers_conf,
-    ))
+    state_dir = args.state_dir.resolve()
+    identity = NodeIdentity.load(state_dir)
+    settings = AgentSettings(state_dir=state_dir, reconcile_interval=args.reconcile_interval)
+    # Paths are made absolute: podman's helpers run from other directories.
+    absolute = {name: path.resolve() if path else None for name, path in (
+        ("root", args.podman_root), ("runroot", args.podman_runroot), ("tmpdir", args.podman_tmpdir),
+        ("containers_conf", args.containers_conf))}
+    if absolute["containers_conf"] and not absolute["containers_conf"].is_file():
+        print(f"edgeagent: --containers-conf {args.containers_conf}: no such file", file=sys.stderr)
+        return 2
+    runtime = PodmanRuntime(PodmanSettings(work_dir=state_dir / "podman", network=args.podman_network, **absolute))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

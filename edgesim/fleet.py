@@ -221,6 +221,7 @@ class Node(_Process):
             work_dir=self.state_dir / "podman",
             root=self.podman_base / "root",
             runroot=self.podman_base / "run",
+            tmpdir=self.podman_base / "tmp",
             containers_conf=options.containers_conf,
             network=options.network,
         )
@@ -242,6 +243,7 @@ class Node(_Process):
         o = self.options
         argv = [sys.executable, "-m", "edgeagent.cli", "run", "--state-dir", str(self.state_dir),
                 "--podman-root", str(self.podman_settings.root), "--podman-runroot", str(self.podman_settings.runroot),
+                "--podman-tmpdir", str(self.podman_settings.tmpdir),
                 "--reconcile-interval", str(o.reconcile_interval), *o.extra_args]
         if o.network:
             argv += ["--podman-network", o.network]
@@ -257,7 +259,7 @@ class Node(_Process):
         env = {**os.environ}
         if s.containers_conf:
             env["CONTAINERS_CONF"] = str(s.containers_conf)
-        result = subprocess.run(["podman", "--root", str(s.root), "--runroot", str(s.runroot), *args],
+        result = subprocess.run(["podman", *s.global_args(), *args],
                                 capture_output=True, text=True, env=env, timeout=120)
         if check and result.returncode != 0:
             raise FleetError(f"podman {' '.join(args)} on {self.name} failed: {result.stderr.strip()}")

@@ -43,9 +43,10 @@ def build_demo_image(out: Path) -> Path:
 
 def _pod_runs(image_tar: Path, conf: Path | None) -> bool:
     base = Path(tempfile.mkdtemp(prefix="ec-probe-", dir="/tmp"))
-    settings = PodmanSettings(work_dir=base / "work", root=base / "root", runroot=base / "run", containers_conf=conf)
+    settings = PodmanSettings(work_dir=base / "work", root=base / "root", runroot=base / "run", tmpdir=base / "tmp",
+                              containers_conf=conf)
     env = {**os.environ, **({"CONTAINERS_CONF": str(conf)} if conf else {})}
-    podman = ["podman", "--root", str(settings.root), "--runroot", str(settings.runroot)]
+    podman = ["podman", *settings.global_args()]
     try:
         asyncio.run(PodmanRuntime(settings).import_image(image_tar, DEMO_IMAGE))
         result = subprocess.run([*podman, "run", "--rm", "--network", "none", DEMO_IMAGE, "true"],
