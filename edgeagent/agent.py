@@ -35,10 +35,13 @@ from edgeprotocol.signing import load_public_key, open_sealed
 
 from . import __version__
 from .identity import NodeIdentity
-from .runtime import NodeContext, ReleaseRef, Runtime, RuntimeApplyError
+from .runtime import EdgeRuntimeError, NodeContext, Observation, ReleaseRef, Runtime
 from .store import AgentStore, ReleaseRecord
 
 logger = logging.getLogger(__name__)
+
+# Pod phases that mean a pod is down, not starting: it is re-played.
+DEAD_POD_PHASES = frozenset({"Missing", "Exited", "Dead", "Stopped", "Error"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -52,6 +55,9 @@ class AgentSettings:
     status_heartbeat: float = 30.0
     # Pods not all ready this long after an apply turn the release Degraded.
     ready_timeout: float = 120.0
+    # A pod found missing or exited this long after an apply is brought back
+    # by re-playing its release (self-heal); sooner, it may still be starting.
+    heal_after: float = 5.0
     # A failed apply is retried after this, doubling up to retry_max.
     retry_initial: float = 2.0
     retry_max: float = 60.0
@@ -81,6 +87,7 @@ class Agent:
         self._reconciler: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._retry: dict[tuple[str, str], tuple[float, float]] = {}  # key -> (next attempt, delay)
+        self._heal_retry: dict[tuple[str, str], tuple[float, float]] = {}
         self._last_status: tuple[ReleaseStatus, ...] | None = None
         self._last_status_at = 0.0
         self._flush_lock = asyncio.Lock()
@@ -155,6 +162,7 @@ class Agent:
     # --- from the hub --------------------------------------------------------
 
     async def _on_connect(self, session: MqttSession) -> None:
+        await self.store.set_counter("last_sync", int(time.time()))
         await session.publish(
             topics.presence(self.node), Presence(node=self.node, state="online", at=now()).encode(), retain=True
         )
@@ -181,6 +189,7 @@ class Agent:
             self._retry.pop(assignment.key, None)
             self._wake.set()
         else:
+            await self.store.bump("assignments_ignored")
             logger.debug("Ignored %s/%s revision %d: not newer than what the node holds",
                          assignment.namespace, assignment.release, assignment.revision)
 
@@ -209,13 +218,17 @@ class Agent:
         ref = ReleaseRef(namespace=rec.namespace, release=rec.release)
         if rec.desired_kind == "tombstone":
             if rec.phase != "Removed":
-                await self.runtime.remove(ref)
+                try:
+                    await self.runtime.remove(ref)
+                except EdgeRuntimeError as exc:
+                    await self.store.observe(rec, phase="Failed", ready=0, total=0, message=f"removal failed: {exc}")
+                    logger.warning("Removing %s failed: %s; retrying next pass", ref, exc)
+                    return
                 await self.store.finish_remove(rec)
                 await self._event("Removed", f"removed at revision {rec.desired_revision}", rec)
             return
         if rec.applied_digest != rec.digest:
-            next_attempt, _ = self._retry.get((rec.namespace, rec.release), (0.0, 0.0))
-            if time.monotonic() < next_attempt:
+            if not self._due(self._retry, (rec.namespace, rec.release)):
                 return
             if not await self._apply(ref, rec):
                 return
@@ -226,27 +239,54 @@ class Agent:
         if fresh is not None and fresh.desired_revision == rec.desired_revision:
             await self._observe(ref, fresh)
 
-    async def _apply(self, ref: ReleaseRef, rec: ReleaseRecord) -> bool:
+    async def _apply(self, ref: ReleaseRef, rec: ReleaseRecord, *, reason: str = "Applied", why: str = "") -> bool:
         await self.store.begin_apply(rec)
         await self._publish_status()
         try:
             result = await self.runtime.apply(ref, rec.manifests, self._context)
-        except RuntimeApplyError as exc:
-            _, delay = self._retry.get((rec.namespace, rec.release), (0.0, 0.0))
-            delay = min(self.settings.retry_max, delay * 2 if delay else self.settings.retry_initial)
-            self._retry[(rec.namespace, rec.release)] = (time.monotonic() + delay, delay)
+        except EdgeRuntimeError as exc:
+            delay = self._backoff(self._retry, (rec.namespace, rec.release))
             await self.store.fail_apply(rec, message=str(exc))
             await self._event("ApplyFailed", f"revision {rec.desired_revision}: {exc}; retrying in {delay:.0f} s", rec)
             logger.warning("Applying %s revision %d failed: %s", ref, rec.desired_revision, exc)
             return False
         self._retry.pop((rec.namespace, rec.release), None)
         await self.store.finish_apply(rec, message="; ".join(result.warnings))
-        await self._event("Applied", f"revision {rec.desired_revision} applied", rec)
-        logger.info("Applied %s revision %d", ref, rec.desired_revision)
+        await self.store.bump("applies")
+        detail = f" ({why})" if why else ""
+        await self._event(reason, f"revision {rec.desired_revision} applied{detail}", rec)
+        logger.info("%s %s revision %d%s", reason, ref, rec.desired_revision, detail)
         return True
+
+    def _needs_healing(self, observation: Observation, rec: ReleaseRecord) -> bool:
+        settled = time.time() - rec.applied_at >= self.settings.heal_after
+        return settled and any(p.phase in DEAD_POD_PHASES for p in observation.pods)
+
+    @staticmethod
+    def _due(schedule: dict[tuple[str, str], tuple[float, float]], key: tuple[str, str]) -> bool:
+        return time.monotonic() >= schedule.get(key, (0.0, 0.0))[0]
+
+    def _backoff(self, schedule: dict[tuple[str, str], tuple[float, float]], key: tuple[str, str]) -> float:
+        """Schedule the next attempt for ``key``: the delay doubles from retry_initial up to retry_max."""
+        _, delay = schedule.get(key, (0.0, 0.0))
+        delay = min(self.settings.retry_max, delay * 2 if delay else self.settings.retry_initial)
+        schedule[key] = (time.monotonic() + delay, delay)
+        return delay
 
     async def _observe(self, ref: ReleaseRef, rec: ReleaseRecord) -> None:
         observation = await self.runtime.observe(ref)
+        key = (rec.namespace, rec.release)
+        if observation.ready >= observation.total:
+            self._heal_retry.pop(key, None)
+        elif self._needs_healing(observation, rec) and self._due(self._heal_retry, key):
+            dead = ", ".join(f"{p.name} ({p.phase})" for p in observation.pods if p.phase in DEAD_POD_PHASES)
+            logger.warning("Release %s has pods down: %s; re-playing it", ref, dead)
+            await self.store.bump("self_heals")
+            self._backoff(self._heal_retry, key)
+            if await self._apply(ref, rec, reason="SelfHealed", why=f"pods down: {dead}"):
+                fresh = await self.store.get(rec.namespace, rec.release)
+                if fresh is not None and fresh.desired_revision == rec.desired_revision:
+                    rec, observation = fresh, await self.runtime.observe(ref)
         if observation.ready >= observation.total:
             phase = "Deployed"
         elif time.time() - rec.applied_at < self.settings.ready_timeout:
@@ -282,6 +322,7 @@ class Agent:
         )
         if await self._session.publish(topics.status(self.node), status.encode(), retain=True):
             self._last_status, self._last_status_at = comparable, time.monotonic()
+            await self.store.set_counter("last_sync", int(time.time()))
 
     async def _event(self, reason: str, message: str, rec: ReleaseRecord | None = None) -> None:
         event = Event(
@@ -291,6 +332,7 @@ class Agent:
         )
         dropped = await self.store.enqueue(topics.events(self.node), event.encode())
         if dropped:
+            await self.store.bump("events_dropped", dropped)
             logger.warning("Event outbox full: dropped the %d oldest event(s)", dropped)
         await self._flush_outbox()
 
@@ -298,6 +340,17 @@ class Agent:
         if self._session is None or not self._session.connected.is_set():
             return
         async with self._flush_lock:
+            dropped = await self.store.counter("events_dropped")
+            if dropped:
+                # The dropped events were the oldest queued, so this notice goes
+                # out first, where the gap is.
+                notice = Event(node=self.node, seq=await self.store.next_seq("event"), at=now(),
+                               reason="EventsDropped",
+                               message=f"{dropped} event(s) dropped while offline: the outbox holds "
+                                       f"{self.settings.outbox_limit} at most")
+                if not await self._session.publish(topics.events(self.node), notice.encode(), retain=False):
+                    return
+                await self.store.bump("events_dropped", -dropped)
             while batch := await self.store.pending():
                 for item in batch:
                     if not await self._session.publish(item.topic, item.payload, retain=False):

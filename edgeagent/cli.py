@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import signal
+from datetime import UTC, datetime
 import sys
 from pathlib import Path
 
@@ -42,11 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run the agent")
     r.add_argument("--state-dir", type=Path, required=True)
     r.add_argument("--runtime", choices=["podman"], default="podman")
+    r.add_argument("--mqtt", help="broker URL mqtt://HOST:PORT to use instead of the one the hub gave at join")
     r.add_argument("--podman-root", type=Path, help="podman --root (storage) for this node")
     r.add_argument("--podman-runroot", type=Path, help="podman --runroot for this node")
     r.add_argument("--podman-tmpdir", type=Path, help="podman --tmpdir for this node (simulated nodes sharing a machine)")
     r.add_argument("--podman-network", help="network for played pods (podman kube play --network)")
     r.add_argument("--containers-conf", type=Path, help="containers.conf for podman (sets CONTAINERS_CONF)")
+    r.add_argument("--keepalive", type=int, default=AgentSettings.keepalive,
+                   help="MQTT keepalive in seconds; a cut link shows as offline after about 1.5x this")
     r.add_argument("--reconcile-interval", type=float, default=AgentSettings.reconcile_interval,
                    help="seconds between reconcile passes; bounds self-heal time")
 
@@ -59,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
 async def _run(args: argparse.Namespace) -> int:
     state_dir = args.state_dir.resolve()
     identity = NodeIdentity.load(state_dir)
-    settings = AgentSettings(state_dir=state_dir, reconcile_interval=args.reconcile_interval)
+    if args.mqtt:
+        identity = dataclasses.replace(identity, mqtt_url=args.mqtt)
+    settings = AgentSettings(state_dir=state_dir, reconcile_interval=args.reconcile_interval, keepalive=args.keepalive)
     # Paths are made absolute: podman's helpers run from other directories.
     absolute = {name: path.resolve() if path else None for name, path in (
         ("root", args.podman_root), ("runroot", args.podman_runroot), ("tmpdir", args.podman_tmpdir),
@@ -83,6 +90,9 @@ async def _status(args: argparse.Namespace) -> int:
     async with AgentStore(args.state_dir / "agent.db") as store:
         releases = await store.releases()
         outbox = await store.outbox_size()
+        counters = await store.counters()
+    last_sync = counters.pop("last_sync", 0)
+    last_sync_text = datetime.fromtimestamp(last_sync, UTC).isoformat().replace("+00:00", "Z") if last_sync else "never"
     rows = [
         {"namespace": r.namespace, "release": r.release, "desired_revision": r.desired_revision,
          "desired": r.desired_kind, "applied_revision": r.applied_revision, "phase": r.phase,
@@ -90,9 +100,12 @@ async def _status(args: argparse.Namespace) -> int:
         for r in releases
     ]
     if args.output == "json":
-        print(json.dumps({"node": identity.node, "pool": identity.pool, "outbox": outbox, "releases": rows}, indent=2))
+        print(json.dumps({"node": identity.node, "pool": identity.pool, "outbox": outbox, "last_sync": last_sync_text,
+                          "counters": counters,
+                          "releases": rows}, indent=2))
         return 0
-    print(f"node {identity.node}  pool {identity.pool}  outbox {outbox} event(s)")
+    print(f"node {identity.node}  pool {identity.pool}  last sync {last_sync_text}  outbox {outbox} event(s)  "
+          + "  ".join(f"{name} {value}" for name, value in counters.items()))
     print_table(rows, ["namespace", "release", "desired_revision", "applied_revision", "phase", "ready",
                        "observed_at", "message"])
     return 0

@@ -183,14 +183,35 @@ class AgentStore:
             )
         )
 
-    async def next_seq(self, name: str) -> int:
+    async def bump(self, name: str, by: int = 1) -> int:
+        """Add ``by`` to a persisted counter and return its new value."""
+
         def run(c: sqlite3.Connection) -> int:
             c.execute(
-                "INSERT INTO counters VALUES (?, 1) ON CONFLICT(name) DO UPDATE SET value = value + 1", (name,)
+                "INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + ?", (name, by, by)
             )
             return int(c.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()["value"])
 
         return await self._db.transaction(run)
+
+    async def next_seq(self, name: str) -> int:
+        """The next number of a sequence (status reports, events) that grows across restarts."""
+        return await self.bump(f"seq:{name}")
+
+    async def set_counter(self, name: str, value: int) -> None:
+        await self._db.transaction(
+            lambda c: c.execute(
+                "INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value", (name, value)
+            )
+        )
+
+    async def counter(self, name: str) -> int:
+        row = await self._db.read(lambda c: c.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone())
+        return int(row["value"]) if row else 0
+
+    async def counters(self) -> dict[str, int]:
+        rows = await self._db.read(lambda c: c.execute("SELECT name, value FROM counters ORDER BY name").fetchall())
+        return {r["name"]: int(r["value"]) for r in rows if not r["name"].startswith("seq:")}
 
     # --- outbox --------------------------------------------------------------
 

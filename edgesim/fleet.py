@@ -32,6 +32,9 @@ from typing import Any, TypeVar
 
 from edgeagent.runtime import PodmanRuntime, PodmanSettings
 
+from .faults import LinkProxy
+from .net import free_port
+
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -43,12 +46,6 @@ STOP_GRACE_SECONDS = 15.0
 
 class FleetError(RuntimeError):
     pass
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until(predicate: Callable[[], T], *, timeout: float, what: str, interval: float = 0.25) -> T:
@@ -74,7 +71,7 @@ def _port_open(port: int) -> bool:
     return False
 
 
-class _Process:
+class ManagedProcess:
     """A child process with its output in a log file; stop() is safe to call twice."""
 
     def __init__(self, name: str, log_path: Path) -> None:
@@ -119,7 +116,7 @@ class _Process:
         return ""
 
 
-class Mosquitto(_Process):
+class Mosquitto(ManagedProcess):
     """A real Mosquitto on a loopback port, without persistence (a restart loses retained messages)."""
 
     def __init__(self, workdir: Path, port: int | None = None) -> None:
@@ -153,7 +150,7 @@ class Mosquitto(_Process):
         self.start()
 
 
-class Hub(_Process):
+class Hub(ManagedProcess):
     def __init__(self, workdir: Path, mqtt_url: str, port: int | None = None) -> None:
         super().__init__("edgehub", workdir / "hub.log")
         self.workdir = workdir
@@ -200,15 +197,20 @@ class NodeOptions:
     containers_conf: Path | None = None
     network: str | None = "none"
     reconcile_interval: float = 2.0
+    # Short keepalive: a cut link is noticed in ~6 s instead of ~15 s.
+    keepalive: int = 4
     image_tar: Path | None = None
     extra_args: tuple[str, ...] = ()
 
 
-class Node(_Process):
+class Node(ManagedProcess):
     """A simulated edge node: its own state directory and podman storage."""
 
-    def __init__(self, name: str, workdir: Path, hub: Hub, options: NodeOptions) -> None:
+    def __init__(self, name: str, workdir: Path, hub: Hub, options: NodeOptions, *, mqtt_url: str | None = None) -> None:
         self.node_dir = workdir / name
+        # The broker URL this node's agent uses instead of the one from join
+        # (a fault-injecting proxy in tests); None: the one from join.
+        self.mqtt_url = mqtt_url
         super().__init__(f"edgeagent {name}", self.node_dir / "agent.log")
         self.name = name
         self.hub = hub
@@ -244,9 +246,11 @@ class Node(_Process):
         argv = [sys.executable, "-m", "edgeagent.cli", "run", "--state-dir", str(self.state_dir),
                 "--podman-root", str(self.podman_settings.root), "--podman-runroot", str(self.podman_settings.runroot),
                 "--podman-tmpdir", str(self.podman_settings.tmpdir),
-                "--reconcile-interval", str(o.reconcile_interval), *o.extra_args]
+                "--reconcile-interval", str(o.reconcile_interval), "--keepalive", str(o.keepalive), *o.extra_args]
         if o.network:
             argv += ["--podman-network", o.network]
+        if self.mqtt_url:
+            argv += ["--mqtt", self.mqtt_url]
         if o.containers_conf:
             argv += ["--containers-conf", str(o.containers_conf)]
         self._spawn(argv)
@@ -295,6 +299,7 @@ class Fleet:
     broker: Mosquitto | None = None
     hub: Hub | None = None
     nodes: dict[str, Node] = field(default_factory=dict)
+    links: dict[str, LinkProxy] = field(default_factory=dict)
 
     def start(self) -> Fleet:
         self.broker = Mosquitto(self.workdir / "broker").start()
@@ -302,10 +307,13 @@ class Fleet:
         return self
 
     def add_node(self, name: str, pool: str, *, labels: dict[str, str] | None = None, token: str | None = None,
-                 start: bool = True) -> Node:
-        """Join a new simulated node to ``pool`` (with a fresh single-use token unless given one) and start it."""
+                 start: bool = True, link: LinkProxy | None = None) -> Node:
+        """Join a new simulated node to ``pool`` (with a fresh single-use token unless given one) and start it.
+
+        With ``link``, the agent reaches the broker through that proxy, so a test can cut its link.
+        """
         assert self.hub is not None
-        node = Node(name, self.workdir / "nodes", self.hub, self.node_options)
+        node = Node(name, self.workdir / "nodes", self.hub, self.node_options, mqtt_url=link.url if link else None)
         self.nodes[name] = node
         result = node.join(token or self.hub.token(pool), labels=labels)
         if result.returncode != 0:
@@ -315,9 +323,17 @@ class Fleet:
             node.start()
         return node
 
+    def link(self, name: str) -> LinkProxy:
+        """A fault-injecting proxy to the broker, for a node added with ``link=``."""
+        assert self.broker is not None
+        proxy = self.links[name] = LinkProxy(self.broker.port, name=name).start()
+        return proxy
+
     def close(self) -> None:
         for node in self.nodes.values():
             node.cleanup()
+        for proxy in self.links.values():
+            proxy.close()
         if self.hub:
             self.hub.stop()
         if self.broker:

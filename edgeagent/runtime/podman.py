@@ -142,6 +142,9 @@ _LABEL_VALUE_MAX = 63
 # podman 4.3 reports a failed pod as "encountered while bringing up pod NAME: why".
 _BRINGING_UP = re.compile(r"bringing up pod ([^\s:]+)")
 _ZERO_TIME = "0001-01-01T00:00:00Z"
+# Pause between stopping pods and removing them, in seconds (see _remove_pods):
+# conmon's exit cleanup takes well under 0.1 s; 0.2 s leaves a margin.
+_SETTLE_SECONDS = 0.2
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -229,6 +232,7 @@ class _PlayedPod:
     containers: tuple[str, ...]  # podman container names of the app containers
     init_containers: tuple[str, ...]  # podman container names of init containers
     grace: int  # terminationGracePeriodSeconds, 0 when unset
+    images: tuple[str, ...] = ()  # images of all its containers
 
 
 @dataclass(slots=True)
@@ -435,6 +439,7 @@ def _prepare_pod(
         containers=tuple(f"{podman_name}-{c['name']}" for c in containers),
         init_containers=tuple(f"{podman_name}-{c['name']}" for c in inits),
         grace=grace if isinstance(grace, int) and grace > 0 else 0,
+        images=tuple(str(c["image"]) for c in [*inits, *containers]),
     )
     return {
         "apiVersion": "v1",
@@ -625,10 +630,11 @@ def _time_key(value: str) -> tuple[str, str]:
 class _PodmanFailed(Exception):
     """podman exited non-zero or timed out; carries its stderr for chaining."""
 
-    def __init__(self, argv: Sequence[str], returncode: int | None, stderr: str) -> None:
+    def __init__(self, argv: Sequence[str], returncode: int | None, stderr: str, *, command: str) -> None:
         self.argv = list(argv)
         self.returncode = returncode
         self.stderr = stderr.strip()
+        self.command = command  # e.g. "kube play", for messages
         status = "timed out" if returncode is None else f"exited {returncode}"
         super().__init__(f"{' '.join(self.argv)} {status}: {self.stderr}")
 
@@ -705,7 +711,9 @@ class PodmanRuntime:
                 " ".join(args[:2]),
                 self.settings.command_timeout,
             )
-            raise _PodmanFailed(argv, None, f"no answer within {self.settings.command_timeout:.0f} s") from None
+            raise _PodmanFailed(
+                argv, None, f"no answer within {self.settings.command_timeout:.0f} s", command=" ".join(args[:2])
+            ) from None
         finally:
             if proc.returncode is None:
                 # Timed out or cancelled: do not leave podman running behind us.
@@ -715,7 +723,7 @@ class PodmanRuntime:
                     await asyncio.shield(proc.wait())
         result = _Completed(proc.returncode or 0, stdout.decode(errors="replace"), stderr.decode(errors="replace"))
         if check and result.returncode != 0:
-            raise _PodmanFailed(argv, result.returncode, result.stderr or result.stdout)
+            raise _PodmanFailed(argv, result.returncode, result.stderr or result.stdout, command=" ".join(args[:2]))
         return result
 
     async def _json(self, *args: str, what: str) -> Any:
@@ -740,12 +748,24 @@ class PodmanRuntime:
         return list(await self._json(*args, what="list pods") or [])
 
     async def _remove_pods(self, pods: Iterable[tuple[str, int]]) -> None:
-        """Remove pods by name, each after its grace period in seconds; missing ones are fine."""
+        """Stop pods (each within its grace period, in seconds), then remove them.
+
+        Missing pods are fine. Stopping first and removing a moment later, rather
+        than one ``pod rm --force``, is deliberate: with the cgroupfs manager
+        each container's conmon still runs its exit cleanup right after the
+        container dies, and a removal racing it waits ~3 s on the pod's busy
+        cgroup (seen with podman 4.3 in one of five removals).
+        """
         by_grace: dict[int, list[str]] = {}
         for name, grace in pods:
             by_grace.setdefault(min(grace, int(self.settings.command_timeout // 2)), []).append(name)
+        if not by_grace:
+            return
         for grace, names in sorted(by_grace.items()):
-            await self._run("pod", "rm", "--force", "--ignore", "--time", str(grace), *sorted(names))
+            await self._run("pod", "stop", "--ignore", "--time", str(grace), *sorted(names))
+        await asyncio.sleep(_SETTLE_SECONDS)
+        every = sorted(name for names in by_grace.values() for name in names)
+        await self._run("pod", "rm", "--force", "--ignore", "--time", "0", *every)
 
     async def _remove_volumes(self, names: Iterable[str]) -> None:
         names = sorted(names)
@@ -779,12 +799,15 @@ class PodmanRuntime:
             except EdgeRuntimeError as exc:
                 raise RuntimeApplyError(f"release {ref}: {exc}") from exc.__cause__
 
-            stale: list[tuple[str, int]] = []
             try:
                 old_pods = _parse_played(old_text, str(path)) if old_text else {}
             except EdgeRuntimeError as exc:
-                logger.warning("Release %s: %s; removing its old pods without grace", ref, exc)
+                logger.warning("Release %s: %s; stopping its old pods without grace", ref, exc)
                 old_pods = {}
+            # Every pod the release runs now goes before the new file is played:
+            # those it no longer has, and those --replace would recreate, which
+            # podman 4.3 would kill without their grace period.
+            ours: list[tuple[str, int]] = []
             for pod in existing:
                 pod_name = pod.get("Name", "")
                 owner = (pod.get("Labels") or {}).get(LABEL_RELEASE)
@@ -794,23 +817,25 @@ class PodmanRuntime:
                         f"{plan.pods[pod_name].source}: podman pod {pod_name} already exists and "
                         f"belongs to {who}; not replaced"
                     )
-                if owner == label and pod_name not in plan.pods:
+                if owner == label:
                     played = old_pods.get(pod_name)
-                    stale.append((pod_name, played.grace if played else 0))
+                    ours.append((pod_name, played.grace if played else 0))
 
             await asyncio.to_thread(_write_private, path, plan.text)  # file I/O off the loop
             try:
-                if stale:
-                    logger.info("Release %s: removing pods it no longer has: %s", ref, [n for n, _ in stale])
-                    await self._remove_pods(stale)
+                if ours:
+                    gone = [name for name, _ in ours if name not in plan.pods]
+                    if gone:
+                        logger.info("Release %s: removing pods it no longer has: %s", ref, gone)
+                    await self._remove_pods(ours)
                 if plan.pods:
                     args = ["kube", "play", "--replace"]
                     if self.settings.network:
                         args += ["--network", self.settings.network]
                     await self._run(*args, str(path))
-                gone = old_volumes - plan.volumes
-                if gone:
-                    await self._remove_volumes(gone)
+                unused = old_volumes - plan.volumes
+                if unused:
+                    await self._remove_volumes(unused)
             except _PodmanFailed as exc:
                 raise RuntimeApplyError(_explain_play_failure(ref, plan, exc)) from exc
         logger.info("Release %s applied: %d pods, %d warnings", ref, len(plan.pods), len(plan.warnings))
@@ -969,18 +994,20 @@ def _is_running(info: Mapping[str, Any]) -> bool:
 
 def _explain_play_failure(ref: ReleaseRef, plan: _Plan, exc: _PodmanFailed) -> str:
     """A RuntimeApplyError message naming the manifest object podman choked on."""
-    reason = exc.stderr.splitlines()[-1] if exc.stderr else str(exc)
+    lines = [line for line in exc.stderr.splitlines() if line.startswith("Error: ")]
+    reason = (lines[-1] if lines else exc.stderr.splitlines()[-1] if exc.stderr else str(exc))
     reason = reason.removeprefix("Error: ")
-    match = _BRINGING_UP.search(exc.stderr)
-    if match and match.group(1) in plan.pods:
-        pod = plan.pods[match.group(1)]
-        return f"{pod.source} (podman pod {pod.name}) of release {ref}: {reason}"
-    for pod in plan.pods.values():
-        if pod.name in exc.stderr:
-            return f"{pod.source} (podman pod {pod.name}) of release {ref}: {reason}"
     if exc.returncode is None:
-        return f"release {ref}: podman timed out: {reason}"
-    return f"release {ref}: podman failed: {reason}"
+        return f"release {ref}: podman {exc.command} gave {reason}; killed"
+    match = _BRINGING_UP.search(exc.stderr)
+    culprit = plan.pods.get(match.group(1)) if match else None
+    if culprit is None:  # podman does not always name the pod: look for its name or image
+        culprit = next((p for p in plan.pods.values() if p.name in exc.stderr), None)
+    if culprit is None:
+        culprit = next((p for p in plan.pods.values() if any(i in exc.stderr for i in p.images)), None)
+    if culprit is not None:
+        return f"{culprit.source} (podman pod {culprit.name}) of release {ref}: {reason}"
+    return f"release {ref}: podman {exc.command} failed: {reason}"
 
 
 def _read_text(path: Path) -> str | None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from edgesim.fleet import Fleet, wait_until
 
-from .helpers import EXAMPLE_SPEC, component, main_container, release_pods, served_page, wait_deployed, write_spec
+from fleet_checks import EXAMPLE_SPEC, component, main_container, release_pods, served_page, wait_deployed, write_spec
 
 
 def test_a_component_for_one_pool_runs_on_exactly_its_nodes_upgrades_and_goes_away(fleet: Fleet, tmp_path: Path):

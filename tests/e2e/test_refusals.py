@@ -10,7 +10,7 @@ import yaml
 
 from edgesim.fleet import Fleet, Node
 
-from .helpers import write_spec
+from fleet_checks import write_spec
 
 
 def _refused(fleet: Fleet, spec: Path) -> str:

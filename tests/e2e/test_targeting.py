@@ -6,7 +6,7 @@ from pathlib import Path
 
 from edgesim.fleet import Fleet
 
-from .helpers import component, main_container, release_pods, wait_deployed, write_spec
+from fleet_checks import component, main_container, release_pods, wait_deployed, write_spec
 
 
 def test_a_label_selector_picks_nodes_across_pools_with_per_pool_values(fleet: Fleet, tmp_path: Path):

@@ -12,6 +12,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,6 +76,9 @@ def cleanup_podman_node(settings: PodmanSettings) -> None:
     if settings.root is not None and settings.root.exists():
         pod_ids = run("events", "--stream=false", "--filter", "type=pod", "--filter", "event=create",
                       "--format", "{{.ID}}").split()
+        # Stop, then remove a moment later: see PodmanRuntime._remove_pods.
+        run("pod", "stop", "--all", "--time", "0")
+        time.sleep(0.2)
         run("pod", "rm", "--all", "--force", "--time", "0")
         run("rm", "--all", "--force", "--time", "0")
         run("volume", "rm", "--all", "--force")

@@ -9,7 +9,7 @@ import yaml
 
 from edgesim.fleet import Hub, Node, wait_until
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_SPEC = REPO / "examples" / "web" / "component.yaml"
 EXAMPLE_CHART = REPO / "examples" / "web" / "chart"
 # Agents report within a reconcile pass (2 s here) of the pods being ready.
@@ -56,3 +56,34 @@ def main_container(node: Node, release: str = "demo.web") -> str:
 def served_page(node: Node, port: int = 8080, release: str = "demo.web") -> str:
     """The page the release's httpd serves, fetched inside the pod on its own loopback."""
     return node.podman("exec", main_container(node, release), "wget", "-q", "-O-", f"http://127.0.0.1:{port}/").stdout
+
+
+def container_starts(node: Node) -> dict[str, tuple[str, str]]:
+    """Each release container on the node: name -> (container id, start time). Infra containers left out."""
+    import json
+
+    out = node.podman("ps", "--format", "json").stdout
+    return {c["Names"][0]: (c["Id"], str(c["StartedAt"])) for c in json.loads(out or "[]")
+            if c.get("Pod") and not c["Names"][0].endswith("-infra")}
+
+
+def node_view(hub: Hub, name: str) -> dict[str, Any]:
+    return next(n for n in hub.ctl_json("get", "nodes") if n["name"] == name)
+
+
+def node_events(hub: Hub, name: str) -> list[dict[str, Any]]:
+    return hub.api(f"/api/v1/nodes/{name}/events?limit=1000")
+
+
+def agent_status(node: Node) -> dict[str, Any]:
+    import json
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "edgeagent.cli", "status", "--state-dir", str(node.state_dir),
+                             "-o", "json"], capture_output=True, text=True, timeout=60, check=True)
+    return json.loads(result.stdout)
+
+
+def applied_revisions(events: list[dict[str, Any]], release: str = "web") -> list[int]:
+    return [e["revision"] for e in events if e["reason"] == "Applied" and e["release"] == release]

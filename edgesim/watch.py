@@ -1,0 +1,60 @@
+"""Record what is published on a topic, with a real MQTT client (paho) on its own thread."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import paho.mqtt.client as mqtt
+
+CONNECT_TIMEOUT_SECONDS = 10.0
+
+
+class TopicRecorder:
+    """Subscribes to ``topic`` on the broker at ``port`` and keeps every payload, in order."""
+
+    def __init__(self, port: int, topic: str) -> None:
+        self.topic = topic
+        self.payloads: list[bytes] = []
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"recorder-{uuid.uuid4().hex[:8]}")
+        self._client.on_connect = lambda client, *_: client.subscribe(topic, qos=1)
+        self._client.on_subscribe = lambda *_: self._subscribed.set()
+        self._client.on_message = self._on_message
+        self._port = port
+
+    def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            self.payloads.append(bytes(message.payload))
+
+    def __enter__(self) -> TopicRecorder:
+        # paho reconnects by itself (a broker restart in a test) and
+        # on_connect subscribes again.
+        self._client.connect("127.0.0.1", self._port, keepalive=10)
+        self._client.loop_start()
+        if not self._subscribed.wait(CONNECT_TIMEOUT_SECONDS):
+            self.__exit__()
+            raise TimeoutError(f"could not subscribe to {self.topic} on port {self._port}")
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def snapshot(self) -> list[bytes]:
+        with self._lock:
+            return list(self.payloads)
+
+
+def publish(port: int, messages: list[tuple[str, bytes, bool]]) -> None:
+    """Publish (topic, payload, retain) messages in order with QoS 1, waiting for each acknowledgement."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"publisher-{uuid.uuid4().hex[:8]}")
+    client.connect("127.0.0.1", port, keepalive=10)
+    client.loop_start()
+    try:
+        for topic, payload, retain in messages:
+            client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(CONNECT_TIMEOUT_SECONDS)
+    finally:
+        client.disconnect()
+        client.loop_stop()
