@@ -11,14 +11,15 @@ plays reliably, stores that exact file as ``WORK_DIR/NAMESPACE/RELEASE.yaml``
 Pod                    played as is (plus the injections below)
 Deployment             expanded into ``spec.replicas`` Pods (default 1) named
                        ``NAME-pod-0`` .. ``NAME-pod-{n-1}``, restartPolicy
-                       Always. podman 4.3 would do the same expansion itself
-                       but later podman versions run one pod whatever the
-                       replica count; expanding here keeps names and counts
-                       the same on every podman, and ``total`` honest.
+                       Always. podman 4.3 would do the same expansion
+                       itself; podman 5 runs one pod ``NAME-pod`` whatever the
+                       count ("Limiting replica count to 1"). Expanding here
+                       keeps names and counts the same on every podman, and
+                       ``total`` honest.
 DaemonSet              one Pod ``NAME-pod-0`` (one node, one pod). podman 4.3
                        ignores DaemonSets silently (support came later).
 ConfigMap              kept; podman uses it for ``env``/``envFrom`` and mounts
-                       it as a podman volume of the same name.
+                       it through a podman volume named after it.
 Secret                 turned into a ConfigMap (and secretKeyRef / secretRef /
                        secret volumes into their ConfigMap forms). podman
                        4.3's own Secret support is broken: it stores the
@@ -54,21 +55,34 @@ with RuntimeApplyError instead of replacing the other release's pod.
 
 Re-applying and removing
 ------------------------
-``--replace`` recreates every pod of the file, even when nothing changed: the
-agent re-plays a release only when its rendered manifests changed (it compares
-digests), so a reconnect restarts nothing. Pods the previous file had and the
-new one does not are removed before the new file is played; volumes likewise,
-after it. A failed play leaves the new file stored: ``observe`` then reports
-what the release asks for against what really runs, and ``remove`` cleans up
-whatever the failed play left behind.
+Re-playing recreates every pod of the release, even when nothing changed: the
+agent re-applies a release only when its rendered manifests changed (it compares
+digests), so a reconnect restarts nothing. Before the new file is played, every
+pod the release runs is stopped and removed by the runtime itself, the ones the
+new manifests no longer have included; volumes the new file no longer uses are
+removed after it. A failed play leaves the new file stored: ``observe`` then
+reports what the release asks for against what really runs, and ``remove``
+cleans up whatever the failed play left behind.
 
-Pods are removed with ``podman pod rm -f -t GRACE``, GRACE being the pods'
-``terminationGracePeriodSeconds``, 0 (kill at once) when unset; that is what
-podman 4.3's ``kube down`` and ``kube play --replace`` do in every case (stop
-timeout 0). podman 4.3 itself does not carry ``terminationGracePeriodSeconds``
-into the containers (their stop timeout stays 10 s), so a container whose PID 1
-ignores SIGTERM makes ``podman pod stop`` wait the full 10 s; the example chart
-runs its server under ``sh -c 'trap "exit 0" TERM; ... & wait'`` for that reason.
+Pods are stopped with ``podman pod stop -t GRACE`` (GRACE being the pod's
+``terminationGracePeriodSeconds``, 0 when unset) and then removed. podman 4.3
+itself is harsher: ``kube down`` and ``kube play --replace`` stop with timeout 0
+(SIGKILL at once) whatever the manifest says, and kube play does not carry
+``terminationGracePeriodSeconds`` into the containers (their stop timeout stays
+podman's 10 s), so a PID 1 that ignores SIGTERM, like busybox httpd, makes a
+plain ``podman pod stop`` wait 10 s. The example chart runs its server under
+``sh -c 'trap "exit 0" TERM; httpd ... & wait'`` for that reason.
+
+Ports: in Kubernetes a ``containerPort`` alone publishes nothing, but podman
+4.3 publishes it on the host (0.0.0.0), so only ports with a ``hostPort`` are
+kept; with ``network`` ``none`` those cannot work and are reported as warnings.
+Init containers are passed through; podman 4.3 sometimes fails removing a
+finished init container ("cannot remove container ... as it is running"), which
+fails the apply with that message.
+
+An apply costs two podman calls the first time (``pod ps``, ``kube play``) and
+four when the release already runs (``pod stop`` and ``pod rm`` in between),
+plus a ``volume rm`` when volumes fell out of use.
 
 Observing
 ---------
@@ -846,7 +860,11 @@ class PodmanRuntime:
         path = self.played_file(ref)
         async with self._lock(ref):
             text = await asyncio.to_thread(_read_text, path)  # file I/O off the loop
-            played = _parse_played(text, str(path)) if text else {}
+            try:
+                played = _parse_played(text, str(path)) if text else {}
+            except EdgeRuntimeError as exc:
+                logger.warning("Release %s: %s; removing its pods by label", ref, exc)
+                played = {}
             volumes = _played_volumes(text) if text else set()
             try:
                 # The played file names what this runtime made; the label also
@@ -873,12 +891,7 @@ class PodmanRuntime:
         pods = await self._pods(f"label={LABEL_RELEASE}={release_label(ref)}")
 
         infra = {p.get("InfraId") for p in pods}
-        ids = [
-            c["Id"]
-            for p in pods
-            for c in p.get("Containers") or ()
-            if c.get("Id") not in infra
-        ]
+        ids = [c["Id"] for p in pods for c in p.get("Containers") or () if c.get("Id") not in infra]
         details = await self._inspect(ids) if ids else {}
 
         states: list[PodState] = []

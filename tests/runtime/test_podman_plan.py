@@ -1,0 +1,212 @@
+"""What the podman runtime makes of a release's manifests before podman sees them.
+
+Pure logic, no podman: the same behaviour is exercised for real in the other
+test files of this folder.
+"""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+import yaml
+
+from edgeagent.runtime import NodeContext, ReleaseRef, RuntimeApplyError
+from edgeagent.runtime.podman import build_plan, release_label
+
+from .helpers import render_web
+
+NODE = NodeContext(node="edge-7", pool="shanghai")
+DEMO_WEB = ReleaseRef("demo", "web")
+
+
+def played(text: str) -> list[dict]:
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def pods_of(text: str) -> list[dict]:
+    return [d for d in played(text) if d["kind"] == "Pod"]
+
+
+def test_every_pod_gets_a_namespaced_name_node_labels_and_node_env() -> None:
+    plan = build_plan(DEMO_WEB, render_web(), NODE)
+
+    (pod,) = pods_of(plan.text)
+    assert pod["metadata"]["name"] == "demo.web-pod-0"
+    assert pod["metadata"]["labels"] | {
+        "edgecollab.io/node": "edge-7",
+        "edgecollab.io/pool": "shanghai",
+        "edgecollab.io/release": "demo.web",
+        "edgecollab.io/namespace": "demo",
+        "edgecollab.io/release-name": "web",
+    } == pod["metadata"]["labels"]
+    env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
+    assert env["EDGE_NODE_NAME"] == "edge-7"
+    assert env["EDGE_NODE_POOL"] == "shanghai"
+    assert pod["spec"]["restartPolicy"] == "Always"
+    assert list(plan.pods) == ["demo.web-pod-0"]
+    assert plan.pods["demo.web-pod-0"].source == "Deployment/web"
+
+
+def test_the_node_identity_wins_over_env_and_labels_the_chart_set() -> None:
+    manifests = """
+apiVersion: v1
+kind: Pod
+metadata: {name: p, labels: {edgecollab.io/node: spoofed}}
+spec:
+  containers:
+  - {name: c, image: img, env: [{name: EDGE_NODE_NAME, value: spoofed}, {name: KEEP, value: "1"}]}
+"""
+    (pod,) = pods_of(build_plan(DEMO_WEB, manifests, NODE).text)
+
+    assert pod["metadata"]["labels"]["edgecollab.io/node"] == "edge-7"
+    env = pod["spec"]["containers"][0]["env"]
+    assert [e["value"] for e in env if e["name"] == "EDGE_NODE_NAME"] == ["edge-7"]
+    assert {"name": "KEEP", "value": "1"} in env
+
+
+def test_a_long_release_label_is_cut_to_63_characters_and_stays_unique() -> None:
+    a = ReleaseRef("n" * 63, "r" * 60 + "aaa")
+    b = ReleaseRef("n" * 63, "r" * 60 + "bbb")
+
+    assert release_label(DEMO_WEB) == "demo.web"
+    assert len(release_label(a)) == 63
+    assert release_label(a) != release_label(b)
+    assert release_label(a)[-1].isalnum()
+
+
+def test_container_ports_without_a_host_port_are_not_published() -> None:
+    # podman 4.3 would publish containerPort 8080 on the host's 0.0.0.0.
+    plan = build_plan(DEMO_WEB, render_web(), NODE, network=None)
+
+    (pod,) = pods_of(plan.text)
+    assert "ports" not in pod["spec"]["containers"][0]
+    assert plan.warnings == []
+
+
+def test_host_ports_are_kept_on_a_pod_network_and_reported_without_one() -> None:
+    manifests = """
+apiVersion: v1
+kind: Pod
+metadata: {name: p}
+spec:
+  containers:
+  - {name: c, image: img, ports: [{containerPort: 80, hostPort: 18080}, {containerPort: 81}]}
+"""
+    bridged = build_plan(DEMO_WEB, manifests, NODE, network=None)
+    isolated = build_plan(DEMO_WEB, manifests, NODE, network="none")
+
+    assert pods_of(bridged.text)[0]["spec"]["containers"][0]["ports"] == [{"containerPort": 80, "hostPort": 18080}]
+    assert "ports" not in pods_of(isolated.text)[0]["spec"]["containers"][0]
+    assert isolated.warnings == [
+        "Pod/p: container 'c': hostPort 18080 not published (the node's pods run with network none)"
+    ]
+
+
+def test_configmap_secret_and_claim_names_are_namespaced_and_tagged_by_kind() -> None:
+    manifests = """
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: data}
+data: {a: "1"}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: data}
+data: {key: %s, blob: %s}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: data}
+spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: p}
+spec:
+  containers:
+  - name: c
+    image: img
+    env:
+    - {name: A, valueFrom: {configMapKeyRef: {name: data, key: a}}}
+    - {name: K, valueFrom: {secretKeyRef: {name: data, key: key}}}
+    envFrom: [{secretRef: {name: data}}]
+  volumes:
+  - {name: cm, configMap: {name: data}}
+  - {name: s, secret: {secretName: data, defaultMode: 256}}
+  - {name: pv, persistentVolumeClaim: {claimName: data}}
+""" % (base64.b64encode(b"v").decode(), base64.b64encode(b"\xff\x00").decode())
+
+    plan = build_plan(DEMO_WEB, manifests, NODE)
+
+    docs = played(plan.text)
+    configmaps = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ConfigMap"}
+    assert configmaps["demo.cm.data"]["data"] == {"a": "1"}
+    assert configmaps["demo.secret.data"]["data"] == {"key": "v"}
+    assert configmaps["demo.secret.data"]["binaryData"] == {"blob": base64.b64encode(b"\xff\x00").decode()}
+    assert not [d for d in docs if d["kind"] in ("Secret", "PersistentVolumeClaim")]
+    (pod,) = pods_of(plan.text)
+    container = pod["spec"]["containers"][0]
+    assert container["env"][1] == {
+        "name": "K",
+        "valueFrom": {"configMapKeyRef": {"name": "demo.secret.data", "key": "key"}},
+    }
+    assert container["envFrom"] == [{"configMapRef": {"name": "demo.secret.data"}}]
+    assert pod["spec"]["volumes"] == [
+        {"name": "cm", "configMap": {"name": "demo.cm.data"}},
+        {"name": "s", "configMap": {"name": "demo.secret.data", "defaultMode": 256}},
+        {"name": "pv", "persistentVolumeClaim": {"claimName": "demo.pvc.data"}},
+    ]
+    assert plan.volumes == {"demo.cm.data", "demo.secret.data", "demo.pvc.data"}
+    assert plan.warnings == []
+
+
+def test_a_deployment_scaled_to_zero_asks_for_no_pods() -> None:
+    plan = build_plan(DEMO_WEB, render_web({"replicas": 0}), NODE)
+
+    assert plan.pods == {}
+    assert pods_of(plan.text) == []
+
+
+@pytest.mark.parametrize(
+    ("manifests", "message"),
+    [
+        ("just a string", r"^document 1 of demo/web: not a Kubernetes object"),
+        ("kind: Pod\nmetadata: {name: Bad_Name}\nspec: {containers: [{name: c, image: i}]}",
+         r"^Pod/Bad_Name: metadata.name 'Bad_Name' is not a valid object name"),
+        ("kind: Deployment\nmetadata: {name: d}\nspec: {replicas: -1, template: {spec: {}}}",
+         r"^Deployment/d: spec.replicas -1"),
+        ("kind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: c}]}", r"^Pod/p: container 'c' has no image"),
+        ("kind: Secret\nmetadata: {name: s}\ndata: {k: '!!notbase64'}", r"^Secret/s: data key 'k' is not valid base64"),
+        ("kind: Pod\nmetadata: {name: d-pod-0}\nspec: {containers: [{name: c, image: i}]}\n---\n"
+         "kind: Deployment\nmetadata: {name: d}\nspec: {template: {spec: {containers: [{name: c, image: i}]}}}",
+         r"more than one pod of the release is named 'd-pod-0'"),
+    ],
+)
+def test_manifests_podman_cannot_run_are_refused_naming_the_object(manifests: str, message: str) -> None:
+    with pytest.raises(RuntimeApplyError, match=message):
+        build_plan(DEMO_WEB, manifests, NODE)
+
+
+def test_objects_of_another_namespace_are_applied_in_the_releases_with_a_warning() -> None:
+    manifests = "kind: Pod\nmetadata: {name: p, namespace: other}\nspec: {containers: [{name: c, image: i}]}"
+
+    plan = build_plan(DEMO_WEB, manifests, NODE)
+
+    assert list(plan.pods) == ["demo.p"]
+    assert plan.warnings == ["Pod/p: namespace 'other' ignored, applied in the release's namespace 'demo'"]
+
+
+def test_every_kind_podman_cannot_run_is_reported_once() -> None:
+    manifests = render_web({"service": {"enabled": True}}) + (
+        "\n---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: web}\n"
+        "---\napiVersion: batch/v1\nkind: Job\nmetadata: {name: once}\n"
+    )
+
+    plan = build_plan(DEMO_WEB, manifests, NODE)
+
+    assert sorted(plan.warnings) == [
+        "Ingress/web: kind not supported by podman, not applied",
+        "Job/once: kind not supported by podman, not applied",
+        "Service/web: kind not supported by podman, not applied",
+    ]
