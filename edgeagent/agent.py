@@ -274,7 +274,13 @@ class Agent:
         return delay
 
     async def _observe(self, ref: ReleaseRef, rec: ReleaseRecord) -> None:
-        observation = await self.runtime.observe(ref)
+        try:
+            observation = await self.runtime.observe(ref)
+        except EdgeRuntimeError as exc:
+            # Not seeing the pods is not knowing they run: never keep Deployed.
+            logger.warning("Cannot observe %s: %s", ref, exc)
+            await self.store.observe(rec, phase="Degraded", ready=0, total=rec.total, message=f"cannot observe: {exc}")
+            return
         key = (rec.namespace, rec.release)
         if observation.ready >= observation.total:
             self._heal_retry.pop(key, None)

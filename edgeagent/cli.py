@@ -9,8 +9,8 @@ import dataclasses
 import json
 import logging
 import signal
-from datetime import UTC, datetime
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 from edgectl.table import print_table

@@ -34,12 +34,11 @@ from edgeagent.runtime import PodmanRuntime, PodmanSettings
 
 from .faults import LinkProxy
 from .net import free_port
+from .podman_setup import DEMO_IMAGE, remove_node_storage
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-DEMO_IMAGE = "localhost/edgecollab-busybox:1"
-REPO = Path(__file__).resolve().parent.parent
 # Processes get this long to stop on SIGTERM before they are killed.
 STOP_GRACE_SECONDS = 15.0
 
@@ -284,10 +283,8 @@ class Node(ManagedProcess):
     def cleanup(self) -> None:
         """Stop the agent and remove every pod and the podman storage of this node."""
         self.stop()
-        if self.podman_base.exists():
-            self.podman("pod", "rm", "-f", "-a", "-t", "0", check=False)
-            self.podman("system", "reset", "-f", check=False)
-            shutil.rmtree(self.podman_base, ignore_errors=True)
+        remove_node_storage(self.podman_settings)
+        shutil.rmtree(self.podman_base, ignore_errors=True)
 
 
 @dataclass

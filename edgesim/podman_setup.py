@@ -10,16 +10,19 @@ containers.conf that selects runc and keeps ulimits at the host's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from edgeagent.runtime import PodmanRuntime, PodmanSettings
 
-from .fleet import DEMO_IMAGE, REPO
+DEMO_IMAGE = "localhost/edgecollab-busybox:1"
+REPO = Path(__file__).resolve().parent.parent
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +58,7 @@ def _pod_runs(image_tar: Path, conf: Path | None) -> bool:
             logger.info("podman with %s cannot run a container: %s", conf or "its defaults", result.stderr.strip())
         return result.returncode == 0
     finally:
-        subprocess.run([*podman, "system", "reset", "-f"], capture_output=True, env=env, timeout=120)
-        shutil.rmtree(base, ignore_errors=True)
+        remove_node_storage(settings)
 
 
 def containers_conf_for_this_machine(workdir: Path, image_tar: Path) -> Path | None:
@@ -75,3 +77,46 @@ def containers_conf_for_this_machine(workdir: Path, image_tar: Path) -> Path | N
     if not _pod_runs(image_tar, conf):
         raise RuntimeError(f"podman cannot run a container here, not even with {conf}; see the log above")
     return conf
+
+
+def remove_node_storage(settings: PodmanSettings) -> None:
+    """Remove everything a test node holds: pods, containers, volumes, mounts, files.
+
+    Not ``podman system reset``: it also deletes the machine's shared network
+    definitions, which other nodes use. podman 4.3 on hybrid cgroups also leaves
+    an empty cgroup behind for some removed pods; those of this node's pods go too.
+    """
+    env = dict(os.environ)
+    if settings.containers_conf is not None:
+        env["CONTAINERS_CONF"] = str(settings.containers_conf)
+    podman = [settings.binary, *settings.global_args()]
+
+    def run(*args: str) -> str:
+        done = subprocess.run(
+            [*podman, *args], env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+        return done.stdout
+
+    if settings.root is not None and settings.root.exists():
+        pod_ids = run("events", "--stream=false", "--filter", "type=pod", "--filter", "event=create",
+                      "--format", "{{.ID}}").split()
+        # Stop, then remove a moment later: see PodmanRuntime._remove_pods.
+        run("pod", "stop", "--all", "--time", "0")
+        time.sleep(0.2)
+        run("pod", "rm", "--all", "--force", "--time", "0")
+        run("rm", "--all", "--force", "--time", "0")
+        run("volume", "rm", "--all", "--force")
+        for pod_id in pod_ids:
+            for cgroup in Path("/sys/fs/cgroup").glob(f"*/libpod_parent/{pod_id}"):
+                with contextlib.suppress(OSError):
+                    cgroup.rmdir()
+    base = settings.work_dir.parent
+    mounts = [
+        line.split()[4]
+        for line in Path("/proc/self/mountinfo").read_text().splitlines()
+        if line.split()[4].startswith(f"{base}/")
+    ]
+    for mount in sorted(mounts, key=len, reverse=True):
+        if subprocess.run(["umount", mount], capture_output=True, check=False).returncode != 0:
+            subprocess.run(["umount", "-l", mount], capture_output=True, check=False)
+    shutil.rmtree(base, ignore_errors=True)

@@ -199,8 +199,9 @@ class PodmanSettings:
     def __post_init__(self) -> None:
         for name in ("work_dir", "root", "runroot", "tmpdir", "containers_conf"):
             value = getattr(self, name)
-            if value is not None and not isinstance(value, Path):
-                object.__setattr__(self, name, Path(value))
+            if value is not None:
+                # Absolute: podman's helpers (conmon) run from other directories.
+                object.__setattr__(self, name, Path(value).absolute())
         if not self.binary:
             raise ValueError("PodmanSettings.binary must not be empty")
         if self.network is not None and not self.network:
@@ -411,6 +412,10 @@ def _prepare_pod(
 
     if restart_always and not spec.get("restartPolicy"):
         spec["restartPolicy"] = "Always"
+    if not spec.get("hostname") and not spec.get("hostNetwork"):
+        # As in Kubernetes, the pod's hostname is its own name; podman would use
+        # the namespace-prefixed one, which can exceed a hostname's 63 characters.
+        spec["hostname"] = pod_name[:63].rstrip("-.")
 
     containers = spec.get("containers")
     if not isinstance(containers, list) or not containers:

@@ -9,11 +9,10 @@ import sys
 from pathlib import Path
 
 import yaml
+from fleet_checks import EXAMPLE_SPEC, wait_deployed
 
 from edgesim.fleet import Fleet, ManagedProcess, wait_until
 from edgesim.net import free_port
-
-from fleet_checks import EXAMPLE_SPEC, wait_deployed
 
 
 def test_the_hub_reads_its_settings_from_a_file_and_edgectl_finds_it_through_the_environment(fleet: Fleet, tmp_path: Path):

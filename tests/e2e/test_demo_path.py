@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgesim.fleet import Fleet, wait_until
-
 from fleet_checks import EXAMPLE_SPEC, component, main_container, release_pods, served_page, wait_deployed, write_spec
+
+from edgesim.fleet import Fleet, wait_until
 
 
 def test_a_component_for_one_pool_runs_on_exactly_its_nodes_upgrades_and_goes_away(fleet: Fleet, tmp_path: Path):

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fleet_checks import write_spec
 
 from edgesim.fleet import Fleet, Node
-
-from fleet_checks import write_spec
 
 
 def _refused(fleet: Fleet, spec: Path) -> str:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgesim.fleet import Fleet
-
 from fleet_checks import component, main_container, release_pods, wait_deployed, write_spec
+
+from edgesim.fleet import Fleet
 
 
 def test_a_label_selector_picks_nodes_across_pools_with_per_pool_values(fleet: Fleet, tmp_path: Path):

@@ -7,7 +7,6 @@ podman settings this machine needs.
 from __future__ import annotations
 
 import shutil
-import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -15,26 +14,15 @@ from pathlib import Path
 import pytest
 
 from edgeagent.runtime import NodeContext, PodmanRuntime
+from edgesim.podman_setup import remove_node_storage
 
-from .helpers import (
-    BUILD_SCRIPT,
-    DEMO_IMAGE,
-    PodmanNode,
-    cleanup_podman_node,
-    podman_test_settings,
-)
-
-__all__ = ["podman_test_settings"]
+from .helpers import DEMO_IMAGE, PodmanNode, podman_test_settings
 
 
 @pytest.fixture(scope="session")
-def demo_rootfs_tar(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo image's root filesystem tar, built once per session by the script."""
-    if shutil.which("podman") is None:
-        pytest.skip("podman is not installed")
-    out = tmp_path_factory.mktemp("image") / "edgecollab-busybox.tar"
-    subprocess.run(["bash", str(BUILD_SCRIPT), str(out)], check=True, capture_output=True, timeout=60)
-    return out
+def demo_rootfs_tar(demo_image_tar: Path) -> Path:
+    """The demo image's root filesystem tar (built once per session by the top-level fixture)."""
+    return demo_image_tar
 
 
 @pytest.fixture
@@ -46,9 +34,9 @@ def node_dir() -> Iterator[Path]:
 
 
 @pytest.fixture
-async def node(node_dir: Path, demo_rootfs_tar: Path) -> AsyncIterator[PodmanNode]:
+async def node(node_dir: Path, demo_rootfs_tar: Path, containers_conf: Path | None) -> AsyncIterator[PodmanNode]:
     """A simulated edge node with the demo image loaded; everything removed afterwards."""
-    settings = podman_test_settings(node_dir)
+    settings = podman_test_settings(node_dir, containers_conf)
     runtime = PodmanRuntime(settings)
     try:
         async with runtime:
@@ -56,4 +44,4 @@ async def node(node_dir: Path, demo_rootfs_tar: Path) -> AsyncIterator[PodmanNod
             yield PodmanNode(settings, runtime, NodeContext(node="edge-1", pool="shanghai"))
     finally:
         # Blocking on purpose: teardown has nothing else to run meanwhile.
-        cleanup_podman_node(settings)
+        remove_node_storage(settings)

@@ -38,6 +38,7 @@ async def test_applying_the_web_chart_serves_the_message_with_node_identity_and_
     assert labels["edgecollab.io/pool"] == "shanghai"
     assert labels["edgecollab.io/release"] == "demo.web"
     assert labels["edgecollab.io/namespace"] == "demo"
+    assert await node.podman("exec", "demo.web-pod-0-httpd", "hostname") == "web-pod-0\n"
 
 
 async def test_observe_reports_the_ready_pod_with_its_container_ids_and_start_time(node: PodmanNode) -> None:

@@ -21,10 +21,10 @@ async def test_leaving_a_runtime_that_was_never_entered_is_safe(tmp_path: Path) 
     await runtime.__aexit__(None, None, None)
 
 
-async def test_entering_a_runtime_twice_at_once_is_refused(node_dir: Path) -> None:
+async def test_entering_a_runtime_twice_at_once_is_refused(node_dir: Path, containers_conf: Path | None) -> None:
     from .helpers import podman_test_settings
 
-    runtime = PodmanRuntime(podman_test_settings(node_dir))
+    runtime = PodmanRuntime(podman_test_settings(node_dir, containers_conf))
     async with runtime:
         with pytest.raises(RuntimeError, match="already entered"):
             async with runtime:
