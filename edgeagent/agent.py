@@ -181,7 +181,7 @@ class Agent:
                 raise ProtocolError(f"assignment for {assignment.namespace}/{assignment.release} arrived on {topic}")
         except (ProtocolError, ValueError) as exc:
             logger.warning("Rejected a message on %s: %s", topic, exc)
-            await self._event("Rejected", f"message on {topic} rejected: {exc}")
+            await self.record_event("Rejected", f"message on {topic} rejected: {exc}")
             return
         if await self.store.accept(assignment):
             logger.info("Accepted %s %s/%s revision %d", assignment.kind, assignment.namespace,
@@ -225,7 +225,7 @@ class Agent:
                     logger.warning("Removing %s failed: %s; retrying next pass", ref, exc)
                     return
                 await self.store.finish_remove(rec)
-                await self._event("Removed", f"removed at revision {rec.desired_revision}", rec)
+                await self.record_event("Removed", f"removed at revision {rec.desired_revision}", rec)
             return
         if rec.applied_digest != rec.digest:
             if not self._due(self._retry, (rec.namespace, rec.release)):
@@ -234,7 +234,7 @@ class Agent:
                 return
         elif rec.applied_revision != rec.desired_revision:
             await self.store.adopt_revision(rec)
-            await self._event("Adopted", f"revision {rec.desired_revision} renders the running manifests; nothing replayed", rec)
+            await self.record_event("Adopted", f"revision {rec.desired_revision} renders the running manifests; nothing replayed", rec)
         fresh = await self.store.get(rec.namespace, rec.release)
         if fresh is not None and fresh.desired_revision == rec.desired_revision:
             await self._observe(ref, fresh)
@@ -247,14 +247,14 @@ class Agent:
         except EdgeRuntimeError as exc:
             delay = self._backoff(self._retry, (rec.namespace, rec.release))
             await self.store.fail_apply(rec, message=str(exc))
-            await self._event("ApplyFailed", f"revision {rec.desired_revision}: {exc}; retrying in {delay:.0f} s", rec)
+            await self.record_event("ApplyFailed", f"revision {rec.desired_revision}: {exc}; retrying in {delay:.0f} s", rec)
             logger.warning("Applying %s revision %d failed: %s", ref, rec.desired_revision, exc)
             return False
         self._retry.pop((rec.namespace, rec.release), None)
         await self.store.finish_apply(rec, message="; ".join(result.warnings))
         await self.store.bump("applies")
         detail = f" ({why})" if why else ""
-        await self._event(reason, f"revision {rec.desired_revision} applied{detail}", rec)
+        await self.record_event(reason, f"revision {rec.desired_revision} applied{detail}", rec)
         logger.info("%s %s revision %d%s", reason, ref, rec.desired_revision, detail)
         return True
 
@@ -330,7 +330,8 @@ class Agent:
             self._last_status, self._last_status_at = comparable, time.monotonic()
             await self.store.set_counter("last_sync", int(time.time()))
 
-    async def _event(self, reason: str, message: str, rec: ReleaseRecord | None = None) -> None:
+    async def record_event(self, reason: str, message: str, rec: ReleaseRecord | None = None) -> None:
+        """Queue an event in the persisted outbox and send what the link allows, in order."""
         event = Event(
             node=self.node, seq=await self.store.next_seq("event"), at=now(), reason=reason, message=message,
             namespace=rec.namespace if rec else "", release=rec.release if rec else "",
