@@ -11,11 +11,8 @@ from __future__ import annotations
 import json
 import os
 import socket
-import urllib.error
-import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -23,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
 from edgeprotocol.errors import EdgeError
+from edgeprotocol.hubapi import HubClient, HubError
 from edgeprotocol.topics import check_name
 
 IDENTITY_FILE = "identity.json"
@@ -80,23 +78,6 @@ def make_csr(key: Ed25519PrivateKey, node: str) -> str:
     return csr.public_bytes(serialization.Encoding.PEM).decode()
 
 
-def _post_json(url: str, body: dict[str, Any]) -> dict[str, Any]:
-    request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=JOIN_TIMEOUT_SECONDS) as response:
-            return json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        try:
-            reason = json.loads(exc.read()).get("error", exc.reason)
-        except ValueError:
-            reason = exc.reason
-        raise JoinError(f"hub refused the join: {reason}") from exc
-    except (urllib.error.URLError, OSError) as exc:
-        raise JoinError(f"cannot reach the hub at {url}: {exc}") from exc
-
-
 def join(
     *,
     hub_url: str,
@@ -114,10 +95,14 @@ def join(
         raise JoinError(f"{exc}; pass --name") from exc
     state_dir.mkdir(parents=True, exist_ok=True)
     key = Ed25519PrivateKey.generate()
-    answer = _post_json(
-        hub_url.rstrip("/") + "/api/v1/join",
-        {"token": token, "node": name, "pool": pool, "labels": labels or {}, "csr": make_csr(key, name)},
-    )
+    try:
+        answer = HubClient(hub_url, timeout=JOIN_TIMEOUT_SECONDS).post(
+            "/api/v1/join",
+            {"token": token, "node": name, "pool": pool, "labels": labels or {}, "csr": make_csr(key, name)},
+        )
+    except HubError as exc:
+        prefix = "hub refused the join: " if exc.status else ""
+        raise JoinError(f"{prefix}{exc}") from exc
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     _write_atomic(state_dir / KEY_FILE, key_pem, mode=0o600)
     _write_atomic(state_dir / CERT_FILE, answer["certificate"].encode(), mode=0o644)

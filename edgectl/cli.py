@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from edgeprotocol.errors import EdgeError
+from edgeprotocol.hubapi import HubClient
 
-from .client import HubClient
 from .table import print_table
 
 DEFAULT_HUB = "http://127.0.0.1:8470"

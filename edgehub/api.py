@@ -141,7 +141,7 @@ async def join(request: web.Request) -> web.Response:
     identity = app[IDENTITY]
     try:
         pool, certificate = await app[STORE].register_node(
-            token, node=node, requested_pool=requested_pool, labels=labels, public_key=csr,
+            token, node=node, requested_pool=requested_pool, labels=labels,
             sign=lambda name: identity.sign_node_csr(csr, node=name),
         )
     except JoinRefused as exc:

@@ -34,7 +34,6 @@ CREATE TABLE IF NOT EXISTS nodes (
     name TEXT PRIMARY KEY,
     pool TEXT NOT NULL,
     labels TEXT NOT NULL,
-    public_key TEXT NOT NULL,
     certificate TEXT NOT NULL,
     registered_at REAL NOT NULL,
     presence TEXT NOT NULL DEFAULT 'unknown',
@@ -183,7 +182,6 @@ class HubStore:
         node: str,
         requested_pool: str | None,
         labels: dict[str, str],
-        public_key: str,
         sign: Callable[[str], str],
     ) -> tuple[str, str]:
         """Spend one use of ``token`` and register (or re-register) ``node``.
@@ -207,12 +205,12 @@ class HubStore:
             certificate = sign(node)
             c.execute("UPDATE tokens SET uses_left = uses_left - 1 WHERE token_id = ?", (token.token_id,))
             c.execute(
-                """INSERT INTO nodes (name, pool, labels, public_key, certificate, registered_at)
-                   VALUES (?, ?, ?, ?, ?, ?)
+                """INSERT INTO nodes (name, pool, labels, certificate, registered_at)
+                   VALUES (?, ?, ?, ?, ?)
                    ON CONFLICT(name) DO UPDATE SET pool = excluded.pool, labels = excluded.labels,
-                       public_key = excluded.public_key, certificate = excluded.certificate,
-                       registered_at = excluded.registered_at, status_seq = -1""",
-                (node, pool, json.dumps(labels, sort_keys=True), public_key, certificate, time.time()),
+                       certificate = excluded.certificate, registered_at = excluded.registered_at,
+                       status_seq = -1""",
+                (node, pool, json.dumps(labels, sort_keys=True), certificate, time.time()),
             )
             return pool, certificate
 

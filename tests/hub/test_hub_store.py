@@ -27,10 +27,10 @@ async def test_a_token_joins_into_its_pool_only_as_often_as_allowed(tmp_path: Pa
     token = new_token()
     async with HubStore(tmp_path / "hub.db") as store:
         await store.create_token(token, pool="shanghai", ttl_seconds=60, uses=1)
-        pool, cert = await store.register_node(token, node="n1", requested_pool=None, labels={}, public_key="k", sign=sign)
+        pool, cert = await store.register_node(token, node="n1", requested_pool=None, labels={}, sign=sign)
         assert (pool, cert) == ("shanghai", "cert-for-n1")
         with pytest.raises(JoinRefused, match="no uses left"):
-            await store.register_node(token, node="n2", requested_pool=None, labels={}, public_key="k", sign=sign)
+            await store.register_node(token, node="n2", requested_pool=None, labels={}, sign=sign)
         assert [n.name for n in await store.list_nodes()] == ["n1"]
 
 
@@ -39,12 +39,12 @@ async def test_a_refused_join_spends_no_use_and_registers_nothing(tmp_path: Path
     async with HubStore(tmp_path / "hub.db") as store:
         await store.create_token(token, pool="shanghai", ttl_seconds=60, uses=1)
         with pytest.raises(JoinRefused, match="token is for pool 'shanghai', not 'beijing'"):
-            await store.register_node(token, node="n1", requested_pool="beijing", labels={}, public_key="k", sign=sign)
+            await store.register_node(token, node="n1", requested_pool="beijing", labels={}, sign=sign)
         wrong = parse_token(f"ec1.{token.token_id}.wrong-secret")
         with pytest.raises(JoinRefused, match="unknown"):
-            await store.register_node(wrong, node="n1", requested_pool=None, labels={}, public_key="k", sign=sign)
+            await store.register_node(wrong, node="n1", requested_pool=None, labels={}, sign=sign)
         assert await store.list_nodes() == []
-        await store.register_node(token, node="n1", requested_pool="shanghai", labels={}, public_key="k", sign=sign)
+        await store.register_node(token, node="n1", requested_pool="shanghai", labels={}, sign=sign)
 
 
 async def test_an_expired_token_is_refused(tmp_path: Path):
@@ -52,7 +52,7 @@ async def test_an_expired_token_is_refused(tmp_path: Path):
     async with HubStore(tmp_path / "hub.db") as store:
         await store.create_token(token, pool="p", ttl_seconds=-1, uses=5)
         with pytest.raises(JoinRefused, match="expired"):
-            await store.register_node(token, node="n1", requested_pool=None, labels={}, public_key="k", sign=sign)
+            await store.register_node(token, node="n1", requested_pool=None, labels={}, sign=sign)
 
 
 async def test_the_store_can_be_reopened_and_refuses_a_second_concurrent_open(tmp_path: Path):

@@ -1,4 +1,7 @@
-"""A small synchronous client for the hub's HTTP API (the command line needs no event loop)."""
+"""A small synchronous client for the hub's HTTP API, used by edgectl and by the agent's join.
+
+Synchronous on purpose: both callers are one-shot commands with no event loop.
+"""
 
 from __future__ import annotations
 
