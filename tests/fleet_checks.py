@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +35,7 @@ def component(hub: Hub, ref: str) -> dict[str, Any]:
     return hub.ctl_json("describe", "component", ref)
 
 
-def wait_deployed(hub: Hub, ref: str, *, revision: int, nodes: int) -> dict[str, Any]:
+def wait_deployed(hub: Hub, ref: str, *, revision: int, nodes: int, timeout: float = CONVERGE_SECONDS) -> dict[str, Any]:
     """Wait until ``nodes`` nodes report Deployed at ``revision`` and no other node is targeted."""
 
     def done() -> dict[str, Any] | None:
@@ -40,7 +43,7 @@ def wait_deployed(hub: Hub, ref: str, *, revision: int, nodes: int) -> dict[str,
         ok = view["revision"] == revision and view["targets"] == nodes and view["deployed"] == nodes
         return view if ok else None
 
-    return wait_until(done, timeout=CONVERGE_SECONDS, what=f"{ref} deployed at revision {revision} on {nodes} node(s)")
+    return wait_until(done, timeout=timeout, what=f"{ref} deployed at revision {revision} on {nodes} node(s)")
 
 
 def release_pods(node: Node, release: str = "demo.web") -> list[dict[str, Any]]:
@@ -60,8 +63,6 @@ def served_page(node: Node, port: int = 8080, release: str = "demo.web") -> str:
 
 def container_starts(node: Node) -> dict[str, tuple[str, str]]:
     """Each release container on the node: name -> (container id, start time). Infra containers left out."""
-    import json
-
     out = node.podman("ps", "--format", "json").stdout
     return {c["Names"][0]: (c["Id"], str(c["StartedAt"])) for c in json.loads(out or "[]")
             if c.get("Pod") and not c["Names"][0].endswith("-infra")}
@@ -76,10 +77,7 @@ def node_events(hub: Hub, name: str) -> list[dict[str, Any]]:
 
 
 def agent_status(node: Node) -> dict[str, Any]:
-    import json
-    import subprocess
-    import sys
-
+    """What ``edgeagent status -o json`` says of the node, read from its local store."""
     result = subprocess.run([sys.executable, "-m", "edgeagent.cli", "status", "--state-dir", str(node.state_dir),
                              "-o", "json"], capture_output=True, text=True, timeout=60, check=True)
     return json.loads(result.stdout)

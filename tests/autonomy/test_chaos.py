@@ -49,7 +49,9 @@ def test_upgrades_survive_random_faults_and_every_node_ends_on_the_last_revision
         faults[fault] += 1
         time.sleep(rng.uniform(0.5, 3.0))
 
-    wait_deployed(hub, "demo/web", revision=ROUNDS, nodes=len(NODES))
+    # Generous: an agent killed mid-apply may meet its orphaned podman call and
+    # back off (up to 60 s) before it applies again.
+    wait_deployed(hub, "demo/web", revision=ROUNDS, nodes=len(NODES), timeout=240)
     applies = ignored = heals = 0
     for name, node in nodes.items():
         wait_until(lambda n=node: f"round {ROUNDS}" in served_page(n), timeout=30, what=f"the last page on {name}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sqlite3
 import time
@@ -75,16 +76,20 @@ def test_an_agent_killed_during_an_apply_finishes_it_offline_and_never_claimed_d
     with TopicRecorder(broker.port, topics.status("sh-1")) as statuses:
         hub.ctl("apply", "-f", str(write_spec(tmp_path / "web.yaml", values={"replicas": replicas})))
 
-        db = sqlite3.connect(f"file:{node.state_dir / 'agent.db'}?mode=ro", uri=True, timeout=5)
-        wait_until(lambda: db.execute("SELECT 1 FROM releases WHERE applying_digest != ''").fetchone(),
-                   timeout=60, interval=0.02, what="the agent to start applying")
+        def journal() -> tuple[str, int, str] | None:
+            # Opened afresh each time: the agent creates the file when it starts.
+            with contextlib.closing(sqlite3.connect(f"file:{node.state_dir / 'agent.db'}?mode=ro", uri=True,
+                                                    timeout=5)) as db:
+                return db.execute("SELECT phase, applied_revision, applying_digest FROM releases").fetchone()
+
+        wait_until(lambda: (row := journal()) and row[2], timeout=60, interval=0.02,
+                   what="the agent to start applying")
         assert node.proc is not None
         node.proc.send_signal(signal.SIGKILL)
         node.proc.wait()
         node.proc = None
-        journal = db.execute("SELECT phase, applied_revision, applying_digest FROM releases").fetchone()
-        db.close()
-        assert journal[0] == "Applying" and journal[1] == 0 and journal[2], "the interrupted apply is journaled"
+        phase, applied_revision, applying_digest = journal() or ("", -1, "")
+        assert phase == "Applying" and applied_revision == 0 and applying_digest, "the interrupted apply is journaled"
 
         link.cut()
         node.start()  # restarted with the link down: it must not wait for the hub
