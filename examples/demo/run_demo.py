@@ -5,12 +5,15 @@
 Two nodes join pool ``shanghai`` and one pool ``beijing``; the example web
 component targets ``shanghai``. The demo shows it running on exactly those two
 nodes (as podman sees them), upgrades its values to revision 2, deletes it, and
-stops and removes everything it started.
+stops and removes everything it started (set EDGECOLLAB_KEEP_DEMO=1 to keep the
+state directories and logs).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import sys
 import tempfile
 import time
@@ -106,6 +109,10 @@ def main() -> int:
         show(fleet, "get", "nodes")
 
         step("Stopping everything the demo started")
+    if os.environ.get("EDGECOLLAB_KEEP_DEMO"):
+        print(f"state and logs kept in {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
     print(f"\nDemo finished in {time.monotonic() - started:.0f} s; nothing left running.")
     return 0
 
