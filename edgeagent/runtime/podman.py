@@ -343,27 +343,23 @@ def _secret_to_configmap(doc: dict[str, Any], namespace: str, where: str) -> dic
 
 
 def _rewrite_env_refs(container: dict[str, Any], namespace: str) -> None:
-    for env in container.get("env") or ():
-        source = env.get("valueFrom") if isinstance(env, dict) else None
-        if not isinstance(source, dict):
+    values_from = [env.get("valueFrom") for env in container.get("env") or () if isinstance(env, dict)]
+    _rewrite_refs(values_from, "configMapKeyRef", "secretKeyRef", namespace)
+    _rewrite_refs(list(container.get("envFrom") or ()), "configMapRef", "secretRef", namespace)
+
+
+def _rewrite_refs(holders: list[Any], cm_key: str, secret_key: str, namespace: str) -> None:
+    """Point ConfigMap references at their podman names; turn Secret references into ConfigMap ones."""
+    for holder in holders:
+        if not isinstance(holder, dict):
             continue
-        if isinstance(source.get("configMapKeyRef"), dict):
-            ref = source["configMapKeyRef"]
+        if isinstance(holder.get(cm_key), dict):
+            ref = holder[cm_key]
             ref["name"] = _cm_volume(namespace, str(ref.get("name", "")))
-        if isinstance(source.get("secretKeyRef"), dict):
-            ref = source.pop("secretKeyRef")
+        if isinstance(holder.get(secret_key), dict):
+            ref = holder.pop(secret_key)
             ref["name"] = _secret_volume(namespace, str(ref.get("name", "")))
-            source["configMapKeyRef"] = ref
-    for env_from in container.get("envFrom") or ():
-        if not isinstance(env_from, dict):
-            continue
-        if isinstance(env_from.get("configMapRef"), dict):
-            ref = env_from["configMapRef"]
-            ref["name"] = _cm_volume(namespace, str(ref.get("name", "")))
-        if isinstance(env_from.get("secretRef"), dict):
-            ref = env_from.pop("secretRef")
-            ref["name"] = _secret_volume(namespace, str(ref.get("name", "")))
-            env_from["configMapRef"] = ref
+            holder[cm_key] = ref
 
 
 def _set_env(container: dict[str, Any], name: str, value: str) -> None:
