@@ -339,7 +339,6 @@ class Agent:
         )
         dropped = await self.store.enqueue(topics.events(self.node), event.encode())
         if dropped:
-            await self.store.bump("events_dropped", dropped)
             logger.warning("Event outbox full: dropped the %d oldest event(s)", dropped)
         await self._flush_outbox()
 

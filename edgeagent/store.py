@@ -216,14 +216,23 @@ class AgentStore:
     # --- outbox --------------------------------------------------------------
 
     async def enqueue(self, topic: str, payload: bytes) -> int:
-        """Queue a message; beyond the bound the oldest are dropped. Returns how many were dropped."""
+        """Queue a message; beyond the bound the oldest are dropped. Returns how many were dropped.
+
+        The drops are added to the ``events_dropped`` counter in the same
+        transaction, so the count survives a crash that follows.
+        """
 
         def run(c: sqlite3.Connection) -> int:
             c.execute("INSERT INTO outbox (topic, payload) VALUES (?, ?)", (topic, payload))
             excess = c.execute("SELECT COUNT(*) AS n FROM outbox").fetchone()["n"] - self.outbox_limit
-            if excess > 0:
-                c.execute("DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT ?)", (excess,))
-            return max(excess, 0)
+            if excess <= 0:
+                return 0
+            c.execute("DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT ?)", (excess,))
+            c.execute(
+                "INSERT INTO counters VALUES ('events_dropped', ?) ON CONFLICT(name) DO UPDATE SET value = value + ?",
+                (excess, excess),
+            )
+            return int(excess)
 
         return await self._db.transaction(run)
 

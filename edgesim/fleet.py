@@ -276,6 +276,20 @@ class Node(ManagedProcess):
     def running_pods(self) -> list[dict[str, Any]]:
         return [p for p in self.pods() if p.get("Status") == "Running"]
 
+    def release_pods(self, release: str) -> list[dict[str, Any]]:
+        """Running pods of one release, ``release`` as in the label: ``NAMESPACE.RELEASE``."""
+        return [p for p in self.running_pods() if p.get("Labels", {}).get("edgecollab.io/release") == release]
+
+    def main_container(self, release: str) -> str:
+        """The (first non-infra) container of the release's single running pod."""
+        (pod,) = self.release_pods(release)
+        return next(c["Names"] for c in pod["Containers"] if not c["Names"].endswith("-infra"))
+
+    def served_page(self, release: str, port: int = 8080) -> str:
+        """The page the release's httpd serves, fetched inside the pod on its own loopback."""
+        url = f"http://127.0.0.1:{port}/"
+        return self.podman("exec", self.main_container(release), "wget", "-q", "-O-", url).stdout
+
     def container_env(self, container: str) -> dict[str, str]:
         out = self.podman("inspect", container, "--format", "{{json .Config.Env}}").stdout
         return dict(item.split("=", 1) for item in json.loads(out))
@@ -283,8 +297,7 @@ class Node(ManagedProcess):
     def cleanup(self) -> None:
         """Stop the agent and remove every pod and the podman storage of this node."""
         self.stop()
-        remove_node_storage(self.podman_settings)
-        shutil.rmtree(self.podman_base, ignore_errors=True)
+        remove_node_storage(self.podman_settings, self.podman_base)
 
 
 @dataclass

@@ -58,7 +58,7 @@ def _pod_runs(image_tar: Path, conf: Path | None) -> bool:
             logger.info("podman with %s cannot run a container: %s", conf or "its defaults", result.stderr.strip())
         return result.returncode == 0
     finally:
-        remove_node_storage(settings)
+        remove_node_storage(settings, base)
 
 
 def containers_conf_for_this_machine(workdir: Path, image_tar: Path) -> Path | None:
@@ -79,8 +79,11 @@ def containers_conf_for_this_machine(workdir: Path, image_tar: Path) -> Path | N
     return conf
 
 
-def remove_node_storage(settings: PodmanSettings) -> None:
-    """Remove everything a test node holds: pods, containers, volumes, mounts, files.
+def remove_node_storage(settings: PodmanSettings, base: Path) -> None:
+    """Remove everything a test node holds: pods, containers, volumes, then unmount and delete ``base``.
+
+    ``base`` is the directory that holds all of the node's podman state (its
+    root, runroot and tmpdir).
 
     Not ``podman system reset``: it also deletes the machine's shared network
     definitions, which other nodes use. podman 4.3 on hybrid cgroups also leaves
@@ -110,7 +113,6 @@ def remove_node_storage(settings: PodmanSettings) -> None:
             for cgroup in Path("/sys/fs/cgroup").glob(f"*/libpod_parent/{pod_id}"):
                 with contextlib.suppress(OSError):
                     cgroup.rmdir()
-    base = settings.work_dir.parent
     mounts = [
         line.split()[4]
         for line in Path("/proc/self/mountinfo").read_text().splitlines()

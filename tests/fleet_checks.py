@@ -46,21 +46,6 @@ def wait_deployed(hub: Hub, ref: str, *, revision: int, nodes: int, timeout: flo
     return wait_until(done, timeout=timeout, what=f"{ref} deployed at revision {revision} on {nodes} node(s)")
 
 
-def release_pods(node: Node, release: str = "demo.web") -> list[dict[str, Any]]:
-    return [p for p in node.running_pods() if p.get("Labels", {}).get("edgecollab.io/release") == release]
-
-
-def main_container(node: Node, release: str = "demo.web") -> str:
-    (pod,) = release_pods(node, release)
-    names = [c["Names"] for c in pod["Containers"] if not c["Names"].endswith("-infra")]
-    return names[0]
-
-
-def served_page(node: Node, port: int = 8080, release: str = "demo.web") -> str:
-    """The page the release's httpd serves, fetched inside the pod on its own loopback."""
-    return node.podman("exec", main_container(node, release), "wget", "-q", "-O-", f"http://127.0.0.1:{port}/").stdout
-
-
 def container_starts(node: Node) -> dict[str, tuple[str, str]]:
     """Each release container on the node: name -> (container id, start time). Infra containers left out."""
     out = node.podman("ps", "--format", "json").stdout

@@ -53,12 +53,6 @@ def deployed(fleet: Fleet, revision: int, count: int) -> bool:
     return view["revision"] == revision and view["deployed"] == count == view["targets"]
 
 
-def page(node: Node) -> str:
-    (pod,) = [p for p in node.pods() if p["Status"] == "Running"]
-    container = next(c["Names"] for c in pod["Containers"] if not c["Names"].endswith("-infra"))
-    return node.podman("exec", container, "wget", "-q", "-O-", "http://127.0.0.1:8080/").stdout.strip()
-
-
 def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     started = time.monotonic()
@@ -88,7 +82,7 @@ def main() -> int:
         wait_until(lambda: deployed(fleet, 1, 2), timeout=120, what="revision 1 deployed on 2 nodes")
         show(fleet, "describe", "component", "demo/web")
         podman_view(nodes)
-        print(f"  page served on sh-1: {page(nodes[0])!r}")
+        print(f"  page served on sh-1: {nodes[0].served_page('demo.web')!r}")
 
         step("Upgrading the values: revision 2")
         doc = yaml.safe_load(SPEC.read_text())
@@ -100,7 +94,7 @@ def main() -> int:
         wait_until(lambda: deployed(fleet, 2, 2), timeout=120, what="revision 2 deployed on 2 nodes")
         show(fleet, "get", "components")
         show(fleet, "describe", "component", "demo/web")
-        print(f"  page served on sh-2: {page(nodes[1])!r}")
+        print(f"  page served on sh-2: {nodes[1].served_page('demo.web')!r}")
 
         step("Deleting the component")
         show(fleet, "delete", "component", "demo/web")

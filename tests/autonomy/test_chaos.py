@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from fleet_checks import agent_status, node_events, served_page, wait_deployed, write_spec
+from fleet_checks import agent_status, node_events, wait_deployed, write_spec
 
 from edgesim.fleet import Fleet, wait_until
 
@@ -54,7 +54,7 @@ def test_upgrades_survive_random_faults_and_every_node_ends_on_the_last_revision
     wait_deployed(hub, "demo/web", revision=ROUNDS, nodes=len(NODES), timeout=240)
     applies = ignored = heals = 0
     for name, node in nodes.items():
-        wait_until(lambda n=node: f"round {ROUNDS}" in served_page(n), timeout=30, what=f"the last page on {name}")
+        wait_until(lambda n=node: f"round {ROUNDS}" in n.served_page("demo.web"), timeout=30, what=f"the last page on {name}")
         revisions = [e["revision"] for e in node_events(hub, name) if e["reason"] == "Applied"]
         assert revisions == sorted(set(revisions)), f"{name} applied out of order or twice: {revisions}"
         counters = agent_status(node)["counters"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fleet_checks import EXAMPLE_SPEC, component, main_container, release_pods, served_page, wait_deployed, write_spec
+from fleet_checks import EXAMPLE_SPEC, component, wait_deployed, write_spec
 
 from edgesim.fleet import Fleet, wait_until
 
@@ -24,11 +24,11 @@ def test_a_component_for_one_pool_runs_on_exactly_its_nodes_upgrades_and_goes_aw
     assert sorted(row["node"] for row in view["nodes"]) == ["sh-1", "sh-2"]
 
     # What really runs: one pod on each shanghai node, none in beijing.
-    assert len(release_pods(sh1)) == 1 and len(release_pods(sh2)) == 1
-    assert release_pods(bj1) == []
-    env = sh1.container_env(main_container(sh1))
+    assert len(sh1.release_pods("demo.web")) == 1 and len(sh2.release_pods("demo.web")) == 1
+    assert bj1.release_pods("demo.web") == []
+    env = sh1.container_env(sh1.main_container("demo.web"))
     assert env["EDGE_NODE_NAME"] == "sh-1" and env["EDGE_NODE_POOL"] == "shanghai"
-    assert "hello from edgecollab" in served_page(sh2)
+    assert "hello from edgecollab" in sh2.served_page("demo.web")
 
     # Upgrade: new values make revision 2, applied on both nodes.
     upgraded = write_spec(tmp_path / "web-v2.yaml", values={"message": "second revision"},
@@ -36,7 +36,7 @@ def test_a_component_for_one_pool_runs_on_exactly_its_nodes_upgrades_and_goes_aw
     assert "revision 2" in hub.ctl("apply", "-f", str(upgraded)).stdout
     wait_deployed(hub, "demo/web", revision=2, nodes=2)
     for node in (sh1, sh2):
-        wait_until(lambda n=node: "second revision" in served_page(n), timeout=30, what=f"new page on {node.name}")
+        wait_until(lambda n=node: "second revision" in n.served_page("demo.web"), timeout=30, what=f"new page on {node.name}")
 
     # Applying the same spec again changes nothing.
     assert "unchanged (revision 2" in hub.ctl("apply", "-f", str(upgraded)).stdout
@@ -50,7 +50,7 @@ def test_a_component_for_one_pool_runs_on_exactly_its_nodes_upgrades_and_goes_aw
 
     assert "deleted" in hub.ctl("delete", "component", "demo/web").stdout
     for node in (sh1, sh2):
-        wait_until(lambda n=node: release_pods(n) == [] and n.pods() == [], timeout=60, what=f"pods gone on {node.name}")
+        wait_until(lambda n=node: n.release_pods("demo.web") == [] and n.pods() == [], timeout=60, what=f"pods gone on {node.name}")
     missing = hub.ctl("describe", "component", "demo/web", check=False)
     assert missing.returncode == 1 and "not found" in missing.stderr
     wait_until(lambda: all(n["releases"] == [] for n in hub.ctl_json("get", "nodes")), timeout=30,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fleet_checks import component, main_container, release_pods, wait_deployed, write_spec
+from fleet_checks import component, wait_deployed, write_spec
 
 from edgesim.fleet import Fleet
 
@@ -28,9 +28,9 @@ def test_a_label_selector_picks_nodes_across_pools_with_per_pool_values(fleet: F
     view = wait_deployed(hub, "demo/web", revision=1, nodes=2)
     assert sorted(r["node"] for r in view["nodes"]) == ["east-store", "west-store"]
 
-    assert release_pods(east_depot) == []
-    assert east_store.container_env(main_container(east_store))["GREETING"] == "hello east"
-    assert west_store.container_env(main_container(west_store))["GREETING"] == "hello west"
+    assert east_depot.release_pods("demo.web") == []
+    assert east_store.container_env(east_store.main_container("demo.web"))["GREETING"] == "hello east"
+    assert west_store.container_env(west_store.main_container("demo.web"))["GREETING"] == "hello west"
 
 
 def test_a_node_that_joins_later_gets_the_current_revision_without_a_new_apply(fleet: Fleet, tmp_path: Path):
@@ -44,5 +44,5 @@ def test_a_node_that_joins_later_gets_the_current_revision_without_a_new_apply(f
     late = fleet.add_node("sh-late", "shanghai")
     view = wait_deployed(hub, "demo/web", revision=2, nodes=2)
     assert {r["node"]: r["applied_revision"] for r in view["nodes"]} == {"sh-1": 2, "sh-late": 2}
-    assert len(release_pods(late)) == 1
+    assert len(late.release_pods("demo.web")) == 1
     assert component(hub, "demo/web")["revision"] == 2

@@ -44,4 +44,4 @@ async def node(node_dir: Path, demo_rootfs_tar: Path, containers_conf: Path | No
             yield PodmanNode(settings, runtime, NodeContext(node="edge-1", pool="shanghai"))
     finally:
         # Blocking on purpose: teardown has nothing else to run meanwhile.
-        remove_node_storage(settings)
+        remove_node_storage(settings, node_dir)
