@@ -13,7 +13,12 @@ Rules the loop keeps:
   touching the runtime;
 - an apply is journaled before it starts (``applying_digest``) and the release
   reports ``Applying`` until the runtime has finished and the pods are ready:
-  never ``Deployed`` for a revision that is not fully applied.
+  never ``Deployed`` for a revision that is not fully applied;
+- the node's own health comes first: the runtime's preflight runs at start and
+  after every failed apply. While it fails the node reports conditions
+  (``RuntimeReady``/``StorageReady`` False, with the reason) and one
+  ``NodeNotReady`` event, applies nothing, and re-checks with backoff; a
+  broken node never turns into an ApplyFailed event per release per pass.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from edgeprotocol.mqtt import MqttSession, SessionSettings
 from edgeprotocol.signing import load_public_key, open_sealed
 
 from . import __version__
+from .health import NodeHealth, summary
 from .identity import NodeIdentity
 from .runtime import EdgeRuntimeError, NodeContext, Observation, ReleaseRef, Runtime
 from .store import AgentStore, ReleaseRecord
@@ -42,6 +48,8 @@ logger = logging.getLogger(__name__)
 
 # Pod phases that mean a pod is down, not starting: it is re-played.
 DEAD_POD_PHASES = frozenset({"Missing", "Exited", "Dead", "Stopped", "Error"})
+# The key of the node's own health in the backoff schedules, beside releases'.
+_NODE_KEY = ("", "")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -88,7 +96,9 @@ class Agent:
         self._wake = asyncio.Event()
         self._retry: dict[tuple[str, str], tuple[float, float]] = {}  # key -> (next attempt, delay)
         self._heal_retry: dict[tuple[str, str], tuple[float, float]] = {}
-        self._last_status: tuple[ReleaseStatus, ...] | None = None
+        self.health = NodeHealth(runtime)
+        self._health_retry: dict[tuple[str, str], tuple[float, float]] = {}
+        self._last_status: object = None
         self._last_status_at = 0.0
         self._flush_lock = asyncio.Lock()
         self.passes = 0  # reconcile passes done, for tests and status
@@ -209,10 +219,41 @@ class Agent:
 
     async def reconcile_once(self) -> None:
         """Drive every release one step towards its desired state, then report."""
-        for rec in await self.store.releases():
-            await self._reconcile_release(rec)
+        if await self._node_ready():
+            for rec in await self.store.releases():
+                await self._reconcile_release(rec)
         self.passes += 1
         await self._publish_status()
+
+    async def _node_ready(self) -> bool:
+        """Whether the runtime can run pods: checked first, then re-checked with backoff while it cannot."""
+        if self.health.ready is None or (not self.health.ready and self._due(self._health_retry, _NODE_KEY)):
+            await self._check_node()
+        return bool(self.health.ready)
+
+    async def _check_node(self) -> bool:
+        """Run the runtime's preflight; report a change of the node's health once (log and event)."""
+        was = self.health.ready
+        ready = await self.health.check()
+        if ready:
+            self._health_retry.pop(_NODE_KEY, None)
+            if was is not True:
+                logger.info("Node %s can run pods: %s", self.node,
+                            "; ".join(f"{c.name}: {c.detail}" for c in self.health.checks))
+            if was is False:
+                await self.record_event("NodeReady", "the runtime works again: " + ", ".join(
+                    f"{c.type}={c.status}" for c in self.health.conditions))
+            return True
+        delay = self._backoff(self._health_retry, _NODE_KEY)
+        if was is not False:
+            text = summary(self.health.conditions)
+            logger.error("Node %s cannot run pods: %s; applying nothing until this is fixed "
+                         "(re-checking with backoff, next in %.0f s; 'edgeagent doctor' shows every check)",
+                         self.node, text, delay)
+            await self.record_event("NodeNotReady", f"the node cannot run pods: {text}")
+        else:
+            logger.debug("Node %s still cannot run pods; next check in %.0f s", self.node, delay)
+        return False
 
     async def _reconcile_release(self, rec: ReleaseRecord) -> None:
         ref = ReleaseRef(namespace=rec.namespace, release=rec.release)
@@ -245,6 +286,14 @@ class Agent:
         try:
             result = await self.runtime.apply(ref, rec.manifests, self._context)
         except EdgeRuntimeError as exc:
+            if not await self._check_node():
+                # The node, not the release, is at fault: one NodeNotReady
+                # event said so; the release goes when the node is fixed.
+                await self.store.fail_apply(rec, message=f"not applied: the node cannot run pods: "
+                                                         f"{summary(self.health.conditions)}")
+                logger.info("Applying %s revision %d failed on a node that is not ready: %s",
+                            ref, rec.desired_revision, exc)
+                return False
             delay = self._backoff(self._retry, (rec.namespace, rec.release))
             await self.store.fail_apply(rec, message=str(exc))
             await self.record_event("ApplyFailed", f"revision {rec.desired_revision}: {exc}; retrying in {delay:.0f} s", rec)
@@ -315,8 +364,8 @@ class Agent:
             for r in await self.store.releases()
             if r.phase != "Removed"
         )
-        comparable = tuple((r.namespace, r.release, r.desired_revision, r.applied_revision, r.phase, r.message,
-                            r.ready, r.total) for r in releases)
+        comparable = (tuple((r.namespace, r.release, r.desired_revision, r.applied_revision, r.phase, r.message,
+                             r.ready, r.total) for r in releases), self.health.conditions)
         due = time.monotonic() - self._last_status_at >= self.settings.status_heartbeat
         if not force and not due and comparable == self._last_status:
             return
@@ -324,7 +373,7 @@ class Agent:
             return  # the latest status is re-read from the store on connect
         status = NodeStatus(
             node=self.node, seq=await self.store.next_seq("status"), observed_at=now(), releases=releases,
-            agent_version=__version__, runtime=self.runtime.name,
+            agent_version=__version__, runtime=self.runtime.name, conditions=self.health.conditions,
         )
         if await self._session.publish(topics.status(self.node), status.encode(), retain=True):
             self._last_status, self._last_status_at = comparable, time.monotonic()

@@ -1,4 +1,4 @@
-"""``edgeagent join | run | status``."""
+"""``edgeagent join | run | doctor | status``."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from pathlib import Path
 from edgectl.table import print_table
 
 from .agent import Agent, AgentSettings
+from .doctor import diagnose, report
 from .identity import JoinError, NodeIdentity, join
 from .runtime import PodmanRuntime, PodmanSettings
 from .store import AgentStore
@@ -26,6 +27,37 @@ def _label(text: str) -> tuple[str, str]:
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"label {text!r} must look like KEY=VALUE")
     return key, value
+
+
+def _setting_default(name: str) -> object:
+    """The default of an ``AgentSettings`` field, so the flags and the settings share one number."""
+    return next(f.default for f in dataclasses.fields(AgentSettings) if f.name == name)
+
+
+def _add_runtime_args(parser: argparse.ArgumentParser) -> None:
+    """The flags that say how to reach the broker and the runtime: shared by run and doctor."""
+    parser.add_argument("--runtime", choices=["podman"], default="podman")
+    parser.add_argument("--mqtt", help="broker URL mqtt://HOST:PORT to use instead of the one the hub gave at join")
+    parser.add_argument("--podman-root", type=Path, help="podman --root (storage) for this node")
+    parser.add_argument("--podman-runroot", type=Path, help="podman --runroot for this node")
+    parser.add_argument("--podman-tmpdir", type=Path,
+                        help="podman --tmpdir for this node (simulated nodes sharing a machine)")
+    parser.add_argument("--podman-network", help="network for played pods (podman kube play --network)")
+    parser.add_argument("--containers-conf", type=Path, help="containers.conf for podman (sets CONTAINERS_CONF)")
+
+
+class UsageError(Exception):
+    """A flag's value is unusable; the message names the flag."""
+
+
+def runtime_from_args(args: argparse.Namespace, state_dir: Path) -> PodmanRuntime:
+    """The runtime the flags describe. Paths are made absolute: podman's helpers run from other directories."""
+    absolute = {name: path.resolve() if path else None for name, path in (
+        ("root", args.podman_root), ("runroot", args.podman_runroot), ("tmpdir", args.podman_tmpdir),
+        ("containers_conf", args.containers_conf))}
+    if absolute["containers_conf"] and not absolute["containers_conf"].is_file():
+        raise UsageError(f"--containers-conf {args.containers_conf}: no such file")
+    return PodmanRuntime(PodmanSettings(work_dir=state_dir / "podman", network=args.podman_network, **absolute))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,17 +75,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run the agent")
     r.add_argument("--state-dir", type=Path, required=True)
-    r.add_argument("--runtime", choices=["podman"], default="podman")
-    r.add_argument("--mqtt", help="broker URL mqtt://HOST:PORT to use instead of the one the hub gave at join")
-    r.add_argument("--podman-root", type=Path, help="podman --root (storage) for this node")
-    r.add_argument("--podman-runroot", type=Path, help="podman --runroot for this node")
-    r.add_argument("--podman-tmpdir", type=Path, help="podman --tmpdir for this node (simulated nodes sharing a machine)")
-    r.add_argument("--podman-network", help="network for played pods (podman kube play --network)")
-    r.add_argument("--containers-conf", type=Path, help="containers.conf for podman (sets CONTAINERS_CONF)")
-    r.add_argument("--keepalive", type=int, default=AgentSettings.keepalive,
-                   help="MQTT keepalive in seconds; a cut link shows as offline after about 1.5x this")
-    r.add_argument("--reconcile-interval", type=float, default=AgentSettings.reconcile_interval,
-                   help="seconds between reconcile passes; bounds self-heal time")
+    _add_runtime_args(r)
+    r.add_argument("--keepalive", type=int, default=_setting_default("keepalive"),
+                   help="MQTT keepalive in seconds; a cut link shows as offline after about 1.5x this "
+                        "(default: %(default)s)")
+    r.add_argument("--reconcile-interval", type=float, default=_setting_default("reconcile_interval"),
+                   help="seconds between reconcile passes; bounds self-heal time (default: %(default)s)")
+
+    d = sub.add_parser("doctor", help="check that this node can run the agent: one line per check, "
+                                      "exit 0 only when all pass")
+    d.add_argument("--state-dir", type=Path, required=True)
+    _add_runtime_args(d)
 
     s = sub.add_parser("status", help="show what this node holds and runs, without the hub")
     s.add_argument("--state-dir", type=Path, required=True)
@@ -67,14 +99,7 @@ async def _run(args: argparse.Namespace) -> int:
     if args.mqtt:
         identity = dataclasses.replace(identity, mqtt_url=args.mqtt)
     settings = AgentSettings(state_dir=state_dir, reconcile_interval=args.reconcile_interval, keepalive=args.keepalive)
-    # Paths are made absolute: podman's helpers run from other directories.
-    absolute = {name: path.resolve() if path else None for name, path in (
-        ("root", args.podman_root), ("runroot", args.podman_runroot), ("tmpdir", args.podman_tmpdir),
-        ("containers_conf", args.containers_conf))}
-    if absolute["containers_conf"] and not absolute["containers_conf"].is_file():
-        print(f"edgeagent: --containers-conf {args.containers_conf}: no such file", file=sys.stderr)
-        return 2
-    runtime = PodmanRuntime(PodmanSettings(work_dir=state_dir / "podman", network=args.podman_network, **absolute))
+    runtime = runtime_from_args(args, state_dir)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -83,6 +108,16 @@ async def _run(args: argparse.Namespace) -> int:
         logging.getLogger("edgeagent").info("Agent %s (pool %s) running", identity.node, identity.pool)
         await stop.wait()
     return 0
+
+
+async def _doctor(args: argparse.Namespace) -> int:
+    state_dir = args.state_dir.resolve()
+    checks = await diagnose(state_dir, runtime_from_args(args, state_dir), mqtt_url=args.mqtt)
+    print(report(checks))
+    failed = [c.name for c in checks if not c.ok]
+    print(f"\n{len(checks) - len(failed)} of {len(checks)} checks passed"
+          + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
 
 
 async def _status(args: argparse.Namespace) -> int:
@@ -124,7 +159,12 @@ def main(argv: list[str] | None = None) -> int:
             with contextlib.suppress(KeyboardInterrupt):
                 return asyncio.run(_run(args))
             return 0
+        if args.command == "doctor":
+            return asyncio.run(_doctor(args))
         return asyncio.run(_status(args))
+    except UsageError as exc:
+        print(f"edgeagent: {exc}", file=sys.stderr)
+        return 2
     except JoinError as exc:
         print(f"edgeagent: {exc}", file=sys.stderr)
         return 1

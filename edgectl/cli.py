@@ -121,13 +121,22 @@ def cmd_get(hub: HubClient, args: argparse.Namespace) -> None:
                                            for r in n["releases"]) or "-",
                  "labels": ",".join(f"{k}={v}" for k, v in sorted(n["labels"].items())) or "-"}
                 for n in data]
-        print_table(rows, ["name", "pool", "presence", "last_seen", "labels", "releases"])
+        rows = [{**r, "conditions": conditions_column(r["conditions"])} for r in rows]
+        print_table(rows, ["name", "pool", "presence", "conditions", "last_seen", "labels", "releases"])
     elif kind == "pools":
         print_table(data, ["pool", "nodes", "online"])
     else:
         rows = [{**c, "component": f"{c['namespace']}/{c['name']}", "chart": f"{c['chart']['name']}-{c['chart']['version']}",
                  "ready": f"{c['deployed']}/{c['targets']}"} for c in data]
         print_table(rows, ["component", "revision", "chart", "ready"])
+
+
+def conditions_column(conditions: list[dict[str, str]]) -> str:
+    """``Ready`` when every condition is True, else each other one as ``Type=Status(Reason)``; ``-`` if none."""
+    if not conditions:
+        return "-"
+    unhealthy = [f"{c['type']}={c['status']}({c['reason']})" for c in conditions if c["status"] != "True"]
+    return ",".join(unhealthy) or "Ready"
 
 
 def cmd_describe(hub: HubClient, args: argparse.Namespace) -> None:
@@ -138,6 +147,12 @@ def cmd_describe(hub: HubClient, args: argparse.Namespace) -> None:
             return
         print(f"Node:      {data['name']}\nPool:      {data['pool']}\nPresence:  {data['presence']} since {data['presence_since']}"
               f"\nLast seen: {data['last_seen']}\nRuntime:   {data['runtime']} (agent {data['agent_version']})")
+        print("Conditions:")
+        if data["conditions"]:
+            print_table(data["conditions"], ["type", "status", "reason", "since", "message"])
+        else:
+            print("  none reported yet")
+        print("Releases:")
         print_table(data["releases"], ["namespace", "release", "applied_revision", "phase", "ready", "total", "message"])
         return
     namespace, name = _component_ref(args.name, args.namespace)

@@ -43,6 +43,9 @@ def node_view(node: NodeRecord) -> dict[str, Any]:
         "agent_version": status.agent_version if status else "",
         "runtime": status.runtime if status else "",
         "status_observed_at": status.observed_at if status else "",
+        # The node's own health as it last reported it (RuntimeReady,
+        # StorageReady); empty until the agent reports, or for old agents.
+        "conditions": [c.to_dict() for c in status.conditions] if status else [],
         "releases": [
             {"namespace": r.namespace, "release": r.release, **(release_view(node, r.namespace, r.release) or {})}
             for r in (status.releases if status else ())

@@ -33,6 +33,15 @@ Phase = Literal["Pending", "Applying", "Deployed", "Failed", "Degraded", "Removi
 PHASES: tuple[str, ...] = get_args(Phase)
 AssignmentKind = Literal["release", "tombstone"]
 PresenceState = Literal["online", "offline"]
+# A node's own health, as Kubernetes node conditions: RuntimeReady (the
+# container runtime can run pods) and StorageReady (its storage is writable).
+ConditionType = Literal["RuntimeReady", "StorageReady"]
+CONDITION_TYPES: tuple[str, ...] = get_args(ConditionType)
+ConditionStatus = Literal["True", "False", "Unknown"]
+CONDITION_STATUSES: tuple[str, ...] = get_args(ConditionStatus)
+# A condition's message is for people; longer ones are cut so a verbose tool
+# error cannot bloat every status report.
+MAX_CONDITION_MESSAGE = 1000
 
 
 def now() -> str:
@@ -55,6 +64,10 @@ def _require(data: dict[str, Any], key: str, kind: type | tuple[type, ...], wher
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ProtocolError(f"{where}: field {key!r} has the wrong type {type(value).__name__}")
     return value
+
+
+def _optional_list(data: dict[str, Any], key: str, where: str) -> list[Any]:
+    return _require(data, key, list, where) if key in data else []
 
 
 def _name(data: dict[str, Any], key: str, where: str) -> str:
@@ -243,6 +256,50 @@ class ReleaseStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class Condition:
+    """One aspect of a node's health: ``status`` "True" means healthy.
+
+    ``reason`` is a CamelCase word for machines (``PodCreateFailed``),
+    ``message`` says what failed and what to do, ``since`` is when ``status``
+    last changed (RFC 3339).
+    """
+
+    type: ConditionType
+    status: ConditionStatus
+    reason: str
+    message: str = ""
+    since: str = ""
+
+    def __post_init__(self) -> None:
+        if self.type not in CONDITION_TYPES:
+            raise ValueError(f"condition type {self.type!r} is not one of {CONDITION_TYPES}")
+        if self.status not in CONDITION_STATUSES:
+            raise ValueError(f"condition status {self.status!r} is not one of {CONDITION_STATUSES}")
+        if len(self.message) > MAX_CONDITION_MESSAGE:
+            object.__setattr__(self, "message", self.message[: MAX_CONDITION_MESSAGE - 1] + "…")
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "True"
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> Condition:
+        if not isinstance(data, dict):
+            raise ProtocolError(f"{where}: each condition must be an object")
+        kind = _require(data, "type", str, where)
+        status = _require(data, "status", str, where)
+        try:
+            return cls(type=kind, status=status,  # type: ignore[arg-type]
+                       reason=_require(data, "reason", str, where), message=str(data.get("message", "")),
+                       since=str(data.get("since", "")))
+        except ValueError as exc:
+            raise ProtocolError(f"{where}: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
 class NodeStatus:
     """A node's full report: every release it holds, with a sequence number.
 
@@ -256,11 +313,13 @@ class NodeStatus:
     releases: tuple[ReleaseStatus, ...]
     agent_version: str = ""
     runtime: str = ""
+    conditions: tuple[Condition, ...] = ()
 
     def encode(self) -> bytes:
         data = asdict(self)
         data["v"] = VERSION
         data["releases"] = [asdict(r) for r in self.releases]
+        data["conditions"] = [c.to_dict() for c in self.conditions]
         return encode_json(data)
 
     @classmethod
@@ -275,6 +334,9 @@ class NodeStatus:
             releases=tuple(ReleaseStatus.from_dict(r, f"{where}.releases[{i}]") for i, r in enumerate(releases)),
             agent_version=str(data.get("agent_version", "")),
             runtime=str(data.get("runtime", "")),
+            # Optional: agents before conditions existed send none.
+            conditions=tuple(Condition.from_dict(c, f"{where}.conditions[{i}]")
+                             for i, c in enumerate(_optional_list(data, "conditions", where))),
         )
 
 

@@ -191,15 +191,26 @@ class Hub(ManagedProcess):
         return self.ctl("token", "create", "--pool", pool, "--uses", str(uses), "--ttl", ttl).stdout.strip()
 
 
-@dataclass
+@dataclass(frozen=True)
 class NodeOptions:
+    """What a simulated node's ``edgeagent run`` gets beyond the README's command.
+
+    Only what a second node on the same machine needs is set by default
+    (storage paths come from the node itself): timing flags stay the agent's
+    own defaults unless a test is about them, so the suite runs what users run.
+    """
+
     containers_conf: Path | None = None
+    # Test machines keep pods off the shared pod bridge.
     network: str | None = "none"
-    reconcile_interval: float = 2.0
-    # Short keepalive: a cut link is noticed in ~6 s instead of ~15 s.
-    keepalive: int = 4
+    # None: the agent's default. Set only by tests about these flags.
+    reconcile_interval: float | None = None
+    keepalive: int | None = None
     image_tar: Path | None = None
     extra_args: tuple[str, ...] = ()
+    # Environment of the agent process beyond the caller's (e.g. a PATH
+    # without one of podman's helpers, to test a broken node).
+    env: tuple[tuple[str, str], ...] = ()
 
 
 class Node(ManagedProcess):
@@ -244,15 +255,18 @@ class Node(ManagedProcess):
         o = self.options
         argv = [sys.executable, "-m", "edgeagent.cli", "run", "--state-dir", str(self.state_dir),
                 "--podman-root", str(self.podman_settings.root), "--podman-runroot", str(self.podman_settings.runroot),
-                "--podman-tmpdir", str(self.podman_settings.tmpdir),
-                "--reconcile-interval", str(o.reconcile_interval), "--keepalive", str(o.keepalive), *o.extra_args]
+                "--podman-tmpdir", str(self.podman_settings.tmpdir), *o.extra_args]
+        if o.reconcile_interval is not None:
+            argv += ["--reconcile-interval", str(o.reconcile_interval)]
+        if o.keepalive is not None:
+            argv += ["--keepalive", str(o.keepalive)]
         if o.network:
             argv += ["--podman-network", o.network]
         if self.mqtt_url:
             argv += ["--mqtt", self.mqtt_url]
         if o.containers_conf:
             argv += ["--containers-conf", str(o.containers_conf)]
-        self._spawn(argv)
+        self._spawn(argv, env=dict(o.env))
         return self
 
     # --- looking at the node through podman, not through the hub -------------
@@ -317,13 +331,15 @@ class Fleet:
         return self
 
     def add_node(self, name: str, pool: str, *, labels: dict[str, str] | None = None, token: str | None = None,
-                 start: bool = True, link: LinkProxy | None = None) -> Node:
+                 start: bool = True, link: LinkProxy | None = None, options: NodeOptions | None = None) -> Node:
         """Join a new simulated node to ``pool`` (with a fresh single-use token unless given one) and start it.
 
         With ``link``, the agent reaches the broker through that proxy, so a test can cut its link.
+        ``options`` replaces the fleet's node options for this node.
         """
         assert self.hub is not None
-        node = Node(name, self.workdir / "nodes", self.hub, self.node_options, mqtt_url=link.url if link else None)
+        node = Node(name, self.workdir / "nodes", self.hub, options or self.node_options,
+                    mqtt_url=link.url if link else None)
         self.nodes[name] = node
         result = node.join(token or self.hub.token(pool), labels=labels)
         if result.returncode != 0:

@@ -2,9 +2,10 @@
 
 Podman's defaults are right on ordinary machines. Some (these CI machines among
 them) run crun on cgroups in hybrid mode, which crun refuses, and forbid
-raising container ulimits. ``containers_conf_for_this_machine`` tries the
-defaults once with a throwaway storage and, only if they fail, writes a
-containers.conf that selects runc and keeps ulimits at the host's.
+raising container ulimits. scripts/prove-runtime.sh plays a pod with the
+defaults once under a throwaway storage and, only if they fail, writes a
+containers.conf that selects runc and keeps ulimits at the host's;
+``containers_conf_for_this_machine`` reads its answer.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import shutil
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+from edgeagent.doctor import report
 from edgeagent.runtime import PodmanRuntime, PodmanSettings
 
 DEMO_IMAGE = "localhost/edgecollab-busybox:1"
@@ -26,15 +29,42 @@ REPO = Path(__file__).resolve().parent.parent
 
 logger = logging.getLogger(__name__)
 
-RUNC_CONF = """\
-# Written by edgesim: this machine's podman cannot run pods with its defaults
-# (crun on hybrid cgroups, or ulimits above the host's are refused).
-[engine]
-runtime = "runc"
 
-[containers]
-default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
-"""
+class RuntimeNotReady(RuntimeError):
+    """podman cannot run pods on this machine; the message has every check, one per line."""
+
+
+@dataclass(frozen=True, slots=True)
+class MachineSetup:
+    """What simulated nodes on this machine need: the demo image tar and podman's containers.conf."""
+
+    image_tar: Path
+    containers_conf: Path | None
+
+
+def prepare_machine(build_dir: Path) -> MachineSetup:
+    """Build the demo image, choose podman's settings, and prove a pod runs: the demo's and tests' preflight.
+
+    The proof is the agent's own preflight (``edgeagent doctor``'s runtime
+    checks) on a throwaway storage root. Raises RuntimeNotReady naming every
+    failed check with podman's error.
+    """
+    image_tar = build_demo_image(build_dir / "edgecollab-busybox.tar")
+    try:
+        conf = containers_conf_for_this_machine(build_dir)
+    except RuntimeError as exc:
+        raise RuntimeNotReady(str(exc)) from exc
+    base = Path(tempfile.mkdtemp(prefix="ec-preflight-", dir="/tmp"))
+    settings = PodmanSettings(work_dir=base / "work", root=base / "root", runroot=base / "run", tmpdir=base / "tmp",
+                              containers_conf=conf, network="none")
+    try:
+        checks = asyncio.run(PodmanRuntime(settings).preflight())
+    finally:
+        remove_node_storage(settings, base)
+    if not all(check.ok for check in checks):
+        raise RuntimeNotReady("podman cannot run pods on this machine (the agent's preflight, as "
+                              "'edgeagent doctor' prints it):\n" + report(checks))
+    return MachineSetup(image_tar=image_tar, containers_conf=conf)
 
 
 def build_demo_image(out: Path) -> Path:
@@ -44,39 +74,21 @@ def build_demo_image(out: Path) -> Path:
     return out
 
 
-def _pod_runs(image_tar: Path, conf: Path | None) -> bool:
-    base = Path(tempfile.mkdtemp(prefix="ec-probe-", dir="/tmp"))
-    settings = PodmanSettings(work_dir=base / "work", root=base / "root", runroot=base / "run", tmpdir=base / "tmp",
-                              containers_conf=conf)
-    env = {**os.environ, **({"CONTAINERS_CONF": str(conf)} if conf else {})}
-    podman = ["podman", *settings.global_args()]
-    try:
-        asyncio.run(PodmanRuntime(settings).import_image(image_tar, DEMO_IMAGE))
-        result = subprocess.run([*podman, "run", "--rm", "--network", "none", DEMO_IMAGE, "true"],
-                                capture_output=True, text=True, env=env, timeout=120)
-        if result.returncode != 0:
-            logger.info("podman with %s cannot run a container: %s", conf or "its defaults", result.stderr.strip())
-        return result.returncode == 0
-    finally:
-        remove_node_storage(settings, base)
+def containers_conf_for_this_machine(build_dir: Path) -> Path | None:
+    """None when podman's defaults run pods here, else the runc containers.conf that does.
 
-
-def containers_conf_for_this_machine(workdir: Path, image_tar: Path) -> Path | None:
-    """None when podman's defaults work here, else the path of a runc containers.conf that does."""
-    conf = workdir / "containers.conf"
-    marker = workdir / "containers.conf.not-needed"
-    if conf.exists():
-        return conf
-    if marker.exists():
-        return None
-    workdir.mkdir(parents=True, exist_ok=True)
-    if _pod_runs(image_tar, None):
-        marker.write_text("podman's defaults run pods on this machine\n")
-        return None
-    conf.write_text(RUNC_CONF)
-    if not _pod_runs(image_tar, conf):
-        raise RuntimeError(f"podman cannot run a container here, not even with {conf}; see the log above")
-    return conf
+    scripts/prove-runtime.sh decides (the install step runs it too) and leaves
+    its answer under ``build_dir/podman``; it runs here only when no answer is
+    there yet. Raises RuntimeError with podman's own error when no pod can run.
+    """
+    conf = build_dir / "podman" / "containers.conf"
+    marker = build_dir / "podman" / "containers.conf.not-needed"
+    if not conf.exists() and not marker.exists():
+        proof = subprocess.run(["bash", str(REPO / "scripts" / "prove-runtime.sh"), str(build_dir)],
+                               capture_output=True, text=True, timeout=300, check=False)
+        if proof.returncode != 0:
+            raise RuntimeError(proof.stderr.strip() or proof.stdout.strip())
+    return conf if conf.exists() else None
 
 
 def remove_node_storage(settings: PodmanSettings, base: Path) -> None:

@@ -1,23 +1,53 @@
 #!/usr/bin/env bash
-# Install what edgecollab's demo and tests need on a Debian machine, only when missing.
+# Install every Debian package that edgecollab's agent, demo and tests execute (only
+# those missing), then prove that podman can play a pod on this machine.
+#
+#   scripts/install-deps.sh
+#
+# Packages are named one by one, Recommends included: apt here runs with
+# --no-install-recommends, and podman 4.3 cannot create a pod without catatonit,
+# which is only one of its Recommends.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
-need=()
-command -v mosquitto >/dev/null 2>&1 || [[ -x /usr/sbin/mosquitto ]] || need+=(mosquitto)
-command -v podman >/dev/null 2>&1 || need+=(podman)
-command -v runc >/dev/null 2>&1 || [[ -x /usr/sbin/runc ]] || need+=(runc)
-[[ -x /usr/bin/busybox ]] && ! ldd /usr/bin/busybox >/dev/null 2>&1 || need+=(busybox-static)
-python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+packages=(
+    mosquitto                   # the MQTT broker of the demo and the tests
+    podman                      # the agent's edge runtime
+    conmon                      # podman's per-container monitor
+    runc                        # the OCI runtime podman starts containers with
+    catatonit                   # podman builds its pause (infra) image from it
+    containernetworking-plugins # podman 4.3's pod networks, the default bridge included
+    iptables                    # the bridge network's port mappings and NAT
+    busybox-static              # the demo image is built from its static busybox
+)
+# The pyenv or system python3 running the venv must have venv and ensurepip.
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || packages+=(python3-venv)
 
-if [[ ${#need[@]} -eq 0 ]]; then
-    exit 0
+installed() {
+    [[ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" == installed ]]
+}
+
+missing=()
+for package in "${packages[@]}"; do
+    installed "$package" || missing+=("$package")
+done
+
+if [[ ${#missing[@]} -gt 0 ]]; then
+    echo "Installing missing packages: ${missing[*]}"
+    sudo=""
+    if [[ $(id -u) -ne 0 ]]; then
+        command -v sudo >/dev/null 2>&1 || { echo "error: need root (or sudo) to install ${missing[*]}" >&2; exit 1; }
+        sudo="sudo"
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get update -qq
+    $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
-echo "Installing missing packages: ${need[*]}"
-sudo=""
-if [[ $(id -u) -ne 0 ]]; then
-    command -v sudo >/dev/null 2>&1 || { echo "error: need root (or sudo) to install ${need[*]}" >&2; exit 1; }
-    sudo="sudo"
+
+# A dynamically linked busybox (package busybox) would need the host's libc in the image.
+if ldd /usr/bin/busybox >/dev/null 2>&1; then
+    echo "error: /usr/bin/busybox is dynamically linked; replace package busybox with busybox-static" >&2
+    exit 1
 fi
-export DEBIAN_FRONTEND=noninteractive
-$sudo apt-get update -qq
-$sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
+
+bash scripts/prove-runtime.sh .build

@@ -1,8 +1,13 @@
-"""Fixtures shared by every test: the demo image, podman settings for this machine, a fleet.
+"""Fixtures shared by every test: the machine's podman preflight, the demo image, a fleet.
 
 Everything is real: a Mosquitto started here on a free loopback port, the hub
 and agents as the same processes a user runs, podman with a storage root per
 simulated node, and the Helm engine.
+
+Tests that need podman get the ``fleet`` mark (by their fixtures, see
+``pytest_collection_modifyitems``): ``pytest -m "not fleet"`` runs the rest.
+When podman cannot run a pod here, the session's preflight (the agent's own
+``doctor`` checks) fails every one of them at once, with the reason.
 """
 
 from __future__ import annotations
@@ -14,20 +19,39 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD = REPO / ".build"
+# Fixtures that mean a test runs pods on podman.
+PODMAN_FIXTURES = frozenset({"machine", "demo_image_tar", "containers_conf", "demo_rootfs_tar", "fleet", "node"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if PODMAN_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.fleet)
 
 
 @pytest.fixture(scope="session")
-def demo_image_tar() -> Path:
-    from edgesim.podman_setup import build_demo_image
+def machine():
+    """The demo image and podman settings for this machine, after proving a pod runs here.
 
-    return build_demo_image(BUILD / "edgecollab-busybox.tar")
+    Fails (once, and so every test that needs podman) with the preflight's
+    report when podman cannot run pods.
+    """
+    from edgesim.podman_setup import RuntimeNotReady, prepare_machine
+
+    try:
+        return prepare_machine(BUILD)
+    except RuntimeNotReady as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 @pytest.fixture(scope="session")
-def containers_conf(demo_image_tar: Path) -> Path | None:
-    from edgesim.podman_setup import containers_conf_for_this_machine
+def demo_image_tar(machine) -> Path:
+    return machine.image_tar
 
-    return containers_conf_for_this_machine(BUILD / "podman", demo_image_tar)
+
+@pytest.fixture(scope="session")
+def containers_conf(machine) -> Path | None:
+    return machine.containers_conf
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -10,13 +11,21 @@ from typing import Any
 
 import yaml
 
-from edgesim.fleet import Hub, Node, wait_until
+from edgesim.fleet import Fleet, Hub, Node, NodeOptions, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_SPEC = REPO / "examples" / "web" / "component.yaml"
 EXAMPLE_CHART = REPO / "examples" / "web" / "chart"
-# Agents report within a reconcile pass (2 s here) of the pods being ready.
+# Agents report within a reconcile pass (5 s by default) of the pods being ready.
 CONVERGE_SECONDS = 90
+# Tests about cut links set the flag they are about, the MQTT keepalive, short:
+# a cut is noticed after ~6 s instead of ~15 s at the default 10 s.
+LINK_TEST_KEEPALIVE = 4
+
+
+def link_test_options(fleet: Fleet) -> NodeOptions:
+    """The fleet's node options with the short keepalive of link tests."""
+    return dataclasses.replace(fleet.node_options, keepalive=LINK_TEST_KEEPALIVE)
 
 
 def write_spec(path: Path, *, name: str = "web", namespace: str = "demo", values: dict[str, Any] | None = None,

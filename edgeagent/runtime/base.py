@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from edgeprotocol.errors import EdgeError
+from edgeprotocol.messages import ConditionType
 from edgeprotocol.topics import check_name
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "NodeContext",
     "Observation",
     "PodState",
+    "PreflightCheck",
     "ReleaseRef",
     "Runtime",
     "RuntimeApplyError",
@@ -121,6 +123,23 @@ class Observation:
     message: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class PreflightCheck:
+    """One thing a node needs before it can run releases, checked now.
+
+    ``name`` is short and stable (``podman``, ``storage``, ``pod``);
+    ``detail`` says what was found, or what failed and what to do about it.
+    ``condition`` is the node condition the check feeds (None: doctor only),
+    ``reason`` the CamelCase reason that condition takes when this check fails.
+    """
+
+    name: str
+    ok: bool
+    detail: str
+    condition: ConditionType | None = None
+    reason: str = ""
+
+
 @runtime_checkable
 class Runtime(Protocol):
     """A node-local workload runtime (podman, a local Kubernetes, ...)."""
@@ -145,4 +164,12 @@ class Runtime(Protocol):
 
     async def releases(self) -> set[ReleaseRef]:
         """Every release the runtime currently holds anything for."""
+        ...
+
+    async def preflight(self) -> tuple[PreflightCheck, ...]:
+        """Check, for real, that this node can run pods: one result per check, in order.
+
+        Never raises for a broken node: a failure is a check with ``ok`` false
+        whose detail carries the tool's own error.
+        """
         ...

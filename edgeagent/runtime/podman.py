@@ -103,6 +103,7 @@ import json
 import logging
 import os
 import re
+import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,6 +117,7 @@ from .base import (
     NodeContext,
     Observation,
     PodState,
+    PreflightCheck,
     ReleaseRef,
     RuntimeApplyError,
 )
@@ -159,6 +161,19 @@ _ZERO_TIME = "0001-01-01T00:00:00Z"
 # Pause between stopping pods and removing them, in seconds (see _remove_pods):
 # conmon's exit cleanup takes well under 0.1 s; 0.2 s leaves a margin.
 _SETTLE_SECONDS = 0.2
+# Pods the preflight creates carry this label, so a leftover from an agent
+# killed mid-check is recognisable (and removed by the next check).
+_PREFLIGHT_LABEL = "edgecollab.io/preflight"
+# podman errors whose cure is known, and the hint the preflight adds to them.
+_PREFLIGHT_HINTS: tuple[tuple[str, str], ...] = (
+    ("cannot run '", "install podman (Debian: apt-get install podman catatonit)"),
+    ("catatonit", "podman builds its pause image from catatonit: install it (Debian: apt-get install catatonit)"),
+    ("error setting rlimit", "this machine refuses podman's default ulimits: give the agent a containers.conf "
+                             "with runtime = \"runc\" and default_ulimits at the host's (--containers-conf; "
+                             "see the README)"),
+    ("cgroups in hybrid mode", "crun cannot run on hybrid cgroups: select runc in a containers.conf "
+                               "(--containers-conf; see the README)"),
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -756,6 +771,92 @@ class PodmanRuntime:
             raise EdgeRuntimeError(f"podman does not work here: {exc.stderr}") from exc
         return result.stdout.strip()
 
+    async def preflight(self) -> tuple[PreflightCheck, ...]:
+        """Check that podman can run pods on this node: podman, storage, OCI runtime, a real pod.
+
+        The pod check creates, starts and removes an empty pod, which is what
+        fails when podman cannot build its pause image (catatonit missing) or
+        its OCI runtime cannot start a container here. About half a second.
+        """
+        checks: list[PreflightCheck] = []
+        # A storage root given in the settings is checked before podman runs:
+        # podman itself fails to start on a root it cannot create.
+        storage = await self._storage_check(self.settings.root) if self.settings.root else None
+
+        def failed_from(index: int, why: str) -> tuple[PreflightCheck, ...]:
+            # Checks that could not run feed no condition: what they would
+            # have shown is unknown, not failed.
+            skipped = [PreflightCheck(name, False, f"not checked: {why}") for name in ("storage", "oci-runtime", "pod")]
+            if storage is not None:
+                skipped[0] = storage
+            return (*checks, *skipped[index:])
+
+        try:
+            version = await self.version()
+        except EdgeRuntimeError as exc:
+            missing = isinstance(exc.__cause__, OSError) or "cannot run" in str(exc)
+            checks.append(PreflightCheck("podman", False, _with_hint(str(exc)), "RuntimeReady",
+                                         "PodmanMissing" if missing else "PodmanBroken"))
+            return failed_from(0, "podman does not run")
+        checks.append(PreflightCheck("podman", True, f"podman {version} ({self.settings.binary})", "RuntimeReady"))
+
+        try:
+            info = await self._json("info", "--format", "json", what="describe itself (podman info)")
+        except EdgeRuntimeError as exc:
+            checks.append(storage or PreflightCheck("storage", False, _with_hint(str(exc)), "StorageReady",
+                                                    "StorageUnusable"))
+            return failed_from(1, "podman info failed")
+        if storage is None:
+            graph_root = ((info or {}).get("store") or {}).get("graphRoot") or "/var/lib/containers/storage"
+            storage = await self._storage_check(Path(str(graph_root)))
+        checks.append(storage)
+
+        oci = ((info or {}).get("host") or {}).get("ociRuntime") or {}
+        oci_path = str(oci.get("path") or "")
+        oci_version = str(oci.get("version") or "").splitlines()[0:1]
+        if oci_path and os.access(oci_path, os.X_OK):
+            checks.append(PreflightCheck("oci-runtime", True,
+                                         f"{oci.get('name', '?')} at {oci_path}"
+                                         + (f" ({oci_version[0]})" if oci_version else ""), "RuntimeReady"))
+        else:
+            checks.append(PreflightCheck("oci-runtime", False,
+                                         f"podman's OCI runtime {oci.get('name') or '?'} is not executable at "
+                                         f"{oci_path or '(no path)'}: install runc or crun",
+                                         "RuntimeReady", "OciRuntimeMissing"))
+
+        checks.append(await self._probe_pod())
+        return tuple(checks)
+
+    @staticmethod
+    async def _storage_check(root: Path) -> PreflightCheck:
+        problem, free = await asyncio.to_thread(_probe_writable, root)  # file I/O off the loop
+        if problem:
+            return PreflightCheck("storage", False, problem, "StorageReady", "StorageNotWritable")
+        return PreflightCheck("storage", True, f"{root} writable, {free / 2**30:.1f} GiB free", "StorageReady")
+
+    async def _probe_pod(self) -> PreflightCheck:
+        """Create, start and remove an empty pod on the node's network setting."""
+        with contextlib.suppress(_PodmanFailed, EdgeRuntimeError):
+            await self._run("pod", "rm", "--force", "--ignore", "--time", "0",
+                            *[p.get("Name", "") for p in await self._pods(f"label={_PREFLIGHT_LABEL}")
+                              if p.get("Name")])
+        name = f"edgecollab-preflight-{os.urandom(4).hex()}"
+        create = ["pod", "create", "--name", name, "--label", f"{_PREFLIGHT_LABEL}=1"]
+        if self.settings.network:
+            create += ["--network", self.settings.network]
+        step = "create"
+        try:
+            await self._run(*create)
+            step = "start"
+            await self._run("pod", "start", name)
+        except _PodmanFailed as exc:
+            return PreflightCheck("pod", False, _with_hint(f"podman pod {step} failed: {_last_error(exc.stderr)}"),
+                                  "RuntimeReady", "PodCreateFailed" if step == "create" else "PodStartFailed")
+        finally:
+            with contextlib.suppress(_PodmanFailed, EdgeRuntimeError):
+                await self._run("pod", "rm", "--force", "--ignore", "--time", "0", name)
+        return PreflightCheck("pod", True, "created, started and removed a pod", "RuntimeReady")
+
     async def _pods(self, *filters: str) -> list[dict[str, Any]]:
         args = ["pod", "ps", "--no-trunc", "--format", "json"]
         for item in filters:
@@ -1008,9 +1109,7 @@ def _is_running(info: Mapping[str, Any]) -> bool:
 
 def _explain_play_failure(ref: ReleaseRef, plan: _Plan, exc: _PodmanFailed) -> str:
     """A RuntimeApplyError message naming the manifest object podman choked on."""
-    lines = [line for line in exc.stderr.splitlines() if line.startswith("Error: ")]
-    reason = (lines[-1] if lines else exc.stderr.splitlines()[-1] if exc.stderr else str(exc))
-    reason = reason.removeprefix("Error: ")
+    reason = _last_error(exc.stderr) if exc.stderr else str(exc)
     if exc.returncode is None:
         return f"release {ref}: podman {exc.command} gave {reason}; killed"
     match = _BRINGING_UP.search(exc.stderr)
@@ -1022,6 +1121,34 @@ def _explain_play_failure(ref: ReleaseRef, plan: _Plan, exc: _PodmanFailed) -> s
     if culprit is not None:
         return f"{culprit.source} (podman pod {culprit.name}) of release {ref}: {reason}"
     return f"release {ref}: podman {exc.command} failed: {reason}"
+
+
+def _last_error(stderr: str) -> str:
+    """podman's own error line(s), without the noise around them."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    errors = [line.removeprefix("Error: ") for line in lines if line.startswith("Error: ")]
+    return "; ".join(errors) or (lines[-1] if lines else "no error output")
+
+
+def _with_hint(text: str) -> str:
+    hints = [hint for needle, hint in _PREFLIGHT_HINTS if needle in text]
+    return f"{text} (hint: {hints[0]})" if hints else text
+
+
+def _probe_writable(root: Path) -> tuple[str, int]:
+    """("", free bytes) when ``root`` (or where podman would create it) takes a file; else (why, 0)."""
+    existing = root
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"storage root {root}: {existing} is not a directory", 0
+    probe = existing / f".edgecollab-probe-{os.getpid()}"
+    try:
+        probe.write_bytes(b"probe")
+        probe.unlink()
+    except OSError as exc:
+        return f"storage root {root} is not writable: {exc.strerror or exc} ({existing})", 0
+    return "", shutil.disk_usage(existing).free
 
 
 def _read_text(path: Path) -> str | None:

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from edgesim.fleet import Fleet, Node, NodeOptions, wait_until  # noqa: E402
-from edgesim.podman_setup import build_demo_image, containers_conf_for_this_machine  # noqa: E402
+from edgesim.podman_setup import RuntimeNotReady, prepare_machine  # noqa: E402
 
 SPEC = REPO / "examples" / "web" / "component.yaml"
 BUILD = REPO / ".build"
@@ -56,13 +56,17 @@ def deployed(fleet: Fleet, revision: int, count: int) -> bool:
 def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     started = time.monotonic()
-    step("Preparing: demo image (from busybox-static) and podman settings for this machine")
-    image = build_demo_image(BUILD / "edgecollab-busybox.tar")
-    conf = containers_conf_for_this_machine(BUILD / "podman", image)
-    print(f"image tar {image}; containers.conf: {conf or 'podman defaults'}")
+    step("Preparing: demo image (from busybox-static), podman settings for this machine, a pod proven to run")
+    try:
+        machine = prepare_machine(BUILD)
+    except RuntimeNotReady as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"image tar {machine.image_tar}; containers.conf: {machine.containers_conf or 'podman defaults'}")
 
     workdir = Path(tempfile.mkdtemp(prefix="edgecollab-demo-"))
-    with Fleet(workdir=workdir, node_options=NodeOptions(containers_conf=conf, image_tar=image)) as fleet:
+    options = NodeOptions(containers_conf=machine.containers_conf, image_tar=machine.image_tar)
+    with Fleet(workdir=workdir, node_options=options) as fleet:
         assert fleet.hub is not None and fleet.broker is not None
         step(f"Mosquitto on {fleet.broker.url}, hub on {fleet.hub.url} (state in {workdir})")
 

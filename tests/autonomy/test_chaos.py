@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from fleet_checks import agent_status, node_events, wait_deployed, write_spec
+from fleet_checks import agent_status, link_test_options, node_events, wait_deployed, write_spec
 
 from edgesim.fleet import Fleet, wait_until
 
@@ -29,7 +29,7 @@ def test_upgrades_survive_random_faults_and_every_node_ends_on_the_last_revision
     seed = int(os.environ.get("EDGECOLLAB_CHAOS_SEED", time.time_ns() % 100_000))
     rng = random.Random(seed)
     links = {name: fleet.link(name) for name in NODES}
-    nodes = {name: fleet.add_node(name, "shanghai", link=links[name]) for name in NODES}
+    nodes = {name: fleet.add_node(name, "shanghai", link=links[name], options=link_test_options(fleet)) for name in NODES}
     spec = tmp_path / "web.yaml"
     faults: Counter[str] = Counter()
 

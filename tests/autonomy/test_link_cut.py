@@ -8,6 +8,7 @@ from fleet_checks import (
     applied_revisions,
     component,
     container_starts,
+    link_test_options,
     node_events,
     node_view,
     wait_deployed,
@@ -16,7 +17,7 @@ from fleet_checks import (
 
 from edgesim.fleet import Fleet, wait_until
 
-OFFLINE_SECONDS = 45  # test keepalive 4 s: the broker gives up after ~6 s (15 s at the default 10 s)
+OFFLINE_SECONDS = 45  # keepalive 4 s here: the broker gives up after ~6 s (15 s at the default 10 s)
 
 
 def test_pods_run_untouched_through_a_cut_a_killed_pod_is_healed_offline_and_events_arrive_in_order(
@@ -25,7 +26,7 @@ def test_pods_run_untouched_through_a_cut_a_killed_pod_is_healed_offline_and_eve
     hub = fleet.hub
     assert hub is not None
     link = fleet.link("sh-1")
-    node = fleet.add_node("sh-1", "shanghai", link=link)
+    node = fleet.add_node("sh-1", "shanghai", link=link, options=link_test_options(fleet))
     for name in ("alpha", "beta"):
         hub.ctl("apply", "-f", str(write_spec(tmp_path / f"{name}.yaml", name=name, values={"message": name})))
         wait_deployed(hub, f"demo/{name}", revision=1, nodes=1)
@@ -64,7 +65,7 @@ def test_upgrades_issued_while_a_node_is_offline_apply_only_the_newest_revision_
     hub = fleet.hub
     assert hub is not None
     link = fleet.link("sh-1")
-    fleet.add_node("sh-1", "shanghai", link=link)
+    fleet.add_node("sh-1", "shanghai", link=link, options=link_test_options(fleet))
     spec = tmp_path / "web.yaml"
     hub.ctl("apply", "-f", str(write_spec(spec, values={"message": "v1"})))
     wait_deployed(hub, "demo/web", revision=1, nodes=1)

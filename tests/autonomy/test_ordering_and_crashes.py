@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
-from fleet_checks import agent_status, node_events, wait_deployed, write_spec
+from fleet_checks import agent_status, link_test_options, node_events, wait_deployed, write_spec
 
 from edgeprotocol import Assignment, Bundle, NodeStatus, topics
 from edgeprotocol.messages import now
@@ -71,7 +71,7 @@ def test_an_agent_killed_during_an_apply_finishes_it_offline_and_never_claimed_d
     hub, broker = fleet.hub, fleet.broker
     assert hub is not None and broker is not None
     link = fleet.link("sh-1")
-    node = fleet.add_node("sh-1", "shanghai", link=link)
+    node = fleet.add_node("sh-1", "shanghai", link=link, options=link_test_options(fleet))
     replicas = 4  # several pods make the apply last long enough to be interrupted
     with TopicRecorder(broker.port, topics.status("sh-1")) as statuses:
         hub.ctl("apply", "-f", str(write_spec(tmp_path / "web.yaml", values={"replicas": replicas})))

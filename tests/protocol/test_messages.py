@@ -44,3 +44,28 @@ def test_topics_parse_back_into_their_parts():
 def test_names_that_would_break_topics_are_refused(name: str):
     with pytest.raises(ValueError, match="is not a valid name"):
         check_name(name, "node")
+
+
+def test_a_node_status_carries_its_conditions_and_a_status_without_them_still_decodes():
+    from edgeprotocol import Condition
+
+    broken = Condition(type="RuntimeReady", status="False", reason="PodCreateFailed",
+                       message="catatonit missing", since="2026-11-22T10:00:00.000Z")
+    report = NodeStatus(node="sh-1", seq=1, observed_at=now(), releases=(), conditions=(broken,))
+    decoded = NodeStatus.decode(report.encode())
+    assert decoded.conditions == (broken,) and not decoded.conditions[0].ok
+    older_agent = b'{"v":1,"node":"sh-1","seq":1,"observed_at":"x","releases":[]}'
+    assert NodeStatus.decode(older_agent).conditions == ()
+
+
+@pytest.mark.parametrize(("condition", "named"), [
+    ('{"type":"Happy","status":"True","reason":"R"}', "condition type 'Happy'"),
+    ('{"type":"RuntimeReady","status":"Maybe","reason":"R"}', "condition status 'Maybe'"),
+    ('{"type":"RuntimeReady","status":"True"}', "field 'reason' is missing"),
+    ('"RuntimeReady"', "each condition must be an object"),
+])
+def test_a_status_with_a_bad_condition_is_refused_naming_it(condition: str, named: str):
+    bad = ('{"v":1,"node":"sh-1","seq":1,"observed_at":"x","releases":[],"conditions":[' + condition + ']}').encode()
+    with pytest.raises(ProtocolError, match=named) as raised:
+        NodeStatus.decode(bad)
+    assert "status.conditions[0]" in str(raised.value)

@@ -1,0 +1,228 @@
+"""The README's commands, run as written: the installed console scripts with their default flags.
+
+Every command line of the README's "Using it" block runs here in order. Only
+addresses, paths and the token are swapped for this test's own, and the agent
+(``run``, ``doctor``) gets what a second node on this machine needs: its own
+podman storage paths, ``--podman-network none`` and the machine's
+containers.conf. No timing flag is passed. A command the README gains without a
+check here fails the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from fleet_checks import REPO
+
+from edgeagent.runtime import PodmanRuntime, PodmanSettings
+from edgesim.fleet import ManagedProcess, Mosquitto, wait_until
+from edgesim.net import free_port
+from edgesim.podman_setup import DEMO_IMAGE, MachineSetup, remove_node_storage
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def readme_commands() -> list[list[str]]:
+    """The command lines of the README's "Using it" block, split as a shell would, comments dropped."""
+    text = (REPO / "README.md").read_text()
+    block = text.split("## Using it", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    return [words for line in block.splitlines() if (words := shlex.split(line, comments=True))]
+
+
+class ReadmeSession:
+    """A user's shell: the README's environment, addresses and paths, with this test's own swapped in."""
+
+    def __init__(self, workdir: Path, broker: Mosquitto, machine: MachineSetup) -> None:
+        self.workdir = workdir
+        self.hub_port = free_port()
+        self.swaps = {
+            "127.0.0.1:8470": f"127.0.0.1:{self.hub_port}",
+            "mqtt://127.0.0.1:1883": broker.url,
+            "./hub-state": str(workdir / "hub-state"),
+            "/var/lib/edgeagent": str(workdir / "edgeagent"),
+        }
+        self.env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+        self.env.pop("EDGECOLLAB_HUB", None)
+        base = Path(tempfile.mkdtemp(prefix="ec-readme-", dir="/tmp"))  # short: podman socket paths
+        self.podman = PodmanSettings(work_dir=workdir / "edgeagent" / "podman", root=base / "root",
+                                     runroot=base / "run", tmpdir=base / "tmp",
+                                     containers_conf=machine.containers_conf, network="none")
+        self.podman_base = base
+        self.second_node_flags = ["--podman-root", str(base / "root"), "--podman-runroot", str(base / "run"),
+                                  "--podman-tmpdir", str(base / "tmp"), "--podman-network", "none"]
+        if machine.containers_conf:
+            self.second_node_flags += ["--containers-conf", str(machine.containers_conf)]
+        self.background: list[ManagedProcess] = []
+
+    def words(self, words: list[str]) -> list[str]:
+        out = []
+        for word in words:
+            for old, new in self.swaps.items():
+                word = word.replace(old, new)
+            out.append(word)
+        return out
+
+    def run(self, words: list[str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(words, capture_output=True, text=True, env=self.env, cwd=REPO, timeout=120)
+
+    def start(self, name: str, words: list[str]) -> ManagedProcess:
+        proc = ManagedProcess(name, self.workdir / f"{name}.log")
+        proc._spawn(words, env=self.env)
+        self.background.append(proc)
+        return proc
+
+    def ctl_json(self, *args: str) -> object:
+        result = self.run(["edgectl", *args, "-o", "json"])
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    def close(self) -> None:
+        for proc in reversed(self.background):
+            proc.stop()
+        remove_node_storage(self.podman, self.podman_base)
+
+
+@pytest.fixture
+def session(tmp_path: Path, machine: MachineSetup) -> Iterator[ReadmeSession]:
+    broker = Mosquitto(tmp_path / "broker").start()
+    shell = ReadmeSession(tmp_path, broker, machine)
+    try:
+        yield shell
+    finally:
+        shell.close()
+        broker.stop()
+
+
+def test_every_command_the_readme_shows_works_as_written_with_its_defaults(session: ReadmeSession):
+    commands = readme_commands()
+    seen: list[str] = []
+
+    def node_pods() -> list[dict[str, object]]:
+        env = {**os.environ, **({"CONTAINERS_CONF": str(session.podman.containers_conf)}
+                                if session.podman.containers_conf else {})}
+        out = subprocess.run(["podman", *session.podman.global_args(), "pod", "ps", "--format", "json"],
+                             capture_output=True, text=True, env=env, timeout=60, check=True).stdout
+        return json.loads(out or "[]")
+
+    def hub_serve(words: list[str]) -> None:
+        hub = session.start("edgehub", words)
+        wait_until(lambda: hub.running and session.run(["edgectl", "--hub", f"http://127.0.0.1:{session.hub_port}",
+                                                        "get", "pools"]).returncode == 0,
+                   timeout=30, what="the hub started as the README says")
+
+    def export(words: list[str]) -> None:
+        name, _, value = words[1].partition("=")
+        session.env[name] = value
+
+    def token_create(words: list[str]) -> None:
+        result = session.run(words)
+        assert result.returncode == 0, result.stderr
+        token = result.stdout.strip()
+        assert token.startswith("ec1.")
+        session.swaps["ec1.…"] = token
+
+    def join(words: list[str]) -> None:
+        result = session.run(words)
+        assert result.returncode == 0, result.stderr
+        assert "joined as node store-17 in pool shanghai" in result.stdout
+        # No registry here: the node's storage gets the demo image the example chart runs.
+        asyncio.run(PodmanRuntime(session.podman).import_image(REPO / ".build" / "edgecollab-busybox.tar", DEMO_IMAGE))
+
+    def doctor(words: list[str]) -> None:
+        result = session.run([*words, *session.second_node_flags])
+        assert result.returncode == 0, result.stdout + result.stderr
+        lines = [line for line in result.stdout.splitlines() if line and not line.startswith(tuple("0123456789"))]
+        assert {line.split()[1] for line in lines} >= {"identity", "node-key", "mqtt", "podman", "storage",
+                                                       "oci-runtime", "pod"}
+        assert all(line.startswith("ok ") for line in lines), result.stdout
+
+    def agent_run(words: list[str]) -> None:
+        agent = session.start("edgeagent", [*words, *session.second_node_flags])
+
+        def online() -> bool:
+            assert agent.running, agent.log_tail()
+            nodes = session.ctl_json("get", "nodes")
+            return any(n["name"] == "store-17" and n["presence"] == "online" and n["conditions"] for n in nodes)
+
+        # Default keepalive and reconcile interval: the node must still come online and report its health.
+        wait_until(online, timeout=60, what="store-17 online with its conditions, started as the README says")
+
+    def apply(words: list[str]) -> None:
+        result = session.run(words)
+        assert result.returncode == 0, result.stderr
+        assert "component/demo/web configured (revision 1, 1 node(s))" in result.stdout
+
+        def deployed() -> bool:
+            view = session.ctl_json("describe", "component", "demo/web")
+            return view["deployed"] == view["targets"] == 1
+
+        wait_until(deployed, timeout=120, what="demo/web deployed on store-17")
+        assert [p["Status"] for p in node_pods()] == ["Running"]
+
+    def get(words: list[str]) -> None:
+        result = session.run(words)
+        assert result.returncode == 0, result.stderr
+        kind = words[2]
+        if kind == "nodes":
+            header, row = result.stdout.splitlines()[:2]
+            assert header.split()[:4] == ["NAME", "POOL", "PRESENCE", "CONDITIONS"]
+            assert row.split()[:4] == ["store-17", "shanghai", "online", "Ready"]
+            assert "tier=store" in row and "demo/web@1:Deployed" in row
+        elif kind == "pools":
+            assert result.stdout.splitlines()[1].split() == ["shanghai", "1", "1"]
+        else:
+            assert "-o" in words
+            (comp,) = json.loads(result.stdout)
+            assert (comp["namespace"], comp["name"], comp["revision"], comp["deployed"]) == ("demo", "web", 1, 1)
+
+    def describe(words: list[str]) -> None:
+        result = session.run(words)
+        assert result.returncode == 0, result.stderr
+        if words[2] == "component":
+            assert "Ready:     1/1 node(s)" in result.stdout
+        else:
+            rows = {line.split()[0]: line.split()[1] for line in result.stdout.splitlines()
+                    if line.startswith(("RuntimeReady", "StorageReady"))}
+            assert rows == {"RuntimeReady": "True", "StorageReady": "True"}, result.stdout
+            assert "Deployed" in result.stdout
+
+    def status(words: list[str]) -> None:
+        result = session.run(words)
+        assert result.returncode == 0, result.stderr
+        assert "store-17" in result.stdout and "Deployed" in result.stdout
+
+    def delete(words: list[str]) -> None:
+        result = session.run(words)
+        assert result.returncode == 0, result.stderr
+        assert "component/demo/web deleted" in result.stdout
+        wait_until(lambda: node_pods() == [], timeout=60, what="the release's pods gone from store-17")
+
+    checks: dict[tuple[str, str], Callable[[list[str]], None]] = {
+        ("edgehub", "serve"): hub_serve,
+        ("export", ""): export,
+        ("edgectl", "token"): token_create,
+        ("edgeagent", "join"): join,
+        ("edgeagent", "doctor"): doctor,
+        ("edgeagent", "run"): agent_run,
+        ("edgeagent", "status"): status,
+        ("edgectl", "apply"): apply,
+        ("edgectl", "get"): get,
+        ("edgectl", "describe"): describe,
+        ("edgectl", "delete"): delete,
+    }
+    for words in commands:
+        key = (words[0], "" if words[0] == "export" else words[1])
+        assert key in checks, f"the README shows {shlex.join(words)!r}, which this test does not check yet"
+        checks[key](session.words(words))
+        seen.append(words[0])
+    assert len(seen) == len(commands) >= 14
+    assert set(seen) == {"edgehub", "export", "edgectl", "edgeagent"}
