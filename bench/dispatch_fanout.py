@@ -25,7 +25,7 @@ from edgehub.dispatch import Dispatcher  # noqa: E402
 from edgehub.identity import HubIdentity  # noqa: E402
 from edgehub.store import HubStore  # noqa: E402
 from edgehub.tokens import new_token  # noqa: E402
-from edgeprotocol.mqtt import MqttSession, SessionSettings  # noqa: E402
+from edgekit.mqtt import MqttSession, SessionSettings  # noqa: E402
 from edgesim.fleet import Mosquitto  # noqa: E402
 
 

@@ -35,7 +35,7 @@ import aiomqtt
 from edgeprotocol import topics
 from edgeprotocol.errors import ProtocolError
 from edgeprotocol.messages import Event, NodeStatus, Presence, ReleaseStatus, Resync, now
-from edgeprotocol.mqtt import MqttSession, SessionSettings
+from edgekit.mqtt import MqttSession, SessionSettings
 from edgeprotocol.signing import load_public_key, open_sealed
 
 from . import __version__

@@ -13,7 +13,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from edgectl.table import print_table
+from edgekit.table import print_table
 
 from .agent import Agent, AgentSettings
 from .doctor import diagnose, report
@@ -122,7 +122,10 @@ async def _doctor(args: argparse.Namespace) -> int:
 
 async def _status(args: argparse.Namespace) -> int:
     identity = NodeIdentity.load(args.state_dir)
-    async with AgentStore(args.state_dir / "agent.db") as store:
+    if not (args.state_dir / "agent.db").is_file():
+        raise UsageError(f"no local store in {args.state_dir}: 'edgeagent run --state-dir {args.state_dir}' "
+                         "has not started here yet")
+    async with AgentStore(args.state_dir / "agent.db", readonly=True) as store:
         releases = await store.releases()
         outbox = await store.outbox_size()
         counters = await store.counters()

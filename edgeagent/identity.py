@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
 from edgeprotocol.errors import EdgeError
-from edgeprotocol.hubapi import HubClient, HubError
+from edgekit.http import HttpError, JsonHttpClient
 from edgeprotocol.topics import check_name
 
 IDENTITY_FILE = "identity.json"
@@ -96,11 +96,11 @@ def join(
     state_dir.mkdir(parents=True, exist_ok=True)
     key = Ed25519PrivateKey.generate()
     try:
-        answer = HubClient(hub_url, timeout=JOIN_TIMEOUT_SECONDS).post(
+        answer = JsonHttpClient(hub_url, timeout=JOIN_TIMEOUT_SECONDS).post(
             "/api/v1/join",
             {"token": token, "node": name, "pool": pool, "labels": labels or {}, "csr": make_csr(key, name)},
         )
-    except HubError as exc:
+    except HttpError as exc:
         prefix = "hub refused the join: " if exc.status else ""
         raise JoinError(f"{prefix}{exc}") from exc
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeprotocol.messages import Assignment, now
-from edgeprotocol.sqlite import Database
+from edgekit.sqlite import Database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS releases (
@@ -92,8 +92,9 @@ class OutboxItem:
 
 
 class AgentStore:
-    def __init__(self, path: Path, *, outbox_limit: int = 1000) -> None:
-        self._db = Database(path, SCHEMA)
+    def __init__(self, path: Path, *, outbox_limit: int = 1000, readonly: bool = False) -> None:
+        # readonly: for ``edgeagent status``, which looks while the agent runs.
+        self._db = Database(path, SCHEMA, readonly=readonly)
         self.outbox_limit = outbox_limit
 
     async def __aenter__(self) -> AgentStore:

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from edgeprotocol.errors import EdgeError
-from edgeprotocol.hubapi import HubClient
+from edgekit.http import HttpError, JsonHttpClient
 
-from .table import print_table
+from edgekit.table import print_table
 
 DEFAULT_HUB = "http://127.0.0.1:8470"
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
@@ -79,7 +79,7 @@ def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, sort_keys=True))
 
 
-def cmd_token(hub: HubClient, args: argparse.Namespace) -> None:
+def cmd_token(hub: JsonHttpClient, args: argparse.Namespace) -> None:
     body: dict[str, Any] = {"pool": args.pool}
     if args.ttl is not None:
         body["ttl_seconds"] = args.ttl
@@ -92,7 +92,7 @@ def cmd_token(hub: HubClient, args: argparse.Namespace) -> None:
         print(answer["token"])
 
 
-def cmd_apply(hub: HubClient, args: argparse.Namespace) -> None:
+def cmd_apply(hub: JsonHttpClient, args: argparse.Namespace) -> None:
     # Only apply needs the Helm engine (to package a local chart).
     from deployer_plugin import load_component_file  # noqa: PLC0415
 
@@ -111,7 +111,7 @@ def cmd_apply(hub: HubClient, args: argparse.Namespace) -> None:
         print(f"warning: {warning}", file=sys.stderr)
 
 
-def cmd_get(hub: HubClient, args: argparse.Namespace) -> None:
+def cmd_get(hub: JsonHttpClient, args: argparse.Namespace) -> None:
     kind = args.kind.rstrip("s") + "s"
     data = hub.get(f"/api/v1/{kind}")
     if args.output == "json":
@@ -139,7 +139,7 @@ def conditions_column(conditions: list[dict[str, str]]) -> str:
     return ",".join(unhealthy) or "Ready"
 
 
-def cmd_describe(hub: HubClient, args: argparse.Namespace) -> None:
+def cmd_describe(hub: JsonHttpClient, args: argparse.Namespace) -> None:
     if args.kind == "node":
         data = hub.get(f"/api/v1/nodes/{args.name}")
         if args.output == "json":
@@ -167,7 +167,7 @@ def cmd_describe(hub: HubClient, args: argparse.Namespace) -> None:
     print_table(rows, ["node", "pool", "presence", "assigned_revision", "applied_revision", "phase", "ready", "message"])
 
 
-def cmd_delete(hub: HubClient, args: argparse.Namespace) -> None:
+def cmd_delete(hub: JsonHttpClient, args: argparse.Namespace) -> None:
     namespace, name = _component_ref(args.name, args.namespace)
     answer = hub.delete(f"/api/v1/components/{namespace}/{name}")
     if args.output == "json":
@@ -182,8 +182,8 @@ COMMANDS = {"token": cmd_token, "apply": cmd_apply, "get": cmd_get, "describe": 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        COMMANDS[args.command](HubClient(args.hub), args)
-    except EdgeError as exc:
+        COMMANDS[args.command](JsonHttpClient(args.hub), args)
+    except (EdgeError, HttpError) as exc:
         print(f"edgectl: {exc}", file=sys.stderr)
         return 1
     return 0

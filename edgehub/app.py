@@ -9,7 +9,7 @@ import aiomqtt
 from aiohttp import web
 
 from edgeprotocol import topics
-from edgeprotocol.mqtt import MqttSession, SessionSettings
+from edgekit.mqtt import MqttSession, SessionSettings
 
 from .api import MAX_REQUEST_BYTES, add_routes, json_errors
 from .dispatch import Dispatcher

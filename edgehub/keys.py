@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from edgeprotocol.mqtt import MqttSession
+from edgekit.mqtt import MqttSession
 
 from .dispatch import Dispatcher
 from .identity import HubIdentity

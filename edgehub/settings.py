@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from edgeprotocol.mqtt import BrokerAddress
+from edgekit.mqtt import BrokerAddress
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

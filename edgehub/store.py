@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeprotocol.messages import Bundle, Event, NodeStatus
-from edgeprotocol.sqlite import Database
+from edgekit.sqlite import Database
 
 from .tokens import TokenParts, hash_secret, secret_matches
 

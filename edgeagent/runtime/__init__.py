@@ -7,6 +7,7 @@ runtime for nodes without Kubernetes.
 from .base import (
     ApplyResult,
     EdgeRuntimeError,
+    ManifestRejected,
     NodeContext,
     Observation,
     PodState,
@@ -20,6 +21,7 @@ from .podman import PodmanRuntime, PodmanSettings
 __all__ = [
     "ApplyResult",
     "EdgeRuntimeError",
+    "ManifestRejected",
     "NodeContext",
     "Observation",
     "PodState",

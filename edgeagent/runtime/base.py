@@ -12,6 +12,11 @@ Errors a runtime raises on purpose::
                                   tool is missing, failed or timed out
         RuntimeApplyError         the runtime refused or failed a manifest; the
                                   message names the object and says why
+          ManifestRejected        the manifests themselves can never run here
+                                  (not YAML, no kind, a bad field): applying the
+                                  same manifests again cannot succeed, so the
+                                  agent fails the revision once and waits for
+                                  a new one
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from edgeprotocol.topics import check_name
 __all__ = [
     "ApplyResult",
     "EdgeRuntimeError",
+    "ManifestRejected",
     "NodeContext",
     "Observation",
     "PodState",
@@ -42,6 +48,10 @@ class EdgeRuntimeError(EdgeError):
 
 class RuntimeApplyError(EdgeRuntimeError):
     """The runtime refused or failed a manifest; the message names the object and why."""
+
+
+class ManifestRejected(RuntimeApplyError):
+    """The manifests can never run on this runtime, whatever the node's state: a deterministic refusal."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,9 @@
-"""A small synchronous client for the hub's HTTP API, used by edgectl and by the agent's join.
+"""A small synchronous JSON-over-HTTP client: ``edgectl`` and the agent's join use it.
 
 Synchronous on purpose: both callers are one-shot commands with no event loop.
+Every failure is an ``HttpError``: ``status`` is the HTTP status of an answer
+that was an error (its JSON ``error`` field is the message), 0 when nothing
+answered.
 """
 
 from __future__ import annotations
@@ -10,24 +13,25 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from edgeprotocol.errors import EdgeError
-
 # Applying renders charts on the hub; a minute covers large charts.
 REQUEST_TIMEOUT_SECONDS = 60.0
 
 
-class HubError(EdgeError):
-    """The hub answered with an error, or could not be reached."""
+class HttpError(Exception):
+    """The server answered with an error, or could not be reached."""
 
     def __init__(self, message: str, status: int = 0) -> None:
         super().__init__(message)
         self.status = status
 
 
-class HubClient:
-    def __init__(self, base_url: str, *, timeout: float = REQUEST_TIMEOUT_SECONDS) -> None:
+class JsonHttpClient:
+    """JSON requests to one base URL; ``name`` says what the server is in error messages."""
+
+    def __init__(self, base_url: str, *, timeout: float = REQUEST_TIMEOUT_SECONDS, name: str = "the hub") -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        self.name = name
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
@@ -40,11 +44,13 @@ class HubClient:
         except urllib.error.HTTPError as exc:
             try:
                 message = json.loads(exc.read()).get("error", exc.reason)
-            except ValueError:
+            except (ValueError, AttributeError):
                 message = exc.reason
-            raise HubError(str(message), status=exc.code) from exc
+            raise HttpError(str(message), status=exc.code) from exc
         except (urllib.error.URLError, OSError) as exc:
-            raise HubError(f"cannot reach the hub at {self.base_url}: {exc}") from exc
+            raise HttpError(f"cannot reach {self.name} at {self.base_url}: {exc}") from exc
+        except ValueError as exc:
+            raise HttpError(f"{self.name} at {self.base_url} answered {method} {path} with invalid JSON") from exc
 
     def get(self, path: str) -> Any:
         return self.request("GET", path)

@@ -1,4 +1,4 @@
-"""A serialized, asynchronous SQLite connection shared by the hub's and agent's stores.
+"""A serialized, asynchronous SQLite connection: what the hub's and agent's stores are built on.
 
 sqlite3 calls block, so every call runs on one dedicated worker thread: the
 event loop never waits on disk, and because there is only one thread, calls
@@ -17,16 +17,37 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_random
+
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+
+# How long a statement waits for another process's lock before failing.
+BUSY_TIMEOUT_SECONDS = 5.0
+# Switching to WAL needs a moment with no other connection on the file, and
+# SQLite answers "database is locked" at once instead of waiting (its busy
+# handler does not cover it): retry for about this long.
+WAL_SWITCH_SECONDS = 5.0
+
+
+def _enable_wal(conn: sqlite3.Connection, path: Path) -> None:
+    for attempt in Retrying(stop=stop_after_delay(WAL_SWITCH_SECONDS), wait=wait_random(0.02, 0.1),
+                            retry=retry_if_exception_type(sqlite3.OperationalError), reraise=True):
+        with attempt:
+            # WAL is a property of the file: once set, the query answers "wal" and changes nothing.
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")
 
 
 class Database:
     """An open SQLite file. Use as an async context manager."""
 
-    def __init__(self, path: Path, schema: str) -> None:
+    def __init__(self, path: Path, schema: str, *, readonly: bool = False) -> None:
         self._path = path
         self._schema = schema
+        # Read-only: opens an existing file and never writes, not even the
+        # schema, so a command can look while the owner is running.
+        self._readonly = readonly
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
 
@@ -51,13 +72,22 @@ class Database:
         executor.shutdown(wait=True)
 
     def _open(self) -> None:
+        if self._readonly:
+            if not self._path.is_file():
+                raise FileNotFoundError(f"no database at {self._path}")
+            conn = sqlite3.connect(f"file:{self._path}?mode=ro", uri=True, isolation_level=None,
+                                   check_same_thread=False, timeout=BUSY_TIMEOUT_SECONDS)
+            conn.row_factory = sqlite3.Row
+            self._conn = conn
+            return
         self._path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False,
+                               timeout=BUSY_TIMEOUT_SECONDS)
         conn.row_factory = sqlite3.Row
         # WAL keeps readers off writers' backs; synchronous=FULL because a
         # store write that vanishes on power loss is exactly the lost data
         # the agent promises not to have.
-        conn.execute("PRAGMA journal_mode=WAL")
+        _enable_wal(conn, self._path)
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.executescript(self._schema)
