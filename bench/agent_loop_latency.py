@@ -36,7 +36,13 @@ from edgeprotocol import topics  # noqa: E402
 from edgeprotocol.messages import Assignment, Bundle, now  # noqa: E402
 from edgeprotocol.signing import public_key_pem, seal  # noqa: E402
 from edgesim.fleet import Mosquitto  # noqa: E402
-from edgesim.podman_setup import DEMO_IMAGE, MachineSetup, prepare_machine, remove_node_storage  # noqa: E402
+from edgesim.podman_setup import (  # noqa: E402
+    DEMO_IMAGE,
+    MachineSetup,
+    import_image,
+    prepare_machine,
+    remove_node_storage,
+)
 
 SAMPLE_SECONDS = 0.005
 
@@ -115,8 +121,6 @@ async def run(megabytes: float, watch: float, workdir: Path, broker: Mosquitto, 
           f"assignment {len(payload) / 1e3:.0f} kB on the wire")
     try:
         runtime = PodmanRuntime(podman)
-        from edgesim.podman_setup import import_image  # noqa: PLC0415 - moved there by the structure work
-
         await import_image(podman, machine.image_tar, DEMO_IMAGE)
         settings = AgentSettings(state_dir=workdir / "state")
         async with LoopLag() as lag, Agent(settings, identity, runtime) as agent:

@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
-from edgeprotocol.errors import EdgeError
 from edgekit.http import HttpError, JsonHttpClient
+from edgeprotocol.errors import EdgeError
 from edgeprotocol.topics import check_name
 
 IDENTITY_FILE = "identity.json"

@@ -16,8 +16,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeprotocol.messages import Assignment, now
 from edgekit.sqlite import Database
+from edgeprotocol.messages import Assignment, AssignmentKind, Phase, now
+
+# Columns added after the first release of the agent: older agent.db files get them on open.
+ADDED_COLUMNS = (("releases", "rejected_digest", "TEXT NOT NULL DEFAULT ''"),)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS releases (
@@ -31,6 +34,7 @@ CREATE TABLE IF NOT EXISTS releases (
     applied_revision INTEGER NOT NULL DEFAULT 0,
     applied_digest TEXT NOT NULL DEFAULT '',
     applying_digest TEXT NOT NULL DEFAULT '',
+    rejected_digest TEXT NOT NULL DEFAULT '',
     phase TEXT NOT NULL DEFAULT 'Pending',
     message TEXT NOT NULL DEFAULT '',
     ready INTEGER NOT NULL DEFAULT 0,
@@ -56,14 +60,17 @@ class ReleaseRecord:
     namespace: str
     release: str
     desired_revision: int
-    desired_kind: str  # "release" or "tombstone"
+    desired_kind: AssignmentKind
     manifests: str
     digest: str
     chart: dict[str, str]
     applied_revision: int
     applied_digest: str
     applying_digest: str
-    phase: str
+    # The digest of manifests the runtime refused for good (ManifestRejected):
+    # not tried again until a new revision brings other manifests.
+    rejected_digest: str
+    phase: Phase
     message: str
     ready: int
     total: int
@@ -94,7 +101,7 @@ class OutboxItem:
 class AgentStore:
     def __init__(self, path: Path, *, outbox_limit: int = 1000, readonly: bool = False) -> None:
         # readonly: for ``edgeagent status``, which looks while the agent runs.
-        self._db = Database(path, SCHEMA, readonly=readonly)
+        self._db = Database(path, SCHEMA, readonly=readonly, added_columns=ADDED_COLUMNS)
         self.outbox_limit = outbox_limit
 
     async def __aenter__(self) -> AgentStore:
@@ -156,6 +163,11 @@ class AgentStore:
     async def fail_apply(self, rec: ReleaseRecord, *, message: str) -> None:
         await self._update(rec, "applying_digest = '', phase = 'Failed', message = ?", message)
 
+    async def reject_apply(self, rec: ReleaseRecord, *, message: str) -> None:
+        """The runtime can never run these manifests: Failed, and not retried until the digest changes."""
+        await self._update(rec, "applying_digest = '', rejected_digest = ?, phase = 'Failed', message = ?",
+                           rec.digest, message)
+
     async def adopt_revision(self, rec: ReleaseRecord) -> None:
         """A new revision whose manifests equal what runs: take it without touching the runtime."""
         await self._update(rec, "applied_revision = ?", rec.desired_revision)
@@ -166,7 +178,7 @@ class AgentStore:
             rec.desired_revision,
         )
 
-    async def observe(self, rec: ReleaseRecord, *, phase: str, ready: int, total: int, message: str | None = None) -> None:
+    async def observe(self, rec: ReleaseRecord, *, phase: Phase, ready: int, total: int, message: str | None = None) -> None:
         sets = "phase = ?, ready = ?, total = ?, observed_at = ?"
         args: list[object] = [phase, ready, total, now()]
         if message is not None:

@@ -15,14 +15,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edgeprotocol.errors import EdgeError
 from edgekit.http import HttpError, JsonHttpClient
-
 from edgekit.table import print_table
+from edgeprotocol.errors import EdgeError
 
 DEFAULT_HUB = "http://127.0.0.1:8470"
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class CommandError(EdgeError):
+    """A command that cannot run here; the message says why and what to do."""
 
 
 def duration(text: str) -> float:
@@ -93,8 +96,13 @@ def cmd_token(hub: JsonHttpClient, args: argparse.Namespace) -> None:
 
 
 def cmd_apply(hub: JsonHttpClient, args: argparse.Namespace) -> None:
-    # Only apply needs the Helm engine (to package a local chart).
-    from deployer_plugin import load_component_file  # noqa: PLC0415
+    # Only apply needs the Helm engine (to package a local chart), so only apply imports it.
+    try:
+        from deployer_plugin import load_component_file  # noqa: PLC0415
+    except ImportError as exc:
+        raise CommandError(
+            f"apply packages the chart with the Helm engine, which cannot be imported here ({exc}); "
+            "install it with: pip install 'edgecollab[hub]'") from exc
 
     component, archive = load_component_file(args.filename)
     answer = hub.post(

@@ -11,16 +11,19 @@
     DELETE /api/v1/components/{namespace}/{name}   delete a component from every node
     GET    /healthz
 
-Errors are ``{"error": "..."}`` with 400 (malformed request), 403 (join
-refused), 404, 409 (concurrent change) or 422 (a spec or chart that does not
-validate or render).
+Errors are ``{"error": "..."}`` (plus ``"field"`` when one field is at fault)
+with the status ``STATUS`` gives the exception's type: 400 (malformed request),
+403 (join refused), 404, 409 (concurrent change) or 422 (a spec or chart that
+does not validate or render). See :mod:`edgehub.errors` for the tree. Anything
+unexpected answers 500 with a generic message; the traceback goes to the log.
+
+Handlers parse the request, call the store or a service and shape the
+answer; they raise, and ``json_errors`` alone turns exceptions into responses.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import binascii
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -28,13 +31,13 @@ from typing import Any
 
 from aiohttp import web
 
-from deployer_plugin import ChartArchive, SpecError, component_fingerprint, parse_component, render_component
 from edgeprotocol.topics import check_name
 
-from .identity import CsrError
-from .keys import DISPATCHER, IDENTITY, SETTINGS, STORE
-from .store import ConcurrentChange, JoinRefused
-from .tokens import TokenFormatError, new_token, parse_token
+from .components import ApplyOutcome
+from .errors import BadRequest, ConcurrentChange, HubError, JoinRefused, NotFound, SpecRefused
+from .keys import COMPONENTS, DISPATCHER, IDENTITY, SETTINGS, STORE
+from .settings import MAX_TOKEN_TTL_SECONDS, MAX_TOKEN_USES
+from .tokens import new_token, parse_token
 from .views import component_view, node_view, pool_views
 
 logger = logging.getLogger(__name__)
@@ -46,64 +49,115 @@ _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 RESERVED_LABEL_PREFIX = "edgecollab.io/"
 # A chart archive larger than this is refused before it is decoded.
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
+# GET .../events answers this many events unless ?limit= asks otherwise, and
+# never more than the maximum (a node keeps 500 by default).
+DEFAULT_EVENTS_LIMIT = 100
+MAX_EVENTS_LIMIT = 1000
+
+# The one place that maps a refusal to its HTTP status. A type not listed
+# answers the status of its nearest listed base: CsrError is a BadRequest
+# (400), TokenFormatError a JoinRefused (403).
+STATUS: dict[type[HubError], int] = {
+    HubError: 400,
+    BadRequest: 400,
+    JoinRefused: 403,
+    NotFound: 404,
+    ConcurrentChange: 409,
+    SpecRefused: 422,
+}
+INTERNAL_ERROR = "internal error in the hub; its log has the details"
 
 
-class BadRequest(Exception):
-    """A request the API refuses; carries the HTTP status."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
+def status_of(exc: HubError) -> int:
+    return next(STATUS[kind] for kind in type(exc).__mro__ if kind in STATUS)
 
 
 @web.middleware
 async def json_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """Answer every error as ``{"error": ...}`` JSON, never aiohttp's HTML or text pages."""
     try:
         return await handler(request)
-    except BadRequest as exc:
-        return web.json_response({"error": str(exc)}, status=exc.status)
+    except HubError as exc:
+        status = status_of(exc)
+        logger.info("Refused %s %s with %d: %s", request.method, request.path, status, exc)
+        body: dict[str, Any] = {"error": str(exc)}
+        if isinstance(exc, BadRequest) and exc.field:
+            body["field"] = exc.field
+        return web.json_response(body, status=status)
     except web.HTTPException as exc:
+        # aiohttp's own: no such route (404), wrong method (405), body too large (413).
         if exc.status < 400:
             raise
-        return web.json_response({"error": exc.reason}, status=exc.status)
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return web.json_response({"error": exc.reason}, status=exc.status, headers=allow)
+    except Exception:
+        logger.exception("Unexpected error answering %s %s; answering 500", request.method, request.path)
+        return web.json_response({"error": INTERNAL_ERROR}, status=500)
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
     try:
         body = await request.json()
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
+        # RecursionError: JSON nested deeper than the parser's stack.
         raise BadRequest(f"request body is not valid JSON ({exc})") from exc
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
     return body
 
 
-def _field(body: dict[str, Any], key: str, kind: type, *, required: bool = True, default: Any = None) -> Any:
+_KINDS = {str: "a string", int: "an integer", dict: "an object", (int, float): "a number"}
+
+
+def _field(body: dict[str, Any], key: str, kind: type | tuple[type, ...], *, required: bool = True,
+           default: Any = None) -> Any:
     if key not in body or body[key] is None:
         if required:
-            raise BadRequest(f"field {key!r} is required")
+            raise BadRequest("is required", field=key)
         return default
     value = body[key]
-    if not isinstance(value, kind) or (kind in (int, float) and isinstance(value, bool)):
-        raise BadRequest(f"field {key!r} must be of type {getattr(kind, '__name__', 'number')}")
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise BadRequest(f"must be {_KINDS.get(kind, kind)}, not {type(value).__name__}", field=key)
     return value
 
 
-def _name(value: str, what: str) -> str:
+def _shown(value: Any) -> str:
+    """``repr(value)``, cut short: an error message must not echo a megabyte back."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _name(value: str, key: str) -> str:
     try:
-        return check_name(value, what)
+        return check_name(value, key)
     except ValueError as exc:
-        raise BadRequest(str(exc)) from exc
+        # check_name's message echoes the whole value: keep only its rule.
+        rule = str(exc).partition(" is not a valid name: ")[2] or "see the naming rules"
+        raise BadRequest(f"{_shown(value)} is not a valid name: {rule}", field=key) from exc
+
+
+def _query_int(request: web.Request, key: str, *, default: int, low: int, high: int) -> int:
+    text = request.query.get(key)
+    if text is None:
+        return default
+    refusal = BadRequest(f"must be an integer from {low} to {high}, not {_shown(text)}", field=key)
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise refusal from exc
+    if not low <= value <= high:
+        raise refusal
+    return value
 
 
 def validate_labels(labels: Any) -> dict[str, str]:
     if not isinstance(labels, dict):
-        raise BadRequest("labels must be an object of strings")
+        raise BadRequest("must be an object of strings", field="labels")
     for key, value in labels.items():
         if not isinstance(value, str) or not _LABEL_KEY.match(key) or not _LABEL_VALUE.match(value):
-            raise BadRequest(f"label {key}={value!r} is not a valid Kubernetes label")
+            raise BadRequest(f"{_shown(key)}={_shown(value)} is not a valid Kubernetes label", field="labels")
         if key.startswith(RESERVED_LABEL_PREFIX):
-            raise BadRequest(f"label {key}: the prefix {RESERVED_LABEL_PREFIX} is reserved for edgecollab")
+            raise BadRequest(f"{key}: the prefix {RESERVED_LABEL_PREFIX} is reserved for edgecollab", field="labels")
     return labels
 
 
@@ -115,12 +169,18 @@ async def create_token(request: web.Request) -> web.Response:
     body = await _json_body(request)
     defaults = request.app[SETTINGS].tokens
     pool = _name(_field(body, "pool", str), "pool")
-    ttl = float(_field(body, "ttl_seconds", (int, float), required=False, default=defaults.ttl_seconds))
+    ttl = _field(body, "ttl_seconds", (int, float), required=False, default=defaults.ttl_seconds)
     uses = _field(body, "uses", int, required=False, default=defaults.uses)
-    if ttl <= 0:
-        raise BadRequest("ttl_seconds must be positive")
-    if uses < 1:
-        raise BadRequest("uses must be at least 1")
+    # Compared before any float(): an int too large for a float, NaN and
+    # infinity all fail the comparison instead of raising.
+    if not 0 < ttl <= MAX_TOKEN_TTL_SECONDS:
+        raise BadRequest(
+            f"must be above 0 and at most {MAX_TOKEN_TTL_SECONDS:.0f} seconds (30 days), not {_shown(ttl)}",
+            field="ttl_seconds",
+        )
+    if not 1 <= uses <= MAX_TOKEN_USES:
+        raise BadRequest(f"must be from 1 to {MAX_TOKEN_USES}, not {_shown(uses)}", field="uses")
+    ttl = float(ttl)
     token = new_token()
     expires_at = await request.app[STORE].create_token(token, pool=pool, ttl_seconds=ttl, uses=uses)
     logger.info("Join token %s created for pool %s (%d use(s), %.0f s)", token.token_id, pool, uses, ttl)
@@ -130,11 +190,8 @@ async def create_token(request: web.Request) -> web.Response:
 async def join(request: web.Request) -> web.Response:
     body = await _json_body(request)
     app = request.app
-    try:
-        token = parse_token(_field(body, "token", str))
-    except TokenFormatError as exc:
-        raise BadRequest(str(exc), status=403) from exc
-    node = _name(_field(body, "node", str), "node name")
+    token = parse_token(_field(body, "token", str))
+    node = _name(_field(body, "node", str), "node")
     labels = validate_labels(_field(body, "labels", dict, required=False, default={}))
     requested_pool = _field(body, "pool", str, required=False)
     csr = _field(body, "csr", str)
@@ -145,10 +202,9 @@ async def join(request: web.Request) -> web.Response:
             sign=lambda name: identity.sign_node_csr(csr, node=name),
         )
     except JoinRefused as exc:
+        # Worth a warning: someone holds a token that no longer works, or guesses.
         logger.warning("Join of %s refused: %s", node, exc)
-        raise BadRequest(f"join refused: {exc}", status=403) from exc
-    except CsrError as exc:
-        raise BadRequest(f"join refused: {exc}") from exc
+        raise
     logger.info("Node %s joined pool %s", node, pool)
     await app[DISPATCHER].sync()
     return web.json_response(
@@ -171,17 +227,19 @@ async def list_nodes(request: web.Request) -> web.Response:
 
 
 async def get_node(request: web.Request) -> web.Response:
-    node = await request.app[STORE].get_node(request.match_info["name"])
+    name = request.match_info["name"]
+    node = await request.app[STORE].get_node(name)
     if node is None:
-        raise BadRequest(f"node {request.match_info['name']!r} not found", status=404)
+        raise NotFound(f"node {name!r} not found")
     return web.json_response(node_view(node))
 
 
 async def node_events(request: web.Request) -> web.Response:
     name = request.match_info["name"]
+    limit = _query_int(request, "limit", default=DEFAULT_EVENTS_LIMIT, low=1, high=MAX_EVENTS_LIMIT)
     if await request.app[STORE].get_node(name) is None:
-        raise BadRequest(f"node {name!r} not found", status=404)
-    events = await request.app[STORE].list_events(name, limit=int(request.query.get("limit", "100")))
+        raise NotFound(f"node {name!r} not found")
+    events = await request.app[STORE].list_events(name, limit=limit)
     return web.json_response([{"seq": e.seq, "at": e.at, "reason": e.reason, "message": e.message,
                                "namespace": e.namespace, "release": e.release, "revision": e.revision}
                               for e in events])
@@ -205,65 +263,33 @@ async def get_component(request: web.Request) -> web.Response:
     namespace, name = request.match_info["namespace"], request.match_info["name"]
     comp = await store.get_component(namespace, name)
     if comp is None or comp.deleted:
-        raise BadRequest(f"component {namespace}/{name} not found", status=404)
+        raise NotFound(f"component {namespace}/{name} not found")
     view = component_view(comp, await store.list_nodes(), await store.list_assignments(), detail=True)
     return web.json_response(view)
 
 
+def _apply_answer(outcome: ApplyOutcome) -> web.Response:
+    answer: dict[str, Any] = {"component": outcome.component, "revision": outcome.revision, "changed": outcome.changed}
+    if not outcome.changed:
+        return web.json_response(answer)
+    answer.update(targets=outcome.targets, warnings=list(outcome.warnings))
+    return web.json_response(answer, status=201 if outcome.created else 200)
+
+
 async def apply_component(request: web.Request) -> web.Response:
     body = await _json_body(request)
-    app = request.app
-    store = app[STORE]
-    try:
-        component = parse_component(_field(body, "component", dict), source="request")
-    except SpecError as exc:
-        raise BadRequest(str(exc), status=422) from exc
+    document = _field(body, "component", dict)
     try:
         archive = base64.b64decode(_field(body, "chart_archive", str), validate=True)
-    except binascii.Error as exc:
-        raise BadRequest("chart_archive is not valid base64") from exc
-    ident = f"{component.namespace}/{component.name}"
-    try:
-        # The Helm engine is a blocking native call: keep it off the event loop.
-        chart = await asyncio.to_thread(ChartArchive.from_bytes, archive)
-    except SpecError as exc:
-        raise BadRequest(f"component {ident}: {exc}", status=422) from exc
-    fingerprint = component_fingerprint(component, chart.fingerprint)
-    existing = await store.get_component(component.namespace, component.name)
-    if existing is not None and not existing.deleted and existing.fingerprint == fingerprint:
-        return web.json_response({"component": ident, "revision": existing.revision, "changed": False})
-    revision = (existing.revision if existing else 0) + 1
-    try:
-        renders = await asyncio.to_thread(render_component, component, archive, revision=revision)
-    except SpecError as exc:
-        raise BadRequest(str(exc), status=422) from exc
-    try:
-        await store.save_component(
-            namespace=component.namespace, name=component.name, spec=component.to_document(),
-            chart_archive=archive, chart_name=chart.name, chart_version=chart.version,
-            fingerprint=fingerprint, revision=revision, renders=renders,
-        )
-    except ConcurrentChange as exc:
-        raise BadRequest(f"{exc}; apply again", status=409) from exc
-    logger.info("Component %s is now at revision %d", ident, revision)
-    await app[DISPATCHER].sync()
-    targets = sum(1 for a in await store.list_assignments()
-                  if (a.namespace, a.release) == (component.namespace, component.name) and a.kind == "release")
-    pools = {n.pool for n in await store.list_nodes()}
-    warnings = [f"pool {p!r} has no nodes yet" for p in component.edge.node_pools if p not in pools]
-    return web.json_response(
-        {"component": ident, "revision": revision, "changed": True, "targets": targets, "warnings": warnings},
-        status=201 if existing is None or existing.deleted else 200,
-    )
+    except ValueError as exc:
+        # binascii.Error, or a string with non-ASCII characters.
+        raise BadRequest(f"is not valid base64 ({exc})", field="chart_archive") from exc
+    return _apply_answer(await request.app[COMPONENTS].apply(document, archive))
 
 
 async def delete_component(request: web.Request) -> web.Response:
     namespace, name = request.match_info["namespace"], request.match_info["name"]
-    revision = await request.app[STORE].delete_component(namespace, name)
-    if revision is None:
-        raise BadRequest(f"component {namespace}/{name} not found", status=404)
-    logger.info("Component %s/%s deleted (revision %d)", namespace, name, revision)
-    await request.app[DISPATCHER].sync()
+    revision = await request.app[COMPONENTS].delete(namespace, name)
     return web.json_response({"component": f"{namespace}/{name}", "revision": revision, "deleted": True})
 
 

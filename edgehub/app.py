@@ -8,14 +8,15 @@ from collections.abc import AsyncIterator
 import aiomqtt
 from aiohttp import web
 
-from edgeprotocol import topics
 from edgekit.mqtt import MqttSession, SessionSettings
+from edgeprotocol import topics
 
 from .api import MAX_REQUEST_BYTES, add_routes, json_errors
+from .components import Components
 from .dispatch import Dispatcher
 from .identity import HubIdentity
 from .ingest import NodeMessages
-from .keys import DISPATCHER, IDENTITY, MQTT, SETTINGS, STORE
+from .keys import COMPONENTS, DISPATCHER, IDENTITY, MQTT, SETTINGS, STORE
 from .settings import HubSettings
 from .store import HubStore
 
@@ -38,6 +39,7 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
             return await session.publish(topic, payload, retain=retain) if session else False
 
         app[DISPATCHER] = Dispatcher(store, app[IDENTITY].key, publish)
+        app[COMPONENTS] = Components(store, app[DISPATCHER])
         yield
 
 

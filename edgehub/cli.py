@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -54,14 +57,30 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, OSError) as exc:
         print(f"edgehub: {exc}", file=sys.stderr)
         return 2
-    web.run_app(
-        create_app(settings),
-        host=settings.listen_host,
-        port=settings.listen_port,
-        print=lambda _: print(f"edgehub listening on http://{settings.listen_host}:{settings.listen_port}", flush=True),
-        access_log=None,
-    )
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(settings))
     return 0
+
+
+async def serve(settings: HubSettings) -> None:
+    """Serve until SIGINT or SIGTERM. Port 0 binds a free port; the line printed names the real one."""
+    runner = web.AppRunner(create_app(settings), access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, settings.listen_host, settings.listen_port).start()
+        host, port = runner.addresses[0][:2]
+        print(f"edgehub listening on http://{_url_host(host)}:{port}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 if __name__ == "__main__":

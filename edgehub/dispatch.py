@@ -4,12 +4,19 @@
 hold, writes the difference to the store's assignment table, then publishes
 what changed. The table is the truth; MQTT is a delivery cache, so
 ``publish_all`` (on every broker connect) re-publishes the whole table.
+
+Every node with the same render key (all of a pool's nodes, say) gets the
+same render, so its wire form (gzip, then base64) is computed once and shared
+by every assignment that carries it, in one publish and across publishes: a
+``Bundle`` keeps the wire form it made, and ``WireBundles`` keeps the bundles.
+Only the envelope, which names the node, is encoded and signed per node.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -25,6 +32,45 @@ from .store import AssignmentRecord, ComponentRecord, HubStore
 logger = logging.getLogger(__name__)
 
 Publish = Callable[[str, bytes, bool], Awaitable[bool]]
+RenderId = tuple[str, str, int, str]  # (namespace, release, revision, render key)
+
+# Wire forms kept across publishes, by their encoded size. A render is stored
+# once and never changes, so an entry cannot go stale; the bound only keeps
+# memory flat. 64 MiB holds hundreds of typical renders (the example's is
+# under 1 KiB on the wire; the protocol's ceiling is 4 MiB a message).
+WIRE_CACHE_BYTES = 64 * 1024 * 1024
+
+
+def wire_bytes(bundle: Bundle) -> int:
+    return len(bundle.to_wire()["data"])
+
+
+class WireBundles:
+    """Renders with their wire form made, most recently used last, within ``max_bytes`` of wire data."""
+
+    def __init__(self, max_bytes: int = WIRE_CACHE_BYTES) -> None:
+        self._max_bytes = max_bytes
+        self._bytes = 0
+        self._entries: OrderedDict[RenderId, Bundle] = OrderedDict()
+
+    def get(self, render: RenderId) -> Bundle | None:
+        found = self._entries.get(render)
+        if found is not None:
+            self._entries.move_to_end(render)
+        return found
+
+    def put(self, render: RenderId, bundle: Bundle) -> None:
+        replaced = self._entries.pop(render, None)
+        if replaced is not None:
+            self._bytes -= wire_bytes(replaced)
+        self._entries[render] = bundle
+        self._bytes += wire_bytes(bundle)
+        # Keep the newest even when it alone is over the bound: the publish
+        # under way is about to use it.
+        while self._bytes > self._max_bytes and len(self._entries) > 1:
+            _, dropped = self._entries.popitem(last=False)
+            self._bytes -= wire_bytes(dropped)
+            logger.debug("Wire cache full (%d bytes); dropped the least recently used render", self._max_bytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +87,7 @@ class Dispatcher:
         # Applies, joins and status reports all call sync; one at a time keeps
         # the read-compare-write of the assignment table consistent.
         self._lock = asyncio.Lock()
+        self._wire = WireBundles()
 
     async def sync(self) -> SyncReport:
         async with self._lock:
@@ -107,23 +154,19 @@ class Dispatcher:
     async def _publish_records(
         self, records: list[AssignmentRecord], components: dict[tuple[str, str], ComponentRecord]
     ) -> int:
-        renders: dict[tuple[str, str, int, str], Bundle | None] = {}
         published = 0
         for rec in records:
             comp = components.get((rec.namespace, rec.release))
             bundle = None
             if rec.kind == "release":
-                cache_key = (rec.namespace, rec.release, rec.revision, rec.render_key)
-                if cache_key not in renders:
-                    renders[cache_key] = await self._store.get_render(*cache_key)
-                bundle = renders[cache_key]
+                bundle = await self._encoded_render((rec.namespace, rec.release, rec.revision, rec.render_key))
                 if bundle is None:
                     logger.error("No render stored for %s/%s revision %d key %r; not publishing to %s",
                                  rec.namespace, rec.release, rec.revision, rec.render_key, rec.node)
                     continue
             assignment = Assignment(
                 node=rec.node, namespace=rec.namespace, release=rec.release, revision=rec.revision,
-                kind=rec.kind,  # type: ignore[arg-type]
+                kind=rec.kind,
                 issued_at=now(),
                 chart={"name": comp.chart_name, "version": comp.chart_version} if comp else {},
                 bundle=bundle,
@@ -131,3 +174,12 @@ class Dispatcher:
             if await self._publish(topics.assignment(rec.node, rec.namespace, rec.release), seal(assignment, self._key), True):
                 published += 1
         return published
+
+    async def _encoded_render(self, render: RenderId) -> Bundle | None:
+        """The stored render, compressed once for every node and publish that needs it."""
+        bundle = self._wire.get(render)
+        if bundle is None:
+            bundle = await self._store.get_render(*render)
+            if bundle is not None:
+                self._wire.put(render, bundle)  # put() makes its wire form
+        return bundle

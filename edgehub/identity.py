@@ -14,19 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
 from edgeprotocol.signing import public_key_pem
 
+from .errors import CsrError
+
 # Node certificates are renewed by re-joining; a year keeps that rare.
 NODE_CERT_DAYS = 365
 CA_CERT_DAYS = 3650
-
-
-class CsrError(ValueError):
-    """A certificate request that the hub refuses to sign."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,18 +66,24 @@ class HubIdentity:
         try:
             csr = x509.load_pem_x509_csr(csr_pem.encode())
         except ValueError as exc:
-            raise CsrError(f"csr is not a PEM certificate request ({exc})") from exc
-        if not csr.is_signature_valid:
-            raise CsrError("csr signature does not verify")
-        names = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+            raise CsrError(f"is not a PEM certificate request ({exc})") from exc
+        try:
+            # These parse lazily: a request with an odd key or subject fails here.
+            signature_ok = csr.is_signature_valid
+            names = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+            public_key = csr.public_key()
+        except (ValueError, UnsupportedAlgorithm) as exc:
+            raise CsrError(f"cannot be read ({exc})") from exc
+        if not signature_ok:
+            raise CsrError("signature does not verify")
         if len(names) != 1 or names[0].value != node:
-            raise CsrError(f"csr must have exactly the common name {node!r}")
+            raise CsrError(f"must have exactly the common name {node!r}")
         now = dt.datetime.now(dt.UTC)
         cert = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node)]))
             .issuer_name(self.ca_certificate.subject)
-            .public_key(csr.public_key())
+            .public_key(public_key)
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=5))
             .not_valid_after(now + dt.timedelta(days=NODE_CERT_DAYS))

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from edgekit.mqtt import MqttSession
 
+from .components import Components
 from .dispatch import Dispatcher
 from .identity import HubIdentity
 from .settings import HubSettings
@@ -16,3 +17,4 @@ STORE = web.AppKey("store", HubStore)
 IDENTITY = web.AppKey("identity", HubIdentity)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 MQTT = web.AppKey("mqtt", MqttSession)
+COMPONENTS = web.AppKey("components", Components)

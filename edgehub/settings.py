@@ -11,6 +11,12 @@ import yaml
 
 from edgekit.mqtt import BrokerAddress
 
+# The most a join token may be given, by a request or as a default: a
+# credential that lives longer than a month, or lets more nodes join than a
+# fleet has, is a mistake rather than a plan (kubeadm's tokens live 24 h).
+MAX_TOKEN_TTL_SECONDS = 30 * 24 * 3600.0
+MAX_TOKEN_USES = 10_000
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TokenDefaults:
@@ -18,6 +24,14 @@ class TokenDefaults:
     # otherwise (the kubeadm bootstrap-token pattern, with a shorter life).
     ttl_seconds: float = 3600.0
     uses: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 < self.ttl_seconds <= MAX_TOKEN_TTL_SECONDS:
+            raise ValueError(
+                f"tokens.ttl_seconds {self.ttl_seconds} must be above 0 and at most {MAX_TOKEN_TTL_SECONDS:.0f}"
+            )
+        if not 1 <= self.uses <= MAX_TOKEN_USES:
+            raise ValueError(f"tokens.uses {self.uses} must be from 1 to {MAX_TOKEN_USES}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -39,7 +53,7 @@ class HubSettings:
         BrokerAddress.parse(self.mqtt_url)
         if self.mqtt_advertise_url:
             BrokerAddress.parse(self.mqtt_advertise_url)
-        if not 0 < self.listen_port < 65536:
+        if not 0 <= self.listen_port < 65536:  # 0: any free port (the hub prints the one it bound)
             raise ValueError(f"listen port {self.listen_port} is out of range")
 
     @property

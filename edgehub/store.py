@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeprotocol.messages import Bundle, Event, NodeStatus
 from edgekit.sqlite import Database
+from edgeprotocol.messages import AssignmentKind, Bundle, Event, NodeStatus
 
+from .errors import ConcurrentChange, JoinRefused
 from .tokens import TokenParts, hash_secret, secret_matches
 
 SCHEMA = """
@@ -82,10 +83,6 @@ CREATE TABLE IF NOT EXISTS events (
 """
 
 
-class JoinRefused(Exception):
-    """A join that the hub refuses; the message says why."""
-
-
 @dataclass(frozen=True, slots=True)
 class NodeRecord:
     name: str
@@ -144,7 +141,7 @@ class AssignmentRecord:
     namespace: str
     release: str
     revision: int
-    kind: str  # "release" or "tombstone"
+    kind: AssignmentKind
     render_key: str = ""
 
 
@@ -319,7 +316,9 @@ class HubStore:
             ).fetchone()
             current = row["revision"] if row else 0
             if revision != current + 1:
-                raise ConcurrentChange(f"component {namespace}/{name} changed meanwhile (revision {current})")
+                raise ConcurrentChange(
+                    f"component {namespace}/{name} changed meanwhile (now at revision {current}); apply again"
+                )
             c.execute(
                 """INSERT INTO components VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?)
                    ON CONFLICT(namespace, name) DO UPDATE SET spec = excluded.spec,
@@ -396,7 +395,3 @@ class HubStore:
             c.executemany("DELETE FROM assignments WHERE node = ? AND namespace = ? AND release = ?", deletes)
 
         await self._db.transaction(run)
-
-
-class ConcurrentChange(Exception):
-    """Two applies of the same component raced; the later one must retry."""

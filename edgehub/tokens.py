@@ -12,11 +12,9 @@ import hmac
 import secrets
 from dataclasses import dataclass
 
+from .errors import TokenFormatError
+
 PREFIX = "ec1"
-
-
-class TokenFormatError(ValueError):
-    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +31,7 @@ def new_token() -> TokenParts:
 
 
 def parse_token(text: str) -> TokenParts:
+    """Split a token as printed by ``edgectl token create``; TokenFormatError if it is not one."""
     parts = text.strip().split(".")
     if len(parts) != 3 or parts[0] != PREFIX or not parts[1] or not parts[2]:
         raise TokenFormatError("token is malformed: expected ec1.<id>.<secret> as printed by 'edgectl token create'")

@@ -42,9 +42,14 @@ def _enable_wal(conn: sqlite3.Connection, path: Path) -> None:
 class Database:
     """An open SQLite file. Use as an async context manager."""
 
-    def __init__(self, path: Path, schema: str, *, readonly: bool = False) -> None:
+    def __init__(self, path: Path, schema: str, *, readonly: bool = False,
+                 added_columns: tuple[tuple[str, str, str], ...] = ()) -> None:
         self._path = path
         self._schema = schema
+        # (table, column, declaration) that later versions added: a file made
+        # by an older version gets them on open (CREATE TABLE IF NOT EXISTS
+        # leaves an existing table as it is).
+        self._added_columns = added_columns
         # Read-only: opens an existing file and never writes, not even the
         # schema, so a command can look while the owner is running.
         self._readonly = readonly
@@ -91,6 +96,10 @@ class Database:
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.executescript(self._schema)
+        for table, column, declaration in self._added_columns:
+            present = {row["name"] for row in conn.execute(f"PRAGMA table_info({table})")}
+            if column not in present:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
         self._conn = conn
 
     async def _run(self, fn: Callable[[], T]) -> T:

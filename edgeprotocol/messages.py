@@ -70,6 +70,14 @@ def _optional_list(data: dict[str, Any], key: str, where: str) -> list[Any]:
     return _require(data, key, list, where) if key in data else []
 
 
+def _optional_int(data: dict[str, Any], key: str, where: str, default: int = 0) -> int:
+    return _require(data, key, int, where) if data.get(key) is not None else default
+
+
+def _optional_str(data: dict[str, Any], key: str, where: str) -> str:
+    return _require(data, key, str, where) if data.get(key) is not None else ""
+
+
 def _name(data: dict[str, Any], key: str, where: str) -> str:
     value = _require(data, key, str, where)
     try:
@@ -94,6 +102,8 @@ def decode_json(payload: bytes | str, where: str) -> dict[str, Any]:
         data = json.loads(payload)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"{where}: not valid JSON ({exc})") from exc
+    except RecursionError as exc:
+        raise ProtocolError(f"{where}: JSON nested too deeply") from exc
     return _check_version(data, where)
 
 
@@ -107,14 +117,19 @@ class Bundle:
 
     manifests: str
     digest: str
+    # The wire form, made on first use and then shared: a render the hub sends
+    # to every node of a pool is compressed once. Nothing may change it.
+    _wire: dict[str, str] | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def of(cls, manifests: str) -> Bundle:
         return cls(manifests=manifests, digest=manifest_digest(manifests))
 
-    def to_wire(self) -> dict[str, Any]:
-        packed = base64.b64encode(gzip.compress(self.manifests.encode(), mtime=0)).decode()
-        return {"encoding": "gzip+base64", "data": packed, "digest": self.digest}
+    def to_wire(self) -> dict[str, str]:
+        if self._wire is None:
+            packed = base64.b64encode(gzip.compress(self.manifests.encode(), mtime=0)).decode()
+            object.__setattr__(self, "_wire", {"encoding": "gzip+base64", "data": packed, "digest": self.digest})
+        return self._wire  # type: ignore[return-value]
 
     @classmethod
     def from_wire(cls, data: Any, where: str) -> Bundle:
@@ -131,7 +146,10 @@ class Bundle:
             raise ProtocolError(f"{where}: bundle data is corrupt ({exc})") from exc
         if len(raw) > MAX_BUNDLE_BYTES:
             raise ProtocolError(f"{where}: bundle inflates past {MAX_BUNDLE_BYTES} bytes")
-        manifests = raw.decode()
+        try:
+            manifests = raw.decode()
+        except UnicodeDecodeError as exc:
+            raise ProtocolError(f"{where}: bundle is not UTF-8 text ({exc})") from exc
         if manifest_digest(manifests) != digest:
             raise ProtocolError(f"{where}: bundle digest does not match its content")
         return cls(manifests=manifests, digest=digest)
@@ -211,7 +229,7 @@ class Assignment:
             revision=revision,
             kind=kind,  # type: ignore[arg-type]
             issued_at=_require(body, "issued_at", str, where),
-            pool=str(body.get("pool", "")),
+            pool=_optional_str(body, "pool", where),
             chart=chart,
             bundle=bundle,
         )
@@ -248,10 +266,10 @@ class ReleaseStatus:
             desired_revision=_require(data, "desired_revision", int, where),
             applied_revision=_require(data, "applied_revision", int, where),
             phase=phase,  # type: ignore[arg-type]
-            message=str(data.get("message", "")),
-            ready=int(data.get("ready", 0)),
-            total=int(data.get("total", 0)),
-            observed_at=str(data.get("observed_at", "")),
+            message=_optional_str(data, "message", where),
+            ready=_optional_int(data, "ready", where),
+            total=_optional_int(data, "total", where),
+            observed_at=_optional_str(data, "observed_at", where),
         )
 
 
@@ -293,8 +311,8 @@ class Condition:
         status = _require(data, "status", str, where)
         try:
             return cls(type=kind, status=status,  # type: ignore[arg-type]
-                       reason=_require(data, "reason", str, where), message=str(data.get("message", "")),
-                       since=str(data.get("since", "")))
+                       reason=_require(data, "reason", str, where), message=_optional_str(data, "message", where),
+                       since=_optional_str(data, "since", where))
         except ValueError as exc:
             raise ProtocolError(f"{where}: {exc}") from exc
 
@@ -332,8 +350,8 @@ class NodeStatus:
             seq=_require(data, "seq", int, where),
             observed_at=_require(data, "observed_at", str, where),
             releases=tuple(ReleaseStatus.from_dict(r, f"{where}.releases[{i}]") for i, r in enumerate(releases)),
-            agent_version=str(data.get("agent_version", "")),
-            runtime=str(data.get("runtime", "")),
+            agent_version=_optional_str(data, "agent_version", where),
+            runtime=_optional_str(data, "runtime", where),
             # Optional: agents before conditions existed send none.
             conditions=tuple(Condition.from_dict(c, f"{where}.conditions[{i}]")
                              for i, c in enumerate(_optional_list(data, "conditions", where))),
@@ -358,7 +376,7 @@ class Presence:
         state = _require(data, "state", str, where)
         if state not in get_args(PresenceState):
             raise ProtocolError(f"{where}: state {state!r} is not online or offline")
-        return cls(node=_name(data, "node", where), state=state, at=str(data.get("at", "")))  # type: ignore[arg-type]
+        return cls(node=_name(data, "node", where), state=state, at=_optional_str(data, "at", where))  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,10 +406,10 @@ class Event:
             seq=_require(data, "seq", int, where),
             at=_require(data, "at", str, where),
             reason=_require(data, "reason", str, where),
-            message=str(data.get("message", "")),
-            namespace=str(data.get("namespace", "")),
-            release=str(data.get("release", "")),
-            revision=int(data.get("revision", 0)),
+            message=_optional_str(data, "message", where),
+            namespace=_optional_str(data, "namespace", where),
+            release=_optional_str(data, "release", where),
+            revision=_optional_int(data, "revision", where),
         )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 PREFIX = "ec/v1"
 
@@ -58,12 +59,16 @@ ALL_EVENTS = f"{PREFIX}/nodes/+/events"
 ALL_RESYNC = f"{PREFIX}/nodes/+/resync"
 
 
+NodeTopicKind = Literal["releases", "status", "presence", "events", "resync"]
+NODE_TOPIC_KINDS: tuple[str, ...] = get_args(NodeTopicKind)
+
+
 @dataclass(frozen=True, slots=True)
 class NodeTopic:
     """A topic under ``ec/v1/nodes/{node}/...`` split into its parts."""
 
     node: str
-    kind: str  # "releases", "status", "presence", "events" or "resync"
+    kind: NodeTopicKind
     namespace: str | None = None
     release: str | None = None
 
@@ -75,6 +80,6 @@ class NodeTopic:
         node, kind = parts[3], parts[4] if len(parts) > 4 else ""
         if kind == "releases" and len(parts) == 7:
             return cls(node=node, kind=kind, namespace=parts[5], release=parts[6])
-        if kind in ("status", "presence", "events", "resync") and len(parts) == 5:
-            return cls(node=node, kind=kind)
+        if kind in NODE_TOPIC_KINDS and kind != "releases" and len(parts) == 5:
+            return cls(node=node, kind=kind)  # type: ignore[arg-type]
         raise ValueError(f"topic {topic!r} is not an edgecollab v1 node topic")

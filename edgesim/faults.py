@@ -17,8 +17,6 @@ import contextlib
 import logging
 import threading
 
-from .net import free_port
-
 logger = logging.getLogger(__name__)
 
 # A proxy call from the test thread waits at most this long for the proxy's loop.
@@ -29,7 +27,7 @@ class LinkProxy:
     def __init__(self, target_port: int, *, name: str = "link") -> None:
         self.name = name
         self.target_port = target_port
-        self.port = free_port()
+        self.port = 0  # bound by start(): the kernel picks a free port, nothing can take it in between
         self.cuts = 0
         self._is_cut = False
         self._loop = asyncio.new_event_loop()
@@ -76,6 +74,7 @@ class LinkProxy:
 
     async def _start(self) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
 
     async def _drop_all(self) -> None:
         for writer in list(self._writers):

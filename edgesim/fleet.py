@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -30,11 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from edgeagent.runtime import PodmanRuntime, PodmanSettings
+from edgeagent.runtime import PodmanSettings
 
 from .faults import LinkProxy
 from .net import free_port
-from .podman_setup import DEMO_IMAGE, remove_node_storage
+from .podman_setup import DEMO_IMAGE, import_image, remove_node_storage
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -118,11 +119,18 @@ class ManagedProcess:
 class Mosquitto(ManagedProcess):
     """A real Mosquitto on a loopback port, without persistence (a restart loses retained messages)."""
 
+    # Mosquitto cannot bind port 0 and say which port it got, so a free port is
+    # picked first; if something takes it before Mosquitto binds, the first
+    # start tries again with another (restarts keep theirs: clients reconnect to it).
+    PORT_ATTEMPTS = 3
+
     def __init__(self, workdir: Path, port: int | None = None) -> None:
         super().__init__("mosquitto", workdir / "mosquitto.log")
         self.workdir = workdir
+        self._chosen = port is None
         self.port = port or free_port()
         self.config = workdir / "mosquitto.conf"
+        self._started_once = False
 
     @property
     def url(self) -> str:
@@ -131,12 +139,23 @@ class Mosquitto(ManagedProcess):
     def start(self) -> Mosquitto:
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.config.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            "log_dest stdout\nlog_type error\nlog_type warning\nlog_type notice\n"
-        )
-        self._spawn([binary, "-c", str(self.config)])
-        wait_until(lambda: _port_open(self.port) or self._check_alive(), timeout=10, what=f"mosquitto on port {self.port}")
+        attempts = self.PORT_ATTEMPTS if self._chosen and not self._started_once else 1
+        for attempt in range(1, attempts + 1):
+            self.config.write_text(
+                f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                "log_dest stdout\nlog_type error\nlog_type warning\nlog_type notice\n"
+            )
+            self._spawn([binary, "-c", str(self.config)])
+            try:
+                wait_until(lambda: _port_open(self.port) or self._check_alive(), timeout=10,
+                           what=f"mosquitto on port {self.port}")
+                break
+            except FleetError:
+                if attempt == attempts or "Address already in use" not in self.log_tail():
+                    raise
+                logger.info("Port %d was taken before mosquitto bound it; trying another", self.port)
+                self.port = free_port()
+        self._started_once = True
         return self
 
     def _check_alive(self) -> bool:
@@ -149,11 +168,21 @@ class Mosquitto(ManagedProcess):
         self.start()
 
 
+def listening_ports(hub_log: Path) -> list[int]:
+    """The ports ``edgehub serve`` said it listens on, in its log, oldest first (one line per start)."""
+    with contextlib.suppress(OSError):
+        return [int(p) for p in re.findall(r"edgehub listening on http://127\.0\.0\.1:(\d+)", hub_log.read_text())]
+    return []
+
+
 class Hub(ManagedProcess):
+    """``edgehub serve`` as a user runs it. Without a port it binds port 0 and reads the port it got
+    from its first line; restarts keep that port."""
+
     def __init__(self, workdir: Path, mqtt_url: str, port: int | None = None) -> None:
         super().__init__("edgehub", workdir / "hub.log")
         self.workdir = workdir
-        self.port = port or free_port()
+        self.port = port or 0
         self.mqtt_url = mqtt_url
 
     @property
@@ -161,10 +190,24 @@ class Hub(ManagedProcess):
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> Hub:
+        starts_before = self._listening_lines()
         self._spawn([sys.executable, "-m", "edgehub.cli", "serve", "--listen", f"127.0.0.1:{self.port}",
                      "--mqtt", self.mqtt_url, "--state", str(self.workdir / "state")])
+        wait_until(lambda: self._bound(starts_before), timeout=30, what="the hub to say where it listens")
         wait_until(self._healthy, timeout=30, what="the hub's /healthz")
         return self
+
+    def _listening_lines(self) -> list[int]:
+        return listening_ports(self.log_path)
+
+    def _bound(self, before: list[int]) -> bool:
+        if not self.running:
+            raise FleetError(f"edgehub exited:\n{self.log_tail()}")
+        lines = self._listening_lines()
+        if len(lines) > len(before):
+            self.port = lines[-1]
+            return True
+        return False
 
     def _healthy(self) -> bool:
         if not self.running:
@@ -249,7 +292,7 @@ class Node(ManagedProcess):
 
     def load_image(self) -> None:
         if self.options.image_tar is not None:
-            asyncio.run(PodmanRuntime(self.podman_settings).import_image(self.options.image_tar, DEMO_IMAGE))
+            asyncio.run(import_image(self.podman_settings, self.options.image_tar, DEMO_IMAGE))
 
     def start(self) -> Node:
         o = self.options

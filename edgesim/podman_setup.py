@@ -18,13 +18,19 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgeagent.doctor import report
-from edgeagent.runtime import PodmanRuntime, PodmanSettings
+from edgeagent.runtime import EdgeRuntimeError, PodmanRuntime, PodmanSettings
+from edgeagent.runtime.podman_cli import PodmanCli, PodmanFailed
 
 DEMO_IMAGE = "localhost/edgecollab-busybox:1"
+# What `podman import` needs to make the busybox root filesystem of
+# scripts/build-demo-image.sh a usable image: without PATH, `podman exec NAME sh`
+# finds no shell.
+DEMO_IMAGE_CHANGES: tuple[str, ...] = ("ENV=PATH=/bin", 'CMD ["/bin/sh"]')
 REPO = Path(__file__).resolve().parent.parent
 
 logger = logging.getLogger(__name__)
@@ -72,6 +78,35 @@ def build_demo_image(out: Path) -> Path:
     if not out.exists():
         subprocess.run(["bash", str(REPO / "scripts" / "build-demo-image.sh"), str(out)], check=True, timeout=120)
     return out
+
+
+async def import_image(
+    settings: PodmanSettings,
+    tar_path: str | os.PathLike[str],
+    reference: str,
+    *,
+    changes: Sequence[str] = DEMO_IMAGE_CHANGES,
+) -> None:
+    """Side-load a root filesystem tar as image ``reference`` into a node's storage; nothing if it exists.
+
+    Simulated nodes have no registry to pull from. ``changes`` are passed as
+    ``podman import --change``; the default suits the busybox tar of
+    scripts/build-demo-image.sh. Raises EdgeRuntimeError with podman's error.
+    """
+    podman = PodmanCli(settings)
+    exists = await podman.run("image", "exists", reference, check=False)
+    if exists.returncode == 0:
+        return
+    if exists.returncode != 1:
+        raise EdgeRuntimeError(f"podman could not check image {reference}: {exists.stderr.strip()}")
+    args = ["import", "--quiet"]
+    for change in changes:
+        args += ["--change", change]
+    try:
+        await podman.run(*args, os.fspath(tar_path), reference)
+    except PodmanFailed as exc:
+        raise EdgeRuntimeError(f"podman could not import {tar_path} as {reference}: {exc.stderr}") from exc
+    logger.info("Imported %s as %s", tar_path, reference)
 
 
 def containers_conf_for_this_machine(build_dir: Path) -> Path | None:

@@ -76,8 +76,8 @@ def main() -> int:
         nodes = [fleet.add_node("sh-1", "shanghai", token=shanghai_token),
                  fleet.add_node("sh-2", "shanghai", token=shanghai_token),
                  fleet.add_node("bj-1", "beijing")]
-        wait_until(lambda: all(n["presence"] == "online" for n in fleet.hub.ctl_json("get", "nodes")),
-                   timeout=60, what="three nodes online")
+        wait_until(lambda: all(n["presence"] == "online" and n["conditions"] for n in fleet.hub.ctl_json("get", "nodes")),
+                   timeout=60, what="three nodes online, each with its health checked")
         show(fleet, "get", "nodes")
         show(fleet, "get", "pools")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import signal
 import sqlite3
-import time
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -56,10 +55,14 @@ def test_reordered_and_duplicated_assignments_end_on_the_newest_applied_once(fle
     assert wait_until(pinned_revision, timeout=60, what="the pinned pod") == "3"
     wait_until(lambda: agent_status(node)["counters"].get("assignments_ignored", 0) >= 2, timeout=30,
                what="the agent to ignore the older and the repeated assignment")
-    time.sleep(3)  # a few more reconcile passes: nothing else may happen
+
+    def pinned_status() -> dict | None:
+        found = [r for r in agent_status(node)["releases"] if r["release"] == "pinned"]
+        return found[0] if found and found[0]["phase"] == "Deployed" else None
+
+    # Deployed is written by a reconcile pass after the ignored assignments: nothing else happened by then.
+    release = wait_until(pinned_status, timeout=30, what="the pinned release observed Deployed")
     assert pinned_revision() == "3"
-    status = agent_status(node)
-    (release,) = [r for r in status["releases"] if r["release"] == "pinned"]
     assert (release["desired_revision"], release["applied_revision"], release["phase"]) == (3, 3, "Deployed")
     applied = [(e["reason"], e["revision"]) for e in node_events(hub, "sh-1") if e["release"] == "pinned"]
     assert applied == [("Applied", 3)]

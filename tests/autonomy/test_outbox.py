@@ -1,8 +1,8 @@
 """Events raised while offline wait in a bounded outbox and reach the broker in order once it is back.
 
 The agent runs in-process against a real Mosquitto that is started only after
-the events were raised. The runtime is a small in-memory one: this test is
-about the outbox, and the podman path of events is covered by the fault tests.
+the events were raised. The runtime is the in-memory fake: this test is
+about the outbox (the node holds no release), and the podman path of events is covered by the fault tests.
 """
 
 from __future__ import annotations
@@ -11,33 +11,15 @@ import asyncio
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fakes import FakeRuntime
 
 from edgeagent.agent import Agent, AgentSettings
 from edgeagent.identity import NodeIdentity
-from edgeagent.runtime import ApplyResult, NodeContext, Observation, ReleaseRef
 from edgeprotocol import Event, topics
 from edgeprotocol.signing import public_key_pem
 from edgesim.faults import LinkProxy
 from edgesim.fleet import Mosquitto, wait_until
 from edgesim.watch import TopicRecorder
-
-
-class IdleRuntime:
-    """Runs nothing: the node holds no releases in this test."""
-
-    name = "idle"
-
-    async def apply(self, ref: ReleaseRef, manifests: str, node: NodeContext) -> ApplyResult:
-        return ApplyResult()
-
-    async def remove(self, ref: ReleaseRef) -> None:
-        return None
-
-    async def observe(self, ref: ReleaseRef) -> Observation:
-        return Observation(ready=0, total=0, pods=())
-
-    async def releases(self) -> set[ReleaseRef]:
-        return set()
 
 
 async def test_the_oldest_events_are_dropped_past_the_bound_and_one_notice_says_how_many(tmp_path: Path):
@@ -48,7 +30,7 @@ async def test_the_oldest_events_are_dropped_past_the_bound_and_one_notice_says_
                             hub_public_key=public_key_pem(Ed25519PrivateKey.generate().public_key()), ca_certificate="")
     settings = AgentSettings(state_dir=tmp_path / "state", outbox_limit=5, reconcile_interval=0.5)
     try:
-        async with Agent(settings, identity, IdleRuntime()) as agent:
+        async with Agent(settings, identity, FakeRuntime()) as agent:
             for i in range(8):
                 await agent.record_event("Test", f"event {i}")
             assert await agent.store.outbox_size() == 5

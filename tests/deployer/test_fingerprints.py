@@ -10,7 +10,14 @@ from typing import Any
 
 import pytest
 
-from deployer_plugin import ChartArchive, ChartError, chart_fingerprint, component_fingerprint, package_chart, parse_component
+from deployer_plugin import (
+    ChartArchive,
+    ChartError,
+    chart_fingerprint,
+    component_fingerprint,
+    package_chart,
+    parse_component,
+)
 
 
 def test_packaging_the_same_directory_twice_gives_the_same_fingerprint(copy_chart: Callable[..., Path]) -> None:

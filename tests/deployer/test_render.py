@@ -7,7 +7,15 @@ from typing import Any
 import pytest
 import yaml
 
-from deployer_plugin import ChartError, RenderError, SpecError, join_manifests, parse_component, render_component, render_keys
+from deployer_plugin import (
+    ChartError,
+    RenderError,
+    SpecError,
+    join_manifests,
+    parse_component,
+    render_component,
+    render_keys,
+)
 from edgeprotocol.messages import Bundle
 
 

@@ -11,19 +11,19 @@ from pathlib import Path
 import yaml
 from fleet_checks import EXAMPLE_SPEC, wait_deployed
 
-from edgesim.fleet import Fleet, ManagedProcess, wait_until
-from edgesim.net import free_port
+from edgesim.fleet import Fleet, ManagedProcess, listening_ports, wait_until
 
 
 def test_the_hub_reads_its_settings_from_a_file_and_edgectl_finds_it_through_the_environment(fleet: Fleet, tmp_path: Path):
     assert fleet.broker is not None
-    port = free_port()
     config = tmp_path / "hub.yaml"
-    config.write_text(yaml.safe_dump({"state_dir": "configured-state", "listen_port": port,
+    config.write_text(yaml.safe_dump({"state_dir": "configured-state", "listen_port": 0,
                                       "mqtt_url": fleet.broker.url, "tokens": {"ttl_seconds": 120, "uses": 3}}))
     hub = ManagedProcess("configured hub", tmp_path / "configured-hub.log")
     hub._spawn([sys.executable, "-m", "edgehub.cli", "serve", "--config", str(config)])
     try:
+        port = wait_until(lambda: next(iter(listening_ports(hub.log_path)), None), timeout=30,
+                          what="the configured hub to say where it listens")
         env = {**os.environ, "EDGECOLLAB_HUB": f"http://127.0.0.1:{port}"}
 
         def ctl(*args: str) -> subprocess.CompletedProcess[str]:

@@ -23,10 +23,9 @@ from pathlib import Path
 import pytest
 from fleet_checks import REPO
 
-from edgeagent.runtime import PodmanRuntime, PodmanSettings
-from edgesim.fleet import ManagedProcess, Mosquitto, wait_until
-from edgesim.net import free_port
-from edgesim.podman_setup import DEMO_IMAGE, MachineSetup, remove_node_storage
+from edgeagent.runtime import PodmanSettings
+from edgesim.fleet import ManagedProcess, Mosquitto, listening_ports, wait_until
+from edgesim.podman_setup import DEMO_IMAGE, MachineSetup, import_image, remove_node_storage
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -43,9 +42,9 @@ class ReadmeSession:
 
     def __init__(self, workdir: Path, broker: Mosquitto, machine: MachineSetup) -> None:
         self.workdir = workdir
-        self.hub_port = free_port()
+        self.hub_port = 0  # the hub binds a free port and says which; later lines get it swapped in
         self.swaps = {
-            "127.0.0.1:8470": f"127.0.0.1:{self.hub_port}",
+            "127.0.0.1:8470": "127.0.0.1:0",
             "mqtt://127.0.0.1:1883": broker.url,
             "./hub-state": str(workdir / "hub-state"),
             "/var/lib/edgeagent": str(workdir / "edgeagent"),
@@ -115,8 +114,15 @@ def test_every_command_the_readme_shows_works_as_written_with_its_defaults(sessi
 
     def hub_serve(words: list[str]) -> None:
         hub = session.start("edgehub", words)
-        wait_until(lambda: hub.running and session.run(["edgectl", "--hub", f"http://127.0.0.1:{session.hub_port}",
-                                                        "get", "pools"]).returncode == 0,
+
+        def listening() -> int | None:
+            assert hub.running, hub.log_tail()
+            return next(iter(listening_ports(hub.log_path)), None)
+
+        session.hub_port = wait_until(listening, timeout=30, what="the hub to say where it listens")
+        session.swaps["127.0.0.1:8470"] = f"127.0.0.1:{session.hub_port}"
+        wait_until(lambda: session.run(["edgectl", "--hub", f"http://127.0.0.1:{session.hub_port}",
+                                        "get", "pools"]).returncode == 0,
                    timeout=30, what="the hub started as the README says")
 
     def export(words: list[str]) -> None:
@@ -135,7 +141,7 @@ def test_every_command_the_readme_shows_works_as_written_with_its_defaults(sessi
         assert result.returncode == 0, result.stderr
         assert "joined as node store-17 in pool shanghai" in result.stdout
         # No registry here: the node's storage gets the demo image the example chart runs.
-        asyncio.run(PodmanRuntime(session.podman).import_image(REPO / ".build" / "edgecollab-busybox.tar", DEMO_IMAGE))
+        asyncio.run(import_image(session.podman, REPO / ".build" / "edgecollab-busybox.tar", DEMO_IMAGE))
 
     def doctor(words: list[str]) -> None:
         result = session.run([*words, *session.second_node_flags])

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from edgeagent.runtime import NodeContext, PodmanRuntime
-from edgesim.podman_setup import remove_node_storage
+from edgesim.podman_setup import import_image, remove_node_storage
 
 from .helpers import DEMO_IMAGE, PodmanNode, podman_test_settings
 
@@ -40,7 +40,7 @@ async def node(node_dir: Path, demo_rootfs_tar: Path, containers_conf: Path | No
     runtime = PodmanRuntime(settings)
     try:
         async with runtime:
-            await runtime.import_image(demo_rootfs_tar, DEMO_IMAGE)
+            await import_image(settings, demo_rootfs_tar, DEMO_IMAGE)
             yield PodmanNode(settings, runtime, NodeContext(node="edge-1", pool="shanghai"))
     finally:
         # Blocking on purpose: teardown has nothing else to run meanwhile.

@@ -8,14 +8,31 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from edgeagent.runtime import NodeContext, PodmanRuntime, PodmanSettings
 
 REPO = Path(__file__).resolve().parents[2]
 WEB_CHART = REPO / "examples" / "web" / "chart"
 DEMO_IMAGE = "localhost/edgecollab-busybox:1"
+T = TypeVar("T")
+
+
+async def eventually(probe: Callable[[], Awaitable[T | None]], *, within: float, what: str, every: float = 0.1) -> T:
+    """Await ``probe`` until it returns something other than None; fail naming ``what`` after ``within`` s."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        value = await probe()
+        if value is not None:
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"not true within {within} s: {what}")
+        await asyncio.sleep(every)
+
 
 def podman_test_settings(
     tmpdir: str | os.PathLike[str], containers_conf: Path | None, *, network: str | None = "none"

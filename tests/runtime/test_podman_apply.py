@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from edgeagent.runtime import ReleaseRef, RuntimeApplyError
+from edgeagent.runtime import ManifestRejected, ReleaseRef, RuntimeApplyError
 
 from .helpers import PodmanNode, render_web
 
@@ -76,13 +76,14 @@ async def test_an_image_missing_with_pull_policy_never_fails_naming_the_deployme
     assert "Deployment/web" in str(failure.value)
     assert "image not known" in str(failure.value)
     assert "image not known" in str(failure.value.__cause__)  # podman's own words, chained
+    assert not isinstance(failure.value, ManifestRejected)  # the image may be loaded later
     seen = await node.runtime.observe(DEMO_WEB)
     assert (seen.ready, seen.total) == (0, 1)
     assert "not ready" in seen.message
 
 
-async def test_invalid_yaml_fails_before_podman_is_asked(node: PodmanNode) -> None:
-    with pytest.raises(RuntimeApplyError, match="invalid YAML"):
+async def test_invalid_yaml_is_rejected_before_podman_is_asked(node: PodmanNode) -> None:
+    with pytest.raises(ManifestRejected, match="invalid YAML"):
         await node.runtime.apply(DEMO_WEB, "kind: Pod\nmetadata: {name: [oops\n", node.context)
 
     assert not node.runtime.played_file(DEMO_WEB).exists()
@@ -92,7 +93,7 @@ async def test_invalid_yaml_fails_before_podman_is_asked(node: PodmanNode) -> No
 async def test_a_manifest_without_containers_fails_naming_the_object(node: PodmanNode) -> None:
     bad = "apiVersion: v1\nkind: Pod\nmetadata: {name: empty}\nspec: {containers: []}\n"
 
-    with pytest.raises(RuntimeApplyError, match=r"^Pod/empty: spec.containers"):
+    with pytest.raises(ManifestRejected, match=r"^Pod/empty: spec.containers"):
         await node.runtime.apply(DEMO_WEB, bad, node.context)
 
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
-from edgeagent.runtime import ReleaseRef
+from edgeagent.runtime import Observation, ReleaseRef
 
-from .helpers import PodmanNode, render_web
+from .helpers import PodmanNode, eventually, render_web
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -62,12 +60,11 @@ async def test_a_container_restarted_by_podman_keeps_its_id_and_shows_a_later_st
     # (the exec dies with the container it runs in, hence check=False)
     await node.podman("exec", "demo.web-pod-0-httpd", "kill", "-TERM", "1", check=False)
 
-    after = before
-    for _ in range(50):
-        after = await node.runtime.observe(DEMO_WEB)
-        if after.ready and after.pods[0].started_at != before.pods[0].started_at:
-            break
-        await asyncio.sleep(0.1)
+    async def restarted() -> Observation | None:
+        seen = await node.runtime.observe(DEMO_WEB)
+        return seen if seen.ready and seen.pods[0].started_at != before.pods[0].started_at else None
+
+    after = await eventually(restarted, within=10, what="the container restarted and running again")
     assert after.pods[0].container_ids == before.pods[0].container_ids
     assert rfc3339_key(after.pods[0].started_at) > rfc3339_key(before.pods[0].started_at)
 

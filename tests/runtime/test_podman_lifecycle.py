@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from edgeagent.runtime import EdgeRuntimeError, NodeContext, PodmanRuntime, PodmanSettings, ReleaseRef
+from edgesim.podman_setup import import_image
 
 from .helpers import DEMO_IMAGE, PodmanNode
 
@@ -77,7 +78,7 @@ def test_settings_refuse_a_timeout_that_is_not_positive(tmp_path: Path) -> None:
 async def test_importing_an_image_the_node_already_has_changes_nothing(node: PodmanNode, demo_rootfs_tar: Path) -> None:
     before = await node.podman("images", "--no-trunc", "--format", "{{.ID}} {{.Repository}}:{{.Tag}}")
 
-    await node.runtime.import_image(demo_rootfs_tar, DEMO_IMAGE)
+    await import_image(node.settings, demo_rootfs_tar, DEMO_IMAGE)
 
     assert await node.podman("images", "--no-trunc", "--format", "{{.ID}} {{.Repository}}:{{.Tag}}") == before
     assert before.split()[1] == DEMO_IMAGE

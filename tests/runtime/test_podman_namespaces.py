@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgeagent.runtime import ReleaseRef, RuntimeApplyError
+from edgeagent.runtime import ManifestRejected, ReleaseRef, RuntimeApplyError
 
 from .helpers import PodmanNode, render_web
 
@@ -34,8 +34,10 @@ async def test_a_pod_another_release_of_the_namespace_runs_is_not_replaced(node:
     before = await node.runtime.observe(first)
 
     # Same object names as the first release: in Kubernetes this is a conflict too.
-    with pytest.raises(RuntimeApplyError, match="demo.web-pod-0 already exists and belongs to release demo.web"):
+    clash_message = "demo.web-pod-0 already exists and belongs to release demo.web"
+    with pytest.raises(RuntimeApplyError, match=clash_message) as clash:
         await node.runtime.apply(second, render_web(), node.context)
+    assert not isinstance(clash.value, ManifestRejected)  # fine once the other release is gone
 
     after = await node.runtime.observe(first)
     assert after.pods[0].container_ids == before.pods[0].container_ids

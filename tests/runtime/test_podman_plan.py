@@ -11,8 +11,8 @@ import base64
 import pytest
 import yaml
 
-from edgeagent.runtime import NodeContext, ReleaseRef, RuntimeApplyError
-from edgeagent.runtime.podman import build_plan, release_label
+from edgeagent.runtime import EdgeRuntimeError, ManifestRejected, NodeContext, ReleaseRef, RuntimeApplyError
+from edgeagent.runtime.podman_plan import build_plan, parse_played, release_label
 
 from .helpers import render_web
 
@@ -184,8 +184,64 @@ def test_a_deployment_scaled_to_zero_asks_for_no_pods() -> None:
     ],
 )
 def test_manifests_podman_cannot_run_are_refused_naming_the_object(manifests: str, message: str) -> None:
-    with pytest.raises(RuntimeApplyError, match=message):
+    with pytest.raises(ManifestRejected, match=message):
         build_plan(DEMO_WEB, manifests, NODE)
+
+
+POD = "kind: Pod\nmetadata: {name: p%s}\nspec: {containers: [{name: c, image: i%s}]%s}"
+
+
+@pytest.mark.parametrize(
+    ("manifests", "message"),
+    [
+        ("kind: Pod\nmetadata: {name: [oops\n", r"^manifests of demo/web: invalid YAML"),
+        ("metadata: {name: p}\nspec: {}", r"^document 1 of demo/web: not a Kubernetes object \(no kind\)"),
+        ("kind: 7\nmetadata: {name: p}", r"^document 1 of demo/web: not a Kubernetes object \(no kind\)"),
+        ("kind: ConfigMap\nmetadata: {name: ok}\n---\nkind: Pod\nmetadata: {name: UPPER}",
+         r"^Pod/UPPER: metadata.name 'UPPER' is not a valid object name"),
+        ("kind: Pod\nmetadata: {name: p}\nspec: [not, a, mapping]", r"^Pod/p: spec must be a mapping"),
+        ("kind: Deployment\nmetadata: {name: d}\nspec: {replicas: three, template: {spec: {}}}",
+         r"^Deployment/d: spec.replicas 'three' is not a whole number"),
+        ("kind: Deployment\nmetadata: {name: d}\nspec: {replicas: 1.5, template: {spec: {}}}",
+         r"^Deployment/d: spec.replicas 1.5 is not a whole number"),
+        (POD % (", labels: [a, b]", "", ""), r"^Pod/p: metadata.labels must be a mapping"),
+        (POD % ("", ", env: {A: b}", ""), r"^Pod/p: container 'c': env must be a list"),
+        (POD % ("", ", ports: 8080", ""), r"^Pod/p: container 'c': ports must be a list"),
+        (POD % ("", "", ", volumes: 3"), r"^Pod/p: spec.volumes must be a list"),
+        ("kind: ConfigMap\nmetadata: {name: c}\ndata: [a, b]", r"^ConfigMap/c: data must be a mapping"),
+    ],
+)
+def test_bad_manifests_are_rejected_for_good_naming_the_object(manifests: str, message: str) -> None:
+    with pytest.raises(ManifestRejected, match=message) as refusal:
+        build_plan(DEMO_WEB, manifests, NODE)
+
+    # Still a RuntimeApplyError: every caller that catches those catches it.
+    assert isinstance(refusal.value, RuntimeApplyError)
+
+
+def test_reading_a_played_file_back_gives_what_the_plan_said_it_would() -> None:
+    manifests = render_web({"replicas": 2}) + (
+        "\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n"
+        "  terminationGracePeriodSeconds: 7\n"
+        "  initContainers: [{name: init, image: busybox}]\n"
+        "  containers: [{name: c, image: img}]\n"
+        "  volumes: [{name: v, persistentVolumeClaim: {claimName: data}}]\n"
+    )
+    plan = build_plan(DEMO_WEB, manifests, NODE)
+
+    back = parse_played(plan.text, "demo/web.yaml")
+
+    assert back == plan.played()
+    assert back.pods["demo.p"].grace == 7
+    assert back.pods["demo.p"].init_containers == ("demo.p-init",)
+    assert back.volumes == {"demo.cm.web-page", "demo.pvc.data"}
+
+
+def test_a_damaged_played_file_is_a_runtime_error_not_a_rejected_manifest() -> None:
+    with pytest.raises(EdgeRuntimeError, match="not YAML") as failure:
+        parse_played("kind: Pod\nmetadata: {name: [oops\n", "demo/web.yaml")
+
+    assert not isinstance(failure.value, RuntimeApplyError)
 
 
 def test_objects_of_another_namespace_are_applied_in_the_releases_with_a_warning() -> None:

@@ -1,0 +1,45 @@
+"""The agent's settings: every default with its unit and the reason for it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentSettings:
+    state_dir: Path
+    # The loop runs at least this often without being woken; a pod that dies
+    # is brought back within about this time (self-heal), online or not.
+    reconcile_interval: float = 5.0
+    # Status is re-sent at least this often even when nothing changed, so the
+    # hub's "last seen" keeps moving.
+    status_heartbeat: float = 30.0
+    # Pods not all ready this long after an apply turn the release Degraded.
+    ready_timeout: float = 120.0
+    # A pod found missing or exited this long after an apply is brought back
+    # by re-playing its release (self-heal); sooner, it may still be starting.
+    heal_after: float = 5.0
+    # A failed apply is retried after this, doubling up to retry_max; the
+    # same schedule re-checks a node whose runtime cannot run pods.
+    retry_initial: float = 2.0
+    retry_max: float = 60.0
+    # Releases worked on at once. Each holds at most one runtime call in
+    # flight; 4 keeps a 2-core node responsive while one slow release (its
+    # podman calls hanging for their timeout) never holds up the rest.
+    max_parallel_releases: int = 4
+    # Events kept while offline; past this the oldest are dropped (counted).
+    outbox_limit: int = 1000
+    # MQTT keepalive in seconds: a cut link shows as offline after ~1.5x.
+    keepalive: int = 10
+
+    def __post_init__(self) -> None:
+        for name in ("reconcile_interval", "status_heartbeat", "ready_timeout", "retry_initial", "retry_max"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"AgentSettings.{name} must be a positive number of seconds")
+        if self.max_parallel_releases < 1 or self.outbox_limit < 1 or self.keepalive < 1:
+            raise ValueError("AgentSettings.max_parallel_releases, outbox_limit and keepalive must be at least 1")
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "agent.db"

@@ -1,0 +1,194 @@
+"""The uplink: the node's MQTT session to the hub, assignments in, status and events out.
+
+Assignments are verified (signed by the hub key pinned at join, addressed to
+this node, on their own topic) and recorded in the local store when newer than
+what the node holds; the reconciler is then woken. Events go to the persisted,
+bounded outbox first and are sent in order whenever the link is up. Status is
+rebuilt from the store, so the latest one is sent on every connect, whatever
+was missed while offline. The uplink never touches the runtime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+import aiomqtt
+
+from edgekit.mqtt import MqttSession, SessionSettings
+from edgeprotocol import topics
+from edgeprotocol.errors import ProtocolError
+from edgeprotocol.messages import Event, NodeStatus, Presence, ReleaseStatus, Resync, now
+from edgeprotocol.signing import load_public_key, open_sealed
+
+from . import __version__
+from .health import NodeHealth
+from .identity import NodeIdentity
+from .settings import AgentSettings
+from .store import AgentStore, ReleaseRecord
+
+logger = logging.getLogger(__name__)
+
+
+class Uplink:
+    """Use as an async context manager: connected (and reconnecting) while entered.
+
+    ``record_event`` and ``publish_status`` work entered or not: events wait in
+    the outbox, status is sent on the next connect.
+    """
+
+    def __init__(self, settings: AgentSettings, identity: NodeIdentity, store: AgentStore, *, runtime_name: str,
+                 health: NodeHealth, on_assignment: Callable[[], None]) -> None:
+        self.settings = settings
+        self.identity = identity
+        self.node = identity.node
+        self.store = store
+        self._runtime_name = runtime_name
+        self._health = health  # its conditions go out with every status
+        self._on_assignment = on_assignment
+        self._hub_key = load_public_key(identity.hub_public_key)
+        self._session: MqttSession | None = None
+        self._last_status: object = None
+        self._last_status_at = 0.0
+        # Flushes run from the reconciler's workers and from connects at once:
+        # one at a time keeps the outbox in order.
+        self._flush_lock = asyncio.Lock()
+
+    async def __aenter__(self) -> Uplink:
+        if self._session is not None:
+            raise RuntimeError(f"the uplink of {self.node} is already connected")
+        offline = Presence(node=self.node, state="offline").encode()
+        session = MqttSession(
+            SessionSettings(
+                url=self.identity.mqtt_url,
+                client_id=f"edgeagent-{self.node}",
+                subscriptions=(topics.assignments_of(self.node),),
+                will=aiomqtt.Will(topics.presence(self.node), offline, qos=1, retain=True),
+                keepalive=self.settings.keepalive,
+            ),
+            on_message=self._on_message, on_connect=self._on_connect,
+        )
+        await session.__aenter__()
+        self._session = session
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        session, self._session = self._session, None
+        if session is None:
+            return
+        # The broker sends the last will only when a link dies; a clean stop
+        # says it itself.
+        with contextlib.suppress(Exception):
+            await session.publish(topics.presence(self.node),
+                                  Presence(node=self.node, state="offline", at=now()).encode(), retain=True)
+        await session.__aexit__(*exc_info)
+
+    @property
+    def session(self) -> MqttSession:
+        if self._session is None:
+            raise RuntimeError("the uplink is not connected")
+        return self._session
+
+    @property
+    def connected(self) -> bool:
+        return self._session is not None and self._session.connected.is_set()
+
+    # --- from the hub --------------------------------------------------------
+
+    async def _on_connect(self, session: MqttSession) -> None:
+        await self.store.set_counter("last_sync", int(time.time()))
+        await session.publish(
+            topics.presence(self.node), Presence(node=self.node, state="online", at=now()).encode(), retain=True
+        )
+        held = {f"{r.namespace}/{r.release}": r.desired_revision for r in await self.store.releases()}
+        await session.publish(topics.resync(self.node), Resync(node=self.node, held=held).encode(), retain=False)
+        await self.publish_status(force=True, via=session)
+        await self._flush_outbox(session)
+
+    async def _on_message(self, topic: str, payload: bytes) -> None:
+        if not payload:
+            return  # the hub cleared a retained assignment
+        try:
+            parsed = topics.NodeTopic.parse(topic)
+            assignment = open_sealed(payload, self._hub_key, node=self.node)
+            if (parsed.namespace, parsed.release) != assignment.key:
+                raise ProtocolError(f"assignment for {assignment.namespace}/{assignment.release} arrived on {topic}")
+        except (ProtocolError, ValueError) as exc:
+            logger.warning("Rejected a message on %s: %s", topic, exc)
+            await self.record_event("Rejected", f"message on {topic} rejected: {exc}")
+            return
+        if await self.store.accept(assignment):
+            logger.info("Accepted %s %s/%s revision %d", assignment.kind, assignment.namespace,
+                        assignment.release, assignment.revision)
+            self._on_assignment()
+        else:
+            await self.store.bump("assignments_ignored")
+            logger.debug("Ignored %s/%s revision %d: not newer than what the node holds",
+                         assignment.namespace, assignment.release, assignment.revision)
+
+    # --- to the hub ----------------------------------------------------------
+
+    async def publish_status(self, *, force: bool = False, via: MqttSession | None = None) -> None:
+        """Send the node's status when it changed, when the heartbeat is due, or when ``force``d."""
+        releases = tuple(
+            ReleaseStatus(
+                namespace=r.namespace, release=r.release, desired_revision=r.desired_revision,
+                applied_revision=r.applied_revision, phase=r.phase, message=r.message, ready=r.ready,
+                total=r.total, observed_at=r.observed_at,
+            )
+            for r in await self.store.releases()
+            if r.phase != "Removed"
+        )
+        conditions = self._health.conditions
+        comparable = (tuple((r.namespace, r.release, r.desired_revision, r.applied_revision, r.phase, r.message,
+                             r.ready, r.total) for r in releases), conditions)
+        due = time.monotonic() - self._last_status_at >= self.settings.status_heartbeat
+        if not force and not due and comparable == self._last_status:
+            return
+        session = via or self._session
+        if session is None or not session.connected.is_set():
+            return  # the latest status is re-read from the store on connect
+        status = NodeStatus(
+            node=self.node, seq=await self.store.next_seq("status"), observed_at=now(), releases=releases,
+            agent_version=__version__, runtime=self._runtime_name, conditions=conditions,
+        )
+        if await session.publish(topics.status(self.node), status.encode(), retain=True):
+            self._last_status, self._last_status_at = comparable, time.monotonic()
+            await self.store.set_counter("last_sync", int(time.time()))
+
+    async def record_event(self, reason: str, message: str, rec: ReleaseRecord | None = None) -> None:
+        """Queue an event in the persisted outbox and send what the link allows, in order."""
+        event = Event(
+            node=self.node, seq=await self.store.next_seq("event"), at=now(), reason=reason, message=message,
+            namespace=rec.namespace if rec else "", release=rec.release if rec else "",
+            revision=rec.desired_revision if rec else 0,
+        )
+        dropped = await self.store.enqueue(topics.events(self.node), event.encode())
+        if dropped:
+            logger.warning("Event outbox full: dropped the %d oldest event(s)", dropped)
+        await self._flush_outbox()
+
+    async def _flush_outbox(self, via: MqttSession | None = None) -> None:
+        session = via or self._session
+        if session is None or not session.connected.is_set():
+            return
+        async with self._flush_lock:
+            dropped = await self.store.counter("events_dropped")
+            if dropped:
+                # The dropped events were the oldest queued, so this notice goes
+                # out first, where the gap is.
+                notice = Event(node=self.node, seq=await self.store.next_seq("event"), at=now(),
+                               reason="EventsDropped",
+                               message=f"{dropped} event(s) dropped while offline: the outbox holds "
+                                       f"{self.settings.outbox_limit} at most")
+                if not await session.publish(topics.events(self.node), notice.encode(), retain=False):
+                    return
+                await self.store.bump("events_dropped", -dropped)
+            while batch := await self.store.pending():
+                for item in batch:
+                    if not await session.publish(item.topic, item.payload, retain=False):
+                        return
+                    await self.store.delivered(item.id)

@@ -1,0 +1,97 @@
+"""Applying and deleting components: validate, render, store, dispatch.
+
+``Components`` is what the HTTP API calls; it speaks in component documents,
+chart archives and outcomes, never in requests or responses. Refusals are
+raised from the hub's error tree (:mod:`edgehub.errors`): a spec or chart that
+does not validate or render is a ``SpecRefused`` (the deployer's ``SpecError``
+chained), a lost race with another apply a ``ConcurrentChange``, a component
+that does not exist a ``NotFound``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from deployer_plugin import ChartArchive, SpecError, component_fingerprint, parse_component, render_component
+
+from .dispatch import Dispatcher
+from .errors import NotFound, SpecRefused
+from .store import HubStore
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApplyOutcome:
+    """What an apply did. ``changed`` is False when the stored revision already matched."""
+
+    component: str  # namespace/name
+    revision: int
+    changed: bool
+    # The component did not exist (or was deleted) before this apply.
+    created: bool = False
+    # Nodes that are assigned the release now (only counted when changed).
+    targets: int = 0
+    warnings: tuple[str, ...] = ()
+
+
+class Components:
+    """The hub's component service, shared by every request."""
+
+    def __init__(self, store: HubStore, dispatcher: Dispatcher) -> None:
+        self._store = store
+        self._dispatcher = dispatcher
+
+    async def apply(self, document: dict[str, Any], archive: bytes) -> ApplyOutcome:
+        """Store a new revision of a component unless it is unchanged, then dispatch it.
+
+        ``document`` is a Component spec as a mapping, ``archive`` its packaged
+        chart. Raises SpecRefused (nothing stored) or ConcurrentChange.
+        """
+        try:
+            component = parse_component(document, source="request")
+        except SpecError as exc:
+            raise SpecRefused(exc) from exc
+        ident = f"{component.namespace}/{component.name}"
+        try:
+            # The Helm engine is a blocking native call: keep it off the event loop.
+            chart = await asyncio.to_thread(ChartArchive.from_bytes, archive)
+        except SpecError as exc:
+            raise SpecRefused(exc, context=f"component {ident}") from exc
+        fingerprint = component_fingerprint(component, chart.fingerprint)
+        existing = await self._store.get_component(component.namespace, component.name)
+        live = existing is not None and not existing.deleted
+        if existing is not None and live and existing.fingerprint == fingerprint:
+            return ApplyOutcome(component=ident, revision=existing.revision, changed=False)
+        revision = (existing.revision if existing else 0) + 1
+        try:
+            # Rendering runs Helm once per render key: a thread, as above.
+            renders = await asyncio.to_thread(render_component, component, archive, revision=revision)
+        except SpecError as exc:
+            raise SpecRefused(exc) from exc
+        await self._store.save_component(
+            namespace=component.namespace, name=component.name, spec=component.to_document(),
+            chart_archive=archive, chart_name=chart.name, chart_version=chart.version,
+            fingerprint=fingerprint, revision=revision, renders=renders,
+        )
+        logger.info("Component %s is now at revision %d", ident, revision)
+        await self._dispatcher.sync()
+        targets = sum(1 for a in await self._store.list_assignments()
+                      if (a.namespace, a.release) == (component.namespace, component.name) and a.kind == "release")
+        pools = {n.pool for n in await self._store.list_nodes()}
+        return ApplyOutcome(
+            component=ident, revision=revision, changed=True, created=not live, targets=targets,
+            warnings=tuple(f"pool {p!r} has no nodes yet" for p in component.edge.node_pools if p not in pools),
+        )
+
+    async def delete(self, namespace: str, name: str) -> int:
+        """Mark a component deleted and tombstone it on every node; returns the deleting revision."""
+        revision = await self._store.delete_component(namespace, name)
+        if revision is None:
+            raise NotFound(f"component {namespace}/{name} not found")
+        logger.info("Component %s/%s deleted (revision %d)", namespace, name, revision)
+        await self._dispatcher.sync()
+        return revision

@@ -1,0 +1,78 @@
+"""Errors the hub raises on purpose, one tree for every refusal its API can answer.
+
+EdgeError                    (edgeprotocol.errors)
+  HubError                   a request the hub refuses; the message says why
+    BadRequest               400  a malformed request; ``field`` names the field at fault
+      CsrError               400  a certificate request the hub will not sign
+    JoinRefused              403  a join with an unknown, expired or used-up token, or for another pool
+      TokenFormatError       403  a token that is not ``ec1.<id>.<secret>``
+    NotFound                 404  no such node or component
+    ConcurrentChange         409  another apply of the same component got there first
+    SpecRefused              422  a spec or chart that does not validate or render;
+                                  wraps (and chains) deployer_plugin's SpecError
+
+The statuses above are documentation: the one place that maps an exception
+type to its HTTP status is ``edgehub.api.STATUS``, read by the API's
+``json_errors`` middleware. Handlers and services raise these; none builds an
+error response. Anything else that escapes a handler is a bug: the middleware
+logs its traceback and answers 500 with a generic message.
+"""
+
+from __future__ import annotations
+
+from deployer_plugin import SpecError
+from edgeprotocol.errors import EdgeError
+
+
+class HubError(EdgeError):
+    """Root of every refusal the hub's API answers with a 4xx status."""
+
+
+class BadRequest(HubError):
+    """A malformed request. ``field`` names the field at fault (None for the body as a whole).
+
+    The message starts with the field, the way SpecError's problems start with
+    the path of the spec field: ``limit: must be an integer from 1 to 1000, not 'abc'``.
+    """
+
+    def __init__(self, problem: str, *, field: str | None = None) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{field}: {problem}" if field else problem)
+
+
+class CsrError(BadRequest):
+    """A certificate signing request that the hub refuses to sign."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem, field="csr")
+
+
+class JoinRefused(HubError):
+    """A join that the hub refuses; the message says why."""
+
+
+class TokenFormatError(JoinRefused):
+    """A join token that is not of the form ``ec1.<id>.<secret>``."""
+
+
+class NotFound(HubError):
+    """The node or component a request names does not exist."""
+
+
+class ConcurrentChange(HubError):
+    """Two applies of the same component raced; the later one must apply again."""
+
+
+class SpecRefused(HubError):
+    """A component spec or chart that does not validate or render.
+
+    Carries the deployer's ``SpecError`` (also chained as ``__cause__``); its
+    ``problems`` each start with the path of the field at fault.
+    """
+
+    def __init__(self, error: SpecError, *, context: str = "") -> None:
+        self.error = error
+        self.problems = error.problems
+        super().__init__(f"{context}: {error}" if context else str(error))
+

@@ -1,0 +1,29 @@
+"""Hub settings: token defaults stay within the bounds the API enforces on a request."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgehub.settings import MAX_TOKEN_TTL_SECONDS, MAX_TOKEN_USES, HubSettings, TokenDefaults
+
+
+@pytest.mark.parametrize(("defaults", "field"), [
+    ({"ttl_seconds": 0}, "ttl_seconds"),
+    ({"ttl_seconds": MAX_TOKEN_TTL_SECONDS + 1}, "ttl_seconds"),
+    ({"ttl_seconds": float("nan")}, "ttl_seconds"),
+    ({"uses": 0}, "uses"),
+    ({"uses": MAX_TOKEN_USES + 1}, "uses"),
+])
+def test_token_defaults_beyond_the_api_bounds_are_refused_by_name(defaults: dict[str, float], field: str):
+    with pytest.raises(ValueError, match=f"tokens.{field}"):
+        TokenDefaults(**defaults)
+
+
+def test_a_settings_file_sets_the_token_defaults(tmp_path: Path):
+    config = tmp_path / "hub.yaml"
+    config.write_text("state_dir: state\ntokens: {ttl_seconds: 120, uses: 3}\n")
+    settings = HubSettings.from_file(config)
+    assert settings.tokens == TokenDefaults(ttl_seconds=120, uses=3)
+    assert settings.state_dir == tmp_path / "state"

@@ -1,0 +1,84 @@
+"""The reconnecting MQTT session's lifecycle, against a real Mosquitto started here."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from edgekit.mqtt import MqttSession, SessionSettings
+from edgesim.fleet import Mosquitto
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+async def broker(tmp_path: Path) -> AsyncIterator[Mosquitto]:
+    mosquitto = await asyncio.to_thread(Mosquitto(tmp_path / "broker").start)
+    try:
+        yield mosquitto
+    finally:
+        await asyncio.to_thread(mosquitto.stop)
+
+
+def settings(url: str, *subscriptions: str) -> SessionSettings:
+    return SessionSettings(url=url, client_id=f"test-{id(subscriptions)}", subscriptions=subscriptions,
+                           backoff_initial=0.1, backoff_max=0.5)
+
+
+async def ignore(topic: str, payload: bytes) -> None:
+    return None
+
+
+async def test_leaving_a_session_that_was_never_entered_is_safe(broker: Mosquitto):
+    await MqttSession(settings(broker.url), on_message=ignore).__aexit__(None, None, None)
+
+
+async def test_entering_a_running_session_again_is_refused(broker: Mosquitto):
+    session = MqttSession(settings(broker.url), on_message=ignore)
+    async with session:
+        with pytest.raises(RuntimeError, match="already running"):
+            await session.__aenter__()
+    async with session:  # once left, it can be entered again
+        await session.wait_connected(10)
+
+
+async def test_a_session_whose_broker_never_answers_leaves_at_once_without_a_connection():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))  # a bound port nobody listens on
+        port = probe.getsockname()[1]
+        session = MqttSession(settings(f"mqtt://127.0.0.1:{port}"), on_message=ignore)
+        async with session:
+            with pytest.raises(TimeoutError):
+                await session.wait_connected(0.5)
+            assert not await session.publish("t/x", b"lost", retain=False)
+        assert session.connections == 0 and not session.connected.is_set()
+
+
+async def test_messages_arrive_and_the_session_reconnects_and_resubscribes_after_a_broker_restart(
+    broker: Mosquitto,
+):
+    received: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+
+    async def collect(topic: str, payload: bytes) -> None:
+        await received.put((topic, payload))
+
+    listener = MqttSession(settings(broker.url, "t/#"), on_message=collect)
+    sender = MqttSession(settings(broker.url), on_message=ignore)
+    async with listener, sender:
+        await listener.wait_connected(10)
+        await sender.wait_connected(10)
+        assert await sender.publish("t/one", b"1", retain=False)
+        assert await asyncio.wait_for(received.get(), 10) == ("t/one", b"1")
+
+        await asyncio.to_thread(broker.restart)
+        for session in (listener, sender):
+            while session.connections < 2:
+                await asyncio.sleep(0.05)
+            await session.wait_connected(10)
+        assert await sender.publish("t/two", b"2", retain=False)
+        assert await asyncio.wait_for(received.get(), 10) == ("t/two", b"2")
+    assert received.empty()  # nothing else arrived
