@@ -147,11 +147,7 @@ from .base import (
 )
 from .podman_cli import PodmanCli, PodmanFailed, last_error, loads_json, with_hint
 from .podman_plan import (
-    ENV_NODE_NAME,
-    ENV_NODE_POOL,
     LABEL_NAMESPACE,
-    LABEL_NODE,
-    LABEL_POOL,
     LABEL_RELEASE,
     LABEL_RELEASE_NAME,
     Plan,
@@ -162,19 +158,7 @@ from .podman_plan import (
     release_label,
 )
 
-__all__ = [
-    "ENV_NODE_NAME",
-    "ENV_NODE_POOL",
-    "LABEL_NAMESPACE",
-    "LABEL_NODE",
-    "LABEL_POOL",
-    "LABEL_RELEASE",
-    "LABEL_RELEASE_NAME",
-    "PodmanRuntime",
-    "PodmanSettings",
-    "build_plan",
-    "release_label",
-]
+__all__ = ["PodmanRuntime", "PodmanSettings"]
 
 logger = logging.getLogger(__name__)
 
@@ -442,6 +426,15 @@ class PodmanRuntime:
                 self._played[ref] = played
         return played
 
+    async def _read_played_or_empty(self, ref: ReleaseRef, fallback: str) -> PlayedFile:
+        """The played file of ``ref``, or an empty one when there is none or it is damaged (logged with ``fallback``)."""
+        try:
+            played = await self._read_played(ref)
+        except EdgeRuntimeError as exc:
+            logger.warning("Release %s: %s; %s", ref, exc, fallback)
+            played = None
+        return played or PlayedFile(digest="", pods={}, volumes=frozenset())
+
     # -- the Runtime interface --------------------------------------------------
 
     async def apply(self, ref: ReleaseRef, manifests: str, node: NodeContext) -> ApplyResult:
@@ -453,13 +446,8 @@ class PodmanRuntime:
             logger.warning("Release %s: %s", ref, warning)
         path = self.played_file(ref)
         async with self._lock(ref):
-            try:
-                old = await self._read_played(ref)
-            except EdgeRuntimeError as exc:
-                logger.warning("Release %s: %s; stopping its old pods without grace", ref, exc)
-                old = None
-            old_pods = old.pods if old is not None else {}
-            old_volumes = old.volumes if old is not None else frozenset()
+            old = await self._read_played_or_empty(ref, "stopping its old pods without grace")
+            old_pods, old_volumes = old.pods, old.volumes
             label = release_label(ref)
             try:
                 existing = await self._pods()
@@ -508,13 +496,8 @@ class PodmanRuntime:
         """Remove the release's pods and volumes and forget its played file; idempotent."""
         path = self.played_file(ref)
         async with self._lock(ref):
-            try:
-                on_record = await self._read_played(ref)
-            except EdgeRuntimeError as exc:
-                logger.warning("Release %s: %s; removing its pods by label", ref, exc)
-                on_record = None
-            played = on_record.pods if on_record is not None else {}
-            volumes = on_record.volumes if on_record is not None else frozenset()
+            on_record = await self._read_played_or_empty(ref, "removing its pods by label")
+            played, volumes = on_record.pods, on_record.volumes
             try:
                 # The played file names what this runtime made; the label also
                 # catches pods the file does not know (a lost work dir).

@@ -458,35 +458,16 @@ def _add_object(
         plan.warnings.append(
             f"{where}: namespace {own_ns!r} ignored, applied in the release's namespace {ref.namespace!r}"
         )
-    if kind == "Pod":
-        pods.append(
-            _prepare_pod(
-                name,
-                doc,
-                source=where,
-                ref=ref,
-                node=node,
-                restart_always=False,
-                network=network,
-                plan=plan,
-            )
-        )
-    elif kind in ("Deployment", "DaemonSet"):
-        template = _pod_template(doc, where)
-        count = _replicas(doc, where) if kind == "Deployment" else 1
-        for i in range(count):
-            pods.append(
-                _prepare_pod(
-                    f"{name}-pod-{i}",
-                    template,
-                    source=where,
-                    ref=ref,
-                    node=node,
-                    restart_always=True,
-                    network=network,
-                    plan=plan,
-                )
-            )
+    if kind in ("Pod", "Deployment", "DaemonSet"):
+        if kind == "Pod":
+            template, restart_always, instances = doc, False, [name]
+        else:
+            template, restart_always = _pod_template(doc, where), True
+            count = _replicas(doc, where) if kind == "Deployment" else 1
+            instances = [f"{name}-pod-{i}" for i in range(count)]
+        for pod_name in instances:
+            pods.append(_prepare_pod(pod_name, template, source=where, ref=ref, node=node,
+                                     restart_always=restart_always, network=network, plan=plan))
     elif kind == "ConfigMap":
         cm = {
             "apiVersion": "v1",
