@@ -8,16 +8,25 @@ archive holds, never a digest of the archive itself.
 Every function that calls the Helm engine blocks the calling thread (Helm is
 a C library): call them from a worker thread in async code, for example
 ``await asyncio.to_thread(package_chart, path)``.
+
+:func:`check_installable` refuses, before anything renders, what ``helm install``
+refuses about the chart itself: a dependency declared in Chart.yaml but
+missing from ``charts/`` (Helm checks every declared one, whatever its
+``condition`` or ``tags``), and a ``kubeVersion`` constraint that the
+Kubernetes version the engine renders with (:func:`engine_kube_version`) does
+not satisfy.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import logging
 import os
 import posixpath
+import re
 import tarfile
 import tempfile
 import zlib
@@ -26,9 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import helm_python
+import semantic_version
 from helm_python import HelmError
 
-from .errors import ChartError
+from .errors import ChartError, ChartRefused
 
 logger = logging.getLogger(__name__)
 
@@ -151,3 +161,102 @@ class ChartArchive:
 
     def __repr__(self) -> str:
         return f"ChartArchive({self.name}-{self.version}, {len(self.data)} bytes, {self.fingerprint[:19]})"
+
+
+# --------------------------------------------------------------------------- installability
+
+_PROBE_TEMPLATE = "{{ .Capabilities.KubeVersion.Version }}"
+# Helm's version constraints (Masterminds/semver) and npm's ranges, which
+# semantic_version.NpmSpec parses, differ only in spelling: Masterminds also
+# separates with commas, allows a space after the operator and a leading v,
+# spells ~ as ~> too, and has !=. These are rewritten before NpmSpec reads them.
+_SPACE_AFTER_OPERATOR = re.compile(r"(>=|<=|!=|=|>|<|~|\^)\s+(?=[0-9vVxX*])")
+_LEADING_V = re.compile(r"(^|[\s<>=~^!])[vV](?=\d)")
+
+
+def _probe_archive() -> bytes:
+    files = {
+        "kube-probe/Chart.yaml": b"apiVersion: v2\nname: kube-probe\nversion: 0.1.0\n",
+        "kube-probe/templates/version.txt": _PROBE_TEMPLATE.encode(),
+    }
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@functools.cache
+def engine_kube_version() -> str:
+    """The Kubernetes version the Helm engine renders with (``.Capabilities.KubeVersion``), e.g. ``v1.36.0``.
+
+    Rendering is offline, so this is the engine's built-in default, not any
+    node's. Asked of the engine once per process. Blocks on the Helm engine.
+    """
+    with open_chart(_probe_archive()) as chart:
+        rendered = chart.render({}, name="probe", namespace="default", revision=1, is_install=True)
+    return "".join(rendered.values()).strip()
+
+
+def kube_version_satisfies(constraint: str, version: str) -> bool:
+    """Whether ``version`` (``v1.36.0``) meets a Chart.yaml ``kubeVersion`` constraint, as Helm decides it.
+
+    The constraint is Masterminds/semver syntax: comparisons joined by spaces or
+    commas (all must hold), alternatives joined by ``||``, ``^1.2``, ``~1.2``
+    (also ``~>1.2``), wildcards (``1.20.x``), hyphen ranges (``1.20 - 1.32``),
+    ``!=`` and prereleases (``>=1.19.0-0``).
+
+    Raises:
+        ValueError: if the constraint or the version cannot be parsed (Helm
+            then calls the chart incompatible).
+    """
+    target = semantic_version.Version.coerce(version.strip().lstrip("vV"))
+    for alternative in constraint.split("||"):
+        text = _LEADING_V.sub(r"\1", _SPACE_AFTER_OPERATOR.sub(r"\1", alternative.replace("~>", "~")))
+        tokens = text.replace(",", " ").split()
+        excluded = [token[2:] for token in tokens if token.startswith("!=")]
+        spec = semantic_version.NpmSpec(" ".join(t for t in tokens if not t.startswith("!=")) or "*")
+        if target in spec and not any(target in semantic_version.NpmSpec(x) for x in excluded):
+            return True
+    return False
+
+
+def check_installable(chart: helm_python.Chart) -> None:
+    """Refuse a chart ``helm install`` would refuse before rendering it. Blocks on the Helm engine.
+
+    Call it on a freshly loaded chart: rendering drops the subcharts its values
+    disable from the loaded chart, after which they would look missing.
+
+    Raises:
+        ChartRefused: a dependency declared in Chart.yaml is missing from
+            ``charts/``, or the chart's ``kubeVersion`` rules out the
+            engine's Kubernetes version; the message is Helm's.
+    """
+    metadata = chart.metadata
+    declared = [d for d in metadata.get("dependencies") or [] if isinstance(d, dict)]
+    if declared:
+        present = {str(d.get("name", "")) for d in chart.dependencies}
+        missing = [str(d.get("name", "")) for d in declared if str(d.get("name", "")) not in present]
+        if missing:
+            detail = f"found in Chart.yaml, but missing in charts/ directory: {', '.join(missing)}"
+            raise ChartRefused(
+                f"chart {metadata.get('name', '')}: {detail} (Helm requires every declared dependency, whatever "
+                "its condition or tags; run 'helm dependency build' on the chart, then apply again)",
+                detail=detail,
+            )
+    constraint = str(metadata.get("kubeVersion") or "").strip()
+    if constraint:
+        kube = engine_kube_version()
+        try:
+            compatible = kube_version_satisfies(constraint, kube)
+            unparsable = ""
+        except ValueError as exc:
+            compatible, unparsable = False, f" (not a version constraint Helm reads: {exc})"
+        if not compatible:
+            detail = f"chart requires kubeVersion: {constraint} which is incompatible with Kubernetes {kube}"
+            raise ChartRefused(
+                f"chart {metadata.get('name', '')}: {detail}{unparsable}; the hub renders for Kubernetes {kube}",
+                detail=detail,
+            )

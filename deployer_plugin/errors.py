@@ -3,7 +3,10 @@
 EdgeError                  (edgeprotocol.errors)
   SpecError                a Component spec that cannot be deployed; names the field
     ChartError             the chart is missing, is not a Helm chart, or is a bad archive
-    RenderError            values break the chart's schema, or a template fails
+      ChartRefused         Helm would refuse to install it: a dependency missing from
+                           charts/, or a kubeVersion the engine's Kubernetes does not meet
+    RenderError            values break the chart's schema, a template fails, or it
+                           renders something that is not a Kubernetes object
 
 Helm's own errors (``helm_python.HelmError``) never leave this package: they
 are translated here and chained (``raise ... from exc``) so the cause stays
@@ -55,8 +58,17 @@ class ChartError(SpecError):
         self.detail = detail or self.problems[0]
 
 
+class ChartRefused(ChartError):
+    """A chart Helm loads but refuses to install, for the reason ``detail`` gives in Helm's words.
+
+    ``found in Chart.yaml, but missing in charts/ directory: redis`` or
+    ``chart requires kubeVersion: >=1.40.0-0 which is incompatible with Kubernetes v1.36.0``.
+    """
+
+
 class RenderError(SpecError):
-    """Helm refused to render a component: a schema violation or a template error.
+    """Helm refused to render a component: a schema violation, a template error, or
+    a rendered document that is not a Kubernetes object (no mapping, no apiVersion or kind).
 
     ``component`` is ``namespace/name``, ``pool`` the render key that failed
     (``""`` for the base values) and ``detail`` Helm's own message.

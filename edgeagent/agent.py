@@ -47,6 +47,8 @@ class Agent:
         try:
             store = await self._stack.enter_async_context(
                 AgentStore(self.settings.db_path, outbox_limit=self.settings.outbox_limit))
+            # The runtime owns its background work (probes, say) for as long as the agent runs.
+            await self._stack.enter_async_context(self.runtime)
             self._store = store
             # The uplink exists (and queues events) before it connects; the
             # reconciler starts from the local store before any contact with

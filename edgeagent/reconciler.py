@@ -212,7 +212,7 @@ class Reconciler:
         if rec.desired_kind == "tombstone":
             if rec.phase != "Removed":
                 try:
-                    await self.runtime.remove(ref)
+                    await self.runtime.remove(ref, self.node)
                 except EdgeRuntimeError as exc:
                     await self.store.observe(rec, phase="Failed", ready=0, total=0, message=f"removal failed: {exc}")
                     logger.warning("Removing %s failed: %s; retrying next pass", ref, exc)
@@ -261,10 +261,11 @@ class Reconciler:
             logger.warning("Applying %s revision %d failed: %s", ref, rec.desired_revision, exc)
             return False
         self._retry.succeeded(key)
-        await self.store.finish_apply(rec, message="; ".join(result.warnings))
+        await self.store.finish_apply(rec, warnings="; ".join(result.warnings))
         await self.store.bump("applies")
         detail = f" ({why})" if why else ""
-        await self.reporter.record_event(reason, f"revision {rec.desired_revision} applied{detail}", rec)
+        hooks = f"; {'; '.join(result.hooks)}" if result.hooks else ""
+        await self.reporter.record_event(reason, f"revision {rec.desired_revision} applied{detail}{hooks}", rec)
         logger.info("%s %s revision %d%s", reason, ref, rec.desired_revision, detail)
         return True
 
@@ -298,6 +299,7 @@ class Reconciler:
             phase = "Applying"
         else:
             phase = "Degraded"
-        message = rec.message if phase == "Deployed" or not observation.message else observation.message
+        # What the runtime could not do stays in the message whatever the pods do.
+        message = "; ".join(m for m in (observation.message if phase != "Deployed" else "", rec.warnings) if m)
         if (phase, observation.ready, observation.total, message) != (rec.phase, rec.ready, rec.total, rec.message):
             await self.store.observe(rec, phase=phase, ready=observation.ready, total=observation.total, message=message)

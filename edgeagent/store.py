@@ -20,7 +20,8 @@ from edgekit.sqlite import Database
 from edgeprotocol.messages import Assignment, AssignmentKind, Phase, now
 
 # Columns added after the first release of the agent: older agent.db files get them on open.
-ADDED_COLUMNS = (("releases", "rejected_digest", "TEXT NOT NULL DEFAULT ''"),)
+ADDED_COLUMNS = (("releases", "rejected_digest", "TEXT NOT NULL DEFAULT ''"),
+                 ("releases", "warnings", "TEXT NOT NULL DEFAULT ''"))
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS releases (
@@ -35,6 +36,7 @@ CREATE TABLE IF NOT EXISTS releases (
     applied_digest TEXT NOT NULL DEFAULT '',
     applying_digest TEXT NOT NULL DEFAULT '',
     rejected_digest TEXT NOT NULL DEFAULT '',
+    warnings TEXT NOT NULL DEFAULT '',
     phase TEXT NOT NULL DEFAULT 'Pending',
     message TEXT NOT NULL DEFAULT '',
     ready INTEGER NOT NULL DEFAULT 0,
@@ -70,6 +72,9 @@ class ReleaseRecord:
     # The digest of manifests the runtime refused for good (ManifestRejected):
     # not tried again until a new revision brings other manifests.
     rejected_digest: str
+    # What the runtime said it could not do at the last apply ("Service/web:
+    # not run on podman ..."): part of the release's message from then on.
+    warnings: str
     phase: Phase
     message: str
     ready: int
@@ -153,11 +158,11 @@ class AgentStore:
         """Journal an apply before touching the runtime: a crash leaves ``applying_digest`` set."""
         await self._update(rec, "applying_digest = ?, phase = 'Applying', message = ''", rec.digest)
 
-    async def finish_apply(self, rec: ReleaseRecord, *, message: str) -> None:
+    async def finish_apply(self, rec: ReleaseRecord, *, warnings: str) -> None:
         await self._update(
             rec,
-            "applied_revision = ?, applied_digest = ?, applying_digest = '', applied_at = ?, message = ?",
-            rec.desired_revision, rec.digest, time.time(), message,
+            "applied_revision = ?, applied_digest = ?, applying_digest = '', applied_at = ?, message = ?, warnings = ?",
+            rec.desired_revision, rec.digest, time.time(), warnings, warnings,
         )
 
     async def fail_apply(self, rec: ReleaseRecord, *, message: str) -> None:

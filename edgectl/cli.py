@@ -117,6 +117,15 @@ def cmd_apply(hub: JsonHttpClient, args: argparse.Namespace) -> None:
           + (f", {answer['targets']} node(s))" if "targets" in answer else ")"))
     for warning in answer.get("warnings", []):
         print(f"warning: {warning}", file=sys.stderr)
+    notes = notes_section(answer.get("notes") or "")
+    if notes:
+        print(notes)
+
+
+def notes_section(notes: str) -> str:
+    """The chart's rendered NOTES.txt as ``helm install`` prints it: ``NOTES:`` then the text; "" if it has none."""
+    notes = notes.strip()
+    return f"NOTES:\n{notes}" if notes else ""
 
 
 def cmd_get(hub: JsonHttpClient, args: argparse.Namespace) -> None:

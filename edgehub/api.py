@@ -272,7 +272,7 @@ def _apply_answer(outcome: ApplyOutcome) -> web.Response:
     answer: dict[str, Any] = {"component": outcome.component, "revision": outcome.revision, "changed": outcome.changed}
     if not outcome.changed:
         return web.json_response(answer)
-    answer.update(targets=outcome.targets, warnings=list(outcome.warnings))
+    answer.update(targets=outcome.targets, warnings=list(outcome.warnings), notes=outcome.notes)
     return web.json_response(answer, status=201 if outcome.created else 200)
 
 

@@ -15,7 +15,15 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from deployer_plugin import ChartArchive, SpecError, component_fingerprint, parse_component, render_component
+from deployer_plugin import (
+    ChartArchive,
+    RenderError,
+    SpecError,
+    component_fingerprint,
+    parse_component,
+    render_release,
+)
+from edgeprotocol.messages import Bundle
 
 from .dispatch import Dispatcher
 from .errors import NotFound, SpecRefused
@@ -36,6 +44,8 @@ class ApplyOutcome:
     # Nodes that are assigned the release now (only counted when changed).
     targets: int = 0
     warnings: tuple[str, ...] = ()
+    # The chart's NOTES.txt rendered for this revision (base values); "" when it has none.
+    notes: str = ""
 
 
 class Components:
@@ -67,11 +77,20 @@ class Components:
         if existing is not None and live and existing.fingerprint == fingerprint:
             return ApplyOutcome(component=ident, revision=existing.revision, changed=False)
         revision = (existing.revision if existing else 0) + 1
+        # A live component is upgraded, and keeps the values its chart generated
+        # from the previous revision's renders; a new or deleted one is installed afresh.
+        previous: dict[str, Bundle] = {}
+        if existing is not None and live:
+            previous = await self._store.get_renders(component.namespace, component.name, existing.revision)
         try:
-            # Rendering runs Helm once per render key: a thread, as above.
-            renders = await asyncio.to_thread(render_component, component, archive, revision=revision)
+            # Rendering runs Helm twice per render key: a thread, as above.
+            rendered = await asyncio.to_thread(
+                render_release, component, archive, revision=revision, previous=previous, upgrade=live
+            )
         except SpecError as exc:
-            raise SpecRefused(exc) from exc
+            # A RenderError names the component already; a refused chart does not.
+            raise SpecRefused(exc, context="" if isinstance(exc, RenderError) else f"component {ident}") from exc
+        renders = rendered.bundles
         await self._store.save_component(
             namespace=component.namespace, name=component.name, spec=component.to_document(),
             chart_archive=archive, chart_name=chart.name, chart_version=chart.version,
@@ -84,7 +103,9 @@ class Components:
         pools = {n.pool for n in await self._store.list_nodes()}
         return ApplyOutcome(
             component=ident, revision=revision, changed=True, created=not live, targets=targets,
-            warnings=tuple(f"pool {p!r} has no nodes yet" for p in component.edge.node_pools if p not in pools),
+            warnings=(*rendered.warnings,
+                      *(f"pool {p!r} has no nodes yet" for p in component.edge.node_pools if p not in pools)),
+            notes=rendered.notes,
         )
 
     async def delete(self, namespace: str, name: str) -> int:

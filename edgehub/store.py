@@ -364,6 +364,17 @@ class HubStore:
         )
         return Bundle(manifests=row["manifests"], digest=row["digest"]) if row else None
 
+    async def get_renders(self, namespace: str, name: str, revision: int) -> dict[str, Bundle]:
+        """Every render of one revision of a component, by render key; empty when there are none."""
+        rows = await self._db.read(
+            lambda c: c.execute(
+                "SELECT render_key, manifests, digest FROM renders WHERE namespace = ? AND name = ? AND revision = ? "
+                "ORDER BY render_key",
+                (namespace, name, revision),
+            ).fetchall()
+        )
+        return {r["render_key"]: Bundle(manifests=r["manifests"], digest=r["digest"]) for r in rows}
+
     # --- assignments ---------------------------------------------------------
 
     async def list_assignments(self, *, node: str | None = None) -> list[AssignmentRecord]:

@@ -37,6 +37,12 @@ class FakeRuntime:
     applies: list[tuple[str, str]] = field(default_factory=list)  # (release, manifests) in call order
     running: dict[ReleaseRef, str] = field(default_factory=dict)
 
+    async def __aenter__(self) -> FakeRuntime:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
     async def apply(self, ref: ReleaseRef, manifests: str, node: NodeContext) -> ApplyResult:
         self.applies.append((ref.release, manifests))
         if ref.release in self.blocked:
@@ -49,7 +55,7 @@ class FakeRuntime:
         self.running[ref] = manifests
         return ApplyResult()
 
-    async def remove(self, ref: ReleaseRef) -> None:
+    async def remove(self, ref: ReleaseRef, node: NodeContext | None = None) -> None:
         self.running.pop(ref, None)
 
     async def observe(self, ref: ReleaseRef) -> Observation:

@@ -79,3 +79,29 @@ def agent_status(node: Node) -> dict[str, Any]:
 
 def applied_revisions(events: list[dict[str, Any]], release: str = "web") -> list[int]:
     return [e["revision"] for e in events if e["reason"] == "Applied" and e["release"] == release]
+
+
+TEST_CHARTS = REPO / "tests" / "charts"
+
+
+def vendored_chart(name: str, workdir: Path) -> Path:
+    """A copy of test chart ``name`` with its dependencies in ``charts/``, as ``helm dependency update`` leaves it."""
+    import shutil
+
+    import helm_python
+
+    copy = workdir / "charts"
+    if not copy.exists():
+        shutil.copytree(TEST_CHARTS, copy)
+    chart = copy / name
+    if (chart / "Chart.yaml").read_text().count("dependencies:") and not (chart / "charts").exists():
+        helm_python.dependency_update(chart)
+    return chart
+
+
+def container_state(node: Node, container: str) -> tuple[str, int, str]:
+    """(StartedAt, RestartCount, Status) of a container as podman reports it."""
+    out = node.podman("inspect", container, "--format",
+                      "{{.State.StartedAt}}|{{.RestartCount}}|{{.State.Status}}").stdout.strip()
+    started, restarts, status = out.split("|")
+    return started, int(restarts), status

@@ -17,6 +17,7 @@ from .base import (
     RuntimeApplyError,
 )
 from .podman import PodmanRuntime, PodmanSettings
+from .podman_probes import ProbeSettings
 
 __all__ = [
     "ApplyResult",
@@ -28,6 +29,7 @@ __all__ = [
     "PodmanRuntime",
     "PodmanSettings",
     "PreflightCheck",
+    "ProbeSettings",
     "ReleaseRef",
     "Runtime",
     "RuntimeApplyError",

@@ -95,6 +95,8 @@ class ApplyResult:
     """
 
     warnings: tuple[str, ...] = ()
+    # One line per Helm hook the apply ran ("pre-install hook Job/x succeeded in 1.2 s").
+    hooks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,9 +154,18 @@ class PreflightCheck:
 
 @runtime_checkable
 class Runtime(Protocol):
-    """A node-local workload runtime (podman, a local Kubernetes, ...)."""
+    """A node-local workload runtime (podman, a local Kubernetes, ...).
+
+    An async context manager: the agent enters it for its whole life, so the
+    runtime can own background work (probes, say). Entering must not fail for
+    a broken node: ``preflight`` reports that.
+    """
 
     name: str
+
+    async def __aenter__(self) -> Runtime: ...
+
+    async def __aexit__(self, *exc_info: object) -> None: ...
 
     async def apply(self, ref: ReleaseRef, manifests: str, node: NodeContext) -> ApplyResult:
         """Make the node run exactly ``manifests`` (multi-document YAML) for ``ref``.
@@ -164,8 +175,11 @@ class Runtime(Protocol):
         """
         ...
 
-    async def remove(self, ref: ReleaseRef) -> None:
-        """Remove everything the runtime holds for ``ref``; an unknown release is fine."""
+    async def remove(self, ref: ReleaseRef, node: NodeContext | None = None) -> None:
+        """Remove everything the runtime holds for ``ref``; an unknown release is fine.
+
+        ``node`` is who the node is, for the release's delete hooks.
+        """
         ...
 
     async def observe(self, ref: ReleaseRef) -> Observation:

@@ -4,8 +4,16 @@ How a release becomes pods
 --------------------------
 ``apply`` parses the rendered manifests, rewrites them into a file podman 4.3
 plays reliably (``podman_plan.build_plan``), stores that exact file as ``WORK_DIR/NAMESPACE/RELEASE.yaml``
-(mode 0600: it may hold Secret data) and runs ``podman kube play --replace
-[--network N] FILE``. What the rewrite does, kind by kind:
+(mode 0600: it may hold Secret data) and plays it with ``podman kube play
+--replace [--network N] -`` (the pods on stdin): once for ordinary pods, and
+once more per host-access mode present (hostNetwork pods without
+``--network``; hostPID pods with a containers.conf saying ``pidns = "host"``,
+since kube play 4.3 ignores ``hostPID``). Each host access is a warning naming
+the pod. The file's first document (kind ``EdgecollabPodmanRecord``, which
+podman skips) records what podman is not given: annotations podman refuses
+(values over 63 bytes, such as ``checksum/config``), the probes the agent runs
+itself (``podman_probes``), host access, emptyDir volumes and StatefulSet
+claims. What the rewrite does, kind by kind:
 
 =====================  ====================================================
 Pod                    played as is (plus the injections below)
@@ -25,13 +33,37 @@ Secret                 turned into a ConfigMap (and secretKeyRef / secretRef /
                        4.3's own Secret support is broken: it stores the
                        Secret as YAML and reads it back as JSON, and secret
                        volumes crash ``kube play``.
+StatefulSet            ``spec.replicas`` Pods ``NAME-0`` .. ``NAME-{n-1}``
+                       (hostname the pod name), played in ordinal order in
+                       one play (no waiting for readiness between ordinals).
+                       Each ``volumeClaimTemplates`` entry T becomes the named
+                       volume ``NS.pvc.T-NAME-ORDINAL`` (Kubernetes' claim
+                       name), created labelled with the release. Claims survive
+                       re-applies and scale-downs (as Kubernetes keeps PVCs);
+                       unlike Kubernetes they are removed with the release: an
+                       edge node has nobody to delete orphaned claims.
 PersistentVolumeClaim  dropped from the file; the claim's name becomes a
                        podman named volume, created on first use and kept
                        across re-applies (podman 4.3 refuses to re-play a PVC
                        whose volume exists, even with ``--replace``).
-anything else          not applied, and reported in ``ApplyResult.warnings``
-                       (``"Service/web: kind not supported by podman, not
-                       applied"``); never silently dropped.
+Helm hooks             documents with a ``helm.sh/hook`` annotation are not
+                       played: ``Plan.hooks`` returns them untouched.
+anything else          not run, and reported in ``ApplyResult.warnings`` with
+                       the reason (``"Service/web: not run on podman (podman
+                       has no cluster networking ...)"``); never silently
+                       dropped. Jobs are among these for now.
+
+Volumes: an emptyDir is the named volume ``NS.empty.POD.VOLUME``, private to
+its pod, removed whenever the pod is recreated (every apply) and with the
+release. ``subPath`` (ignored by podman 4.3 for every volume kind) becomes a
+hostPath bind: of ``VOLUMEPATH/NAME/_data/SUB`` for named volumes (created
+first, the directory made 0777), of ``PATH/SUB`` for hostPath, and of a file
+the runtime writes under ``WORK_DIR/NAMESPACE/RELEASE.d/`` for ConfigMap and
+Secret keys. A ConfigMap or Secret a pod needs that the release does not hold
+is refused (ManifestRejected) unless the reference is optional.
+``$(VAR)`` in env values, command and args is expanded at plan time as the
+kubelet does, from the env (node identity and release ConfigMaps/Secrets
+included). ``serviceAccountName`` and ``fsGroup`` are ignored with a warning.
 =====================  ====================================================
 
 Into every pod the runtime injects the labels ``edgecollab.io/node``,
@@ -84,11 +116,21 @@ An apply costs two podman calls the first time (``pod ps``, ``kube play``) and
 four when the release already runs (``pod stop`` and ``pod rm`` in between),
 plus a ``volume rm`` when volumes fell out of use.
 
+Probes
+------
+Stripped from what podman plays and run by the runtime's probe loop (see
+``podman_probes``), a background task started by ``__aenter__`` and cancelled
+and awaited by ``__aexit__``: without entering the runtime no probe runs and
+probed pods never become ready. Entering asks podman nothing: a node whose
+podman is broken still starts and says so through ``preflight``.
+
 Observing
 ---------
 ``observe`` costs two podman calls: ``pod ps`` filtered by the release label,
 then one ``container inspect`` of the pods' containers for their states and
-exact start times. ``total`` is the number of pods in the stored file.
+exact start times. ``total`` is the number of pods in the stored file. A pod
+is ready when every app container runs and none is held back by a startup
+probe not yet passed or a failing readiness probe.
 
 The event loop never waits on YAML: ``apply`` builds the file in a thread, and
 the runtime keeps each release's played file parsed in memory, keyed by the
@@ -117,6 +159,8 @@ Modules
                  podman plays, and reading a played file back (no I/O)
 ``podman_cli``   running podman: one bounded subprocess per call, and its
                  error output made readable
+``podman_probes`` Kubernetes probes run by the agent (exec through podman,
+                 httpGet/tcpSocket inside the pod's network namespace)
 ``podman``       (this module) ``PodmanSettings`` and ``PodmanRuntime``: the
                  work dir, the per-release locks and the podman calls of
                  apply, remove, observe, releases and preflight
@@ -135,6 +179,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from .base import (
     ApplyResult,
     EdgeRuntimeError,
@@ -146,6 +192,7 @@ from .base import (
     RuntimeApplyError,
 )
 from .podman_cli import PodmanCli, PodmanFailed, last_error, loads_json, with_hint
+from .podman_hooks import LABEL_HOOK, HookRunner, parse_hooks
 from .podman_plan import (
     LABEL_NAMESPACE,
     LABEL_RELEASE,
@@ -153,10 +200,13 @@ from .podman_plan import (
     Plan,
     PlayedFile,
     build_plan,
+    dump_yaml_all,
+    load_yaml_all,
     parse_played,
     played_digest,
     release_label,
 )
+from .podman_probes import ProbeRunner, ProbeSettings
 
 __all__ = ["PodmanRuntime", "PodmanSettings"]
 
@@ -207,6 +257,8 @@ class PodmanSettings:
     # operation fails. kube play of a large release with local images takes a
     # few seconds; 120 s leaves room for a slow disk without hanging the agent.
     command_timeout: float = 120.0
+    # How the agent runs the releases' probes (see podman_probes).
+    probes: ProbeSettings = ProbeSettings()
 
     def __post_init__(self) -> None:
         for name in ("work_dir", "root", "runroot", "tmpdir", "containers_conf"):
@@ -236,8 +288,8 @@ class PodmanSettings:
 class PodmanRuntime:
     """The ``Runtime`` that runs releases as podman pods (see the module docstring).
 
-    Usable as an async context manager, which checks on entry that podman
-    answers; the methods also work without entering it.
+    Enter it as an async context manager for its life: that runs the probe
+    loop. The methods also work without entering it (no probes then).
     """
 
     name = "podman"
@@ -254,24 +306,61 @@ class PodmanRuntime:
         # One entry per release the node holds; removal drops it.
         self._played: dict[ReleaseRef, PlayedFile] = {}
         self._entered = False
+        # The probes of every release the runtime knows (applied, or read back
+        # by observe after an agent restart); run by _probe_task while entered.
+        self._prober = ProbeRunner(self._cli, settings.probes)
+        self._probe_task: asyncio.Task[None] | None = None
+        self._volume_path: str | None = None  # podman's named-volume directory, asked once
 
     def __repr__(self) -> str:
         return f"PodmanRuntime(root={self.settings.root}, work_dir={self.settings.work_dir})"
 
     async def __aenter__(self) -> PodmanRuntime:
+        """Start the probe loop. podman is not asked anything: a broken podman shows in ``preflight``."""
         if self._entered:
             raise RuntimeError("this PodmanRuntime is already entered; use one `async with` at a time")
         self._entered = True
-        try:
-            await self.version()
-        except BaseException:
-            self._entered = False
-            raise
+        self._probe_task = asyncio.create_task(self._run_probes(), name="podman probes")
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        # Nothing to release: every podman call is awaited by its caller.
+        """Cancel the probe loop and wait for it (and its in-flight checks); safe without a prior enter."""
+        task, self._probe_task = self._probe_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         self._entered = False
+
+    async def _run_probes(self) -> None:
+        try:
+            await self._prober.run()
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            logger.exception("The probe loop crashed; probes stop until the agent restarts")
+            raise
+        else:  # run() only ends by cancellation
+            logger.error("The probe loop returned; probes stop until the agent restarts")
+
+    def probe_verdict(self, container: str) -> tuple[bool, str]:
+        """(ready, why not) of a podman container by its probes; (True, "") without probes."""
+        return self._prober.verdict(container)
+
+    @property
+    def probe_restarts(self) -> Mapping[str, int]:
+        """Containers restarted by a failing liveness or startup probe since start, and how often."""
+        return self._prober.restarts
+
+    def _remember(self, ref: ReleaseRef, played: PlayedFile | None) -> None:
+        """Keep ``played`` as what ``ref`` runs (None: nothing), and probe its containers."""
+        if played is None:
+            self._played.pop(ref, None)
+            self._prober.forget(ref)
+        else:
+            self._played[ref] = played
+            grace = {c: pod.grace for pod in played.pods.values() for c in pod.containers}
+            self._prober.track(ref, played.probes, grace)
 
     # -- podman calls ---------------------------------------------------------
 
@@ -407,6 +496,50 @@ class PodmanRuntime:
         """Where the YAML last played for ``ref`` is kept."""
         return self.settings.work_dir / ref.namespace / f"{ref.release}.yaml"
 
+    def files_dir(self, ref: ReleaseRef) -> Path:
+        """Where the files ``ref``'s pods mount by subPath (ConfigMap and Secret keys) are written."""
+        return self.settings.work_dir / ref.namespace / f"{ref.release}.d"
+
+    async def _podman_volume_path(self, ref: ReleaseRef) -> str:
+        """podman's directory of named volumes (asked once): a subPath of a volume is bound from it."""
+        if self._volume_path is None:
+            try:
+                result = await self._cli.run("info", "--format", "{{.Store.VolumePath}}")
+            except (PodmanFailed, EdgeRuntimeError) as exc:
+                raise RuntimeApplyError(f"release {ref}: podman info failed: {exc}") from exc
+            self._volume_path = result.stdout.strip() or "/var/lib/containers/storage/volumes"
+        return self._volume_path
+
+    async def _prepare_volumes(self, ref: ReleaseRef, plan: Plan) -> None:
+        """Create (labelled with the release) the named volumes the plan needs before play: claims, subPath sources."""
+        if not plan.create_volumes:
+            return
+        listed = await self._cli.run("volume", "ls", "--format", "{{.Name}}")
+        have = set(listed.stdout.split())
+        for name in sorted(plan.create_volumes - have):
+            await self._cli.run("volume", "create", "--label", f"{LABEL_RELEASE}={release_label(ref)}",
+                                name)
+
+    def _host_pid_conf(self) -> str:
+        """A containers.conf like the node's, with pidns = "host": kube play 4.3 ignores hostPID, not this.
+
+        Blocking (file I/O): run it in a thread.
+        """
+        base = self.settings.containers_conf
+        if base is None:
+            base = next((Path(p) for p in ("/etc/containers/containers.conf", "/usr/share/containers/containers.conf")
+                         if Path(p).is_file()), None)
+        text = base.read_text() if base is not None else ""
+        lines = [line for line in text.splitlines() if not re.match(r"\s*pidns\s*=", line)]
+        if "[containers]" in (line.strip() for line in lines):
+            index = next(i for i, line in enumerate(lines) if line.strip() == "[containers]")
+            lines.insert(index + 1, 'pidns = "host"')
+        else:
+            lines += ["[containers]", 'pidns = "host"']
+        path = self.settings.work_dir / ".containers-hostpid.conf"
+        _write_private(path, "\n".join(lines) + "\n")
+        return str(path)
+
     def _lock(self, ref: ReleaseRef) -> asyncio.Lock:
         return self._locks.setdefault(ref, asyncio.Lock())
 
@@ -420,10 +553,7 @@ class PodmanRuntime:
         # YAML: in a thread, off the loop.
         played = await asyncio.to_thread(_load_played, self.played_file(ref), known)
         if self._played.get(ref) is known:  # else an apply or removal updated it meanwhile: keep theirs
-            if played is None:
-                self._played.pop(ref, None)
-            else:
-                self._played[ref] = played
+            self._remember(ref, played)
         return played
 
     async def _read_played_or_empty(self, ref: ReleaseRef, fallback: str) -> PlayedFile:
@@ -441,13 +571,18 @@ class PodmanRuntime:
         """Play ``manifests`` for ``ref`` (see the module docstring for what that means)."""
         # Parsing and dumping a large release's YAML takes a while: in a
         # thread, so the loop keeps serving MQTT and the other releases.
-        plan = await asyncio.to_thread(build_plan, ref, manifests, node, network=self.settings.network)
+        plan = await self._build_plan(ref, manifests, node)
+        hooks = parse_hooks(plan.hooks)
         for warning in plan.warnings:
             logger.warning("Release %s: %s", ref, warning)
         path = self.played_file(ref)
         async with self._lock(ref):
             old = await self._read_played_or_empty(ref, "stopping its old pods without grace")
             old_pods, old_volumes = old.pods, old.volumes
+            # A release this node never played is installed; one it plays is upgraded.
+            stage = "install" if not old.digest and not old.pods else "upgrade"
+            runner = await self._hook_runner(ref, node, manifests if hooks else "")
+            ran = await runner.run(hooks, f"pre-{stage}")
             label = release_label(ref)
             try:
                 existing = await self._pods()
@@ -461,6 +596,8 @@ class PodmanRuntime:
             for pod in existing:
                 pod_name = pod.get("Name", "")
                 owner = (pod.get("Labels") or {}).get(LABEL_RELEASE)
+                if LABEL_HOOK in (pod.get("Labels") or {}):
+                    continue  # hook pods go by their delete policies
                 if pod_name in plan.pods and owner != label:
                     who = f"release {owner}" if owner else "something outside edgecollab"
                     raise RuntimeApplyError(
@@ -472,32 +609,78 @@ class PodmanRuntime:
                     ours.append((pod_name, played.grace if played else 0))
 
             await asyncio.to_thread(_write_private, path, plan.text)  # file I/O off the loop
-            self._played[ref] = plan.played()  # what the file now holds, without parsing it back
+            # Delete hooks run at removal, from what this apply stored.
+            await asyncio.to_thread(_write_hooks, self.hooks_file(ref), runner.release_data, plan.hooks)
+            self._remember(ref, plan.played())  # what the file now holds, without parsing it back
             try:
                 if ours:
                     gone = [name for name, _ in ours if name not in plan.pods]
                     if gone:
                         logger.info("Release %s: removing pods it no longer has: %s", ref, gone)
                     await self._remove_pods(ours)
-                if plan.pods:
-                    args = ["kube", "play", "--replace"]
-                    if self.settings.network:
-                        args += ["--network", self.settings.network]
-                    await self._cli.run(*args, str(path))
+                # An emptyDir lives as long as its pod, and every pod was just recreated.
+                await self._remove_volumes({v for pod in [*old_pods.values(), *plan.pods.values()]
+                                            for v in pod.empty_dirs})
+                await self._play(ref, plan)
                 unused = old_volumes - plan.volumes
                 if unused:
                     await self._remove_volumes(unused)
             except PodmanFailed as exc:
                 raise RuntimeApplyError(_explain_play_failure(ref, plan, exc)) from exc
-        logger.info("Release %s applied: %d pods, %d warnings", ref, len(plan.pods), len(plan.warnings))
-        return ApplyResult(warnings=tuple(plan.warnings))
+            ran += await runner.run(hooks, f"post-{stage}")
+        logger.info("Release %s applied: %d pods, %d warnings, %d hooks run", ref, len(plan.pods),
+                    len(plan.warnings), len(ran))
+        return ApplyResult(warnings=tuple(plan.warnings), hooks=tuple(ran))
 
-    async def remove(self, ref: ReleaseRef) -> None:
-        """Remove the release's pods and volumes and forget its played file; idempotent."""
+    async def _build_plan(self, ref: ReleaseRef, manifests: str, node: NodeContext) -> Plan:
+        # Parsing and dumping a large release's YAML takes a while: in a
+        # thread, so the loop keeps serving MQTT and the other releases.
+        volume_path = await self._podman_volume_path(ref)
+        return await asyncio.to_thread(build_plan, ref, manifests, node, network=self.settings.network,
+                                       volume_path=volume_path, files_dir=str(self.files_dir(ref)))
+
+    async def _play(self, ref: ReleaseRef, plan: Plan) -> None:
+        """Create what ``plan`` mounts, then ``kube play`` each of its groups (host access decides the group)."""
+        await self._prepare_volumes(ref, plan)
+        await asyncio.to_thread(_write_files, self.files_dir(ref), plan.files, plan.make_dirs)  # file I/O off the loop
+        for play in plan.plays:
+            args = ["kube", "play", "--replace"]
+            if self.settings.network and not play.host_network:
+                args += ["--network", self.settings.network]
+            conf = await asyncio.to_thread(self._host_pid_conf) if play.host_pid else None
+            await self._cli.run(*args, "-", input=play.text, containers_conf=conf)
+
+    async def _hook_runner(self, ref: ReleaseRef, node: NodeContext, manifests: str,
+                           release_data: Sequence[dict[str, Any]] | None = None) -> HookRunner:
+        """A runner for ``ref``'s hooks; they may mount the release's ConfigMaps and Secrets (from ``manifests``)."""
+        if release_data is None:
+            release_data = await asyncio.to_thread(_data_documents, manifests) if manifests else []
+
+        async def remove(names: Sequence[str]) -> None:
+            await self._remove_pods([(name, 0) for name in names])
+
+        return HookRunner(self._cli, ref, node, build=lambda text: self._build_plan(ref, text, node),
+                          play=lambda plan: self._play(ref, plan), remove_pods=remove, release_data=release_data)
+
+    def hooks_file(self, ref: ReleaseRef) -> Path:
+        """Where the hooks (and the ConfigMaps and Secrets they may mount) of ``ref``'s last apply are kept."""
+        return self.settings.work_dir / ref.namespace / f"{ref.release}.hooks.yaml"
+
+    async def remove(self, ref: ReleaseRef, node: NodeContext | None = None) -> None:
+        """Run the release's pre-delete hooks, remove its pods and volumes, run post-delete hooks; idempotent."""
         path = self.played_file(ref)
         async with self._lock(ref):
             on_record = await self._read_played_or_empty(ref, "removing its pods by label")
             played, volumes = on_record.pods, on_record.volumes
+            data, hook_docs = await asyncio.to_thread(_read_hooks, self.hooks_file(ref))
+            hooks = parse_hooks(hook_docs)
+            delete_hooks = [h for h in hooks if h.events & {"pre-delete", "post-delete"}]
+            runner = None
+            if delete_hooks and node is not None:
+                runner = await self._hook_runner(ref, node, "", release_data=data)
+                await runner.run(delete_hooks, "pre-delete")
+            elif delete_hooks:
+                logger.warning("Release %s: delete hooks not run: the caller gave no node context", ref)
             try:
                 # The played file names what this runtime made; the label also
                 # catches pods the file does not know (a lost work dir).
@@ -508,25 +691,35 @@ class PodmanRuntime:
                 doomed.pop("", None)
                 if doomed:
                     await self._remove_pods(doomed.items())
+                labelled_volumes = await self._cli.run(
+                    "volume", "ls", "--format", "{{.Name}}", "--filter", f"label={LABEL_RELEASE}={release_label(ref)}")
+                volumes = volumes | on_record.claims | set(labelled_volumes.stdout.split())
                 await self._remove_volumes(volumes)
             except (PodmanFailed, EdgeRuntimeError) as exc:
                 stderr = exc.stderr if isinstance(exc, PodmanFailed) else str(exc)
                 raise RuntimeApplyError(f"release {ref}: removal failed: {stderr}") from exc
-            await asyncio.to_thread(_forget, path)  # file I/O off the loop
-            self._played.pop(ref, None)
+            if runner is not None:
+                await runner.run(delete_hooks, "post-delete")
+                # Nothing of a removed release stays, its last hooks' pods included.
+                leftovers = await self._pods(f"label={LABEL_RELEASE}={release_label(ref)}")
+                await self._remove_pods([(p.get("Name", ""), 0) for p in leftovers if p.get("Name")])
+            await asyncio.to_thread(_forget, path, self.files_dir(ref), self.hooks_file(ref))  # file I/O off the loop
+            self._remember(ref, None)
         logger.info("Release %s removed (%d pods, %d volumes)", ref, len(doomed), len(volumes))
 
     async def observe(self, ref: ReleaseRef) -> Observation:
         """What runs now for ``ref``: two podman calls (pods, then their containers)."""
         on_record = await self._read_played(ref)
         expected = on_record.pods if on_record is not None else {}
-        pods = await self._pods(f"label={LABEL_RELEASE}={release_label(ref)}")
+        pods = [p for p in await self._pods(f"label={LABEL_RELEASE}={release_label(ref)}")
+                if LABEL_HOOK not in (p.get("Labels") or {})]  # hooks are not the release's workload
 
         infra = {p.get("InfraId") for p in pods}
         ids = [c["Id"] for p in pods for c in p.get("Containers") or () if c.get("Id") not in infra]
         details = await self._inspect(ids) if ids else {}
 
         states: list[PodState] = []
+        reasons: dict[str, str] = {}  # pods running but held back by a probe, and why
         found = {p.get("Name", ""): p for p in pods}
         for pod_name in sorted(set(expected) | set(found)):
             pod = found.get(pod_name)
@@ -542,7 +735,18 @@ class PodmanRuntime:
             ]
             members.sort(key=lambda c: c.get("Names", ""))
             infos = [details.get(c["Id"]) for c in members]
-            ready = bool(members) and all(info is not None and _is_running(info) for info in infos)
+            phase = str(pod.get("Status", "Unknown"))
+            if played is not None and played.job:
+                phase, ready, why = _job_outcome(infos)
+                if why:
+                    reasons[pod_name] = why
+            else:
+                ready = bool(members) and all(info is not None and _is_running(info) for info in infos)
+                verdicts = [self._prober.verdict(str(c.get("Names", ""))) for c in members]
+                held = [why for ok, why in verdicts if not ok]
+                if ready and held:
+                    ready = False
+                    reasons[pod_name] = held[0]
             starts = [
                 info["State"]["StartedAt"]
                 for info in infos
@@ -551,7 +755,7 @@ class PodmanRuntime:
             states.append(
                 PodState(
                     name=pod_name,
-                    phase=str(pod.get("Status", "Unknown")),
+                    phase=phase,
                     ready=ready,
                     container_ids=tuple(c["Id"] for c in members),
                     started_at=max(starts, key=_time_key) if starts else "",
@@ -564,7 +768,8 @@ class PodmanRuntime:
         if on_record is None and found:
             message = f"no played manifests on record for {ref}; counting the pods found"
         elif ready < len(counted):
-            lagging = ", ".join(f"{s.name} ({s.phase})" for s in counted if not s.ready)
+            lagging = ", ".join(f"{s.name} ({s.phase}{', ' + reasons[s.name] if s.name in reasons else ''})"
+                                for s in counted if not s.ready)
             message = f"{len(counted) - ready} of {len(counted)} pods not ready: {lagging}"
         extra = [s.name for s in states if on_record is not None and s.name not in expected]
         if extra:
@@ -595,6 +800,17 @@ class PodmanRuntime:
 
 # --------------------------------------------------------------------------
 # Helpers
+
+
+def _job_outcome(infos: Sequence[Mapping[str, Any] | None]) -> tuple[str, bool, str]:
+    """(phase, ready, why) of a Job's pod: Succeeded once every container exited 0."""
+    states = [(info or {}).get("State") or {} for info in infos]
+    if not states or any(state.get("Status") != "exited" for state in states):
+        return "Running", False, "the Job has not completed yet"
+    failed = [state.get("ExitCode") for state in states if state.get("ExitCode") != 0]
+    if failed:
+        return "Failed", False, f"the Job failed: exit code {failed[0]}"
+    return "Succeeded", True, ""
 
 
 def _is_running(info: Mapping[str, Any]) -> bool:
@@ -670,11 +886,62 @@ def _write_private(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _forget(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
+def _forget(path: Path, files_dir: Path, hooks_file: Path) -> None:
+    shutil.rmtree(files_dir, ignore_errors=True)
+    for stored in (path, hooks_file):
+        with contextlib.suppress(FileNotFoundError):
+            stored.unlink()
     with contextlib.suppress(OSError):
         path.parent.rmdir()  # only when empty
+
+
+def _data_documents(manifests: str) -> list[dict[str, Any]]:
+    """The release's ConfigMaps and Secrets (not hooks): what its hook pods may mount."""
+    return [d for d in load_yaml_all(manifests) if isinstance(d, dict) and d.get("kind") in ("ConfigMap", "Secret")
+            and "helm.sh/hook" not in ((d.get("metadata") or {}).get("annotations") or {})]
+
+
+def _write_hooks(path: Path, data: Sequence[dict[str, Any]], hooks: Sequence[dict[str, Any]]) -> None:
+    """Keep what removal needs to run the delete hooks (mode 0600: Secrets); nothing when there are no hooks."""
+    if not hooks:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return
+    _write_private(path, dump_yaml_all([{"kind": "ReleaseData", "items": list(data)},
+                                        {"kind": "ReleaseHooks", "items": list(hooks)}]))
+
+
+def _read_hooks(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(the release's ConfigMaps and Secrets, its hook documents) as the last apply stored them."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return [], []
+    try:
+        stored = {d.get("kind"): d.get("items") or [] for d in load_yaml_all(text) if isinstance(d, dict)}
+    except yaml.YAMLError as exc:
+        logger.warning("%s is damaged (%s); the release's delete hooks cannot run", path, exc)
+        return [], []
+    return list(stored.get("ReleaseData", [])), list(stored.get("ReleaseHooks", []))
+
+
+def _write_files(files_dir: Path, files: Mapping[str, tuple[bytes, int]], dirs: Iterable[str]) -> None:
+    """Write the release's subPath files afresh and create subPath directories (blocking: run it in a thread).
+
+    Directories are mode 0777, as Kubernetes makes an emptyDir: without fsGroup
+    a non-root container could not write to them otherwise.
+    """
+    shutil.rmtree(files_dir, ignore_errors=True)
+    for relative, (content, mode) in files.items():
+        target = files_dir / relative
+        target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        target.write_bytes(content)
+        target.chmod(mode & 0o777)
+    for directory in dirs:
+        path = Path(directory)
+        if not path.exists():
+            path.mkdir(mode=0o777, parents=True)
+            path.chmod(0o777)
 
 
 def _releases_on_disk(work_dir: Path) -> set[ReleaseRef]:

@@ -80,28 +80,34 @@ class PodmanCli:
     def __repr__(self) -> str:
         return f"PodmanCli(binary={self.settings.binary!r}, root={self.settings.root})"
 
-    async def run(self, *args: str, check: bool = True) -> Completed:
+    async def run(self, *args: str, check: bool = True, timeout: float | None = None,
+                  input: str | None = None, containers_conf: str | None = None) -> Completed:
         """Run podman with the node's global flags; never blocks the event loop.
 
+        ``timeout`` (seconds) overrides the settings' ``command_timeout`` for
+        this call; ``input`` is written to podman's stdin (``kube play -``);
+        ``containers_conf`` replaces the node's containers.conf for this call.
         Raises PodmanFailed on a non-zero exit (when ``check``) and on timeout,
         after killing podman; EdgeRuntimeError when podman cannot be started.
         """
         argv = [self.settings.binary, *self.settings.global_args(), *args]
         command = " ".join(args[:2])
-        timeout = self.settings.command_timeout
+        timeout = self.settings.command_timeout if timeout is None else timeout
         logger.debug("Running %s", " ".join(argv))
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
-                stdin=asyncio.subprocess.DEVNULL,
+                stdin=asyncio.subprocess.DEVNULL if input is None else asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
-                env=self._env,
+                env=self._env if containers_conf is None else {**self._env, "CONTAINERS_CONF": containers_conf},
             )
         except OSError as exc:
             raise EdgeRuntimeError(f"cannot run {self.settings.binary!r}: {exc}") from exc
         try:
-            stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout)
+            stdout, stderr = await asyncio.wait_for(
+                proc.communicate(None if input is None else input.encode()), timeout
+            )
         except TimeoutError:
             logger.warning("podman %s did not finish within %.0f s; killing it", command, timeout)
             raise PodmanFailed(argv, None, f"no answer within {timeout:.0f} s", command=command) from None

@@ -50,6 +50,12 @@ def schema_archive() -> bytes:
     return package_chart(CHARTS / "schema")
 
 
+@pytest.fixture(scope="session")
+def generated_archive() -> bytes:
+    """A chart that generates its password unless lookup finds it, with hooks, a test hook and NOTES.txt."""
+    return package_chart(CHARTS / "generated")
+
+
 @pytest.fixture
 def copy_chart(tmp_path: Path) -> Callable[[str, Path | None], Path]:
     """Copy a test chart somewhere under tmp_path, so a test may change it."""

@@ -20,11 +20,14 @@ from typing import Any
 
 import aiomqtt
 import pytest
+import yaml
 from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from deployer_plugin import SpecError, load_component_file
+from deployer_plugin import SpecError, load_component_file, package_chart
 from edgeagent.identity import make_csr
+from edgectl.cli import main as edgectl
+from edgectl.cli import notes_section
 from edgehub.api import INTERNAL_ERROR, MAX_REQUEST_BYTES, status_of
 from edgehub.app import create_app
 from edgehub.errors import (
@@ -45,6 +48,7 @@ from edgeprotocol.signing import load_public_key, open_sealed
 from edgesim.fleet import Mosquitto
 
 REPO = Path(__file__).resolve().parents[2]
+CHARTS = REPO / "tests" / "deployer" / "charts"
 THIRTY_DAYS = 30 * 24 * 3600
 
 
@@ -248,7 +252,8 @@ async def test_the_example_is_applied_signed_for_each_node_and_a_reapply_is_unch
     joined = await answer(await join(hub, await create_token(hub), node), 201)
 
     applied = await answer(await hub.post("/api/v1/components", json=example), 201)
-    assert applied == {"component": "demo/web", "revision": 1, "changed": True, "targets": 1, "warnings": []}
+    assert applied == {"component": "demo/web", "revision": 1, "changed": True, "targets": 1, "warnings": [],
+                       "notes": ""}
     again = await answer(await hub.post("/api/v1/components", json=example), 200)
     assert again == {"component": "demo/web", "revision": 1, "changed": False}
 
@@ -300,6 +305,98 @@ async def test_an_apply_that_loses_a_race_with_another_is_a_409_that_says_to_app
 async def test_a_component_without_nodes_in_its_pool_is_applied_with_a_warning(hub: TestClient, example: dict[str, Any]):
     applied = await answer(await hub.post("/api/v1/components", json=example), 201)
     assert applied["targets"] == 0 and applied["warnings"] == ["pool 'shanghai' has no nodes yet"]
+
+
+def component_body(chart: Path, values: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An apply request for component demo/web of pool shanghai with a chart directory, packaged."""
+    document = {"apiVersion": "edgecollab.io/v1alpha1", "kind": "Component",
+                "metadata": {"name": "web", "namespace": "demo"},
+                "spec": {"chart": str(chart), "values": values or {}, "edge": {"nodePools": ["shanghai"]}}}
+    return {"component": document, "chart_archive": base64.b64encode(package_chart(chart)).decode()}
+
+
+def good_chart_with(tmp_path: Path, *, metadata: dict[str, Any] | None = None, templates: dict[str, str] | None = None) -> Path:
+    chart = tmp_path / "good"
+    chart.mkdir(parents=True)
+    for source in (CHARTS / "good").rglob("*"):
+        if source.is_file():
+            target = chart / source.relative_to(CHARTS / "good")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(source.read_bytes())
+    chart_yaml = {**yaml.safe_load((chart / "Chart.yaml").read_text()), **(metadata or {})}
+    (chart / "Chart.yaml").write_text(yaml.safe_dump(chart_yaml))
+    for name, text in (templates or {}).items():
+        (chart / "templates" / name).write_text(text)
+    return chart
+
+
+async def test_a_chart_helm_would_refuse_is_refused_with_422_in_helms_words_and_nothing_is_stored(
+    hub: TestClient, tmp_path: Path
+):
+    missing = await refused(await hub.post("/api/v1/components", json=component_body(CHARTS / "needs-dependency")), 422)
+    assert missing.startswith("component demo/web: chart needs-dependency: ")
+    assert "found in Chart.yaml, but missing in charts/ directory: cache" in missing
+
+    too_new = good_chart_with(tmp_path / "kube", metadata={"kubeVersion": ">=1.99.0-0"})
+    error = await refused(await hub.post("/api/v1/components", json=component_body(too_new)), 422)
+    assert "chart requires kubeVersion: >=1.99.0-0 which is incompatible with Kubernetes v1." in error
+
+    kindless = good_chart_with(tmp_path / "kind", templates={"kindless.yaml": "apiVersion: v1\nmetadata: {name: x}\n"})
+    error = await refused(await hub.post("/api/v1/components", json=component_body(kindless)), 422)
+    assert error.startswith("component demo/web: good/templates/kindless.yaml rendered a document without kind")
+    assert await answer(await hub.get("/api/v1/components"), 200) == []
+
+
+async def test_an_apply_answers_the_charts_notes_and_warns_of_the_test_hooks_it_left_out(hub: TestClient):
+    installed = await answer(await hub.post("/api/v1/components", json=component_body(CHARTS / "generated")), 201)
+    assert installed["notes"].startswith("web is installed at revision 1.\n")
+    assert installed["warnings"] == ["left out 1 Helm test hook document(s): edge nodes do not run 'helm test'",
+                                     "pool 'shanghai' has no nodes yet"]
+
+    changed = component_body(CHARTS / "generated", {"image": "docker.io/library/busybox:1.37"})
+    assert (await answer(await hub.post("/api/v1/components", json=changed), 200))["notes"].startswith(
+        "web is upgraded at revision 2.\n")
+
+
+async def test_a_generated_password_is_kept_across_revisions_and_generated_anew_after_a_delete(hub: TestClient):
+    store = hub.app[STORE]
+
+    async def secret(revision: int) -> dict[str, str]:
+        bundle = await store.get_render("demo", "web", revision, "")
+        assert bundle is not None
+        (found,) = [d for d in yaml.safe_load_all(bundle.manifests) if d and d["kind"] == "Secret"]
+        return found["data"]
+
+    for values in ({}, {"image": "docker.io/library/busybox:1.37"}, {"auth": {"username": "admin"}}):
+        await hub.post("/api/v1/components", json=component_body(CHARTS / "generated", values))
+    first, second, third = [await secret(n) for n in (1, 2, 3)]
+    assert first["password"] == second["password"] == third["password"]
+    assert (first["username"], third["username"]) == ("YXBw", "YWRtaW4=")
+
+    await answer(await hub.delete("/api/v1/components/demo/web"), 200)  # revision 4
+    again = await answer(await hub.post("/api/v1/components", json=component_body(CHARTS / "generated")), 201)
+    assert again["revision"] == 5 and again["notes"].startswith("web is installed at revision 5.")
+    assert (await secret(5))["password"] != first["password"]
+
+
+async def test_edgectl_apply_prints_the_notes_after_its_result_line(hub: TestClient, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]):
+    spec = tmp_path / "web.yaml"
+    spec.write_text(yaml.safe_dump(component_body(CHARTS / "generated")["component"]))
+
+    # edgectl blocks on its HTTP call: run it off the loop that serves the hub.
+    code = await asyncio.to_thread(edgectl, ["--hub", str(hub.make_url("")), "apply", "-f", str(spec)])
+
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert printed.out.splitlines()[:3] == ["component/demo/web configured (revision 1, 0 node(s))", "NOTES:",
+                                           "web is installed at revision 1."]
+    assert "warning: left out 1 Helm test hook document(s)" in printed.err
+
+
+def test_notes_are_printed_as_helm_prints_them():
+    assert notes_section("\n  web is installed.\n\n") == "NOTES:\nweb is installed."
+    assert notes_section("") == notes_section(" \n") == ""
 
 
 # --- the error envelope ----------------------------------------------------------

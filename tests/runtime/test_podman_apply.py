@@ -63,7 +63,8 @@ async def test_kinds_podman_cannot_run_are_reported_as_warnings_and_the_rest_sti
 
     result = await node.runtime.apply(DEMO_WEB, manifests, node.context)
 
-    assert result.warnings == ("Service/web: kind not supported by podman, not applied",)
+    assert result.warnings == ("Service/web: not run on podman (podman has no cluster networking or service IPs; "
+                               "reach pods through hostPort or hostNetwork)",)
     assert (await node.runtime.observe(DEMO_WEB)).ready == 1
 
 

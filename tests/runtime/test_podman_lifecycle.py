@@ -34,15 +34,29 @@ async def test_entering_a_runtime_twice_at_once_is_refused(node_dir: Path, conta
         pass
 
 
-async def test_a_missing_podman_is_reported_as_an_edge_runtime_error(tmp_path: Path) -> None:
+async def test_a_runtime_whose_podman_is_missing_still_enters_and_reports_it_through_preflight(
+    tmp_path: Path,
+) -> None:
     runtime = PodmanRuntime(PodmanSettings(work_dir=tmp_path, binary=str(tmp_path / "no-podman")))
 
-    with pytest.raises(EdgeRuntimeError, match="cannot run"):
-        async with runtime:
-            pass
-    # a failed entry leaves the runtime enterable
-    with pytest.raises(EdgeRuntimeError):
-        await runtime.observe(ReleaseRef("demo", "web"))
+    async with runtime:
+        checks = await runtime.preflight()
+        assert (checks[0].name, checks[0].ok, checks[0].reason) == ("podman", False, "PodmanMissing")
+        with pytest.raises(EdgeRuntimeError, match="cannot run"):
+            await runtime.observe(ReleaseRef("demo", "web"))
+    async with runtime:  # left cleanly: entering again is fine
+        pass
+
+
+async def test_leaving_the_runtime_stops_its_probe_loop(node_dir: Path, containers_conf: Path | None) -> None:
+    from .helpers import podman_test_settings
+
+    runtime = PodmanRuntime(podman_test_settings(node_dir, containers_conf))
+    async with runtime:
+        task = runtime._probe_task
+        assert task is not None and not task.done()
+    assert task.done() and task.cancelled()
+    assert runtime._probe_task is None
 
 
 async def test_a_podman_call_that_hangs_is_killed_after_the_command_timeout(tmp_path: Path) -> None:

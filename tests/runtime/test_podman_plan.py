@@ -256,13 +256,72 @@ def test_objects_of_another_namespace_are_applied_in_the_releases_with_a_warning
 def test_every_kind_podman_cannot_run_is_reported_once() -> None:
     manifests = render_web({"service": {"enabled": True}}) + (
         "\n---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: web}\n"
-        "---\napiVersion: batch/v1\nkind: Job\nmetadata: {name: once}\n"
+        "---\napiVersion: batch/v1\nkind: CronJob\nmetadata: {name: nightly}\n"
     )
 
     plan = build_plan(DEMO_WEB, manifests, NODE)
 
     assert sorted(plan.warnings) == [
-        "Ingress/web: kind not supported by podman, not applied",
-        "Job/once: kind not supported by podman, not applied",
-        "Service/web: kind not supported by podman, not applied",
+        "CronJob/nightly: not run on podman (CronJobs are not run on podman)",
+        "Ingress/web: not run on podman (the node has no ingress controller)",
+        "Service/web: not run on podman (podman has no cluster networking or service IPs; "
+        "reach pods through hostPort or hostNetwork)",
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expanded"),
+    [
+        ("$(A)-$(B)", "1-two"),
+        ("$$(A)", "$(A)"),
+        ("$$$(A)", "$1"),
+        ("$(MISSING) $(A", "$(MISSING) $(A"),
+        ("cost: $5 $", "cost: $5 $"),
+    ],
+)
+def test_var_references_expand_like_the_kubelets(text: str, expanded: str) -> None:
+    from edgeagent.runtime.podman_plan import expand_refs
+
+    assert expand_refs(text, {"A": "1", "B": "two"}) == expanded
+
+
+def test_hook_documents_are_left_out_of_the_played_file_and_returned_untouched() -> None:
+    hook = ("apiVersion: batch/v1\nkind: Job\nmetadata: {name: migrate, annotations: {helm.sh/hook: pre-upgrade}}\n"
+            "spec: {template: {spec: {containers: [{name: c, image: i}]}}}\n")
+    plan = build_plan(DEMO_WEB, render_web() + "\n---\n" + hook, NODE)
+
+    assert [h["metadata"]["name"] for h in plan.hooks] == ["migrate"]
+    assert plan.hooks[0] == yaml.safe_load(hook)
+    assert "migrate" not in plan.text and plan.warnings == []
+
+
+def test_probes_are_stripped_from_what_podman_plays_and_recorded_with_named_ports_resolved() -> None:
+    manifests = """
+kind: Pod
+metadata: {name: p, annotations: {checksum/config: %s}}
+spec:
+  containers:
+  - name: c
+    image: i
+    ports: [{name: http, containerPort: 8080}]
+    readinessProbe: {httpGet: {path: /healthz, port: http}, periodSeconds: 3, successThreshold: 2}
+    livenessProbe: {tcpSocket: {port: 8080}}
+""" % ("f" * 64)
+    plan = build_plan(DEMO_WEB, manifests, NODE)
+
+    (pod,) = pods_of(plan.text)
+    assert "readinessProbe" not in pod["spec"]["containers"][0]
+    assert "checksum/config" not in pod["metadata"]["annotations"]
+    readiness = next(p for p in plan.pods["demo.p"].probes if p.kind == "readiness")
+    assert (readiness.action, readiness.port, readiness.path, readiness.period, readiness.success_threshold) == (
+        "http", 8080, "/healthz", 3, 2)
+    assert parse_played(plan.text, "x") == plan.played()  # the record brings probes and annotations back
+    assert plan.played().pods["demo.p"].annotations == {"checksum/config": "f" * 64}
+
+
+def test_a_probe_on_a_port_name_the_container_does_not_declare_is_refused() -> None:
+    manifests = "kind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: c, image: i, " \
+                "livenessProbe: {httpGet: {port: web}}}]}"
+
+    with pytest.raises(ManifestRejected, match=r"^Pod/p: container 'c': livenessProbe: port 'web'"):
+        build_plan(DEMO_WEB, manifests, NODE)
