@@ -57,6 +57,7 @@ spec:
   template:
     metadata: {labels: {app: bulk}}
     spec:
+      securityContext: {runAsUser: 65534}
       containers:
         - name: main
           image: localhost/edgecollab-busybox:1

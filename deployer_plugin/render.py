@@ -54,8 +54,12 @@ Bundle contents and order
     hooks naming no Helm event (Helm skips those too); the last two are
     counted in :attr:`RenderedRelease.warnings`.
 
-:func:`render_release` blocks on the Helm engine; the hub runs it with
-``await asyncio.to_thread(render_release, component, archive, revision=n, previous=...)``.
+:func:`render_release` blocks on the Helm engine, and a chart is code: a
+template may loop for minutes or print gigabytes. The hub runs it in a worker
+process it kills past a time bound (``edgehub.renderer``), with
+``max_output_bytes`` bounding what Helm may print; everything it takes and
+returns pickles, and its errors cross a process boundary by
+:func:`portable_error` and :func:`rebuilt_error`.
 """
 
 from __future__ import annotations
@@ -72,7 +76,7 @@ from helm_python import HelmError, HelmValuesError
 from edgeprotocol.messages import Bundle
 
 from .charts import check_installable, open_chart
-from .errors import RenderError
+from .errors import ChartError, ChartRefused, RenderError, SpecError
 from .merge import deep_merge
 from .spec import Component
 
@@ -156,6 +160,7 @@ def render_release(
     revision: int,
     previous: Mapping[str, Bundle] | None = None,
     upgrade: bool | None = None,
+    max_output_bytes: int | None = None,
 ) -> RenderedRelease:
     """Render ``component`` with its chart archive at ``revision``, once per render key.
 
@@ -163,14 +168,18 @@ def render_release(
     ``upgrade`` (default: ``revision > 1``) renders as ``helm upgrade``
     instead of ``helm install``. ``previous`` holds the previous revision's
     bundles by render key, from which generated values are kept (see the
-    module docstring). Blocks on the Helm engine.
+    module docstring). ``max_output_bytes`` bounds Helm's output of every
+    render key together, checked as each render returns and before it is
+    parsed (each key renders twice; the second render, only compared, is
+    bounded alone). Blocks on the Helm engine.
 
     Raises:
         ChartError: if ``archive`` is not a chart.
         ChartRefused: if Helm would refuse to install the chart (a missing
             dependency, an unmet kubeVersion).
         RenderError: if values break the schema, a template fails, or a
-            template renders something that is not a Kubernetes object.
+            template renders something that is not a Kubernetes object, or
+            Helm's output is over ``max_output_bytes``.
     """
     if isinstance(revision, bool) or not isinstance(revision, int) or revision < 1:
         raise ValueError(f"revision must be an integer of at least 1, not {revision!r}")
@@ -184,11 +193,14 @@ def render_release(
     bundles: dict[str, Bundle] = {}
     notes = ""
     left_out: dict[str, _LeftOut] = {}
+    output = 0
     for key in render_keys(component):
         where = {"component": f"{component.namespace}/{component.name}", "pool": key}
         values = values_for(component, key)
         first = _render(archive, values, component, revision=revision, upgrade=upgrade, where=where, validate=True)
+        output += _check_output(first, where, already=output, bound=max_output_bytes)
         second = _render(archive, values, component, revision=revision, upgrade=upgrade, where=where, validate=False)
+        _check_output(second, where, already=0, bound=max_output_bytes)
         documents = _parse(first, where)
         _keep_generated(documents, _parse(second, where), _PreviousRender(previous.get(key)))
         text, left_out[key] = _assemble(documents, where)
@@ -219,6 +231,36 @@ def _render(
             raise RenderError(**where, detail=str(exc), what="Helm refused the values") from exc
         except HelmError as exc:
             raise RenderError(**where, detail=str(exc), what="template error") from exc
+
+
+def _check_output(rendered: Mapping[str, str], where: dict[str, str], *, already: int, bound: int | None) -> int:
+    """The bytes Helm printed; RenderError when they and ``already`` are over ``bound``."""
+    size = sum(len(text.encode()) for text in rendered.values())
+    if bound is not None and already + size > bound:
+        raise RenderError(**where, what="the rendered output is over the bound",
+                          detail=f"Helm printed {already + size} bytes; the bound is {bound} bytes "
+                                 f"({bound / (1024 * 1024):.0f} MiB)")
+    return size
+
+
+def portable_error(exc: SpecError) -> tuple[str, tuple[object, ...], dict[str, object]]:
+    """``exc`` as plain data that pickles (its class name, args and attributes): SpecError's subclasses
+    take keyword arguments, which the default pickling of exceptions cannot pass back."""
+    return type(exc).__name__, exc.args, dict(vars(exc))
+
+
+_PORTABLE_ERRORS: dict[str, type[SpecError]] = {
+    cls.__name__: cls for cls in (SpecError, ChartError, ChartRefused, RenderError)
+}
+
+
+def rebuilt_error(name: str, args: tuple[object, ...], attributes: dict[str, object]) -> SpecError:
+    """The error :func:`portable_error` took apart, of the same class, message and attributes."""
+    cls = _PORTABLE_ERRORS.get(name, SpecError)
+    exc = cls.__new__(cls)
+    exc.args = args
+    vars(exc).update(attributes)
+    return exc
 
 
 def join_manifests(rendered: Mapping[str, str], *, component: str = "", pool: str = "") -> str:

@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import signal
 import sys
 from datetime import UTC, datetime
@@ -17,8 +18,9 @@ from edgekit.table import print_table
 
 from .agent import Agent, AgentSettings
 from .doctor import diagnose, report
-from .identity import JoinError, NodeIdentity, join
-from .runtime import PodmanRuntime, PodmanSettings
+from .identity import JoinError, NodeIdentity, join, make_private_dir
+from .policy import POLICY_FILE, NodePolicy, PolicyError
+from .runtime import PodmanRuntime, PodmanSettings, PreflightCheck
 from .store import AgentStore
 
 
@@ -44,10 +46,25 @@ def _add_runtime_args(parser: argparse.ArgumentParser) -> None:
                         help="podman --tmpdir for this node (simulated nodes sharing a machine)")
     parser.add_argument("--podman-network", help="network for played pods (podman kube play --network)")
     parser.add_argument("--containers-conf", type=Path, help="containers.conf for podman (sets CONTAINERS_CONF)")
+    parser.add_argument("--policy", type=Path, help="node policy file to use instead of STATE/policy.yaml "
+                                                    "(default: that file if present, else the safe default)")
 
 
 class UsageError(Exception):
     """A flag's value is unusable; the message names the flag."""
+
+
+def policy_from_args(args: argparse.Namespace, state_dir: Path) -> NodePolicy:
+    """The node policy in force: ``--policy FILE``, else ``STATE/policy.yaml``, else the default (safe) one.
+
+    Raises PolicyError naming the file and the key at fault.
+    """
+    if args.policy is not None:
+        return NodePolicy.load(args.policy.resolve())
+    stored = state_dir / POLICY_FILE
+    if stored.is_file():
+        return NodePolicy.load(stored)
+    return NodePolicy(path=str(stored))
 
 
 def runtime_from_args(args: argparse.Namespace, state_dir: Path) -> PodmanRuntime:
@@ -57,7 +74,23 @@ def runtime_from_args(args: argparse.Namespace, state_dir: Path) -> PodmanRuntim
         ("containers_conf", args.containers_conf))}
     if absolute["containers_conf"] and not absolute["containers_conf"].is_file():
         raise UsageError(f"--containers-conf {args.containers_conf}: no such file")
-    return PodmanRuntime(PodmanSettings(work_dir=state_dir / "podman", network=args.podman_network, **absolute))
+    return PodmanRuntime(PodmanSettings(work_dir=state_dir / "podman", network=args.podman_network,
+                                        policy=policy_from_args(args, state_dir), **absolute))
+
+
+def install_policy(source: Path, state_dir: Path) -> NodePolicy:
+    """Check the policy file ``source`` and copy it to ``STATE/policy.yaml`` (mode 0600); raises PolicyError."""
+    target = state_dir / POLICY_FILE
+    NodePolicy.load(source)  # refused before anything is written
+    make_private_dir(state_dir)
+    tmp = target.with_name(f".{POLICY_FILE}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(source.read_bytes())
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, target)
+    return NodePolicy.load(target)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--pool", help="expected pool; the join fails if the token is for another")
     j.add_argument("--label", action="append", type=_label, default=[], metavar="KEY=VALUE")
     j.add_argument("--state-dir", type=Path, required=True)
+    j.add_argument("--policy", type=Path, help="node policy file (YAML): copied to STATE/policy.yaml; what this node "
+                                               "lets releases do (default: refuse root, privileged and host access)")
 
     r = sub.add_parser("run", help="run the agent")
     r.add_argument("--state-dir", type=Path, required=True)
@@ -100,6 +135,7 @@ async def _run(args: argparse.Namespace) -> int:
         identity = dataclasses.replace(identity, mqtt_url=args.mqtt)
     settings = AgentSettings(state_dir=state_dir, reconcile_interval=args.reconcile_interval, keepalive=args.keepalive)
     runtime = runtime_from_args(args, state_dir)
+    logging.getLogger("edgeagent").info("Node policy: %s", runtime.settings.policy.summary())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -112,7 +148,9 @@ async def _run(args: argparse.Namespace) -> int:
 
 async def _doctor(args: argparse.Namespace) -> int:
     state_dir = args.state_dir.resolve()
-    checks = await diagnose(state_dir, runtime_from_args(args, state_dir), mqtt_url=args.mqtt)
+    runtime = runtime_from_args(args, state_dir)
+    checks = await diagnose(state_dir, runtime, mqtt_url=args.mqtt)
+    checks = (*checks, PreflightCheck("policy", True, runtime.settings.policy.summary()))
     print(report(checks))
     failed = [c.name for c in checks if not c.ok]
     print(f"\n{len(checks) - len(failed)} of {len(checks)} checks passed"
@@ -154,9 +192,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "join":
+            # Checked before the hub is asked: a node joins with the policy it was meant to have, or not at all.
+            if args.policy is not None:
+                NodePolicy.load(args.policy)
             identity = join(hub_url=args.hub, token=args.token, state_dir=args.state_dir, node=args.name,
                             pool=args.pool, labels=dict(args.label))
             print(f"joined as node {identity.node} in pool {identity.pool}; state in {args.state_dir}")
+            if args.policy is not None:
+                policy = install_policy(args.policy, args.state_dir.resolve())
+                print(f"node policy: {policy.summary()}")
             return 0
         if args.command == "run":
             with contextlib.suppress(KeyboardInterrupt):
@@ -165,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "doctor":
             return asyncio.run(_doctor(args))
         return asyncio.run(_status(args))
-    except UsageError as exc:
+    except (UsageError, PolicyError) as exc:
         print(f"edgeagent: {exc}", file=sys.stderr)
         return 2
     except JoinError as exc:

@@ -59,6 +59,16 @@ class NodeIdentity:
         _write_atomic(state_dir / IDENTITY_FILE, json.dumps(asdict(self), indent=2).encode(), mode=0o644)
 
 
+def make_private_dir(path: Path) -> None:
+    """Create the state directory ``path`` (and parents) or narrow it: mode 0700, the agent's alone.
+
+    It holds the node's private key, its store and its policy; the key's own
+    mode is not enough if others may replace files beside it.
+    """
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
+
+
 def _write_atomic(path: Path, data: bytes, *, mode: int) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
@@ -93,7 +103,7 @@ def join(
         check_name(name, "node name")
     except ValueError as exc:
         raise JoinError(f"{exc}; pass --name") from exc
-    state_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(state_dir)
     key = Ed25519PrivateKey.generate()
     try:
         answer = JsonHttpClient(hub_url, timeout=JOIN_TIMEOUT_SECONDS).post(

@@ -1,7 +1,16 @@
 """``edgectl``: tokens, components, nodes and pools, from the command line.
 
 The hub URL comes from ``--hub`` or the ``EDGECOLLAB_HUB`` environment variable.
+The operator token comes from ``--token``, else ``EDGECOLLAB_TOKEN``, else the
+file ``EDGECOLLAB_TOKEN_FILE`` names (the hub writes it to ``STATE/admin-token``);
+prefer the file: a flag's value shows in the process list.
 Every ``get`` and ``describe`` takes ``-o json`` for scripts.
+
+Whatever came from the hub (names, status messages, events, notes) can hold
+what a node or chart author wrote: everything printed goes through ``say``,
+which strips terminal control characters and escape sequences, and table
+cells are kept to one line, so no answer can rewrite the operator's terminal
+or forge rows.
 """
 
 from __future__ import annotations
@@ -12,14 +21,29 @@ import json
 import os
 import re
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from edgekit.http import HttpError, JsonHttpClient
-from edgekit.table import print_table
+from edgekit.table import format_table
 from edgeprotocol.errors import EdgeError
 
 DEFAULT_HUB = "http://127.0.0.1:8470"
+TOKEN_ENV = "EDGECOLLAB_TOKEN"
+TOKEN_FILE_ENV = "EDGECOLLAB_TOKEN_FILE"
+NO_TOKEN = ("the hub wants an operator token: pass --token, or set EDGECOLLAB_TOKEN or EDGECOLLAB_TOKEN_FILE "
+            "(the hub writes it to STATE/admin-token)")
+# Terminal escape sequences: CSI (ESC [ or C1 CSI), OSC (ESC ] or C1 OSC, up
+# to BEL or ST), DCS/SOS/PM/APC strings up to ST, and any other ESC sequence.
+_ESCAPES = re.compile(
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]"
+    r"|(?:\x1b\]|\x9d)[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"
+    r"|(?:\x1b[PX^_]|[\x90\x98\x9e\x9f])[^\x1b\x9c]*(?:\x1b\\|\x9c)?"
+    r"|\x1b[ -/]*[0-~]?"
+)
+# C0 but newline and tab, DEL, and C1.
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -43,10 +67,50 @@ def _component_ref(name: str, namespace: str) -> tuple[str, str]:
     return namespace, name
 
 
+def sanitize(text: Any) -> str:
+    """``text`` as a string fit for a terminal: escape sequences and control characters but newline and tab removed."""
+    return _CONTROLS.sub("", _ESCAPES.sub("", str(text)))
+
+
+def one_line(value: Any) -> str:
+    """``value`` sanitized for a table cell or a one-line field: newlines and tabs become spaces."""
+    return sanitize("" if value is None else value).replace("\n", " ").replace("\t", " ")
+
+
+def say(text: Any, *, err: bool = False) -> None:
+    """Print ``text`` sanitized: every line edgectl prints goes through here."""
+    print(sanitize(text), file=sys.stderr if err else sys.stdout)
+
+
+def show_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
+    say(format_table([{c: one_line(row.get(c)) for c in columns} for row in rows], columns))
+
+
+def operator_token(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[str | None, str]:
+    """The operator token and where it came from: ``--token``, else $EDGECOLLAB_TOKEN, else the file
+    $EDGECOLLAB_TOKEN_FILE names; (None, "") when none is set."""
+    if args.token:
+        return args.token.strip(), "--token"
+    if environ.get(TOKEN_ENV, "").strip():
+        return environ[TOKEN_ENV].strip(), TOKEN_ENV
+    if environ.get(TOKEN_FILE_ENV):
+        path = Path(environ[TOKEN_FILE_ENV]).expanduser()
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CommandError(f"{TOKEN_FILE_ENV} names {path}, which cannot be read: {exc}") from exc
+        if not token:
+            raise CommandError(f"{TOKEN_FILE_ENV} names {path}, which is empty")
+        return token, f"the file {path} ({TOKEN_FILE_ENV})"
+    return None, ""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgectl", description="Command line for an edgecollab hub.")
     parser.add_argument("--hub", default=os.environ.get("EDGECOLLAB_HUB", DEFAULT_HUB),
                         help="hub URL (default: $EDGECOLLAB_HUB or %(default)s)")
+    parser.add_argument("--token", help=f"operator token (default: ${TOKEN_ENV}, else the file ${TOKEN_FILE_ENV} "
+                                        "names; the hub writes it to STATE/admin-token)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     token = sub.add_parser("token", help="bootstrap tokens").add_subparsers(dest="action", required=True)
@@ -79,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, sort_keys=True))
+    # json.dumps escapes control characters already; say() keeps the one path.
+    say(json.dumps(data, indent=2, sort_keys=True))
 
 
 def cmd_token(hub: JsonHttpClient, args: argparse.Namespace) -> None:
@@ -92,7 +157,7 @@ def cmd_token(hub: JsonHttpClient, args: argparse.Namespace) -> None:
     if args.output == "json":
         _print_json(answer)
     else:
-        print(answer["token"])
+        say(one_line(answer["token"]))
 
 
 def cmd_apply(hub: JsonHttpClient, args: argparse.Namespace) -> None:
@@ -113,13 +178,13 @@ def cmd_apply(hub: JsonHttpClient, args: argparse.Namespace) -> None:
         _print_json(answer)
         return
     verb = "configured" if answer["changed"] else "unchanged"
-    print(f"component/{answer['component']} {verb} (revision {answer['revision']}"
-          + (f", {answer['targets']} node(s))" if "targets" in answer else ")"))
+    say(f"component/{one_line(answer['component'])} {verb} (revision {one_line(answer['revision'])}"
+        + (f", {one_line(answer['targets'])} node(s))" if "targets" in answer else ")"))
     for warning in answer.get("warnings", []):
-        print(f"warning: {warning}", file=sys.stderr)
+        say(f"warning: {one_line(warning)}", err=True)
     notes = notes_section(answer.get("notes") or "")
     if notes:
-        print(notes)
+        say(notes)
 
 
 def notes_section(notes: str) -> str:
@@ -139,13 +204,13 @@ def cmd_get(hub: JsonHttpClient, args: argparse.Namespace) -> None:
                  "labels": ",".join(f"{k}={v}" for k, v in sorted(n["labels"].items())) or "-"}
                 for n in data]
         rows = [{**r, "conditions": conditions_column(r["conditions"])} for r in rows]
-        print_table(rows, ["name", "pool", "presence", "conditions", "last_seen", "labels", "releases"])
+        show_table(rows, ["name", "pool", "presence", "conditions", "last_seen", "labels", "releases"])
     elif kind == "pools":
-        print_table(data, ["pool", "nodes", "online"])
+        show_table(data, ["pool", "nodes", "online"])
     else:
         rows = [{**c, "component": f"{c['namespace']}/{c['name']}", "chart": f"{c['chart']['name']}-{c['chart']['version']}",
                  "ready": f"{c['deployed']}/{c['targets']}"} for c in data]
-        print_table(rows, ["component", "revision", "chart", "ready"])
+        show_table(rows, ["component", "revision", "chart", "ready"])
 
 
 def conditions_column(conditions: list[dict[str, str]]) -> str:
@@ -162,26 +227,28 @@ def cmd_describe(hub: JsonHttpClient, args: argparse.Namespace) -> None:
         if args.output == "json":
             _print_json(data)
             return
-        print(f"Node:      {data['name']}\nPool:      {data['pool']}\nPresence:  {data['presence']} since {data['presence_since']}"
-              f"\nLast seen: {data['last_seen']}\nRuntime:   {data['runtime']} (agent {data['agent_version']})")
-        print("Conditions:")
+        d = {key: one_line(value) for key, value in data.items()}
+        say(f"Node:      {d['name']}\nPool:      {d['pool']}\nPresence:  {d['presence']} since {d['presence_since']}"
+            f"\nLast seen: {d['last_seen']}\nRuntime:   {d['runtime']} (agent {d['agent_version']})")
+        say("Conditions:")
         if data["conditions"]:
-            print_table(data["conditions"], ["type", "status", "reason", "since", "message"])
+            show_table(data["conditions"], ["type", "status", "reason", "since", "message"])
         else:
-            print("  none reported yet")
-        print("Releases:")
-        print_table(data["releases"], ["namespace", "release", "applied_revision", "phase", "ready", "total", "message"])
+            say("  none reported yet")
+        say("Releases:")
+        show_table(data["releases"], ["namespace", "release", "applied_revision", "phase", "ready", "total", "message"])
         return
     namespace, name = _component_ref(args.name, args.namespace)
     data = hub.get(f"/api/v1/components/{namespace}/{name}")
     if args.output == "json":
         _print_json(data)
         return
-    print(f"Component: {data['namespace']}/{data['name']}\nRevision:  {data['revision']}\n"
-          f"Chart:     {data['chart']['name']}-{data['chart']['version']}\nReady:     {data['deployed']}/{data['targets']} node(s)")
+    d, chart = {key: one_line(value) for key, value in data.items()}, {k: one_line(v) for k, v in data["chart"].items()}
+    say(f"Component: {d['namespace']}/{d['name']}\nRevision:  {d['revision']}\n"
+        f"Chart:     {chart['name']}-{chart['version']}\nReady:     {d['deployed']}/{d['targets']} node(s)")
     rows = [{**r, "ready": f"{r['ready']}/{r['total']}", "presence": r["presence"] + (" (stale)" if r.get("stale") else "")}
             for r in data["nodes"]]
-    print_table(rows, ["node", "pool", "presence", "assigned_revision", "applied_revision", "phase", "ready", "message"])
+    show_table(rows, ["node", "pool", "presence", "assigned_revision", "applied_revision", "phase", "ready", "message"])
 
 
 def cmd_delete(hub: JsonHttpClient, args: argparse.Namespace) -> None:
@@ -190,7 +257,7 @@ def cmd_delete(hub: JsonHttpClient, args: argparse.Namespace) -> None:
     if args.output == "json":
         _print_json(answer)
     else:
-        print(f"component/{answer['component']} deleted (revision {answer['revision']})")
+        say(f"component/{one_line(answer['component'])} deleted (revision {one_line(answer['revision'])})")
 
 
 COMMANDS = {"token": cmd_token, "apply": cmd_apply, "get": cmd_get, "describe": cmd_describe, "delete": cmd_delete}
@@ -199,9 +266,17 @@ COMMANDS = {"token": cmd_token, "apply": cmd_apply, "get": cmd_get, "describe": 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        COMMANDS[args.command](JsonHttpClient(args.hub), args)
+        token, source = operator_token(args, os.environ)
+        try:
+            COMMANDS[args.command](JsonHttpClient(args.hub, token=token), args)
+        except HttpError as exc:
+            if exc.status != 401:
+                raise
+            if token is None:
+                raise CommandError(NO_TOKEN) from exc
+            raise CommandError(f"the hub refused the operator token from {source}: {exc}") from exc
     except (EdgeError, HttpError) as exc:
-        print(f"edgectl: {exc}", file=sys.stderr)
+        say(f"edgectl: {exc}", err=True)
         return 1
     return 0
 

@@ -11,11 +11,27 @@
     DELETE /api/v1/components/{namespace}/{name}   delete a component from every node
     GET    /healthz
 
+Every endpoint but ``POST /api/v1/join`` and ``GET /healthz`` needs the
+operator token as ``Authorization: Bearer <token>`` (the hub writes it to
+``STATE/admin-token``). Every request must name a Host the hub answers to and
+come from no foreign web origin; a body must be ``application/json``;
+joins and token creations are rate-limited per source address. See
+:mod:`edgehub.auth` and :mod:`edgehub.ratelimit`.
+
+Secret values never leave the hub through a read: ``GET
+/api/v1/components/{namespace}/{name}`` answers the spec with ``spec.values``
+and each pool's ``spec.edge.poolValues`` replaced by ``{"hmac-sha256": HEX}``,
+a digest of the values (canonical JSON) keyed by the hub's key: equal values
+give equal digests, so a change shows, but a guess cannot be checked against it.
+
 Errors are ``{"error": "..."}`` (plus ``"field"`` when one field is at fault)
 with the status ``STATUS`` gives the exception's type: 400 (malformed request),
-403 (join refused), 404, 409 (concurrent change) or 422 (a spec or chart that
-does not validate or render). See :mod:`edgehub.errors` for the tree. Anything
-unexpected answers 500 with a generic message; the traceback goes to the log.
+401 (no or wrong operator token), 403 (join refused, or a foreign Origin), 404,
+409 (concurrent change), 415 (a body that is not JSON), 421 (a Host the hub does
+not answer to), 422 (a spec or chart that does not validate or render) or 429
+(over a rate limit, with ``Retry-After``). See :mod:`edgehub.errors` for the
+tree. Anything unexpected answers 500 with a generic message; the traceback
+goes to the log.
 
 Handlers parse the request, call the store or a service and shape the
 answer; they raise, and ``json_errors`` alone turns exceptions into responses.
@@ -24,17 +40,34 @@ answer; they raise, and ``json_errors`` alone turns exceptions into responses.
 from __future__ import annotations
 
 import base64
+import copy
+import hashlib
+import hmac
+import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from cryptography.hazmat.primitives import serialization
 
 from edgeprotocol.topics import check_name
 
 from .components import ApplyOutcome
-from .errors import BadRequest, ConcurrentChange, HubError, JoinRefused, NotFound, SpecRefused
+from .errors import (
+    BadRequest,
+    ConcurrentChange,
+    ForeignOrigin,
+    HubError,
+    JoinRefused,
+    MisdirectedHost,
+    NotFound,
+    RateLimited,
+    SpecRefused,
+    Unauthorized,
+    UnsupportedMediaType,
+)
 from .keys import COMPONENTS, DISPATCHER, IDENTITY, SETTINGS, STORE
 from .settings import MAX_TOKEN_TTL_SECONDS, MAX_TOKEN_USES
 from .tokens import new_token, parse_token
@@ -60,16 +93,29 @@ MAX_EVENTS_LIMIT = 1000
 STATUS: dict[type[HubError], int] = {
     HubError: 400,
     BadRequest: 400,
+    Unauthorized: 401,
     JoinRefused: 403,
+    ForeignOrigin: 403,
     NotFound: 404,
     ConcurrentChange: 409,
+    UnsupportedMediaType: 415,
+    MisdirectedHost: 421,
     SpecRefused: 422,
+    RateLimited: 429,
 }
 INTERNAL_ERROR = "internal error in the hub; its log has the details"
 
 
 def status_of(exc: HubError) -> int:
     return next(STATUS[kind] for kind in type(exc).__mro__ if kind in STATUS)
+
+
+def _headers_of(exc: HubError) -> dict[str, str] | None:
+    if isinstance(exc, RateLimited):
+        return {"Retry-After": str(exc.retry_after)}
+    if isinstance(exc, Unauthorized):
+        return {"WWW-Authenticate": 'Bearer realm="edgehub"'}
+    return None
 
 
 @web.middleware
@@ -79,11 +125,13 @@ async def json_errors(request: web.Request, handler: Callable[[web.Request], Awa
         return await handler(request)
     except HubError as exc:
         status = status_of(exc)
-        logger.info("Refused %s %s with %d: %s", request.method, request.path, status, exc)
+        # A source over its rate limit is logged once by the limiter, not per request.
+        logger.log(logging.DEBUG if isinstance(exc, RateLimited) else logging.INFO,
+                   "Refused %s %s with %d: %s", request.method, request.path, status, exc)
         body: dict[str, Any] = {"error": str(exc)}
         if isinstance(exc, BadRequest) and exc.field:
             body["field"] = exc.field
-        return web.json_response(body, status=status)
+        return web.json_response(body, status=status, headers=_headers_of(exc))
     except web.HTTPException as exc:
         # aiohttp's own: no such route (404), wrong method (405), body too large (413).
         if exc.status < 400:
@@ -265,7 +313,33 @@ async def get_component(request: web.Request) -> web.Response:
     if comp is None or comp.deleted:
         raise NotFound(f"component {namespace}/{name} not found")
     view = component_view(comp, await store.list_nodes(), await store.list_assignments(), detail=True)
+    view["spec"] = without_values(view["spec"], _values_digest_key(request.app))
     return web.json_response(view)
+
+
+def _values_digest_key(app: web.Application) -> bytes:
+    """A key for values digests, derived from the hub's own key: stable across restarts, never shown."""
+    raw = app[IDENTITY].key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                          serialization.NoEncryption())
+    return hashlib.sha256(b"edgecollab values digest v1\0" + raw).digest()
+
+
+def values_digest(values: Any, key: bytes) -> dict[str, str]:
+    canonical = json.dumps(values, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return {"hmac-sha256": hmac.new(key, canonical, hashlib.sha256).hexdigest()}
+
+
+def without_values(document: dict[str, Any], key: bytes) -> dict[str, Any]:
+    """A component document with ``spec.values`` and each pool's ``spec.edge.poolValues`` replaced by digests."""
+    shown = copy.deepcopy(document)
+    spec = shown.get("spec")
+    if isinstance(spec, dict):
+        if "values" in spec:
+            spec["values"] = values_digest(spec["values"], key)
+        edge = spec.get("edge")
+        if isinstance(edge, dict) and isinstance(edge.get("poolValues"), dict):
+            edge["poolValues"] = {pool: values_digest(v, key) for pool, v in edge["poolValues"].items()}
+    return shown
 
 
 def _apply_answer(outcome: ApplyOutcome) -> web.Response:

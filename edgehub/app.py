@@ -12,11 +12,14 @@ from edgekit.mqtt import MqttSession, SessionSettings
 from edgeprotocol import topics
 
 from .api import MAX_REQUEST_BYTES, add_routes, json_errors
+from .auth import HostAllowList, json_bodies_only, operator_only, operator_token_ctx, same_origin_only
 from .components import Components
 from .dispatch import Dispatcher
 from .identity import HubIdentity
-from .ingest import NodeMessages
+from .ingest import IngestLimits, NodeMessages
 from .keys import COMPONENTS, DISPATCHER, IDENTITY, MQTT, SETTINGS, STORE
+from .ratelimit import SourceRateLimiter, rate_limits
+from .renderer import RENDERER, renderer_ctx
 from .settings import HubSettings
 from .store import HubStore
 
@@ -39,13 +42,13 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
             return await session.publish(topic, payload, retain=retain) if session else False
 
         app[DISPATCHER] = Dispatcher(store, app[IDENTITY].key, publish)
-        app[COMPONENTS] = Components(store, app[DISPATCHER])
+        app[COMPONENTS] = Components(store, app[DISPATCHER], app[RENDERER])
         yield
 
 
 async def mqtt_ctx(app: web.Application) -> AsyncIterator[None]:
     dispatcher = app[DISPATCHER]
-    messages = NodeMessages(app[STORE], dispatcher)
+    messages = NodeMessages(app[STORE], dispatcher, IngestLimits.of(app[SETTINGS]))
 
     async def on_connect(_: MqttSession) -> None:
         # The broker may have restarted without its retained messages: the
@@ -64,8 +67,22 @@ async def mqtt_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(settings: HubSettings) -> web.Application:
-    app = web.Application(middlewares=[json_errors], client_max_size=MAX_REQUEST_BYTES)
+    limits = {
+        ("POST", "/api/v1/join"): SourceRateLimiter(settings.join_rate_limit, what="join",
+                                                    max_sources=settings.rate_limit_sources),
+        ("POST", "/api/v1/tokens"): SourceRateLimiter(settings.token_rate_limit, what="token creation",
+                                                      max_sources=settings.rate_limit_sources),
+    }
+    # In this order: errors as JSON around everything; a foreign Host or Origin
+    # refused before anything else is looked at; rate limits before the token
+    # check (a refused request counts too); the body's type checked last, so a
+    # stranger learns only that a token is needed.
+    middlewares = [json_errors, same_origin_only(HostAllowList(settings)), rate_limits(limits), operator_only,
+                   json_bodies_only]
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_REQUEST_BYTES)
     app[SETTINGS] = settings
-    app.cleanup_ctx.extend([identity_ctx, store_ctx, mqtt_ctx])
+    # The operator token first: it creates the state directory owner-only.
+    # The renderer before the store: the component service takes it.
+    app.cleanup_ctx.extend([operator_token_ctx, identity_ctx, renderer_ctx, store_ctx, mqtt_ctx])
     add_routes(app)
     return app

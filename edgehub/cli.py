@@ -13,6 +13,7 @@ from pathlib import Path
 from aiohttp import web
 
 from .app import create_app
+from .auth import OperatorTokenError
 from .settings import HubSettings
 
 
@@ -31,7 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", type=_host_port, help="HTTP address HOST:PORT (default 127.0.0.1:8470)")
     serve.add_argument("--mqtt", help="broker URL mqtt://HOST:PORT the hub connects to")
     serve.add_argument("--mqtt-advertise", help="broker URL handed to agents at join (default: --mqtt)")
-    serve.add_argument("--state", type=Path, help="state directory (SQLite store and hub key)")
+    serve.add_argument("--state", type=Path, help="state directory (SQLite store, hub key, operator token)")
+    serve.add_argument("--allowed-host", action="append", metavar="NAME",
+                       help="a host name the API answers to besides loopback and the listen host "
+                            "(the name nodes and operators reach it by); repeat for more")
     serve.add_argument("--log-level", default="INFO")
     return parser
 
@@ -45,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         "mqtt_url": args.mqtt,
         "mqtt_advertise_url": args.mqtt_advertise,
         "state_dir": args.state.resolve() if args.state else None,
+        "allowed_hosts": tuple(args.allowed_host) if args.allowed_host else None,
     }
     try:
         if args.config:
@@ -57,8 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, OSError) as exc:
         print(f"edgehub: {exc}", file=sys.stderr)
         return 2
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(settings))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve(settings))
+    except OperatorTokenError as exc:
+        print(f"edgehub: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -70,6 +79,8 @@ async def serve(settings: HubSettings) -> None:
         await web.TCPSite(runner, settings.listen_host, settings.listen_port).start()
         host, port = runner.addresses[0][:2]
         print(f"edgehub listening on http://{_url_host(host)}:{port}", flush=True)
+        print(f"edgehub operator token in {settings.admin_token_path} (edgectl reads it with "
+              f"EDGECOLLAB_TOKEN_FILE={settings.admin_token_path})", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

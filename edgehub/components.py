@@ -5,7 +5,11 @@ chart archives and outcomes, never in requests or responses. Refusals are
 raised from the hub's error tree (:mod:`edgehub.errors`): a spec or chart that
 does not validate or render is a ``SpecRefused`` (the deployer's ``SpecError``
 chained), a lost race with another apply a ``ConcurrentChange``, a component
-that does not exist a ``NotFound``.
+that does not exist a ``NotFound``, no free render slot a ``RendererBusy``.
+
+Rendering runs in worker processes bounded in time and output
+(:mod:`edgehub.renderer`); parsing and fingerprinting a spec, which may hold
+megabytes of values, run on a thread. Nothing here blocks the event loop.
 """
 
 from __future__ import annotations
@@ -13,21 +17,24 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deployer_plugin import (
     ChartArchive,
+    Component,
     RenderError,
     SpecError,
     component_fingerprint,
     parse_component,
-    render_release,
 )
 from edgeprotocol.messages import Bundle
 
 from .dispatch import Dispatcher
 from .errors import NotFound, SpecRefused
 from .store import HubStore
+
+if TYPE_CHECKING:
+    from .renderer import Renderer
 
 logger = logging.getLogger(__name__)
 
@@ -51,18 +58,21 @@ class ApplyOutcome:
 class Components:
     """The hub's component service, shared by every request."""
 
-    def __init__(self, store: HubStore, dispatcher: Dispatcher) -> None:
+    def __init__(self, store: HubStore, dispatcher: Dispatcher, renderer: Renderer) -> None:
         self._store = store
         self._dispatcher = dispatcher
+        self._renderer = renderer
 
     async def apply(self, document: dict[str, Any], archive: bytes) -> ApplyOutcome:
         """Store a new revision of a component unless it is unchanged, then dispatch it.
 
         ``document`` is a Component spec as a mapping, ``archive`` its packaged
-        chart. Raises SpecRefused (nothing stored) or ConcurrentChange.
+        chart. Raises SpecRefused (nothing stored) or ConcurrentChange
+        (RendererBusy among them).
         """
         try:
-            component = parse_component(document, source="request")
+            # Values may be megabytes: validating them is no work for the event loop.
+            component: Component = await asyncio.to_thread(parse_component, document, source="request")
         except SpecError as exc:
             raise SpecRefused(exc) from exc
         ident = f"{component.namespace}/{component.name}"
@@ -71,7 +81,7 @@ class Components:
             chart = await asyncio.to_thread(ChartArchive.from_bytes, archive)
         except SpecError as exc:
             raise SpecRefused(exc, context=f"component {ident}") from exc
-        fingerprint = component_fingerprint(component, chart.fingerprint)
+        fingerprint = await asyncio.to_thread(component_fingerprint, component, chart.fingerprint)
         existing = await self._store.get_component(component.namespace, component.name)
         live = existing is not None and not existing.deleted
         if existing is not None and live and existing.fingerprint == fingerprint:
@@ -83,24 +93,25 @@ class Components:
         if existing is not None and live:
             previous = await self._store.get_renders(component.namespace, component.name, existing.revision)
         try:
-            # Rendering runs Helm twice per render key: a thread, as above.
-            rendered = await asyncio.to_thread(
-                render_release, component, archive, revision=revision, previous=previous, upgrade=live
+            # A worker process, killed past the time bound (see edgehub.renderer).
+            rendered = await self._renderer.render(
+                component, archive, revision=revision, previous=previous, upgrade=live
             )
         except SpecError as exc:
             # A RenderError names the component already; a refused chart does not.
             raise SpecRefused(exc, context="" if isinstance(exc, RenderError) else f"component {ident}") from exc
         renders = rendered.bundles
         await self._store.save_component(
-            namespace=component.namespace, name=component.name, spec=component.to_document(),
+            namespace=component.namespace, name=component.name, spec=await asyncio.to_thread(component.to_document),
             chart_archive=archive, chart_name=chart.name, chart_version=chart.version,
             fingerprint=fingerprint, revision=revision, renders=renders,
         )
         logger.info("Component %s is now at revision %d", ident, revision)
+        self._dispatcher.remember(component, revision=revision, fingerprint=fingerprint)
         await self._dispatcher.sync()
         targets = sum(1 for a in await self._store.list_assignments()
                       if (a.namespace, a.release) == (component.namespace, component.name) and a.kind == "release")
-        pools = {n.pool for n in await self._store.list_nodes()}
+        pools = {n.pool for n in await self._store.list_nodes(with_status=False)}
         return ApplyOutcome(
             component=ident, revision=revision, changed=True, created=not live, targets=targets,
             warnings=(*rendered.warnings,

@@ -10,19 +10,28 @@ same render, so its wire form (gzip, then base64) is computed once and shared
 by every assignment that carries it, in one publish and across publishes: a
 ``Bundle`` keeps the wire form it made, and ``WireBundles`` keeps the bundles.
 Only the envelope, which names the node, is encoded and signed per node.
+
+Placement needs only a component's targeting, never its values, which may be
+megabytes: each spec is parsed once per revision, on a worker thread, and
+what placement needs is kept (``Placements``), so a sync reads no specs at
+all when nothing was applied. A resync re-publishes only what the node lacks
+or holds an older revision of. After each sync the renders of deleted
+components are pruned from the store (tombstones carry none).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from deployer_plugin import NodeInfo, parse_component, place
+from deployer_plugin import Component, NodeInfo, SpecError, parse_component, place
 from edgeprotocol import topics
 from edgeprotocol.messages import Assignment, Bundle, NodeStatus, now
 from edgeprotocol.signing import seal
@@ -73,6 +82,36 @@ class WireBundles:
             logger.debug("Wire cache full (%d bytes); dropped the least recently used render", self._max_bytes)
 
 
+def placement_of(component: Component) -> Component:
+    """``component`` with only what placement reads: its targeting and which pools have values."""
+    pools = {pool: {} for pool in component.edge.pool_values}
+    return dataclasses.replace(component, values={}, edge=dataclasses.replace(component.edge, pool_values=pools))
+
+
+def _parse_placement(spec_json: str) -> Component:
+    return placement_of(parse_component(json.loads(spec_json), source="store"))
+
+
+class Placements:
+    """What placement needs of each live component, by (namespace, name), for one revision and fingerprint."""
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, str], tuple[int, str, Component]] = {}
+
+    def get(self, comp: ComponentRecord) -> Component | None:
+        found = self._entries.get((comp.namespace, comp.name))
+        if found is None or found[:2] != (comp.revision, comp.fingerprint):
+            return None
+        return found[2]
+
+    def put(self, namespace: str, name: str, revision: int, fingerprint: str, component: Component) -> None:
+        self._entries[(namespace, name)] = (revision, fingerprint, placement_of(component))
+
+    def keep_only(self, live: set[tuple[str, str]]) -> None:
+        for ident in [i for i in self._entries if i not in live]:
+            del self._entries[ident]
+
+
 @dataclass(frozen=True, slots=True)
 class SyncReport:
     changed: int
@@ -88,25 +127,57 @@ class Dispatcher:
         # the read-compare-write of the assignment table consistent.
         self._lock = asyncio.Lock()
         self._wire = WireBundles()
+        self._placements = Placements()
+
+    def remember(self, component: Component, *, revision: int, fingerprint: str) -> None:
+        """Keep the placement of a component just stored, so the next sync need not read its spec back."""
+        self._placements.put(component.namespace, component.name, revision, fingerprint, component)
+
+    async def _placement(self, comp: ComponentRecord) -> Component | None:
+        """The component's targeting at its stored revision; None (logged) when its stored spec is refused."""
+        found = self._placements.get(comp)
+        if found is not None:
+            return found
+        record = await self._store.get_component(comp.namespace, comp.name)
+        if record is None or record.spec_json is None or (record.revision, record.fingerprint) != (
+                comp.revision, comp.fingerprint):
+            return None  # changed since it was listed: the sync that change makes places it
+        try:
+            # Validating megabytes of values takes a while: not on the event loop.
+            placement = await asyncio.to_thread(_parse_placement, record.spec_json)
+        except (SpecError, ValueError) as exc:
+            logger.error("Stored spec of %s/%s revision %d does not parse (%s); its assignments are left as they are",
+                         comp.namespace, comp.name, comp.revision, exc)
+            return None
+        self._placements.put(comp.namespace, comp.name, comp.revision, comp.fingerprint, placement)
+        return placement
 
     async def sync(self) -> SyncReport:
         async with self._lock:
-            components = await self._store.list_components(include_deleted=True)
-            nodes = [NodeInfo(name=n.name, pool=n.pool, labels=n.labels) for n in await self._store.list_nodes()]
+            components = await self._store.list_components(include_deleted=True, with_spec=False)
+            nodes = [NodeInfo(name=n.name, pool=n.pool, labels=n.labels)
+                     for n in await self._store.list_nodes(with_status=False)]
             current = {(a.node, a.namespace, a.release): a for a in await self._store.list_assignments()}
             by_release = {(c.namespace, c.name): c for c in components}
+            live = {(c.namespace, c.name) for c in components if not c.deleted}
+            self._placements.keep_only(live)
 
             desired: dict[tuple[str, str, str], AssignmentRecord] = {}
+            unplaced: set[tuple[str, str]] = set()
             for comp in components:
                 if comp.deleted:
                     continue
-                for node, key in place(parse_component(comp.spec), nodes).items():
+                placement = await self._placement(comp)
+                if placement is None:
+                    unplaced.add((comp.namespace, comp.name))
+                    continue
+                for node, key in place(placement, nodes).items():
                     desired[(node, comp.namespace, comp.name)] = AssignmentRecord(
                         node=node, namespace=comp.namespace, release=comp.name,
                         revision=comp.revision, kind="release", render_key=key,
                     )
             for ident, held in current.items():
-                if ident in desired or held.kind == "tombstone":
+                if ident in desired or held.kind == "tombstone" or ident[1:] in unplaced:
                     continue
                 comp = by_release.get(ident[1:])
                 revision = max(comp.revision if comp else 0, held.revision + 1)
@@ -122,18 +193,29 @@ class Dispatcher:
             published = await self._publish_records(changed, by_release)
             if changed:
                 logger.info("Dispatch: %d assignments changed, %d published", len(changed), published)
+            # Cheap when there is nothing to prune (one query over deleted components).
+            await self._store.prune_deleted()
             return SyncReport(changed=len(changed), published=published)
 
     async def publish_all(self) -> int:
         """Re-publish every assignment (the broker may have lost its retained messages)."""
         async with self._lock:
-            components = {(c.namespace, c.name): c for c in await self._store.list_components(include_deleted=True)}
+            components = {(c.namespace, c.name): c
+                          for c in await self._store.list_components(include_deleted=True, with_spec=False)}
             return await self._publish_records(await self._store.list_assignments(), components)
 
-    async def publish_node(self, node: str) -> int:
+    async def publish_node(self, node: str, *, held: Mapping[str, int] | None = None) -> int:
+        """Re-publish the node's assignments; with ``held`` ("namespace/release" -> revision, as a
+        Resync says), only those it lacks or holds an older revision of."""
         async with self._lock:
-            components = {(c.namespace, c.name): c for c in await self._store.list_components(include_deleted=True)}
-            return await self._publish_records(await self._store.list_assignments(node=node), components)
+            records = await self._store.list_assignments(node=node)
+            if held is not None:
+                records = [a for a in records if held.get(f"{a.namespace}/{a.release}", 0) < a.revision]
+            if not records:
+                return 0
+            components = {(c.namespace, c.name): c
+                          for c in await self._store.list_components(include_deleted=True, with_spec=False)}
+            return await self._publish_records(records, components)
 
     async def on_status(self, status: NodeStatus) -> None:
         """Forget tombstones the node has carried out: it no longer reports the release."""

@@ -10,6 +10,11 @@ EdgeError                    (edgeprotocol.errors)
     ConcurrentChange         409  another apply of the same component got there first
     SpecRefused              422  a spec or chart that does not validate or render;
                                   wraps (and chains) deployer_plugin's SpecError
+    Unauthorized             401  no operator token, or a wrong one
+    ForeignOrigin            403  a request from a web page of another origin (CSRF)
+    UnsupportedMediaType     415  a request body that is not application/json
+    MisdirectedHost          421  a Host the hub does not answer to (DNS rebinding)
+    RateLimited              429  more requests from one source than its limit allows
 
 The statuses above are documentation: the one place that maps an exception
 type to its HTTP status is ``edgehub.api.STATUS``, read by the API's
@@ -19,6 +24,8 @@ logs its traceback and answers 500 with a generic message.
 """
 
 from __future__ import annotations
+
+import math
 
 from deployer_plugin import SpecError
 from edgeprotocol.errors import EdgeError
@@ -76,3 +83,27 @@ class SpecRefused(HubError):
         self.problems = error.problems
         super().__init__(f"{context}: {error}" if context else str(error))
 
+
+class Unauthorized(HubError):
+    """401: no operator token, or a wrong one."""
+
+
+class ForeignOrigin(HubError):
+    """403: a request sent by a web page of another origin (CSRF)."""
+
+
+class UnsupportedMediaType(HubError):
+    """415: a request body that is not ``application/json``."""
+
+
+class MisdirectedHost(HubError):
+    """421: a Host the hub does not answer to (DNS rebinding, or a name missing from ``allowed_hosts``)."""
+
+
+class RateLimited(HubError):
+    """429: the source sent more requests than its limit allows; ``retry_after`` says when to try again (s)."""
+
+    def __init__(self, what: str, retry_after: float) -> None:
+        # Retry-After takes whole seconds; rounding up never invites an early retry.
+        self.retry_after = max(1, math.ceil(retry_after))
+        super().__init__(f"too many {what} requests from this address; retry after {self.retry_after} s")

@@ -1,23 +1,121 @@
-"""What nodes send the hub over MQTT: status, presence, events and resync requests."""
+"""What nodes send the hub over MQTT: status, presence, events and resync requests.
+
+Anyone who can reach the broker can publish on a node's topics, so every
+message is bounded before the hub spends anything on it:
+
+- a **status** has its release and condition messages cut to
+  ``MAX_TEXT_CHARS``; it is dropped (with a warning) when it still encodes to
+  more than ``max_status_bytes`` or lists more than ``MAX_STATUS_RELEASES``
+  releases or ``MAX_STATUS_CONDITIONS`` conditions, and when its ``seq`` is
+  more than ``max_seq_jump`` past the node's last (see
+  :meth:`HubStore.save_status`, which also says what a re-join does);
+- an **event** has its message cut likewise and is dropped past
+  ``MAX_EVENT_BYTES`` or ``max_seq_jump`` (events are kept by count, in
+  arrival order: :meth:`HubStore.add_event`);
+- a **presence** is dropped unless its time is an RFC 3339 time of at most
+  ``MAX_TIME_CHARS`` characters;
+- a **resync** is answered at most once per node every
+  ``resync_interval_seconds`` (a flood costs one re-publish), and only with
+  the assignments the node lacks or holds an older revision of.
+
+Dropped messages are logged at warning level, at most once a minute per node
+and kind, so a flood cannot flood the log either.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
 
 from edgeprotocol.errors import ProtocolError
-from edgeprotocol.messages import Event, NodeStatus, Presence, Resync, now
+from edgeprotocol.messages import MAX_CONDITION_MESSAGE, Event, NodeStatus, Presence, Resync, now, parse_time
 from edgeprotocol.topics import NodeTopic
 
 from .dispatch import Dispatcher
+from .settings import HubSettings
 from .store import HubStore
 
 logger = logging.getLogger(__name__)
 
+# Messages for people are cut to this many characters before a status or an
+# event is stored (the protocol cuts condition messages the same way).
+MAX_TEXT_CHARS = MAX_CONDITION_MESSAGE
+# A node holds one release per component assigned to it; a thousand is far
+# beyond any real fleet's, and keeps each view of the node cheap.
+MAX_STATUS_RELEASES = 1000
+# A node has two condition types (RuntimeReady, StorageReady); room for more.
+MAX_STATUS_CONDITIONS = 16
+# An event as stored, message cut: a few hundred bytes in practice.
+MAX_EVENT_BYTES = 16 * 1024
+# "2024-01-01T00:00:00.000+00:00" is 29 characters.
+MAX_TIME_CHARS = 64
+# Nodes whose last resync (and last dropped-message warning) is remembered;
+# past this the oldest is forgotten, which at worst lets one node resync early.
+MAX_REMEMBERED_NODES = 10_000
+# The least time between two warnings about dropped messages of one node and kind.
+WARNING_INTERVAL_SECONDS = 60.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IngestLimits:
+    """Bounds on what nodes send; HubSettings explains each default."""
+
+    max_status_bytes: int = 256 * 1024
+    max_seq_jump: int = 1_000_000
+    resync_interval_seconds: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.max_status_bytes < 1024:
+            raise ValueError(f"max_status_bytes {self.max_status_bytes} must be at least 1024")
+        if self.max_seq_jump < 1:
+            raise ValueError(f"max_seq_jump {self.max_seq_jump} must be at least 1")
+        if not 0 <= self.resync_interval_seconds <= 3600:
+            raise ValueError(f"resync_interval_seconds {self.resync_interval_seconds} must be from 0 to 3600")
+
+    @classmethod
+    def of(cls, settings: HubSettings) -> IngestLimits:
+        """The limits a HubSettings sets."""
+        return cls(max_status_bytes=settings.max_status_bytes, max_seq_jump=settings.max_seq_jump,
+                   resync_interval_seconds=settings.resync_interval_seconds)
+
+
+class Dropped(Exception):
+    """A message refused by a bound; the message says which."""
+
+
+class _Recent:
+    """Monotonic times by key, the oldest forgotten past ``MAX_REMEMBERED_NODES``."""
+
+    def __init__(self) -> None:
+        self._times: OrderedDict[tuple[str, str], float] = OrderedDict()
+
+    def due(self, key: tuple[str, str], interval: float) -> bool:
+        """Whether ``interval`` has passed since ``key`` was last due (and if so, remember now)."""
+        at = time.monotonic()
+        last = self._times.get(key)
+        if last is not None and at - last < interval:
+            return False
+        self._times[key] = at
+        self._times.move_to_end(key)
+        while len(self._times) > MAX_REMEMBERED_NODES:
+            self._times.popitem(last=False)
+        return True
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_TEXT_CHARS else text[: MAX_TEXT_CHARS - 1] + "…"
+
 
 class NodeMessages:
-    def __init__(self, store: HubStore, dispatcher: Dispatcher) -> None:
+    def __init__(self, store: HubStore, dispatcher: Dispatcher, limits: IngestLimits | None = None) -> None:
         self._store = store
         self._dispatcher = dispatcher
+        self._limits = limits or IngestLimits()
+        self._resynced = _Recent()
+        self._warned = _Recent()
 
     async def handle(self, topic: str, payload: bytes) -> None:
         try:
@@ -29,31 +127,82 @@ class NodeMessages:
             return  # a cleared retained message
         try:
             await self._dispatch(parsed, payload)
-        except ProtocolError as exc:
-            logger.warning("Dropping a bad %s message from node %s: %s", parsed.kind, parsed.node, exc)
+        except (ProtocolError, Dropped) as exc:
+            if self._warned.due((parsed.node, parsed.kind), WARNING_INTERVAL_SECONDS):
+                logger.warning("Dropping a %s message on the topic of node %s: %s (further drops of its %s "
+                               "messages are logged at debug level for a minute)", parsed.kind, parsed.node, exc,
+                               parsed.kind)
+            else:
+                logger.debug("Dropping a %s message of node %s: %s", parsed.kind, parsed.node, exc)
 
     async def _dispatch(self, topic: NodeTopic, payload: bytes) -> None:
         if topic.kind == "status":
-            status = NodeStatus.decode(payload)
-            self._check_sender(topic, status.node)
-            if await self._store.save_status(status, received_at=now()):
-                await self._dispatcher.on_status(status)
-            else:
-                logger.debug("Status #%d of %s is stale or the node is unknown; dropped", status.seq, status.node)
+            await self._on_status(topic, NodeStatus.decode(payload))
         elif topic.kind == "presence":
             presence = Presence.decode(payload)
             self._check_sender(topic, presence.node)
+            if len(presence.at) > MAX_TIME_CHARS:
+                raise Dropped(f"its time is {len(presence.at)} characters long, over {MAX_TIME_CHARS}")
+            if presence.at:
+                try:
+                    parse_time(presence.at)
+                except ValueError as exc:
+                    raise Dropped(f"its time {presence.at!r} is not an RFC 3339 time") from exc
             if not await self._store.set_presence(presence.node, presence.state, presence.at or now()):
-                logger.warning("Presence from unregistered node %s ignored", presence.node)
+                raise Dropped("the node is not registered")
         elif topic.kind == "events":
-            event = Event.decode(payload)
-            self._check_sender(topic, event.node)
-            await self._store.add_event(event)
+            await self._on_event(topic, Event.decode(payload))
         elif topic.kind == "resync":
             resync = Resync.decode(payload)
             self._check_sender(topic, resync.node)
-            count = await self._dispatcher.publish_node(resync.node)
-            logger.info("Node %s asked to resync; re-published %d assignment(s)", resync.node, count)
+            if not self._resynced.due((resync.node, "resync"), self._limits.resync_interval_seconds):
+                logger.debug("Node %s asked to resync again within %.0f s; the broker's retained assignments "
+                             "cover it", resync.node, self._limits.resync_interval_seconds)
+                return
+            count = await self._dispatcher.publish_node(resync.node, held=resync.held)
+            logger.info("Node %s asked to resync; re-published %d assignment(s) it lacked or held older",
+                        resync.node, count)
+
+    async def _on_status(self, topic: NodeTopic, status: NodeStatus) -> None:
+        self._check_sender(topic, status.node)
+        if len(status.releases) > MAX_STATUS_RELEASES:
+            raise Dropped(f"status #{status.seq} lists {len(status.releases)} releases, over {MAX_STATUS_RELEASES}")
+        if len(status.conditions) > MAX_STATUS_CONDITIONS:
+            raise Dropped(f"status #{status.seq} lists {len(status.conditions)} conditions, "
+                          f"over {MAX_STATUS_CONDITIONS}")
+        status = dataclasses.replace(
+            status,
+            releases=tuple(dataclasses.replace(r, message=_cut(r.message)) for r in status.releases),
+            conditions=tuple(dataclasses.replace(c, message=_cut(c.message)) for c in status.conditions),
+        )
+        encoded = status.encode()
+        if len(encoded) > self._limits.max_status_bytes:
+            raise Dropped(f"status #{status.seq} is {len(encoded)} bytes as stored, over the bound of "
+                          f"{self._limits.max_status_bytes} (max_status_bytes)")
+        outcome = await self._store.save_status(status, encoded=encoded, received_at=now(),
+                                                max_seq_jump=self._limits.max_seq_jump)
+        if outcome == "stored":
+            await self._dispatcher.on_status(status)
+        elif outcome == "too far ahead" or outcome == "out of range":
+            raise Dropped(f"status #{status.seq} is {outcome} of the node's last one (max_seq_jump "
+                          f"{self._limits.max_seq_jump})")
+        else:
+            logger.debug("Status #%d of %s dropped: %s", status.seq, status.node, outcome)
+
+    async def _on_event(self, topic: NodeTopic, event: Event) -> None:
+        self._check_sender(topic, event.node)
+        event = dataclasses.replace(event, message=_cut(event.message))
+        encoded = event.encode()
+        if len(encoded) > MAX_EVENT_BYTES:
+            raise Dropped(f"event #{event.seq} is {len(encoded)} bytes as stored, over {MAX_EVENT_BYTES}")
+        outcome = await self._store.add_event(event, encoded=encoded, max_seq_jump=self._limits.max_seq_jump)
+        if outcome == "too far ahead" or outcome == "out of range":
+            raise Dropped(f"event #{event.seq} is {outcome} of the node's highest (max_seq_jump "
+                          f"{self._limits.max_seq_jump})")
+        if outcome == "unknown node":
+            raise Dropped("the node is not registered")
+        if outcome != "stored":
+            logger.debug("Event #%d of %s dropped: %s", event.seq, event.node, outcome)
 
     @staticmethod
     def _check_sender(topic: NodeTopic, node: str) -> None:

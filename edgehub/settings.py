@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,47 @@ class TokenDefaults:
             raise ValueError(f"tokens.uses {self.uses} must be from 1 to {MAX_TOKEN_USES}")
 
 
+# Bounds of a configured rate limit: beyond them it limits nothing.
+MAX_RATE_PER_SECOND = 100_000.0
+MAX_BURST = 1_000_000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RateLimit:
+    """A token bucket per source address: ``burst`` requests at once, then ``per_second`` sustained."""
+
+    per_second: float
+    burst: int
+
+    def __post_init__(self) -> None:
+        # Compared so that NaN fails too.
+        if not 0 < self.per_second <= MAX_RATE_PER_SECOND:
+            raise ValueError(f"per_second {self.per_second} must be above 0 and at most {MAX_RATE_PER_SECOND:.0f}")
+        if isinstance(self.burst, bool) or not isinstance(self.burst, int) or not 1 <= self.burst <= MAX_BURST:
+            raise ValueError(f"burst {self.burst!r} must be an integer from 1 to {MAX_BURST}")
+
+
+# A host name as DNS writes it (letters, digits, hyphens; dot-separated labels).
+_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
+_HOST_NAME = re.compile(rf"^(?=.{{1,253}}\.?$){_LABEL}(\.{_LABEL})*\.?$")
+
+
+def check_host_name(name: str) -> str:
+    """``name`` as the Host allow-list keeps it (lower case, no brackets or trailing dot); ValueError if it is
+    neither a DNS name nor an IP address."""
+    if not isinstance(name, str):
+        raise ValueError(f"allowed_hosts: {name!r} is not a string")
+    text = name.strip().lower()
+    bare = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    try:
+        return str(ipaddress.ip_address(bare))
+    except ValueError:
+        pass
+    if not _HOST_NAME.match(text):
+        raise ValueError(f"allowed_hosts: {name!r} is not a host name or IP address (give no scheme or port)")
+    return text.rstrip(".")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HubSettings:
     state_dir: Path
@@ -48,6 +91,49 @@ class HubSettings:
     tokens: TokenDefaults = field(default_factory=TokenDefaults)
     # How many node events the hub keeps per node (oldest dropped first).
     events_kept_per_node: int = 500
+    # Host names (or addresses) the API answers to besides loopback and
+    # listen_host: the names nodes and operators use to reach the hub. A
+    # request for any other Host is refused, so a web page whose DNS name is
+    # re-pointed at the hub (DNS rebinding) cannot talk to it.
+    allowed_hosts: tuple[str, ...] = ()
+    # Joins per source address (IPv6: per /64). A site of nodes behind one NAT
+    # joining at once is the busiest honest case: a burst of 20 and 10/s never
+    # slows a real rollout, while a guesser of join tokens gets 10 tries a second.
+    join_rate_limit: RateLimit = field(default_factory=lambda: RateLimit(per_second=10.0, burst=20))
+    # Join tokens created per source address. An operator or a provisioning
+    # script creates a few in a row (burst 10); 2/s bounds how fast anyone
+    # holding the operator token can mint credentials for the fleet.
+    token_rate_limit: RateLimit = field(default_factory=lambda: RateLimit(per_second=2.0, burst=10))
+    # Source addresses each rate limit remembers at most (about 100 bytes
+    # each); a source idle long enough to have a full bucket is forgotten
+    # sooner, and past the bound the least recently seen one is.
+    rate_limit_sources: int = 10_000
+    # --- bounds on what nodes send (anyone who can reach the broker can send it) ---
+    # A status report as the hub stores it (encoded, release and condition
+    # messages cut to 1000 characters): a node with 500 releases reports
+    # about 150 KiB, so 256 KiB is room to spare; a larger one is dropped.
+    max_status_bytes: int = 256 * 1024
+    # How far a status or event sequence number may jump past the last one
+    # stored. A node counts up by one per report (a restarted agent keeps
+    # counting), so a million is years of reports; a bigger jump is a forged
+    # message that would otherwise shut out every later real report.
+    max_seq_jump: int = 1_000_000
+    # A node's resync request is answered at most once in this many seconds;
+    # the broker's retained assignments cover a node that reconnects sooner.
+    resync_interval_seconds: float = 5.0
+    # --- bounds on rendering a chart (a chart is code a template can loop in) ---
+    # A render that takes longer is killed and the apply refused (422): the
+    # example renders in well under a second, large charts in a few.
+    render_timeout_seconds: float = 30.0
+    # Helm output of one apply, every render key together (agents accept 16
+    # MiB a bundle): more is refused (422) before it is stored.
+    render_output_bytes: int = 32 * 1024 * 1024
+    # Renders running at once, each in its own process (~100 MB): two keep one
+    # free for other applies while a slow chart renders on this 2-core class of host.
+    render_parallel: int = 2
+    # Applies waiting for a render slot; one more is refused (409, apply
+    # again) rather than queued, as each holds its chart in memory.
+    render_queue: int = 16
 
     def __post_init__(self) -> None:
         BrokerAddress.parse(self.mqtt_url)
@@ -55,6 +141,14 @@ class HubSettings:
             BrokerAddress.parse(self.mqtt_advertise_url)
         if not 0 <= self.listen_port < 65536:  # 0: any free port (the hub prints the one it bound)
             raise ValueError(f"listen port {self.listen_port} is out of range")
+        if isinstance(self.allowed_hosts, str):
+            raise ValueError(f"allowed_hosts must be a list of names, not the string {self.allowed_hosts!r}")
+        object.__setattr__(self, "allowed_hosts", tuple(check_host_name(h) for h in self.allowed_hosts))
+        for name in ("join_rate_limit", "token_rate_limit"):
+            if not isinstance(getattr(self, name), RateLimit):
+                raise ValueError(f"{name} must be a RateLimit, not {getattr(self, name)!r}")
+        if not 1 <= self.rate_limit_sources <= 10_000_000:
+            raise ValueError(f"rate_limit_sources {self.rate_limit_sources} must be from 1 to 10000000")
 
     @property
     def advertised_mqtt_url(self) -> str:
@@ -63,6 +157,11 @@ class HubSettings:
     @property
     def db_path(self) -> Path:
         return self.state_dir / "hub.db"
+
+    @property
+    def admin_token_path(self) -> Path:
+        """The operator token the hub creates on first start (``edgectl`` reads it via EDGECOLLAB_TOKEN_FILE)."""
+        return self.state_dir / "admin-token"
 
     @classmethod
     def from_file(cls, path: Path, **overrides: Any) -> HubSettings:
@@ -77,6 +176,18 @@ class HubSettings:
             raise ValueError(f"{path}: unknown settings {sorted(unknown)}; known: {sorted(known)}")
         if "tokens" in data:
             data["tokens"] = TokenDefaults(**data["tokens"])
+        for key in ("join_rate_limit", "token_rate_limit"):
+            if key in data:
+                if not isinstance(data[key], dict):
+                    raise ValueError(f"{path}: {key} must be a mapping with per_second and burst")
+                try:
+                    data[key] = RateLimit(**data[key])
+                except (TypeError, ValueError) as exc:
+                    raise ValueError(f"{path}: {key}: {exc}") from exc
+        if "allowed_hosts" in data:
+            if not isinstance(data["allowed_hosts"], list):
+                raise ValueError(f"{path}: allowed_hosts must be a list of host names")
+            data["allowed_hosts"] = tuple(data["allowed_hosts"])
         if "state_dir" in data:
             data["state_dir"] = (path.parent / data["state_dir"]).resolve()
         data.update({k: v for k, v in overrides.items() if v is not None})

@@ -4,23 +4,35 @@ Tables: join tokens, nodes (identity, labels, presence, last status),
 components (spec, chart archive, revision counter), renders (one per component
 revision and render key) and assignments (what each node should hold now).
 Every change that must be all-or-nothing is one transaction.
+
+What nodes send is bounded here too, whoever sent it (the broker lets anyone
+publish on a node's topics): a status or event whose sequence number jumps
+more than ``max_seq_jump`` past the last one stored is refused, events are
+kept by count in arrival order (so no sequence number can erase history), and
+a stored status that no longer decodes is shown as no status, never an error.
+The renders and chart of a deleted component are pruned once no node is
+assigned them, and the file gives the space back (incremental vacuum).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from edgekit.sqlite import Database
-from edgeprotocol.messages import AssignmentKind, Bundle, Event, NodeStatus
+from edgeprotocol.errors import ProtocolError
+from edgeprotocol.messages import MAX_MESSAGE_BYTES, AssignmentKind, Bundle, Event, NodeStatus
 
 from .errors import ConcurrentChange, JoinRefused
 from .tokens import TokenParts, hash_secret, secret_matches
+
+logger = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tokens (
@@ -41,7 +53,8 @@ CREATE TABLE IF NOT EXISTS nodes (
     presence_at TEXT NOT NULL DEFAULT '',
     last_seen TEXT NOT NULL DEFAULT '',
     status TEXT,
-    status_seq INTEGER NOT NULL DEFAULT -1
+    status_seq INTEGER NOT NULL DEFAULT -1,
+    seq_before_join INTEGER NOT NULL DEFAULT -1
 );
 CREATE TABLE IF NOT EXISTS components (
     namespace TEXT NOT NULL,
@@ -81,6 +94,17 @@ CREATE TABLE IF NOT EXISTS events (
     PRIMARY KEY (node, seq)
 );
 """
+# Columns added since the first hub: an older hub.db gets them on open.
+# seq_before_join: the highest status seq of the node's previous registration,
+# so an agent that re-joins and keeps counting is not taken for a forger.
+ADDED_COLUMNS = (("nodes", "seq_before_join", "INTEGER NOT NULL DEFAULT -1"),)
+# Sequence numbers are SQLite integers (signed 64 bits), counted from 1.
+MAX_SEQ = 2**63 - 1
+
+SaveOutcome = Literal["stored", "stale", "duplicate", "unknown node", "too far ahead", "out of range"]
+# The columns of a component row that listing needs: never the chart archive
+# (up to 16 MiB each), and the spec only when asked.
+_COMPONENT_COLUMNS = "namespace, name, chart_name, chart_version, fingerprint, revision, deleted, updated_at"
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +119,7 @@ class NodeRecord:
     status: NodeStatus | None
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> NodeRecord:
+    def from_row(cls, row: sqlite3.Row, *, status: NodeStatus | None = None) -> NodeRecord:
         return cls(
             name=row["name"],
             pool=row["pool"],
@@ -104,7 +128,7 @@ class NodeRecord:
             presence=row["presence"],
             presence_at=row["presence_at"],
             last_seen=row["last_seen"],
-            status=NodeStatus.decode(row["status"]) if row["status"] else None,
+            status=status,
         )
 
 
@@ -112,26 +136,35 @@ class NodeRecord:
 class ComponentRecord:
     namespace: str
     name: str
-    spec: dict[str, Any]
     chart_name: str
     chart_version: str
     fingerprint: str
     revision: int
     deleted: bool
     updated_at: float
+    # The spec as stored (JSON), parsed only when ``spec`` is read: values
+    # may be megabytes, and listing or dispatching never needs them. None
+    # when the record was read without it.
+    spec_json: str | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        if self.spec_json is None:
+            raise RuntimeError(f"component {self.namespace}/{self.name} was read without its spec")
+        return json.loads(self.spec_json)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> ComponentRecord:
         return cls(
             namespace=row["namespace"],
             name=row["name"],
-            spec=json.loads(row["spec"]),
             chart_name=row["chart_name"],
             chart_version=row["chart_version"],
             fingerprint=row["fingerprint"],
             revision=row["revision"],
             deleted=bool(row["deleted"]),
             updated_at=row["updated_at"],
+            spec_json=row["spec"] if "spec" in row.keys() else None,
         )
 
 
@@ -149,11 +182,18 @@ class HubStore:
     """Async access to the hub's SQLite file."""
 
     def __init__(self, path: Path, *, events_kept_per_node: int = 500) -> None:
-        self._db = Database(path, SCHEMA)
+        self._db = Database(path, SCHEMA, added_columns=ADDED_COLUMNS)
         self._events_kept = events_kept_per_node
+        # Nodes whose stored status failed to decode, so each is logged once.
+        self._undecodable: set[str] = set()
 
     async def __aenter__(self) -> HubStore:
         await self._db.__aenter__()
+        try:
+            await self._db.read(_prepare_file)
+        except BaseException:
+            await self._db.__aexit__(None, None, None)
+            raise
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -206,7 +246,7 @@ class HubStore:
                    VALUES (?, ?, ?, ?, ?)
                    ON CONFLICT(name) DO UPDATE SET pool = excluded.pool, labels = excluded.labels,
                        certificate = excluded.certificate, registered_at = excluded.registered_at,
-                       status_seq = -1""",
+                       seq_before_join = MAX(nodes.seq_before_join, nodes.status_seq), status_seq = -1""",
                 (node, pool, json.dumps(labels, sort_keys=True), certificate, time.time()),
             )
             return pool, certificate
@@ -215,13 +255,36 @@ class HubStore:
 
     # --- nodes ---------------------------------------------------------------
 
-    async def list_nodes(self) -> list[NodeRecord]:
-        rows = await self._db.read(lambda c: c.execute("SELECT * FROM nodes ORDER BY name").fetchall())
-        return [NodeRecord.from_row(r) for r in rows]
+    async def list_nodes(self, *, with_status: bool = True) -> list[NodeRecord]:
+        """Every node by name; ``with_status=False`` leaves every ``status`` None and is cheaper."""
+        columns = "*" if with_status else "name, pool, labels, registered_at, presence, presence_at, last_seen"
+
+        # Decoded on the store's thread: a status may be a few hundred KiB of JSON.
+        def run(c: sqlite3.Connection) -> list[NodeRecord]:
+            rows = c.execute(f"SELECT {columns} FROM nodes ORDER BY name").fetchall()
+            return [self._node(r, with_status) for r in rows]
+
+        return await self._db.read(run)
 
     async def get_node(self, name: str) -> NodeRecord | None:
-        row = await self._db.read(lambda c: c.execute("SELECT * FROM nodes WHERE name = ?", (name,)).fetchone())
-        return NodeRecord.from_row(row) if row else None
+        def run(c: sqlite3.Connection) -> NodeRecord | None:
+            row = c.execute("SELECT * FROM nodes WHERE name = ?", (name,)).fetchone()
+            return self._node(row, True) if row else None
+
+        return await self._db.read(run)
+
+    def _node(self, row: sqlite3.Row, with_status: bool) -> NodeRecord:
+        status = None
+        if with_status and row["status"]:
+            try:
+                status = NodeStatus.decode(row["status"])
+            except ProtocolError as exc:
+                # Stored by an older hub that took any size: show the node without it.
+                if row["name"] not in self._undecodable:
+                    self._undecodable.add(row["name"])
+                    logger.warning("Stored status of node %s does not decode (%s); showing the node without "
+                                   "status until it reports again", row["name"], exc)
+        return NodeRecord.from_row(row, status=status)
 
     async def set_presence(self, node: str, state: str, at: str) -> bool:
         """Record presence; returns False when the node is not registered."""
@@ -234,51 +297,108 @@ class HubStore:
 
         return await self._db.transaction(run)
 
-    async def save_status(self, status: NodeStatus, *, received_at: str) -> bool:
-        """Store a node's report unless an equal or newer one is stored already."""
+    async def save_status(self, status: NodeStatus, *, encoded: bytes, received_at: str,
+                          max_seq_jump: int) -> SaveOutcome:
+        """Store a node's report (``encoded``, as checked by the caller) unless it is not the next one.
 
-        def run(c: sqlite3.Connection) -> bool:
-            cur = c.execute(
-                "UPDATE nodes SET status = ?, status_seq = ?, last_seen = ? WHERE name = ? AND status_seq < ?",
-                (status.encode().decode(), status.seq, received_at, status.node, status.seq),
-            )
-            return cur.rowcount == 1
+        Refused: a report not newer than the stored one ("stale"), or more
+        than ``max_seq_jump`` ahead of it ("too far ahead"). After a (re-)join
+        the node's count starts over: the first report may be anywhere up to
+        ``max_seq_jump`` past 0 or past the last report of its previous
+        registration, so a fresh agent (counting from 1) and one that kept
+        its state (counting on) are both taken.
+        """
+        seq = status.seq
+
+        def run(c: sqlite3.Connection) -> SaveOutcome:
+            row = c.execute("SELECT status_seq, seq_before_join FROM nodes WHERE name = ?", (status.node,)).fetchone()
+            if row is None:
+                return "unknown node"
+            if seq < 0 or seq > MAX_SEQ:
+                return "out of range"
+            if seq <= row["status_seq"]:
+                return "stale"
+            if seq > max(row["status_seq"], row["seq_before_join"], 0) + max_seq_jump:
+                return "too far ahead"
+            c.execute("UPDATE nodes SET status = ?, status_seq = ?, last_seen = ? WHERE name = ?",
+                      (encoded.decode(), seq, received_at, status.node))
+            self._undecodable.discard(status.node)
+            return "stored"
 
         return await self._db.transaction(run)
 
-    async def add_event(self, event: Event) -> None:
-        def run(c: sqlite3.Connection) -> None:
-            c.execute("INSERT OR IGNORE INTO events VALUES (?, ?, ?)", (event.node, event.seq, event.encode().decode()))
+    async def add_event(self, event: Event, *, encoded: bytes, max_seq_jump: int) -> SaveOutcome:
+        """Keep a node's event (``encoded``, as checked by the caller), and its newest events only.
+
+        Events are kept by arrival, the newest ``events_kept_per_node``, so a
+        forged sequence number cannot push real history out. An event whose
+        seq is more than ``max_seq_jump`` past the node's highest is refused;
+        a repeat (same seq, same content) is dropped; a different event with a
+        seq already held (an agent that re-joined afresh counts from 1 again)
+        replaces the old one.
+        """
+        body = encoded.decode()
+
+        def run(c: sqlite3.Connection) -> SaveOutcome:
+            if c.execute("SELECT 1 FROM nodes WHERE name = ?", (event.node,)).fetchone() is None:
+                return "unknown node"
+            if event.seq < 0 or event.seq > MAX_SEQ:
+                return "out of range"
+            highest = c.execute("SELECT MAX(seq) FROM events WHERE node = ?", (event.node,)).fetchone()[0]
+            if event.seq > max(highest if highest is not None else 0, 0) + max_seq_jump:
+                return "too far ahead"
+            held = c.execute("SELECT body FROM events WHERE node = ? AND seq = ?", (event.node, event.seq)).fetchone()
+            if held is not None:
+                if held["body"] == body:
+                    return "duplicate"
+                c.execute("DELETE FROM events WHERE node = ? AND seq = ?", (event.node, event.seq))
+            c.execute("INSERT INTO events VALUES (?, ?, ?)", (event.node, event.seq, body))
+            # rowid grows with every insert: the newest N by arrival stay.
             c.execute(
-                "DELETE FROM events WHERE node = ? AND seq <= (SELECT MAX(seq) FROM events WHERE node = ?) - ?",
+                "DELETE FROM events WHERE node = ? AND rowid <= "
+                "(SELECT rowid FROM events WHERE node = ? ORDER BY rowid DESC LIMIT 1 OFFSET ?)",
                 (event.node, event.node, self._events_kept),
             )
+            return "stored"
 
-        await self._db.transaction(run)
+        return await self._db.transaction(run)
 
     async def list_events(self, node: str, *, limit: int = 100) -> list[Event]:
-        rows = await self._db.read(
-            lambda c: c.execute(
-                "SELECT body FROM (SELECT * FROM events WHERE node = ? ORDER BY seq DESC LIMIT ?) ORDER BY seq",
+        """The node's latest ``limit`` events, in the order they arrived."""
+
+        def run(c: sqlite3.Connection) -> list[Event]:
+            rows = c.execute(
+                "SELECT body FROM (SELECT rowid, body FROM events WHERE node = ? ORDER BY rowid DESC LIMIT ?) "
+                "ORDER BY rowid",
                 (node, limit),
             ).fetchall()
-        )
-        return [Event.decode(r["body"]) for r in rows]
+            events = []
+            for r in rows:
+                try:
+                    events.append(Event.decode(r["body"]))
+                except ProtocolError as exc:  # stored by an older hub that took any size
+                    logger.debug("Skipping a stored event of %s that does not decode: %s", node, exc)
+            return events
+
+        return await self._db.read(run)
 
     # --- components and renders ----------------------------------------------
 
     async def get_component(self, namespace: str, name: str) -> ComponentRecord | None:
+        """One component with its spec (parsed when read), without its chart archive."""
         row = await self._db.read(
             lambda c: c.execute(
-                "SELECT * FROM components WHERE namespace = ? AND name = ?", (namespace, name)
+                f"SELECT {_COMPONENT_COLUMNS}, spec FROM components WHERE namespace = ? AND name = ?", (namespace, name)
             ).fetchone()
         )
         return ComponentRecord.from_row(row) if row else None
 
-    async def list_components(self, *, include_deleted: bool = False) -> list[ComponentRecord]:
+    async def list_components(self, *, include_deleted: bool = False, with_spec: bool = True) -> list[ComponentRecord]:
+        """Components by namespace and name; ``with_spec=False`` leaves out their specs (read ``spec`` raises)."""
         where = "" if include_deleted else "WHERE deleted = 0"
+        columns = f"{_COMPONENT_COLUMNS}, spec" if with_spec else _COMPONENT_COLUMNS
         rows = await self._db.read(
-            lambda c: c.execute(f"SELECT * FROM components {where} ORDER BY namespace, name").fetchall()
+            lambda c: c.execute(f"SELECT {columns} FROM components {where} ORDER BY namespace, name").fetchall()
         )
         return [ComponentRecord.from_row(r) for r in rows]
 
@@ -354,6 +474,39 @@ class HubStore:
 
         return await self._db.transaction(run)
 
+    async def prune_deleted(self) -> int:
+        """Drop the renders, chart and spec of deleted components no node is assigned a release of any more.
+
+        Tombstones carry no render, so a deleted component's renders are
+        garbage from the dispatch that tombstones it (and at once when no node
+        had it). Its row stays, for the revision count. Returns the renders
+        dropped; the file shrinks by what they held (incremental vacuum).
+        """
+
+        def run(c: sqlite3.Connection) -> int:
+            gone = c.execute(
+                """SELECT namespace, name FROM components AS comp WHERE deleted = 1
+                   AND (length(chart_archive) > 0 OR spec != '{}' OR EXISTS (SELECT 1 FROM renders AS r
+                        WHERE r.namespace = comp.namespace AND r.name = comp.name))
+                   AND NOT EXISTS (SELECT 1 FROM assignments AS a WHERE a.namespace = comp.namespace
+                        AND a.release = comp.name AND a.kind = 'release')"""
+            ).fetchall()
+            dropped = 0
+            for row in gone:
+                ident = (row["namespace"], row["name"])
+                dropped += c.execute("DELETE FROM renders WHERE namespace = ? AND name = ?", ident).rowcount
+                c.execute("UPDATE components SET chart_archive = x'', spec = '{}' WHERE namespace = ? AND name = ?",
+                          ident)
+            return dropped
+
+        dropped = await self._db.transaction(run)
+        if dropped:
+            # Proportional to the pages freed, unlike a VACUUM, which rewrites
+            # the whole file while every store call waits.
+            await self._db.read(lambda c: c.executescript("PRAGMA incremental_vacuum;"))
+            logger.info("Pruned %d render(s) of deleted components from the store", dropped)
+        return dropped
+
     async def get_render(self, namespace: str, name: str, revision: int, render_key: str) -> Bundle | None:
         row = await self._db.read(
             lambda c: c.execute(
@@ -406,3 +559,27 @@ class HubStore:
             c.executemany("DELETE FROM assignments WHERE node = ? AND namespace = ? AND release = ?", deletes)
 
         await self._db.transaction(run)
+
+
+def _prepare_file(c: sqlite3.Connection) -> None:
+    """Once per open: make the file give freed space back, and drop stored statuses that can never decode.
+
+    The hub deletes a lot at once (a deleted component's renders may be tens
+    of MiB); with ``auto_vacuum=INCREMENTAL`` ``prune_deleted`` returns those
+    pages to the file system. SQLite can switch an existing file only with a
+    VACUUM, so a file made by an older hub is rewritten once, here. The WAL is
+    truncated back to 64 MiB after a checkpoint, however large a deletion was.
+    """
+    c.execute("PRAGMA journal_size_limit = 67108864")
+    if c.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+        started = time.monotonic()
+        c.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        c.execute("VACUUM")
+        logger.info("Store switched to incremental vacuum (a one-time VACUUM, %.1f s)", time.monotonic() - started)
+    # An older hub stored statuses of any size re-encoded, some past what a
+    # message may be; their sequence numbers (2**63 - 1, say) would shut out
+    # the node's real reports. Forget them: the node's next report is taken.
+    cur = c.execute("UPDATE nodes SET status = NULL, status_seq = -1 WHERE length(status) > ?", (MAX_MESSAGE_BYTES,))
+    if cur.rowcount:
+        logger.warning("Dropped %d stored status(es) too large to decode; those nodes' next reports are taken",
+                       cur.rowcount)

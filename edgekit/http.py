@@ -4,6 +4,10 @@ Synchronous on purpose: both callers are one-shot commands with no event loop.
 Every failure is an ``HttpError``: ``status`` is the HTTP status of an answer
 that was an error (its JSON ``error`` field is the message), 0 when nothing
 answered.
+
+With ``token`` every request carries ``Authorization: Bearer <token>``.
+Redirects are not followed: urllib would send that header on to wherever a
+redirect points, so a redirect is an error naming where it pointed.
 """
 
 from __future__ import annotations
@@ -25,23 +29,42 @@ class HttpError(Exception):
         self.status = status
 
 
-class JsonHttpClient:
-    """JSON requests to one base URL; ``name`` says what the server is in error messages."""
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any,
+                         newurl: str) -> None:
+        return None  # urllib then raises the 3xx as an HTTPError
 
-    def __init__(self, base_url: str, *, timeout: float = REQUEST_TIMEOUT_SECONDS, name: str = "the hub") -> None:
+
+_OPENER = urllib.request.build_opener(_RefuseRedirects)
+
+
+class JsonHttpClient:
+    """JSON requests to one base URL; ``name`` says what the server is in error messages.
+
+    ``token``: a bearer token sent with every request (None: no Authorization header).
+    """
+
+    def __init__(self, base_url: str, *, timeout: float = REQUEST_TIMEOUT_SECONDS, name: str = "the hub",
+                 token: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.name = name
+        self.token = token
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(
-            self.base_url + path, data=data, method=method, headers={"Content-Type": "application/json"}
-        )
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self.token is not None:
+            headers["Authorization"] = f"Bearer {self.token}"
+        request = urllib.request.Request(self.base_url + path, data=data, method=method, headers=headers)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with _OPENER.open(request, timeout=self.timeout) as response:
                 return json.loads(response.read())
         except urllib.error.HTTPError as exc:
+            if 300 <= exc.code < 400:
+                where = exc.headers.get("Location", "?")
+                raise HttpError(f"{self.name} at {self.base_url} answered {method} {path} with a redirect "
+                                f"({exc.code}) to {where}; not followed", status=exc.code) from exc
             try:
                 message = json.loads(exc.read()).get("error", exc.reason)
             except (ValueError, AttributeError):

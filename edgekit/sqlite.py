@@ -5,13 +5,21 @@ event loop never waits on disk, and because there is only one thread, calls
 never interleave. ``transaction`` runs a function inside BEGIN IMMEDIATE ...
 COMMIT, rolled back on any error, so a store change is all or nothing even if
 the process is killed half-way.
+
+File modes: a store holds what only its owner should read (the hub's tokens
+and bundles, the node's manifests with their Secrets). Opening one for writing
+makes its directory 0700 (created so, or narrowed) and the database 0600
+(created so, or narrowed); SQLite gives the ``-wal`` and ``-shm`` files the
+database's own mode, and older ones are narrowed too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
+import stat
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -37,6 +45,26 @@ def _enable_wal(conn: sqlite3.Connection, path: Path) -> None:
             # WAL is a property of the file: once set, the query answers "wal" and changes nothing.
             if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                 conn.execute("PRAGMA journal_mode=WAL")
+
+
+_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def _make_private(path: Path) -> None:
+    """Make ``path``'s directory 0700 and the database file (and its side files) 0600, creating both if needed."""
+    directory = path.parent
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if stat.S_IMODE(directory.stat().st_mode) & 0o077:
+        logger.info("Narrowing %s to mode 0700: it holds a store", directory)
+        directory.chmod(0o700)
+    # Created 0600 before SQLite opens it: SQLite would create it under the umask (often 0644).
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for candidate in (path, *(path.with_name(path.name + suffix) for suffix in _SIDE_FILES)):
+        try:
+            if stat.S_IMODE(candidate.stat().st_mode) & 0o077:
+                candidate.chmod(0o600)
+        except FileNotFoundError:
+            pass
 
 
 class Database:
@@ -85,7 +113,7 @@ class Database:
             conn.row_factory = sqlite3.Row
             self._conn = conn
             return
-        self._path.parent.mkdir(parents=True, exist_ok=True)
+        _make_private(self._path)
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False,
                                timeout=BUSY_TIMEOUT_SECONDS)
         conn.row_factory = sqlite3.Row

@@ -177,7 +177,8 @@ def listening_ports(hub_log: Path) -> list[int]:
 
 class Hub(ManagedProcess):
     """``edgehub serve`` as a user runs it. Without a port it binds port 0 and reads the port it got
-    from its first line; restarts keep that port."""
+    from its first line; restarts keep that port. ``ctl`` and ``api`` use the operator token the hub
+    wrote to its state directory, as a user given EDGECOLLAB_TOKEN_FILE does."""
 
     def __init__(self, workdir: Path, mqtt_url: str, port: int | None = None) -> None:
         super().__init__("edgehub", workdir / "hub.log")
@@ -189,10 +190,19 @@ class Hub(ManagedProcess):
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def state_dir(self) -> Path:
+        return self.workdir / "state"
+
+    @property
+    def admin_token_path(self) -> Path:
+        """Where the hub writes its operator token on first start."""
+        return self.state_dir / "admin-token"
+
     def start(self) -> Hub:
         starts_before = self._listening_lines()
         self._spawn([sys.executable, "-m", "edgehub.cli", "serve", "--listen", f"127.0.0.1:{self.port}",
-                     "--mqtt", self.mqtt_url, "--state", str(self.workdir / "state")])
+                     "--mqtt", self.mqtt_url, "--state", str(self.state_dir)])
         wait_until(lambda: self._bound(starts_before), timeout=30, what="the hub to say where it listens")
         wait_until(self._healthy, timeout=30, what="the hub's /healthz")
         return self
@@ -216,13 +226,20 @@ class Hub(ManagedProcess):
         return True
 
     def api(self, path: str) -> Any:
-        with urllib.request.urlopen(self.url + path, timeout=10) as response:
+        """GET ``path`` from the hub's API with the operator token (once the hub has written it)."""
+        headers = {}
+        if self.admin_token_path.exists():
+            headers["Authorization"] = f"Bearer {self.admin_token_path.read_text().strip()}"
+        request = urllib.request.Request(self.url + path, headers=headers)
+        with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read())
 
     def ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """Run ``edgectl --hub URL ARGS``, as a user would."""
+        """Run ``edgectl --hub URL ARGS`` with EDGECOLLAB_TOKEN_FILE naming the hub's token, as a user would."""
+        env = {k: v for k, v in os.environ.items() if k != "EDGECOLLAB_TOKEN"}
+        env["EDGECOLLAB_TOKEN_FILE"] = str(self.admin_token_path)
         result = subprocess.run([sys.executable, "-m", "edgectl.cli", "--hub", self.url, *args],
-                                capture_output=True, text=True, timeout=120)
+                                capture_output=True, text=True, timeout=120, env=env)
         if check and result.returncode != 0:
             raise FleetError(f"edgectl {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
         return result
@@ -254,6 +271,9 @@ class NodeOptions:
     # Environment of the agent process beyond the caller's (e.g. a PATH
     # without one of podman's helpers, to test a broken node).
     env: tuple[tuple[str, str], ...] = ()
+    # A node policy file given to ``edgeagent join --policy`` (kept in the
+    # node's state dir, read by ``run``); None: the agent's default policy.
+    policy: Path | None = None
 
 
 class Node(ManagedProcess):
@@ -288,6 +308,8 @@ class Node(ManagedProcess):
             args += ["--label", f"{key}={value}"]
         if pool:
             args += ["--pool", pool]
+        if self.options.policy is not None:
+            args += ["--policy", str(self.options.policy)]
         return subprocess.run(args, capture_output=True, text=True, timeout=60)
 
     def load_image(self) -> None:

@@ -37,8 +37,8 @@ StatefulSet            ``spec.replicas`` Pods ``NAME-0`` .. ``NAME-{n-1}``
                        (hostname the pod name), played in ordinal order in
                        one play (no waiting for readiness between ordinals).
                        Each ``volumeClaimTemplates`` entry T becomes the named
-                       volume ``NS.pvc.T-NAME-ORDINAL`` (Kubernetes' claim
-                       name), created labelled with the release. Claims survive
+                       volume ``NS.RELEASE.pvc.T-NAME-ORDINAL`` (Kubernetes'
+                       claim name), created labelled with the release. Claims survive
                        re-applies and scale-downs (as Kubernetes keeps PVCs);
                        unlike Kubernetes they are removed with the release: an
                        edge node has nobody to delete orphaned claims.
@@ -53,7 +53,7 @@ anything else          not run, and reported in ``ApplyResult.warnings`` with
                        has no cluster networking ...)"``); never silently
                        dropped. Jobs are among these for now.
 
-Volumes: an emptyDir is the named volume ``NS.empty.POD.VOLUME``, private to
+Volumes: an emptyDir is the named volume ``NS.RELEASE.empty.POD.VOLUME``, private to
 its pod, removed whenever the pod is recreated (every apply) and with the
 release. ``subPath`` (ignored by podman 4.3 for every volume kind) becomes a
 hostPath bind: of ``VOLUMEPATH/NAME/_data/SUB`` for named volumes (created
@@ -77,13 +77,32 @@ Names: podman has no namespaces
 -------------------------------
 Every name podman stores is prefixed with the release's namespace and a dot:
 pod ``web-pod-0`` of namespace ``demo`` is the podman pod ``demo.web-pod-0``
-(its containers ``demo.web-pod-0-CONTAINER``). Volumes carry the kind as well,
-since ConfigMaps, Secrets and claims share podman's one volume namespace:
-``demo.cm.NAME``, ``demo.secret.NAME``, ``demo.pvc.NAME``. A namespace is a DNS
-label and holds no dot, so the text before the first dot always is the
-namespace and two namespaces never clash. Two releases of one namespace that
-define the same pod clash as they would in Kubernetes: the second apply fails
-with RuntimeApplyError instead of replacing the other release's pod.
+(its containers ``demo.web-pod-0-CONTAINER``). A namespace is a DNS label and
+holds no dot, so the text before the first dot always is the namespace and
+two namespaces never clash. Two releases of one namespace that define the same
+pod clash as they would in Kubernetes: the second apply fails with
+RuntimeApplyError instead of replacing the other release's pod.
+
+Volumes belong to one release, not to the namespace: ConfigMaps, Secrets,
+claims and emptyDirs share podman's one volume namespace, so each is named
+``NS.RELEASE.KIND.NAME`` (``demo.web.cm.page``, ``demo.web.secret.NAME``,
+``demo.web.pvc.NAME``, ``demo.web.empty.POD.VOLUME``) and two releases that
+both define ConfigMap ``config`` and claim ``data`` each get their own. The
+runtime creates every volume a plan mounts before playing it, labelled
+``edgecollab.io/release``; a volume of that name that exists without the
+release's label is never mounted (RuntimeApplyError), and removal takes only
+volumes labelled as the release's, never forced (a volume still in use fails
+the removal instead of taking the container using it along).
+
+Node policy: ``build_plan`` checks every object, hooks included, against the
+node's policy (``PodmanSettings.policy``, see ``edgeagent.policy``) before
+anything else; a refusal is ManifestRejected naming the object, container,
+field and the policy line that would allow it. Containers of a namespace not
+allowed ``root`` get ``allowPrivilegeEscalation: false`` (no_new_privs).
+
+YAML: every manifest is loaded through ``podman_plan.load_yaml_all``, which
+refuses (ManifestRejected) a document whose aliases would add more than
+``ALIAS_EXPANSION_LIMIT`` nodes, before building any object from it.
 
 Re-applying and removing
 ------------------------
@@ -114,7 +133,8 @@ fails the apply with that message.
 
 An apply costs two podman calls the first time (``pod ps``, ``kube play``) and
 four when the release already runs (``pod stop`` and ``pod rm`` in between),
-plus a ``volume rm`` when volumes fell out of use.
+plus ``volume ls`` and a ``volume create`` per new volume, and a ``volume ls``
+and ``volume rm`` when volumes fell out of use.
 
 Probes
 ------
@@ -175,12 +195,13 @@ import os
 import re
 import shutil
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ..policy import NodePolicy
 from .base import (
     ApplyResult,
     EdgeRuntimeError,
@@ -259,6 +280,9 @@ class PodmanSettings:
     command_timeout: float = 120.0
     # How the agent runs the releases' probes (see podman_probes).
     probes: ProbeSettings = ProbeSettings()
+    # What the node lets a release's pods do (edgeagent.policy); the default
+    # refuses root, privileged containers and every host access.
+    policy: NodePolicy = field(default_factory=NodePolicy)
 
     def __post_init__(self) -> None:
         for name in ("work_dir", "root", "runroot", "tmpdir", "containers_conf"):
@@ -484,11 +508,24 @@ class PodmanRuntime:
         every = sorted(name for names in by_grace.values() for name in names)
         await self._cli.run("pod", "rm", "--force", "--ignore", "--time", "0", *every)
 
-    async def _remove_volumes(self, names: Iterable[str]) -> None:
-        names = sorted(names)
-        if names:
-            # --force also ignores volumes that do not exist.
-            await self._cli.run("volume", "rm", "--force", *names)
+    async def _remove_volumes(self, ref: ReleaseRef, names: Iterable[str] | None = None) -> int:
+        """Remove the volumes of ``names`` (None: every one) labelled as ``ref``'s; how many went.
+
+        A volume not labelled as the release's is never removed, whatever the
+        played file says, and none is forced: a volume some container still
+        uses makes the removal fail rather than take that container with it.
+        """
+        label = release_label(ref)
+        owners = await self._volume_owners()
+        owned = {name for name, owner in owners.items() if owner == label}
+        wanted = owned if names is None else set(names)
+        foreign = sorted(n for n in wanted - owned if n in owners)
+        if foreign:
+            logger.warning("Release %s: volumes %s are not labelled as the release's; left in place", ref, foreign)
+        doomed = sorted(wanted & owned)
+        if doomed:
+            await self._cli.run("volume", "rm", *doomed)
+        return len(doomed)
 
     # -- the work dir -----------------------------------------------------------
 
@@ -510,15 +547,31 @@ class PodmanRuntime:
             self._volume_path = result.stdout.strip() or "/var/lib/containers/storage/volumes"
         return self._volume_path
 
+    async def _volume_owners(self) -> dict[str, str]:
+        """Every podman volume of the node and the release label it carries ("" when none)."""
+        listed = await self._cli.json("volume", "ls", "--format", "json", what="list volumes") or []
+        return {str(v.get("Name")): str((v.get("Labels") or {}).get(LABEL_RELEASE, "")) for v in listed
+                if isinstance(v, dict) and v.get("Name")}
+
     async def _prepare_volumes(self, ref: ReleaseRef, plan: Plan) -> None:
-        """Create (labelled with the release) the named volumes the plan needs before play: claims, subPath sources."""
+        """Create every volume the plan mounts, labelled with the release, before play.
+
+        podman would create them itself, unlabelled; made here, each carries the
+        release's label, which is what removal goes by. A volume of that name
+        that is not labelled as the release's is never mounted: RuntimeApplyError.
+        """
         if not plan.create_volumes:
             return
-        listed = await self._cli.run("volume", "ls", "--format", "{{.Name}}")
-        have = set(listed.stdout.split())
-        for name in sorted(plan.create_volumes - have):
-            await self._cli.run("volume", "create", "--label", f"{LABEL_RELEASE}={release_label(ref)}",
-                                name)
+        owners = await self._volume_owners()
+        label = release_label(ref)
+        for name in sorted(plan.create_volumes):
+            owner = owners.get(name)
+            if owner is None:
+                await self._cli.run("volume", "create", "--label", f"{LABEL_RELEASE}={label}", name)
+            elif owner != label:
+                who = f"release {owner}" if owner else "something outside edgecollab (no release label)"
+                raise RuntimeApplyError(f"release {ref}: podman volume {name} already exists and belongs to {who}; "
+                                        "not mounted")
 
     def _host_pid_conf(self) -> str:
         """A containers.conf like the node's, with pidns = "host": kube play 4.3 ignores hostPID, not this.
@@ -619,14 +672,19 @@ class PodmanRuntime:
                         logger.info("Release %s: removing pods it no longer has: %s", ref, gone)
                     await self._remove_pods(ours)
                 # An emptyDir lives as long as its pod, and every pod was just recreated.
-                await self._remove_volumes({v for pod in [*old_pods.values(), *plan.pods.values()]
-                                            for v in pod.empty_dirs})
+                empty_dirs = {v for pod in [*old_pods.values(), *plan.pods.values()] for v in pod.empty_dirs}
+                if empty_dirs:
+                    await self._remove_volumes(ref, empty_dirs)
                 await self._play(ref, plan)
                 unused = old_volumes - plan.volumes
                 if unused:
-                    await self._remove_volumes(unused)
+                    await self._remove_volumes(ref, unused)
             except PodmanFailed as exc:
                 raise RuntimeApplyError(_explain_play_failure(ref, plan, exc)) from exc
+            except RuntimeApplyError:
+                raise
+            except EdgeRuntimeError as exc:  # podman answered something unreadable
+                raise RuntimeApplyError(f"release {ref}: {exc}") from exc
             ran += await runner.run(hooks, f"post-{stage}")
         logger.info("Release %s applied: %d pods, %d warnings, %d hooks run", ref, len(plan.pods),
                     len(plan.warnings), len(ran))
@@ -637,7 +695,8 @@ class PodmanRuntime:
         # thread, so the loop keeps serving MQTT and the other releases.
         volume_path = await self._podman_volume_path(ref)
         return await asyncio.to_thread(build_plan, ref, manifests, node, network=self.settings.network,
-                                       volume_path=volume_path, files_dir=str(self.files_dir(ref)))
+                                       volume_path=volume_path, files_dir=str(self.files_dir(ref)),
+                                       policy=self.settings.policy)
 
     async def _play(self, ref: ReleaseRef, plan: Plan) -> None:
         """Create what ``plan`` mounts, then ``kube play`` each of its groups (host access decides the group)."""
@@ -671,7 +730,7 @@ class PodmanRuntime:
         path = self.played_file(ref)
         async with self._lock(ref):
             on_record = await self._read_played_or_empty(ref, "removing its pods by label")
-            played, volumes = on_record.pods, on_record.volumes
+            played = on_record.pods
             data, hook_docs = await asyncio.to_thread(_read_hooks, self.hooks_file(ref))
             hooks = parse_hooks(hook_docs)
             delete_hooks = [h for h in hooks if h.events & {"pre-delete", "post-delete"}]
@@ -691,21 +750,26 @@ class PodmanRuntime:
                 doomed.pop("", None)
                 if doomed:
                     await self._remove_pods(doomed.items())
-                labelled_volumes = await self._cli.run(
-                    "volume", "ls", "--format", "{{.Name}}", "--filter", f"label={LABEL_RELEASE}={release_label(ref)}")
-                volumes = volumes | on_record.claims | set(labelled_volumes.stdout.split())
-                await self._remove_volumes(volumes)
+                # Every volume labelled as the release's, whether the played
+                # file names it or not; one that only the file names is not ours.
+                removed = await self._remove_volumes(ref)
             except (PodmanFailed, EdgeRuntimeError) as exc:
                 stderr = exc.stderr if isinstance(exc, PodmanFailed) else str(exc)
                 raise RuntimeApplyError(f"release {ref}: removal failed: {stderr}") from exc
             if runner is not None:
                 await runner.run(delete_hooks, "post-delete")
                 # Nothing of a removed release stays, its last hooks' pods included.
-                leftovers = await self._pods(f"label={LABEL_RELEASE}={release_label(ref)}")
-                await self._remove_pods([(p.get("Name", ""), 0) for p in leftovers if p.get("Name")])
+                try:
+                    leftovers = await self._pods(f"label={LABEL_RELEASE}={release_label(ref)}")
+                    await self._remove_pods([(p.get("Name", ""), 0) for p in leftovers if p.get("Name")])
+                    removed += await self._remove_volumes(ref)  # those the post-delete hooks' plays made
+                except (PodmanFailed, EdgeRuntimeError) as exc:
+                    stderr = exc.stderr if isinstance(exc, PodmanFailed) else str(exc)
+                    raise RuntimeApplyError(f"release {ref}: removal after the post-delete hooks failed: "
+                                            f"{stderr}") from exc
             await asyncio.to_thread(_forget, path, self.files_dir(ref), self.hooks_file(ref))  # file I/O off the loop
             self._remember(ref, None)
-        logger.info("Release %s removed (%d pods, %d volumes)", ref, len(doomed), len(volumes))
+        logger.info("Release %s removed (%d pods, %d volumes)", ref, len(doomed), removed)
 
     async def observe(self, ref: ReleaseRef) -> Observation:
         """What runs now for ``ref``: two podman calls (pods, then their containers)."""

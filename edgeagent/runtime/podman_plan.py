@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from ..policy import NodePolicy
 from .base import EdgeRuntimeError, ManifestRejected, NodeContext, ReleaseRef
 from .podman_probes import Probe, probes_of_container
 
@@ -104,9 +105,92 @@ _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _SafeDumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
-def load_yaml_all(text: str) -> list[Any]:
-    """Every document of ``text`` (None for an empty one); raises yaml.YAMLError."""
-    return list(yaml.load_all(text, Loader=_SafeLoader))  # noqa: S506 - a safe loader
+# Nodes YAML aliases may add to a document beyond those written out. An alias
+# stands for its anchor's whole subtree: nine nested levels of ten aliases (a
+# 564-byte "billion laughs") stand for 10**9 nodes, and whatever walks the
+# constructed document (str(), the plan's copies) walks every one of them.
+# Helm never writes aliases; a hand-written chart uses a few, adding hundreds.
+ALIAS_EXPANSION_LIMIT = 100_000
+
+
+def _expanded_size(root: yaml.Node, limit: int) -> int:
+    """How many nodes ``root`` stands for with its aliases expanded, counting stops past ``limit``.
+
+    Composed nodes are shared between their anchor and its aliases, so each is
+    sized once (memoized by identity): linear in the document's size. Raises
+    ManifestRejected for a node that contains itself (a recursive alias).
+    """
+    sizes: dict[int, int] = {}
+    busy: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if key in sizes:
+            continue
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        else:
+            sizes[key] = 1
+            continue
+        if children_done:
+            busy.discard(key)
+            sizes[key] = min(limit + 1, 1 + sum(sizes[id(c)] for c in children))
+            continue
+        if key in busy:
+            raise ManifestRejected("YAML that contains itself through an alias")
+        busy.add(key)
+        stack.append((node, True))
+        for child in children:
+            if id(child) in busy:
+                raise ManifestRejected("YAML that contains itself through an alias")
+            if id(child) not in sizes:
+                stack.append((child, False))
+    return sizes[id(root)]
+
+
+def load_yaml_all(text: str, *, alias_limit: int = ALIAS_EXPANSION_LIMIT) -> list[Any]:
+    """Every document of ``text`` (None for an empty one); raises yaml.YAMLError.
+
+    Raises ManifestRejected, before building any Python object, for a document
+    whose aliases add more than ``alias_limit`` nodes to it (see
+    ALIAS_EXPANSION_LIMIT): time and memory stay linear in the text's size.
+    """
+    loader = _SafeLoader(text)
+    docs: list[Any] = []
+    try:
+        while loader.check_node():
+            node = loader.get_node()
+            if node is None:
+                docs.append(None)
+                continue
+            # Counting the distinct nodes costs the same walk as sizing them.
+            distinct = _count_distinct(node)
+            expanded = _expanded_size(node, distinct + alias_limit)
+            if expanded - distinct > alias_limit:
+                raise ManifestRejected(f"YAML document {len(docs) + 1}: its aliases expand it by more than "
+                                       f"{alias_limit} nodes (an alias bomb?); refused unread")
+            docs.append(loader.construct_document(node))
+    finally:
+        loader.dispose()
+    return docs
+
+
+def _count_distinct(root: yaml.Node) -> int:
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            stack.extend(part for pair in node.value for part in pair)
+    return len(seen)
 
 
 def dump_yaml_all(docs: Iterable[Any]) -> str:
@@ -219,16 +303,30 @@ _HEADER = (
 _SOURCE_ANNOTATION = "edgecollab.io/source"
 
 
-def _cm_volume(namespace: str, name: str) -> str:
-    return f"{namespace}.cm.{name}"
+# Every podman volume of a release is named NAMESPACE.RELEASE.KIND.NAME: a
+# namespace and a release are DNS labels (no dot), so the prefix up to the
+# second dot is the release's alone and two releases never share a volume.
 
 
-def _secret_volume(namespace: str, name: str) -> str:
-    return f"{namespace}.secret.{name}"
+def _cm_volume(ref: ReleaseRef, name: str) -> str:
+    return f"{ref.namespace}.{ref.release}.cm.{name}"
 
 
-def _pvc_volume(namespace: str, name: str) -> str:
-    return f"{namespace}.pvc.{name}"
+def _secret_volume(ref: ReleaseRef, name: str) -> str:
+    return f"{ref.namespace}.{ref.release}.secret.{name}"
+
+
+def _pvc_volume(ref: ReleaseRef, name: str) -> str:
+    return f"{ref.namespace}.{ref.release}.pvc.{name}"
+
+
+def _empty_dir_volume(ref: ReleaseRef, pod_name: str, volume: str) -> str:
+    return f"{ref.namespace}.{ref.release}.empty.{pod_name}.{volume}"
+
+
+# A volume's name in a pod (a DNS label in Kubernetes): it becomes part of
+# podman volume names and of host paths, so nothing else is accepted.
+_VOLUME_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 def _describe(doc: Any, index: int) -> str:
@@ -272,7 +370,7 @@ def _object_name(doc: dict[str, Any], where: str) -> str:
     return name
 
 
-def _secret_to_configmap(doc: dict[str, Any], namespace: str, where: str) -> dict[str, Any]:
+def _secret_to_configmap(doc: dict[str, Any], ref: ReleaseRef, where: str) -> dict[str, Any]:
     """A Secret as the ConfigMap podman 4.3 can use: same keys, decoded values."""
     name = _object_name(doc, where)
     data: dict[str, str] = {}
@@ -298,7 +396,7 @@ def _secret_to_configmap(doc: dict[str, Any], namespace: str, where: str) -> dic
     out: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": {"name": _secret_volume(namespace, name)},
+        "metadata": {"name": _secret_volume(ref, name)},
         "data": data,
     }
     if binary:
@@ -313,10 +411,6 @@ class _Release:
     configmaps: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> data (text keys)
     secrets: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> decoded data (text keys)
     binary: dict[str, dict[str, bytes]] = field(default_factory=dict)  # "cm/NAME" or "secret/NAME" -> key -> bytes
-
-
-def _empty_dir_volume(namespace: str, pod_name: str, volume: str) -> str:
-    return f"{namespace}.empty.{pod_name}.{volume}"
 
 
 def expand_refs(text: str, env: Mapping[str, str]) -> str:
@@ -389,15 +483,15 @@ def _expand_container(container: dict[str, Any], seed: Mapping[str, str], releas
             container[key] = [expand_refs(str(arg), known) for arg in container[key]]
 
 
-def _rewrite_env_refs(container: dict[str, Any], namespace: str, where: str, release: _Release) -> None:
+def _rewrite_env_refs(container: dict[str, Any], ref: ReleaseRef, where: str, release: _Release) -> None:
     what = f"container {container['name']!r}"
     env = _optional_list(container.get("env"), where, f"{what}: env")
     values_from = [item.get("valueFrom") for item in env if isinstance(item, dict)]
     _check_refs(values_from, "configMapKeyRef", "secretKeyRef", release, f"{where}: {what}: env")
-    _rewrite_refs(values_from, "configMapKeyRef", "secretKeyRef", namespace)
+    _rewrite_refs(values_from, "configMapKeyRef", "secretKeyRef", ref)
     env_from = _optional_list(container.get("envFrom"), where, f"{what}: envFrom")
     _check_refs(env_from, "configMapRef", "secretRef", release, f"{where}: {what}: envFrom")
-    _rewrite_refs(env_from, "configMapRef", "secretRef", namespace)
+    _rewrite_refs(env_from, "configMapRef", "secretRef", ref)
 
 
 def _check_refs(holders: list[Any], cm_key: str, secret_key: str, release: _Release, where: str) -> None:
@@ -414,17 +508,17 @@ def _check_refs(holders: list[Any], cm_key: str, secret_key: str, release: _Rele
                 )
 
 
-def _rewrite_refs(holders: list[Any], cm_key: str, secret_key: str, namespace: str) -> None:
+def _rewrite_refs(holders: list[Any], cm_key: str, secret_key: str, release: ReleaseRef) -> None:
     """Point ConfigMap references at their podman names; turn Secret references into ConfigMap ones."""
     for holder in holders:
         if not isinstance(holder, dict):
             continue
         if isinstance(holder.get(cm_key), dict):
             ref = holder[cm_key]
-            ref["name"] = _cm_volume(namespace, str(ref.get("name", "")))
+            ref["name"] = _cm_volume(release, str(ref.get("name", "")))
         if isinstance(holder.get(secret_key), dict):
             ref = holder.pop(secret_key)
-            ref["name"] = _secret_volume(namespace, str(ref.get("name", "")))
+            ref["name"] = _secret_volume(release, str(ref.get("name", "")))
             holder[cm_key] = ref
 
 
@@ -459,6 +553,7 @@ def _prepare_pod(
     paths: _Paths,
     claims: Mapping[str, str] | None = None,
     job: bool = False,
+    harden: bool = False,
 ) -> dict[str, Any]:
     """One Pod document for podman from a pod template (or a Pod), injections done.
 
@@ -526,7 +621,13 @@ def _prepare_pod(
         for key in ("livenessProbe", "readinessProbe", "startupProbe"):
             container.pop(key, None)  # podman 4.3 mistranslates them: the agent runs them
         _expand_container(container, seed, release)
-        _rewrite_env_refs(container, ref.namespace, where, release)
+        _rewrite_env_refs(container, ref, where, release)
+        if harden:
+            # Root is not allowed here (the policy checked every container runs
+            # as a non-zero user): a setuid binary in the image must not undo that.
+            security = container.setdefault("securityContext", {})
+            if isinstance(security, dict):
+                security.setdefault("allowPrivilegeEscalation", False)
         _set_env(container, ENV_NODE_NAME, node.node)
         _set_env(container, ENV_NODE_POOL, node.pool)
         _keep_host_ports(container, where=where, network=network, host_net=host_network, plan=plan)
@@ -596,6 +697,8 @@ def _rewrite_volumes(
         if not isinstance(volume, dict):
             continue
         vname = str(volume.get("name", ""))
+        if not _VOLUME_NAME.match(vname):
+            raise ManifestRejected(f"{where}: volume name {vname!r} is not a valid name (a DNS label)")
         if isinstance(volume.get("configMap"), dict) or isinstance(volume.get("secret"), dict):
             secret = isinstance(volume.get("secret"), dict)
             body = volume["secret"] if secret else volume["configMap"]
@@ -614,7 +717,7 @@ def _rewrite_volumes(
                         "podman has no cluster to find it in"
                     )
             else:
-                name = (_secret_volume if secret else _cm_volume)(ref.namespace, original)
+                name = (_secret_volume if secret else _cm_volume)(ref, original)
                 items = _volume_items(body, known[original], release.binary.get(f"{kind.lower()}/{original}", {}))
                 if secret:
                     volume.pop("secret")
@@ -630,7 +733,7 @@ def _rewrite_volumes(
             if medium:
                 plan.warnings.append(f"{where}: volume {vname!r}: emptyDir medium {medium!r} ignored; "
                                      "it is a podman volume on the node's disk")
-            name = _empty_dir_volume(ref.namespace, pod_name, vname)
+            name = _empty_dir_volume(ref, pod_name, vname)
             volume.pop("emptyDir")
             volume["persistentVolumeClaim"] = {"claimName": name}
             empty_dirs.append(name)
@@ -639,7 +742,9 @@ def _rewrite_volumes(
         elif isinstance(volume.get("persistentVolumeClaim"), dict):
             claim = volume["persistentVolumeClaim"]
             original = str(claim.get("claimName", ""))
-            name = _pvc_volume(ref.namespace, original)
+            if not _OBJECT_NAME.match(original):
+                raise ManifestRejected(f"{where}: volume {vname!r}: claimName {original!r} is not a valid object name")
+            name = _pvc_volume(ref, original)
             claim["claimName"] = name
             if vname in claims:
                 plan.claims.add(name)
@@ -763,6 +868,7 @@ def build_plan(
     network: str | None = None,
     volume_path: str = "/var/lib/containers/storage/volumes",
     files_dir: str | None = None,
+    policy: NodePolicy | None = None,
 ) -> Plan:
     """Turn a release's rendered manifests into the file podman plays.
 
@@ -771,13 +877,21 @@ def build_plan(
     release's subPath files into (``plan.files``); both only appear in the
     played file when a mount has a subPath. Pure: reads nothing and runs
     nothing, but takes a while on a large release (call it in a thread from
-    async code). Raises ManifestRejected naming the manifest at fault. Helm hook
-    documents are not played: they are returned in ``plan.hooks`` untouched.
+    async code). Raises ManifestRejected naming the manifest at fault, and
+    for anything ``policy`` (the node's; None: the default, safe one) refuses,
+    hooks included. Helm hook documents are not played: they are returned in
+    ``plan.hooks`` untouched.
     """
+    policy = policy if policy is not None else NodePolicy()
+    refusal = policy.release_refusal(ref.namespace, ref.release)
+    if refusal:
+        raise ManifestRejected(refusal)
     try:
         docs = [d for d in load_yaml_all(manifests) if d is not None]
     except yaml.YAMLError as exc:
         raise ManifestRejected(f"manifests of {ref}: invalid YAML: {exc}") from exc
+    except ManifestRejected as exc:
+        raise ManifestRejected(f"manifests of {ref}: {exc}") from exc
 
     plan = Plan(text="")
     paths = _Paths(volume_path=volume_path.rstrip("/"), files_dir=files_dir or f"/{ref.namespace}/{ref.release}.d")
@@ -786,6 +900,12 @@ def build_plan(
         where = _describe(doc, index)
         if not isinstance(doc, dict) or not isinstance(doc.get("kind"), str):
             raise ManifestRejected(f"{where} of {ref}: not a Kubernetes object (no kind)")
+        try:
+            refusal = policy.object_refusal(doc, where, ref.namespace)
+        except (AttributeError, KeyError, TypeError, ValueError, RecursionError) as exc:
+            raise ManifestRejected(f"{where}: malformed object ({type(exc).__name__}: {exc})") from exc
+        if refusal:
+            raise ManifestRejected(refusal)
         if _is_hook(doc):
             plan.hooks.append(doc)
         else:
@@ -802,12 +922,16 @@ def build_plan(
         where = _describe(doc, index)
         try:
             _add_object(doc, where, ref=ref, node=node, network=network, plan=plan, configmaps=configmaps,
-                        pods=pods, release=release, paths=paths)
+                        pods=pods, release=release, paths=paths, harden=policy.hardens(ref.namespace))
         except (AttributeError, KeyError, TypeError, ValueError, RecursionError) as exc:
             # A field of a type the checks did not foresee: still the
             # manifest's fault, and applying it again would fail the same way.
             raise ManifestRejected(f"{where}: malformed object ({type(exc).__name__}: {exc})") from exc
     plan.warnings = list(dict.fromkeys(plan.warnings))  # one per template, not one per replica
+    # The runtime creates every volume of the release itself, labelled with the
+    # release, before podman plays: what is not labelled as the release's is
+    # never mounted, replaced or removed for it.
+    plan.create_volumes |= plan.volumes | plan.claims
 
     try:
         body = dump_yaml_all([_record(ref, plan), *configmaps, *pods]) if pods else ""
@@ -864,7 +988,7 @@ def _collect(doc: dict[str, Any], where: str, release: _Release) -> None:
         binary = _optional_mapping(doc.get("binaryData"), where, "binaryData")
         release.binary[f"configmap/{name}"] = {str(k): _b64(v, where, k) for k, v in binary.items()}
         return
-    cm = _secret_to_configmap(doc, "x", where)
+    cm = _secret_to_configmap(doc, ReleaseRef("x", "x"), where)
     release.secrets[name] = dict(cm["data"])
     release.binary[f"secret/{name}"] = {k: _b64(v, where, k) for k, v in (cm.get("binaryData") or {}).items()}
 
@@ -888,6 +1012,7 @@ def _add_object(
     pods: list[dict[str, Any]],
     release: _Release,
     paths: _Paths,
+    harden: bool,
 ) -> None:
     """Add what one manifest object becomes to ``configmaps``, ``pods`` and ``plan``."""
     kind = doc["kind"]
@@ -901,7 +1026,7 @@ def _add_object(
             f"{where}: namespace {own_ns!r} ignored, applied in the release's namespace {ref.namespace!r}"
         )
     common = {"source": where, "ref": ref, "node": node, "network": network, "plan": plan, "release": release,
-              "paths": paths}
+              "paths": paths, "harden": harden}
     if kind in ("Pod", "Deployment", "DaemonSet"):
         if kind == "Pod":
             template, restart_always, instances = doc, False, [name]
@@ -935,14 +1060,14 @@ def _add_object(
         cm = {
             "apiVersion": "v1",
             "kind": "ConfigMap",
-            "metadata": {"name": _cm_volume(ref.namespace, name)},
+            "metadata": {"name": _cm_volume(ref, name)},
         }
         for key in ("data", "binaryData"):
             if doc.get(key) is not None:
                 cm[key] = {str(k): str(v) for k, v in _require_mapping(doc[key], where, key).items()}
         configmaps.append(cm)
     elif kind == "Secret":
-        configmaps.append(_secret_to_configmap(doc, ref.namespace, where))
+        configmaps.append(_secret_to_configmap(doc, ref, where))
     elif kind == "PersistentVolumeClaim":
         pass  # becomes a named volume when a pod mounts it (see edgeagent.runtime.podman)
     else:
@@ -961,8 +1086,8 @@ def parse_played(text: str, where: str) -> PlayedFile:
     """
     try:
         docs = load_yaml_all(text)
-    except yaml.YAMLError as exc:
-        raise EdgeRuntimeError(f"{where}: the stored played file is not YAML: {exc}") from exc
+    except (yaml.YAMLError, ManifestRejected) as exc:
+        raise EdgeRuntimeError(f"{where}: the stored played file is not YAML this runtime wrote: {exc}") from exc
     pods: dict[str, PlayedPod] = {}
     volumes: set[str] = set()
     claims: set[str] = set()

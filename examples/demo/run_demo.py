@@ -69,6 +69,7 @@ def main() -> int:
     with Fleet(workdir=workdir, node_options=options) as fleet:
         assert fleet.hub is not None and fleet.broker is not None
         step(f"Mosquitto on {fleet.broker.url}, hub on {fleet.hub.url} (state in {workdir})")
+        print(f"edgectl gets the hub's operator token with EDGECOLLAB_TOKEN_FILE={fleet.hub.admin_token_path}")
 
         step("Joining three agents: sh-1, sh-2 (pool shanghai) and bj-1 (pool beijing)")
         shanghai_token = fleet.hub.token("shanghai", uses=2)

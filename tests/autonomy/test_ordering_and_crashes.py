@@ -23,6 +23,7 @@ metadata:
   name: pinned
 spec:
   terminationGracePeriodSeconds: 1
+  securityContext: {{runAsUser: 65534}}  # the node's default policy refuses root
   containers:
     - name: main
       image: localhost/edgecollab-busybox:1

@@ -1,4 +1,5 @@
-"""The command-line surface: hub settings from a file, the hub URL from the environment, node status offline."""
+"""The command-line surface: hub settings from a file, the hub URL and operator token from the environment,
+node status offline."""
 
 from __future__ import annotations
 
@@ -18,13 +19,17 @@ def test_the_hub_reads_its_settings_from_a_file_and_edgectl_finds_it_through_the
     assert fleet.broker is not None
     config = tmp_path / "hub.yaml"
     config.write_text(yaml.safe_dump({"state_dir": "configured-state", "listen_port": 0,
-                                      "mqtt_url": fleet.broker.url, "tokens": {"ttl_seconds": 120, "uses": 3}}))
+                                      "mqtt_url": fleet.broker.url, "tokens": {"ttl_seconds": 120, "uses": 3},
+                                      "token_rate_limit": {"per_second": 0.1, "burst": 1},
+                                      "allowed_hosts": ["hub.example"]}))
     hub = ManagedProcess("configured hub", tmp_path / "configured-hub.log")
     hub._spawn([sys.executable, "-m", "edgehub.cli", "serve", "--config", str(config)])
     try:
         port = wait_until(lambda: next(iter(listening_ports(hub.log_path)), None), timeout=30,
                           what="the configured hub to say where it listens")
-        env = {**os.environ, "EDGECOLLAB_HUB": f"http://127.0.0.1:{port}"}
+        token_file = tmp_path / "configured-state" / "admin-token"
+        env = {**os.environ, "EDGECOLLAB_HUB": f"http://127.0.0.1:{port}", "EDGECOLLAB_TOKEN_FILE": str(token_file)}
+        env.pop("EDGECOLLAB_TOKEN", None)
 
         def ctl(*args: str) -> subprocess.CompletedProcess[str]:
             return subprocess.run([sys.executable, "-m", "edgectl.cli", *args], capture_output=True, text=True,
@@ -34,6 +39,10 @@ def test_the_hub_reads_its_settings_from_a_file_and_edgectl_finds_it_through_the
         token = json.loads(ctl("token", "create", "--pool", "shanghai", "-o", "json").stdout)
         assert token["uses"] == 3 and token["pool"] == "shanghai"
         assert (tmp_path / "configured-state" / "hub.db").exists()
+        assert f"operator token in {token_file}" in hub.log_path.read_text()
+        # The file's rate limit: one token, then the next must wait.
+        limited = ctl("token", "create", "--pool", "shanghai")
+        assert limited.returncode == 1 and "too many token creation requests" in limited.stderr
     finally:
         hub.stop()
 

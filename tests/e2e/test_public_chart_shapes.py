@@ -9,6 +9,7 @@ for databases (StatefulSet, generated password, pre-install hook),
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import urllib.request
 from pathlib import Path
@@ -101,7 +102,10 @@ def test_a_database_chart_runs_its_hook_first_keeps_ordinal_pod_names_and_its_ge
 def test_a_host_network_daemonset_serves_on_the_nodes_own_address(fleet: Fleet, tmp_path: Path):
     hub = fleet.hub
     assert hub is not None
-    fleet.add_node("sh-1", "shanghai")
+    # Host access is the node owner's to grant, in the policy given at join; the hub cannot.
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("allow:\n  demo: [hostNetwork]\n")
+    fleet.add_node("sh-1", "shanghai", options=dataclasses.replace(fleet.node_options, policy=policy))
     port = 19100 + (tmp_path.stat().st_ino % 500)  # a loopback port of this test's own
     chart = vendored_chart("nodeexporter", tmp_path)
     hub.ctl("apply", "-f", str(write_spec(tmp_path / "ne.yaml", name="ne", chart=chart, values={"port": port})))

@@ -1,7 +1,8 @@
 """The README's commands, run as written: the installed console scripts with their default flags.
 
 Every command line of the README's "Using it" block runs here in order. Only
-addresses, paths and the token are swapped for this test's own, and the agent
+addresses, paths and the join token are swapped for this test's own (the
+operator token file the README exports is the one this hub wrote), and the agent
 (``run``, ``doctor``) gets what a second node on this machine needs: its own
 podman storage paths, ``--podman-network none`` and the machine's
 containers.conf. No timing flag is passed. A command the README gains without a
@@ -50,7 +51,9 @@ class ReadmeSession:
             "/var/lib/edgeagent": str(workdir / "edgeagent"),
         }
         self.env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-        self.env.pop("EDGECOLLAB_HUB", None)
+        # The user's shell starts without the hub's address or operator token: the README's exports set them.
+        for name in ("EDGECOLLAB_HUB", "EDGECOLLAB_TOKEN", "EDGECOLLAB_TOKEN_FILE"):
+            self.env.pop(name, None)
         base = Path(tempfile.mkdtemp(prefix="ec-readme-", dir="/tmp"))  # short: podman socket paths
         self.podman = PodmanSettings(work_dir=workdir / "edgeagent" / "podman", root=base / "root",
                                      runroot=base / "run", tmpdir=base / "tmp",
@@ -70,8 +73,9 @@ class ReadmeSession:
             out.append(word)
         return out
 
-    def run(self, words: list[str]) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(words, capture_output=True, text=True, env=self.env, cwd=REPO, timeout=120)
+    def run(self, words: list[str], **env: str) -> subprocess.CompletedProcess[str]:
+        """Run ``words`` in the session's environment (plus ``env`` for this command only)."""
+        return subprocess.run(words, capture_output=True, text=True, env={**self.env, **env}, cwd=REPO, timeout=120)
 
     def start(self, name: str, words: list[str]) -> ManagedProcess:
         proc = ManagedProcess(name, self.workdir / f"{name}.log")
@@ -121,12 +125,20 @@ def test_every_command_the_readme_shows_works_as_written_with_its_defaults(sessi
 
         session.hub_port = wait_until(listening, timeout=30, what="the hub to say where it listens")
         session.swaps["127.0.0.1:8470"] = f"127.0.0.1:{session.hub_port}"
-        wait_until(lambda: session.run(["edgectl", "--hub", f"http://127.0.0.1:{session.hub_port}",
-                                        "get", "pools"]).returncode == 0,
+        token_file = str(session.workdir / "hub-state" / "admin-token")
+        wait_until(lambda: session.run(["edgectl", "--hub", f"http://127.0.0.1:{session.hub_port}", "get", "pools"],
+                                       EDGECOLLAB_TOKEN_FILE=token_file).returncode == 0,
                    timeout=30, what="the hub started as the README says")
 
     def export(words: list[str]) -> None:
         name, _, value = words[1].partition("=")
+        assert name in {"EDGECOLLAB_HUB", "EDGECOLLAB_TOKEN_FILE"}, f"the README exports {name}, which edgectl ignores"
+        if name == "EDGECOLLAB_TOKEN_FILE":
+            # Before the export edgectl says what it misses; the file is the hub's, owner-only.
+            hub = f"http://127.0.0.1:{session.hub_port}"
+            refused = session.run(["edgectl", "--hub", hub, "get", "pools"])
+            assert refused.returncode == 1 and "the hub wants an operator token" in refused.stderr, refused.stderr
+            assert Path(value).is_absolute() and (Path(value).stat().st_mode & 0o777) == 0o600
         session.env[name] = value
 
     def token_create(words: list[str]) -> None:

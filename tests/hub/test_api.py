@@ -2,7 +2,9 @@
 
 The hub is the real application (``create_app``) on aiohttp's test server,
 with its SQLite store in a temporary directory and a real Mosquitto; no
-podman, so ``pytest -m "not fleet"`` runs these.
+podman, so ``pytest -m "not fleet"`` runs these. The client sends the operator
+token (fixtures in ``conftest.py``); what the hub refuses to strangers is in
+``test_api_refuses_attackers.py``.
 """
 
 from __future__ import annotations
@@ -10,26 +12,23 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
-import json
 import logging
-import secrets
 import time
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
 import pytest
 import yaml
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hub_api import JSON, answer, create_token, join, operator_token, refused, unique
 
-from deployer_plugin import SpecError, load_component_file, package_chart
+from deployer_plugin import SpecError, package_chart
 from edgeagent.identity import make_csr
 from edgectl.cli import main as edgectl
 from edgectl.cli import notes_section
 from edgehub.api import INTERNAL_ERROR, MAX_REQUEST_BYTES, status_of
-from edgehub.app import create_app
 from edgehub.errors import (
     BadRequest,
     ConcurrentChange,
@@ -40,8 +39,7 @@ from edgehub.errors import (
     SpecRefused,
     TokenFormatError,
 )
-from edgehub.keys import MQTT, STORE
-from edgehub.settings import HubSettings
+from edgehub.keys import STORE
 from edgeprotocol import topics
 from edgeprotocol.messages import Event
 from edgeprotocol.signing import load_public_key, open_sealed
@@ -50,61 +48,6 @@ from edgesim.fleet import Mosquitto
 REPO = Path(__file__).resolve().parents[2]
 CHARTS = REPO / "tests" / "deployer" / "charts"
 THIRTY_DAYS = 30 * 24 * 3600
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
-    mosquitto = Mosquitto(tmp_path_factory.mktemp("broker")).start()
-    yield mosquitto
-    mosquitto.stop()
-
-
-@pytest.fixture(scope="module")
-def example() -> dict[str, Any]:
-    """The example component's request body, built the way ``edgectl apply`` builds it."""
-    component, archive = load_component_file(REPO / "examples" / "web" / "component.yaml")
-    return {"component": component.to_document(), "chart_archive": base64.b64encode(archive).decode()}
-
-
-@pytest.fixture
-async def hub(tmp_path: Path, broker: Mosquitto) -> AsyncIterator[TestClient]:
-    app = create_app(HubSettings(state_dir=tmp_path / "state", mqtt_url=broker.url))
-    client = TestClient(TestServer(app))
-    await client.start_server()
-    try:
-        await app[MQTT].wait_connected(10)
-        yield client
-    finally:
-        await client.close()
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(3)}"
-
-
-async def answer(response: Any, status: int) -> Any:
-    """The JSON body of ``response``, after checking its status and that it is JSON."""
-    body = await response.text()
-    assert response.status == status, body
-    assert response.content_type == "application/json", body
-    return json.loads(body)
-
-
-async def refused(response: Any, status: int, field: str | None = None) -> str:
-    body = await answer(response, status)
-    assert set(body) <= {"error", "field"} and body["error"], body
-    if field is not None:
-        assert body.get("field") == field and field in body["error"], body
-    return body["error"]
-
-
-async def create_token(hub: TestClient, pool: str = "shanghai", **fields: Any) -> str:
-    return (await answer(await hub.post("/api/v1/tokens", json={"pool": pool, **fields}), 201))["token"]
-
-
-async def join(hub: TestClient, token: str, node: str, **fields: Any) -> Any:
-    body = {"token": token, "node": node, "csr": make_csr(Ed25519PrivateKey.generate(), node), **fields}
-    return await hub.post("/api/v1/join", json=body)
 
 
 # --- tokens --------------------------------------------------------------------
@@ -139,7 +82,7 @@ async def test_a_token_is_created_for_a_pool_with_the_default_life_and_uses(hub:
     ('{"pool": "' + "x" * 100_000 + '"}', "pool"),
 ])
 async def test_a_token_out_of_bounds_is_refused_naming_the_field(hub: TestClient, body: str, field: str):
-    error = await refused(await hub.post("/api/v1/tokens", data=body), 400, field)
+    error = await refused(await hub.post("/api/v1/tokens", data=body, headers=JSON), 400, field)
     assert len(error) < 300  # the refused value is not echoed back whole
 
 
@@ -385,7 +328,8 @@ async def test_edgectl_apply_prints_the_notes_after_its_result_line(hub: TestCli
     spec.write_text(yaml.safe_dump(component_body(CHARTS / "generated")["component"]))
 
     # edgectl blocks on its HTTP call: run it off the loop that serves the hub.
-    code = await asyncio.to_thread(edgectl, ["--hub", str(hub.make_url("")), "apply", "-f", str(spec)])
+    code = await asyncio.to_thread(edgectl, ["--hub", str(hub.make_url("")), "--token", operator_token(hub),
+                                             "apply", "-f", str(spec)])
 
     printed = capsys.readouterr()
     assert code == 0, printed.err
@@ -421,7 +365,7 @@ async def test_a_wrong_method_is_a_json_405(hub: TestClient):
 @pytest.mark.parametrize("body", ["not json", "[1, 2]", '"text"', "{", "[" * 100_000, b"\xff\xfe"])
 @pytest.mark.parametrize("path", ["/api/v1/tokens", "/api/v1/join", "/api/v1/components"])
 async def test_a_body_that_is_not_a_json_object_is_a_400(hub: TestClient, path: str, body: str | bytes):
-    error = await refused(await hub.post(path, data=body), 400)
+    error = await refused(await hub.post(path, data=body, headers=JSON), 400)
     assert "JSON" in error
 
 
@@ -441,7 +385,7 @@ async def test_an_unexpected_error_is_a_json_500_with_the_traceback_in_the_log(
 
 
 async def test_a_body_over_the_size_limit_is_a_json_413(hub: TestClient):
-    await refused(await hub.post("/api/v1/components", data=b"x" * (MAX_REQUEST_BYTES + 1)), 413)
+    await refused(await hub.post("/api/v1/components", data=b"x" * (MAX_REQUEST_BYTES + 1), headers=JSON), 413)
 
 
 @pytest.mark.parametrize(("error", "status"), [

@@ -13,12 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from edgeagent.policy import PRIVILEGES, NodePolicy
 from edgeagent.runtime import NodeContext, PodmanRuntime, PodmanSettings
 
 REPO = Path(__file__).resolve().parents[2]
 WEB_CHART = REPO / "examples" / "web" / "chart"
 DEMO_IMAGE = "localhost/edgecollab-busybox:1"
 T = TypeVar("T")
+# The policy of the ``node`` fixture: every privilege allowed, so tests about
+# other behaviour can play plain busybox pods (root) and host paths. Tests of
+# the policy itself give the runtime ``NodePolicy()``, the default every real
+# node starts with.
+ALLOW_ALL = NodePolicy(allow={"*": frozenset(PRIVILEGES)}, path="(test node: everything allowed)")
 
 
 async def eventually(probe: Callable[[], Awaitable[T | None]], *, within: float, what: str, every: float = 0.1) -> T:
@@ -35,7 +41,8 @@ async def eventually(probe: Callable[[], Awaitable[T | None]], *, within: float,
 
 
 def podman_test_settings(
-    tmpdir: str | os.PathLike[str], containers_conf: Path | None, *, network: str | None = "none"
+    tmpdir: str | os.PathLike[str], containers_conf: Path | None, *, network: str | None = "none",
+    policy: NodePolicy = ALLOW_ALL,
 ) -> PodmanSettings:
     """Settings for a simulated node whose whole state lives under ``tmpdir``.
 
@@ -54,6 +61,7 @@ def podman_test_settings(
         containers_conf=containers_conf,
         network=network,
         command_timeout=60.0,
+        policy=policy,
     )
 
 

@@ -65,7 +65,7 @@ async def test_two_releases_of_one_chart_do_not_share_their_empty_dirs(node: Pod
     await node.runtime.apply(one, chart, node.context)
     assert await node.podman("exec", "one.writer-c", "ls", "/scratch") == ""
     await node.runtime.remove(one)
-    assert "one.empty.writer.scratch" not in await node.podman("volume", "ls", "--format", "{{.Name}}")
+    assert "one.app.empty.writer.scratch" not in await node.podman("volume", "ls", "--format", "{{.Name}}")
 
 
 async def test_sub_paths_mount_one_key_or_one_directory_of_a_volume(node: PodmanNode) -> None:
@@ -161,7 +161,7 @@ async def test_a_statefulset_runs_stable_pods_with_a_claim_each_that_survives_re
     await node.podman("exec", "demo.db-1-db", "sh", "-c", "echo second > /data/who")
 
     await node.runtime.apply(ref, STATEFULSET % (1, DEMO_IMAGE, SLEEP), node.context)  # scale down: claim kept
-    assert "demo.pvc.data-db-1" in await node.podman("volume", "ls", "--format", "{{.Name}}")
+    assert "demo.db.pvc.data-db-1" in await node.podman("volume", "ls", "--format", "{{.Name}}")
     await node.runtime.apply(ref, STATEFULSET % (2, DEMO_IMAGE, SLEEP), node.context)  # and found again
     assert await node.podman("exec", "demo.db-1-db", "cat", "/data/who") == "second\n"
     assert await node.podman("exec", "demo.db-0-db", "ls", "/data") == ""

@@ -14,7 +14,7 @@ import yaml
 from edgeagent.runtime import EdgeRuntimeError, ManifestRejected, NodeContext, ReleaseRef, RuntimeApplyError
 from edgeagent.runtime.podman_plan import build_plan, parse_played, release_label
 
-from .helpers import render_web
+from .helpers import ALLOW_ALL, render_web
 
 NODE = NodeContext(node="edge-7", pool="shanghai")
 DEMO_WEB = ReleaseRef("demo", "web")
@@ -29,7 +29,7 @@ def pods_of(text: str) -> list[dict]:
 
 
 def test_every_pod_gets_a_namespaced_name_node_labels_and_node_env() -> None:
-    plan = build_plan(DEMO_WEB, render_web(), NODE)
+    plan = build_plan(DEMO_WEB, render_web(), NODE, policy=ALLOW_ALL)
 
     (pod,) = pods_of(plan.text)
     assert pod["metadata"]["name"] == "demo.web-pod-0"
@@ -57,7 +57,7 @@ spec:
   containers:
   - {name: c, image: img, env: [{name: EDGE_NODE_NAME, value: spoofed}, {name: KEEP, value: "1"}]}
 """
-    (pod,) = pods_of(build_plan(DEMO_WEB, manifests, NODE).text)
+    (pod,) = pods_of(build_plan(DEMO_WEB, manifests, NODE, policy=ALLOW_ALL).text)
 
     assert pod["metadata"]["labels"]["edgecollab.io/node"] == "edge-7"
     env = pod["spec"]["containers"][0]["env"]
@@ -77,7 +77,7 @@ def test_a_long_release_label_is_cut_to_63_characters_and_stays_unique() -> None
 
 def test_container_ports_without_a_host_port_are_not_published() -> None:
     # podman 4.3 would publish containerPort 8080 on the host's 0.0.0.0.
-    plan = build_plan(DEMO_WEB, render_web(), NODE, network=None)
+    plan = build_plan(DEMO_WEB, render_web(), NODE, policy=ALLOW_ALL, network=None)
 
     (pod,) = pods_of(plan.text)
     assert "ports" not in pod["spec"]["containers"][0]
@@ -93,8 +93,8 @@ spec:
   containers:
   - {name: c, image: img, ports: [{containerPort: 80, hostPort: 18080}, {containerPort: 81}]}
 """
-    bridged = build_plan(DEMO_WEB, manifests, NODE, network=None)
-    isolated = build_plan(DEMO_WEB, manifests, NODE, network="none")
+    bridged = build_plan(DEMO_WEB, manifests, NODE, policy=ALLOW_ALL, network=None)
+    isolated = build_plan(DEMO_WEB, manifests, NODE, policy=ALLOW_ALL, network="none")
 
     assert pods_of(bridged.text)[0]["spec"]["containers"][0]["ports"] == [{"containerPort": 80, "hostPort": 18080}]
     assert "ports" not in pods_of(isolated.text)[0]["spec"]["containers"][0]
@@ -137,32 +137,32 @@ spec:
   - {name: pv, persistentVolumeClaim: {claimName: data}}
 """ % (base64.b64encode(b"v").decode(), base64.b64encode(b"\xff\x00").decode())
 
-    plan = build_plan(DEMO_WEB, manifests, NODE)
+    plan = build_plan(DEMO_WEB, manifests, NODE, policy=ALLOW_ALL)
 
     docs = played(plan.text)
     configmaps = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ConfigMap"}
-    assert configmaps["demo.cm.data"]["data"] == {"a": "1"}
-    assert configmaps["demo.secret.data"]["data"] == {"key": "v"}
-    assert configmaps["demo.secret.data"]["binaryData"] == {"blob": base64.b64encode(b"\xff\x00").decode()}
+    assert configmaps["demo.web.cm.data"]["data"] == {"a": "1"}
+    assert configmaps["demo.web.secret.data"]["data"] == {"key": "v"}
+    assert configmaps["demo.web.secret.data"]["binaryData"] == {"blob": base64.b64encode(b"\xff\x00").decode()}
     assert not [d for d in docs if d["kind"] in ("Secret", "PersistentVolumeClaim")]
     (pod,) = pods_of(plan.text)
     container = pod["spec"]["containers"][0]
     assert container["env"][1] == {
         "name": "K",
-        "valueFrom": {"configMapKeyRef": {"name": "demo.secret.data", "key": "key"}},
+        "valueFrom": {"configMapKeyRef": {"name": "demo.web.secret.data", "key": "key"}},
     }
-    assert container["envFrom"] == [{"configMapRef": {"name": "demo.secret.data"}}]
+    assert container["envFrom"] == [{"configMapRef": {"name": "demo.web.secret.data"}}]
     assert pod["spec"]["volumes"] == [
-        {"name": "cm", "configMap": {"name": "demo.cm.data"}},
-        {"name": "s", "configMap": {"name": "demo.secret.data", "defaultMode": 256}},
-        {"name": "pv", "persistentVolumeClaim": {"claimName": "demo.pvc.data"}},
+        {"name": "cm", "configMap": {"name": "demo.web.cm.data"}},
+        {"name": "s", "configMap": {"name": "demo.web.secret.data", "defaultMode": 256}},
+        {"name": "pv", "persistentVolumeClaim": {"claimName": "demo.web.pvc.data"}},
     ]
-    assert plan.volumes == {"demo.cm.data", "demo.secret.data", "demo.pvc.data"}
+    assert plan.volumes == {"demo.web.cm.data", "demo.web.secret.data", "demo.web.pvc.data"}
     assert plan.warnings == []
 
 
 def test_a_deployment_scaled_to_zero_asks_for_no_pods() -> None:
-    plan = build_plan(DEMO_WEB, render_web({"replicas": 0}), NODE)
+    plan = build_plan(DEMO_WEB, render_web({"replicas": 0}), NODE, policy=ALLOW_ALL)
 
     assert plan.pods == {}
     assert pods_of(plan.text) == []
@@ -185,7 +185,7 @@ def test_a_deployment_scaled_to_zero_asks_for_no_pods() -> None:
 )
 def test_manifests_podman_cannot_run_are_refused_naming_the_object(manifests: str, message: str) -> None:
     with pytest.raises(ManifestRejected, match=message):
-        build_plan(DEMO_WEB, manifests, NODE)
+        build_plan(DEMO_WEB, manifests, NODE, policy=ALLOW_ALL)
 
 
 POD = "kind: Pod\nmetadata: {name: p%s}\nspec: {containers: [{name: c, image: i%s}]%s}"
@@ -213,7 +213,7 @@ POD = "kind: Pod\nmetadata: {name: p%s}\nspec: {containers: [{name: c, image: i%
 )
 def test_bad_manifests_are_rejected_for_good_naming_the_object(manifests: str, message: str) -> None:
     with pytest.raises(ManifestRejected, match=message) as refusal:
-        build_plan(DEMO_WEB, manifests, NODE)
+        build_plan(DEMO_WEB, manifests, NODE, policy=ALLOW_ALL)
 
     # Still a RuntimeApplyError: every caller that catches those catches it.
     assert isinstance(refusal.value, RuntimeApplyError)
@@ -227,14 +227,14 @@ def test_reading_a_played_file_back_gives_what_the_plan_said_it_would() -> None:
         "  containers: [{name: c, image: img}]\n"
         "  volumes: [{name: v, persistentVolumeClaim: {claimName: data}}]\n"
     )
-    plan = build_plan(DEMO_WEB, manifests, NODE)
+    plan = build_plan(DEMO_WEB, manifests, NODE, policy=ALLOW_ALL)
 
     back = parse_played(plan.text, "demo/web.yaml")
 
     assert back == plan.played()
     assert back.pods["demo.p"].grace == 7
     assert back.pods["demo.p"].init_containers == ("demo.p-init",)
-    assert back.volumes == {"demo.cm.web-page", "demo.pvc.data"}
+    assert back.volumes == {"demo.web.cm.web-page", "demo.web.pvc.data"}
 
 
 def test_a_damaged_played_file_is_a_runtime_error_not_a_rejected_manifest() -> None:
@@ -247,7 +247,7 @@ def test_a_damaged_played_file_is_a_runtime_error_not_a_rejected_manifest() -> N
 def test_objects_of_another_namespace_are_applied_in_the_releases_with_a_warning() -> None:
     manifests = "kind: Pod\nmetadata: {name: p, namespace: other}\nspec: {containers: [{name: c, image: i}]}"
 
-    plan = build_plan(DEMO_WEB, manifests, NODE)
+    plan = build_plan(DEMO_WEB, manifests, NODE, policy=ALLOW_ALL)
 
     assert list(plan.pods) == ["demo.p"]
     assert plan.warnings == ["Pod/p: namespace 'other' ignored, applied in the release's namespace 'demo'"]
@@ -259,7 +259,7 @@ def test_every_kind_podman_cannot_run_is_reported_once() -> None:
         "---\napiVersion: batch/v1\nkind: CronJob\nmetadata: {name: nightly}\n"
     )
 
-    plan = build_plan(DEMO_WEB, manifests, NODE)
+    plan = build_plan(DEMO_WEB, manifests, NODE, policy=ALLOW_ALL)
 
     assert sorted(plan.warnings) == [
         "CronJob/nightly: not run on podman (CronJobs are not run on podman)",
@@ -288,7 +288,7 @@ def test_var_references_expand_like_the_kubelets(text: str, expanded: str) -> No
 def test_hook_documents_are_left_out_of_the_played_file_and_returned_untouched() -> None:
     hook = ("apiVersion: batch/v1\nkind: Job\nmetadata: {name: migrate, annotations: {helm.sh/hook: pre-upgrade}}\n"
             "spec: {template: {spec: {containers: [{name: c, image: i}]}}}\n")
-    plan = build_plan(DEMO_WEB, render_web() + "\n---\n" + hook, NODE)
+    plan = build_plan(DEMO_WEB, render_web() + "\n---\n" + hook, NODE, policy=ALLOW_ALL)
 
     assert [h["metadata"]["name"] for h in plan.hooks] == ["migrate"]
     assert plan.hooks[0] == yaml.safe_load(hook)
@@ -307,7 +307,7 @@ spec:
     readinessProbe: {httpGet: {path: /healthz, port: http}, periodSeconds: 3, successThreshold: 2}
     livenessProbe: {tcpSocket: {port: 8080}}
 """ % ("f" * 64)
-    plan = build_plan(DEMO_WEB, manifests, NODE)
+    plan = build_plan(DEMO_WEB, manifests, NODE, policy=ALLOW_ALL)
 
     (pod,) = pods_of(plan.text)
     assert "readinessProbe" not in pod["spec"]["containers"][0]
@@ -324,4 +324,4 @@ def test_a_probe_on_a_port_name_the_container_does_not_declare_is_refused() -> N
                 "livenessProbe: {httpGet: {port: web}}}]}"
 
     with pytest.raises(ManifestRejected, match=r"^Pod/p: container 'c': livenessProbe: port 'web'"):
-        build_plan(DEMO_WEB, manifests, NODE)
+        build_plan(DEMO_WEB, manifests, NODE, policy=ALLOW_ALL)

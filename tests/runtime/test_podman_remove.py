@@ -17,7 +17,7 @@ DEMO_WEB = ReleaseRef("demo", "web")
 
 async def test_remove_deletes_the_pods_volumes_and_played_file_and_is_idempotent(node: PodmanNode) -> None:
     await node.runtime.apply(DEMO_WEB, render_web(), node.context)
-    assert "demo.cm.web-page" in (await node.podman("volume", "ls", "--format", "{{.Name}}")).split()
+    assert "demo.web.cm.web-page" in (await node.podman("volume", "ls", "--format", "{{.Name}}")).split()
 
     await node.runtime.remove(DEMO_WEB)
 

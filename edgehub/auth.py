@@ -1,0 +1,227 @@
+"""Who may call the hub's API: the operator token, and the checks that keep browsers out.
+
+The operator token is a random secret the hub creates on first start in
+``STATE/admin-token`` (mode 0600, the state directory 0700) and never
+rewrites; ``edgectl`` reads it from ``EDGECOLLAB_TOKEN_FILE``. Every endpoint
+but the join and ``/healthz`` (``OPEN_ROUTES``) needs ``Authorization: Bearer
+<token>``; nodes join with their join token instead.
+
+The middlewares here run in ``create_app``'s order, before any handler:
+
+    same_origin_only    the Host must be on the allow-list (loopback, listen_host,
+                        allowed_hosts: defeats DNS rebinding), and an Origin
+                        header must be the hub's own (defeats CSRF)      421 / 403
+    operator_only       the bearer token, compared in constant time       401
+    json_bodies_only    POST, PUT, PATCH and a DELETE with a body must be
+                        application/json, which a browser cannot send
+                        cross-origin without a preflight                  415
+
+Their refusals are ``HubError``s; ``edgehub.api.json_errors`` answers them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import logging
+import os
+import secrets
+import stat
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+from aiohttp import web
+from yarl import URL
+
+from .errors import ForeignOrigin, MisdirectedHost, Unauthorized, UnsupportedMediaType
+from .keys import SETTINGS
+from .settings import HubSettings, check_host_name
+
+logger = logging.getLogger(__name__)
+
+OPERATOR_TOKEN = web.AppKey("operator_token", str)
+ADMIN_TOKEN_FILE = "admin-token"
+# 32 random bytes, URL-safe base64 (43 characters). A token given by hand in
+# the file must be at least as long.
+TOKEN_BYTES = 32
+MIN_TOKEN_CHARS = 32
+# (method, route path as registered) that answer without the operator token.
+OPEN_ROUTES = frozenset({("POST", "/api/v1/join"), ("GET", "/healthz"), ("HEAD", "/healthz")})
+# Names and addresses every hub answers to: loopback (any 127.0.0.0/8 or ::1 too).
+LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
+_WILDCARDS = frozenset({"", "0.0.0.0", "::"})
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_SHOWN_CHARS = 60
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class OperatorTokenError(ValueError):
+    """``STATE/admin-token`` holds no usable token; the hub does not start."""
+
+
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 3] + "...")
+
+
+# --- the operator token --------------------------------------------------------------
+
+
+def load_or_create_operator_token(state_dir: Path) -> str:
+    """The operator token in ``state_dir/admin-token``, created on first start; an existing one is never rewritten.
+
+    Blocking (file system): call it from a thread.
+    """
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if stat.S_IMODE(state_dir.stat().st_mode) & 0o077:
+        # The directory holds the hub key and the operator token: owner only.
+        try:
+            state_dir.chmod(0o700)
+        except OSError as exc:
+            logger.warning("State directory %s is open to other users and cannot be made 0700 (%s); "
+                           "fix its permissions", state_dir, exc)
+    path = state_dir / ADMIN_TOKEN_FILE
+    if not path.exists():
+        _create_token_file(path)
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        logger.warning("%s is readable by other users (mode %04o); anyone who reads it can run the hub: "
+                       "chmod 600 it", path, mode)
+    token = path.read_text(encoding="utf-8", errors="replace").strip()
+    if len(token) < MIN_TOKEN_CHARS or any(c.isspace() or not c.isprintable() for c in token):
+        raise OperatorTokenError(f"{path} must hold one token of at least {MIN_TOKEN_CHARS} printable characters "
+                                 f"without spaces (it holds {len(token)}); delete it to have the hub create one")
+    return token
+
+
+def _create_token_file(path: Path) -> None:
+    token = secrets.token_urlsafe(TOKEN_BYTES)
+    # Written whole to a private temporary file, then linked into place:
+    # link() refuses to replace a file, so a token another hub process wrote
+    # meanwhile is kept, and a crash never leaves a half-written token.
+    fd, temporary = tempfile.mkstemp(prefix=".admin-token.", dir=path.parent)  # mode 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(token + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(temporary, path)
+            logger.info("Created the operator token in %s (give edgectl EDGECOLLAB_TOKEN_FILE=%s)", path, path)
+        except FileExistsError:
+            pass
+    finally:
+        os.unlink(temporary)
+
+
+async def operator_token_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Load (or create) the operator token before the API answers anything."""
+    # File system work: a thread keeps the loop free.
+    app[OPERATOR_TOKEN] = await asyncio.to_thread(load_or_create_operator_token, app[SETTINGS].state_dir)
+    yield
+
+
+@web.middleware
+async def operator_only(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse (401) a request to any route but ``OPEN_ROUTES`` without the operator token."""
+    resource = request.match_info.route.resource
+    if resource is not None and (request.method, resource.canonical) in OPEN_ROUTES:
+        return await handler(request)
+    scheme, _, credentials = request.headers.get("Authorization", "").strip().partition(" ")
+    if scheme.lower() != "bearer" or not credentials.strip():
+        raise Unauthorized("this request needs the operator token: send 'Authorization: Bearer <token>' "
+                           "(the hub writes it to STATE/admin-token)")
+    expected = request.app[OPERATOR_TOKEN].encode()
+    if not hmac.compare_digest(credentials.strip().encode("utf-8", "replace"), expected):
+        raise Unauthorized("the operator token is wrong (the hub's is in STATE/admin-token)")
+    return await handler(request)
+
+
+# --- browsers: Host, Origin and content type ------------------------------------------
+
+
+def host_name(host_header: str) -> str | None:
+    """The name in a Host header, lower case, without port, brackets or trailing dot; None if malformed."""
+    text = host_header.strip().lower()
+    if text.startswith("["):
+        name, closed, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else rest
+        if not closed or (rest and not (rest.startswith(":") and port.isdigit())):
+            return None
+    else:
+        name, _, port = text.partition(":")
+        if ":" in port or (port and not port.isdigit()):
+            return None
+    try:
+        return check_host_name(name)
+    except ValueError:
+        return None
+
+
+class HostAllowList:
+    """The Host names the API answers to: loopback, ``listen_host`` (unless a wildcard) and ``allowed_hosts``."""
+
+    def __init__(self, settings: HubSettings) -> None:
+        names = set(LOOPBACK_NAMES) | set(settings.allowed_hosts)
+        if settings.listen_host not in _WILDCARDS:
+            names.add(check_host_name(settings.listen_host))
+        self.names = frozenset(names)
+
+    def allows(self, name: str) -> bool:
+        if name in self.names:
+            return True
+        try:
+            return ipaddress.ip_address(name).is_loopback
+        except ValueError:
+            return False
+
+
+def _origin(url: str) -> tuple[str, str, int | None] | None:
+    try:
+        parsed = URL(url)
+    except (ValueError, TypeError):
+        return None
+    if not parsed.scheme or not parsed.host:
+        return None
+    return parsed.scheme.lower(), parsed.host.lower().rstrip("."), parsed.port
+
+
+def same_origin_only(hosts: HostAllowList) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """Middleware: the Host must be on ``hosts`` (421), and an Origin header must be the hub's own (403)."""
+
+    @web.middleware
+    async def same_origin(request: web.Request, handler: Handler) -> web.StreamResponse:
+        header = request.headers.get("Host")
+        if header is None:
+            raise MisdirectedHost("the request names no Host; the hub answers only to the names it is configured for")
+        name = host_name(header)
+        if name is None or not hosts.allows(name):
+            raise MisdirectedHost(f"the hub does not answer to the host {_shown(header)}; if that is its name, "
+                                  "add it to allowed_hosts in the hub's settings")
+        origin = request.headers.get("Origin")
+        if origin is not None:
+            own = _origin(f"{request.scheme}://{header}")
+            if own is None or _origin(origin) != own:
+                raise ForeignOrigin(f"requests from the web origin {_shown(origin)} are refused; "
+                                    "only the hub's own origin may call its API")
+        return await handler(request)
+
+    return same_origin
+
+
+@web.middleware
+async def json_bodies_only(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse (415) a POST, PUT, PATCH or DELETE with a body whose Content-Type is not application/json."""
+    if request.match_info.http_exception is not None:
+        return await handler(request)  # no such route or method: the router's 404 or 405 says more
+    if request.method in _BODY_METHODS or (request.method == "DELETE" and request.body_exists):
+        given = request.headers.get("Content-Type")
+        if given is None:
+            raise UnsupportedMediaType("the request body must be JSON sent as Content-Type: application/json; "
+                                       "this request names no Content-Type")
+        if request.content_type != "application/json":
+            raise UnsupportedMediaType("the request body must be JSON sent as Content-Type: application/json, "
+                                       f"not {_shown(request.content_type)}")
+    return await handler(request)

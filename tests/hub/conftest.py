@@ -1,0 +1,53 @@
+"""Fixtures of the in-process hub tests: a real Mosquitto, the hub on aiohttp's test server, a stranger."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient
+from hub_api import running_hub
+
+from deployer_plugin import load_component_file
+from edgehub.settings import HubSettings
+from edgesim.fleet import Mosquitto
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    mosquitto = Mosquitto(tmp_path_factory.mktemp("broker")).start()
+    yield mosquitto
+    mosquitto.stop()
+
+
+@pytest.fixture(scope="module")
+def example() -> dict[str, Any]:
+    """The example component's request body, built the way ``edgectl apply`` builds it."""
+    component, archive = load_component_file(REPO / "examples" / "web" / "component.yaml")
+    return {"component": component.to_document(), "chart_archive": base64.b64encode(archive).decode()}
+
+
+@pytest.fixture
+def hub_settings(tmp_path: Path, broker: Mosquitto) -> HubSettings:
+    """The hub's settings; a test module overrides this fixture to change them."""
+    return HubSettings(state_dir=tmp_path / "state", mqtt_url=broker.url)
+
+
+@pytest.fixture
+async def hub(hub_settings: HubSettings) -> AsyncIterator[TestClient]:
+    """The hub, and a client that sends the operator token."""
+    async with running_hub(hub_settings) as client:
+        yield client
+
+
+@pytest.fixture
+async def stranger(hub: TestClient) -> AsyncIterator[aiohttp.ClientSession]:
+    """A client of the same hub without the operator token."""
+    async with aiohttp.ClientSession(base_url=hub.make_url("")) as session:
+        yield session

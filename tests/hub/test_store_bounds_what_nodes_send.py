@@ -1,0 +1,92 @@
+"""The store: sequence numbers after a re-join, events kept by arrival, and an older store's oversized statuses.
+
+A real SQLite file; messages as the ingest hands them over (encoded once).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from edgehub.store import HubStore
+from edgehub.tokens import new_token
+from edgeprotocol.messages import Event, NodeStatus
+
+JUMP = 1_000_000
+
+
+def status(seq: int, node: str = "n1") -> NodeStatus:
+    return NodeStatus(node=node, seq=seq, observed_at="2024-01-01T00:00:00Z", releases=())
+
+
+async def save(store: HubStore, seq: int) -> str:
+    report = status(seq)
+    return await store.save_status(report, encoded=report.encode(), received_at="now", max_seq_jump=JUMP)
+
+
+async def add(store: HubStore, seq: int, message: str = "") -> str:
+    event = Event(node="n1", seq=seq, at="2024-01-01T00:00:00Z", reason="Applied", message=message or f"#{seq}")
+    return await store.add_event(event, encoded=event.encode(), max_seq_jump=JUMP)
+
+
+async def register(store: HubStore, uses: int = 1) -> None:
+    token = new_token()
+    await store.create_token(token, pool="p", ttl_seconds=60, uses=uses)
+    await store.register_node(token, node="n1", requested_pool=None, labels={}, sign=lambda _: "cert")
+
+
+async def test_a_status_seq_grows_by_at_most_the_bound_and_a_re_joined_node_may_start_over_or_count_on(
+    tmp_path: Path
+):
+    async with HubStore(tmp_path / "hub.db") as store:
+        assert await save(store, 1) == "unknown node"
+        await register(store)
+        assert await save(store, JUMP + 1) == "too far ahead"  # the first report counts from 0
+        assert [await save(store, s) for s in (1, 1, 0, JUMP + 1, 2 * JUMP + 2, -1, 2**64)] == [
+            "stored", "stale", "stale", "stored", "too far ahead", "out of range", "out of range"]
+
+        # Re-joined with its state kept: it counts on from JUMP + 1.
+        await register(store)
+        assert await save(store, JUMP + 5) == "stored"
+        # Re-joined afresh (a new agent state): it counts from 1 again.
+        await register(store)
+        assert await save(store, 1) == "stored"
+        node = await store.get_node("n1")
+        assert node is not None and node.status is not None and node.status.seq == 1
+
+
+async def test_events_are_kept_by_arrival_so_a_huge_seq_erases_nothing(tmp_path: Path):
+    async with HubStore(tmp_path / "hub.db", events_kept_per_node=3) as store:
+        assert await add(store, 1) == "unknown node"
+        await register(store)
+        assert [await add(store, s) for s in (1, 2, 2**63 - 1, JUMP, 3)] == [
+            "stored", "stored", "too far ahead", "stored", "stored"]
+        assert [e.seq for e in await store.list_events("n1")] == [2, JUMP, 3]  # the newest three by arrival
+        assert await add(store, 3) == "duplicate"
+        # An agent that re-joined afresh counts from 1 again: its new events replace old ones of that seq.
+        assert await add(store, 2, "a new life") == "stored"
+        assert [(e.seq, e.message) for e in await store.list_events("n1")] == [
+            (JUMP, f"#{JUMP}"), (3, "#3"), (2, "a new life")]
+
+
+async def test_an_older_stores_oversized_status_is_forgotten_on_open_so_the_nodes_reports_are_taken_again(
+    tmp_path: Path
+):
+    path = tmp_path / "hub.db"
+    async with HubStore(path) as store:
+        await register(store)
+    # What an older hub stored from a forged 3.8 MB status: 11.4 MB, at the largest seq.
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE nodes SET status = ?, status_seq = ? WHERE name = 'n1'", ("x" * 11_400_000, 2**63 - 1))
+    async with HubStore(path) as store:
+        node = await store.get_node("n1")
+        assert node is not None and node.status is None
+        assert await save(store, 1) == "stored"
+
+
+async def test_a_store_made_by_an_older_hub_is_switched_to_incremental_vacuum_once(tmp_path: Path):
+    path = tmp_path / "hub.db"
+    sqlite3.connect(path).execute("CREATE TABLE made_by_an_older_hub (x)").connection.close()
+    async with HubStore(path):
+        pass
+    assert sqlite3.connect(path).execute("PRAGMA auto_vacuum").fetchone() == (2,)
