@@ -32,9 +32,13 @@ class AgentSettings:
     outbox_limit: int = 1000
     # MQTT keepalive in seconds: a cut link shows as offline after ~1.5x.
     keepalive: int = 10
+    # Each MQTT connect, subscribe and QoS 1 publish waits at most this long
+    # (seconds); a connect into a black-holed link fails after it.
+    mqtt_timeout: float = 10.0
 
     def __post_init__(self) -> None:
-        for name in ("reconcile_interval", "status_heartbeat", "ready_timeout", "retry_initial", "retry_max"):
+        for name in ("reconcile_interval", "status_heartbeat", "ready_timeout", "retry_initial", "retry_max",
+                     "mqtt_timeout"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"AgentSettings.{name} must be a positive number of seconds")
         if self.max_parallel_releases < 1 or self.outbox_limit < 1 or self.keepalive < 1:

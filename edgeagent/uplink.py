@@ -68,6 +68,7 @@ class Uplink:
                 subscriptions=(topics.assignments_of(self.node),),
                 will=aiomqtt.Will(topics.presence(self.node), offline, qos=1, retain=True),
                 keepalive=self.settings.keepalive,
+                timeout=self.settings.mqtt_timeout,
             ),
             on_message=self._on_message, on_connect=self._on_connect,
         )

@@ -17,9 +17,9 @@ from .components import Components
 from .dispatch import Dispatcher
 from .identity import HubIdentity
 from .ingest import IngestLimits, NodeMessages
-from .keys import COMPONENTS, DISPATCHER, IDENTITY, MQTT, SETTINGS, STORE
+from .keys import COMPONENTS, DISPATCHER, IDENTITY, MQTT, RENDERER, SETTINGS, STORE
 from .ratelimit import SourceRateLimiter, rate_limits
-from .renderer import RENDERER, renderer_ctx
+from .renderer import Renderer, RenderLimits
 from .settings import HubSettings
 from .store import HubStore
 
@@ -30,6 +30,13 @@ async def identity_ctx(app: web.Application) -> AsyncIterator[None]:
     # Key generation and file writes: a thread keeps the loop free.
     app[IDENTITY] = await asyncio.to_thread(HubIdentity.load_or_create, app[SETTINGS].state_dir)
     yield
+
+
+async def renderer_ctx(app: web.Application) -> AsyncIterator[None]:
+    # Renders run in worker processes of their own; leaving kills any still running.
+    async with Renderer(RenderLimits.of(app[SETTINGS])) as renderer:
+        app[RENDERER] = renderer
+        yield
 
 
 async def store_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -8,6 +8,7 @@ EdgeError                    (edgeprotocol.errors)
       TokenFormatError       403  a token that is not ``ec1.<id>.<secret>``
     NotFound                 404  no such node or component
     ConcurrentChange         409  another apply of the same component got there first
+      RendererBusy           409  every render slot is taken and the queue is full: apply again
     SpecRefused              422  a spec or chart that does not validate or render;
                                   wraps (and chains) deployer_plugin's SpecError
     Unauthorized             401  no operator token, or a wrong one
@@ -107,3 +108,7 @@ class RateLimited(HubError):
         # Retry-After takes whole seconds; rounding up never invites an early retry.
         self.retry_after = max(1, math.ceil(retry_after))
         super().__init__(f"too many {what} requests from this address; retry after {self.retry_after} s")
+
+
+class RendererBusy(ConcurrentChange):
+    """Every render slot is taken and the queue is full (or no slot came free in time): apply again."""

@@ -9,6 +9,7 @@ from edgekit.mqtt import MqttSession
 from .components import Components
 from .dispatch import Dispatcher
 from .identity import HubIdentity
+from .renderer import Renderer
 from .settings import HubSettings
 from .store import HubStore
 
@@ -18,3 +19,4 @@ IDENTITY = web.AppKey("identity", HubIdentity)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 MQTT = web.AppKey("mqtt", MqttSession)
 COMPONENTS = web.AppKey("components", Components)
+RENDERER = web.AppKey("renderer", Renderer)

@@ -34,17 +34,15 @@ import logging
 import multiprocessing
 import threading
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-
-from aiohttp import web
 
 from deployer_plugin import Component, RenderedRelease, RenderError
 from deployer_plugin.render import rebuilt_error
 from edgeprotocol.messages import MAX_BUNDLE_BYTES, Bundle
 
-from .errors import ConcurrentChange
+from .errors import RendererBusy
 from .render_worker import Outcome, RenderJob, render_in_worker
 from .settings import HubSettings
 
@@ -52,10 +50,6 @@ logger = logging.getLogger(__name__)
 
 # Once a worker has sent its outcome it exits at once; past this it is killed.
 EXIT_GRACE_SECONDS = 5.0
-
-
-class RendererBusy(ConcurrentChange):
-    """Every render slot is taken and the queue is full (or no slot came free in time): apply again."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -235,15 +229,3 @@ class Renderer:
         if kind == "stopped":
             raise RuntimeError(f"the render of {ident} was stopped: the hub is shutting down")
         raise RuntimeError(f"the render of {ident} failed in its worker: {payload}")
-
-
-RENDERER = web.AppKey("renderer", Renderer)
-
-
-async def renderer_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The app's renderer, its workers killed on shutdown (an entry of ``cleanup_ctx``)."""
-    from .keys import SETTINGS  # keys imports the services, which import this module
-
-    async with Renderer(RenderLimits.of(app[SETTINGS])) as renderer:
-        app[RENDERER] = renderer
-        yield

@@ -718,7 +718,7 @@ class PodmanRuntime:
         async def remove(names: Sequence[str]) -> None:
             await self._remove_pods([(name, 0) for name in names])
 
-        return HookRunner(self._cli, ref, node, build=lambda text: self._build_plan(ref, text, node),
+        return HookRunner(self._cli, ref, build=lambda text: self._build_plan(ref, text, node),
                           play=lambda plan: self._play(ref, plan), remove_pods=remove, release_data=release_data)
 
     def hooks_file(self, ref: ReleaseRef) -> Path:

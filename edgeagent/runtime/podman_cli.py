@@ -31,7 +31,7 @@ from .base import EdgeRuntimeError
 if TYPE_CHECKING:
     from .podman import PodmanSettings
 
-__all__ = ["Completed", "PodmanCli", "PodmanFailed", "last_error", "loads_json", "with_hint"]
+__all__ = ["Completed", "PodmanCli", "PodmanFailed", "last_error", "loads_json", "reap", "with_hint"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,15 @@ _HINTS: tuple[tuple[str, str], ...] = (
     ("cgroups in hybrid mode", "crun cannot run on hybrid cgroups: select runc in a containers.conf "
                                "(--containers-conf; see the README)"),
 )
+
+
+async def reap(proc: asyncio.subprocess.Process) -> None:
+    """Kill ``proc`` if it still runs (timed out or cancelled) and wait for it: nothing is left behind."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        with contextlib.suppress(Exception):
+            await asyncio.shield(proc.wait())
 
 
 class PodmanFailed(Exception):
@@ -112,12 +121,7 @@ class PodmanCli:
             logger.warning("podman %s did not finish within %.0f s; killing it", command, timeout)
             raise PodmanFailed(argv, None, f"no answer within {timeout:.0f} s", command=command) from None
         finally:
-            if proc.returncode is None:
-                # Timed out or cancelled: do not leave podman running behind us.
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(proc.wait())
+            await reap(proc)
         result = Completed(proc.returncode or 0, stdout.decode(errors="replace"), stderr.decode(errors="replace"))
         if check and result.returncode != 0:
             raise PodmanFailed(argv, result.returncode, result.stderr or result.stdout, command=command)

@@ -132,12 +132,11 @@ BuildPlan = Callable[[str], Awaitable[Plan]]
 class HookRunner:
     """Runs one release's hooks of one event on podman. Built per apply or removal."""
 
-    def __init__(self, cli: PodmanCli, ref: ReleaseRef, node: NodeContext, *, build: BuildPlan,
+    def __init__(self, cli: PodmanCli, ref: ReleaseRef, *, build: BuildPlan,
                  play: Callable[[Plan], Awaitable[None]], remove_pods: Callable[[Sequence[str]], Awaitable[None]],
                  release_data: Sequence[dict[str, Any]] = ()) -> None:
         self._cli = cli
         self._ref = ref
-        self._node = node
         self._build = build
         self._play = play
         self._remove_pods = remove_pods

@@ -37,18 +37,15 @@ logged and counts as "could not check".
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import shutil
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from .base import ManifestRejected
-
-if TYPE_CHECKING:
-    from .podman_cli import PodmanCli
+from .podman_cli import PodmanCli, reap
 
 __all__ = ["Probe", "ProbeRunner", "ProbeSettings", "probes_of_container"]
 
@@ -458,11 +455,7 @@ async def _run_check(argv: list[str], limit: float) -> tuple[Outcome, str]:
     except TimeoutError:
         return "failure", f"no answer within {limit:.0f} s"
     finally:
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            with contextlib.suppress(Exception):
-                await asyncio.shield(proc.wait())
+        await reap(proc)
     text = err.decode(errors="replace").strip()[:200]
     if proc.returncode == 0:
         return "success", ""

@@ -28,7 +28,8 @@ async def test_the_oldest_events_are_dropped_past_the_bound_and_one_notice_says_
     link.cut()  # the node starts offline
     identity = NodeIdentity(node="n1", pool="p", labels={}, hub_url="http://127.0.0.1:9", mqtt_url=link.url,
                             hub_public_key=public_key_pem(Ed25519PrivateKey.generate().public_key()), ca_certificate="")
-    settings = AgentSettings(state_dir=tmp_path / "state", outbox_limit=5, reconcile_interval=0.5)
+    # A connect into the cut link gives up after mqtt_timeout: short, so the restored link is used soon.
+    settings = AgentSettings(state_dir=tmp_path / "state", outbox_limit=5, reconcile_interval=0.5, mqtt_timeout=1.0)
     try:
         async with Agent(settings, identity, FakeRuntime()) as agent:
             for i in range(8):

@@ -21,8 +21,9 @@ from aiohttp.test_utils import TestClient
 from hub_api import answer, create_token, join, refused, unique
 
 from deployer_plugin import RenderError, load_component_file, package_chart
+from edgehub.errors import RendererBusy
 from edgehub.keys import SETTINGS, STORE
-from edgehub.renderer import Renderer, RendererBusy, RenderLimits
+from edgehub.renderer import Renderer, RenderLimits
 from edgehub.settings import HubSettings
 from edgesim.fleet import Mosquitto
 

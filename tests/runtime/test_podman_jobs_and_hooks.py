@@ -14,7 +14,9 @@ REF = ReleaseRef("demo", "db")
 
 
 def job(name: str, script: str, *, hook: str | None = None, weight: int = 0, policy: str | None = None,
-        backoff: int = 0) -> str:
+        backoff: int = 0, log_dir: str | None = None) -> str:
+    """A Job logging to /log: the release's claim ``log``, or the host directory ``log_dir`` (outlives the release)."""
+    volume = f"hostPath: {{path: {log_dir}}}" if log_dir else "persistentVolumeClaim: {claimName: log}"
     annotations = ""
     if hook:
         annotations = f"  annotations:\n    helm.sh/hook: {hook}\n    helm.sh/hook-weight: \"{weight}\"\n"
@@ -35,7 +37,7 @@ metadata:
           image: {DEMO_IMAGE}
           command: ["sh", "-c", {script!r}]
           volumeMounts: [{{name: log, mountPath: /log}}]
-      volumes: [{{name: log, persistentVolumeClaim: {{claimName: log}}}}]
+      volumes: [{{name: log, {volume}}}]
 """
 
 
@@ -106,3 +108,19 @@ async def test_install_hooks_run_in_order_around_the_release_and_a_failing_hook_
 
     await node.runtime.remove(REF, node.context)
     assert await node.podman("pod", "ps", "-q") == ""
+
+
+async def test_delete_hooks_run_around_the_removal_and_nothing_of_the_release_stays(node: PodmanNode, tmp_path):
+    log = tmp_path / "log"
+    log.mkdir()
+    manifests = SERVER + "".join(job(name, f"echo {event} >> /log/order", hook=event, log_dir=str(log))
+                                 for name, event in (("before", "pre-delete"), ("after", "post-delete")))
+    result = await node.runtime.apply(REF, manifests, node.context)
+    assert result.hooks == ()  # neither runs at install
+    assert not (log / "order").exists()
+
+    await node.runtime.remove(REF, node.context)
+
+    assert (log / "order").read_text().split() == ["pre-delete", "post-delete"]
+    assert await node.podman("pod", "ps", "-q") == ""
+    assert not node.runtime.hooks_file(REF).exists() and not node.runtime.played_file(REF).exists()
