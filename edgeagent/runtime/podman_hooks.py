@@ -39,7 +39,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .base import ManifestRejected, NodeContext, ReleaseRef, RuntimeApplyError
+from .base import ManifestRejected, ReleaseRef, RuntimeApplyError
 from .podman_cli import PodmanCli, PodmanFailed, last_error
 from .podman_plan import Plan, dump_yaml_all
 
