@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import statistics
 import sys
 import tempfile
@@ -158,6 +159,7 @@ def main() -> int:
         asyncio.run(run(args.mb, args.watch, workdir, broker, prepare_machine(REPO / ".build")))
     finally:
         broker.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 
