@@ -41,4 +41,4 @@ def test_any_document_parses_or_raises_spec_error_naming_a_field(document: objec
         parse_component(document)  # type: ignore[arg-type]
     except SpecError as exc:
         assert exc.problems and all(isinstance(p, str) and p for p in exc.problems)
-    assert document == before  # the parser never changes what it is given
+    assert repr(document) == repr(before)  # the parser never changes what it is given (repr: NaN != NaN)
