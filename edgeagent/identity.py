@@ -3,7 +3,9 @@
 At join the node makes its own Ed25519 key (it never leaves the node), sends a
 certificate request with a bootstrap token, and stores what the hub answers in
 its state directory: the signed certificate, the hub's CA, the hub's public
-key (pinned: every assignment must verify against it) and the broker URL.
+key (pinned: every assignment must verify against it), the broker URL and its
+join generation (every assignment must be sealed for it: one captured before
+this join of the name is refused).
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ class NodeIdentity:
     mqtt_url: str
     hub_public_key: str
     ca_certificate: str
+    # The hub's count of accepted joins of this name, this one included; 0 in
+    # an identity.json written before generations existed (and by such a hub).
+    generation: int = 0
 
     @classmethod
     def load(cls, state_dir: Path) -> NodeIdentity:
@@ -53,7 +58,13 @@ class NodeIdentity:
             raise JoinError(f"{path} not found: run 'edgeagent join --state-dir {state_dir}' first") from exc
         except ValueError as exc:
             raise JoinError(f"{path} is corrupt ({exc}); join again") from exc
-        return cls(**data)
+        try:
+            identity = cls(**data)
+        except TypeError as exc:
+            raise JoinError(f"{path} is corrupt ({exc}); join again") from exc
+        if not isinstance(identity.generation, int) or isinstance(identity.generation, bool) or identity.generation < 0:
+            raise JoinError(f"{path} is corrupt (generation {identity.generation!r} is not a whole number); join again")
+        return identity
 
     def save(self, state_dir: Path) -> None:
         _write_atomic(state_dir / IDENTITY_FILE, json.dumps(asdict(self), indent=2).encode(), mode=0o644)
@@ -124,6 +135,7 @@ def join(
         mqtt_url=answer["mqtt_url"],
         hub_public_key=answer["hub_public_key"],
         ca_certificate=answer["ca_certificate"],
+        generation=answer.get("generation", 0),
     )
     identity.save(state_dir)
     return identity

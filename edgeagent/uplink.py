@@ -1,7 +1,7 @@
 """The uplink: the node's MQTT session to the hub, assignments in, status and events out.
 
 Assignments are verified (signed by the hub key pinned at join, addressed to
-this node, on their own topic) and recorded in the local store when newer than
+this node at its join generation, on their own topic) and recorded in the local store when newer than
 what the node holds; the reconciler is then woken. Events go to the persisted,
 bounded outbox first and are sent in order whenever the link is up. Status is
 rebuilt from the store, so the latest one is sent on every connect, whatever
@@ -114,7 +114,7 @@ class Uplink:
             return  # the hub cleared a retained assignment
         try:
             parsed = topics.NodeTopic.parse(topic)
-            assignment = open_sealed(payload, self._hub_key, node=self.node)
+            assignment = open_sealed(payload, self._hub_key, node=self.node, generation=self.identity.generation)
             if (parsed.namespace, parsed.release) != assignment.key:
                 raise ProtocolError(f"assignment for {assignment.namespace}/{assignment.release} arrived on {topic}")
         except (ProtocolError, ValueError) as exc:

@@ -1,5 +1,9 @@
 """``edgectl``: tokens, components, nodes and pools, from the command line.
 
+``edgectl node reset NAME`` frees a node's name for the next join (its
+assignments are kept for the node that joins); ``edgectl node revoke NAME``
+refuses the node until it is reset.
+
 The hub URL comes from ``--hub`` or the ``EDGECOLLAB_HUB`` environment variable.
 The operator token comes from ``--token``, else ``EDGECOLLAB_TOKEN``, else the
 file ``EDGECOLLAB_TOKEN_FILE`` names (the hub writes it to ``STATE/admin-token``);
@@ -28,6 +32,7 @@ from typing import Any
 from edgekit.http import HttpError, JsonHttpClient
 from edgekit.table import format_table
 from edgeprotocol.errors import EdgeError
+from edgeprotocol.topics import check_name
 
 DEFAULT_HUB = "http://127.0.0.1:8470"
 TOKEN_ENV = "EDGECOLLAB_TOKEN"
@@ -139,6 +144,15 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("name", help="NAME or NAMESPACE/NAME")
     delete.add_argument("-n", "--namespace", default="default")
     delete.add_argument("-o", "--output", choices=["text", "json"], default="text")
+
+    node = sub.add_parser("node", help="a node's identity: free its name, or refuse it").add_subparsers(
+        dest="action", required=True)
+    reset = node.add_parser("reset", help="free the node's name: the next join with it is accepted and gets "
+                                          "the node's releases")
+    revoke = node.add_parser("revoke", help="refuse the node (its messages, its re-join) until it is reset")
+    for action in (reset, revoke):
+        action.add_argument("name", help="the node's name")
+        action.add_argument("-o", "--output", choices=["text", "json"], default="text")
     return parser
 
 
@@ -260,7 +274,28 @@ def cmd_delete(hub: JsonHttpClient, args: argparse.Namespace) -> None:
         say(f"component/{one_line(answer['component'])} deleted (revision {one_line(answer['revision'])})")
 
 
-COMMANDS = {"token": cmd_token, "apply": cmd_apply, "get": cmd_get, "describe": cmd_describe, "delete": cmd_delete}
+def cmd_node(hub: JsonHttpClient, args: argparse.Namespace) -> None:
+    try:
+        check_name(args.name, "node name")
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+    answer = hub.post(f"/api/v1/nodes/{args.name}/{args.action}", {})
+    if args.output == "json":
+        _print_json(answer)
+        return
+    name = one_line(answer["node"])
+    if args.action == "reset":
+        say(f"node/{name} reset: its name is free, and the next join with it is accepted (as join generation "
+            f"{one_line(answer['next_generation'])}); its {one_line(answer['assignments_kept'])} assignment(s) are "
+            "kept for that node, and assignments sealed for an earlier join are refused by it")
+    else:
+        say(f"node/{name} revoked: its messages are ignored, its {one_line(answer['assignments_withheld'])} "
+            f"assignment(s) are no longer published to it, and its name cannot join; free the name with: "
+            f"edgectl node reset {name}")
+
+
+COMMANDS = {"token": cmd_token, "apply": cmd_apply, "get": cmd_get, "describe": cmd_describe, "delete": cmd_delete,
+            "node": cmd_node}
 
 
 def main(argv: list[str] | None = None) -> int:

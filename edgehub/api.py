@@ -4,6 +4,8 @@
     POST   /api/v1/join                            exchange a token and a CSR for a node identity
     GET    /api/v1/nodes[/{name}]                  nodes with presence and reported releases
     GET    /api/v1/nodes/{name}/events             the node's most recent events
+    POST   /api/v1/nodes/{name}/reset              free the node's name for the next join (assignments kept)
+    POST   /api/v1/nodes/{name}/revoke             refuse the node until it is reset
     GET    /api/v1/pools                           pools with node counts
     GET    /api/v1/components                      components with rollout counts
     POST   /api/v1/components                      apply a component spec with its chart archive
@@ -26,7 +28,8 @@ give equal digests, so a change shows, but a guess cannot be checked against it.
 
 Errors are ``{"error": "..."}`` (plus ``"field"`` when one field is at fault)
 with the status ``STATUS`` gives the exception's type: 400 (malformed request),
-401 (no or wrong operator token), 403 (join refused, or a foreign Origin), 404,
+401 (no or wrong operator token), 403 (join refused: a bad token, or a name
+registered to another key or revoked; or a foreign Origin), 404,
 409 (concurrent change), 415 (a body that is not JSON), 421 (a Host the hub does
 not answer to), 422 (a spec or chart that does not validate or render) or 429
 (over a rate limit, with ``Retry-After``). See :mod:`edgehub.errors` for the
@@ -245,7 +248,7 @@ async def join(request: web.Request) -> web.Response:
     csr = _field(body, "csr", str)
     identity = app[IDENTITY]
     try:
-        pool, certificate = await app[STORE].register_node(
+        joined = await app[STORE].register_node(
             token, node=node, requested_pool=requested_pool, labels=labels,
             sign=lambda name: identity.sign_node_csr(csr, node=name),
         )
@@ -253,14 +256,18 @@ async def join(request: web.Request) -> web.Response:
         # Worth a warning: someone holds a token that no longer works, or guesses.
         logger.warning("Join of %s refused: %s", node, exc)
         raise
-    logger.info("Node %s joined pool %s", node, pool)
+    logger.info("Node %s joined pool %s (join generation %d)", node, joined.pool, joined.generation)
     await app[DISPATCHER].sync()
+    if joined.rejoined:
+        # What was kept for the name is sealed again for the new generation.
+        await app[DISPATCHER].publish_node(node)
     return web.json_response(
         {
             "node": node,
-            "pool": pool,
+            "pool": joined.pool,
             "labels": labels,
-            "certificate": certificate,
+            "generation": joined.generation,
+            "certificate": joined.certificate,
             "ca_certificate": identity.ca_pem,
             "hub_public_key": identity.public_key_pem,
             "mqtt_url": app[SETTINGS].advertised_mqtt_url,
@@ -291,6 +298,34 @@ async def node_events(request: web.Request) -> web.Response:
     return web.json_response([{"seq": e.seq, "at": e.at, "reason": e.reason, "message": e.message,
                                "namespace": e.namespace, "release": e.release, "revision": e.revision}
                               for e in events])
+
+
+async def reset_node(request: web.Request) -> web.Response:
+    """Free a node's name: the next join with it is accepted (at the next generation) and gets the
+    node's assignments, which are kept; until then nothing is published to the name and nothing it sends is taken."""
+    name = request.match_info["name"]
+    node = await request.app[STORE].reset_node(name)
+    if node is None:
+        raise NotFound(f"node {name!r} not found")
+    kept = await request.app[DISPATCHER].withdraw_node(name)
+    logger.warning("Node %s reset by the operator: its name is free for the next join; %d assignment(s) kept",
+                   name, kept)
+    return web.json_response({"node": name, "standing": node.standing, "generation": node.generation,
+                              "next_generation": node.generation + 1, "assignments_kept": kept})
+
+
+async def revoke_node(request: web.Request) -> web.Response:
+    """Refuse a node: its messages are ignored, its retained assignments cleared and nothing more
+    published to it, and its name cannot join until ``reset``. Its assignments are kept in the store."""
+    name = request.match_info["name"]
+    node = await request.app[STORE].revoke_node(name)
+    if node is None:
+        raise NotFound(f"node {name!r} not found")
+    withheld = await request.app[DISPATCHER].withdraw_node(name)
+    logger.warning("Node %s revoked by the operator: %d assignment(s) withheld; it is refused until reset",
+                   name, withheld)
+    return web.json_response({"node": name, "standing": node.standing, "generation": node.generation,
+                              "assignments_withheld": withheld})
 
 
 async def list_pools(request: web.Request) -> web.Response:
@@ -374,6 +409,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/nodes", list_nodes)
     app.router.add_get("/api/v1/nodes/{name}", get_node)
     app.router.add_get("/api/v1/nodes/{name}/events", node_events)
+    app.router.add_post("/api/v1/nodes/{name}/reset", reset_node)
+    app.router.add_post("/api/v1/nodes/{name}/revoke", revoke_node)
     app.router.add_get("/api/v1/pools", list_pools)
     app.router.add_get("/api/v1/components", list_components)
     app.router.add_post("/api/v1/components", apply_component)

@@ -17,6 +17,14 @@ what placement needs is kept (``Placements``), so a sync reads no specs at
 all when nothing was applied. A resync re-publishes only what the node lacks
 or holds an older revision of. After each sync the renders of deleted
 components are pruned from the store (tombstones carry none).
+
+Every assignment is sealed for the node's current join generation, and only
+nodes in standing ``joined`` are published to: a reset or revoked node keeps
+its assignments in the table, its retained messages are cleared
+(``withdraw_node``), and a re-join publishes them all again at the new
+generation (``publish_node``). A release a node reports that the hub did not
+assign to it (or holds only a tombstone below what the node reports) gets
+a tombstone above the node's revision (``on_status``), so the node removes it.
 """
 
 from __future__ import annotations
@@ -217,27 +225,61 @@ class Dispatcher:
                           for c in await self._store.list_components(include_deleted=True, with_spec=False)}
             return await self._publish_records(records, components)
 
-    async def on_status(self, status: NodeStatus) -> None:
-        """Forget tombstones the node has carried out: it no longer reports the release."""
-        reported = {(r.namespace, r.release) for r in status.releases if r.phase != "Removed"}
+    async def withdraw_node(self, node: str) -> int:
+        """Clear the broker's retained assignments of ``node`` (reset or revoked); its table rows stay."""
         async with self._lock:
-            done = [
-                a for a in await self._store.list_assignments(node=status.node)
-                if a.kind == "tombstone" and (a.namespace, a.release) not in reported
+            records = await self._store.list_assignments(node=node)
+            for a in records:
+                await self._publish(topics.assignment(a.node, a.namespace, a.release), b"", True)
+            return len(records)
+
+    async def on_status(self, status: NodeStatus) -> None:
+        """Forget tombstones the node has carried out (it no longer reports the release), and tombstone
+        what it reports but was not assigned: a release the hub holds no assignment of for this node, or
+        only a tombstone below the revision the node reports (a tombstone at it is the one the node is
+        carrying out)."""
+        reported = {(r.namespace, r.release): r for r in status.releases if r.phase != "Removed"}
+        async with self._lock:
+            held = {(a.namespace, a.release): a for a in await self._store.list_assignments(node=status.node)}
+            done = [a for key, a in held.items() if a.kind == "tombstone" and key not in reported]
+            unassigned = [
+                AssignmentRecord(
+                    node=status.node, namespace=r.namespace, release=r.release, kind="tombstone",
+                    revision=max(r.desired_revision, r.applied_revision, held[key].revision if key in held else 0) + 1,
+                )
+                for key, r in reported.items()
+                # A release being removed is on its way out already.
+                if r.phase != "Removing" and (key not in held or (
+                    held[key].kind == "tombstone" and held[key].revision < r.desired_revision))
             ]
-            if not done:
+            if not done and not unassigned:
                 return
-            await self._store.update_assignments([], [(a.node, a.namespace, a.release) for a in done])
+            await self._store.update_assignments(unassigned, [(a.node, a.namespace, a.release) for a in done])
             for a in done:
                 # An empty retained message clears the broker's copy.
                 await self._publish(topics.assignment(a.node, a.namespace, a.release), b"", True)
-            logger.info("Node %s removed %d release(s); cleared their tombstones", status.node, len(done))
+            if done:
+                logger.info("Node %s removed %d release(s); cleared their tombstones", status.node, len(done))
+            if unassigned:
+                components = {(c.namespace, c.name): c
+                              for c in await self._store.list_components(include_deleted=True, with_spec=False)}
+                await self._publish_records(unassigned, components)
+                logger.warning("Node %s reports %d release(s) the hub did not assign to it (%s); sent tombstones",
+                               status.node, len(unassigned),
+                               ", ".join(f"{a.namespace}/{a.release}" for a in unassigned[:5])
+                               + (", ..." if len(unassigned) > 5 else ""))
 
     async def _publish_records(
         self, records: list[AssignmentRecord], components: dict[tuple[str, str], ComponentRecord]
     ) -> int:
         published = 0
+        # Read under the dispatcher's lock, like the records: a node reset or
+        # revoked meanwhile is withdrawn (under the lock) after this publish.
+        generations = await self._store.joined_generations() if records else {}
         for rec in records:
+            generation = generations.get(rec.node)
+            if generation is None:
+                continue  # reset or revoked: kept in the table, published again when the name re-joins
             comp = components.get((rec.namespace, rec.release))
             bundle = None
             if rec.kind == "release":
@@ -252,6 +294,7 @@ class Dispatcher:
                 issued_at=now(),
                 chart={"name": comp.chart_name, "version": comp.chart_version} if comp else {},
                 bundle=bundle,
+                generation=generation,
             )
             if await self._publish(topics.assignment(rec.node, rec.namespace, rec.release), seal(assignment, self._key), True):
                 published += 1

@@ -4,7 +4,8 @@ EdgeError                    (edgeprotocol.errors)
   HubError                   a request the hub refuses; the message says why
     BadRequest               400  a malformed request; ``field`` names the field at fault
       CsrError               400  a certificate request the hub will not sign
-    JoinRefused              403  a join with an unknown, expired or used-up token, or for another pool
+    JoinRefused              403  a join with an unknown, expired or used-up token, or for another pool,
+                                  or with a name registered to another key or revoked
       TokenFormatError       403  a token that is not ``ec1.<id>.<secret>``
     NotFound                 404  no such node or component
     ConcurrentChange         409  another apply of the same component got there first

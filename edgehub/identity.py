@@ -23,7 +23,8 @@ from edgeprotocol.signing import public_key_pem
 
 from .errors import CsrError
 
-# Node certificates are renewed by re-joining; a year keeps that rare.
+# A node gets a new certificate by joining again after an operator frees its
+# name (edgectl node reset); a year keeps that rare.
 NODE_CERT_DAYS = 365
 CA_CERT_DAYS = 3650
 

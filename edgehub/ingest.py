@@ -18,6 +18,9 @@ message is bounded before the hub spends anything on it:
   ``resync_interval_seconds`` (a flood costs one re-publish), and only with
   the assignments the node lacks or holds an older revision of.
 
+What a node that is not registered, or was reset or revoked, sends is
+dropped: only the key that joined a name (and joined it last) is heard.
+
 Dropped messages are logged at warning level, at most once a minute per node
 and kind, so a flood cannot flood the log either.
 """
@@ -149,7 +152,7 @@ class NodeMessages:
                 except ValueError as exc:
                     raise Dropped(f"its time {presence.at!r} is not an RFC 3339 time") from exc
             if not await self._store.set_presence(presence.node, presence.state, presence.at or now()):
-                raise Dropped("the node is not registered")
+                raise Dropped("the node is not registered, or was reset or revoked")
         elif topic.kind == "events":
             await self._on_event(topic, Event.decode(payload))
         elif topic.kind == "resync":
@@ -200,7 +203,7 @@ class NodeMessages:
             raise Dropped(f"event #{event.seq} is {outcome} of the node's highest (max_seq_jump "
                           f"{self._limits.max_seq_jump})")
         if outcome == "unknown node":
-            raise Dropped("the node is not registered")
+            raise Dropped("the node is not registered, or was reset or revoked")
         if outcome != "stored":
             logger.debug("Event #%d of %s dropped: %s", event.seq, event.node, outcome)
 

@@ -12,6 +12,14 @@ kept by count in arrival order (so no sequence number can erase history), and
 a stored status that no longer decodes is shown as no status, never an error.
 The renders and chart of a deleted component are pruned once no node is
 assigned them, and the file gives the space back (incremental vacuum).
+
+A node name belongs to the key that joined it: a join with a name already
+registered is refused until an operator resets the name (``reset_node``),
+and a revoked name (``revoke_node``) is refused until then too. Each
+accepted join of a name raises its join generation, which the dispatcher
+seals into the node's assignments. Only a node in standing ``joined`` is
+published to and heard from: what a reset or revoked node sends is taken as
+if it came from no registered node.
 """
 
 from __future__ import annotations
@@ -54,7 +62,9 @@ CREATE TABLE IF NOT EXISTS nodes (
     last_seen TEXT NOT NULL DEFAULT '',
     status TEXT,
     status_seq INTEGER NOT NULL DEFAULT -1,
-    seq_before_join INTEGER NOT NULL DEFAULT -1
+    seq_before_join INTEGER NOT NULL DEFAULT -1,
+    generation INTEGER NOT NULL DEFAULT 0,
+    standing TEXT NOT NULL DEFAULT 'joined'
 );
 CREATE TABLE IF NOT EXISTS components (
     namespace TEXT NOT NULL,
@@ -97,11 +107,22 @@ CREATE TABLE IF NOT EXISTS events (
 # Columns added since the first hub: an older hub.db gets them on open.
 # seq_before_join: the highest status seq of the node's previous registration,
 # so an agent that re-joins and keeps counting is not taken for a forger.
-ADDED_COLUMNS = (("nodes", "seq_before_join", "INTEGER NOT NULL DEFAULT -1"),)
+# generation: how many joins of the name were accepted (0: joined before
+# generations existed, as its agent's identity.json says too).
+# standing: 'joined' (the key that joined holds the name), 'reset' (the name
+# is free: the next join with it is accepted) or 'revoked' (refused until reset).
+ADDED_COLUMNS = (
+    ("nodes", "seq_before_join", "INTEGER NOT NULL DEFAULT -1"),
+    ("nodes", "generation", "INTEGER NOT NULL DEFAULT 0"),
+    ("nodes", "standing", "TEXT NOT NULL DEFAULT 'joined'"),
+)
 # Sequence numbers are SQLite integers (signed 64 bits), counted from 1.
 MAX_SEQ = 2**63 - 1
 
 SaveOutcome = Literal["stored", "stale", "duplicate", "unknown node", "too far ahead", "out of range"]
+Standing = Literal["joined", "reset", "revoked"]
+# Messages are taken only from nodes in this standing; others are "unknown node".
+_JOINED = "standing = 'joined'"
 # The columns of a component row that listing needs: never the chart archive
 # (up to 16 MiB each), and the spec only when asked.
 _COMPONENT_COLUMNS = "namespace, name, chart_name, chart_version, fingerprint, revision, deleted, updated_at"
@@ -117,6 +138,8 @@ class NodeRecord:
     presence_at: str
     last_seen: str
     status: NodeStatus | None
+    generation: int = 0
+    standing: Standing = "joined"
 
     @classmethod
     def from_row(cls, row: sqlite3.Row, *, status: NodeStatus | None = None) -> NodeRecord:
@@ -129,7 +152,23 @@ class NodeRecord:
             presence_at=row["presence_at"],
             last_seen=row["last_seen"],
             status=status,
+            generation=row["generation"],
+            standing=row["standing"],
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """What an accepted join stored: the node's pool, certificate and join generation.
+
+    ``rejoined``: the name was registered before (and reset), so assignments
+    kept for it must be sealed again for the new generation.
+    """
+
+    pool: str
+    certificate: str
+    generation: int
+    rejoined: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,15 +259,18 @@ class HubStore:
         requested_pool: str | None,
         labels: dict[str, str],
         sign: Callable[[str], str],
-    ) -> tuple[str, str]:
-        """Spend one use of ``token`` and register (or re-register) ``node``.
+    ) -> Registration:
+        """Spend one use of ``token`` and register ``node``, or re-register a name an operator reset.
 
-        ``sign(node)`` produces the node certificate inside the transaction,
-        so a refused join leaves neither a spent token nor a node behind.
-        Returns (pool, certificate PEM).
+        A name registered to a key (standing ``joined``) or revoked is
+        refused, after the token is checked (so a stranger cannot probe for
+        names) and before anything changes. ``sign(node)`` produces the node
+        certificate inside the transaction, so a refused join leaves neither
+        a spent token nor a node behind. Each accepted join of a name raises
+        its generation by one (1 for a new name).
         """
 
-        def run(c: sqlite3.Connection) -> tuple[str, str]:
+        def run(c: sqlite3.Connection) -> Registration:
             row = c.execute("SELECT * FROM tokens WHERE token_id = ?", (token.token_id,)).fetchone()
             if row is None or not secret_matches(token.secret, row["secret_hash"]):
                 raise JoinRefused("token is unknown")
@@ -239,25 +281,66 @@ class HubStore:
             pool = row["pool"]
             if requested_pool and requested_pool != pool:
                 raise JoinRefused(f"token is for pool {pool!r}, not {requested_pool!r}")
+            held = c.execute("SELECT generation, standing FROM nodes WHERE name = ?", (node,)).fetchone()
+            if held is not None and held["standing"] != "reset":
+                why = "is revoked" if held["standing"] == "revoked" else "is already registered to another key"
+                raise JoinRefused(f"node {node!r} {why}; an operator can free the name with: edgectl node reset {node}")
+            generation = held["generation"] + 1 if held is not None else 1
             certificate = sign(node)
             c.execute("UPDATE tokens SET uses_left = uses_left - 1 WHERE token_id = ?", (token.token_id,))
             c.execute(
-                """INSERT INTO nodes (name, pool, labels, certificate, registered_at)
-                   VALUES (?, ?, ?, ?, ?)
+                """INSERT INTO nodes (name, pool, labels, certificate, registered_at, generation)
+                   VALUES (?, ?, ?, ?, ?, ?)
                    ON CONFLICT(name) DO UPDATE SET pool = excluded.pool, labels = excluded.labels,
                        certificate = excluded.certificate, registered_at = excluded.registered_at,
+                       generation = excluded.generation, standing = 'joined',
                        seq_before_join = MAX(nodes.seq_before_join, nodes.status_seq), status_seq = -1""",
-                (node, pool, json.dumps(labels, sort_keys=True), certificate, time.time()),
+                (node, pool, json.dumps(labels, sort_keys=True), certificate, time.time(), generation),
             )
-            return pool, certificate
+            return Registration(pool=pool, certificate=certificate, generation=generation, rejoined=held is not None)
 
         return await self._db.transaction(run)
+
+    async def reset_node(self, name: str) -> NodeRecord | None:
+        """Free a node's name: forget the key that joined it, so the next join with the name is accepted.
+
+        The node's assignments are kept (the node that joins next gets its
+        releases back, sealed for its new generation), and so are its
+        generation, status and events. A revoked node is reset too. None
+        when there is no such node.
+        """
+
+        def run(c: sqlite3.Connection) -> NodeRecord | None:
+            cur = c.execute("UPDATE nodes SET standing = 'reset', certificate = '' WHERE name = ?", (name,))
+            if cur.rowcount == 0:
+                return None
+            return self._node(c.execute("SELECT * FROM nodes WHERE name = ?", (name,)).fetchone(), False)
+
+        return await self._db.transaction(run)
+
+    async def revoke_node(self, name: str) -> NodeRecord | None:
+        """Refuse a node from now on: its messages are ignored, nothing is published to it and its
+        name cannot join again until ``reset_node``. Its assignments are kept. None when there is no such node."""
+
+        def run(c: sqlite3.Connection) -> NodeRecord | None:
+            cur = c.execute("UPDATE nodes SET standing = 'revoked', certificate = '' WHERE name = ?", (name,))
+            if cur.rowcount == 0:
+                return None
+            return self._node(c.execute("SELECT * FROM nodes WHERE name = ?", (name,)).fetchone(), False)
+
+        return await self._db.transaction(run)
+
+    async def joined_generations(self) -> dict[str, int]:
+        """The join generation of every node in standing ``joined``: the nodes assignments are published to."""
+        rows = await self._db.read(lambda c: c.execute(f"SELECT name, generation FROM nodes WHERE {_JOINED}").fetchall())
+        return {r["name"]: r["generation"] for r in rows}
 
     # --- nodes ---------------------------------------------------------------
 
     async def list_nodes(self, *, with_status: bool = True) -> list[NodeRecord]:
         """Every node by name; ``with_status=False`` leaves every ``status`` None and is cheaper."""
-        columns = "*" if with_status else "name, pool, labels, registered_at, presence, presence_at, last_seen"
+        columns = "*" if with_status else ("name, pool, labels, registered_at, presence, presence_at, last_seen, "
+                                           "generation, standing")
 
         # Decoded on the store's thread: a status may be a few hundred KiB of JSON.
         def run(c: sqlite3.Connection) -> list[NodeRecord]:
@@ -287,12 +370,12 @@ class HubStore:
         return NodeRecord.from_row(row, status=status)
 
     async def set_presence(self, node: str, state: str, at: str) -> bool:
-        """Record presence; returns False when the node is not registered."""
+        """Record presence; returns False when the node is not registered (or reset, or revoked)."""
 
         def run(c: sqlite3.Connection) -> bool:
             seen = ", last_seen = ?" if state == "online" else ""
             args = (state, at, at, node) if seen else (state, at, node)
-            cur = c.execute(f"UPDATE nodes SET presence = ?, presence_at = ?{seen} WHERE name = ?", args)
+            cur = c.execute(f"UPDATE nodes SET presence = ?, presence_at = ?{seen} WHERE name = ? AND {_JOINED}", args)
             return cur.rowcount == 1
 
         return await self._db.transaction(run)
@@ -311,7 +394,8 @@ class HubStore:
         seq = status.seq
 
         def run(c: sqlite3.Connection) -> SaveOutcome:
-            row = c.execute("SELECT status_seq, seq_before_join FROM nodes WHERE name = ?", (status.node,)).fetchone()
+            row = c.execute(f"SELECT status_seq, seq_before_join FROM nodes WHERE name = ? AND {_JOINED}",
+                            (status.node,)).fetchone()
             if row is None:
                 return "unknown node"
             if seq < 0 or seq > MAX_SEQ:
@@ -340,7 +424,7 @@ class HubStore:
         body = encoded.decode()
 
         def run(c: sqlite3.Connection) -> SaveOutcome:
-            if c.execute("SELECT 1 FROM nodes WHERE name = ?", (event.node,)).fetchone() is None:
+            if c.execute(f"SELECT 1 FROM nodes WHERE name = ? AND {_JOINED}", (event.node,)).fetchone() is None:
                 return "unknown node"
             if event.seq < 0 or event.seq > MAX_SEQ:
                 return "out of range"

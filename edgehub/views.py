@@ -40,6 +40,10 @@ def node_view(node: NodeRecord) -> dict[str, Any]:
         "presence": node.presence,
         "presence_since": node.presence_at,
         "last_seen": node.last_seen,
+        # "joined", "reset" (the name is free for the next join) or "revoked";
+        # generation: how many joins of the name were accepted.
+        "standing": node.standing,
+        "generation": node.generation,
         "agent_version": status.agent_version if status else "",
         "runtime": status.runtime if status else "",
         "status_observed_at": status.observed_at if status else "",

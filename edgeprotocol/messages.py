@@ -161,6 +161,11 @@ class Assignment:
 
     A ``tombstone`` assignment tells the node to remove the release; it carries
     a revision higher than the last one installed so ordering rules still hold.
+    ``generation`` is the node's join generation the hub sealed it for (it
+    grows with every accepted join of the name; 0 for a node that joined
+    before generations existed): a node refuses an assignment of another
+    generation than its own, so one captured before a re-join cannot be
+    replayed after it.
     """
 
     node: str
@@ -172,12 +177,15 @@ class Assignment:
     pool: str = ""
     chart: dict[str, str] = field(default_factory=dict)
     bundle: Bundle | None = None
+    generation: int = 0
 
     def __post_init__(self) -> None:
         for key in ("node", "namespace", "release"):
             check_name(getattr(self, key), key)
         if self.revision < 1:
             raise ValueError(f"revision must be at least 1, not {self.revision}")
+        if self.generation < 0:
+            raise ValueError(f"generation must be at least 0, not {self.generation}")
         if self.kind == "release" and self.bundle is None:
             raise ValueError("a release assignment needs a bundle")
         if self.kind == "tombstone" and self.bundle is not None:
@@ -196,6 +204,7 @@ class Assignment:
             "namespace": self.namespace,
             "release": self.release,
             "revision": self.revision,
+            "generation": self.generation,
             "issued_at": self.issued_at,
             "pool": self.pool,
             "chart": dict(self.chart),
@@ -216,6 +225,10 @@ class Assignment:
         revision = _require(body, "revision", int, where)
         if revision < 1:
             raise ProtocolError(f"{where}: revision {revision} is below 1")
+        # Absent in what a hub older than join generations signed: generation 0.
+        generation = _optional_int(body, "generation", where)
+        if generation < 0:
+            raise ProtocolError(f"{where}: generation {generation} is below 0")
         chart = body.get("chart", {})
         if not isinstance(chart, dict) or not all(isinstance(v, str) for v in chart.values()):
             raise ProtocolError(f"{where}: chart must be an object of strings")
@@ -232,6 +245,7 @@ class Assignment:
             pool=_optional_str(body, "pool", where),
             chart=chart,
             bundle=bundle,
+            generation=generation,
         )
 
 

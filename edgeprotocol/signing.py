@@ -3,7 +3,9 @@
 An envelope is ``{"v": 1, "body": {...}, "sig": base64}``; the Ed25519
 signature covers the canonical JSON encoding of ``body`` (sorted keys, no
 spaces). The agent pins the hub's public key at join and verifies every
-assignment against it, then checks that the body names the receiving node.
+assignment against it, then checks that the body names the receiving node and
+the join generation the node holds (so an assignment sealed for an earlier
+join of the same name is refused after a re-join).
 """
 
 from __future__ import annotations
@@ -43,8 +45,8 @@ def seal(assignment: Assignment, key: Ed25519PrivateKey) -> bytes:
     return encode_json({"v": VERSION, "body": body, "sig": base64.b64encode(signature).decode()})
 
 
-def open_sealed(payload: bytes, key: Ed25519PublicKey, *, node: str) -> Assignment:
-    """Verify and decode an assignment addressed to ``node``.
+def open_sealed(payload: bytes, key: Ed25519PublicKey, *, node: str, generation: int) -> Assignment:
+    """Verify and decode an assignment addressed to ``node`` at join ``generation``.
 
     Raises ProtocolError (or its SignatureError / AddressError subclasses) with
     a reason fit for the node's status and events.
@@ -60,4 +62,8 @@ def open_sealed(payload: bytes, key: Ed25519PublicKey, *, node: str) -> Assignme
     assignment = Assignment.from_body(body)
     if assignment.node != node:
         raise AddressError(f"assignment is addressed to node {assignment.node!r}, not {node!r}")
+    if assignment.generation != generation:
+        raise AddressError(
+            f"assignment is for join generation {assignment.generation} of node {node!r}, but this node joined as "
+            f"generation {generation}: it was sealed for another join of the name (a replay?)")
     return assignment

@@ -205,7 +205,8 @@ async def test_the_example_is_applied_signed_for_each_node_and_a_reapply_is_unch
         await mqtt.subscribe(topics.assignment(node, "demo", "web"), qos=1)
         async with asyncio.timeout(5):
             message = await anext(aiter(mqtt.messages))
-    assignment = open_sealed(message.payload, load_public_key(joined["hub_public_key"]), node=node)
+    assignment = open_sealed(message.payload, load_public_key(joined["hub_public_key"]), node=node,
+                             generation=joined["generation"])
     assert (assignment.revision, assignment.kind) == (1, "release")
     assert assignment.bundle is not None and "ni hao shanghai" in assignment.bundle.manifests
 

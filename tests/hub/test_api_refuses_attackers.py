@@ -65,8 +65,9 @@ async def state_of(hub: TestClient) -> tuple[Any, Any, int]:
 
 
 def test_the_route_table_has_every_endpoint_the_api_documents():
-    assert len(PROTECTED) == 9
+    assert len(PROTECTED) == 11
     assert ("POST", "/api/v1/tokens") in PROTECTED and ("DELETE", "/api/v1/components/demo/web") in PROTECTED
+    assert ("POST", "/api/v1/nodes/web/reset") in PROTECTED and ("POST", "/api/v1/nodes/web/revoke") in PROTECTED
 
 
 # --- the operator token ------------------------------------------------------------

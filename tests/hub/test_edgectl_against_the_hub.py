@@ -7,6 +7,7 @@ edgectl blocks on its HTTP calls, so it runs off the loop that serves the hub.
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -128,3 +129,29 @@ async def test_control_characters_in_what_a_node_reports_do_not_reach_edgectl_ou
     assert "red" in node and "fake" in node and "Deployed" in node and "second line" in node
     (condition_row,) = [line for line in node.splitlines() if line.startswith("RuntimeReady")]
     assert "second line" in condition_row
+
+
+async def test_edgectl_node_revoke_and_reset_say_what_they_did(hub: TestClient, capsys: pytest.CaptureFixture[str]):
+    await answer(await join(hub, await create_token(hub), "sh-1"), 201)
+    token = ["--token", operator_token(hub)]
+
+    code, out, err = await run_edgectl(hub, capsys, *token, "node", "revoke", "sh-1")
+    assert code == 0, err
+    assert out == ("node/sh-1 revoked: its messages are ignored, its 0 assignment(s) are no longer published to it, "
+                   "and its name cannot join; free the name with: edgectl node reset sh-1\n")
+    assert "is revoked" in (await answer(await join(hub, await create_token(hub), "sh-1"), 403))["error"]
+
+    code, out, err = await run_edgectl(hub, capsys, *token, "node", "reset", "sh-1")
+    assert code == 0, err
+    assert out.startswith("node/sh-1 reset: its name is free, and the next join with it is accepted "
+                          "(as join generation 2); its 0 assignment(s) are kept")
+    assert (await answer(await join(hub, await create_token(hub), "sh-1"), 201))["generation"] == 2
+
+    code, out, _ = await run_edgectl(hub, capsys, *token, "node", "reset", "sh-1", "-o", "json")
+    assert code == 0 and json.loads(out)["next_generation"] == 3
+    code, out, err = await run_edgectl(hub, capsys, *token, "node", "revoke", "nobody")
+    assert (code, out) == (1, "") and "node 'nobody' not found" in err
+    code, out, err = await run_edgectl(hub, capsys, *token, "node", "reset", "../components")
+    assert (code, out) == (1, "") and "not a valid name" in err
+    code, _, err = await run_edgectl(hub, capsys, "node", "reset", "sh-1")
+    assert code == 1 and err == f"edgectl: {NO_TOKEN}\n"

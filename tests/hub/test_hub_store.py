@@ -27,8 +27,9 @@ async def test_a_token_joins_into_its_pool_only_as_often_as_allowed(tmp_path: Pa
     token = new_token()
     async with HubStore(tmp_path / "hub.db") as store:
         await store.create_token(token, pool="shanghai", ttl_seconds=60, uses=1)
-        pool, cert = await store.register_node(token, node="n1", requested_pool=None, labels={}, sign=sign)
-        assert (pool, cert) == ("shanghai", "cert-for-n1")
+        joined = await store.register_node(token, node="n1", requested_pool=None, labels={}, sign=sign)
+        assert (joined.pool, joined.certificate, joined.generation, joined.rejoined) == (
+            "shanghai", "cert-for-n1", 1, False)
         with pytest.raises(JoinRefused, match="no uses left"):
             await store.register_node(token, node="n2", requested_pool=None, labels={}, sign=sign)
         assert [n.name for n in await store.list_nodes()] == ["n1"]

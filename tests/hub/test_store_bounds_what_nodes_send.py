@@ -30,6 +30,8 @@ async def add(store: HubStore, seq: int, message: str = "") -> str:
 
 
 async def register(store: HubStore, uses: int = 1) -> None:
+    """Join n1; a name already joined is reset first (as ``edgectl node reset`` does), else the join is refused."""
+    await store.reset_node("n1")
     token = new_token()
     await store.create_token(token, pool="p", ttl_seconds=60, uses=uses)
     await store.register_node(token, node="n1", requested_pool=None, labels={}, sign=lambda _: "cert")

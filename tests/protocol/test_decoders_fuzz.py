@@ -21,7 +21,7 @@ DECODERS = {
     "presence": Presence.decode,
     "event": Event.decode,
     "resync": Resync.decode,
-    "assignment": lambda payload: open_sealed(payload, KEY, node="n1"),
+    "assignment": lambda payload: open_sealed(payload, KEY, node="n1", generation=0),
 }
 scalars = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
                     st.floats(allow_nan=True), st.text(max_size=20))
