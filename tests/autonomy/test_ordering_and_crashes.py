@@ -8,8 +8,9 @@ import sqlite3
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
-from fleet_checks import agent_status, link_test_options, node_events, wait_deployed, write_spec
+from fleet_checks import agent_status, link_test_options, wait_deployed, write_spec
 
+from edgeagent.identity import NodeIdentity
 from edgeprotocol import Assignment, Bundle, NodeStatus, topics
 from edgeprotocol.messages import now
 from edgeprotocol.signing import seal
@@ -42,9 +43,15 @@ def test_reordered_and_duplicated_assignments_end_on_the_newest_applied_once(fle
     wait_until(lambda: agent_status(node)["last_sync"] != "never", timeout=30, what="sh-1 connected")
     key = serialization.load_pem_private_key((hub.workdir / "state" / "hub.key").read_bytes(), password=None)
 
+    # Sealed as the hub seals them: for the node's current join. The hub itself
+    # stops first: it would (rightly) tombstone a release it never assigned.
+    generation = NodeIdentity.load(node.state_dir).generation
+    hub.stop()
+
     def signed(revision: int) -> tuple[str, bytes, bool]:
         assignment = Assignment(node="sh-1", namespace="demo", release="pinned", revision=revision, kind="release",
-                                issued_at=now(), bundle=Bundle.of(POD.format(revision=revision)))
+                                issued_at=now(), bundle=Bundle.of(POD.format(revision=revision)),
+                                generation=generation)
         return topics.assignment("sh-1", "demo", "pinned"), seal(assignment, key), False  # type: ignore[arg-type]
 
     publish(broker.port, [signed(3), signed(2), signed(3)])
@@ -65,8 +72,7 @@ def test_reordered_and_duplicated_assignments_end_on_the_newest_applied_once(fle
     release = wait_until(pinned_status, timeout=30, what="the pinned release observed Deployed")
     assert pinned_revision() == "3"
     assert (release["desired_revision"], release["applied_revision"], release["phase"]) == (3, 3, "Deployed")
-    applied = [(e["reason"], e["revision"]) for e in node_events(hub, "sh-1") if e["release"] == "pinned"]
-    assert applied == [("Applied", 3)]
+    assert agent_status(node)["counters"]["applies"] == 1
 
 
 def test_an_agent_killed_during_an_apply_finishes_it_offline_and_never_claimed_deployed_early(
