@@ -77,6 +77,18 @@ def check_host_name(name: str) -> str:
     return text.rstrip(".")
 
 
+# (field, lowest, highest, lowest allowed) for the bounds on work nodes and charts cause.
+_WORK_BOUNDS: tuple[tuple[str, float, float, bool], ...] = (
+    ("max_status_bytes", 1024, 2**31, True),
+    ("max_seq_jump", 1, 2**62, True),
+    ("resync_interval_seconds", 0, 3600, True),
+    ("render_timeout_seconds", 0, 3600, False),
+    ("render_output_bytes", 1024, 2**31, True),
+    ("render_parallel", 1, 64, True),
+    ("render_queue", 0, 10_000, True),
+)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HubSettings:
     state_dir: Path
@@ -149,6 +161,13 @@ class HubSettings:
                 raise ValueError(f"{name} must be a RateLimit, not {getattr(self, name)!r}")
         if not 1 <= self.rate_limit_sources <= 10_000_000:
             raise ValueError(f"rate_limit_sources {self.rate_limit_sources} must be from 1 to 10000000")
+        # Checked here, where a settings file is read, not when the hub starts the part that uses it.
+        for name, low, high, low_inclusive in _WORK_BOUNDS:
+            value = getattr(self, name)
+            above = value >= low if low_inclusive else value > low
+            if not (above and value <= high):  # compared so that NaN fails too
+                floor = f"at least {low}" if low_inclusive else f"above {low}"
+                raise ValueError(f"{name} {value!r} must be {floor} and at most {high}")
 
     @property
     def advertised_mqtt_url(self) -> str:

@@ -27,3 +27,16 @@ def test_a_settings_file_sets_the_token_defaults(tmp_path: Path):
     settings = HubSettings.from_file(config)
     assert settings.tokens == TokenDefaults(ttl_seconds=120, uses=3)
     assert settings.state_dir == tmp_path / "state"
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("render_parallel", 0), ("render_queue", -1), ("render_timeout_seconds", 0), ("render_output_bytes", 10),
+    ("max_status_bytes", 10), ("max_seq_jump", 0), ("resync_interval_seconds", 7200),
+])
+def test_a_settings_file_with_a_bound_out_of_range_is_refused_when_read_naming_the_key(
+    tmp_path: Path, key: str, value: float
+):
+    config = tmp_path / "hub.yaml"
+    config.write_text(f"state_dir: {tmp_path / 'state'}\n{key}: {value}\n")
+    with pytest.raises(ValueError, match=key):
+        HubSettings.from_file(config)
