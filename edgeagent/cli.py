@@ -14,6 +14,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from edgekit.mqtt import BrokerAddress
 from edgekit.table import print_table
 
 from .agent import Agent, AgentSettings
@@ -133,6 +134,11 @@ async def _run(args: argparse.Namespace) -> int:
     identity = NodeIdentity.load(state_dir)
     if args.mqtt:
         identity = dataclasses.replace(identity, mqtt_url=args.mqtt)
+    try:
+        BrokerAddress.parse(identity.mqtt_url).require_identities()
+    except ValueError as exc:
+        print(f"edgeagent: {exc}", file=sys.stderr)
+        return 2
     settings = AgentSettings(state_dir=state_dir, reconcile_interval=args.reconcile_interval, keepalive=args.keepalive)
     runtime = runtime_from_args(args, state_dir)
     logging.getLogger("edgeagent").info("Node policy: %s", runtime.settings.policy.summary())

@@ -24,12 +24,19 @@ import base64
 import json
 import os
 import re
+import secrets
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
 from edgekit.http import HttpError, JsonHttpClient
+from edgekit.mqtt import BrokerAddress
 from edgekit.table import format_table
 from edgeprotocol.errors import EdgeError
 from edgeprotocol.topics import check_name
@@ -153,6 +160,22 @@ def build_parser() -> argparse.ArgumentParser:
     for action in (reset, revoke):
         action.add_argument("name", help="the node's name")
         action.add_argument("-o", "--output", choices=["text", "json"], default="text")
+
+    credentials = sub.add_parser("credentials", help="broker credentials for MQTT dashboards").add_subparsers(
+        dest="action", required=True)
+    cred_create = credentials.add_parser(
+        "create", help="make a key here and get it a certificate the broker takes (role dashboard: read-only "
+                       "summaries)")
+    cred_create.add_argument("--role", required=True, choices=["dashboard"])
+    cred_create.add_argument("--name", help="a name for it, e.g. grafana (default: dashboard-<random>)")
+    cred_create.add_argument("--out", type=Path, help="directory for client.key, client.crt and ca.crt "
+                                                      "(default: ./NAME)")
+    cred_create.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    cred_list = credentials.add_parser("list", help="credentials the hub issued")
+    cred_list.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    cred_revoke = credentials.add_parser("revoke", help="revoke one: the broker disconnects and refuses it")
+    cred_revoke.add_argument("name")
+    cred_revoke.add_argument("-o", "--output", choices=["text", "json"], default="text")
     return parser
 
 
@@ -225,6 +248,11 @@ def cmd_get(hub: JsonHttpClient, args: argparse.Namespace) -> None:
         rows = [{**c, "component": f"{c['namespace']}/{c['name']}", "chart": f"{c['chart']['name']}-{c['chart']['version']}",
                  "ready": f"{c['deployed']}/{c['targets']}"} for c in data]
         show_table(rows, ["component", "revision", "chart", "ready"])
+    if kind == "nodes":
+        # What the operator should know about how the hub runs (an anonymous broker): on stderr, so
+        # -o json stays parseable.
+        for warning in hub.get("/healthz").get("warnings", []):
+            say(f"warning: {one_line(warning)}", err=True)
 
 
 def conditions_column(conditions: list[dict[str, str]]) -> str:
@@ -294,8 +322,66 @@ def cmd_node(hub: JsonHttpClient, args: argparse.Namespace) -> None:
             f"edgectl node reset {name}")
 
 
+def cmd_credentials(hub: JsonHttpClient, args: argparse.Namespace) -> None:
+    if args.action == "list":
+        data = hub.get("/api/v1/credentials")
+        if args.output == "json":
+            _print_json(data)
+        else:
+            show_table(data, ["name", "role", "username"])
+        return
+    if args.action == "revoke":
+        answer = hub.delete(f"/api/v1/credentials/{args.name}")
+        if args.output == "json":
+            _print_json(answer)
+        else:
+            say(f"credential/{one_line(answer['name'])} revoked: the broker disconnects and refuses it")
+        return
+    name = args.name or f"dashboard-{secrets.token_hex(3)}"
+    try:
+        check_name(name, "credential name")
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+    out = (args.out or Path(name)).resolve()
+    if out.exists() and any(out.iterdir()):
+        raise CommandError(f"{out} exists and is not empty; name another with --out")
+    key, csr = client_key_and_csr(f"dashboard.{name}")
+    answer = hub.post("/api/v1/credentials", {"role": args.role, "name": name, "csr": csr})
+    out.mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_private(out / "client.key", key)
+    (out / "client.crt").write_text(answer["certificate"])
+    (out / "ca.crt").write_text(answer["ca_certificate"])
+    if args.output == "json":
+        _print_json({k: v for k, v in answer.items() if k not in ("certificate", "ca_certificate")}
+                    | {"directory": str(out)})
+        return
+    say(f"credential/{one_line(answer['name'])} created: MQTT user {one_line(answer['username'])}, "
+        f"role {one_line(answer['role'])}, may read {', '.join(one_line(t) for t in answer['topics'])}")
+    say(f"files: {out}/client.key (keep it private), {out}/client.crt, {out}/ca.crt")
+    address = BrokerAddress.parse(answer["mqtt_url"])
+    say(f"try: mosquitto_sub -h {address.host} -p {address.port} --cafile {out}/ca.crt --cert {out}/client.crt "
+        f"--key {out}/client.key -t '{one_line(answer['topics'][0])}' -v")
+
+
+def client_key_and_csr(common_name: str) -> tuple[bytes, str]:
+    """A new ECDSA P-256 key (every MQTT client library takes it) and a CSR for ``common_name``."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+           .sign(key, hashes.SHA256()))
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    return pem, csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
 COMMANDS = {"token": cmd_token, "apply": cmd_apply, "get": cmd_get, "describe": cmd_describe, "delete": cmd_delete,
-            "node": cmd_node}
+            "node": cmd_node, "credentials": cmd_credentials}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,9 @@
     GET    /api/v1/nodes/{name}/events             the node's most recent events
     POST   /api/v1/nodes/{name}/reset              free the node's name for the next join (assignments kept)
     POST   /api/v1/nodes/{name}/revoke             refuse the node until it is reset
+    GET    /api/v1/credentials                     broker credentials issued for dashboards
+    POST   /api/v1/credentials                     sign a CSR for a read-only dashboard identity
+    DELETE /api/v1/credentials/{name}              revoke one (the broker disconnects it)
     GET    /api/v1/pools                           pools with node counts
     GET    /api/v1/components                      components with rollout counts
     POST   /api/v1/components                      apply a component spec with its chart archive
@@ -57,8 +60,11 @@ from cryptography.hazmat.primitives import serialization
 
 from edgeprotocol.topics import check_name
 
+from .broker_access import ANONYMOUS_BROKER_WARNING
+from .broker_roles import DASHBOARD_TOPICS, dashboard_user
 from .components import ApplyOutcome
 from .errors import (
+    AlreadyExists,
     BadRequest,
     ConcurrentChange,
     ForeignOrigin,
@@ -71,8 +77,9 @@ from .errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
-from .keys import COMPONENTS, DISPATCHER, IDENTITY, SETTINGS, STORE
+from .keys import BROKER_ACCESS, COMPONENTS, DISPATCHER, IDENTITY, SETTINGS, STORE
 from .settings import MAX_TOKEN_TTL_SECONDS, MAX_TOKEN_USES
+from .store import CredentialRecord
 from .tokens import new_token, parse_token
 from .views import component_view, node_view, pool_views
 
@@ -101,6 +108,7 @@ STATUS: dict[type[HubError], int] = {
     ForeignOrigin: 403,
     NotFound: 404,
     ConcurrentChange: 409,
+    AlreadyExists: 409,
     UnsupportedMediaType: 415,
     MisdirectedHost: 421,
     SpecRefused: 422,
@@ -213,7 +221,9 @@ def validate_labels(labels: Any) -> dict[str, str]:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"ok": True})
+    """Up, with what an operator should know about how it runs (``edgectl get nodes`` prints the warnings)."""
+    warnings = [] if request.app[SETTINGS].broker_identities else [ANONYMOUS_BROKER_WARNING]
+    return web.json_response({"ok": True, "warnings": warnings})
 
 
 async def create_token(request: web.Request) -> web.Response:
@@ -257,6 +267,8 @@ async def join(request: web.Request) -> web.Response:
         logger.warning("Join of %s refused: %s", node, exc)
         raise
     logger.info("Node %s joined pool %s (join generation %d)", node, joined.pool, joined.generation)
+    # Before the answer: the agent connects to the broker right after it.
+    await app[BROKER_ACCESS].admit_node(node)
     await app[DISPATCHER].sync()
     if joined.rejoined:
         # What was kept for the name is sealed again for the new generation.
@@ -308,6 +320,7 @@ async def reset_node(request: web.Request) -> web.Response:
     if node is None:
         raise NotFound(f"node {name!r} not found")
     kept = await request.app[DISPATCHER].withdraw_node(name)
+    await request.app[BROKER_ACCESS].expel_node(name)
     logger.warning("Node %s reset by the operator: its name is free for the next join; %d assignment(s) kept",
                    name, kept)
     return web.json_response({"node": name, "standing": node.standing, "generation": node.generation,
@@ -322,6 +335,7 @@ async def revoke_node(request: web.Request) -> web.Response:
     if node is None:
         raise NotFound(f"node {name!r} not found")
     withheld = await request.app[DISPATCHER].withdraw_node(name)
+    await request.app[BROKER_ACCESS].expel_node(name)
     logger.warning("Node %s revoked by the operator: %d assignment(s) withheld; it is refused until reset",
                    name, withheld)
     return web.json_response({"node": name, "standing": node.standing, "generation": node.generation,
@@ -402,6 +416,47 @@ async def delete_component(request: web.Request) -> web.Response:
     return web.json_response({"component": f"{namespace}/{name}", "revision": revision, "deleted": True})
 
 
+CREDENTIAL_ROLES = ("dashboard",)
+
+
+def _credential_view(record: CredentialRecord) -> dict[str, Any]:
+    return {"name": record.name, "role": record.role, "username": dashboard_user(record.name),
+            "created_at": record.created_at}
+
+
+async def create_credential(request: web.Request) -> web.Response:
+    """Issue a broker credential: the caller's CSR signed for ``dashboard.NAME``, a user the broker lets
+    read summaries and nothing else. The key stays with the caller."""
+    body = await _json_body(request)
+    app = request.app
+    role = _field(body, "role", str)
+    if role not in CREDENTIAL_ROLES:
+        raise BadRequest(f"role {role!r} is not one of {list(CREDENTIAL_ROLES)}", field="role")
+    name = _name(_field(body, "name", str), "name")
+    csr = _field(body, "csr", str)
+    username = dashboard_user(name)
+    identity = app[IDENTITY]
+    record = await app[STORE].add_credential(name, role, lambda: identity.sign_csr(csr, common_name=username))
+    await app[BROKER_ACCESS].admit_dashboard(name)
+    logger.info("Broker credential %s (role %s) issued", username, role)
+    return web.json_response({**_credential_view(record), "certificate": record.certificate,
+                              "ca_certificate": identity.ca_pem, "mqtt_url": app[SETTINGS].advertised_mqtt_url,
+                              "topics": list(DASHBOARD_TOPICS)}, status=201)
+
+
+async def list_credentials(request: web.Request) -> web.Response:
+    return web.json_response([_credential_view(r) for r in await request.app[STORE].list_credentials()])
+
+
+async def delete_credential(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    if not await request.app[STORE].delete_credential(name):
+        raise NotFound(f"credential {name!r} not found")
+    await request.app[BROKER_ACCESS].expel_dashboard(name)
+    logger.warning("Broker credential %s revoked", dashboard_user(name))
+    return web.json_response({"name": name, "revoked": True})
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_post("/api/v1/tokens", create_token)
@@ -411,6 +466,9 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/nodes/{name}/events", node_events)
     app.router.add_post("/api/v1/nodes/{name}/reset", reset_node)
     app.router.add_post("/api/v1/nodes/{name}/revoke", revoke_node)
+    app.router.add_get("/api/v1/credentials", list_credentials)
+    app.router.add_post("/api/v1/credentials", create_credential)
+    app.router.add_delete("/api/v1/credentials/{name}", delete_credential)
     app.router.add_get("/api/v1/pools", list_pools)
     app.router.add_get("/api/v1/components", list_components)
     app.router.add_post("/api/v1/components", apply_component)

@@ -3,32 +3,45 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 import aiomqtt
 from aiohttp import web
 
-from edgekit.mqtt import MqttSession, SessionSettings
+from edgekit.mqtt import MqttSession, SessionSettings, TlsIdentity
 from edgeprotocol import topics
 
 from .api import MAX_REQUEST_BYTES, add_routes, json_errors
 from .auth import HostAllowList, json_bodies_only, operator_only, operator_token_ctx, same_origin_only
+from .broker_access import ANONYMOUS_BROKER_WARNING, BrokerAccess
+from .broker_roles import CONTROL_RESPONSE_TOPIC, HUB_USER
 from .components import Components
 from .dispatch import Dispatcher
 from .identity import HubIdentity
 from .ingest import IngestLimits, NodeMessages
-from .keys import COMPONENTS, DISPATCHER, IDENTITY, MQTT, RENDERER, SETTINGS, STORE
+from .keys import BROKER_ACCESS, COMPONENTS, DISPATCHER, IDENTITY, MQTT, RENDERER, SETTINGS, STORE
 from .ratelimit import SourceRateLimiter, rate_limits
 from .renderer import Renderer, RenderLimits
 from .settings import HubSettings
 from .store import HubStore
 
+logger = logging.getLogger(__name__)
+
 HUB_CLIENT_ID = "edgehub"
 
 
 async def identity_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+
+    def load() -> HubIdentity:
+        identity = HubIdentity.load_or_create(settings.state_dir)
+        if settings.broker_identities:
+            identity.ensure_certificate(settings.mqtt_key_path, settings.mqtt_cert_path, HUB_USER, usage="client")
+        return identity
+
     # Key generation and file writes: a thread keeps the loop free.
-    app[IDENTITY] = await asyncio.to_thread(HubIdentity.load_or_create, app[SETTINGS].state_dir)
+    app[IDENTITY] = await asyncio.to_thread(load)
     yield
 
 
@@ -48,27 +61,51 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
             session = app.get(MQTT)
             return await session.publish(topic, payload, retain=retain) if session else False
 
+        async def publish_control(topic: str, payload: bytes) -> bool:
+            return await publish(topic, payload, False)
+
+        async def registry() -> tuple[set[str], set[str]]:
+            nodes = set(await store.joined_generations())
+            return nodes, {c.name for c in await store.list_credentials()}
+
         app[DISPATCHER] = Dispatcher(store, app[IDENTITY].key, publish)
         app[COMPONENTS] = Components(store, app[DISPATCHER], app[RENDERER])
-        yield
+        async with BrokerAccess(publish_control, registry, enabled=settings.broker_identities) as access:
+            app[BROKER_ACCESS] = access
+            yield
 
 
 async def mqtt_ctx(app: web.Application) -> AsyncIterator[None]:
-    dispatcher = app[DISPATCHER]
-    messages = NodeMessages(app[STORE], dispatcher, IngestLimits.of(app[SETTINGS]))
+    settings, dispatcher, access = app[SETTINGS], app[DISPATCHER], app[BROKER_ACCESS]
+    messages = NodeMessages(app[STORE], dispatcher, IngestLimits.of(settings))
+
+    async def on_message(topic: str, payload: bytes) -> None:
+        if topic == CONTROL_RESPONSE_TOPIC:
+            await access.on_response(payload)
+        else:
+            await messages.handle(topic, payload)
 
     async def on_connect(_: MqttSession) -> None:
+        access.on_connect()
         # The broker may have restarted without its retained messages: the
         # store is the truth, so re-publish all of it on every connect.
         await dispatcher.publish_all()
 
+    subscriptions = (topics.ALL_STATUS, topics.ALL_PRESENCE, topics.ALL_EVENTS, topics.ALL_RESYNC)
+    tls = None
+    if settings.broker_identities:
+        subscriptions += (CONTROL_RESPONSE_TOPIC,)
+        tls = TlsIdentity(app[IDENTITY].ca_pem, settings.mqtt_cert_path, settings.mqtt_key_path)
+    else:
+        logger.warning("Warning: %s", ANONYMOUS_BROKER_WARNING)
     session_settings = SessionSettings(
-        url=app[SETTINGS].mqtt_url,
+        url=settings.mqtt_url,
         client_id=HUB_CLIENT_ID,
-        subscriptions=(topics.ALL_STATUS, topics.ALL_PRESENCE, topics.ALL_EVENTS, topics.ALL_RESYNC),
+        subscriptions=subscriptions,
         will=aiomqtt.Will(f"{topics.PREFIX}/hub/presence", b"offline", qos=1, retain=True),
+        tls=tls,
     )
-    async with MqttSession(session_settings, on_message=messages.handle, on_connect=on_connect) as session:
+    async with MqttSession(session_settings, on_message=on_message, on_connect=on_connect) as session:
         app[MQTT] = session
         yield
 

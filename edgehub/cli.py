@@ -14,6 +14,7 @@ from aiohttp import web
 
 from .app import create_app
 from .auth import OperatorTokenError
+from .broker_config import BrokerConfigError, write_mosquitto_config
 from .settings import HubSettings
 
 
@@ -37,11 +38,43 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a host name the API answers to besides loopback and the listen host "
                             "(the name nodes and operators reach it by); repeat for more")
     serve.add_argument("--log-level", default="INFO")
+    broker = sub.add_parser("mosquitto-config",
+                            help="write a Mosquitto configuration for the broker with identities (TLS, client "
+                                 "certificates of the hub CA, per-node permissions)")
+    broker.add_argument("--state", type=Path, required=True,
+                        help="the hub's state directory (its CA is created there if the hub never ran)")
+    broker.add_argument("--listen", type=_host_port, required=True, help="the broker's address HOST:PORT")
+    broker.add_argument("--out", type=Path, required=True, help="directory for mosquitto.conf, certificates and "
+                                                                "identities")
+    broker.add_argument("--name", action="append", default=[], metavar="NAME",
+                        help="another host name or address nodes reach the broker by (goes into its "
+                             "certificate); repeat for more")
+    broker.add_argument("--plugin", type=Path, help="path of mosquitto_dynamic_security.so (found by default)")
+    broker.add_argument("--user", help="the account the broker runs as when started as root (default: mosquitto, "
+                                       "if it can reach --out)")
     return parser
+
+
+def mosquitto_config(args: argparse.Namespace) -> int:
+    host, port = args.listen
+    try:
+        config = write_mosquitto_config(args.state.resolve(), host, port, args.out, names=tuple(args.name),
+                                        plugin=args.plugin, user=args.user)
+    except (BrokerConfigError, OSError) as exc:
+        print(f"edgehub: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {config.config_file} and the broker's certificate and identities in {config.out_dir}")
+    if config.warning:
+        print(f"warning: {config.warning}", file=sys.stderr)
+    print(f"start the broker:  mosquitto -c {config.config_file}")
+    print(f"start the hub:     edgehub serve --mqtt {config.url} --state {args.state}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "mosquitto-config":
+        return mosquitto_config(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides = {
         "listen_host": args.listen[0] if args.listen else None,

@@ -73,6 +73,10 @@ class ConcurrentChange(HubError):
     """Two applies of the same component raced; the later one must apply again."""
 
 
+class AlreadyExists(HubError):
+    """409: the name a request would create is taken."""
+
+
 class SpecRefused(HubError):
     """A component spec or chart that does not validate or render.
 

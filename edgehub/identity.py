@@ -9,15 +9,20 @@ node keeps its private key and only sends a CSR).
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edgeprotocol.signing import public_key_pem
 
@@ -27,6 +32,12 @@ from .errors import CsrError
 # name (edgectl node reset); a year keeps that rare.
 NODE_CERT_DAYS = 365
 CA_CERT_DAYS = 3650
+# Certificates the hub issues for services it runs or configures (the broker,
+# its own MQTT client, dashboards); re-issued when a third of the life is left.
+SERVICE_CERT_DAYS = 365
+
+Usage = Literal["client", "server"]
+_USAGE_OIDS = {"client": ExtendedKeyUsageOID.CLIENT_AUTH, "server": ExtendedKeyUsageOID.SERVER_AUTH}
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +75,10 @@ class HubIdentity:
 
     def sign_node_csr(self, csr_pem: str, *, node: str) -> str:
         """Sign a node's CSR after checking that it names the node and is self-consistent."""
+        return self.sign_csr(csr_pem, common_name=node, days=NODE_CERT_DAYS)
+
+    def sign_csr(self, csr_pem: str, *, common_name: str, days: float = SERVICE_CERT_DAYS) -> str:
+        """Sign a client certificate request that names exactly ``common_name``; CsrError says what is wrong."""
         try:
             csr = x509.load_pem_x509_csr(csr_pem.encode())
         except ValueError as exc:
@@ -77,22 +92,89 @@ class HubIdentity:
             raise CsrError(f"cannot be read ({exc})") from exc
         if not signature_ok:
             raise CsrError("signature does not verify")
-        if len(names) != 1 or names[0].value != node:
-            raise CsrError(f"must have exactly the common name {node!r}")
+        if len(names) != 1 or names[0].value != common_name:
+            raise CsrError(f"must have exactly the common name {common_name!r}")
+        cert = self.issue(public_key, common_name, usage="client", days=days)  # type: ignore[arg-type]
+        return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+    def issue(self, public_key: CertificateIssuerPublicKeyTypes, common_name: str, *, usage: Usage,
+              days: float, names: Sequence[str] = ()) -> x509.Certificate:
+        """A certificate for ``common_name`` signed by the hub CA.
+
+        On the broker with identities the common name is the MQTT user name
+        (Mosquitto's use_identity_as_username), so it decides what the holder may
+        publish and read. ``names`` become subject alternative names (IP
+        addresses or DNS names) for a server.
+        """
         now = dt.datetime.now(dt.UTC)
-        cert = (
+        builder = (
             x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node)]))
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
             .issuer_name(self.ca_certificate.subject)
             .public_key(public_key)
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=NODE_CERT_DAYS))
+            .not_valid_after(now + dt.timedelta(days=days))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-            .sign(self.key, algorithm=None)
+            .add_extension(x509.ExtendedKeyUsage([_USAGE_OIDS[usage]]), critical=False)
         )
-        return cert.public_bytes(serialization.Encoding.PEM).decode()
+        if names:
+            builder = builder.add_extension(x509.SubjectAlternativeName([_general_name(n) for n in names]),
+                                            critical=False)
+        return builder.sign(self.key, algorithm=None)
+
+    def ensure_certificate(self, key_path: Path, cert_path: Path, common_name: str, *, usage: Usage,
+                           names: Sequence[str] = ()) -> bool:
+        """Make sure ``cert_path`` holds a certificate of this CA for ``common_name`` and ``names`` with a third
+        of its life left, and ``key_path`` its key (ECDSA P-256: every TLS client takes it); issue a new pair
+        otherwise. The key is written owner-only. Returns True when it issued one."""
+        if _still_good(self, cert_path, key_path, common_name, names):
+            return False
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = self.issue(key.public_key(), common_name, usage=usage, days=SERVICE_CERT_DAYS, names=names)
+        write_private(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                  serialization.NoEncryption()))
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        return True
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` readable by the owner only, replacing it atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _general_name(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name.strip("[]")))
+    except ValueError:
+        return x509.DNSName(name)
+
+
+def _still_good(identity: HubIdentity, cert_path: Path, key_path: Path, common_name: str,
+                names: Sequence[str]) -> bool:
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    except (OSError, ValueError):
+        return False
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        current = {str(n.value) for n in sans}
+    except x509.ExtensionNotFound:
+        current = set()
+    now = dt.datetime.now(dt.UTC)
+    life = cert.not_valid_after_utc - cert.not_valid_before_utc
+    return (
+        cert.issuer == identity.ca_certificate.subject
+        and cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == common_name
+        and current == {str(_general_name(n).value) for n in names}
+        and cert.public_key() == key.public_key()
+        and cert.not_valid_after_utc - now > life / 3
+    )
 
 
 def _self_signed_ca(key: Ed25519PrivateKey) -> x509.Certificate:

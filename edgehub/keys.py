@@ -6,6 +6,7 @@ from aiohttp import web
 
 from edgekit.mqtt import MqttSession
 
+from .broker_access import BrokerAccess
 from .components import Components
 from .dispatch import Dispatcher
 from .identity import HubIdentity
@@ -20,3 +21,4 @@ DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 MQTT = web.AppKey("mqtt", MqttSession)
 COMPONENTS = web.AppKey("components", Components)
 RENDERER = web.AppKey("renderer", Renderer)
+BROKER_ACCESS = web.AppKey("broker_access", BrokerAccess)

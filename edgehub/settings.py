@@ -148,9 +148,14 @@ class HubSettings:
     render_queue: int = 16
 
     def __post_init__(self) -> None:
-        BrokerAddress.parse(self.mqtt_url)
+        broker = BrokerAddress.parse(self.mqtt_url)
+        broker.require_identities()
         if self.mqtt_advertise_url:
-            BrokerAddress.parse(self.mqtt_advertise_url)
+            advertised = BrokerAddress.parse(self.mqtt_advertise_url)
+            advertised.require_identities()
+            if advertised.tls != broker.tls:
+                raise ValueError(f"mqtt_advertise_url {self.mqtt_advertise_url!r} and mqtt_url {self.mqtt_url!r} "
+                                 "must both be mqtts:// (or both mqtt://): nodes use the broker the hub uses")
         if not 0 <= self.listen_port < 65536:  # 0: any free port (the hub prints the one it bound)
             raise ValueError(f"listen port {self.listen_port} is out of range")
         if isinstance(self.allowed_hosts, str):
@@ -168,6 +173,20 @@ class HubSettings:
             if not (above and value <= high):  # compared so that NaN fails too
                 floor = f"at least {low}" if low_inclusive else f"above {low}"
                 raise ValueError(f"{name} {value!r} must be {floor} and at most {high}")
+
+    @property
+    def broker_identities(self) -> bool:
+        """True for a TLS broker (mqtts://): clients show certificates and the hub manages their rights."""
+        return BrokerAddress.parse(self.mqtt_url).tls
+
+    @property
+    def mqtt_key_path(self) -> Path:
+        return self.state_dir / "hub-mqtt.key"
+
+    @property
+    def mqtt_cert_path(self) -> Path:
+        """The hub's own client certificate on the broker with identities (user name ``hub.edgecollab``)."""
+        return self.state_dir / "hub-mqtt.crt"
 
     @property
     def advertised_mqtt_url(self) -> str:

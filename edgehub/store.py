@@ -37,7 +37,7 @@ from edgekit.sqlite import Database
 from edgeprotocol.errors import ProtocolError
 from edgeprotocol.messages import MAX_MESSAGE_BYTES, AssignmentKind, Bundle, Event, NodeStatus
 
-from .errors import ConcurrentChange, JoinRefused
+from .errors import AlreadyExists, ConcurrentChange, JoinRefused
 from .tokens import TokenParts, hash_secret, secret_matches
 
 logger = logging.getLogger(__name__)
@@ -96,6 +96,12 @@ CREATE TABLE IF NOT EXISTS assignments (
     kind TEXT NOT NULL,
     render_key TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (node, namespace, release)
+);
+CREATE TABLE IF NOT EXISTS credentials (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    certificate TEXT NOT NULL,
+    created_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS events (
     node TEXT NOT NULL,
@@ -169,6 +175,16 @@ class Registration:
     certificate: str
     generation: int
     rejoined: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialRecord:
+    """A broker credential the hub issued besides node identities (today: read-only dashboards)."""
+
+    name: str
+    role: str
+    certificate: str
+    created_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,6 +350,32 @@ class HubStore:
         """The join generation of every node in standing ``joined``: the nodes assignments are published to."""
         rows = await self._db.read(lambda c: c.execute(f"SELECT name, generation FROM nodes WHERE {_JOINED}").fetchall())
         return {r["name"]: r["generation"] for r in rows}
+
+    # --- broker credentials (dashboards) --------------------------------------
+
+    async def add_credential(self, name: str, role: str, certificate: Callable[[], str]) -> CredentialRecord:
+        """Record a new credential, issuing its certificate with ``certificate()`` only if the name is free."""
+
+        def run(c: sqlite3.Connection) -> CredentialRecord:
+            if c.execute("SELECT 1 FROM credentials WHERE name = ?", (name,)).fetchone() is not None:
+                raise AlreadyExists(f"credential {name!r} exists; revoke it first or choose another --name")
+            record = CredentialRecord(name=name, role=role, certificate=certificate(), created_at=time.time())
+            c.execute("INSERT INTO credentials (name, role, certificate, created_at) VALUES (?, ?, ?, ?)",
+                      (record.name, record.role, record.certificate, record.created_at))
+            return record
+
+        return await self._db.transaction(run)
+
+    async def list_credentials(self) -> list[CredentialRecord]:
+        rows = await self._db.read(lambda c: c.execute("SELECT * FROM credentials ORDER BY name").fetchall())
+        return [CredentialRecord(name=r["name"], role=r["role"], certificate=r["certificate"],
+                                 created_at=r["created_at"]) for r in rows]
+
+    async def delete_credential(self, name: str) -> bool:
+        def run(c: sqlite3.Connection) -> bool:
+            return c.execute("DELETE FROM credentials WHERE name = ?", (name,)).rowcount > 0
+
+        return await self._db.transaction(run)
 
     # --- nodes ---------------------------------------------------------------
 

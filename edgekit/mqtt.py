@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import random
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiomqtt
@@ -26,25 +29,65 @@ MessageHandler = Callable[[str, bytes], Awaitable[None]]
 ConnectHook = Callable[["MqttSession"], Awaitable[None]]
 
 
+_DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
+
+
 @dataclass(frozen=True, slots=True)
 class BrokerAddress:
     host: str
     port: int
+    tls: bool = False
 
     @classmethod
     def parse(cls, url: str) -> BrokerAddress:
-        """Parse ``mqtt://HOST:PORT`` (port 1883 when left out)."""
+        """Parse ``mqtts://HOST:PORT`` (TLS, port 8883 when left out) or ``mqtt://HOST:PORT`` (plain, 1883)."""
         parts = urlsplit(url)
-        if parts.scheme != "mqtt" or not parts.hostname:
-            raise ValueError(f"MQTT URL {url!r} must look like mqtt://HOST:PORT")
+        if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
+            raise ValueError(f"MQTT URL {url!r} must look like mqtts://HOST:PORT (or mqtt://HOST:PORT on loopback)")
         try:
-            port = parts.port or 1883
+            port = parts.port or _DEFAULT_PORTS[parts.scheme]
         except ValueError as exc:
             raise ValueError(f"MQTT URL {url!r} has an invalid port") from exc
-        return cls(host=parts.hostname, port=port)
+        return cls(host=parts.hostname, port=port, tls=parts.scheme == "mqtts")
+
+    @property
+    def loopback(self) -> bool:
+        """True for 127.0.0.0/8, ::1 and ``localhost``: a broker only this machine reaches."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    def require_identities(self) -> None:
+        """Refuse a plain (anonymous) broker anywhere but on loopback: ValueError saying what to use."""
+        if not self.tls and not self.loopback:
+            raise ValueError(
+                f"{self} is a plain MQTT broker off loopback, where anyone on the network could read and forge "
+                "fleet messages; use mqtts:// with the broker 'edgehub mosquitto-config' writes (plain mqtt:// is "
+                "for development on 127.0.0.1 only)")
 
     def __str__(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class TlsIdentity:
+    """What a client needs for a broker with identities: the CA that signed the broker's certificate,
+    and this client's own certificate and key files (read again on every connect, so a renewed
+    certificate is used from the next connection on)."""
+
+    ca_pem: str
+    cert_file: Path
+    key_file: Path
+
+    def context(self) -> ssl.SSLContext:
+        """A client TLS context: the broker's certificate must chain to the CA and name the host dialled."""
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=self.ca_pem)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(self.cert_file, self.key_file)
+        return context
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -65,7 +108,13 @@ class SessionSettings:
     # aiomqtt logs it). Retained assignments make a dropped one come back on
     # the next connect.
     max_queued_incoming: int = 10_000
+    # Required for an mqtts:// URL: the CA and this client's certificate.
+    tls: TlsIdentity | None = None
     extra: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if BrokerAddress.parse(self.url).tls and self.tls is None:
+            raise ValueError(f"{self.url} is a TLS broker: the session needs a CA and a client certificate")
 
 
 class SessionLost(Exception):
@@ -126,9 +175,10 @@ class MqttSession:
     async def wait_connected(self, timeout: float) -> None:
         await asyncio.wait_for(self.connected.wait(), timeout)
 
-    def _client_args(self) -> dict[str, object]:
+    def _client_args(self, tls_context: ssl.SSLContext | None) -> dict[str, object]:
         s = self.settings
         return {
+            "tls_context": tls_context,
             "hostname": self.broker.host,
             "port": self.broker.port,
             "identifier": s.client_id,
@@ -167,12 +217,30 @@ class MqttSession:
         exc = state.outcome.exception() if state.outcome else None
         logger.info("Connecting to %s failed (attempt #%d: %s); will retry in %.1f s", self.broker, state.attempt_number, exc, delay)
 
+    async def _tls_context(self) -> ssl.SSLContext | None:
+        tls = self.settings.tls
+        if not self.broker.tls or tls is None:
+            return None
+        try:
+            # Reads the certificate files: off the loop.
+            return await asyncio.to_thread(tls.context)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            # Retried like a refused connection: the files may be in the middle of a renewal.
+            raise aiomqtt.MqttError(f"cannot load the TLS identity ({tls.cert_file}, {tls.key_file}): {exc}") from exc
+
     async def _serve_one_connection(self) -> None:
-        async with aiomqtt.Client(**self._client_args()) as client:  # type: ignore[arg-type]
+        tls_context = await self._tls_context()
+        async with aiomqtt.Client(**self._client_args(tls_context)) as client:  # type: ignore[arg-type]
             self._client = client
             try:
                 for topic in self.settings.subscriptions:
-                    await client.subscribe(topic, qos=1, timeout=self.settings.timeout)
+                    granted = await client.subscribe(topic, qos=1, timeout=self.settings.timeout)
+                    if any(getattr(code, "is_failure", False) for code in granted or ()):
+                        # The broker took the connection but not this subscription: on a broker with
+                        # identities, a client it does not (or no longer) admit. Staying connected would
+                        # receive nothing, so drop the link and try again with backoff.
+                        raise aiomqtt.MqttError(f"the broker refused the subscription to {topic} (not authorized: "
+                                                "is this identity admitted, or was it revoked?)")
                 self.connections += 1
                 self.connected.set()
                 logger.info("Connected to %s as %s", self.broker, self.settings.client_id)

@@ -24,8 +24,9 @@ CALL_TIMEOUT_SECONDS = 10.0
 
 
 class LinkProxy:
-    def __init__(self, target_port: int, *, name: str = "link") -> None:
+    def __init__(self, target_port: int, *, name: str = "link", scheme: str = "mqtt") -> None:
         self.name = name
+        self.scheme = scheme  # the broker's: TLS passes through the proxy untouched
         self.target_port = target_port
         self.port = 0  # bound by start(): the kernel picks a free port, nothing can take it in between
         self.cuts = 0
@@ -38,7 +39,7 @@ class LinkProxy:
 
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     @property
     def is_cut(self) -> bool:

@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from edgeagent.runtime import PodmanSettings
+from edgehub.identity import HubIdentity
+from edgekit.mqtt import TlsIdentity
 
 from .faults import LinkProxy
 from .net import free_port
@@ -116,35 +118,49 @@ class ManagedProcess:
         return ""
 
 
+# A harness-only broker identity that reads every topic, so a test can watch what
+# nodes and the hub publish (no product identity may: a node reads only its own).
+OBSERVER = "observer.edgesim"
+OBSERVER_ROLE = {"rolename": "edgesim-observer", "textname": "test observer: reads everything",
+                 "acls": [{"acltype": kind, "topic": "#", "priority": 0, "allow": True}
+                          for kind in ("subscribePattern", "publishClientReceive")]}
+
+
 class Mosquitto(ManagedProcess):
-    """A real Mosquitto on a loopback port, without persistence (a restart loses retained messages)."""
+    """A real Mosquitto on a loopback port.
+
+    With ``hub_state`` (what the demo and fleet tests use) it runs the broker with identities exactly as a
+    user sets it up: ``edgehub mosquitto-config --state HUB_STATE --listen 127.0.0.1:PORT --out DIR`` then
+    ``mosquitto -c DIR/mosquitto.conf`` (TLS, client certificates of the hub CA, per-node permissions), plus
+    one harness identity, ``OBSERVER``, that reads every topic. Without it: an anonymous loopback broker
+    without persistence (a restart loses retained messages), for tests of the transport alone.
+    """
 
     # Mosquitto cannot bind port 0 and say which port it got, so a free port is
     # picked first; if something takes it before Mosquitto binds, the first
     # start tries again with another (restarts keep theirs: clients reconnect to it).
     PORT_ATTEMPTS = 3
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, *, hub_state: Path | None = None) -> None:
         super().__init__("mosquitto", workdir / "mosquitto.log")
         self.workdir = workdir
         self._chosen = port is None
         self.port = port or free_port()
-        self.config = workdir / "mosquitto.conf"
+        self.hub_state = hub_state
+        self.config_dir = workdir / "config"
+        self.config = self.config_dir / "mosquitto.conf" if hub_state else workdir / "mosquitto.conf"
         self._started_once = False
 
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        return f"{'mqtts' if self.hub_state else 'mqtt'}://127.0.0.1:{self.port}"
 
     def start(self) -> Mosquitto:
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         self.workdir.mkdir(parents=True, exist_ok=True)
         attempts = self.PORT_ATTEMPTS if self._chosen and not self._started_once else 1
         for attempt in range(1, attempts + 1):
-            self.config.write_text(
-                f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                "log_dest stdout\nlog_type error\nlog_type warning\nlog_type notice\n"
-            )
+            self._write_config()
             self._spawn([binary, "-c", str(self.config)])
             try:
                 wait_until(lambda: _port_open(self.port) or self._check_alive(), timeout=10,
@@ -157,6 +173,41 @@ class Mosquitto(ManagedProcess):
                 self.port = free_port()
         self._started_once = True
         return self
+
+    def _write_config(self) -> None:
+        if self.hub_state is None:
+            self.config.write_text(
+                f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                "log_dest stdout\nlog_type error\nlog_type warning\nlog_type notice\n"
+            )
+            return
+        result = subprocess.run(
+            [sys.executable, "-m", "edgehub.cli", "mosquitto-config", "--state", str(self.hub_state),
+             "--listen", f"127.0.0.1:{self.port}", "--out", str(self.config_dir)],
+            capture_output=True, text=True, timeout=60)
+        if result.returncode != 0:
+            raise FleetError(f"edgehub mosquitto-config failed: {result.stderr.strip()}")
+        self._add_observer()
+
+    def _add_observer(self) -> None:
+        path = self.config_dir / "dynamic-security.json"
+        document = json.loads(path.read_text())
+        if not any(c["username"] == OBSERVER for c in document["clients"]):
+            document["clients"].append({"username": OBSERVER, "roles": [{"rolename": OBSERVER_ROLE["rolename"]}]})
+            document["roles"].append(OBSERVER_ROLE)
+            path.write_text(json.dumps(document, indent=2))
+
+    def identity(self, common_name: str = OBSERVER) -> TlsIdentity | None:
+        """A client certificate of the hub CA for ``common_name`` (None on an anonymous broker): what a node,
+        the hub or the observer shows. Connecting as an identity already connected replaces that session."""
+        if self.hub_state is None:
+            return None
+        hub = HubIdentity.load_or_create(self.hub_state)
+        folder = self.workdir / "clients"
+        folder.mkdir(parents=True, exist_ok=True)
+        key, cert = folder / f"{common_name}.key", folder / f"{common_name}.crt"
+        hub.ensure_certificate(key, cert, common_name, usage="client")
+        return TlsIdentity(ca_pem=hub.ca_pem, cert_file=cert, key_file=key)
 
     def _check_alive(self) -> bool:
         if not self.running:
@@ -192,7 +243,11 @@ class Hub(ManagedProcess):
 
     @property
     def state_dir(self) -> Path:
-        return self.workdir / "state"
+        return self.state_dir_of(self.workdir)
+
+    @staticmethod
+    def state_dir_of(workdir: Path) -> Path:
+        return workdir / "state"
 
     @property
     def admin_token_path(self) -> Path:
@@ -391,8 +446,9 @@ class Fleet:
     links: dict[str, LinkProxy] = field(default_factory=dict)
 
     def start(self) -> Fleet:
-        self.broker = Mosquitto(self.workdir / "broker").start()
-        self.hub = Hub(self.workdir / "hub", self.broker.url).start()
+        hub_dir = self.workdir / "hub"
+        self.broker = Mosquitto(self.workdir / "broker", hub_state=Hub.state_dir_of(hub_dir)).start()
+        self.hub = Hub(hub_dir, self.broker.url).start()
         return self
 
     def add_node(self, name: str, pool: str, *, labels: dict[str, str] | None = None, token: str | None = None,
@@ -417,7 +473,8 @@ class Fleet:
     def link(self, name: str) -> LinkProxy:
         """A fault-injecting proxy to the broker, for a node added with ``link=``."""
         assert self.broker is not None
-        proxy = self.links[name] = LinkProxy(self.broker.port, name=name).start()
+        scheme = self.broker.url.partition(":")[0]
+        proxy = self.links[name] = LinkProxy(self.broker.port, name=name, scheme=scheme).start()
         return proxy
 
     def close(self) -> None:

@@ -7,18 +7,28 @@ import uuid
 
 import paho.mqtt.client as mqtt
 
+from edgekit.mqtt import TlsIdentity
+
 CONNECT_TIMEOUT_SECONDS = 10.0
 
 
-class TopicRecorder:
-    """Subscribes to ``topic`` on the broker at ``port`` and keeps every payload, in order."""
+def _client(prefix: str, tls: TlsIdentity | None) -> mqtt.Client:
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{prefix}-{uuid.uuid4().hex[:8]}")
+    if tls is not None:
+        client.tls_set_context(tls.context())
+    return client
 
-    def __init__(self, port: int, topic: str) -> None:
+
+class TopicRecorder:
+    """Subscribes to ``topic`` on the broker at ``port`` and keeps every payload, in order.
+    ``tls``: the identity to show a broker with identities (``Mosquitto.identity()``: the observer)."""
+
+    def __init__(self, port: int, topic: str, *, tls: TlsIdentity | None = None) -> None:
         self.topic = topic
         self.payloads: list[bytes] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
-        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"recorder-{uuid.uuid4().hex[:8]}")
+        self._client = _client("recorder", tls)
         self._client.on_connect = lambda client, *_: client.subscribe(topic, qos=1)
         self._client.on_subscribe = lambda *_: self._subscribed.set()
         self._client.on_message = self._on_message
@@ -47,9 +57,9 @@ class TopicRecorder:
             return list(self.payloads)
 
 
-def publish(port: int, messages: list[tuple[str, bytes, bool]]) -> None:
+def publish(port: int, messages: list[tuple[str, bytes, bool]], *, tls: TlsIdentity | None = None) -> None:
     """Publish (topic, payload, retain) messages in order with QoS 1, waiting for each acknowledgement."""
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"publisher-{uuid.uuid4().hex[:8]}")
+    client = _client("publisher", tls)
     client.connect("127.0.0.1", port, keepalive=10)
     client.loop_start()
     try:

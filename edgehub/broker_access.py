@@ -1,0 +1,243 @@
+"""Keeps the broker's identities in step with the hub's registry.
+
+On a broker written by ``edgehub mosquitto-config`` a client may do only what
+its role in Mosquitto's dynamic security plugin allows, and a user name the
+plugin does not know may do nothing at all. The hub is the plugin's
+administrator: it admits a node when it joins, expels it when an operator
+resets or revokes it (the broker disconnects it at once), and admits dashboard
+credentials. Commands go over the plugin's control topic on the hub's own MQTT
+session; the answers come back on the response topic.
+
+Each time the hub connects it reconciles the whole list (a broker restored from
+an old file, or a join while the broker was down, is put right), in a task of
+its own: the session delivers the answers only after its connect hook returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from edgeprotocol.topics import check_name
+
+from .broker_roles import (
+    CONTROL_RESPONSE_TOPIC,
+    CONTROL_TOPIC,
+    DASHBOARD_ROLE,
+    DASHBOARD_USER_PREFIX,
+    HUB_USER,
+    NODE_ROLE_PREFIX,
+    dashboard_role,
+    dashboard_user,
+    hub_role,
+    node_role,
+    node_role_name,
+)
+
+logger = logging.getLogger(__name__)
+
+Publish = Callable[[str, bytes], Awaitable[bool]]
+# The identities the hub's registry holds: (joined node names, dashboard credential names).
+Registry = Callable[[], Awaitable[tuple[set[str], set[str]]]]
+
+ANONYMOUS_BROKER_WARNING = (
+    "the broker is anonymous (mqtt://): any process on this machine can read every assignment and forge any "
+    "node's reports; for development only. Use 'edgehub mosquitto-config' and an mqtts:// broker")
+
+# The broker answers in milliseconds; a broker without the plugin never does.
+COMMAND_TIMEOUT_SECONDS = 10.0
+# Commands per control message while reconciling a large fleet.
+BATCH = 200
+
+
+class BrokerAccessError(RuntimeError):
+    """The broker did not carry out an identity command; the message says which and why."""
+
+
+class BrokerAccess:
+    """The hub's side of the broker's dynamic security plugin. ``enabled`` is False on an anonymous
+    (loopback, development) broker, where every call does nothing."""
+
+    def __init__(self, publish: Publish, registry: Registry, *, enabled: bool) -> None:
+        self._publish = publish
+        self._registry = registry
+        self.enabled = enabled
+        self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._ids = itertools.count(1)
+        self._reconcile: asyncio.Task[None] | None = None
+        # One change at a time: a reconcile works from a snapshot of the registry, and a revoke
+        # racing it must not be undone by it.
+        self._changing = asyncio.Lock()
+        # Set once a reconcile has finished since the last connect (tests and the demo wait on it).
+        self.reconciled = asyncio.Event()
+
+    async def __aenter__(self) -> BrokerAccess:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        task, self._reconcile = self._reconcile, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for future in self._waiting.values():
+            future.cancel()
+        self._waiting.clear()
+
+    # --- what the hub calls --------------------------------------------------
+
+    def on_connect(self) -> None:
+        """Start a reconcile of every identity (replacing one still running)."""
+        if not self.enabled:
+            return
+        self.reconciled.clear()
+        if self._reconcile is not None:
+            self._reconcile.cancel()
+        self._reconcile = asyncio.create_task(self._reconcile_all(), name="broker-identities-reconcile")
+
+    async def admit_node(self, node: str) -> None:
+        """Let ``node`` (just joined) read its assignments and write its reports."""
+        if self.enabled:
+            await self._run_tolerating(_admit(node_role(check_name(node, "node name")), node), what=f"admit {node}")
+
+    async def expel_node(self, node: str) -> None:
+        """Take every right from ``node`` and disconnect it (reset or revoked)."""
+        if self.enabled:
+            await self._run_tolerating(_expel(node, node_role_name(node)), what=f"expel {node}")
+
+    async def admit_dashboard(self, name: str) -> None:
+        if self.enabled:
+            await self._run_tolerating(
+                [{"command": "createClient", "username": dashboard_user(name), "roles": [{"rolename": DASHBOARD_ROLE}]}],
+                what=f"admit dashboard {name}")
+
+    async def expel_dashboard(self, name: str) -> None:
+        if self.enabled:
+            await self._run_tolerating([{"command": "deleteClient", "username": dashboard_user(name)}],
+                                       what=f"expel dashboard {name}")
+
+    async def on_response(self, payload: bytes) -> None:
+        """An answer on the control response topic: hand each to the command waiting for it."""
+        try:
+            responses = json.loads(payload)["responses"]
+        except (ValueError, KeyError, TypeError):
+            logger.warning("Ignoring a malformed answer on %s", CONTROL_RESPONSE_TOPIC)
+            return
+        for response in responses if isinstance(responses, list) else ():
+            if not isinstance(response, dict):
+                continue
+            future = self._waiting.pop(str(response.get("correlationData")), None)
+            if future is not None and not future.done():
+                future.set_result(response)
+
+    # --- commands ------------------------------------------------------------
+
+    async def run(self, commands: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Send ``commands`` in one control message and return the broker's answer to each, in order."""
+        futures = []
+        loop = asyncio.get_running_loop()
+        for command in commands:
+            key = f"ec-{next(self._ids)}"
+            command["correlationData"] = key
+            futures.append(self._waiting.setdefault(key, loop.create_future()))
+        try:
+            if not await self._publish(CONTROL_TOPIC, json.dumps({"commands": commands}).encode()):
+                raise BrokerAccessError("not connected to the broker")
+            async with asyncio.timeout(COMMAND_TIMEOUT_SECONDS):
+                return list(await asyncio.gather(*futures))
+        except TimeoutError:
+            raise BrokerAccessError(
+                f"the broker did not answer identity commands within {COMMAND_TIMEOUT_SECONDS:.0f} s: is it running "
+                "with the configuration 'edgehub mosquitto-config' writes (the dynamic security plugin)?") from None
+        finally:
+            for command in commands:
+                self._waiting.pop(command["correlationData"], None)
+
+    async def _run_tolerating(self, commands: list[dict[str, Any]], *, what: str) -> None:
+        """Run commands whose 'already exists' / 'not found' answers mean the broker is already as wanted.
+        A broker that cannot be reached is put right by the reconcile when the hub next connects."""
+        try:
+            async with self._changing:
+                answers = await self.run(commands)
+        except BrokerAccessError as exc:
+            logger.warning("Could not %s on the broker now (%s); done when the hub next connects", what, exc)
+            return
+        for answer in answers:
+            error = answer.get("error")
+            if error and not _harmless(error):
+                logger.error("Broker refused to %s: %s: %s", what, answer.get("command"), error)
+
+    async def _list(self, command: str, key: str) -> set[str]:
+        (answer,) = await self.run([{"command": command, "count": -1}])
+        if answer.get("error"):
+            raise BrokerAccessError(f"{command}: {answer['error']}")
+        return set(answer.get("data", {}).get(key, []))
+
+    async def _reconcile_all(self) -> None:
+        async with self._changing:
+            await self._reconcile_locked()
+
+    async def _reconcile_locked(self) -> None:
+        try:
+            clients = await self._list("listClients", "clients")
+            roles = await self._list("listRoles", "roles")
+            nodes, dashboards = await self._registry()
+            commands: list[dict[str, Any]] = [
+                # The fixed roles as this hub version defines them (an older file may hold others).
+                *({"command": "createRole", **role} for role in (hub_role(), dashboard_role())),
+                *({"command": "modifyRole", **role} for role in (hub_role(), dashboard_role())),
+            ]
+            admitted = sorted(n for n in nodes if n not in clients or node_role_name(n) not in roles)
+            for node in admitted:
+                if node in clients:  # its role was lost: the client holds no link to a new one
+                    commands.append({"command": "deleteClient", "username": node})
+                commands += _admit(node_role(node), node)
+            for name in sorted(dashboards):
+                if dashboard_user(name) not in clients:
+                    commands.append({"command": "createClient", "username": dashboard_user(name),
+                                     "roles": [{"rolename": DASHBOARD_ROLE}]})
+            wanted_dashboards = {dashboard_user(n) for n in dashboards}
+            expelled = sorted(c for c in clients - nodes - {HUB_USER} - wanted_dashboards
+                              if c.startswith(DASHBOARD_USER_PREFIX) or _is_node_name(c))
+            commands += ({"command": "deleteClient", "username": c} for c in expelled)
+            for role in sorted(roles):
+                if role.startswith(NODE_ROLE_PREFIX) and role[len(NODE_ROLE_PREFIX):] not in nodes:
+                    commands.append({"command": "deleteRole", "rolename": role})
+            for start in range(0, len(commands), BATCH):
+                for answer in await self.run(commands[start:start + BATCH]):
+                    error = answer.get("error")
+                    if error and not _harmless(error):
+                        logger.error("Broker identity reconcile: %s: %s", answer.get("command"), error)
+            logger.info("Broker identities in step with the registry: %d node(s), %d dashboard(s); admitted %s, "
+                        "expelled %s", len(nodes), len(dashboards), admitted or "none", expelled or "none")
+            self.reconciled.set()
+        except BrokerAccessError as exc:
+            logger.error("Could not reconcile the broker's identities: %s", exc)
+
+
+def _admit(role: dict[str, Any], node: str) -> list[dict[str, Any]]:
+    return [{"command": "createRole", **role}, {"command": "modifyRole", **role},
+            {"command": "createClient", "username": node, "roles": [{"rolename": role["rolename"]}]}]
+
+
+def _expel(node: str, role_name: str) -> list[dict[str, Any]]:
+    return [{"command": "deleteClient", "username": node}, {"command": "deleteRole", "rolename": role_name}]
+
+
+def _harmless(error: str) -> bool:
+    """Answers that mean the broker already is as the command wants it."""
+    text = error.lower()
+    return "already exists" in text or "not found" in text or "already has" in text
+
+
+def _is_node_name(name: str) -> bool:
+    try:
+        check_name(name, "node name")
+    except ValueError:
+        return False
+    return True

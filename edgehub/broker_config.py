@@ -1,0 +1,171 @@
+"""``edgehub mosquitto-config``: a Mosquitto configuration for the broker with identities.
+
+Writes into one directory everything a Mosquitto 2 needs to serve the fleet:
+
+- ``mosquitto.conf``: one TLS listener that requires a client certificate of the
+  hub's CA, takes the certificate's common name as user name and client ID, and
+  leaves every permission to the dynamic security plugin;
+- ``ca.crt`` (the hub CA), ``broker.crt`` and ``broker.key`` (the broker's server
+  certificate, issued by the hub CA for the listen address and the given names);
+- ``dynamic-security.json``: the hub and the fixed roles. The hub adds and removes
+  nodes and dashboards at run time over the plugin's control topic, and the broker
+  keeps that file current, so an existing one is left alone.
+"""
+
+from __future__ import annotations
+
+import glob
+import ipaddress
+import json
+import os
+import pwd
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from .broker_roles import initial_document
+from .identity import HubIdentity, write_private
+
+CONFIG_FILE = "mosquitto.conf"
+DYNSEC_FILE = "dynamic-security.json"
+# Where Debian, Fedora and source builds put the plugin (Mosquitto 2.0 and later).
+PLUGIN_GLOBS = (
+    "/usr/lib/*/mosquitto_dynamic_security.so",
+    "/usr/lib/mosquitto_dynamic_security.so",
+    "/usr/lib64/mosquitto_dynamic_security.so",
+    "/usr/local/lib/mosquitto_dynamic_security.so",
+    "/usr/local/lib/*/mosquitto_dynamic_security.so",
+)
+# The account Mosquitto switches to when started as root (Debian's package creates it).
+BROKER_ACCOUNT = "mosquitto"
+
+
+class BrokerConfigError(ValueError):
+    """The configuration cannot be written; the message says what to change."""
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerConfig:
+    out_dir: Path
+    url: str  # what the hub and agents dial, mqtts://HOST:PORT
+    warning: str = ""  # something the operator should know, printed by the command
+
+    @property
+    def config_file(self) -> Path:
+        return self.out_dir / CONFIG_FILE
+
+
+def find_plugin() -> Path:
+    for pattern in PLUGIN_GLOBS:
+        for match in sorted(glob.glob(pattern)):
+            return Path(match)
+    raise BrokerConfigError(
+        "Mosquitto's dynamic security plugin (mosquitto_dynamic_security.so) was not found; install Mosquitto 2.0 "
+        "or later (Debian: apt-get install mosquitto) or name it with --plugin PATH")
+
+
+def server_names(listen_host: str, extra: tuple[str, ...]) -> list[str]:
+    """Names the broker's certificate is valid for: what clients dial. A wildcard listen address is not one."""
+    names = ["127.0.0.1", "::1", "localhost"]
+    try:
+        wildcard = ipaddress.ip_address(listen_host).is_unspecified
+    except ValueError:
+        wildcard = False
+    for name in (() if wildcard else (listen_host,)) + extra:
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def write_mosquitto_config(state_dir: Path, listen_host: str, listen_port: int, out_dir: Path, *,
+                           names: tuple[str, ...] = (), plugin: Path | None = None,
+                           user: str | None = None) -> BrokerConfig:
+    """Write the broker's configuration, certificate and identities for the hub in ``state_dir``
+    (creating the hub's CA there if the hub has not started yet)."""
+    if not 0 < listen_port < 65536:
+        raise BrokerConfigError(f"listen port {listen_port} is out of range (1-65535)")
+    plugin = plugin or find_plugin()
+    if not plugin.is_file():
+        raise BrokerConfigError(f"--plugin {plugin} is not a file")
+    identity = HubIdentity.load_or_create(state_dir)
+    out_dir = out_dir.resolve()
+    out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    out_dir.chmod(0o700)
+    (out_dir / "ca.crt").write_text(identity.ca_pem)
+    identity.ensure_certificate(out_dir / "broker.key", out_dir / "broker.crt", "edgecollab broker",
+                                usage="server", names=server_names(listen_host, names))
+    dynsec = out_dir / DYNSEC_FILE
+    if not dynsec.exists():
+        write_private(dynsec, json.dumps(initial_document(), indent=2).encode())
+    config = out_dir / CONFIG_FILE
+    config.write_text("")  # owned with the rest before the text is known
+    account, warning = _broker_account(out_dir, user)
+    config.write_text(_config_text(listen_host, listen_port, out_dir, plugin, account))
+    dial_host = "127.0.0.1" if listen_host in ("0.0.0.0", "::") else listen_host
+    host = f"[{dial_host}]" if ":" in dial_host else dial_host
+    return BrokerConfig(out_dir=out_dir, url=f"mqtts://{host}:{listen_port}", warning=warning)
+
+
+def _config_text(host: str, port: int, out: Path, plugin: Path, account: str | None) -> str:
+    user = f"user {account}\n" if account else ""
+    return f"""# Written by 'edgehub mosquitto-config'. Run: mosquitto -c {out / CONFIG_FILE}
+# Every client shows a certificate of the hub CA; its common name is its user
+# name and client ID, and the dynamic security plugin decides what it may do.
+per_listener_settings false
+allow_anonymous false
+{user}
+listener {port} {host}
+cafile {out / "ca.crt"}
+certfile {out / "broker.crt"}
+keyfile {out / "broker.key"}
+require_certificate true
+use_identity_as_username true
+use_username_as_clientid true
+
+plugin {plugin}
+plugin_opt_config_file {out / DYNSEC_FILE}
+
+# Retained assignments and status survive a broker restart (the hub also
+# publishes everything again whenever it reconnects).
+persistence true
+persistence_location {out}/
+"""
+
+
+def _broker_account(out_dir: Path, requested: str | None) -> tuple[str | None, str]:
+    """The account the broker runs as (None: whoever starts it; written as Mosquitto's ``user``) and a
+    warning for the operator ("" if none).
+
+    Mosquitto started as root switches to the ``mosquitto`` account before it reads its files, and saves
+    identities and retained messages as that account: it gets the directory when it can reach it."""
+    if os.geteuid() != 0:
+        return None, ""
+    name = requested or BROKER_ACCOUNT
+    if name == "root":
+        return "root", ""
+    try:
+        account = pwd.getpwnam(name)
+    except KeyError:
+        if requested:
+            raise BrokerConfigError(f"--user {name}: no such account") from None
+        return "root", (f"there is no '{BROKER_ACCOUNT}' account, so the broker will run as root; create one, or "
+                        "name another with --user")
+    blocked = next((p for p in out_dir.parents if not _enterable(p, account)), None)
+    if blocked is not None:
+        if requested:
+            raise BrokerConfigError(f"--user {name} cannot enter {blocked}, above {out_dir}; choose an --out it can "
+                                    "reach (e.g. under /etc/mosquitto)")
+        return "root", (f"the '{name}' account cannot enter {blocked}, so the broker will run as root; put --out "
+                        "where it can reach (e.g. under /etc/mosquitto) to run it unprivileged")
+    for path in (out_dir, *out_dir.iterdir()):
+        shutil.chown(path, account.pw_uid, account.pw_gid)
+    return name, ""
+
+
+def _enterable(directory: Path, account: pwd.struct_passwd) -> bool:
+    info = directory.stat()
+    if info.st_uid == account.pw_uid:
+        return bool(info.st_mode & 0o100)
+    if info.st_gid == account.pw_gid:
+        return bool(info.st_mode & 0o010)
+    return bool(info.st_mode & 0o001)
