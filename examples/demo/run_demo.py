@@ -68,7 +68,10 @@ def main() -> int:
     options = NodeOptions(containers_conf=machine.containers_conf, image_tar=machine.image_tar)
     with Fleet(workdir=workdir, node_options=options) as fleet:
         assert fleet.hub is not None and fleet.broker is not None
-        step(f"Mosquitto on {fleet.broker.url}, hub on {fleet.hub.url} (state in {workdir})")
+        step(f"Mosquitto with identities on {fleet.broker.url}, hub on {fleet.hub.url} (state in {workdir})")
+        print(f"broker configured by: edgehub mosquitto-config --state {fleet.hub.state_dir} "
+              f"--listen 127.0.0.1:{fleet.broker.port} --out {fleet.broker.config_dir}")
+        print("TLS; each client shows a certificate of the hub's CA; each node may read only its own assignments")
         print(f"edgectl gets the hub's operator token with EDGECOLLAB_TOKEN_FILE={fleet.hub.admin_token_path}")
 
         step("Joining three agents: sh-1, sh-2 (pool shanghai) and bj-1 (pool beijing)")

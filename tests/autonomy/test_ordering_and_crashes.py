@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from fleet_checks import agent_status, link_test_options, wait_deployed, write_spec
 
 from edgeagent.identity import NodeIdentity
+from edgehub.broker_roles import HUB_USER
 from edgeprotocol import Assignment, Bundle, NodeStatus, topics
 from edgeprotocol.messages import now
 from edgeprotocol.signing import seal
@@ -54,7 +55,8 @@ def test_reordered_and_duplicated_assignments_end_on_the_newest_applied_once(fle
                                 generation=generation)
         return topics.assignment("sh-1", "demo", "pinned"), seal(assignment, key), False  # type: ignore[arg-type]
 
-    publish(broker.port, [signed(3), signed(2), signed(3)])
+    # As the hub (stopped): on the broker with identities only it may write assignments.
+    publish(broker.port, [signed(3), signed(2), signed(3)], tls=broker.identity(HUB_USER))
 
     def pinned_revision() -> str | None:
         names = [c for c in node.podman("ps", "--format", "{{.Names}}").stdout.split() if c.endswith("pinned-main")]
@@ -83,7 +85,7 @@ def test_an_agent_killed_during_an_apply_finishes_it_offline_and_never_claimed_d
     link = fleet.link("sh-1")
     node = fleet.add_node("sh-1", "shanghai", link=link, options=link_test_options(fleet))
     replicas = 4  # several pods make the apply last long enough to be interrupted
-    with TopicRecorder(broker.port, topics.status("sh-1")) as statuses:
+    with TopicRecorder(broker.port, topics.status("sh-1"), tls=broker.identity()) as statuses:
         hub.ctl("apply", "-f", str(write_spec(tmp_path / "web.yaml", values={"replicas": replicas})))
 
         def journal() -> tuple[str, int, str] | None:

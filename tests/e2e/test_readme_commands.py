@@ -12,9 +12,11 @@ check here fails the test.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shlex
+import socket
 import subprocess
 import sys
 import tempfile
@@ -25,7 +27,8 @@ import pytest
 from fleet_checks import REPO
 
 from edgeagent.runtime import PodmanSettings
-from edgesim.fleet import ManagedProcess, Mosquitto, listening_ports, wait_until
+from edgesim.fleet import ManagedProcess, listening_ports, wait_until
+from edgesim.net import free_port
 from edgesim.podman_setup import DEMO_IMAGE, MachineSetup, import_image, remove_node_storage
 
 VENV_BIN = Path(sys.executable).parent
@@ -41,13 +44,16 @@ def readme_commands() -> list[list[str]]:
 class ReadmeSession:
     """A user's shell: the README's environment, addresses and paths, with this test's own swapped in."""
 
-    def __init__(self, workdir: Path, broker: Mosquitto, machine: MachineSetup) -> None:
+    def __init__(self, workdir: Path, machine: MachineSetup) -> None:
         self.workdir = workdir
         self.hub_port = 0  # the hub binds a free port and says which; later lines get it swapped in
+        self.broker_port = free_port()
         self.swaps = {
             "127.0.0.1:8470": "127.0.0.1:0",
-            "mqtt://127.0.0.1:1883": broker.url,
+            "127.0.0.1:8883": f"127.0.0.1:{self.broker_port}",
             "./hub-state": str(workdir / "hub-state"),
+            "./broker": str(workdir / "broker"),
+            "./dashboard-grafana": str(workdir / "dashboard-grafana"),
             "/var/lib/edgeagent": str(workdir / "edgeagent"),
         }
         self.env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -96,13 +102,11 @@ class ReadmeSession:
 
 @pytest.fixture
 def session(tmp_path: Path, machine: MachineSetup) -> Iterator[ReadmeSession]:
-    broker = Mosquitto(tmp_path / "broker").start()
-    shell = ReadmeSession(tmp_path, broker, machine)
+    shell = ReadmeSession(tmp_path, machine)
     try:
         yield shell
     finally:
         shell.close()
-        broker.stop()
 
 
 def test_every_command_the_readme_shows_works_as_written_with_its_defaults(session: ReadmeSession):
@@ -115,6 +119,27 @@ def test_every_command_the_readme_shows_works_as_written_with_its_defaults(sessi
         out = subprocess.run(["podman", *session.podman.global_args(), "pod", "ps", "--format", "json"],
                              capture_output=True, text=True, env=env, timeout=60, check=True).stdout
         return json.loads(out or "[]")
+
+    def mosquitto_config(words: list[str]) -> None:
+        result = session.run(words)
+        assert result.returncode == 0, result.stderr
+        out = session.workdir / "broker"
+        assert {p.name for p in out.iterdir()} >= {"mosquitto.conf", "ca.crt", "broker.crt", "broker.key",
+                                                    "dynamic-security.json"}
+        assert (out / "broker.key").stat().st_mode & 0o777 == 0o600
+        assert f"mosquitto -c {out / 'mosquitto.conf'}" in result.stdout
+
+    def mosquitto(words: list[str]) -> None:
+        assert words[-1] == "&", "the README starts the broker in the background"
+        broker = session.start("mosquitto", words[:-1])
+
+        def listening() -> bool:
+            assert broker.running, broker.log_tail()
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", session.broker_port), 1):
+                return True
+            return False
+
+        wait_until(listening, timeout=30, what="mosquitto started as the README says")
 
     def hub_serve(words: list[str]) -> None:
         hub = session.start("edgehub", words)
@@ -218,6 +243,14 @@ def test_every_command_the_readme_shows_works_as_written_with_its_defaults(sessi
         assert result.returncode == 0, result.stderr
         assert "store-17" in result.stdout and "Deployed" in result.stdout
 
+    def credentials(words: list[str]) -> None:
+        result = session.run(words)
+        assert result.returncode == 0, result.stderr
+        assert "MQTT user dashboard.grafana" in result.stdout and "ec/v1/summary/#" in result.stdout
+        files = session.workdir / "dashboard-grafana"
+        assert {p.name for p in files.iterdir()} == {"client.key", "client.crt", "ca.crt"}
+        assert files.joinpath("client.key").stat().st_mode & 0o777 == 0o600
+
     def delete(words: list[str]) -> None:
         result = session.run(words)
         assert result.returncode == 0, result.stderr
@@ -225,6 +258,8 @@ def test_every_command_the_readme_shows_works_as_written_with_its_defaults(sessi
         wait_until(lambda: node_pods() == [], timeout=60, what="the release's pods gone from store-17")
 
     checks: dict[tuple[str, str], Callable[[list[str]], None]] = {
+        ("edgehub", "mosquitto-config"): mosquitto_config,
+        ("mosquitto", "-c"): mosquitto,
         ("edgehub", "serve"): hub_serve,
         ("export", ""): export,
         ("edgectl", "token"): token_create,
@@ -236,11 +271,12 @@ def test_every_command_the_readme_shows_works_as_written_with_its_defaults(sessi
         ("edgectl", "get"): get,
         ("edgectl", "describe"): describe,
         ("edgectl", "delete"): delete,
+        ("edgectl", "credentials"): credentials,
     }
     for words in commands:
         key = (words[0], "" if words[0] == "export" else words[1])
         assert key in checks, f"the README shows {shlex.join(words)!r}, which this test does not check yet"
         checks[key](session.words(words))
         seen.append(words[0])
-    assert len(seen) == len(commands) >= 14
-    assert set(seen) == {"edgehub", "export", "edgectl", "edgeagent"}
+    assert len(seen) == len(commands) >= 17
+    assert set(seen) == {"edgehub", "mosquitto", "export", "edgectl", "edgeagent"}
