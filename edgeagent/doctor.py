@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import stat
 from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import urlsplit
+
+from edgekit.mqtt import BrokerAddress, TlsIdentity
 
 from .identity import CERT_FILE, IDENTITY_FILE, KEY_FILE, JoinError, NodeIdentity
 from .runtime import PreflightCheck, Runtime
@@ -23,7 +25,6 @@ from .runtime import PreflightCheck, Runtime
 # A broker that does not accept a TCP connection in this time is unreachable
 # for the agent too (its MQTT connect waits no longer).
 CONNECT_TIMEOUT_SECONDS = 5.0
-_DEFAULT_PORTS = {"mqtt": 1883, "tcp": 1883, "mqtts": 8883, "ssl": 8883}
 
 
 def identity_checks(state_dir: Path) -> tuple[tuple[PreflightCheck, ...], NodeIdentity | None]:
@@ -56,36 +57,55 @@ def identity_checks(state_dir: Path) -> tuple[tuple[PreflightCheck, ...], NodeId
     return tuple(checks), identity
 
 
-async def broker_check(mqtt_url: str) -> PreflightCheck:
-    """Whether the broker at ``mqtt_url`` accepts a TCP connection now."""
-    parts = urlsplit(mqtt_url)
-    host = parts.hostname
+async def broker_check(mqtt_url: str, tls: TlsIdentity | None) -> PreflightCheck:
+    """Whether the broker at ``mqtt_url`` accepts a connection now; for a broker with identities, whether
+    the TLS handshake with the node's certificate succeeds and the broker's certificate is the hub CA's."""
     try:
-        port = parts.port or _DEFAULT_PORTS.get(parts.scheme, 0)
-    except ValueError:
-        port = 0
-    if not host or not port:
-        return PreflightCheck("mqtt", False, f"broker URL {mqtt_url!r} names no host and port")
+        broker = BrokerAddress.parse(mqtt_url)
+        broker.require_identities()
+    except ValueError as exc:
+        return PreflightCheck("mqtt", False, str(exc))
+    where = f"broker {broker.host}:{broker.port}"
+    if broker.tls and tls is None:
+        return PreflightCheck("mqtt", False, f"{mqtt_url} is a broker with identities and this node has no "
+                                             "certificate from the hub yet: join first")
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), CONNECT_TIMEOUT_SECONDS)
+        context = await asyncio.to_thread(tls.context) if broker.tls and tls else None
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        return PreflightCheck("mqtt", False, f"cannot load the node's certificate and key for {mqtt_url}: {exc}")
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(broker.host, broker.port, ssl=context,
+                                    server_hostname=broker.host if context else None),
+            CONNECT_TIMEOUT_SECONDS)
     except TimeoutError:
-        return PreflightCheck("mqtt", False, f"broker {host}:{port} did not answer within "
-                                             f"{CONNECT_TIMEOUT_SECONDS:.0f} s ({mqtt_url})")
-    except OSError as exc:
-        return PreflightCheck("mqtt", False, f"broker {host}:{port} is unreachable: {exc.strerror or exc} "
+        return PreflightCheck("mqtt", False, f"{where} did not answer within {CONNECT_TIMEOUT_SECONDS:.0f} s "
+                                             f"({mqtt_url})")
+    except ssl.SSLCertVerificationError as exc:
+        return PreflightCheck("mqtt", False, f"{where} shows a certificate the hub's CA did not issue for that "
+                                             f"address: {exc.verify_message} ({mqtt_url})")
+    except (OSError, ssl.SSLError) as exc:
+        return PreflightCheck("mqtt", False, f"{where} is unreachable: {getattr(exc, 'strerror', None) or exc} "
                                              f"({mqtt_url})")
     writer.close()
-    with contextlib.suppress(OSError):
+    with contextlib.suppress(OSError, ssl.SSLError):
         await writer.wait_closed()
-    return PreflightCheck("mqtt", True, f"broker {host}:{port} accepts connections ({mqtt_url})")
+    how = "TLS with the node's certificate" if context else "plain TCP (anonymous broker, loopback only)"
+    return PreflightCheck("mqtt", True, f"{where} accepts connections: {how} ({mqtt_url})")
 
 
 async def diagnose(state_dir: Path, runtime: Runtime, *, mqtt_url: str | None = None) -> tuple[PreflightCheck, ...]:
     """Every check, in order: identity files, broker, then the runtime's preflight."""
     checks, identity = identity_checks(state_dir)
     url = mqtt_url or (identity.mqtt_url if identity else None)
-    broker = (await broker_check(url) if url
-              else PreflightCheck("mqtt", False, "no broker URL: join first, or pass --mqtt"))
+    if url is None:
+        broker = PreflightCheck("mqtt", False, "no broker URL: join first, or pass --mqtt")
+    else:
+        try:
+            tls = identity.broker_tls(state_dir, url) if identity else None
+        except ValueError:
+            tls = None  # broker_check names what is wrong with the URL
+        broker = await broker_check(url, tls)
     return (*checks, broker, *await runtime.preflight())
 
 

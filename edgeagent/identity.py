@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
 from edgekit.http import HttpError, JsonHttpClient
+from edgekit.mqtt import BrokerAddress, TlsIdentity
 from edgeprotocol.errors import EdgeError
 from edgeprotocol.topics import check_name
 
@@ -65,6 +66,13 @@ class NodeIdentity:
         if not isinstance(identity.generation, int) or isinstance(identity.generation, bool) or identity.generation < 0:
             raise JoinError(f"{path} is corrupt (generation {identity.generation!r} is not a whole number); join again")
         return identity
+
+    def broker_tls(self, state_dir: Path, mqtt_url: str | None = None) -> TlsIdentity | None:
+        """What the node shows a broker with identities (mqtts://): the hub CA to check the broker by, and
+        the certificate and key from join (its name is its MQTT user). None for a plain broker."""
+        if not BrokerAddress.parse(mqtt_url or self.mqtt_url).tls:
+            return None
+        return TlsIdentity(ca_pem=self.ca_certificate, cert_file=state_dir / CERT_FILE, key_file=state_dir / KEY_FILE)
 
     def save(self, state_dir: Path) -> None:
         _write_atomic(state_dir / IDENTITY_FILE, json.dumps(asdict(self), indent=2).encode(), mode=0o644)

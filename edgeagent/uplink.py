@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import aiomqtt
 
-from edgekit.mqtt import BrokerAddress, MqttSession, SessionSettings, TlsIdentity
+from edgekit.mqtt import MqttSession, SessionSettings
 from edgeprotocol import topics
 from edgeprotocol.errors import ProtocolError
 from edgeprotocol.messages import Event, NodeStatus, Presence, ReleaseStatus, Resync, now
@@ -26,7 +26,7 @@ from edgeprotocol.signing import load_public_key, open_sealed
 
 from . import __version__
 from .health import NodeHealth
-from .identity import CERT_FILE, KEY_FILE, NodeIdentity
+from .identity import NodeIdentity
 from .settings import AgentSettings
 from .store import AgentStore, ReleaseRecord
 
@@ -69,20 +69,13 @@ class Uplink:
                 will=aiomqtt.Will(topics.presence(self.node), offline, qos=1, retain=True),
                 keepalive=self.settings.keepalive,
                 timeout=self.settings.mqtt_timeout,
-                tls=self._tls_identity(),
+                tls=self.identity.broker_tls(self.settings.state_dir),
             ),
             on_message=self._on_message, on_connect=self._on_connect,
         )
         await session.__aenter__()
         self._session = session
         return self
-
-    def _tls_identity(self) -> TlsIdentity | None:
-        """On a broker with identities the node shows the certificate it got at join (its name is its user)."""
-        if not BrokerAddress.parse(self.identity.mqtt_url).tls:
-            return None
-        state = self.settings.state_dir
-        return TlsIdentity(ca_pem=self.identity.ca_certificate, cert_file=state / CERT_FILE, key_file=state / KEY_FILE)
 
     async def __aexit__(self, *exc_info: object) -> None:
         session, self._session = self._session, None

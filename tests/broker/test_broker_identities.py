@@ -21,6 +21,7 @@ import aiomqtt
 import pytest
 from fleet_checks import write_spec
 
+from edgeagent.doctor import broker_check
 from edgehub.broker_roles import HUB_USER
 from edgehub.identity import HubIdentity
 from edgekit.mqtt import TlsIdentity
@@ -231,3 +232,17 @@ def test_a_plain_broker_is_refused_off_loopback_and_warned_about_on_it(tmp_path:
 def test_with_identities_edgectl_warns_of_nothing(fleet: Fleet):
     assert fleet.hub is not None
     assert "warning" not in fleet.hub.ctl("get", "nodes").stderr
+
+
+async def test_doctor_checks_the_tls_handshake_with_the_nodes_certificate(fleet: Fleet, tmp_path: Path):
+    assert fleet.broker is not None
+    tls = node_tls(fleet.nodes["a"])
+    good = await broker_check(fleet.broker.url, tls)
+    assert good.ok and "TLS with the node's certificate" in good.detail
+    stranger = HubIdentity.load_or_create(tmp_path / "stranger").ca_pem
+    wrong_ca = await broker_check(fleet.broker.url, TlsIdentity(stranger, tls.cert_file, tls.key_file))
+    assert not wrong_ca.ok and "certificate the hub's CA did not issue" in wrong_ca.detail
+    unjoined = await broker_check(fleet.broker.url, None)
+    assert not unjoined.ok and "join first" in unjoined.detail
+    plain_far = await broker_check("mqtt://192.0.2.10:1883", None)
+    assert not plain_far.ok and "mqtts://" in plain_far.detail
