@@ -3,8 +3,8 @@
 Assignments are verified (signed by the hub key pinned at join, addressed to
 this node at its join generation, on their own topic), their bundles
 decrypted with the node's bundle key, and recorded in the local store when
-newer than what the node holds; the reconciler is then woken. Events go to the persisted,
-bounded outbox first and are sent in order whenever the link is up. Status is
+newer than what the node holds; the reconciler is then woken. Events go to
+the persisted, bounded outbox first and are sent in order whenever the link is up. Status is
 rebuilt from the store, so the latest one is sent on every connect, whatever
 was missed while offline. The uplink never touches the runtime.
 """

@@ -62,6 +62,8 @@ RenderId = tuple[str, str, int, str]  # (namespace, release, revision, render ke
 # memory flat. 64 MiB holds hundreds of typical renders (the example's is
 # under 1 KiB on the wire; the protocol's ceiling is 4 MiB a message).
 WIRE_CACHE_BYTES = 64 * 1024 * 1024
+# A warning names at most this many nodes.
+MAX_NAMED = 20
 
 
 def wire_bytes(bundle: Bundle) -> int:
@@ -285,6 +287,7 @@ class Dispatcher:
         # Read under the dispatcher's lock, like the records: a node reset or
         # revoked meanwhile is withdrawn (under the lock) after this publish.
         joined = await self._store.joined_nodes() if records else {}
+        newly_plain: list[str] = []  # nodes without a bundle key not warned about before
         for rec in records:
             target = joined.get(rec.node)
             if target is None:
@@ -306,7 +309,7 @@ class Dispatcher:
                 generation=target.generation,
             )
             try:
-                bundle_to = self._bundle_to(rec.node, target) if bundle is not None else None
+                bundle_to = self._bundle_to(rec.node, target, newly_plain) if bundle is not None else None
                 payload = seal(assignment, self._key, bundle_to=bundle_to)
             except ProtocolError as exc:  # a stored bundle key the hub cannot wrap to (checked at join)
                 logger.error("Cannot encrypt %s/%s to node %s (%s); not publishing to it until it joins again",
@@ -314,18 +317,24 @@ class Dispatcher:
                 continue
             if await self._publish(topics.assignment(rec.node, rec.namespace, rec.release), payload, True):
                 published += 1
+        if newly_plain:
+            # One line per publish, each node in it once: a fleet of older agents is not a thousand lines.
+            shown = ", ".join(newly_plain[:MAX_NAMED]) + (", ..." if len(newly_plain) > MAX_NAMED else "")
+            logger.warning("%d node(s) joined without a bundle key (agents older than bundle encryption): %s; their "
+                           "bundles are sent unencrypted, and whoever reads their topics on the broker reads their "
+                           "Secrets ('edgectl get nodes -o json' says \"bundles\": \"plain\"). Upgrade each one's "
+                           "agent, then 'edgectl node reset NAME' and join it again", len(newly_plain), shown)
         return published
 
-    def _bundle_to(self, node: str, target: JoinedNode) -> X25519PublicKey | None:
-        """The key ``node``'s bundles are encrypted to; None (warned once per node) for a node without one."""
+    def _bundle_to(self, node: str, target: JoinedNode, newly_plain: list[str]) -> X25519PublicKey | None:
+        """The key ``node``'s bundles are encrypted to; None for a node without one (added to ``newly_plain``
+        the first time, to be warned about)."""
         if target.bundle_key:
             self._unencrypted.discard(node)
             return bundle_crypto.load_public_key(target.bundle_key)
         if node not in self._unencrypted:
             self._unencrypted.add(node)
-            logger.warning("Node %s joined without a bundle key (its agent is older than bundle encryption): its "
-                           "bundles are sent unencrypted, and whoever reads its topics on the broker reads its "
-                           "Secrets; upgrade its agent, then 'edgectl node reset %s' and join it again", node, node)
+            newly_plain.append(node)
         return None
 
     async def _encoded_render(self, render: RenderId) -> Bundle | None:

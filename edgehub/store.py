@@ -144,6 +144,8 @@ class NodeRecord:
     status: NodeStatus | None
     generation: int = 0
     standing: Standing = "joined"
+    # The X25519 public key (base64) its bundles are encrypted to; '' when it joined without one.
+    bundle_key: str = ""
 
     @classmethod
     def from_row(cls, row: sqlite3.Row, *, status: NodeStatus | None = None) -> NodeRecord:
@@ -158,6 +160,7 @@ class NodeRecord:
             status=status,
             generation=row["generation"],
             standing=row["standing"],
+            bundle_key=row["bundle_key"],
         )
 
 
@@ -355,7 +358,7 @@ class HubStore:
     async def list_nodes(self, *, with_status: bool = True) -> list[NodeRecord]:
         """Every node by name; ``with_status=False`` leaves every ``status`` None and is cheaper."""
         columns = "*" if with_status else ("name, pool, labels, registered_at, presence, presence_at, last_seen, "
-                                           "generation, standing")
+                                           "generation, standing, bundle_key")
 
         # Decoded on the store's thread: a status may be a few hundred KiB of JSON.
         def run(c: sqlite3.Connection) -> list[NodeRecord]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -43,7 +44,7 @@ async def _store_revision(store: HubStore, revision: int, message: str) -> None:
 
 
 async def test_a_publish_to_many_nodes_compresses_each_render_once_and_later_publishes_not_at_all(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ):
     compressed: list[bytes] = []
     compress = gzip.compress
@@ -95,6 +96,10 @@ async def test_a_publish_to_many_nodes_compresses_each_render_once_and_later_pub
         await _store_revision(store, 2, "second")
         assert (await dispatcher.sync()).published == SHANGHAI + BEIJING
         assert len(compressed) == 4
+
+    # These nodes joined without bundle keys (older agents): one warning, at the first publish, says so.
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.startswith(f"{SHANGHAI + BEIJING} node(s) joined without a bundle key") and ", ...;" in warning
 
 
 async def test_nodes_with_bundle_keys_share_one_encryption_of_a_render_and_each_opens_only_its_own_copy(

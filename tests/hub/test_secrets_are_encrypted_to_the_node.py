@@ -119,6 +119,8 @@ async def test_a_subscriber_to_everything_does_not_read_a_secret_that_the_node_i
         # A node whose agent is older than bundle encryption: it joins without a bundle key.
         await answer(await join(hub, await create_token(hub), older), 201)
         await answer(await hub.post("/api/v1/components", json=secret_component(tmp_path)), 201)
+        for name, bundles in ((node, "encrypted"), (older, "plain")):
+            assert (await answer(await hub.get(f"/api/v1/nodes/{name}"), 200))["bundles"] == bundles
 
         runtime = FakeRuntime()
         ref = ReleaseRef(namespace="demo", release="shopdb")
@@ -161,7 +163,7 @@ async def test_a_subscriber_to_everything_does_not_read_a_secret_that_the_node_i
     assert json.loads(plain)["body"]["bundle"]["encoding"] == "gzip+base64"
     assert all(form in readable_without_a_key(plain) for form in secret_forms(SECRET))
     warnings = [r.getMessage() for r in caplog.records if older in r.getMessage()]
-    assert len(warnings) == 1 and "joined without a bundle key" in warnings[0]
+    assert len(warnings) == 1 and "1 node(s) joined without a bundle key" in warnings[0]
     assert not [r for r in caplog.records if node in r.getMessage()]
 
 
