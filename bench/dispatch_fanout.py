@@ -2,8 +2,10 @@
 
     .venv/bin/python bench/dispatch_fanout.py [N ...]      (default: 100 1000)
 
-Registers N nodes straight into a fresh hub store, stores one revision of the
-example web component (rendered once by the Helm engine), then times
+Registers N nodes straight into a fresh hub store, each with a bundle key as
+``edgeagent join`` sends it (so every assignment carries its bundle's key
+wrapped to the node), stores one revision of the example web component
+(rendered once by the Helm engine), then times
 ``Dispatcher.sync`` (plan + sign + publish one retained QoS 1 assignment per
 node) and ``Dispatcher.publish_all`` (what the hub does on every broker
 connect). Prints one line per N. Bounded: loopback only, N nodes, one run.
@@ -26,6 +28,7 @@ from edgehub.identity import HubIdentity  # noqa: E402
 from edgehub.store import HubStore  # noqa: E402
 from edgehub.tokens import new_token  # noqa: E402
 from edgekit.mqtt import MqttSession, SessionSettings  # noqa: E402
+from edgeprotocol import bundle_crypto  # noqa: E402
 from edgesim.fleet import Mosquitto  # noqa: E402
 
 
@@ -46,7 +49,8 @@ async def run(n: int, workdir: Path, broker_url: str) -> str:
         await store.create_token(token, pool="shanghai", ttl_seconds=600, uses=n)
         started = time.perf_counter()
         for i in range(n):
-            await store.register_node(token, node=f"n{i}", requested_pool=None, labels={}, sign=lambda _: "cert")
+            await store.register_node(token, node=f"n{i}", requested_pool=None, labels={}, sign=lambda _: "cert",
+                                      bundle_key=bundle_crypto.public_key_text(bundle_crypto.new_node_key()))
         register_s = time.perf_counter() - started
         await store.save_component(
             namespace=component.namespace, name=component.name, spec=component.to_document(), chart_archive=archive,

@@ -1,6 +1,6 @@
 """``edgeagent doctor``: is this node able to run the agent? One line per check.
 
-The checks: the identity files from join are readable and the node's key is
+The checks: the identity files from join are readable and the node's keys are
 private; the broker the agent would use accepts connections; then the
 runtime's own preflight (for podman: podman answers, its storage root is
 writable, its OCI runtime is there, and a pod can be created, started and
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from edgekit.mqtt import BrokerAddress, TlsIdentity
 
-from .identity import CERT_FILE, IDENTITY_FILE, KEY_FILE, JoinError, NodeIdentity
+from .identity import BUNDLE_KEY_FILE, CERT_FILE, IDENTITY_FILE, KEY_FILE, JoinError, NodeIdentity
 from .runtime import PreflightCheck, Runtime
 
 # A broker that does not accept a TCP connection in this time is unreachable
@@ -38,23 +38,32 @@ def identity_checks(state_dir: Path) -> tuple[tuple[PreflightCheck, ...], NodeId
     except (JoinError, TypeError, OSError) as exc:
         checks.append(PreflightCheck("identity", False, f"{exc}" if isinstance(exc, JoinError)
                                      else f"{state_dir / IDENTITY_FILE} is unreadable: {exc}"))
-    key = state_dir / KEY_FILE
+    checks.append(_private_key_check("node-key", state_dir / KEY_FILE, "node's private key"))
+    bundle_key = state_dir / BUNDLE_KEY_FILE
+    if bundle_key.exists():
+        checks.append(_private_key_check("bundle-key", bundle_key, "key the node's bundles are encrypted to"))
+    else:
+        # Not a failure: the node works, and its hub sends its bundles plain.
+        checks.append(PreflightCheck("bundle-key", True, f"none ({bundle_key}): the node joined before bundles were "
+                                                         "encrypted, so they arrive unencrypted; join again to "
+                                                         "encrypt them"))
+    cert = state_dir / CERT_FILE
+    if not cert.is_file():
+        checks.append(PreflightCheck("node-cert", False, f"{cert} not found: join again"))
+    return tuple(checks), identity
+
+
+def _private_key_check(name: str, key: Path, what: str) -> PreflightCheck:
     try:
         mode = stat.S_IMODE(key.stat().st_mode)
         with key.open("rb"):
             pass
     except OSError as exc:
-        checks.append(PreflightCheck("node-key", False, f"{key} is unreadable: {exc.strerror or exc}"))
-    else:
-        if mode & 0o077:
-            checks.append(PreflightCheck("node-key", False, f"{key} has mode {mode:04o}: others may read the "
-                                                            f"node's private key; run: chmod 600 {key}"))
-        else:
-            checks.append(PreflightCheck("node-key", True, f"{key} is private (mode {mode:04o})"))
-    cert = state_dir / CERT_FILE
-    if not cert.is_file():
-        checks.append(PreflightCheck("node-cert", False, f"{cert} not found: join again"))
-    return tuple(checks), identity
+        return PreflightCheck(name, False, f"{key} is unreadable: {exc.strerror or exc}")
+    if mode & 0o077:
+        return PreflightCheck(name, False, f"{key} has mode {mode:04o}: others may read the {what}; "
+                                           f"run: chmod 600 {key}")
+    return PreflightCheck(name, True, f"{key} is private (mode {mode:04o})")
 
 
 async def broker_check(mqtt_url: str, tls: TlsIdentity | None) -> PreflightCheck:

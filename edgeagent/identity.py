@@ -1,11 +1,13 @@
 """The node's identity and the join flow.
 
-At join the node makes its own Ed25519 key (it never leaves the node), sends a
-certificate request with a bootstrap token, and stores what the hub answers in
-its state directory: the signed certificate, the hub's CA, the hub's public
-key (pinned: every assignment must verify against it), the broker URL and its
-join generation (every assignment must be sealed for it: one captured before
-this join of the name is refused).
+At join the node makes its own Ed25519 key and X25519 bundle key (neither
+leaves the node), sends a certificate request and the bundle key's public half
+with a bootstrap token, and stores what the hub answers in its state
+directory: the signed certificate, the hub's CA, the hub's public key (pinned:
+every assignment must verify against it), the broker URL and its join
+generation (every assignment must be sealed for it: one captured before this
+join of the name is refused). The hub encrypts the node's bundles to the
+bundle key (``edgeprotocol.bundle_crypto``).
 """
 
 from __future__ import annotations
@@ -19,16 +21,21 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.x509.oid import NameOID
 
 from edgekit.http import HttpError, JsonHttpClient
 from edgekit.mqtt import BrokerAddress, TlsIdentity
+from edgeprotocol import bundle_crypto
 from edgeprotocol.errors import EdgeError
 from edgeprotocol.topics import check_name
 
 IDENTITY_FILE = "identity.json"
 KEY_FILE = "node.key"
 CERT_FILE = "node.crt"
+# The X25519 private key the node's bundles are encrypted to; absent on a
+# node that joined before bundles were encrypted.
+BUNDLE_KEY_FILE = "node-bundle.key"
 # A join is one request; a hub that does not answer in this time is down.
 JOIN_TIMEOUT_SECONDS = 30.0
 
@@ -98,6 +105,17 @@ def _write_atomic(path: Path, data: bytes, *, mode: int) -> None:
     os.replace(tmp, path)
 
 
+def load_bundle_key(state_dir: Path) -> X25519PrivateKey | None:
+    """The node's bundle key; None when the node joined before bundles were encrypted (its hub sends them plain)."""
+    path = state_dir / BUNDLE_KEY_FILE
+    try:
+        return bundle_crypto.load_private_key_pem(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except ValueError as exc:
+        raise JoinError(f"{path} is corrupt ({exc}); join again") from exc
+
+
 def make_csr(key: Ed25519PrivateKey, node: str) -> str:
     csr = (
         x509.CertificateSigningRequestBuilder()
@@ -124,16 +142,19 @@ def join(
         raise JoinError(f"{exc}; pass --name") from exc
     make_private_dir(state_dir)
     key = Ed25519PrivateKey.generate()
+    bundle_key = bundle_crypto.new_node_key()
     try:
         answer = JsonHttpClient(hub_url, timeout=JOIN_TIMEOUT_SECONDS).post(
             "/api/v1/join",
-            {"token": token, "node": name, "pool": pool, "labels": labels or {}, "csr": make_csr(key, name)},
+            {"token": token, "node": name, "pool": pool, "labels": labels or {}, "csr": make_csr(key, name),
+             "bundle_key": bundle_crypto.public_key_text(bundle_key)},
         )
     except HttpError as exc:
         prefix = "hub refused the join: " if exc.status else ""
         raise JoinError(f"{prefix}{exc}") from exc
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     _write_atomic(state_dir / KEY_FILE, key_pem, mode=0o600)
+    _write_atomic(state_dir / BUNDLE_KEY_FILE, bundle_crypto.private_key_pem(bundle_key), mode=0o600)
     _write_atomic(state_dir / CERT_FILE, answer["certificate"].encode(), mode=0o644)
     identity = NodeIdentity(
         node=answer["node"],

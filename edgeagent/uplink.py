@@ -1,9 +1,10 @@
 """The uplink: the node's MQTT session to the hub, assignments in, status and events out.
 
 Assignments are verified (signed by the hub key pinned at join, addressed to
-this node at its join generation, on their own topic) and recorded in the local store when newer than
-what the node holds; the reconciler is then woken. Events go to the persisted,
-bounded outbox first and are sent in order whenever the link is up. Status is
+this node at its join generation, on their own topic), their bundles
+decrypted with the node's bundle key, and recorded in the local store when
+newer than what the node holds; the reconciler is then woken. Events go to
+the persisted, bounded outbox first and are sent in order whenever the link is up. Status is
 rebuilt from the store, so the latest one is sent on every connect, whatever
 was missed while offline. The uplink never touches the runtime.
 """
@@ -26,7 +27,7 @@ from edgeprotocol.signing import load_public_key, open_sealed
 
 from . import __version__
 from .health import NodeHealth
-from .identity import NodeIdentity
+from .identity import BUNDLE_KEY_FILE, NodeIdentity, load_bundle_key
 from .settings import AgentSettings
 from .store import AgentStore, ReleaseRecord
 
@@ -50,6 +51,11 @@ class Uplink:
         self._health = health  # its conditions go out with every status
         self._on_assignment = on_assignment
         self._hub_key = load_public_key(identity.hub_public_key)
+        self._bundle_key = load_bundle_key(settings.state_dir)
+        if self._bundle_key is None:
+            logger.warning("Node %s has no bundle key (%s): it joined before bundles were encrypted, so the hub "
+                           "sends its bundles, Secrets included, unencrypted; join it again to encrypt them",
+                           self.node, settings.state_dir / BUNDLE_KEY_FILE)
         self._session: MqttSession | None = None
         self._last_status: object = None
         self._last_status_at = 0.0
@@ -115,7 +121,8 @@ class Uplink:
             return  # the hub cleared a retained assignment
         try:
             parsed = topics.NodeTopic.parse(topic)
-            assignment = open_sealed(payload, self._hub_key, node=self.node, generation=self.identity.generation)
+            assignment = open_sealed(payload, self._hub_key, node=self.node, generation=self.identity.generation,
+                                     bundle_key=self._bundle_key)
             if (parsed.namespace, parsed.release) != assignment.key:
                 raise ProtocolError(f"assignment for {assignment.namespace}/{assignment.release} arrived on {topic}")
         except (ProtocolError, ValueError) as exc:

@@ -1,7 +1,7 @@
 """The hub's HTTP API (JSON), used by ``edgectl``, by agents at join, and by dashboards.
 
     POST   /api/v1/tokens                          create a join token for a pool
-    POST   /api/v1/join                            exchange a token and a CSR for a node identity
+    POST   /api/v1/join                            exchange a token, a CSR and a bundle key for a node identity
     GET    /api/v1/nodes[/{name}]                  nodes with presence and reported releases
     GET    /api/v1/nodes/{name}/events             the node's most recent events
     POST   /api/v1/nodes/{name}/reset              free the node's name for the next join (assignments kept)
@@ -58,6 +58,8 @@ from typing import Any
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 
+from edgeprotocol import bundle_crypto
+from edgeprotocol.errors import ProtocolError
 from edgeprotocol.topics import check_name
 
 from .broker_access import ANONYMOUS_BROKER_WARNING
@@ -220,6 +222,17 @@ def validate_labels(labels: Any) -> dict[str, str]:
     return labels
 
 
+def _bundle_key(text: str) -> str:
+    """The X25519 public key a node's bundles are encrypted to (base64 of 32 raw bytes); '' when the
+    node sent none (an agent from before bundle encryption)."""
+    if not text:
+        return ""
+    try:
+        return bundle_crypto.check_public_key(text)
+    except ProtocolError as exc:
+        raise BadRequest(f"is not a usable X25519 public key: {exc}", field="bundle_key") from exc
+
+
 async def healthz(request: web.Request) -> web.Response:
     """Up, with what an operator should know about how it runs (``edgectl get nodes`` prints the warnings)."""
     warnings = [] if request.app[SETTINGS].broker_identities else [ANONYMOUS_BROKER_WARNING]
@@ -256,17 +269,19 @@ async def join(request: web.Request) -> web.Response:
     labels = validate_labels(_field(body, "labels", dict, required=False, default={}))
     requested_pool = _field(body, "pool", str, required=False)
     csr = _field(body, "csr", str)
+    bundle_key = _bundle_key(_field(body, "bundle_key", str, required=False, default=""))
     identity = app[IDENTITY]
     try:
         joined = await app[STORE].register_node(
             token, node=node, requested_pool=requested_pool, labels=labels,
-            sign=lambda name: identity.sign_node_csr(csr, node=name),
+            sign=lambda name: identity.sign_node_csr(csr, node=name), bundle_key=bundle_key,
         )
     except JoinRefused as exc:
         # Worth a warning: someone holds a token that no longer works, or guesses.
         logger.warning("Join of %s refused: %s", node, exc)
         raise
-    logger.info("Node %s joined pool %s (join generation %d)", node, joined.pool, joined.generation)
+    logger.info("Node %s joined pool %s (join generation %d%s)", node, joined.pool, joined.generation,
+                "" if bundle_key else "; no bundle key: its bundles go unencrypted")
     # Before the answer: the agent connects to the broker right after it.
     await app[BROKER_ACCESS].admit_node(node)
     await app[DISPATCHER].sync()

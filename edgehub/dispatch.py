@@ -6,10 +6,14 @@ what changed. The table is the truth; MQTT is a delivery cache, so
 ``publish_all`` (on every broker connect) re-publishes the whole table.
 
 Every node with the same render key (all of a pool's nodes, say) gets the
-same render, so its wire form (gzip, then base64) is computed once and shared
-by every assignment that carries it, in one publish and across publishes: a
-``Bundle`` keeps the wire form it made, and ``WireBundles`` keeps the bundles.
-Only the envelope, which names the node, is encoded and signed per node.
+same render, so its wire form (gzip, then encrypted, then base64) is computed
+once and shared by every assignment that carries it, in one publish and
+across publishes: a ``Bundle`` keeps the wire form it made, and
+``WireBundles`` keeps the bundles. Only the envelope, which names the node,
+is encoded and signed per node, with the render's content key wrapped to the
+node's bundle key inside it (``edgeprotocol.bundle_crypto``). A node that
+joined without a bundle key (an agent older than bundle encryption) gets the
+plain wire form instead, and the hub warns once per such node.
 
 Placement needs only a component's targeting, never its values, which may be
 megabytes: each spec is parsed once per revision, on a worker thread, and
@@ -38,28 +42,33 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from deployer_plugin import Component, NodeInfo, SpecError, parse_component, place
-from edgeprotocol import topics
+from edgeprotocol import bundle_crypto, topics
+from edgeprotocol.errors import ProtocolError
 from edgeprotocol.messages import Assignment, Bundle, NodeStatus, now
 from edgeprotocol.signing import seal
 
-from .store import AssignmentRecord, ComponentRecord, HubStore
+from .store import AssignmentRecord, ComponentRecord, HubStore, JoinedNode
 
 logger = logging.getLogger(__name__)
 
 Publish = Callable[[str, bytes, bool], Awaitable[bool]]
 RenderId = tuple[str, str, int, str]  # (namespace, release, revision, render key)
 
-# Wire forms kept across publishes, by their encoded size. A render is stored
+# Wire forms kept across publishes, by their compressed size. A render is stored
 # once and never changes, so an entry cannot go stale; the bound only keeps
 # memory flat. 64 MiB holds hundreds of typical renders (the example's is
 # under 1 KiB on the wire; the protocol's ceiling is 4 MiB a message).
 WIRE_CACHE_BYTES = 64 * 1024 * 1024
+# A warning names at most this many nodes.
+MAX_NAMED = 20
 
 
 def wire_bytes(bundle: Bundle) -> int:
-    return len(bundle.to_wire()["data"])
+    """What the cache counts of a render: its compressed size (each wire form made of it is about 4/3 of that)."""
+    return len(bundle.packed())
 
 
 class WireBundles:
@@ -136,6 +145,8 @@ class Dispatcher:
         self._lock = asyncio.Lock()
         self._wire = WireBundles()
         self._placements = Placements()
+        # Nodes already warned about: they joined without a bundle key.
+        self._unencrypted: set[str] = set()
 
     def remember(self, component: Component, *, revision: int, fingerprint: str) -> None:
         """Keep the placement of a component just stored, so the next sync need not read its spec back."""
@@ -275,10 +286,11 @@ class Dispatcher:
         published = 0
         # Read under the dispatcher's lock, like the records: a node reset or
         # revoked meanwhile is withdrawn (under the lock) after this publish.
-        generations = await self._store.joined_generations() if records else {}
+        joined = await self._store.joined_nodes() if records else {}
+        newly_plain: list[str] = []  # nodes without a bundle key not warned about before
         for rec in records:
-            generation = generations.get(rec.node)
-            if generation is None:
+            target = joined.get(rec.node)
+            if target is None:
                 continue  # reset or revoked: kept in the table, published again when the name re-joins
             comp = components.get((rec.namespace, rec.release))
             bundle = None
@@ -294,11 +306,36 @@ class Dispatcher:
                 issued_at=now(),
                 chart={"name": comp.chart_name, "version": comp.chart_version} if comp else {},
                 bundle=bundle,
-                generation=generation,
+                generation=target.generation,
             )
-            if await self._publish(topics.assignment(rec.node, rec.namespace, rec.release), seal(assignment, self._key), True):
+            try:
+                bundle_to = self._bundle_to(rec.node, target, newly_plain) if bundle is not None else None
+                payload = seal(assignment, self._key, bundle_to=bundle_to)
+            except ProtocolError as exc:  # a stored bundle key the hub cannot wrap to (checked at join)
+                logger.error("Cannot encrypt %s/%s to node %s (%s); not publishing to it until it joins again",
+                             rec.namespace, rec.release, rec.node, exc)
+                continue
+            if await self._publish(topics.assignment(rec.node, rec.namespace, rec.release), payload, True):
                 published += 1
+        if newly_plain:
+            # One line per publish, each node in it once: a fleet of older agents is not a thousand lines.
+            shown = ", ".join(newly_plain[:MAX_NAMED]) + (", ..." if len(newly_plain) > MAX_NAMED else "")
+            logger.warning("%d node(s) joined without a bundle key (agents older than bundle encryption): %s; their "
+                           "bundles are sent unencrypted, and whoever reads their topics on the broker reads their "
+                           "Secrets ('edgectl get nodes -o json' says \"bundles\": \"plain\"). Upgrade each one's "
+                           "agent, then 'edgectl node reset NAME' and join it again", len(newly_plain), shown)
         return published
+
+    def _bundle_to(self, node: str, target: JoinedNode, newly_plain: list[str]) -> X25519PublicKey | None:
+        """The key ``node``'s bundles are encrypted to; None for a node without one (added to ``newly_plain``
+        the first time, to be warned about)."""
+        if target.bundle_key:
+            self._unencrypted.discard(node)
+            return bundle_crypto.load_public_key(target.bundle_key)
+        if node not in self._unencrypted:
+            self._unencrypted.add(node)
+            newly_plain.append(node)
+        return None
 
     async def _encoded_render(self, render: RenderId) -> Bundle | None:
         """The stored render, compressed once for every node and publish that needs it."""
@@ -306,5 +343,5 @@ class Dispatcher:
         if bundle is None:
             bundle = await self._store.get_render(*render)
             if bundle is not None:
-                self._wire.put(render, bundle)  # put() makes its wire form
+                self._wire.put(render, bundle)  # put() compresses it
         return bundle

@@ -64,7 +64,8 @@ CREATE TABLE IF NOT EXISTS nodes (
     status_seq INTEGER NOT NULL DEFAULT -1,
     seq_before_join INTEGER NOT NULL DEFAULT -1,
     generation INTEGER NOT NULL DEFAULT 0,
-    standing TEXT NOT NULL DEFAULT 'joined'
+    standing TEXT NOT NULL DEFAULT 'joined',
+    bundle_key TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS components (
     namespace TEXT NOT NULL,
@@ -117,10 +118,13 @@ CREATE TABLE IF NOT EXISTS events (
 # generations existed, as its agent's identity.json says too).
 # standing: 'joined' (the key that joined holds the name), 'reset' (the name
 # is free: the next join with it is accepted) or 'revoked' (refused until reset).
+# bundle_key: the X25519 public key (base64) the node sent at its last join,
+# which its bundles are encrypted to; '' for a node whose agent sent none.
 ADDED_COLUMNS = (
     ("nodes", "seq_before_join", "INTEGER NOT NULL DEFAULT -1"),
     ("nodes", "generation", "INTEGER NOT NULL DEFAULT 0"),
     ("nodes", "standing", "TEXT NOT NULL DEFAULT 'joined'"),
+    ("nodes", "bundle_key", "TEXT NOT NULL DEFAULT ''"),
 )
 # Sequence numbers are SQLite integers (signed 64 bits), counted from 1.
 MAX_SEQ = 2**63 - 1
@@ -146,6 +150,8 @@ class NodeRecord:
     status: NodeStatus | None
     generation: int = 0
     standing: Standing = "joined"
+    # The X25519 public key (base64) its bundles are encrypted to; '' when it joined without one.
+    bundle_key: str = ""
 
     @classmethod
     def from_row(cls, row: sqlite3.Row, *, status: NodeStatus | None = None) -> NodeRecord:
@@ -160,6 +166,7 @@ class NodeRecord:
             status=status,
             generation=row["generation"],
             standing=row["standing"],
+            bundle_key=row["bundle_key"],
         )
 
 
@@ -185,6 +192,15 @@ class CredentialRecord:
     role: str
     certificate: str
     created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class JoinedNode:
+    """What publishing to a node in standing ``joined`` needs: its join generation and bundle key
+    (base64 X25519; '' when its agent sent none at join)."""
+
+    generation: int
+    bundle_key: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,6 +291,7 @@ class HubStore:
         requested_pool: str | None,
         labels: dict[str, str],
         sign: Callable[[str], str],
+        bundle_key: str = "",
     ) -> Registration:
         """Spend one use of ``token`` and register ``node``, or re-register a name an operator reset.
 
@@ -283,7 +300,7 @@ class HubStore:
         names) and before anything changes. ``sign(node)`` produces the node
         certificate inside the transaction, so a refused join leaves neither
         a spent token nor a node behind. Each accepted join of a name raises
-        its generation by one (1 for a new name).
+        its generation by one (1 for a new name) and replaces its ``bundle_key``.
         """
 
         def run(c: sqlite3.Connection) -> Registration:
@@ -305,13 +322,13 @@ class HubStore:
             certificate = sign(node)
             c.execute("UPDATE tokens SET uses_left = uses_left - 1 WHERE token_id = ?", (token.token_id,))
             c.execute(
-                """INSERT INTO nodes (name, pool, labels, certificate, registered_at, generation)
-                   VALUES (?, ?, ?, ?, ?, ?)
+                """INSERT INTO nodes (name, pool, labels, certificate, registered_at, generation, bundle_key)
+                   VALUES (?, ?, ?, ?, ?, ?, ?)
                    ON CONFLICT(name) DO UPDATE SET pool = excluded.pool, labels = excluded.labels,
                        certificate = excluded.certificate, registered_at = excluded.registered_at,
-                       generation = excluded.generation, standing = 'joined',
+                       generation = excluded.generation, bundle_key = excluded.bundle_key, standing = 'joined',
                        seq_before_join = MAX(nodes.seq_before_join, nodes.status_seq), status_seq = -1""",
-                (node, pool, json.dumps(labels, sort_keys=True), certificate, time.time(), generation),
+                (node, pool, json.dumps(labels, sort_keys=True), certificate, time.time(), generation, bundle_key),
             )
             return Registration(pool=pool, certificate=certificate, generation=generation, rejoined=held is not None)
 
@@ -346,10 +363,11 @@ class HubStore:
 
         return await self._db.transaction(run)
 
-    async def joined_generations(self) -> dict[str, int]:
-        """The join generation of every node in standing ``joined``: the nodes assignments are published to."""
-        rows = await self._db.read(lambda c: c.execute(f"SELECT name, generation FROM nodes WHERE {_JOINED}").fetchall())
-        return {r["name"]: r["generation"] for r in rows}
+    async def joined_nodes(self) -> dict[str, JoinedNode]:
+        """Every node in standing ``joined`` (the nodes assignments are published to), by name."""
+        rows = await self._db.read(
+            lambda c: c.execute(f"SELECT name, generation, bundle_key FROM nodes WHERE {_JOINED}").fetchall())
+        return {r["name"]: JoinedNode(generation=r["generation"], bundle_key=r["bundle_key"]) for r in rows}
 
     # --- broker credentials (dashboards) --------------------------------------
 
@@ -382,7 +400,7 @@ class HubStore:
     async def list_nodes(self, *, with_status: bool = True) -> list[NodeRecord]:
         """Every node by name; ``with_status=False`` leaves every ``status`` None and is cheaper."""
         columns = "*" if with_status else ("name, pool, labels, registered_at, presence, presence_at, last_seen, "
-                                           "generation, standing")
+                                           "generation, standing, bundle_key")
 
         # Decoded on the store's thread: a status may be a few hundred KiB of JSON.
         def run(c: sqlite3.Connection) -> list[NodeRecord]:

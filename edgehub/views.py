@@ -44,6 +44,9 @@ def node_view(node: NodeRecord) -> dict[str, Any]:
         # generation: how many joins of the name were accepted.
         "standing": node.standing,
         "generation": node.generation,
+        # "encrypted": its bundles are encrypted to the key it joined with;
+        # "plain": it joined without one (an agent older than bundle encryption).
+        "bundles": "encrypted" if node.bundle_key else "plain",
         "agent_version": status.agent_version if status else "",
         "runtime": status.runtime if status else "",
         "status_observed_at": status.observed_at if status else "",

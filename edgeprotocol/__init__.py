@@ -1,11 +1,11 @@
-"""What hub and agent must agree on: topics, message schemas and signatures.
+"""What hub and agent must agree on: topics, message schemas, signatures and bundle encryption.
 
 This package imports nothing from ``edgehub``, ``edgeagent`` or
 ``deployer_plugin`` and carries no heavy dependency, so the agent can install
 it alone.
 """
 
-from .errors import AddressError, EdgeError, ProtocolError, SignatureError
+from .errors import AddressError, DecryptionError, EdgeError, ProtocolError, SignatureError
 from .messages import (
     PHASES,
     VERSION,
@@ -27,6 +27,7 @@ __all__ = [
     "Assignment",
     "Bundle",
     "Condition",
+    "DecryptionError",
     "EdgeError",
     "Event",
     "NodeStatus",

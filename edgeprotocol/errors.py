@@ -4,6 +4,7 @@ EdgeError
   ProtocolError      a message that fails decoding or validation
     SignatureError   a message not signed by the pinned hub key
     AddressError     a message that names another node than the one receiving it
+    DecryptionError  a bundle this node's bundle key does not open (another node's, or changed on the way)
 """
 
 from __future__ import annotations
@@ -23,3 +24,7 @@ class SignatureError(ProtocolError):
 
 class AddressError(ProtocolError):
     """A message addressed to another node than the one that received it."""
+
+
+class DecryptionError(ProtocolError):
+    """A bundle that does not decrypt with the receiving node's bundle key."""

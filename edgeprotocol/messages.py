@@ -17,7 +17,10 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, get_args
 
-from .errors import ProtocolError
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+from . import bundle_crypto
+from .errors import DecryptionError, ProtocolError
 from .topics import check_name
 
 VERSION = 1
@@ -113,36 +116,66 @@ def encode_json(data: dict[str, Any]) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class Bundle:
-    """A release's rendered manifests (multi-document YAML) and their digest."""
+    """A release's rendered manifests (multi-document YAML) and their digest.
+
+    On the wire a bundle is either plain (``gzip+base64`` with its digest) or
+    encrypted to the node it is for (see :mod:`edgeprotocol.bundle_crypto`).
+    """
 
     manifests: str
     digest: str
-    # The wire form, made on first use and then shared: a render the hub sends
-    # to every node of a pool is compressed once. Nothing may change it.
+    # Made on first use and then shared: a render the hub sends to every node
+    # of a pool is compressed once, and encrypted once (only the content key's
+    # wrap is made per node). Nothing may change them.
+    _packed: bytes | None = field(default=None, init=False, repr=False, compare=False)
     _wire: dict[str, str] | None = field(default=None, init=False, repr=False, compare=False)
+    _encrypted: bundle_crypto.EncryptedContent | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def of(cls, manifests: str) -> Bundle:
         return cls(manifests=manifests, digest=manifest_digest(manifests))
 
-    def to_wire(self) -> dict[str, str]:
+    def packed(self) -> bytes:
+        """The manifests, gzip-compressed (once)."""
+        if self._packed is None:
+            object.__setattr__(self, "_packed", gzip.compress(self.manifests.encode(), mtime=0))
+        return self._packed  # type: ignore[return-value]
+
+    def to_wire(self, to: X25519PublicKey | None = None) -> dict[str, Any]:
+        """The wire form: encrypted to the node whose bundle key is ``to``, else plain (and cached)."""
+        if to is not None:
+            if self._encrypted is None:
+                object.__setattr__(self, "_encrypted", bundle_crypto.encrypt(self.packed()))
+            return self._encrypted.to_wire(to)  # type: ignore[union-attr]
         if self._wire is None:
-            packed = base64.b64encode(gzip.compress(self.manifests.encode(), mtime=0)).decode()
+            packed = base64.b64encode(self.packed()).decode()
             object.__setattr__(self, "_wire", {"encoding": "gzip+base64", "data": packed, "digest": self.digest})
         return self._wire  # type: ignore[return-value]
 
     @classmethod
-    def from_wire(cls, data: Any, where: str) -> Bundle:
+    def from_wire(cls, data: Any, where: str, key: X25519PrivateKey | None = None) -> Bundle:
+        """Decode a wire bundle; an encrypted one is opened with the node's bundle ``key``."""
         if not isinstance(data, dict):
             raise ProtocolError(f"{where}: bundle must be an object")
-        if data.get("encoding") != "gzip+base64":
-            raise ProtocolError(f"{where}: bundle encoding {data.get('encoding')!r} is not gzip+base64")
-        digest = _require(data, "digest", str, where)
+        encoding = data.get("encoding")
+        digest: str | None = None
+        if encoding == bundle_crypto.ENCODING:
+            if key is None:
+                raise DecryptionError(f"{where}: bundle is encrypted to a node bundle key, but this node has none "
+                                      "(it joined before bundles were encrypted): join it again")
+            packed = bundle_crypto.decrypt(data, key, where)
+        elif encoding == "gzip+base64":
+            digest = _require(data, "digest", str, where)
+            try:
+                packed = base64.b64decode(_require(data, "data", str, where), validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise ProtocolError(f"{where}: bundle data is corrupt ({exc})") from exc
+        else:
+            raise ProtocolError(f"{where}: bundle encoding {encoding!r} is not gzip+base64 or {bundle_crypto.ENCODING}")
         try:
-            packed = base64.b64decode(_require(data, "data", str, where), validate=True)
             inflater = zlib.decompressobj(wbits=31)
             raw = inflater.decompress(packed, MAX_BUNDLE_BYTES + 1)
-        except (binascii.Error, zlib.error) as exc:
+        except zlib.error as exc:
             raise ProtocolError(f"{where}: bundle data is corrupt ({exc})") from exc
         if len(raw) > MAX_BUNDLE_BYTES:
             raise ProtocolError(f"{where}: bundle inflates past {MAX_BUNDLE_BYTES} bytes")
@@ -150,6 +183,8 @@ class Bundle:
             manifests = raw.decode()
         except UnicodeDecodeError as exc:
             raise ProtocolError(f"{where}: bundle is not UTF-8 text ({exc})") from exc
+        if digest is None:
+            return cls.of(manifests)  # encrypted: authenticated by its AEAD and the signature, digest made here
         if manifest_digest(manifests) != digest:
             raise ProtocolError(f"{where}: bundle digest does not match its content")
         return cls(manifests=manifests, digest=digest)
@@ -195,7 +230,8 @@ class Assignment:
     def key(self) -> tuple[str, str]:
         return (self.namespace, self.release)
 
-    def to_body(self) -> dict[str, Any]:
+    def to_body(self, bundle_to: X25519PublicKey | None = None) -> dict[str, Any]:
+        """The body to sign; with ``bundle_to`` (the node's bundle key) the bundle is encrypted to it."""
         body: dict[str, Any] = {
             "v": VERSION,
             "type": "assignment",
@@ -210,11 +246,12 @@ class Assignment:
             "chart": dict(self.chart),
         }
         if self.bundle is not None:
-            body["bundle"] = self.bundle.to_wire()
+            body["bundle"] = self.bundle.to_wire(bundle_to)
         return body
 
     @classmethod
-    def from_body(cls, body: dict[str, Any]) -> Assignment:
+    def from_body(cls, body: dict[str, Any], *, bundle_key: X25519PrivateKey | None = None) -> Assignment:
+        """Decode a (verified) body; an encrypted bundle is opened with the node's ``bundle_key``."""
         where = "assignment"
         _check_version(body, where)
         if body.get("type") != "assignment":
@@ -232,7 +269,7 @@ class Assignment:
         chart = body.get("chart", {})
         if not isinstance(chart, dict) or not all(isinstance(v, str) for v in chart.values()):
             raise ProtocolError(f"{where}: chart must be an object of strings")
-        bundle = Bundle.from_wire(body["bundle"], where) if "bundle" in body else None
+        bundle = Bundle.from_wire(body["bundle"], where, bundle_key) if "bundle" in body else None
         if (kind == "release") != (bundle is not None):
             raise ProtocolError(f"{where}: a {kind} assignment {'needs' if bundle is None else 'carries no'} bundle")
         return cls(

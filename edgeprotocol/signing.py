@@ -11,12 +11,12 @@ join of the same name is refused after a re-join).
 from __future__ import annotations
 
 import base64
-import binascii
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from .errors import AddressError, ProtocolError, SignatureError
 from .messages import VERSION, Assignment, decode_json, encode_json
@@ -38,18 +38,21 @@ def load_public_key(pem: str) -> Ed25519PublicKey:
     return key
 
 
-def seal(assignment: Assignment, key: Ed25519PrivateKey) -> bytes:
-    """Encode and sign an assignment, ready to publish."""
-    body = assignment.to_body()
+def seal(assignment: Assignment, key: Ed25519PrivateKey, *, bundle_to: X25519PublicKey | None = None) -> bytes:
+    """Encode and sign an assignment, ready to publish; its bundle encrypted to ``bundle_to`` when given
+    (the node's bundle key, see :mod:`edgeprotocol.bundle_crypto`)."""
+    body = assignment.to_body(bundle_to)
     signature = key.sign(encode_json(body))
     return encode_json({"v": VERSION, "body": body, "sig": base64.b64encode(signature).decode()})
 
 
-def open_sealed(payload: bytes, key: Ed25519PublicKey, *, node: str, generation: int) -> Assignment:
-    """Verify and decode an assignment addressed to ``node`` at join ``generation``.
+def open_sealed(payload: bytes, key: Ed25519PublicKey, *, node: str, generation: int,
+                bundle_key: X25519PrivateKey | None = None) -> Assignment:
+    """Verify and decode an assignment addressed to ``node`` at join ``generation``; an encrypted bundle
+    is opened with the node's ``bundle_key``.
 
-    Raises ProtocolError (or its SignatureError / AddressError subclasses) with
-    a reason fit for the node's status and events.
+    Raises ProtocolError (or its SignatureError / AddressError / DecryptionError
+    subclasses) with a reason fit for the node's status and events.
     """
     envelope: dict[str, Any] = decode_json(payload, "assignment envelope")
     body, sig = envelope.get("body"), envelope.get("sig")
@@ -57,13 +60,17 @@ def open_sealed(payload: bytes, key: Ed25519PublicKey, *, node: str, generation:
         raise ProtocolError("assignment envelope: needs an object 'body' and a string 'sig'")
     try:
         key.verify(base64.b64decode(sig, validate=True), encode_json(body))
-    except (InvalidSignature, binascii.Error) as exc:
+    except (InvalidSignature, ValueError) as exc:  # ValueError: not base64 (binascii.Error), or not ASCII
         raise SignatureError("assignment is not signed by the pinned hub key") from exc
-    assignment = Assignment.from_body(body)
-    if assignment.node != node:
-        raise AddressError(f"assignment is addressed to node {assignment.node!r}, not {node!r}")
-    if assignment.generation != generation:
+    # The address is checked before the bundle is opened: an assignment for
+    # another node or join is refused as such, not as one that does not decrypt.
+    # (Types are checked by from_body; absent generation is 0, as there.)
+    to_node = body.get("node")
+    to_generation = 0 if body.get("generation") is None else body["generation"]
+    if to_node != node:
+        raise AddressError(f"assignment is addressed to node {to_node!r}, not {node!r}")
+    if to_generation != generation:
         raise AddressError(
-            f"assignment is for join generation {assignment.generation} of node {node!r}, but this node joined as "
+            f"assignment is for join generation {to_generation!r} of node {node!r}, but this node joined as "
             f"generation {generation}: it was sealed for another join of the name (a replay?)")
-    return assignment
+    return Assignment.from_body(body, bundle_key=bundle_key)

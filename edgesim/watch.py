@@ -20,12 +20,12 @@ def _client(prefix: str, tls: TlsIdentity | None) -> mqtt.Client:
 
 
 class TopicRecorder:
-    """Subscribes to ``topic`` on the broker at ``port`` and keeps every payload, in order.
-    ``tls``: the identity to show a broker with identities (``Mosquitto.identity()``: the observer)."""
+    """Subscribes to ``topic`` (a filter: ``ec/v1/#`` records everything) on the broker at ``port`` and keeps
+    every message, in order. ``tls``: the identity to show a broker with identities (``Mosquitto.identity()``: the observer)."""
 
     def __init__(self, port: int, topic: str, *, tls: TlsIdentity | None = None) -> None:
         self.topic = topic
-        self.payloads: list[bytes] = []
+        self._messages: list[tuple[str, bytes]] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         self._client = _client("recorder", tls)
@@ -36,7 +36,7 @@ class TopicRecorder:
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         with self._lock:
-            self.payloads.append(bytes(message.payload))
+            self._messages.append((message.topic, bytes(message.payload)))
 
     def __enter__(self) -> TopicRecorder:
         # paho reconnects by itself (a broker restart in a test) and
@@ -53,8 +53,13 @@ class TopicRecorder:
         self._client.loop_stop()
 
     def snapshot(self) -> list[bytes]:
+        """Every payload so far."""
+        return [payload for _, payload in self.messages()]
+
+    def messages(self) -> list[tuple[str, bytes]]:
+        """Every (topic, payload) so far."""
         with self._lock:
-            return list(self.payloads)
+            return list(self._messages)
 
 
 def publish(port: int, messages: list[tuple[str, bytes, bool]], *, tls: TlsIdentity | None = None) -> None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
+import gzip
 import json
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -105,3 +109,38 @@ def container_state(node: Node, container: str) -> tuple[str, int, str]:
                       "{{.State.StartedAt}}|{{.RestartCount}}|{{.State.Status}}").stdout.strip()
     started, restarts, status = out.split("|")
     return started, int(restarts), status
+
+
+def readable_without_a_key(payload: bytes) -> str:
+    """Everything a subscriber reads in an MQTT ``payload`` without any key: the payload, and every string in it
+    decoded from base64 and, where that is gzip (a plain bundle), inflated. As text, bytes taken as Latin-1."""
+    parts = [payload]
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+        elif isinstance(value, str):
+            try:
+                raw = base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError):
+                return
+            parts.append(raw)
+            try:
+                parts.append(gzip.decompress(raw))
+            except (OSError, EOFError, zlib.error):
+                pass
+
+    try:
+        walk(json.loads(payload))
+    except ValueError:
+        pass
+    return "\n".join(part.decode("latin-1") for part in parts)
+
+
+def secret_forms(secret: str) -> tuple[str, str]:
+    """A secret as it may appear in manifests: as itself (stringData, env) and base64 (a Secret's data)."""
+    return secret, base64.b64encode(secret.encode()).decode()

@@ -1,4 +1,4 @@
-"""What the node keeps on disk is its own: state directories 0700, stores and the policy file 0600; and the
+"""What the node keeps on disk is its own: state directories 0700, stores, keys and the policy file 0600; and the
 policy is the node's, read from its state directory unless ``--policy`` says otherwise."""
 
 from __future__ import annotations
@@ -12,9 +12,12 @@ from pathlib import Path
 import pytest
 
 from edgeagent.cli import install_policy, main, policy_from_args
+from edgeagent.doctor import identity_checks
+from edgeagent.identity import BUNDLE_KEY_FILE
 from edgeagent.policy import NodePolicy, PolicyError
 from edgeagent.store import AgentStore
 from edgekit.sqlite import Database
+from edgeprotocol import bundle_crypto
 
 
 def mode(path: Path) -> int:
@@ -93,3 +96,19 @@ def test_doctor_with_a_bad_policy_says_which_key_and_exits_2(tmp_path: Path, cap
 
     assert code == 2
     assert capsys.readouterr().err == f"edgeagent: policy file {bad}: namespaces must be a list of names\n"
+
+
+def test_doctor_checks_the_bundle_key_is_private_and_says_when_the_node_has_none(tmp_path: Path) -> None:
+    def bundle_key_check() -> tuple[bool, str]:
+        (check,) = [c for c in identity_checks(tmp_path)[0] if c.name == "bundle-key"]
+        return check.ok, check.detail
+
+    ok, detail = bundle_key_check()
+    assert ok and "none" in detail and "join again to encrypt them" in detail
+    key = tmp_path / BUNDLE_KEY_FILE
+    key.write_bytes(bundle_crypto.private_key_pem(bundle_crypto.new_node_key()))
+    key.chmod(0o644)
+    ok, detail = bundle_key_check()
+    assert not ok and f"run: chmod 600 {key}" in detail
+    key.chmod(0o600)
+    assert bundle_key_check() == (True, f"{key} is private (mode 0600)")

@@ -1,4 +1,5 @@
-"""The dispatcher compresses a render once, however many nodes get it, and every node can still open its copy.
+"""The dispatcher compresses (and encrypts) a render once, however many nodes get it, and every node can still
+open its copy.
 
 A real store and the real Helm render of the example component; publishing
 is captured in memory (which payloads go where is what is checked here; the
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,7 @@ from deployer_plugin import ChartArchive, component_fingerprint, load_component_
 from edgehub.dispatch import Dispatcher, WireBundles, wire_bytes
 from edgehub.store import HubStore
 from edgehub.tokens import new_token
-from edgeprotocol import messages, topics
+from edgeprotocol import Assignment, DecryptionError, bundle_crypto, messages, topics
 from edgeprotocol.messages import Bundle
 from edgeprotocol.signing import open_sealed
 
@@ -42,7 +44,7 @@ async def _store_revision(store: HubStore, revision: int, message: str) -> None:
 
 
 async def test_a_publish_to_many_nodes_compresses_each_render_once_and_later_publishes_not_at_all(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ):
     compressed: list[bytes] = []
     compress = gzip.compress
@@ -94,6 +96,56 @@ async def test_a_publish_to_many_nodes_compresses_each_render_once_and_later_pub
         await _store_revision(store, 2, "second")
         assert (await dispatcher.sync()).published == SHANGHAI + BEIJING
         assert len(compressed) == 4
+
+    # These nodes joined without bundle keys (older agents): one warning, at the first publish, says so.
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.startswith(f"{SHANGHAI + BEIJING} node(s) joined without a bundle key") and ", ...;" in warning
+
+
+async def test_nodes_with_bundle_keys_share_one_encryption_of_a_render_and_each_opens_only_its_own_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    encrypted: list[bytes] = []
+    encrypt = bundle_crypto.encrypt
+
+    def counting_encrypt(packed: bytes) -> bundle_crypto.EncryptedContent:
+        encrypted.append(packed)
+        return encrypt(packed)  # the real thing: only counted
+
+    monkeypatch.setattr(bundle_crypto, "encrypt", counting_encrypt)
+    published: dict[str, bytes] = {}
+
+    async def publish(topic: str, payload: bytes, retain: bool) -> bool:
+        published[topic] = payload
+        return True
+
+    key = Ed25519PrivateKey.generate()
+    nodes = {f"sh-{i}": bundle_crypto.new_node_key() for i in range(SHANGHAI)}
+    async with HubStore(tmp_path / "hub.db") as store:
+        token = new_token()
+        await store.create_token(token, pool="shanghai", ttl_seconds=60, uses=SHANGHAI)
+        for name, node_key in nodes.items():
+            await store.register_node(token, node=name, requested_pool=None, labels={}, sign=lambda _: "cert",
+                                      bundle_key=bundle_crypto.public_key_text(node_key))
+        await _store_revision(store, 1, "first")
+        dispatcher = Dispatcher(store, key, publish)
+        assert (await dispatcher.sync()).published == SHANGHAI
+        assert len(encrypted) == 1
+
+        bodies = {name: json.loads(published[topics.assignment(name, "demo", "web")])["body"] for name in nodes}
+        assert len({b["bundle"]["data"] for b in bodies.values()}) == 1  # one ciphertext for the pool
+        assert len({b["bundle"]["key"]["wrapped"] for b in bodies.values()}) == SHANGHAI  # a wrapped key each
+        for name, node_key in nodes.items():
+            opened = open_sealed(published[topics.assignment(name, "demo", "web")], key.public_key(), node=name,
+                                 generation=1, bundle_key=node_key)
+            assert opened.bundle is not None and "ni hao shanghai" in opened.bundle.manifests
+        # A node of the pool cannot open another's copy with its own key (it is wrapped to the other's).
+        with pytest.raises(DecryptionError):
+            Assignment.from_body(bodies["sh-1"], bundle_key=nodes["sh-0"])
+
+        # Publishing again (a broker reconnect) encrypts nothing again.
+        assert await dispatcher.publish_all() == SHANGHAI
+        assert len(encrypted) == 1
 
 
 def test_the_wire_cache_keeps_the_most_recently_used_renders_within_its_bound():

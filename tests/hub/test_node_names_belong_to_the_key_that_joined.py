@@ -27,7 +27,7 @@ from hub_api import answer, create_token, join, refused, unique
 
 from edgeagent.agent import AgentSettings
 from edgeagent.health import NodeHealth
-from edgeagent.identity import JoinError, NodeIdentity
+from edgeagent.identity import JoinError, NodeIdentity, load_bundle_key
 from edgeagent.identity import join as agent_join
 from edgeagent.store import AgentStore
 from edgeagent.uplink import Uplink
@@ -107,7 +107,8 @@ async def test_after_node_reset_the_name_joins_again_at_generation_2_and_refuses
     topic = topics.assignment(node, "demo", "web")
     captured = await retained(broker, topic)
     assert captured is not None
-    assert open_sealed(captured, load_public_key(first.hub_public_key), node=node, generation=1).revision == 1
+    assert open_sealed(captured, load_public_key(first.hub_public_key), node=node, generation=1,
+                       bundle_key=load_bundle_key(tmp_path / "a")).revision == 1
 
     # A second machine (a new key) cannot take the name ...
     with pytest.raises(JoinError, match=f"node {node!r} is already registered.*edgectl node reset {node}"):
@@ -126,7 +127,8 @@ async def test_after_node_reset_the_name_joins_again_at_generation_2_and_refuses
     # The re-joined node gets its release back, sealed for generation 2.
     fresh = await retained(broker, topic)
     assert fresh is not None
-    assert open_sealed(fresh, load_public_key(second.hub_public_key), node=node, generation=2).revision == 1
+    assert open_sealed(fresh, load_public_key(second.hub_public_key), node=node, generation=2,
+                       bundle_key=load_bundle_key(tmp_path / "b")).revision == 1
 
     # The node refuses the captured generation-1 assignment (a Rejected event says why) and takes the fresh one.
     settings = AgentSettings(state_dir=tmp_path / "b")

@@ -1,0 +1,183 @@
+"""Bundles encrypted to the node they are for, so the broker and its readers do not learn them.
+
+Each node makes an X25519 key pair at join and keeps the private half; the hub
+stores the public half. The hub encrypts a render once (a pool's nodes share
+it) under a content key made for that one ciphertext, and wraps the content
+key to each node's public key inside that node's signed assignment:
+
+    content  data = nonce (12 random bytes) || ChaCha20-Poly1305(content key, nonce, gzip(manifests), aad=DATA_AAD)
+             content key: 32 random bytes, used for this one ciphertext and kept only in the hub's memory
+    wrap     ephemeral X25519 key pair e; shared = X25519(e, node public key)
+             wrap key = HKDF-SHA256(shared, salt=None, info=WRAP_INFO || e.public || node public, 32 bytes)
+             wrapped = ChaCha20-Poly1305(wrap key, 12 zero bytes, content key, aad=WRAP_INFO)
+             (the wrap key is used once, so a fixed nonce is safe)
+
+On the wire (the ``bundle`` of an assignment body; keys are raw 32 bytes,
+everything base64):
+
+    {"encoding": "gzip+chacha20poly1305+base64", "data": ...,
+     "key": {"alg": "x25519-hkdf-sha256-chacha20poly1305", "to": node public key, "epk": e.public, "wrapped": ...}}
+
+There is no plaintext digest beside it: a digest of the manifests would let a
+reader confirm a guessed secret. The node computes the digest after
+decrypting. Every primitive is ``cryptography``'s; nothing here is hand-made.
+Every failure to open is a :class:`DecryptionError` (a ProtocolError) saying why.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from .errors import DecryptionError, ProtocolError
+
+ENCODING = "gzip+chacha20poly1305+base64"
+KEY_ALG = "x25519-hkdf-sha256-chacha20poly1305"
+DATA_AAD = b"edgecollab bundle data v1"
+WRAP_INFO = b"edgecollab bundle key v1"
+KEY_BYTES = 32
+NONCE_BYTES = 12
+_ZERO_NONCE = bytes(NONCE_BYTES)
+
+
+def new_node_key() -> X25519PrivateKey:
+    return X25519PrivateKey.generate()
+
+
+def private_key_pem(key: X25519PrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def load_private_key_pem(pem: bytes) -> X25519PrivateKey:
+    """The node's bundle key from its PEM file; ValueError when it is not an X25519 private key."""
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (TypeError, UnsupportedAlgorithm) as exc:  # encrypted, or a key type this build cannot read
+        raise ValueError(str(exc)) from exc
+    if not isinstance(key, X25519PrivateKey):
+        raise ValueError("not an X25519 private key")
+    return key
+
+
+def public_key_text(key: X25519PrivateKey | X25519PublicKey) -> str:
+    """The public key as the join request and the wire carry it: base64 of its 32 raw bytes."""
+    public = key.public_key() if isinstance(key, X25519PrivateKey) else key
+    return base64.b64encode(public.public_bytes_raw()).decode()
+
+
+def load_public_key(text: Any, what: str = "bundle key") -> X25519PublicKey:
+    """Parse base64 of a raw X25519 public key; ProtocolError when it is not one."""
+    return X25519PublicKey.from_public_bytes(_raw(text, what, KEY_BYTES))
+
+
+def check_public_key(text: Any) -> str:
+    """A node's public key as sent at join, refused (ProtocolError) unless a bundle can be wrapped to it.
+
+    Beyond the format, this refuses the low-order points whose shared secret
+    is all zeros (X25519 refuses to derive it): better at join than at every publish.
+    """
+    key = load_public_key(text)
+    wrap(os.urandom(KEY_BYTES), key)
+    return public_key_text(key)
+
+
+@dataclass(frozen=True, slots=True)
+class EncryptedContent:
+    """One render's compressed manifests, encrypted once and then wrapped to each node that gets them."""
+
+    data: str  # base64 of nonce || ciphertext
+    key: bytes = field(repr=False)  # the content key: never on the wire unwrapped, never logged
+
+    def to_wire(self, to: X25519PublicKey) -> dict[str, Any]:
+        return {"encoding": ENCODING, "data": self.data, "key": wrap(self.key, to)}
+
+
+def encrypt(packed: bytes) -> EncryptedContent:
+    """Encrypt ``packed`` (the gzip of a bundle's manifests) under a new content key."""
+    key, nonce = ChaCha20Poly1305.generate_key(), os.urandom(NONCE_BYTES)
+    sealed = ChaCha20Poly1305(key).encrypt(nonce, packed, DATA_AAD)
+    return EncryptedContent(data=base64.b64encode(nonce + sealed).decode(), key=key)
+
+
+def wrap(content_key: bytes, to: X25519PublicKey) -> dict[str, str]:
+    """``content_key`` wrapped to the node whose public key is ``to``; ProtocolError when ``to`` is unusable."""
+    ephemeral = X25519PrivateKey.generate()
+    epk = ephemeral.public_key().public_bytes_raw()
+    recipient = to.public_bytes_raw()
+    try:
+        shared = ephemeral.exchange(to)
+    except ValueError as exc:  # a low-order point: the shared secret would be all zeros
+        raise ProtocolError(f"bundle key {public_key_text(to)} cannot be used: X25519 refuses an exchange with it "
+                            "(a low-order point)") from exc
+    wrapped = ChaCha20Poly1305(_wrap_key(shared, epk, recipient)).encrypt(_ZERO_NONCE, content_key, WRAP_INFO)
+    return {"alg": KEY_ALG, "to": base64.b64encode(recipient).decode(), "epk": base64.b64encode(epk).decode(),
+            "wrapped": base64.b64encode(wrapped).decode()}
+
+
+def decrypt(wire: dict[str, Any], key: X25519PrivateKey, where: str) -> bytes:
+    """The compressed manifests of an encrypted bundle ``wire``, opened with the node's private ``key``.
+
+    Raises DecryptionError when the bundle is wrapped to another key, or its
+    key or data were changed on the way; ProtocolError when it is malformed.
+    """
+    content_key = unwrap(wire.get("key"), key, where)
+    data = _raw(wire.get("data"), f"{where}: bundle data", None)
+    if len(data) < NONCE_BYTES:
+        raise ProtocolError(f"{where}: bundle data is shorter than its nonce")
+    try:
+        return ChaCha20Poly1305(content_key).decrypt(data[:NONCE_BYTES], data[NONCE_BYTES:], DATA_AAD)
+    except InvalidTag as exc:
+        raise DecryptionError(f"{where}: bundle data does not decrypt with its key (changed on the way?)") from exc
+
+
+def unwrap(wrapped_key: Any, key: X25519PrivateKey, where: str) -> bytes:
+    """The content key in ``wrapped_key`` (the wire's ``bundle.key``), opened with the node's private ``key``."""
+    if not isinstance(wrapped_key, dict):
+        raise ProtocolError(f"{where}: bundle key must be an object")
+    if wrapped_key.get("alg") != KEY_ALG:
+        raise ProtocolError(f"{where}: bundle key algorithm {wrapped_key.get('alg')!r} is not {KEY_ALG}")
+    to = _raw(wrapped_key.get("to"), f"{where}: bundle key 'to'", KEY_BYTES)
+    epk = _raw(wrapped_key.get("epk"), f"{where}: bundle key 'epk'", KEY_BYTES)
+    wrapped = _raw(wrapped_key.get("wrapped"), f"{where}: bundle key 'wrapped'", KEY_BYTES + 16)
+    own = key.public_key().public_bytes_raw()
+    if to != own:
+        raise DecryptionError(
+            f"{where}: bundle is encrypted to bundle key {_short(to)}, not this node's {_short(own)} "
+            "(another node's assignment, or one sealed before this node joined again)")
+    try:
+        shared = key.exchange(X25519PublicKey.from_public_bytes(epk))
+        return ChaCha20Poly1305(_wrap_key(shared, epk, own)).decrypt(_ZERO_NONCE, wrapped, WRAP_INFO)
+    except (ValueError, InvalidTag) as exc:
+        raise DecryptionError(f"{where}: bundle key does not open with this node's bundle key "
+                              "(changed on the way?)") from exc
+
+
+def _wrap_key(shared: bytes, epk: bytes, recipient: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None,
+                info=WRAP_INFO + epk + recipient).derive(shared)
+
+
+def _raw(text: Any, what: str, length: int | None) -> bytes:
+    if not isinstance(text, str):
+        raise ProtocolError(f"{what} must be a base64 string")
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ProtocolError(f"{what} is not base64 ({exc})") from exc
+    if length is not None and len(raw) != length:
+        raise ProtocolError(f"{what} must be {length} bytes, not {len(raw)}")
+    return raw
+
+
+def _short(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()[:8] + "..."
