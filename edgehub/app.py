@@ -65,7 +65,7 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
             return await publish(topic, payload, False)
 
         async def registry() -> tuple[set[str], set[str]]:
-            nodes = set(await store.joined_generations())
+            nodes = set(await store.joined_nodes())
             return nodes, {c.name for c in await store.list_credentials()}
 
         app[DISPATCHER] = Dispatcher(store, app[IDENTITY].key, publish)

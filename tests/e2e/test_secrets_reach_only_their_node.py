@@ -25,7 +25,7 @@ def test_a_password_in_a_secret_runs_in_its_nodes_container_and_no_broker_subscr
 ):
     hub, broker = fleet.hub, fleet.broker
     assert hub is not None and broker is not None
-    with TopicRecorder(broker.port, f"{topics.PREFIX}/#") as everything:
+    with TopicRecorder(broker.port, f"{topics.PREFIX}/#", tls=broker.identity()) as everything:
         node = fleet.add_node("sh-1", "shanghai")
         chart = vendored_chart("keyvalue", tmp_path)
         hub.ctl("apply", "-f", str(write_spec(tmp_path / "kv.yaml", name="kv", chart=chart,
