@@ -320,6 +320,8 @@ def cmd_node(hub: JsonHttpClient, args: argparse.Namespace) -> None:
         say(f"node/{name} revoked: its messages are ignored, its {one_line(answer['assignments_withheld'])} "
             f"assignment(s) are no longer published to it, and its name cannot join; free the name with: "
             f"edgectl node reset {name}")
+    if answer.get("broker_refuses"):
+        say(f"node/{name}: the broker has disconnected it and refuses it every topic until it joins again")
 
 
 def cmd_credentials(hub: JsonHttpClient, args: argparse.Namespace) -> None:

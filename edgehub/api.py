@@ -339,7 +339,8 @@ async def reset_node(request: web.Request) -> web.Response:
     logger.warning("Node %s reset by the operator: its name is free for the next join; %d assignment(s) kept",
                    name, kept)
     return web.json_response({"node": name, "standing": node.standing, "generation": node.generation,
-                              "next_generation": node.generation + 1, "assignments_kept": kept})
+                              "next_generation": node.generation + 1, "assignments_kept": kept,
+                              "broker_refuses": request.app[BROKER_ACCESS].enabled})
 
 
 async def revoke_node(request: web.Request) -> web.Response:
@@ -354,7 +355,8 @@ async def revoke_node(request: web.Request) -> web.Response:
     logger.warning("Node %s revoked by the operator: %d assignment(s) withheld; it is refused until reset",
                    name, withheld)
     return web.json_response({"node": name, "standing": node.standing, "generation": node.generation,
-                              "assignments_withheld": withheld})
+                              "assignments_withheld": withheld,
+                              "broker_refuses": request.app[BROKER_ACCESS].enabled})
 
 
 async def list_pools(request: web.Request) -> web.Response:

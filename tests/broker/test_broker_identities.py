@@ -180,7 +180,8 @@ async def test_revoking_a_node_disconnects_it_and_the_broker_refuses_it(fleet: F
     async with client(fleet, tls) as node:
         assert not refused(await node.subscribe(topics.assignments_of("a"), qos=1))
         assert len(await received(node)) == 1
-        fleet.hub.ctl("node", "revoke", "a")
+        said = fleet.hub.ctl("node", "revoke", "a").stdout
+        assert "the broker has disconnected it and refuses it every topic" in said
         with pytest.raises(aiomqtt.MqttError):
             await received(node, seconds=10)  # the broker closes the connection
     async with client(fleet, tls) as again:
