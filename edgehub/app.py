@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiomqtt
 from aiohttp import web
 
 from edgekit.mqtt import MqttSession, SessionSettings, TlsIdentity
 from edgeprotocol import topics
+from edgeprotocol.messages import now
 
+from . import ha_discovery
 from .api import MAX_REQUEST_BYTES, add_routes, json_errors
 from .auth import HostAllowList, json_bodies_only, operator_only, operator_token_ctx, same_origin_only
 from .broker_access import ANONYMOUS_BROKER_WARNING, BrokerAccess
@@ -20,11 +24,12 @@ from .components import Components
 from .dispatch import Dispatcher
 from .identity import HubIdentity
 from .ingest import IngestLimits, NodeMessages
-from .keys import BROKER_ACCESS, COMPONENTS, DISPATCHER, IDENTITY, MQTT, RENDERER, SETTINGS, STORE
+from .keys import BROKER_ACCESS, COMPONENTS, DISPATCHER, IDENTITY, MQTT, RENDERER, SETTINGS, STORE, SUMMARIES
 from .ratelimit import SourceRateLimiter, rate_limits
 from .renderer import Renderer, RenderLimits
 from .settings import HubSettings
 from .store import HubStore
+from .summaries import HUB_STATE_TOPIC, SummaryPublisher, SummarySettings
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +80,30 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
             yield
 
 
+async def summaries_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings, store = app[SETTINGS], app[STORE]
+
+    async def publish(topic: str, payload: bytes) -> bool:
+        session = app.get(MQTT)
+        return await session.publish(topic, payload, retain=True) if session else False
+
+    refresh = settings.summary_refresh_seconds
+    extra = None
+    if settings.ha_discovery_prefix:
+        prefix = settings.ha_discovery_prefix
+
+        def extra(summaries: dict[str, dict[str, Any]]) -> dict[str, bytes]:
+            return ha_discovery.documents(prefix, summaries, expire_after=int(3 * refresh))
+
+    publisher = SummaryPublisher(store, publish, SummarySettings(interval=settings.summary_interval_seconds,
+                                                                  max_per_pass=settings.summary_max_per_pass,
+                                                                  refresh=refresh), extra=extra)
+    store.on_change(publisher.changed)
+    async with publisher:
+        app[SUMMARIES] = publisher
+        yield
+
+
 async def mqtt_ctx(app: web.Application) -> AsyncIterator[None]:
     settings, dispatcher, access = app[SETTINGS], app[DISPATCHER], app[BROKER_ACCESS]
     messages = NodeMessages(app[STORE], dispatcher, IngestLimits.of(settings))
@@ -85,8 +114,15 @@ async def mqtt_ctx(app: web.Application) -> AsyncIterator[None]:
         else:
             await messages.handle(topic, payload)
 
-    async def on_connect(_: MqttSession) -> None:
+    summaries = app[SUMMARIES]
+    hub_started = now()
+
+    async def on_connect(session: MqttSession) -> None:
         access.on_connect()
+        # Retained, with the last will below saying the opposite: a dashboard tells a dead hub from a quiet fleet.
+        await session.publish(HUB_STATE_TOPIC, json.dumps({"online": True, "since": hub_started,
+                                                           "connected_at": now()}).encode(), retain=True)
+        summaries.republish_all()
         # The broker may have restarted without its retained messages: the
         # store is the truth, so re-publish all of it on every connect.
         await dispatcher.publish_all()
@@ -102,12 +138,15 @@ async def mqtt_ctx(app: web.Application) -> AsyncIterator[None]:
         url=settings.mqtt_url,
         client_id=HUB_CLIENT_ID,
         subscriptions=subscriptions,
-        will=aiomqtt.Will(f"{topics.PREFIX}/hub/presence", b"offline", qos=1, retain=True),
+        will=aiomqtt.Will(HUB_STATE_TOPIC, json.dumps({"online": False, "since": hub_started}).encode(), qos=1,
+                          retain=True),
         tls=tls,
     )
     async with MqttSession(session_settings, on_message=on_message, on_connect=on_connect) as session:
         app[MQTT] = session
         yield
+        # A clean stop sends no last will: say it here.
+        await session.publish(HUB_STATE_TOPIC, json.dumps({"online": False, "since": now()}).encode(), retain=True)
 
 
 def create_app(settings: HubSettings) -> web.Application:
@@ -127,6 +166,6 @@ def create_app(settings: HubSettings) -> web.Application:
     app[SETTINGS] = settings
     # The operator token first: it creates the state directory owner-only.
     # The renderer before the store: the component service takes it.
-    app.cleanup_ctx.extend([operator_token_ctx, identity_ctx, renderer_ctx, store_ctx, mqtt_ctx])
+    app.cleanup_ctx.extend([operator_token_ctx, identity_ctx, renderer_ctx, store_ctx, summaries_ctx, mqtt_ctx])
     add_routes(app)
     return app

@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--allowed-host", action="append", metavar="NAME",
                        help="a host name the API answers to besides loopback and the listen host "
                             "(the name nodes and operators reach it by); repeat for more")
+    serve.add_argument("--ha-discovery", metavar="PREFIX",
+                       help="publish Home Assistant MQTT discovery documents under PREFIX (usually homeassistant)")
     serve.add_argument("--log-level", default="INFO")
     broker = sub.add_parser("mosquitto-config",
                             help="write a Mosquitto configuration for the broker with identities (TLS, client "
@@ -83,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         "mqtt_advertise_url": args.mqtt_advertise,
         "state_dir": args.state.resolve() if args.state else None,
         "allowed_hosts": tuple(args.allowed_host) if args.allowed_host else None,
+        "ha_discovery_prefix": args.ha_discovery,
     }
     try:
         if args.config:

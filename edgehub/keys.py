@@ -13,6 +13,7 @@ from .identity import HubIdentity
 from .renderer import Renderer
 from .settings import HubSettings
 from .store import HubStore
+from .summaries import SummaryPublisher
 
 SETTINGS = web.AppKey("settings", HubSettings)
 STORE = web.AppKey("store", HubStore)
@@ -22,3 +23,4 @@ MQTT = web.AppKey("mqtt", MqttSession)
 COMPONENTS = web.AppKey("components", Components)
 RENDERER = web.AppKey("renderer", Renderer)
 BROKER_ACCESS = web.AppKey("broker_access", BrokerAccess)
+SUMMARIES = web.AppKey("summaries", SummaryPublisher)

@@ -86,6 +86,9 @@ _WORK_BOUNDS: tuple[tuple[str, float, float, bool], ...] = (
     ("render_output_bytes", 1024, 2**31, True),
     ("render_parallel", 1, 64, True),
     ("render_queue", 0, 10_000, True),
+    ("summary_interval_seconds", 0.05, 3600, True),
+    ("summary_max_per_pass", 1, 1_000_000, True),
+    ("summary_refresh_seconds", 1, 86_400, True),
 )
 
 
@@ -146,6 +149,17 @@ class HubSettings:
     # Applies waiting for a render slot; one more is refused (409, apply
     # again) rather than queued, as each holds its chart in memory.
     render_queue: int = 16
+    # --- status summaries on the bus (docs/dashboards.md) ---
+    # Summaries are published at most this often (a change shows within about this long) ...
+    summary_interval_seconds: float = 1.0
+    # ... at most this many topics a pass (the rest in the next): the bound on what a fleet of any size
+    # sends dashboards, 2,000 messages a second by default.
+    summary_max_per_pass: int = 2000
+    # Fleet, pool and component summaries are sent again after this long even when unchanged; Home
+    # Assistant entities expire after three times this without one.
+    summary_refresh_seconds: float = 60.0
+    # Home Assistant MQTT discovery prefix ("homeassistant" is the usual one); empty: off.
+    ha_discovery_prefix: str = ""
 
     def __post_init__(self) -> None:
         broker = BrokerAddress.parse(self.mqtt_url)
@@ -166,6 +180,9 @@ class HubSettings:
                 raise ValueError(f"{name} must be a RateLimit, not {getattr(self, name)!r}")
         if not 1 <= self.rate_limit_sources <= 10_000_000:
             raise ValueError(f"rate_limit_sources {self.rate_limit_sources} must be from 1 to 10000000")
+        if self.ha_discovery_prefix and not re.fullmatch(r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*", self.ha_discovery_prefix):
+            raise ValueError(f"ha_discovery_prefix {self.ha_discovery_prefix!r} must be a topic prefix such as "
+                             "'homeassistant' (letters, digits, '_', '-', '/'; no wildcards)")
         # Checked here, where a settings file is read, not when the hub starts the part that uses it.
         for name, low, high, low_inclusive in _WORK_BOUNDS:
             value = getattr(self, name)

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from edgekit.sqlite import Database
 from edgeprotocol.errors import ProtocolError
@@ -41,6 +41,7 @@ from .errors import AlreadyExists, ConcurrentChange, JoinRefused
 from .tokens import TokenParts, hash_secret, secret_matches
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tokens (
@@ -257,6 +258,18 @@ class HubStore:
         self._events_kept = events_kept_per_node
         # Nodes whose stored status failed to decode, so each is logged once.
         self._undecodable: set[str] = set()
+        self._change_listeners: list[Callable[[], None]] = []
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` (on the loop, must not block) after every committed write: summaries and
+        live views follow the store, which is the truth, rather than each place that changes it."""
+        self._change_listeners.append(listener)
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        result = await self._db.transaction(fn)
+        for listener in self._change_listeners:
+            listener()
+        return result
 
     async def __aenter__(self) -> HubStore:
         await self._db.__aenter__()
@@ -275,7 +288,7 @@ class HubStore:
     async def create_token(self, token: TokenParts, *, pool: str, ttl_seconds: float, uses: int) -> float:
         now = time.time()
         expires_at = now + ttl_seconds
-        await self._db.transaction(
+        await self._write(
             lambda c: c.execute(
                 "INSERT INTO tokens VALUES (?, ?, ?, ?, ?, ?)",
                 (token.token_id, hash_secret(token.secret), pool, now, expires_at, uses),
@@ -332,7 +345,7 @@ class HubStore:
             )
             return Registration(pool=pool, certificate=certificate, generation=generation, rejoined=held is not None)
 
-        return await self._db.transaction(run)
+        return await self._write(run)
 
     async def reset_node(self, name: str) -> NodeRecord | None:
         """Free a node's name: forget the key that joined it, so the next join with the name is accepted.
@@ -349,7 +362,7 @@ class HubStore:
                 return None
             return self._node(c.execute("SELECT * FROM nodes WHERE name = ?", (name,)).fetchone(), False)
 
-        return await self._db.transaction(run)
+        return await self._write(run)
 
     async def revoke_node(self, name: str) -> NodeRecord | None:
         """Refuse a node from now on: its messages are ignored, nothing is published to it and its
@@ -361,7 +374,7 @@ class HubStore:
                 return None
             return self._node(c.execute("SELECT * FROM nodes WHERE name = ?", (name,)).fetchone(), False)
 
-        return await self._db.transaction(run)
+        return await self._write(run)
 
     async def joined_nodes(self) -> dict[str, JoinedNode]:
         """Every node in standing ``joined`` (the nodes assignments are published to), by name."""
@@ -382,7 +395,7 @@ class HubStore:
                       (record.name, record.role, record.certificate, record.created_at))
             return record
 
-        return await self._db.transaction(run)
+        return await self._write(run)
 
     async def list_credentials(self) -> list[CredentialRecord]:
         rows = await self._db.read(lambda c: c.execute("SELECT * FROM credentials ORDER BY name").fetchall())
@@ -393,7 +406,7 @@ class HubStore:
         def run(c: sqlite3.Connection) -> bool:
             return c.execute("DELETE FROM credentials WHERE name = ?", (name,)).rowcount > 0
 
-        return await self._db.transaction(run)
+        return await self._write(run)
 
     # --- nodes ---------------------------------------------------------------
 
@@ -438,7 +451,7 @@ class HubStore:
             cur = c.execute(f"UPDATE nodes SET presence = ?, presence_at = ?{seen} WHERE name = ? AND {_JOINED}", args)
             return cur.rowcount == 1
 
-        return await self._db.transaction(run)
+        return await self._write(run)
 
     async def save_status(self, status: NodeStatus, *, encoded: bytes, received_at: str,
                           max_seq_jump: int) -> SaveOutcome:
@@ -469,7 +482,7 @@ class HubStore:
             self._undecodable.discard(status.node)
             return "stored"
 
-        return await self._db.transaction(run)
+        return await self._write(run)
 
     async def add_event(self, event: Event, *, encoded: bytes, max_seq_jump: int) -> SaveOutcome:
         """Keep a node's event (``encoded``, as checked by the caller), and its newest events only.
@@ -505,7 +518,7 @@ class HubStore:
             )
             return "stored"
 
-        return await self._db.transaction(run)
+        return await self._write(run)
 
     async def list_events(self, node: str, *, limit: int = 100) -> list[Event]:
         """The node's latest ``limit`` events, in the order they arrived."""
@@ -597,7 +610,7 @@ class HubStore:
                 [(namespace, name, revision, key, b.manifests, b.digest) for key, b in renders.items()],
             )
 
-        await self._db.transaction(run)
+        await self._write(run)
 
     async def delete_component(self, namespace: str, name: str) -> int | None:
         """Mark a component deleted at a new revision; None when there is none."""
@@ -616,7 +629,7 @@ class HubStore:
             )
             return revision
 
-        return await self._db.transaction(run)
+        return await self._write(run)
 
     async def prune_deleted(self) -> int:
         """Drop the renders, chart and spec of deleted components no node is assigned a release of any more.
@@ -643,7 +656,7 @@ class HubStore:
                           ident)
             return dropped
 
-        dropped = await self._db.transaction(run)
+        dropped = await self._write(run)
         if dropped:
             # Proportional to the pages freed, unlike a VACUUM, which rewrites
             # the whole file while every store call waits.
@@ -702,7 +715,7 @@ class HubStore:
             )
             c.executemany("DELETE FROM assignments WHERE node = ? AND namespace = ? AND release = ?", deletes)
 
-        await self._db.transaction(run)
+        await self._write(run)
 
 
 def _prepare_file(c: sqlite3.Connection) -> None:

@@ -1,0 +1,305 @@
+"""Fleet status on the bus: retained JSON summaries that MQTT dashboards read with no plugin.
+
+Topics (schemas with examples in docs/dashboards.md):
+
+    ec/v1/summary/fleet                          every node, component and release counted
+    ec/v1/summary/pools/{pool}                   one pool
+    ec/v1/summary/components/{namespace}/{name}  one component's rollout, per pool
+    ec/v1/summary/nodes/{node}                   one node: presence, conditions, releases
+
+Every payload is a flat JSON object (numbers and strings at the top level;
+per-pool detail also nested under ``pools``) that names what it is about
+(``node``, ``pool`` or ``component``) and says when its content last changed
+(``observed_at``): Grafana's MQTT data source drops the topic of a wildcard
+match, so the payload must carry its identity.
+
+``Summaries`` computes every payload from the store (the truth), and
+``SummaryPublisher`` publishes only what changed, coalesced: a store change
+schedules one pass, passes run at most once per ``interval``, each publishes at
+most ``max_per_pass`` topics (the rest wait for the next pass, newest content
+winning), and a summary that disappeared (a node reset, a deleted component)
+has its retained message cleared. The bound for any fleet is therefore
+``max_per_pass / interval`` messages per second (2,000/s by default), and a
+quiet fleet publishes nothing but the periodic refresh of fleet, pool and
+component summaries that keeps Home Assistant's ``expire_after`` from marking
+live values stale.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, get_args
+
+from edgeprotocol import topics
+from edgeprotocol.messages import Phase, now
+
+from .store import AssignmentRecord, ComponentRecord, HubStore, NodeRecord
+from .views import release_view
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_PREFIX = f"{topics.PREFIX}/summary"
+HUB_STATE_TOPIC = f"{topics.PREFIX}/hub/state"
+PHASES: tuple[str, ...] = get_args(Phase)
+
+Publish = Callable[[str, bytes], Awaitable[bool]]
+
+
+def fleet_topic() -> str:
+    return f"{SUMMARY_PREFIX}/fleet"
+
+
+def pool_topic(pool: str) -> str:
+    return f"{SUMMARY_PREFIX}/pools/{pool}"
+
+
+def component_topic(namespace: str, name: str) -> str:
+    return f"{SUMMARY_PREFIX}/components/{namespace}/{name}"
+
+
+def node_topic(node: str) -> str:
+    return f"{SUMMARY_PREFIX}/nodes/{node}"
+
+
+def _phase_counts(phases: Counter[str]) -> dict[str, int]:
+    return {f"releases_{p.lower()}": phases.get(p, 0) for p in PHASES}
+
+
+@dataclass(slots=True)
+class _Target:
+    """One node's share of a component's rollout."""
+
+    pool: str
+    online: bool
+    applied: int
+    phase: str
+    stale: bool
+
+
+def _rollout(targets: list[_Target], revision: int) -> dict[str, int]:
+    return {
+        "desired": len(targets),
+        "updated": sum(1 for t in targets if t.applied == revision),
+        "ready": sum(1 for t in targets if t.applied == revision and t.phase == "Deployed" and not t.stale),
+        "failed": sum(1 for t in targets if t.phase == "Failed"),
+        "offline": sum(1 for t in targets if not t.online),
+    }
+
+
+def _rollout_state(counts: dict[str, int]) -> str:
+    if counts["desired"] == 0:
+        return "no targets"
+    if counts["ready"] == counts["desired"]:
+        return "complete"
+    if counts["failed"]:
+        return "failing"
+    if counts["offline"] and counts["ready"] + counts["offline"] == counts["desired"]:
+        return "waiting for offline nodes"
+    return "progressing"
+
+
+def build(nodes: list[NodeRecord], components: list[ComponentRecord],
+          assignments: list[AssignmentRecord]) -> dict[str, dict[str, Any]]:
+    """Every summary by topic, without ``observed_at`` (the publisher adds when each content last changed)."""
+    joined = [n for n in nodes if n.standing == "joined"]
+    by_name = {n.name: n for n in joined}
+    out: dict[str, dict[str, Any]] = {}
+
+    all_phases: Counter[str] = Counter()
+    pool_phases: dict[str, Counter[str]] = defaultdict(Counter)
+    for node in joined:
+        online = node.presence == "online"
+        status = node.status
+        releases = []
+        for r in status.releases if status else ():
+            all_phases[r.phase] += 1
+            pool_phases[node.pool][r.phase] += 1
+            releases.append({"release": f"{r.namespace}/{r.release}", "revision": r.applied_revision,
+                             "desired_revision": r.desired_revision, "phase": r.phase})
+        conditions = {c.type: c.status for c in status.conditions} if status else {}
+        out[node_topic(node.name)] = {
+            "node": node.name, "pool": node.pool, "online": online, "presence": node.presence,
+            "last_seen": node.last_seen, "ready": bool(conditions) and all(v == "True" for v in conditions.values()),
+            "conditions": conditions, "agent_version": status.agent_version if status else "",
+            "releases_total": len(releases), **_phase_counts(Counter(r["phase"] for r in releases)),
+            "releases": releases,
+        }
+
+    pools = sorted({n.pool for n in joined})
+    components_of_pool: dict[str, set[str]] = defaultdict(set)
+    for comp in components:
+        ref = f"{comp.namespace}/{comp.name}"
+        targets: list[_Target] = []
+        for a in assignments:
+            if (a.namespace, a.release) != (comp.namespace, comp.name) or a.kind != "release":
+                continue
+            node = by_name.get(a.node)
+            if node is None:
+                continue
+            reported = release_view(node, comp.namespace, comp.name) or {}
+            targets.append(_Target(pool=node.pool, online=node.presence == "online",
+                                   applied=reported.get("applied_revision", 0),
+                                   phase=reported.get("phase", "Pending"), stale=reported.get("stale", False)))
+            components_of_pool[node.pool].add(ref)
+        total = _rollout(targets, comp.revision)
+        per_pool = {pool: _rollout([t for t in targets if t.pool == pool], comp.revision)
+                    for pool in sorted({t.pool for t in targets})}
+        out[component_topic(comp.namespace, comp.name)] = {
+            "component": ref, "namespace": comp.namespace, "name": comp.name,
+            "chart": comp.chart_name, "chart_version": comp.chart_version,
+            "revision": comp.revision,
+            # The revision every target has reached (0 before any has): Home Assistant's "installed".
+            "installed_revision": min((t.applied for t in targets), default=0),
+            **total, "rollout": _rollout_state(total), "pools": per_pool,
+        }
+
+    for pool in pools:
+        members = [n for n in joined if n.pool == pool]
+        online = sum(1 for n in members if n.presence == "online")
+        out[pool_topic(pool)] = {
+            "pool": pool, "nodes_total": len(members), "nodes_online": online, "nodes_offline": len(members) - online,
+            "releases_total": sum(pool_phases[pool].values()), **_phase_counts(pool_phases[pool]),
+            "components_total": len(components_of_pool[pool]), "components": sorted(components_of_pool[pool]),
+        }
+
+    online = sum(1 for n in joined if n.presence == "online")
+    out[fleet_topic()] = {
+        "fleet": "edgecollab", "nodes_total": len(joined), "nodes_online": online,
+        "nodes_offline": len(joined) - online, "pools_total": len(pools), "components_total": len(components),
+        "releases_total": sum(all_phases.values()), **_phase_counts(all_phases),
+    }
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class SummarySettings:
+    # Passes run at most this often: a change shows within about this long.
+    interval: float = 1.0
+    # Topics one pass publishes at most; the rest wait for the next pass.
+    max_per_pass: int = 2000
+    # Fleet, pool and component summaries are published again after this long even if unchanged, so a
+    # dashboard's "expire after" (3 x this) tells a live value from one the hub stopped updating.
+    refresh: float = 60.0
+
+
+@dataclass(slots=True)
+class _Published:
+    content: str  # canonical JSON without observed_at
+    observed_at: str
+    at: float = field(default=0.0)  # monotonic time it was last published
+
+
+class SummaryPublisher:
+    """Keeps the retained summaries in step with the store. Entered for the hub's life; ``changed()``
+    schedules a pass."""
+
+    def __init__(self, store: HubStore, publish: Publish, settings: SummarySettings = SummarySettings(),
+                 *, extra: Callable[[dict[str, dict[str, Any]]], dict[str, bytes]] | None = None) -> None:
+        self._store = store
+        self._publish = publish
+        self.settings = settings
+        # More retained documents made from the same summaries (Home Assistant discovery), by topic.
+        self._extra = extra
+        self._published: dict[str, _Published] = {}
+        self._extra_published: dict[str, bytes] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.latest: dict[str, dict[str, Any]] = {}  # the last computed summaries (metrics read them)
+        self.passes = 0
+        self._force = False
+
+    async def __aenter__(self) -> SummaryPublisher:
+        self._task = asyncio.create_task(self._run(), name="summary-publisher")
+        self._wake.set()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def changed(self) -> None:
+        self._wake.set()
+
+    def republish_all(self) -> None:
+        """After a (re)connect: the broker may have lost its retained messages."""
+        for entry in self._published.values():
+            entry.at = 0.0
+        self._extra_published.clear()
+        self._force = True
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.settings.refresh)
+            except TimeoutError:
+                pass  # the periodic refresh
+            self._wake.clear()
+            started = time.monotonic()
+            try:
+                backlog = await self.publish_pass()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("Publishing summaries failed; trying again on the next change")
+                backlog = False
+            if backlog:
+                self._wake.set()
+            await asyncio.sleep(max(0.0, self.settings.interval - (time.monotonic() - started)))
+
+    async def publish_pass(self) -> bool:
+        """Compute every summary and publish what changed; True if some wait for the next pass."""
+        nodes = await self._store.list_nodes()
+        components = await self._store.list_components(with_spec=False)
+        assignments = await self._store.list_assignments()
+        summaries = build(nodes, components, assignments)
+        self.latest = summaries
+        self.passes += 1
+        force, self._force = self._force, False
+        clock = time.monotonic()
+        due: list[tuple[str, bytes]] = []
+        for topic, summary in summaries.items():
+            content = json.dumps(summary, sort_keys=True, separators=(",", ":"))
+            entry = self._published.get(topic)
+            refresh = not topic.startswith(f"{SUMMARY_PREFIX}/nodes/") and entry is not None \
+                and clock - entry.at >= self.settings.refresh
+            if entry is None or entry.content != content:
+                entry = self._published[topic] = _Published(content=content, observed_at=now())
+            elif not (force or refresh or entry.at == 0.0):
+                continue
+            due.append((topic, json.dumps({**summary, "observed_at": entry.observed_at},
+                                          separators=(",", ":")).encode()))
+        gone = [t for t in self._published if t not in summaries]
+        extra = self._extra(summaries) if self._extra else {}
+        due += [(t, p) for t, p in extra.items() if force or self._extra_published.get(t) != p]
+        gone += [t for t in self._extra_published if t not in extra]
+        budget = self.settings.max_per_pass
+        for topic in gone[:budget]:
+            if await self._publish(topic, b""):
+                self._published.pop(topic, None)
+                self._extra_published.pop(topic, None)
+        budget -= min(len(gone), budget)
+        sent = 0
+        for topic, payload in due[:budget]:
+            if not await self._publish(topic, payload):
+                return True  # not connected: the next connect publishes everything
+            sent += 1
+            if topic in self._published:
+                self._published[topic].at = time.monotonic()
+            else:
+                self._extra_published[topic] = payload
+        waiting = len(due) - sent + max(0, len(gone) - self.settings.max_per_pass)
+        if waiting:
+            logger.info("Published %d summaries; %d wait for the next pass (max_per_pass %d)", sent, waiting,
+                        self.settings.max_per_pass)
+        return waiting > 0
