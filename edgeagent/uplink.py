@@ -163,6 +163,7 @@ class Uplink:
         status = NodeStatus(
             node=self.node, seq=await self.store.next_seq("status"), observed_at=now(), releases=releases,
             agent_version=__version__, runtime=self._runtime_name, conditions=conditions,
+            outbox=await self.store.outbox_size(),
         )
         if await session.publish(topics.status(self.node), status.encode(), retain=True):
             self._last_status, self._last_status_at = comparable, time.monotonic()

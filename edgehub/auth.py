@@ -42,13 +42,20 @@ from .settings import HubSettings, check_host_name
 logger = logging.getLogger(__name__)
 
 OPERATOR_TOKEN = web.AppKey("operator_token", str)
+VIEWER_TOKEN = web.AppKey("viewer_token", str)
 ADMIN_TOKEN_FILE = "admin-token"
+# A read-only credential for dashboards and metrics scrapers: GET on VIEWER_ROUTES only.
+VIEWER_TOKEN_FILE = "viewer-token"
 # 32 random bytes, URL-safe base64 (43 characters). A token given by hand in
 # the file must be at least as long.
 TOKEN_BYTES = 32
 MIN_TOKEN_CHARS = 32
 # (method, route path as registered) that answer without the operator token.
 OPEN_ROUTES = frozenset({("POST", "/api/v1/join"), ("GET", "/healthz"), ("HEAD", "/healthz")})
+# (method, route path as registered) the viewer token may read too: status, never specs' secrets or tokens.
+VIEWER_ROUTES = frozenset({("GET", path) for path in (
+    "/api/v1/nodes", "/api/v1/nodes/{name}", "/api/v1/nodes/{name}/events", "/api/v1/pools",
+    "/api/v1/components", "/api/v1/events", "/api/v1/stream", "/metrics")})
 # Names and addresses every hub answers to: loopback (any 127.0.0.0/8 or ::1 too).
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
 _WILDCARDS = frozenset({"", "0.0.0.0", "::"})
@@ -74,6 +81,11 @@ def load_or_create_operator_token(state_dir: Path) -> str:
 
     Blocking (file system): call it from a thread.
     """
+    return load_or_create_token(state_dir, ADMIN_TOKEN_FILE)
+
+
+def load_or_create_token(state_dir: Path, file_name: str) -> str:
+    """The token in ``state_dir/file_name`` (created on first start, never rewritten). Blocking."""
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     if stat.S_IMODE(state_dir.stat().st_mode) & 0o077:
         # The directory holds the hub key and the operator token: owner only.
@@ -82,13 +94,13 @@ def load_or_create_operator_token(state_dir: Path) -> str:
         except OSError as exc:
             logger.warning("State directory %s is open to other users and cannot be made 0700 (%s); "
                            "fix its permissions", state_dir, exc)
-    path = state_dir / ADMIN_TOKEN_FILE
+    path = state_dir / file_name
     if not path.exists():
         _create_token_file(path)
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
-        logger.warning("%s is readable by other users (mode %04o); anyone who reads it can run the hub: "
-                       "chmod 600 it", path, mode)
+        logger.warning("%s is readable by other users (mode %04o); anyone who reads it can use the hub as "
+                       "it allows: chmod 600 it", path, mode)
     token = path.read_text(encoding="utf-8", errors="replace").strip()
     if len(token) < MIN_TOKEN_CHARS or any(c.isspace() or not c.isprintable() for c in token):
         raise OperatorTokenError(f"{path} must hold one token of at least {MIN_TOKEN_CHARS} printable characters "
@@ -101,7 +113,7 @@ def _create_token_file(path: Path) -> None:
     # Written whole to a private temporary file, then linked into place:
     # link() refuses to replace a file, so a token another hub process wrote
     # meanwhile is kept, and a crash never leaves a half-written token.
-    fd, temporary = tempfile.mkstemp(prefix=".admin-token.", dir=path.parent)  # mode 0600
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(token + "\n")
@@ -109,7 +121,7 @@ def _create_token_file(path: Path) -> None:
             os.fsync(f.fileno())
         try:
             os.link(temporary, path)
-            logger.info("Created the operator token in %s (give edgectl EDGECOLLAB_TOKEN_FILE=%s)", path, path)
+            logger.info("Created %s", path)
         except FileExistsError:
             pass
     finally:
@@ -119,7 +131,9 @@ def _create_token_file(path: Path) -> None:
 async def operator_token_ctx(app: web.Application) -> AsyncIterator[None]:
     """Load (or create) the operator token before the API answers anything."""
     # File system work: a thread keeps the loop free.
-    app[OPERATOR_TOKEN] = await asyncio.to_thread(load_or_create_operator_token, app[SETTINGS].state_dir)
+    state_dir = app[SETTINGS].state_dir
+    app[OPERATOR_TOKEN] = await asyncio.to_thread(load_or_create_operator_token, state_dir)
+    app[VIEWER_TOKEN] = await asyncio.to_thread(load_or_create_token, state_dir, VIEWER_TOKEN_FILE)
     yield
 
 
@@ -133,10 +147,14 @@ async def operator_only(request: web.Request, handler: Handler) -> web.StreamRes
     if scheme.lower() != "bearer" or not credentials.strip():
         raise Unauthorized("this request needs the operator token: send 'Authorization: Bearer <token>' "
                            "(the hub writes it to STATE/admin-token)")
-    expected = request.app[OPERATOR_TOKEN].encode()
-    if not hmac.compare_digest(credentials.strip().encode("utf-8", "replace"), expected):
-        raise Unauthorized("the operator token is wrong (the hub's is in STATE/admin-token)")
-    return await handler(request)
+    given = credentials.strip().encode("utf-8", "replace")
+    if hmac.compare_digest(given, request.app[OPERATOR_TOKEN].encode()):
+        return await handler(request)
+    if resource is not None and (request.method, resource.canonical) in VIEWER_ROUTES \
+            and hmac.compare_digest(given, request.app[VIEWER_TOKEN].encode()):
+        return await handler(request)
+    raise Unauthorized("the operator token is wrong (the hub's is in STATE/admin-token; the read-only viewer "
+                       "token in STATE/viewer-token reads status and metrics only)")
 
 
 # --- browsers: Host, Origin and content type ------------------------------------------

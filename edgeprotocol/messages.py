@@ -77,6 +77,13 @@ def _optional_int(data: dict[str, Any], key: str, where: str, default: int = 0) 
     return _require(data, key, int, where) if data.get(key) is not None else default
 
 
+def _count(data: dict[str, Any], key: str, where: str) -> int:
+    value = _optional_int(data, key, where)
+    if value < 0:
+        raise ProtocolError(f"{where}: {key} {value} is below 0")
+    return value
+
+
 def _optional_str(data: dict[str, Any], key: str, where: str) -> str:
     return _require(data, key, str, where) if data.get(key) is not None else ""
 
@@ -383,6 +390,8 @@ class NodeStatus:
     agent_version: str = ""
     runtime: str = ""
     conditions: tuple[Condition, ...] = ()
+    # Events waiting in the agent's persisted outbox (not yet acknowledged by the broker).
+    outbox: int = 0
 
     def encode(self) -> bytes:
         data = asdict(self)
@@ -406,6 +415,7 @@ class NodeStatus:
             # Optional: agents before conditions existed send none.
             conditions=tuple(Condition.from_dict(c, f"{where}.conditions[{i}]")
                              for i, c in enumerate(_optional_list(data, "conditions", where))),
+            outbox=_count(data, "outbox", where),
         )
 
 

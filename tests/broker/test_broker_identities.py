@@ -106,7 +106,7 @@ async def test_a_node_cannot_speak_for_another_node_or_the_hub(fleet: Fleet):
                                    (topics.events("b"), b'{"v":1,"node":"b","seq":9223372036854775807}'),
                                    (topics.resync("b"), b'{"v":1,"node":"b","held":{}}'),
                                    (topics.assignment("b", "demo", "evil"), b"{}"),
-                                   (f"{topics.PREFIX}/hub/presence", b"offline"),
+                                   (f"{topics.PREFIX}/hub/state", b'{"online":false}'),
                                    (f"{topics.PREFIX}/summary/fleet", b'{"nodes":0}'),
                                    ("$CONTROL/dynamic-security/v1", b'{"commands":[{"command":"listClients"}]}')]:
                 await attacker.publish(topic, payload, qos=1)
