@@ -19,14 +19,18 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
+from edgeprotocol.enrollment import certificate_fingerprint
 from edgeprotocol.signing import public_key_pem
 
 from .errors import CsrError
 
-# A node gets a new certificate by joining again after an operator frees its
-# name (edgectl node reset); a year keeps that rare.
-NODE_CERT_DAYS = 365
+# The default lifetime of a node certificate (HubSettings.node_certificate_days):
+# the agent renews it once less than a third is left.
+NODE_CERT_DAYS = 90
 CA_CERT_DAYS = 3650
+# How far back a certificate's validity starts, for clocks a little behind the
+# hub's: five minutes, or a twentieth of a short (test) lifetime.
+BACKDATE = dt.timedelta(minutes=5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +45,11 @@ class HubIdentity:
     @property
     def ca_pem(self) -> str:
         return self.ca_certificate.public_bytes(serialization.Encoding.PEM).decode()
+
+    @property
+    def ca_fingerprint(self) -> str:
+        """The SHA-256 of the CA certificate (DER), hex: the pin a join token carries."""
+        return certificate_fingerprint(self.ca_certificate)
 
     @classmethod
     def load_or_create(cls, state_dir: Path) -> HubIdentity:
@@ -62,8 +71,9 @@ class HubIdentity:
         ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
         return cls(key=key, ca_certificate=ca)
 
-    def sign_node_csr(self, csr_pem: str, *, node: str) -> str:
-        """Sign a node's CSR after checking that it names the node and is self-consistent."""
+    def sign_node_csr(self, csr_pem: str, *, node: str, lifetime: dt.timedelta = dt.timedelta(days=NODE_CERT_DAYS),
+                      ) -> str:
+        """Sign a node's CSR, valid for ``lifetime``, after checking that it names the node and is self-consistent."""
         try:
             csr = x509.load_pem_x509_csr(csr_pem.encode())
         except ValueError as exc:
@@ -86,8 +96,8 @@ class HubIdentity:
             .issuer_name(self.ca_certificate.subject)
             .public_key(public_key)
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=NODE_CERT_DAYS))
+            .not_valid_before(now - min(BACKDATE, lifetime / 20))
+            .not_valid_after(now + lifetime)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
             .sign(self.key, algorithm=None)
