@@ -84,7 +84,8 @@ def certificate_check(state_dir: Path, identity: NodeIdentity | None, *,
     except (OSError, ValueError, TypeError):
         matches = True  # the node-key check says what is wrong with the key
     if not matches:
-        return PreflightCheck("node-cert", False, f"{path} is not the certificate of {state_dir / KEY_FILE}: join again")
+        return PreflightCheck("node-cert", False,
+                              f"{path} is not the certificate of {state_dir / KEY_FILE}: join again")
     if identity is not None and identity.ca_certificate:
         try:
             cert.verify_directly_issued_by(x509.load_pem_x509_certificate(identity.ca_certificate.encode()))
@@ -99,8 +100,9 @@ def certificate_check(state_dir: Path, identity: NodeIdentity | None, *,
                                                   "the node joins again")
     serial = f"serial {cert.serial_number:x}"
     if now >= due:
-        return PreflightCheck("node-cert", True, f"renewal overdue since {_iso(due)}; expires {_iso(expires)} ({serial}): "
-                                                 "is 'edgeagent run' running, and can it reach the hub?", warning=True)
+        return PreflightCheck("node-cert", True,
+                              f"renewal overdue since {_iso(due)}; expires {_iso(expires)} ({serial}): "
+                              "is 'edgeagent run' running, and can it reach the hub?", warning=True)
     return PreflightCheck("node-cert", True, f"valid until {_iso(expires)}, renewed from {_iso(due)} ({serial})")
 
 

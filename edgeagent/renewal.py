@@ -46,6 +46,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import NameOID
 
 from edgekit.http import HttpError, JsonHttpClient
@@ -100,8 +101,9 @@ def _load_key(path: Path) -> Ed25519PrivateKey:
     return key
 
 
-def _public(key: object) -> bytes:
-    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)  # type: ignore[attr-defined]
+def _public(key: PublicKeyTypes) -> bytes:
+    """A public key's bytes (SubjectPublicKeyInfo, DER), comparable whatever its type."""
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -265,6 +267,11 @@ class CertificateRenewer:
                                failures_in_a_row, delay, exc)
                 if failures_in_a_row == 1:
                     await self._event("CertificateRenewalFailed", f"{exc}; retrying")
+            except Exception:  # a full disk, a bug: the timer must outlive it
+                failures_in_a_row += 1
+                self.failures += 1
+                delay = self._retry_delay(failures_in_a_row)
+                logger.exception("Certificate renewal failed unexpectedly; trying again in %.0f s", delay)
             await asyncio.sleep(delay)
 
     def _retry_delay(self, failures: int) -> float:

@@ -121,6 +121,7 @@ STATUS: dict[type[HubError], int] = {
     BadRequest: 400,
     Unauthorized: 401,
     JoinRefused: 403,
+    RenewalRefused: 403,
     ForeignOrigin: 403,
     NotFound: 404,
     ConcurrentChange: 409,
@@ -333,7 +334,7 @@ async def renew_certificate(request: web.Request) -> web.Response:
         current = x509.load_pem_x509_certificate(current_pem.encode())
         if current.not_valid_after_utc.timestamp() <= now:
             raise RenewalRefused(
-                f"node {node!r}'s certificate expired at {current.not_valid_after_utc.isoformat()}; an operator "
+                f"the certificate of node {node!r} expired at {current.not_valid_after_utc.isoformat()}; an operator "
                 f"can free the name with: edgectl node reset {node}, and the node join again")
         key = current.public_key()
         payload = renewal_payload(node=node, csr=csr, timestamp=timestamp, nonce=nonce)
@@ -342,8 +343,8 @@ async def renew_certificate(request: web.Request) -> web.Response:
                 raise InvalidSignature
             key.verify(proof, payload)
         except InvalidSignature as exc:
-            raise RenewalRefused(f"the proof does not verify against node {node!r}'s current certificate (serial "
-                                 f"{current.serial_number:x}): only the node's own key can renew it") from exc
+            raise RenewalRefused(f"the proof does not verify against the current certificate of node {node!r} "
+                                 f"(serial {current.serial_number:x}): only the node's own key can renew it") from exc
         return identity.sign_node_csr(csr, node=node, lifetime=lifetime)
 
     try:
