@@ -6,6 +6,10 @@ and events back; the reconciler (``reconciler.py``) drives the runtime towards
 the store whether or not the link is up, and so the node keeps working (and
 repairs itself) while offline. The store (``store.py``) is the truth on the
 node and survives restarts.
+
+Beside them, the certificate renewer (``renewal.py``) keeps the node's key and
+certificate files current: it renews the certificate with the hub before it
+expires, on a timer of its own.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from edgekit.mqtt import MqttSession
 from .health import NodeHealth
 from .identity import NodeIdentity
 from .reconciler import Reconciler
+from .renewal import CertificateRenewer
 from .runtime import NodeContext, Runtime
 from .settings import AgentSettings
 from .store import AgentStore, ReleaseRecord
@@ -39,6 +44,7 @@ class Agent:
         self._store: AgentStore | None = None
         self._reconciler: Reconciler | None = None
         self._uplink: Uplink | None = None
+        self._renewer: CertificateRenewer | None = None
 
     async def __aenter__(self) -> Agent:
         if self._stack is not None:
@@ -62,6 +68,9 @@ class Agent:
             self._uplink, self._reconciler = uplink, reconciler
             await self._stack.enter_async_context(reconciler)
             await self._stack.enter_async_context(uplink)
+            # The node certificate is renewed before it expires, checked now and on a timer.
+            self._renewer = await self._stack.enter_async_context(
+                CertificateRenewer(self.settings.state_dir, self.identity, report=uplink.record_event))
         except BaseException:
             await self.__aexit__(None, None, None)
             raise
@@ -72,6 +81,7 @@ class Agent:
         if stack is not None:
             await stack.aclose()
         self._store = self._reconciler = self._uplink = None
+        self._renewer = None
 
     def _running(self) -> tuple[AgentStore, Reconciler, Uplink]:
         if self._store is None or self._reconciler is None or self._uplink is None:
@@ -85,6 +95,13 @@ class Agent:
     @property
     def session(self) -> MqttSession:
         return self._running()[2].session
+
+    @property
+    def renewer(self) -> CertificateRenewer:
+        """The node certificate's renewal (its counts of renewals and failures)."""
+        if self._renewer is None:
+            raise RuntimeError("the agent is not running")
+        return self._renewer
 
     @property
     def passes(self) -> int:

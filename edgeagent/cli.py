@@ -14,12 +14,15 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from cryptography import x509
+
 from edgekit.mqtt import BrokerAddress
 from edgekit.table import print_table
+from edgeprotocol.enrollment import renew_after
 
 from .agent import Agent, AgentSettings
 from .doctor import diagnose, report
-from .identity import JoinError, NodeIdentity, join, make_private_dir
+from .identity import CERT_FILE, JoinError, NodeIdentity, join, make_private_dir
 from .policy import POLICY_FILE, NodePolicy, PolicyError
 from .runtime import PodmanRuntime, PodmanSettings, PreflightCheck
 from .store import AgentStore
@@ -100,8 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     j = sub.add_parser("join", help="register this node with a hub using a bootstrap token")
-    j.add_argument("--hub", required=True, help="hub URL, e.g. http://127.0.0.1:8470")
+    j.add_argument("--hub", required=True,
+                   help="hub URL: https://HOST:PORT (the hub is checked against the CA fingerprint the token "
+                        "carries), or http://127.0.0.1:PORT on the hub's own machine")
     j.add_argument("--token", required=True, help="bootstrap token from 'edgectl token create'")
+    j.add_argument("--ca-file", type=Path, help="the hub's CA certificate (STATE/hub-ca.crt on the hub): needed "
+                                                "over HTTPS only with a token that carries no CA fingerprint")
     j.add_argument("--name", help="node name (default: the host name)")
     j.add_argument("--pool", help="expected pool; the join fails if the token is for another")
     j.add_argument("--label", action="append", type=_label, default=[], metavar="KEY=VALUE")
@@ -159,8 +166,10 @@ async def _doctor(args: argparse.Namespace) -> int:
     checks = (*checks, PreflightCheck("policy", True, runtime.settings.policy.summary()))
     print(report(checks))
     failed = [c.name for c in checks if not c.ok]
+    warned = [c.name for c in checks if c.ok and c.warning]
     print(f"\n{len(checks) - len(failed)} of {len(checks)} checks passed"
-          + (f"; failed: {', '.join(failed)}" if failed else ""))
+          + (f"; failed: {', '.join(failed)}" if failed else "")
+          + (f"; warnings: {', '.join(warned)}" if warned else ""))
     return 1 if failed else 0
 
 
@@ -173,6 +182,7 @@ async def _status(args: argparse.Namespace) -> int:
         releases = await store.releases()
         outbox = await store.outbox_size()
         counters = await store.counters()
+    certificate = certificate_summary(args.state_dir)
     last_sync = counters.pop("last_sync", 0)
     last_sync_text = datetime.fromtimestamp(last_sync, UTC).isoformat().replace("+00:00", "Z") if last_sync else "never"
     rows = [
@@ -183,14 +193,33 @@ async def _status(args: argparse.Namespace) -> int:
     ]
     if args.output == "json":
         print(json.dumps({"node": identity.node, "pool": identity.pool, "outbox": outbox, "last_sync": last_sync_text,
-                          "counters": counters,
+                          "counters": counters, "certificate": certificate,
                           "releases": rows}, indent=2))
         return 0
     print(f"node {identity.node}  pool {identity.pool}  last sync {last_sync_text}  outbox {outbox} event(s)  "
           + "  ".join(f"{name} {value}" for name, value in counters.items()))
+    if certificate:
+        print(f"certificate serial {certificate['serial']}  expires {certificate['not_after']}  "
+              f"renewal from {certificate['renew_after']}")
+    else:
+        print(f"certificate: none readable in {args.state_dir / CERT_FILE}")
     print_table(rows, ["namespace", "release", "desired_revision", "applied_revision", "phase", "ready",
                        "observed_at", "message"])
     return 0
+
+
+def certificate_summary(state_dir: Path) -> dict[str, str] | None:
+    """The node certificate's serial (hex), expiry and renewal time; None when it cannot be read."""
+    try:
+        cert = x509.load_pem_x509_certificate((state_dir / CERT_FILE).read_bytes())
+    except (OSError, ValueError):
+        return None
+
+    def iso(moment: datetime) -> str:
+        return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+    return {"serial": format(cert.serial_number, "x"), "not_before": iso(cert.not_valid_before_utc),
+            "not_after": iso(cert.not_valid_after_utc), "renew_after": iso(renew_after(cert))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -202,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.policy is not None:
                 NodePolicy.load(args.policy)
             identity = join(hub_url=args.hub, token=args.token, state_dir=args.state_dir, node=args.name,
-                            pool=args.pool, labels=dict(args.label))
+                            pool=args.pool, labels=dict(args.label), ca_file=args.ca_file)
             print(f"joined as node {identity.node} in pool {identity.pool}; state in {args.state_dir}")
             if args.policy is not None:
                 policy = install_policy(args.policy, args.state_dir.resolve())

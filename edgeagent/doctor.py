@@ -1,7 +1,9 @@
 """``edgeagent doctor``: is this node able to run the agent? One line per check.
 
 The checks: the identity files from join are readable and the node's keys are
-private; the broker the agent would use accepts connections; then the
+private; the node's certificate is for that key, from the hub's CA, and not
+expired (a warning once its renewal is overdue: the agent renews it when less
+than a third of its lifetime is left); the broker the agent would use accepts connections; then the
 runtime's own preflight (for podman: podman answers, its storage root is
 writable, its OCI runtime is there, and a pod can be created, started and
 removed). The runtime part is exactly what the agent runs at start and after a
@@ -12,12 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import ssl
 import stat
 from collections.abc import Sequence
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+
 from edgekit.mqtt import BrokerAddress, TlsIdentity
+from edgeprotocol.enrollment import renew_after
 
 from .identity import BUNDLE_KEY_FILE, CERT_FILE, IDENTITY_FILE, KEY_FILE, JoinError, NodeIdentity
 from .runtime import PreflightCheck, Runtime
@@ -47,10 +55,51 @@ def identity_checks(state_dir: Path) -> tuple[tuple[PreflightCheck, ...], NodeId
         checks.append(PreflightCheck("bundle-key", True, f"none ({bundle_key}): the node joined before bundles were "
                                                          "encrypted, so they arrive unencrypted; join again to "
                                                          "encrypt them"))
-    cert = state_dir / CERT_FILE
-    if not cert.is_file():
-        checks.append(PreflightCheck("node-cert", False, f"{cert} not found: join again"))
+    checks.append(certificate_check(state_dir, identity))
     return tuple(checks), identity
+
+
+def _iso(moment: dt.datetime) -> str:
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def certificate_check(state_dir: Path, identity: NodeIdentity | None, *,
+                      now: dt.datetime | None = None) -> PreflightCheck:
+    """The node certificate: for the node's key, from the pinned CA, not expired (warned once renewal is overdue)."""
+    path = state_dir / CERT_FILE
+    now = now or dt.datetime.now(dt.UTC)
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except FileNotFoundError:
+        return PreflightCheck("node-cert", False, f"{path} not found: join again")
+    except (OSError, ValueError) as exc:
+        return PreflightCheck("node-cert", False, f"{path} is unreadable: {exc}")
+    try:
+        key = serialization.load_pem_private_key((state_dir / KEY_FILE).read_bytes(), password=None)
+        matches = key.public_key() == cert.public_key()
+    except (OSError, ValueError, TypeError):
+        matches = True  # the node-key check says what is wrong with the key
+    if not matches:
+        return PreflightCheck("node-cert", False,
+                              f"{path} is not the certificate of {state_dir / KEY_FILE}: join again")
+    if identity is not None and identity.ca_certificate:
+        try:
+            cert.verify_directly_issued_by(x509.load_pem_x509_certificate(identity.ca_certificate.encode()))
+        except (ValueError, TypeError, InvalidSignature):
+            return PreflightCheck("node-cert", False, f"{path} is not issued by the hub CA in {IDENTITY_FILE}: "
+                                                      "join again")
+    expires, due = cert.not_valid_after_utc, renew_after(cert)
+    name = identity.node if identity else "NAME"
+    if now >= expires:
+        return PreflightCheck("node-cert", False, f"expired at {_iso(expires)}: the hub refuses it and will not renew "
+                                                  f"it; an operator frees the name (edgectl node reset {name}) and "
+                                                  "the node joins again")
+    serial = f"serial {cert.serial_number:x}"
+    if now >= due:
+        return PreflightCheck("node-cert", True,
+                              f"renewal overdue since {_iso(due)}; expires {_iso(expires)} ({serial}): "
+                              "is 'edgeagent run' running, and can it reach the hub?", warning=True)
+    return PreflightCheck("node-cert", True, f"valid until {_iso(expires)}, renewed from {_iso(due)} ({serial})")
 
 
 def _private_key_check(name: str, key: Path, what: str) -> PreflightCheck:
@@ -119,6 +168,7 @@ async def diagnose(state_dir: Path, runtime: Runtime, *, mqtt_url: str | None = 
 
 
 def report(checks: Sequence[PreflightCheck]) -> str:
-    """One line per check: ``ok`` or ``FAILED``, its name, what was found or why it failed."""
+    """One line per check: ``ok``, ``WARN`` (passed, but look at it) or ``FAILED``, its name, what was found or why."""
     width = max((len(c.name) for c in checks), default=0)
-    return "\n".join(f"{'ok' if c.ok else 'FAILED':6}  {c.name:{width}}  {c.detail}" for c in checks)
+    return "\n".join(f"{('WARN' if c.warning else 'ok') if c.ok else 'FAILED':6}  {c.name:{width}}  {c.detail}"
+                     for c in checks)

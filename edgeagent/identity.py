@@ -8,6 +8,13 @@ every assignment must verify against it), the broker URL and its join
 generation (every assignment must be sealed for it: one captured before this
 join of the name is refused). The hub encrypts the node's bundles to the
 bundle key (``edgeprotocol.bundle_crypto``).
+
+The token goes to the hub only over a connection the node trusts: HTTPS
+verified against the hub's CA (host name checked), which the node first
+fetches unverified and checks against the CA fingerprint the token carries
+(or takes from ``--ca-file``); or plain HTTP to this machine's loopback. The
+CA is kept in ``identity.json`` and verifies every later HTTPS call
+(certificate renewal, :mod:`edgeagent.renewal`).
 """
 
 from __future__ import annotations
@@ -15,8 +22,10 @@ from __future__ import annotations
 import json
 import os
 import socket
+import ssl
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -24,9 +33,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.x509.oid import NameOID
 
-from edgekit.http import HttpError, JsonHttpClient
+from edgekit.http import HttpError, JsonHttpClient, is_loopback_host, tls_context, unverified_tls_context
 from edgekit.mqtt import BrokerAddress, TlsIdentity
 from edgeprotocol import bundle_crypto
+from edgeprotocol.enrollment import TokenFormatError, parse_join_token, pem_fingerprint
 from edgeprotocol.errors import EdgeError
 from edgeprotocol.topics import check_name
 
@@ -84,6 +94,15 @@ class NodeIdentity:
     def save(self, state_dir: Path) -> None:
         _write_atomic(state_dir / IDENTITY_FILE, json.dumps(asdict(self), indent=2).encode(), mode=0o644)
 
+    def hub_client(self, *, timeout: float) -> JsonHttpClient:
+        """A client of the hub this node joined: over HTTPS, trusting only the hub CA kept at join."""
+        context = None
+        if urlsplit(self.hub_url).scheme == "https":
+            if not self.ca_certificate:
+                raise JoinError(f"identity.json holds no hub CA to verify {self.hub_url} with; join again")
+            context = tls_context(ca_pem=self.ca_certificate)
+        return JsonHttpClient(self.hub_url, timeout=timeout, ssl_context=context)
+
 
 def make_private_dir(path: Path) -> None:
     """Create the state directory ``path`` (and parents) or narrow it: mode 0700, the agent's alone.
@@ -125,6 +144,67 @@ def make_csr(key: Ed25519PrivateKey, node: str) -> str:
     return csr.public_bytes(serialization.Encoding.PEM).decode()
 
 
+def _fingerprint(pem: str, what: str) -> str:
+    try:
+        return pem_fingerprint(pem)
+    except ValueError as exc:
+        raise JoinError(f"{what} is not a PEM certificate ({exc})") from exc
+
+
+def fetch_hub_ca(hub_url: str, pin: str) -> str:
+    """The hub's CA certificate (PEM), fetched over TLS that verifies nothing, then checked against ``pin``."""
+    client = JsonHttpClient(hub_url, timeout=JOIN_TIMEOUT_SECONDS, ssl_context=unverified_tls_context())
+    try:
+        answer = client.get("/api/v1/ca")
+    except HttpError as exc:
+        raise JoinError(f"cannot fetch the hub's CA certificate to check it against the token: {exc}") from exc
+    pem = answer.get("ca_certificate") if isinstance(answer, dict) else None
+    if not isinstance(pem, str):
+        raise JoinError(f"{hub_url} answered GET /api/v1/ca without a CA certificate: is it an edgecollab hub?")
+    found = _fingerprint(pem, f"the CA certificate {hub_url} answered")
+    if found != pin:
+        raise JoinError(
+            f"the hub at {hub_url} presented a CA certificate with SHA-256 {found}, but the token pins {pin}: it is "
+            "not the hub that created the token (or someone is in between); the token was not sent")
+    return pem
+
+
+def trust_for_join(hub_url: str, pin: str | None, ca_file: Path | None) -> tuple[ssl.SSLContext | None, str | None]:
+    """The TLS context to send the token with (None: plain HTTP to loopback), and the CA (PEM) the hub must have.
+
+    Refuses (JoinError) before the token is sent: plain HTTP off loopback, HTTPS with neither a pin nor
+    a CA file, a CA file that is not the pinned CA, and a hub whose CA is not the pinned one.
+    """
+    parts = urlsplit(hub_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise JoinError(f"--hub {hub_url!r} must look like https://HOST:PORT (or http://127.0.0.1:PORT on the "
+                        "hub's own machine)")
+    expected: str | None = None
+    if ca_file is not None:
+        try:
+            expected = ca_file.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise JoinError(f"--ca-file {ca_file} cannot be read: {exc}") from exc
+        found = _fingerprint(expected, f"--ca-file {ca_file}")
+        if pin is not None and found != pin:
+            raise JoinError(f"--ca-file {ca_file} has SHA-256 {found}, but the token pins {pin}: it is not the CA "
+                            "of the hub that created the token")
+    if parts.scheme == "http":
+        if not is_loopback_host(parts.hostname):
+            raise JoinError(
+                f"refusing to send the join token over plain HTTP to {parts.hostname}: anyone on the way could "
+                f"read it and answer for the hub. Use --hub https://{parts.netloc} (a hub serves HTTPS off "
+                "loopback by default)")
+        return None, expected
+    if expected is None:
+        if pin is None:
+            raise JoinError("the token carries no hub CA fingerprint (a token from an older hub?), so the hub at "
+                            f"{hub_url} cannot be checked: create a new token with 'edgectl token create', or pass "
+                            "--ca-file with the hub's CA (STATE/hub-ca.crt on the hub)")
+        expected = fetch_hub_ca(hub_url, pin)
+    return tls_context(ca_pem=expected), expected
+
+
 def join(
     *,
     hub_url: str,
@@ -133,25 +213,40 @@ def join(
     node: str | None = None,
     pool: str | None = None,
     labels: dict[str, str] | None = None,
+    ca_file: Path | None = None,
 ) -> NodeIdentity:
-    """Register this node with the hub and store its identity in ``state_dir``."""
+    """Register this node with the hub and store its identity in ``state_dir``.
+
+    Over HTTPS the hub is checked first (``trust_for_join``): a refusal sends nothing to it.
+    """
     name = node or socket.gethostname().split(".")[0].lower()
     try:
         check_name(name, "node name")
     except ValueError as exc:
         raise JoinError(f"{exc}; pass --name") from exc
+    try:
+        parsed = parse_join_token(token)
+    except TokenFormatError as exc:
+        raise JoinError(str(exc)) from exc
+    context, expected_ca = trust_for_join(hub_url, parsed.ca_pin, ca_file)
     make_private_dir(state_dir)
     key = Ed25519PrivateKey.generate()
     bundle_key = bundle_crypto.new_node_key()
     try:
-        answer = JsonHttpClient(hub_url, timeout=JOIN_TIMEOUT_SECONDS).post(
+        answer = JsonHttpClient(hub_url, timeout=JOIN_TIMEOUT_SECONDS, ssl_context=context).post(
             "/api/v1/join",
-            {"token": token, "node": name, "pool": pool, "labels": labels or {}, "csr": make_csr(key, name),
-             "bundle_key": bundle_crypto.public_key_text(bundle_key)},
+            {"token": str(parsed.without_pin()), "node": name, "pool": pool, "labels": labels or {},
+             "csr": make_csr(key, name), "bundle_key": bundle_crypto.public_key_text(bundle_key)},
         )
     except HttpError as exc:
         prefix = "hub refused the join: " if exc.status else ""
         raise JoinError(f"{prefix}{exc}") from exc
+    # The CA kept must be the one checked (over loopback HTTP: the one the token pins, if it does).
+    answered = _fingerprint(answer["ca_certificate"], "the CA certificate the hub answered")
+    wanted = pem_fingerprint(expected_ca) if expected_ca is not None else parsed.ca_pin
+    if wanted is not None and answered != wanted:
+        raise JoinError(f"the hub answered the join with a CA certificate of SHA-256 {answered}, not {wanted}: "
+                        "nothing was stored; ask the hub's operator")
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     _write_atomic(state_dir / KEY_FILE, key_pem, mode=0o600)
     _write_atomic(state_dir / BUNDLE_KEY_FILE, bundle_crypto.private_key_pem(bundle_key), mode=0o600)

@@ -5,6 +5,9 @@ assignments are kept for the node that joins); ``edgectl node revoke NAME``
 refuses the node until it is reset.
 
 The hub URL comes from ``--hub`` or the ``EDGECOLLAB_HUB`` environment variable.
+A hub served over HTTPS (the default off loopback) has a certificate from its
+own CA: ``--ca-file`` or ``EDGECOLLAB_CA_FILE`` names that CA's certificate
+(``STATE/hub-ca.crt`` on the hub), and nothing else is trusted for it.
 The operator token comes from ``--token``, else ``EDGECOLLAB_TOKEN``, else the
 file ``EDGECOLLAB_TOKEN_FILE`` names (the hub writes it to ``STATE/admin-token``);
 prefer the file: a flag's value shows in the process list.
@@ -35,7 +38,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from edgekit.http import HttpError, JsonHttpClient
+from edgekit.http import HttpError, JsonHttpClient, tls_context
 from edgekit.mqtt import BrokerAddress
 from edgekit.table import format_table
 from edgeprotocol.errors import EdgeError
@@ -44,6 +47,7 @@ from edgeprotocol.topics import check_name
 DEFAULT_HUB = "http://127.0.0.1:8470"
 TOKEN_ENV = "EDGECOLLAB_TOKEN"
 TOKEN_FILE_ENV = "EDGECOLLAB_TOKEN_FILE"
+CA_FILE_ENV = "EDGECOLLAB_CA_FILE"
 NO_TOKEN = ("the hub wants an operator token: pass --token, or set EDGECOLLAB_TOKEN or EDGECOLLAB_TOKEN_FILE "
             "(the hub writes it to STATE/admin-token)")
 # Terminal escape sequences: CSI (ESC [ or C1 CSI), OSC (ESC ] or C1 OSC, up
@@ -123,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="hub URL (default: $EDGECOLLAB_HUB or %(default)s)")
     parser.add_argument("--token", help=f"operator token (default: ${TOKEN_ENV}, else the file ${TOKEN_FILE_ENV} "
                                         "names; the hub writes it to STATE/admin-token)")
+    parser.add_argument("--ca-file", type=Path, default=os.environ.get(CA_FILE_ENV) or None,
+                        help=f"the hub CA's certificate, trusted for an https:// hub (default: ${CA_FILE_ENV}; "
+                             "the hub writes it to STATE/hub-ca.crt)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     token = sub.add_parser("token", help="bootstrap tokens").add_subparsers(dest="action", required=True)
@@ -272,6 +279,13 @@ def cmd_describe(hub: JsonHttpClient, args: argparse.Namespace) -> None:
         d = {key: one_line(value) for key, value in data.items()}
         say(f"Node:      {d['name']}\nPool:      {d['pool']}\nPresence:  {d['presence']} since {d['presence_since']}"
             f"\nLast seen: {d['last_seen']}\nRuntime:   {d['runtime']} (agent {d['agent_version']})")
+        cert = data.get("certificate")
+        if isinstance(cert, dict):
+            c = {key: one_line(value) for key, value in cert.items()}
+            say(f"Cert:      serial {c.get('serial')}, valid until {c.get('not_after')} "
+                f"(renewed by the node from {c.get('renew_after')})")
+        elif "certificate" in data:
+            say(f"Cert:      none ({one_line(data.get('standing', ''))})")
         say("Conditions:")
         if data["conditions"]:
             show_table(data["conditions"], ["type", "status", "reason", "since", "message"])
@@ -386,13 +400,29 @@ COMMANDS = {"token": cmd_token, "apply": cmd_apply, "get": cmd_get, "describe": 
             "node": cmd_node, "credentials": cmd_credentials}
 
 
+def hub_client(args: argparse.Namespace, token: str | None) -> JsonHttpClient:
+    """The client of the hub ``--hub`` names: for https://, trusting the CA ``--ca-file`` names (else the system's)."""
+    context = None
+    if args.ca_file is not None:
+        path = Path(args.ca_file).expanduser()
+        try:
+            context = tls_context(ca_file=path)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            raise CommandError(f"the CA file {path} (--ca-file or {CA_FILE_ENV}) cannot be used: {exc}") from exc
+    return JsonHttpClient(args.hub, token=token, ssl_context=context)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         token, source = operator_token(args, os.environ)
         try:
-            COMMANDS[args.command](JsonHttpClient(args.hub, token=token), args)
+            COMMANDS[args.command](hub_client(args, token), args)
         except HttpError as exc:
+            if exc.certificate_error:
+                hint = ("is --ca-file the hub's STATE/hub-ca.crt?" if args.ca_file is not None
+                        else f"pass --ca-file or set {CA_FILE_ENV} to the hub's CA certificate (STATE/hub-ca.crt)")
+                raise CommandError(f"{exc}; {hint}") from exc
             if exc.status != 401:
                 raise
             if token is None:

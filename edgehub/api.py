@@ -1,7 +1,10 @@
 """The hub's HTTP API (JSON), used by ``edgectl``, by agents at join, and by dashboards.
 
-    POST   /api/v1/tokens                          create a join token for a pool
-    POST   /api/v1/join                            exchange a token, a CSR and a bundle key for a node identity
+    GET    /api/v1/ca                              the hub CA's certificate and its SHA-256 (open)
+    POST   /api/v1/tokens                          create a join token for a pool (it carries the CA's SHA-256)
+    POST   /api/v1/join                            exchange a token, a CSR and a bundle key for a node identity (open)
+    POST   /api/v1/nodes/{name}/certificate        renew a node's certificate: a CSR for a new key, proven by
+                                                   the node's current key (open)
     GET    /api/v1/nodes[/{name}]                  nodes with presence and reported releases
     GET    /api/v1/nodes/{name}/events             the node's most recent events
     POST   /api/v1/nodes/{name}/reset              free the node's name for the next join (assignments kept)
@@ -16,12 +19,22 @@
     DELETE /api/v1/components/{namespace}/{name}   delete a component from every node
     GET    /healthz
 
-Every endpoint but ``POST /api/v1/join`` and ``GET /healthz`` needs the
-operator token as ``Authorization: Bearer <token>`` (the hub writes it to
-``STATE/admin-token``). Every request must name a Host the hub answers to and
-come from no foreign web origin; a body must be ``application/json``;
-joins and token creations are rate-limited per source address. See
-:mod:`edgehub.auth` and :mod:`edgehub.ratelimit`.
+Every endpoint but the open ones (join, certificate renewal, the CA and
+``GET /healthz``) needs the operator token as ``Authorization: Bearer
+<token>`` (the hub writes it to ``STATE/admin-token``). Every request must
+name a Host the hub answers to and come from no foreign web origin; a body
+must be ``application/json``; joins, renewals and token creations are
+rate-limited per source address. See :mod:`edgehub.auth` and
+:mod:`edgehub.ratelimit`.
+
+A renewal (``POST /api/v1/nodes/{name}/certificate``) is ``{"csr": PEM,
+"timestamp": UNIX_SECONDS, "nonce": HEX, "proof": BASE64}``: ``proof`` is the
+node's current key's Ed25519 signature over
+``edgeprotocol.enrollment.renewal_payload``, checked against the key of the
+certificate the hub holds for the node. The timestamp must be within
+``RENEWAL_WINDOW_SECONDS`` of the hub's clock and the nonce new; the
+certificate held must not have expired. The answer is the new certificate;
+the node's generation and assignments stay.
 
 Secret values never leave the hub through a read: ``GET
 /api/v1/components/{namespace}/{name}`` answers the spec with ``spec.values``
@@ -32,7 +45,7 @@ give equal digests, so a change shows, but a guess cannot be checked against it.
 Errors are ``{"error": "..."}`` (plus ``"field"`` when one field is at fault)
 with the status ``STATUS`` gives the exception's type: 400 (malformed request),
 401 (no or wrong operator token), 403 (join refused: a bad token, or a name
-registered to another key or revoked; or a foreign Origin), 404,
+registered to another key or revoked; renewal refused; or a foreign Origin), 404,
 409 (concurrent change), 415 (a body that is not JSON), 421 (a Host the hub does
 not answer to), 422 (a spec or chart that does not validate or render) or 429
 (over a rate limit, with ``Retry-After``). See :mod:`edgehub.errors` for the
@@ -46,19 +59,26 @@ answer; they raise, and ``json_errors`` alone turns exceptions into responses.
 from __future__ import annotations
 
 import base64
+import binascii
 import copy
+import datetime as dt
 import hashlib
 import hmac
 import json
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edgeprotocol import bundle_crypto
+from edgeprotocol.enrollment import RENEWAL_WINDOW_SECONDS, renewal_payload
 from edgeprotocol.errors import ProtocolError
 from edgeprotocol.topics import check_name
 
@@ -75,6 +95,7 @@ from .errors import (
     MisdirectedHost,
     NotFound,
     RateLimited,
+    RenewalRefused,
     SpecRefused,
     Unauthorized,
     UnsupportedMediaType,
@@ -98,6 +119,8 @@ MAX_REQUEST_BYTES = 16 * 1024 * 1024
 # never more than the maximum (a node keeps 500 by default).
 DEFAULT_EVENTS_LIMIT = 100
 MAX_EVENTS_LIMIT = 1000
+# A renewal's nonce: 128 to 256 random bits, in hex.
+_NONCE = re.compile(r"^[0-9a-f]{32,64}$")
 
 # The one place that maps a refusal to its HTTP status. A type not listed
 # answers the status of its nearest listed base: CsrError is a BadRequest
@@ -107,6 +130,7 @@ STATUS: dict[type[HubError], int] = {
     BadRequest: 400,
     Unauthorized: 401,
     JoinRefused: 403,
+    RenewalRefused: 403,
     ForeignOrigin: 403,
     NotFound: 404,
     ConcurrentChange: 409,
@@ -239,6 +263,12 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"ok": True, "warnings": warnings})
 
 
+async def ca_certificate(request: web.Request) -> web.Response:
+    """The hub CA's certificate: an agent fetches it before its join and checks it against its token's pin."""
+    identity = request.app[IDENTITY]
+    return web.json_response({"ca_certificate": identity.ca_pem, "sha256": identity.ca_fingerprint})
+
+
 async def create_token(request: web.Request) -> web.Response:
     body = await _json_body(request)
     defaults = request.app[SETTINGS].tokens
@@ -258,7 +288,10 @@ async def create_token(request: web.Request) -> web.Response:
     token = new_token()
     expires_at = await request.app[STORE].create_token(token, pool=pool, ttl_seconds=ttl, uses=uses)
     logger.info("Join token %s created for pool %s (%d use(s), %.0f s)", token.token_id, pool, uses, ttl)
-    return web.json_response({"token": str(token), "pool": pool, "expires_at": expires_at, "uses": uses}, status=201)
+    # The printed token pins the CA, so the agent can check the hub before it sends the token.
+    pin = request.app[IDENTITY].ca_fingerprint
+    return web.json_response({"token": str(token.with_pin(pin)), "pool": pool, "expires_at": expires_at,
+                              "uses": uses, "ca_sha256": pin}, status=201)
 
 
 async def join(request: web.Request) -> web.Response:
@@ -274,7 +307,8 @@ async def join(request: web.Request) -> web.Response:
     try:
         joined = await app[STORE].register_node(
             token, node=node, requested_pool=requested_pool, labels=labels,
-            sign=lambda name: identity.sign_node_csr(csr, node=name), bundle_key=bundle_key,
+            sign=lambda name: identity.sign_node_csr(csr, node=name, lifetime=app[SETTINGS].node_certificate_lifetime),
+            bundle_key=bundle_key,
         )
     except JoinRefused as exc:
         # Worth a warning: someone holds a token that no longer works, or guesses.
@@ -301,6 +335,61 @@ async def join(request: web.Request) -> web.Response:
         },
         status=201,
     )
+
+
+async def renew_certificate(request: web.Request) -> web.Response:
+    """A node's new certificate, for a CSR of a new key, when the node's current key proves the request."""
+    body = await _json_body(request)
+    app = request.app
+    node = _name(request.match_info["name"], "node")
+    csr = _field(body, "csr", str)
+    timestamp = _field(body, "timestamp", int)
+    nonce = _field(body, "nonce", str)
+    if not _NONCE.match(nonce):
+        raise BadRequest("must be 32 to 64 lower-case hex digits", field="nonce")
+    try:
+        proof = base64.b64decode(_field(body, "proof", str), validate=True)
+    except (ValueError, binascii.Error) as exc:
+        raise BadRequest(f"is not valid base64 ({exc})", field="proof") from exc
+    now = time.time()
+    # Compared before any arithmetic: an integer too large for a float fails the comparison instead of raising.
+    if not now - RENEWAL_WINDOW_SECONDS <= timestamp <= now + RENEWAL_WINDOW_SECONDS:
+        raise RenewalRefused(f"the request's time {_shown(timestamp)} is more than {RENEWAL_WINDOW_SECONDS} s from the "
+                             f"hub's ({now:.0f}): a replay, or the node's clock is wrong")
+    identity, lifetime = app[IDENTITY], app[SETTINGS].node_certificate_lifetime
+
+    def renew(current_pem: str) -> str:
+        current = x509.load_pem_x509_certificate(current_pem.encode())
+        if current.not_valid_after_utc.timestamp() <= now:
+            raise RenewalRefused(
+                f"the certificate of node {node!r} expired at {current.not_valid_after_utc.isoformat()}; an operator "
+                f"can free the name with: edgectl node reset {node}, and the node join again")
+        key = current.public_key()
+        payload = renewal_payload(node=node, csr=csr, timestamp=timestamp, nonce=nonce)
+        try:
+            if not isinstance(key, Ed25519PublicKey):
+                raise InvalidSignature
+            key.verify(proof, payload)
+        except InvalidSignature as exc:
+            raise RenewalRefused(f"the proof does not verify against the current certificate of node {node!r} "
+                                 f"(serial {current.serial_number:x}): only the node's own key can renew it") from exc
+        return identity.sign_node_csr(csr, node=node, lifetime=lifetime)
+
+    try:
+        certificate = await app[STORE].renew_certificate(node, nonce=nonce, at=float(timestamp),
+                                                         forget_before=now - RENEWAL_WINDOW_SECONDS, renew=renew)
+    except RenewalRefused as exc:
+        logger.warning("Certificate renewal of %s refused: %s", node, exc)
+        raise
+    issued = x509.load_pem_x509_certificate(certificate.encode())
+    logger.info("Node %s renewed its certificate (serial %x, valid until %s)", node, issued.serial_number,
+                issued.not_valid_after_utc.isoformat())
+    return web.json_response({"node": node, "certificate": certificate, "ca_certificate": identity.ca_pem,
+                              "not_after": _iso(issued.not_valid_after_utc)})
+
+
+def _iso(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 async def list_nodes(request: web.Request) -> web.Response:
@@ -476,8 +565,10 @@ async def delete_credential(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/api/v1/ca", ca_certificate)
     app.router.add_post("/api/v1/tokens", create_token)
     app.router.add_post("/api/v1/join", join)
+    app.router.add_post("/api/v1/nodes/{name}/certificate", renew_certificate)
     app.router.add_get("/api/v1/nodes", list_nodes)
     app.router.add_get("/api/v1/nodes/{name}", get_node)
     app.router.add_get("/api/v1/nodes/{name}/events", node_events)

@@ -32,6 +32,7 @@ from .store import HubStore
 from .summaries import HUB_STATE_TOPIC, SummaryPublisher, SummarySettings
 
 logger = logging.getLogger(__name__)
+from .tls import tls_ctx
 
 HUB_CLIENT_ID = "edgehub"
 
@@ -155,6 +156,8 @@ def create_app(settings: HubSettings) -> web.Application:
                                                     max_sources=settings.rate_limit_sources),
         ("POST", "/api/v1/tokens"): SourceRateLimiter(settings.token_rate_limit, what="token creation",
                                                       max_sources=settings.rate_limit_sources),
+        ("POST", "/api/v1/nodes/{name}/certificate"): SourceRateLimiter(
+            settings.renewal_rate_limit, what="certificate renewal", max_sources=settings.rate_limit_sources),
     }
     # In this order: errors as JSON around everything; a foreign Host or Origin
     # refused before anything else is looked at; rate limits before the token
@@ -165,7 +168,9 @@ def create_app(settings: HubSettings) -> web.Application:
     app = web.Application(middlewares=middlewares, client_max_size=MAX_REQUEST_BYTES)
     app[SETTINGS] = settings
     # The operator token first: it creates the state directory owner-only.
-    # The renderer before the store: the component service takes it.
-    app.cleanup_ctx.extend([operator_token_ctx, identity_ctx, renderer_ctx, store_ctx, summaries_ctx, mqtt_ctx])
+    # The renderer before the store: the component service takes it. The
+    # server certificate (when the API is served over HTTPS) needs the CA.
+    app.cleanup_ctx.extend([operator_token_ctx, identity_ctx, tls_ctx, renderer_ctx, store_ctx, summaries_ctx,
+                            mqtt_ctx])
     add_routes(app)
     return app

@@ -3,8 +3,9 @@
 The operator token is a random secret the hub creates on first start in
 ``STATE/admin-token`` (mode 0600, the state directory 0700) and never
 rewrites; ``edgectl`` reads it from ``EDGECOLLAB_TOKEN_FILE``. Every endpoint
-but the join and ``/healthz`` (``OPEN_ROUTES``) needs ``Authorization: Bearer
-<token>``; nodes join with their join token instead.
+but the join, a node's certificate renewal, the CA certificate and
+``/healthz`` (``OPEN_ROUTES``) needs ``Authorization: Bearer <token>``; nodes
+join with their join token instead, and renew with a proof by their key.
 
 The middlewares here run in ``create_app``'s order, before any handler:
 
@@ -35,6 +36,8 @@ from pathlib import Path
 from aiohttp import web
 from yarl import URL
 
+from edgekit.http import LOOPBACK_NAMES
+
 from .errors import ForeignOrigin, MisdirectedHost, Unauthorized, UnsupportedMediaType
 from .keys import SETTINGS
 from .settings import HubSettings, check_host_name
@@ -50,14 +53,17 @@ VIEWER_TOKEN_FILE = "viewer-token"
 # the file must be at least as long.
 TOKEN_BYTES = 32
 MIN_TOKEN_CHARS = 32
-# (method, route path as registered) that answer without the operator token.
-OPEN_ROUTES = frozenset({("POST", "/api/v1/join"), ("GET", "/healthz"), ("HEAD", "/healthz")})
+# (method, route path as registered) that answer without the operator token:
+# a node's join (it has a join token) and certificate renewal (it proves its
+# key), the hub's CA certificate (public; an agent checks it against its
+# token's pin), and the health check.
+OPEN_ROUTES = frozenset({("POST", "/api/v1/join"), ("POST", "/api/v1/nodes/{name}/certificate"),
+                         ("GET", "/api/v1/ca"), ("HEAD", "/api/v1/ca"), ("GET", "/healthz"), ("HEAD", "/healthz")})
 # (method, route path as registered) the viewer token may read too: status, never specs' secrets or tokens.
 VIEWER_ROUTES = frozenset({("GET", path) for path in (
     "/api/v1/nodes", "/api/v1/nodes/{name}", "/api/v1/nodes/{name}/events", "/api/v1/pools",
     "/api/v1/components", "/api/v1/events", "/api/v1/stream", "/metrics")})
-# Names and addresses every hub answers to: loopback (any 127.0.0.0/8 or ::1 too).
-LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
+# Names every hub answers to: loopback's (any 127.0.0.0/8 or ::1 too), LOOPBACK_NAMES.
 _WILDCARDS = frozenset({"", "0.0.0.0", "::"})
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _SHOWN_CHARS = 60

@@ -15,7 +15,9 @@ from aiohttp import web
 from .app import create_app
 from .auth import OperatorTokenError
 from .broker_config import BrokerConfigError, write_mosquitto_config
-from .settings import HubSettings
+from .keys import IDENTITY
+from .settings import TLS_MODES, HubSettings
+from .tls import TLS
 
 
 def _host_port(text: str) -> tuple[str, int]:
@@ -39,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "(the name nodes and operators reach it by); repeat for more")
     serve.add_argument("--ha-discovery", metavar="PREFIX",
                        help="publish Home Assistant MQTT discovery documents under PREFIX (usually homeassistant)")
+    serve.add_argument("--tls", choices=TLS_MODES,
+                       help="serve the API over HTTPS with a certificate from the hub's CA: auto (the default) "
+                            "unless --listen is a loopback address; off elsewhere sends tokens in clear")
     serve.add_argument("--log-level", default="INFO")
     broker = sub.add_parser("mosquitto-config",
                             help="write a Mosquitto configuration for the broker with identities (TLS, client "
@@ -86,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         "state_dir": args.state.resolve() if args.state else None,
         "allowed_hosts": tuple(args.allowed_host) if args.allowed_host else None,
         "ha_discovery_prefix": args.ha_discovery,
+        "tls": args.tls,
     }
     try:
         if args.config:
@@ -108,15 +114,25 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def serve(settings: HubSettings) -> None:
-    """Serve until SIGINT or SIGTERM. Port 0 binds a free port; the line printed names the real one."""
-    runner = web.AppRunner(create_app(settings), access_log=None)
+    """Serve until SIGINT or SIGTERM. Port 0 binds a free port; the line printed names the real one.
+
+    The first line says ``edgehub listening on http://HOST:PORT``, or ``https://`` when the API is
+    served over TLS (``edgesim.fleet.listening_ports`` reads it).
+    """
+    app = create_app(settings)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
-        await web.TCPSite(runner, settings.listen_host, settings.listen_port).start()
+        context = app.get(TLS)
+        await web.TCPSite(runner, settings.listen_host, settings.listen_port, ssl_context=context).start()
         host, port = runner.addresses[0][:2]
-        print(f"edgehub listening on http://{_url_host(host)}:{port}", flush=True)
+        print(f"edgehub listening on {'https' if context else 'http'}://{_url_host(host)}:{port}", flush=True)
         print(f"edgehub operator token in {settings.admin_token_path} (edgectl reads it with "
               f"EDGECOLLAB_TOKEN_FILE={settings.admin_token_path})", flush=True)
+        if context is not None:
+            print(f"edgehub CA in {settings.ca_certificate_path}, SHA-256 {app[IDENTITY].ca_fingerprint} "
+                  f"(edgectl trusts it with EDGECOLLAB_CA_FILE={settings.ca_certificate_path}; join tokens "
+                  "carry its SHA-256)", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

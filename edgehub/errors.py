@@ -6,7 +6,10 @@ EdgeError                    (edgeprotocol.errors)
       CsrError               400  a certificate request the hub will not sign
     JoinRefused              403  a join with an unknown, expired or used-up token, or for another pool,
                                   or with a name registered to another key or revoked
-      TokenFormatError       403  a token that is not ``ec1.<id>.<secret>``
+      TokenFormatError       403  a token that is not ``ec1.<id>.<secret>[.<pin>]``
+    RenewalRefused           403  a certificate renewal of a node that is not joined (unknown, reset,
+                                  revoked), with a wrong proof, an expired certificate, a stale
+                                  timestamp, or a nonce already taken
     NotFound                 404  no such node or component
     ConcurrentChange         409  another apply of the same component got there first
       RendererBusy           409  every render slot is taken and the queue is full: apply again
@@ -62,7 +65,11 @@ class JoinRefused(HubError):
 
 
 class TokenFormatError(JoinRefused):
-    """A join token that is not of the form ``ec1.<id>.<secret>``."""
+    """A join token that is not of the form ``ec1.<id>.<secret>[.<pin>]``."""
+
+
+class RenewalRefused(HubError):
+    """A node certificate renewal that the hub refuses; the message says why."""
 
 
 class NotFound(HubError):

@@ -24,13 +24,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from edgeprotocol.enrollment import certificate_fingerprint
 from edgeprotocol.signing import public_key_pem
 
 from .errors import CsrError
 
-# A node gets a new certificate by joining again after an operator frees its
-# name (edgectl node reset); a year keeps that rare.
-NODE_CERT_DAYS = 365
+# The default lifetime of a node certificate (HubSettings.node_certificate_days):
+# the agent renews it once less than a third is left.
+NODE_CERT_DAYS = 90
 CA_CERT_DAYS = 3650
 # Certificates the hub issues for services it runs or configures (the broker,
 # its own MQTT client, dashboards); re-issued when a third of the life is left.
@@ -38,6 +39,9 @@ SERVICE_CERT_DAYS = 365
 
 Usage = Literal["client", "server"]
 _USAGE_OIDS = {"client": ExtendedKeyUsageOID.CLIENT_AUTH, "server": ExtendedKeyUsageOID.SERVER_AUTH}
+# How far back a certificate's validity starts, for clocks a little behind the
+# hub's: five minutes, or a twentieth of a short (test) lifetime.
+BACKDATE = dt.timedelta(minutes=5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +56,11 @@ class HubIdentity:
     @property
     def ca_pem(self) -> str:
         return self.ca_certificate.public_bytes(serialization.Encoding.PEM).decode()
+
+    @property
+    def ca_fingerprint(self) -> str:
+        """The SHA-256 of the CA certificate (DER), hex: the pin a join token carries."""
+        return certificate_fingerprint(self.ca_certificate)
 
     @classmethod
     def load_or_create(cls, state_dir: Path) -> HubIdentity:
@@ -73,11 +82,13 @@ class HubIdentity:
         ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
         return cls(key=key, ca_certificate=ca)
 
-    def sign_node_csr(self, csr_pem: str, *, node: str) -> str:
-        """Sign a node's CSR after checking that it names the node and is self-consistent."""
-        return self.sign_csr(csr_pem, common_name=node, days=NODE_CERT_DAYS)
+    def sign_node_csr(self, csr_pem: str, *, node: str, lifetime: dt.timedelta = dt.timedelta(days=NODE_CERT_DAYS),
+                      ) -> str:
+        """Sign a node's CSR, valid for ``lifetime``, after checking that it names the node and is self-consistent."""
+        return self.sign_csr(csr_pem, common_name=node, lifetime=lifetime)
 
-    def sign_csr(self, csr_pem: str, *, common_name: str, days: float = SERVICE_CERT_DAYS) -> str:
+    def sign_csr(self, csr_pem: str, *, common_name: str,
+                 lifetime: dt.timedelta = dt.timedelta(days=SERVICE_CERT_DAYS)) -> str:
         """Sign a client certificate request that names exactly ``common_name``; CsrError says what is wrong."""
         try:
             csr = x509.load_pem_x509_csr(csr_pem.encode())
@@ -94,11 +105,11 @@ class HubIdentity:
             raise CsrError("signature does not verify")
         if len(names) != 1 or names[0].value != common_name:
             raise CsrError(f"must have exactly the common name {common_name!r}")
-        cert = self.issue(public_key, common_name, usage="client", days=days)  # type: ignore[arg-type]
+        cert = self.issue(public_key, common_name, usage="client", lifetime=lifetime)  # type: ignore[arg-type]
         return cert.public_bytes(serialization.Encoding.PEM).decode()
 
     def issue(self, public_key: CertificateIssuerPublicKeyTypes, common_name: str, *, usage: Usage,
-              days: float, names: Sequence[str] = ()) -> x509.Certificate:
+              lifetime: dt.timedelta, names: Sequence[str] = ()) -> x509.Certificate:
         """A certificate for ``common_name`` signed by the hub CA.
 
         On the broker with identities the common name is the MQTT user name
@@ -113,8 +124,8 @@ class HubIdentity:
             .issuer_name(self.ca_certificate.subject)
             .public_key(public_key)
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=days))
+            .not_valid_before(now - min(BACKDATE, lifetime / 20))
+            .not_valid_after(now + lifetime)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([_USAGE_OIDS[usage]]), critical=False)
         )
@@ -131,7 +142,8 @@ class HubIdentity:
         if _still_good(self, cert_path, key_path, common_name, names):
             return False
         key = ec.generate_private_key(ec.SECP256R1())
-        cert = self.issue(key.public_key(), common_name, usage=usage, days=SERVICE_CERT_DAYS, names=names)
+        cert = self.issue(key.public_key(), common_name, usage=usage, lifetime=dt.timedelta(days=SERVICE_CERT_DAYS),
+                          names=names)
         write_private(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                   serialization.NoEncryption()))
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))

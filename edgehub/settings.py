@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import json
 import re
@@ -77,6 +78,15 @@ def check_host_name(name: str) -> str:
     return text.rstrip(".")
 
 
+# Whether the API is served over HTTPS: "auto" (on unless the listen host is a
+# loopback address), "on" or "off".
+TLS_MODES = ("auto", "on", "off")
+# Node certificate lifetimes: at most ten years (the CA's own); at least 30 s,
+# for tests (a node renews after two thirds of it, so shorter only makes load).
+MAX_NODE_CERT_DAYS = 3650.0
+MIN_NODE_CERT_SECONDS = 30.0
+
+
 # (field, lowest, highest, lowest allowed) for the bounds on work nodes and charts cause.
 _WORK_BOUNDS: tuple[tuple[str, float, float, bool], ...] = (
     ("max_status_bytes", 1024, 2**31, True),
@@ -99,6 +109,10 @@ class HubSettings:
     # exposed by accident.
     listen_host: str = "127.0.0.1"
     listen_port: int = 8470
+    # HTTPS for the API (TLS_MODES): "auto" serves it on any address but
+    # loopback, with a server certificate the hub CA issues (STATE/hub-server.crt);
+    # "off" off loopback sends join and operator tokens in clear (logged as a warning).
+    tls: str = "auto"
     mqtt_url: str = "mqtt://127.0.0.1:1883"
     # The broker URL handed to agents at join; they may reach the broker by
     # another address than the hub does. Empty means the same as mqtt_url.
@@ -119,10 +133,18 @@ class HubSettings:
     # script creates a few in a row (burst 10); 2/s bounds how fast anyone
     # holding the operator token can mint credentials for the fleet.
     token_rate_limit: RateLimit = field(default_factory=lambda: RateLimit(per_second=2.0, burst=10))
+    # Certificate renewals per source address: as joins (nodes renew about
+    # when they joined, two thirds of a lifetime later).
+    renewal_rate_limit: RateLimit = field(default_factory=lambda: RateLimit(per_second=10.0, burst=20))
     # Source addresses each rate limit remembers at most (about 100 bytes
     # each); a source idle long enough to have a full bucket is forgotten
     # sooner, and past the bound the least recently seen one is.
     rate_limit_sources: int = 10_000
+    # Days a node certificate is valid for; the agent renews it once less than
+    # a third is left (after 60 of 90 days), so a node must reach the hub at
+    # least once in the last 30 days of its certificate or be reset and join
+    # again. Fractions are allowed, down to MIN_NODE_CERT_SECONDS (tests).
+    node_certificate_days: float = 90.0
     # --- bounds on what nodes send (anyone who can reach the broker can send it) ---
     # A status report as the hub stores it (encoded, release and condition
     # messages cut to 1000 characters): a node with 500 releases reports
@@ -175,7 +197,16 @@ class HubSettings:
         if isinstance(self.allowed_hosts, str):
             raise ValueError(f"allowed_hosts must be a list of names, not the string {self.allowed_hosts!r}")
         object.__setattr__(self, "allowed_hosts", tuple(check_host_name(h) for h in self.allowed_hosts))
-        for name in ("join_rate_limit", "token_rate_limit"):
+        if isinstance(self.tls, bool):  # YAML 1.1 reads a bare on/off as a boolean
+            object.__setattr__(self, "tls", "on" if self.tls else "off")
+        if self.tls not in TLS_MODES:
+            raise ValueError(f"tls {self.tls!r} must be one of {', '.join(TLS_MODES)}")
+        days = self.node_certificate_days
+        if isinstance(days, bool) or not isinstance(days, int | float) or not (
+                MIN_NODE_CERT_SECONDS / 86400 <= days <= MAX_NODE_CERT_DAYS):
+            raise ValueError(f"node_certificate_days {days!r} must be from {MIN_NODE_CERT_SECONDS / 86400:.6f} "
+                             f"({MIN_NODE_CERT_SECONDS:.0f} seconds) to {MAX_NODE_CERT_DAYS:.0f}")
+        for name in ("join_rate_limit", "token_rate_limit", "renewal_rate_limit"):
             if not isinstance(getattr(self, name), RateLimit):
                 raise ValueError(f"{name} must be a RateLimit, not {getattr(self, name)!r}")
         if not 1 <= self.rate_limit_sources <= 10_000_000:
@@ -206,12 +237,21 @@ class HubSettings:
         return self.state_dir / "hub-mqtt.crt"
 
     @property
+    def node_certificate_lifetime(self) -> dt.timedelta:
+        return dt.timedelta(days=self.node_certificate_days)
+
+    @property
     def advertised_mqtt_url(self) -> str:
         return self.mqtt_advertise_url or self.mqtt_url
 
     @property
     def db_path(self) -> Path:
         return self.state_dir / "hub.db"
+
+    @property
+    def ca_certificate_path(self) -> Path:
+        """The hub CA's certificate (``edgectl --ca-file`` for a hub served over HTTPS)."""
+        return self.state_dir / "hub-ca.crt"
 
     @property
     def admin_token_path(self) -> Path:
@@ -231,7 +271,7 @@ class HubSettings:
             raise ValueError(f"{path}: unknown settings {sorted(unknown)}; known: {sorted(known)}")
         if "tokens" in data:
             data["tokens"] = TokenDefaults(**data["tokens"])
-        for key in ("join_rate_limit", "token_rate_limit"):
+        for key in ("join_rate_limit", "token_rate_limit", "renewal_rate_limit"):
             if key in data:
                 if not isinstance(data[key], dict):
                     raise ValueError(f"{path}: {key} must be a mapping with per_second and burst")

@@ -37,7 +37,7 @@ from edgekit.sqlite import Database
 from edgeprotocol.errors import ProtocolError
 from edgeprotocol.messages import MAX_MESSAGE_BYTES, AssignmentKind, Bundle, Event, NodeStatus
 
-from .errors import AlreadyExists, ConcurrentChange, JoinRefused
+from .errors import AlreadyExists, ConcurrentChange, JoinRefused, RenewalRefused
 from .tokens import TokenParts, hash_secret, secret_matches
 
 logger = logging.getLogger(__name__)
@@ -111,6 +111,12 @@ CREATE TABLE IF NOT EXISTS events (
     body TEXT NOT NULL,
     PRIMARY KEY (node, seq)
 );
+CREATE TABLE IF NOT EXISTS renewal_nonces (
+    node TEXT NOT NULL,
+    nonce TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (node, nonce)
+);
 """
 # Columns added since the first hub: an older hub.db gets them on open.
 # seq_before_join: the highest status seq of the node's previous registration,
@@ -153,6 +159,9 @@ class NodeRecord:
     standing: Standing = "joined"
     # The X25519 public key (base64) its bundles are encrypted to; '' when it joined without one.
     bundle_key: str = ""
+    # The node's certificate (PEM) as the hub last issued it; "" after a
+    # reset or revoke, and when read without it.
+    certificate: str = field(default="", repr=False)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row, *, status: NodeStatus | None = None) -> NodeRecord:
@@ -168,6 +177,7 @@ class NodeRecord:
             generation=row["generation"],
             standing=row["standing"],
             bundle_key=row["bundle_key"],
+            certificate=row["certificate"] if "certificate" in row.keys() else "",
         )
 
 
@@ -405,6 +415,39 @@ class HubStore:
     async def delete_credential(self, name: str) -> bool:
         def run(c: sqlite3.Connection) -> bool:
             return c.execute("DELETE FROM credentials WHERE name = ?", (name,)).rowcount > 0
+
+        return await self._write(run)
+
+    async def renew_certificate(self, node: str, *, nonce: str, at: float, forget_before: float,
+                                renew: Callable[[str], str]) -> str:
+        """Replace the certificate of ``node`` with ``renew(current certificate)``, taking ``nonce`` once.
+
+        Refused (RenewalRefused) for a node that is not registered, is
+        revoked or was reset (its name is free: it joins again), and for a
+        nonce already taken; ``renew`` raises to refuse otherwise (a wrong
+        proof, an expired certificate, a bad request). Nonces are remembered
+        with their request's time ``at`` until ``forget_before`` passes it (a
+        request that old is refused for its time anyway). The node's
+        generation, standing and assignments do not change.
+        """
+
+        def run(c: sqlite3.Connection) -> str:
+            row = c.execute("SELECT standing, certificate FROM nodes WHERE name = ?", (node,)).fetchone()
+            if row is None:
+                raise RenewalRefused(f"node {node!r} is not registered; it must join with a token")
+            if row["standing"] == "revoked":
+                raise RenewalRefused(f"node {node!r} is revoked; an operator can free the name with: "
+                                     f"edgectl node reset {node}, and the node join again")
+            if row["standing"] != "joined" or not row["certificate"]:
+                raise RenewalRefused(f"node {node!r} was reset: its name is free and its certificate void; "
+                                     "the node must join again with a token")
+            c.execute("DELETE FROM renewal_nonces WHERE at < ?", (forget_before,))
+            if c.execute("SELECT 1 FROM renewal_nonces WHERE node = ? AND nonce = ?", (node, nonce)).fetchone():
+                raise RenewalRefused("this renewal request was taken before (a replay?); send a new one")
+            certificate = renew(row["certificate"])
+            c.execute("INSERT INTO renewal_nonces VALUES (?, ?, ?)", (node, nonce, at))
+            c.execute("UPDATE nodes SET certificate = ? WHERE name = ?", (certificate, node))
+            return certificate
 
         return await self._write(run)
 

@@ -1,8 +1,10 @@
-"""Bootstrap join tokens: ``ec1.<id>.<secret>``.
+"""Bootstrap join tokens: ``ec1.<id>.<secret>.<pin>`` (the format is :mod:`edgeprotocol.enrollment`'s).
 
 The id finds the token's row; only a SHA-256 hash of the secret is stored, so
 a copy of the hub's database does not hold usable tokens. The secret has 192
-random bits, so a plain hash (not a slow password hash) is enough.
+random bits, so a plain hash (not a slow password hash) is enough. The pin
+(the hub CA's SHA-256) is added when the token is printed and is for the
+agent: the hub ignores it, and takes tokens without it too.
 """
 
 from __future__ import annotations
@@ -10,20 +12,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from dataclasses import dataclass
+
+from edgeprotocol.enrollment import JoinToken, parse_join_token
+from edgeprotocol.enrollment import TokenFormatError as _FormatError
 
 from .errors import TokenFormatError
 
-PREFIX = "ec1"
-
-
-@dataclass(frozen=True, slots=True)
-class TokenParts:
-    token_id: str
-    secret: str
-
-    def __str__(self) -> str:
-        return f"{PREFIX}.{self.token_id}.{self.secret}"
+# The hub's name for a token: its id and secret (and, when printed, the CA pin).
+TokenParts = JoinToken
 
 
 def new_token() -> TokenParts:
@@ -31,11 +27,11 @@ def new_token() -> TokenParts:
 
 
 def parse_token(text: str) -> TokenParts:
-    """Split a token as printed by ``edgectl token create``; TokenFormatError if it is not one."""
-    parts = text.strip().split(".")
-    if len(parts) != 3 or parts[0] != PREFIX or not parts[1] or not parts[2]:
-        raise TokenFormatError("token is malformed: expected ec1.<id>.<secret> as printed by 'edgectl token create'")
-    return TokenParts(token_id=parts[1], secret=parts[2])
+    """Split a token as printed by ``edgectl token create``, pin dropped; TokenFormatError if it is not one."""
+    try:
+        return parse_join_token(text).without_pin()
+    except _FormatError as exc:
+        raise TokenFormatError(str(exc)) from exc
 
 
 def hash_secret(secret: str) -> str:

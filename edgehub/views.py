@@ -7,10 +7,37 @@ observed: an offline node's releases keep their last phase but are marked
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from typing import Any
 
+from cryptography import x509
+
+from edgeprotocol.enrollment import renew_after
+
 from .store import AssignmentRecord, ComponentRecord, NodeRecord
+
+
+def certificate_view(pem: str) -> dict[str, str] | None:
+    """What a node's certificate says of itself: serial (hex) and validity; None without one (reset, revoked)."""
+    fields = _certificate_fields(pem)
+    return dict(fields) if fields is not None else None
+
+
+@functools.lru_cache(maxsize=4096)
+def _certificate_fields(pem: str) -> tuple[tuple[str, str], ...] | None:
+    if not pem:
+        return None
+    try:
+        cert = x509.load_pem_x509_certificate(pem.encode())
+    except ValueError:
+        return None
+
+    def iso(moment: Any) -> str:
+        return moment.isoformat().replace("+00:00", "Z")
+
+    return (("serial", format(cert.serial_number, "x")), ("not_before", iso(cert.not_valid_before_utc)),
+            ("not_after", iso(cert.not_valid_after_utc)), ("renew_after", iso(renew_after(cert))))
 
 
 def release_view(node: NodeRecord, namespace: str, release: str) -> dict[str, Any] | None:
@@ -47,6 +74,8 @@ def node_view(node: NodeRecord) -> dict[str, Any]:
         # "encrypted": its bundles are encrypted to the key it joined with;
         # "plain": it joined without one (an agent older than bundle encryption).
         "bundles": "encrypted" if node.bundle_key else "plain",
+        # The certificate the hub last issued the node (at join or renewal); null after a reset or revoke.
+        "certificate": certificate_view(node.certificate),
         "agent_version": status.agent_version if status else "",
         "runtime": status.runtime if status else "",
         "status_observed_at": status.observed_at if status else "",

@@ -21,6 +21,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -219,10 +220,18 @@ class Mosquitto(ManagedProcess):
         self.start()
 
 
+_LISTENING = re.compile(r"edgehub listening on (https?)://127\.0\.0\.1:(\d+)")
+
+
 def listening_ports(hub_log: Path) -> list[int]:
-    """The ports ``edgehub serve`` said it listens on, in its log, oldest first (one line per start)."""
+    """The ports ``edgehub serve`` said it listens on (http or https), in its log, oldest first (one line per start)."""
+    return [port for _, port in listening_urls(hub_log)]
+
+
+def listening_urls(hub_log: Path) -> list[tuple[str, int]]:
+    """(scheme, port) of each ``edgehub listening on`` line in the hub's log, oldest first."""
     with contextlib.suppress(OSError):
-        return [int(p) for p in re.findall(r"edgehub listening on http://127\.0\.0\.1:(\d+)", hub_log.read_text())]
+        return [(scheme, int(port)) for scheme, port in _LISTENING.findall(hub_log.read_text())]
     return []
 
 
@@ -231,15 +240,20 @@ class Hub(ManagedProcess):
     from its first line; restarts keep that port. ``ctl`` and ``api`` use the operator token the hub
     wrote to its state directory, as a user given EDGECOLLAB_TOKEN_FILE does."""
 
-    def __init__(self, workdir: Path, mqtt_url: str, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, mqtt_url: str, port: int | None = None, *, tls: str | None = None,
+                 config: Path | None = None) -> None:
         super().__init__("edgehub", workdir / "hub.log")
         self.workdir = workdir
         self.port = port or 0
         self.mqtt_url = mqtt_url
+        # ``edgehub serve --tls`` (None: the hub's default, plain HTTP on loopback) and ``--config``.
+        self.tls = tls
+        self.config = config
+        self.scheme = "http"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     @property
     def state_dir(self) -> Path:
@@ -250,27 +264,37 @@ class Hub(ManagedProcess):
         return workdir / "state"
 
     @property
+    def ca_path(self) -> Path:
+        """The hub CA's certificate: what ``edgectl --ca-file`` trusts for a hub served over HTTPS."""
+        return self.state_dir / "hub-ca.crt"
+
+    @property
     def admin_token_path(self) -> Path:
         """Where the hub writes its operator token on first start."""
         return self.state_dir / "admin-token"
 
     def start(self) -> Hub:
         starts_before = self._listening_lines()
-        self._spawn([sys.executable, "-m", "edgehub.cli", "serve", "--listen", f"127.0.0.1:{self.port}",
-                     "--mqtt", self.mqtt_url, "--state", str(self.state_dir)])
+        argv = [sys.executable, "-m", "edgehub.cli", "serve", "--listen", f"127.0.0.1:{self.port}",
+                "--mqtt", self.mqtt_url, "--state", str(self.state_dir)]
+        if self.tls is not None:
+            argv += ["--tls", self.tls]
+        if self.config is not None:
+            argv += ["--config", str(self.config)]
+        self._spawn(argv)
         wait_until(lambda: self._bound(starts_before), timeout=30, what="the hub to say where it listens")
         wait_until(self._healthy, timeout=30, what="the hub's /healthz")
         return self
 
-    def _listening_lines(self) -> list[int]:
-        return listening_ports(self.log_path)
+    def _listening_lines(self) -> list[tuple[str, int]]:
+        return listening_urls(self.log_path)
 
-    def _bound(self, before: list[int]) -> bool:
+    def _bound(self, before: list[tuple[str, int]]) -> bool:
         if not self.running:
             raise FleetError(f"edgehub exited:\n{self.log_tail()}")
         lines = self._listening_lines()
         if len(lines) > len(before):
-            self.port = lines[-1]
+            self.scheme, self.port = lines[-1]
             return True
         return False
 
@@ -286,13 +310,16 @@ class Hub(ManagedProcess):
         if self.admin_token_path.exists():
             headers["Authorization"] = f"Bearer {self.admin_token_path.read_text().strip()}"
         request = urllib.request.Request(self.url + path, headers=headers)
-        with urllib.request.urlopen(request, timeout=10) as response:
+        context = ssl.create_default_context(cafile=str(self.ca_path)) if self.scheme == "https" else None
+        with urllib.request.urlopen(request, timeout=10, context=context) as response:
             return json.loads(response.read())
 
     def ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run ``edgectl --hub URL ARGS`` with EDGECOLLAB_TOKEN_FILE naming the hub's token, as a user would."""
-        env = {k: v for k, v in os.environ.items() if k != "EDGECOLLAB_TOKEN"}
+        env = {k: v for k, v in os.environ.items() if k not in ("EDGECOLLAB_TOKEN", "EDGECOLLAB_CA_FILE")}
         env["EDGECOLLAB_TOKEN_FILE"] = str(self.admin_token_path)
+        if self.scheme == "https":
+            env["EDGECOLLAB_CA_FILE"] = str(self.ca_path)
         result = subprocess.run([sys.executable, "-m", "edgectl.cli", "--hub", self.url, *args],
                                 capture_output=True, text=True, timeout=120, env=env)
         if check and result.returncode != 0:

@@ -143,6 +143,7 @@ class PreflightCheck:
     ``detail`` says what was found, or what failed and what to do about it.
     ``condition`` is the node condition the check feeds (None: doctor only),
     ``reason`` the CamelCase reason that condition takes when this check fails.
+    ``warning``: passed, but something needs looking at soon (doctor says ``WARN``).
     """
 
     name: str
@@ -150,6 +151,7 @@ class PreflightCheck:
     detail: str
     condition: ConditionType | None = None
     reason: str = ""
+    warning: bool = False
 
 
 @runtime_checkable

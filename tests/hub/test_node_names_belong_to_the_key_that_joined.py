@@ -116,7 +116,8 @@ async def test_after_node_reset_the_name_joins_again_at_generation_2_and_refuses
                                 node=node)
     # ... until the operator frees it: the node's assignments are kept, its retained ones cleared.
     reset = await answer(await hub.post(f"/api/v1/nodes/{node}/reset", json={}), 200)
-    assert reset == {"node": node, "standing": "reset", "generation": 1, "next_generation": 2, "assignments_kept": 1}
+    assert reset == {"node": node, "standing": "reset", "generation": 1, "next_generation": 2, "assignments_kept": 1,
+                     "broker_refuses": False}  # an anonymous broker here
     assert await retained(broker, topic) is None
     assert (await answer(await hub.get(f"/api/v1/nodes/{node}"), 200))["standing"] == "reset"
 
@@ -195,7 +196,8 @@ async def test_a_revoked_node_is_not_heard_not_published_to_and_cannot_join_unti
     assert await retained(broker, topic) is not None
 
     revoked = await answer(await hub.post(f"/api/v1/nodes/{node}/revoke", json={}), 200)
-    assert revoked == {"node": node, "standing": "revoked", "generation": 1, "assignments_withheld": 1}
+    assert revoked == {"node": node, "standing": "revoked", "generation": 1, "assignments_withheld": 1,
+                       "broker_refuses": False}
     assert await retained(broker, topic) is None
 
     # What it sends is ignored; a resync gets nothing published.

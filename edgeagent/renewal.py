@@ -1,0 +1,305 @@
+"""Certificate renewal: the agent gets its node a new certificate before the one it holds expires.
+
+The hub issues node certificates for a limited time (``node_certificate_days``,
+90 by default). Once less than a third of the certificate's lifetime is left
+(``edgeprotocol.enrollment.renew_after``), the agent makes a new key, sends a
+certificate request for it to ``POST /api/v1/nodes/NAME/certificate`` with a
+proof signed by its current key (``renewal_payload``: the request, a
+timestamp and a random nonce), checks what the hub answers (issued by the CA
+pinned at join, for this node and the new key) and only then puts the new key
+and certificate in place of the old ones. Over HTTPS the hub is verified
+against that CA.
+
+Files, in the state directory:
+
+    node.key, node.crt     the key and certificate in force (the MQTT client loads them on each connect)
+    node.key.next          the new key, made before the request and kept until it is in force: a
+                           renewal retried after an answer was lost asks for the same key
+    node.crt.next          the new certificate, written once the hub answered; then node.key.next
+                           replaces node.key and node.crt.next replaces node.crt (each an atomic
+                           rename). A crash between the renames is finished the next time (``finish_interrupted``).
+
+If the hub took a renewal but its answer was lost, it holds a certificate of
+``node.key.next`` and refuses a proof by the old key: the agent then proves
+the request with ``node.key.next`` instead and gets the certificate again.
+
+``CertificateRenewer`` is the Agent's: it checks when the agent starts and
+then on a timer, renews in a thread (the HTTP call blocks), retries a failed
+renewal with backoff, and reports ``CertificateRenewed`` and
+``CertificateRenewalFailed`` events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import datetime as dt
+import logging
+import os
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
+from cryptography.x509.oid import NameOID
+
+from edgekit.http import HttpError, JsonHttpClient
+from edgeprotocol.enrollment import renew_after, renewal_payload
+from edgeprotocol.errors import EdgeError
+
+from .identity import CERT_FILE, KEY_FILE, NodeIdentity, _write_atomic, make_csr
+
+logger = logging.getLogger(__name__)
+
+PENDING_KEY_FILE = "node.key.next"
+PENDING_CERT_FILE = "node.crt.next"
+# A renewal is one small request; a hub that does not answer in this time is retried later.
+RENEW_TIMEOUT_SECONDS = 30.0
+# The agent looks at its certificate at least this often (a clock set forward,
+# a certificate replaced by a new join), and never more often than the minimum.
+MAX_CHECK_SECONDS = 3600.0
+MIN_CHECK_SECONDS = 1.0
+# A failed renewal is retried after this, doubling up to a tenth of the
+# certificate's lifetime (at most MAX_CHECK_SECONDS).
+RETRY_INITIAL_SECONDS = 2.0
+
+Report = Callable[[str, str], Awaitable[None]]
+
+
+class RenewalError(EdgeError):
+    """The certificate could not be renewed now; the message says why."""
+
+
+class _NoCertificate(RenewalError):
+    """The node holds no readable certificate: there is nothing to renew."""
+
+
+def load_certificate(state_dir: Path) -> x509.Certificate:
+    """The node's certificate in force; RenewalError if it is missing or unreadable."""
+    path = state_dir / CERT_FILE
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except FileNotFoundError as exc:
+        raise _NoCertificate(f"{path} not found: join again") from exc
+    except (OSError, ValueError) as exc:
+        raise _NoCertificate(f"{path} cannot be read ({exc}); join again") from exc
+
+
+def _load_key(path: Path) -> Ed25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError) as exc:
+        raise RenewalError(f"{path} cannot be read ({exc})") from exc
+    if not isinstance(key, Ed25519PrivateKey):
+        raise RenewalError(f"{path} is not an Ed25519 private key")
+    return key
+
+
+def _public(key: PublicKeyTypes) -> bytes:
+    """A public key's bytes (SubjectPublicKeyInfo, DER), comparable whatever its type."""
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def finish_interrupted(state_dir: Path) -> bool:
+    """Put in force a new key and certificate a crash left half installed; True if there was one.
+
+    Blocking (files): call it from a thread.
+    """
+    cert_next, key_next = state_dir / PENDING_CERT_FILE, state_dir / PENDING_KEY_FILE
+    if not cert_next.exists():
+        return False
+    try:
+        certificate = x509.load_pem_x509_certificate(cert_next.read_bytes())
+        key = _load_key(key_next if key_next.exists() else state_dir / KEY_FILE)
+    except (OSError, ValueError, RenewalError):
+        cert_next.unlink(missing_ok=True)
+        return False
+    if _public(certificate.public_key()) != _public(key.public_key()):
+        cert_next.unlink(missing_ok=True)  # not for the key it would go with: the next renewal starts over
+        return False
+    if key_next.exists():
+        os.replace(key_next, state_dir / KEY_FILE)
+    os.replace(cert_next, state_dir / CERT_FILE)
+    _fsync_dir(state_dir)
+    logger.info("Finished putting in force the certificate renewed before a restart (serial %x)",
+                certificate.serial_number)
+    return True
+
+
+def _request(client: JsonHttpClient, node: str, csr: str, prover: Ed25519PrivateKey) -> dict[str, object]:
+    timestamp, nonce = int(time.time()), secrets.token_hex(16)
+    proof = prover.sign(renewal_payload(node=node, csr=csr, timestamp=timestamp, nonce=nonce))
+    answer = client.post(f"/api/v1/nodes/{node}/certificate", {
+        "csr": csr, "timestamp": timestamp, "nonce": nonce, "proof": base64.b64encode(proof).decode()})
+    if not isinstance(answer, dict):
+        raise RenewalError("the hub answered the renewal with something other than a JSON object")
+    return answer
+
+
+def _checked(answer: dict[str, object], identity: NodeIdentity, key: Ed25519PrivateKey) -> x509.Certificate:
+    """The certificate the hub answered, after checking it is for this node and ``key``, from the pinned CA."""
+    pem = answer.get("certificate")
+    try:
+        certificate = x509.load_pem_x509_certificate(str(pem).encode())
+        names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    except ValueError as exc:
+        raise RenewalError(f"the hub answered the renewal with no usable certificate ({exc})") from exc
+    if [n.value for n in names] != [identity.node]:
+        raise RenewalError(f"the hub answered a certificate for {certificate.subject.rfc4514_string()}, "
+                           f"not CN={identity.node}")
+    if _public(certificate.public_key()) != _public(key.public_key()):
+        raise RenewalError("the hub answered a certificate for another key than the one this node asked for")
+    if identity.ca_certificate:
+        try:
+            certificate.verify_directly_issued_by(x509.load_pem_x509_certificate(identity.ca_certificate.encode()))
+        except (ValueError, TypeError, InvalidSignature) as exc:
+            raise RenewalError("the certificate the hub answered is not issued by the hub CA pinned at join") from exc
+    if certificate.not_valid_after_utc <= dt.datetime.now(dt.UTC):
+        raise RenewalError(f"the hub answered a certificate that expired at {certificate.not_valid_after_utc}")
+    return certificate
+
+
+def renew(state_dir: Path, identity: NodeIdentity) -> x509.Certificate:
+    """Renew the node's certificate now: a new key, the hub's certificate for it, both put in force.
+
+    Blocking (HTTP, key generation, files): call it from a thread. RenewalError when it cannot be
+    done now; the key and certificate in force are then unchanged.
+    """
+    finish_interrupted(state_dir)
+    current = _load_key(state_dir / KEY_FILE)
+    pending_path = state_dir / PENDING_KEY_FILE
+    retried = pending_path.exists()
+    if retried:
+        pending = _load_key(pending_path)
+    else:
+        pending = Ed25519PrivateKey.generate()
+        _write_atomic(pending_path, pending.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()), mode=0o600)
+    csr = make_csr(pending, identity.node)
+    try:
+        client = identity.hub_client(timeout=RENEW_TIMEOUT_SECONDS)
+        try:
+            answer = _request(client, identity.node, csr, current)
+        except HttpError as exc:
+            if not (retried and exc.status == 403):
+                raise
+            # An earlier renewal may have been taken with its answer lost: the hub then holds the new key.
+            try:
+                answer = _request(client, identity.node, csr, pending)
+            except HttpError:
+                raise exc from None
+    except HttpError as exc:
+        prefix = "the hub refused the renewal: " if exc.status else ""
+        raise RenewalError(f"{prefix}{exc}") from exc
+    except EdgeError as exc:  # JoinError: no CA to verify the hub with
+        raise RenewalError(str(exc)) from exc
+    certificate = _checked(answer, identity, pending)
+    _write_atomic(state_dir / PENDING_CERT_FILE, certificate.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    os.replace(pending_path, state_dir / KEY_FILE)
+    os.replace(state_dir / PENDING_CERT_FILE, state_dir / CERT_FILE)
+    _fsync_dir(state_dir)
+    return certificate
+
+
+def lifetime_seconds(certificate: x509.Certificate) -> float:
+    return (certificate.not_valid_after_utc - certificate.not_valid_before_utc).total_seconds()
+
+
+class CertificateRenewer:
+    """The Agent's certificate renewal: a check at start and on a timer, renewals in a thread.
+
+    An async context manager: its task runs while entered and is cancelled and awaited on exit.
+    ``report(reason, message)`` records an event (the uplink's outbox).
+    """
+
+    def __init__(self, state_dir: Path, identity: NodeIdentity, *, report: Report | None = None) -> None:
+        self.state_dir = state_dir
+        self.identity = identity
+        self._report = report
+        self._task: asyncio.Task[None] | None = None
+        self.renewals = 0
+        self.failures = 0
+
+    async def __aenter__(self) -> CertificateRenewer:
+        if self._task is not None:
+            raise RuntimeError("the certificate renewer is already running")
+        self._task = asyncio.create_task(self._run(), name=f"certificate renewal of {self.identity.node}")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        failures_in_a_row = 0
+        while True:
+            try:
+                delay = await self.check()
+                failures_in_a_row = 0
+            except _NoCertificate as exc:
+                # Nothing to renew (a node set up by hand, or a test): said once, looked at again later.
+                if failures_in_a_row == 0:
+                    logger.warning("Certificate renewal: %s", exc)
+                failures_in_a_row = 1
+                delay = MAX_CHECK_SECONDS
+            except RenewalError as exc:
+                failures_in_a_row += 1
+                self.failures += 1
+                delay = self._retry_delay(failures_in_a_row)
+                logger.warning("Could not renew the node certificate (try %d; again in %.0f s): %s",
+                               failures_in_a_row, delay, exc)
+                if failures_in_a_row == 1:
+                    await self._event("CertificateRenewalFailed", f"{exc}; retrying")
+            except Exception:  # a full disk, a bug: the timer must outlive it
+                failures_in_a_row += 1
+                self.failures += 1
+                delay = self._retry_delay(failures_in_a_row)
+                logger.exception("Certificate renewal failed unexpectedly; trying again in %.0f s", delay)
+            await asyncio.sleep(delay)
+
+    def _retry_delay(self, failures: int) -> float:
+        try:
+            cap = lifetime_seconds(load_certificate(self.state_dir)) / 10
+        except RenewalError:
+            cap = MAX_CHECK_SECONDS
+        cap = min(MAX_CHECK_SECONDS, max(MIN_CHECK_SECONDS, cap))
+        return min(cap, RETRY_INITIAL_SECONDS * 2 ** min(failures - 1, 30))
+
+    async def check(self) -> float:
+        """Renew the certificate if it is due; the seconds until the next check. RenewalError if it failed."""
+        await asyncio.to_thread(finish_interrupted, self.state_dir)
+        certificate = await asyncio.to_thread(load_certificate, self.state_dir)
+        due = renew_after(certificate)
+        now = dt.datetime.now(dt.UTC)
+        if now >= due:
+            old = certificate
+            certificate = await asyncio.to_thread(renew, self.state_dir, self.identity)
+            self.renewals += 1
+            message = (f"certificate renewed: serial {certificate.serial_number:x}, valid until "
+                       f"{certificate.not_valid_after_utc.isoformat()} (was serial {old.serial_number:x}, "
+                       f"until {old.not_valid_after_utc.isoformat()})")
+            logger.info("Node %s %s", self.identity.node, message)
+            await self._event("CertificateRenewed", message)
+            due, now = renew_after(certificate), dt.datetime.now(dt.UTC)
+        return min(MAX_CHECK_SECONDS, max(MIN_CHECK_SECONDS, (due - now).total_seconds()))
+
+    async def _event(self, reason: str, message: str) -> None:
+        if self._report is not None:
+            await self._report(reason, message)

@@ -1,0 +1,218 @@
+"""The API over HTTPS: whether it is served so, and the server certificate the hub CA issues for it.
+
+``tls: auto`` (the default) serves HTTPS on any listen address but loopback;
+``on`` and ``off`` force it. The server certificate is issued by the hub's
+own CA (:mod:`edgehub.identity`), which agents pin through their join token
+and ``edgectl`` trusts with ``--ca-file STATE/hub-ca.crt``. Its key is ECDSA
+P-256 (what every TLS client takes for a server key; the CA's Ed25519
+signature on it needs OpenSSL 1.1.1 or later, as Python's ssl, curl and Go
+have). Its subject alternative names are what the API answers to: the
+loopback names and addresses, the listen host (unless a wildcard address) and
+every ``allowed_hosts`` name.
+
+The key and certificate live in the state directory (``hub-server.key``, mode
+0600, and ``hub-server.crt``) and are issued again at start, and by a check
+every hour while the hub runs, when those names change, when the CA is another,
+or when less than a third of the certificate's life is left; the running
+server then takes the new one for every new connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import ipaddress
+import logging
+import os
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from edgekit.http import is_loopback_host
+
+from .identity import HubIdentity
+from .keys import IDENTITY, SETTINGS
+from .settings import HubSettings, check_host_name
+
+logger = logging.getLogger(__name__)
+
+SERVER_KEY_FILE = "hub-server.key"
+SERVER_CERT_FILE = "hub-server.crt"
+# Issued again once less than a third is left: every 60 days, by a hub that
+# checks at start and every CHECK_INTERVAL_SECONDS.
+SERVER_CERT_DAYS = 90
+CHECK_INTERVAL_SECONDS = 3600.0
+WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
+LOOPBACK_ADDRESSES = ("127.0.0.1", "::1")
+TLS = web.AppKey("tls", ssl.SSLContext)
+
+
+def serves_tls(settings: HubSettings) -> bool:
+    """Whether the hub serves its API over HTTPS: ``tls: on``, or ``auto`` with a listen host off loopback
+    (a wildcard address is off loopback: it listens on every interface)."""
+    if settings.tls == "auto":
+        return not is_loopback_host(settings.listen_host)
+    return settings.tls == "on"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerNames:
+    """The names and addresses the server certificate holds."""
+
+    dns: frozenset[str]
+    ips: frozenset[str]
+
+    @classmethod
+    def of(cls, settings: HubSettings) -> ServerNames:
+        wanted = {"localhost", *LOOPBACK_ADDRESSES, *settings.allowed_hosts}
+        if settings.listen_host.strip("[]") not in WILDCARD_HOSTS:
+            wanted.add(check_host_name(settings.listen_host))
+        dns, ips = set(), set()
+        for name in wanted:
+            try:
+                ips.add(str(ipaddress.ip_address(name)))
+            except ValueError:
+                dns.add(name)
+        return cls(dns=frozenset(dns), ips=frozenset(ips))
+
+    @classmethod
+    def in_certificate(cls, certificate: x509.Certificate) -> ServerNames:
+        try:
+            san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            return cls(dns=frozenset(), ips=frozenset())
+        return cls(dns=frozenset(san.get_values_for_type(x509.DNSName)),
+                   ips=frozenset(str(ip) for ip in san.get_values_for_type(x509.IPAddress)))
+
+    def extension(self) -> x509.SubjectAlternativeName:
+        return x509.SubjectAlternativeName(
+            [x509.DNSName(n) for n in sorted(self.dns)]
+            + [x509.IPAddress(ipaddress.ip_address(a)) for a in sorted(self.ips)])
+
+
+def _why_reissue(state_dir: Path, identity: HubIdentity, names: ServerNames, now: dt.datetime) -> str | None:
+    """Why the stored server certificate cannot be served as it is; None when it can."""
+    key_path, cert_path = state_dir / SERVER_KEY_FILE, state_dir / SERVER_CERT_FILE
+    if not key_path.exists() or not cert_path.exists():
+        return "there is none yet"
+    try:
+        certificate = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    except ValueError as exc:
+        return f"the stored one does not load ({exc})"
+    if key.public_key() != certificate.public_key():
+        return "the stored key and certificate do not match"
+    try:
+        certificate.verify_directly_issued_by(identity.ca_certificate)
+    except (ValueError, TypeError, InvalidSignature) as exc:
+        return f"the stored one is not issued by this hub's CA ({type(exc).__name__})"
+    if ServerNames.in_certificate(certificate) != names:
+        return "the names the hub answers to have changed"
+    start, end = certificate.not_valid_before_utc, certificate.not_valid_after_utc
+    if now >= end - (end - start) / 3:
+        return f"it expires on {end:%Y-%m-%d}"
+    return None
+
+
+def _issue(state_dir: Path, identity: HubIdentity, names: ServerNames, now: dt.datetime) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edgecollab hub")]))
+        .issuer_name(identity.ca_certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=SERVER_CERT_DAYS))
+        .add_extension(names.extension(), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                                     crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(identity.key, algorithm=None)
+    )
+    # The key first: a crash between the two leaves a pair that does not
+    # match, which the next check issues again.
+    _write_atomic(state_dir / SERVER_KEY_FILE, key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()), mode=0o600)
+    _write_atomic(state_dir / SERVER_CERT_FILE, certificate.public_bytes(serialization.Encoding.PEM), mode=0o644)
+
+
+def _write_atomic(path: Path, data: bytes, *, mode: int) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def ensure_server_certificate(settings: HubSettings, identity: HubIdentity, *,
+                              now: dt.datetime | None = None) -> bool:
+    """Issue the server certificate again if the stored one cannot be served (see the module); True if issued.
+
+    Blocking (key generation, files): call it from a thread.
+    """
+    now = now or dt.datetime.now(dt.UTC)
+    names = ServerNames.of(settings)
+    why = _why_reissue(settings.state_dir, identity, names, now)
+    if why is None:
+        return False
+    _issue(settings.state_dir, identity, names, now)
+    logger.info("Issued the API's server certificate (%s) for %s, valid %d days", why,
+                ", ".join(sorted(names.dns) + sorted(names.ips)), SERVER_CERT_DAYS)
+    return True
+
+
+def server_context(state_dir: Path) -> ssl.SSLContext:
+    """A TLS server context serving ``STATE/hub-server.crt``: TLS 1.2 or later."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(state_dir / SERVER_CERT_FILE, state_dir / SERVER_KEY_FILE)
+    return context
+
+
+async def tls_ctx(app: web.Application) -> AsyncIterator[None]:
+    """When the API is served over HTTPS: the server certificate, its context (``app[TLS]``) and its renewal."""
+    settings = app[SETTINGS]
+    if not serves_tls(settings):
+        if not is_loopback_host(settings.listen_host):
+            logger.warning("Serving the API over plain HTTP on %s (tls: off): join tokens and the operator token "
+                           "cross the network in clear; nodes refuse to join over it. Use tls: auto unless a "
+                           "proxy in front of the hub serves HTTPS.", settings.listen_host or "every address")
+        yield
+        return
+    identity = app[IDENTITY]
+    await asyncio.to_thread(ensure_server_certificate, settings, identity)
+    context = app[TLS] = await asyncio.to_thread(server_context, settings.state_dir)
+    renewal = asyncio.create_task(_keep_current(settings, identity, context), name="server certificate renewal")
+    try:
+        yield
+    finally:
+        renewal.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await renewal
+
+
+async def _keep_current(settings: HubSettings, identity: HubIdentity, context: ssl.SSLContext) -> None:
+    while True:
+        await asyncio.sleep(CHECK_INTERVAL_SECONDS)
+        try:
+            if await asyncio.to_thread(ensure_server_certificate, settings, identity):
+                # New connections get the new certificate; open ones keep theirs.
+                await asyncio.to_thread(context.load_cert_chain, settings.state_dir / SERVER_CERT_FILE,
+                                        settings.state_dir / SERVER_KEY_FILE)
+        except (OSError, ValueError, ssl.SSLError):
+            logger.exception("Could not renew the API's server certificate; trying again in %.0f s",
+                             CHECK_INTERVAL_SECONDS)
