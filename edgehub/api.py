@@ -18,6 +18,7 @@
     GET    /api/v1/components/{namespace}/{name}   a component with its per-node status
     DELETE /api/v1/components/{namespace}/{name}   delete a component from every node
     GET    /healthz
+    GET    /metrics                                Prometheus metrics (operator or viewer token)
 
 Every endpoint but the open ones (join, certificate renewal, the CA and
 ``GET /healthz``) needs the operator token as ``Authorization: Bearer
@@ -58,6 +59,7 @@ answer; they raise, and ``json_errors`` alone turns exceptions into responses.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import copy
@@ -100,7 +102,8 @@ from .errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
-from .keys import BROKER_ACCESS, COMPONENTS, DISPATCHER, IDENTITY, SETTINGS, STORE
+from .keys import BROKER_ACCESS, COMPONENTS, DISPATCHER, IDENTITY, METRICS, SETTINGS, STORE
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .settings import MAX_TOKEN_TTL_SECONDS, MAX_TOKEN_USES
 from .store import CredentialRecord
 from .tokens import new_token, parse_token
@@ -513,7 +516,18 @@ async def apply_component(request: web.Request) -> web.Response:
     except ValueError as exc:
         # binascii.Error, or a string with non-ASCII characters.
         raise BadRequest(f"is not valid base64 ({exc})", field="chart_archive") from exc
-    return _apply_answer(await request.app[COMPONENTS].apply(document, archive))
+    try:
+        outcome = await request.app[COMPONENTS].apply(document, archive)
+    except SpecRefused:
+        request.app[METRICS].apply_refused()
+        raise
+    return _apply_answer(outcome)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text exposition (the operator or the read-only viewer token)."""
+    body = await asyncio.to_thread(request.app[METRICS].exposition)
+    return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 
 async def delete_component(request: web.Request) -> web.Response:
@@ -565,6 +579,7 @@ async def delete_credential(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/v1/ca", ca_certificate)
     app.router.add_post("/api/v1/tokens", create_token)
     app.router.add_post("/api/v1/join", join)

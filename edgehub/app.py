@@ -24,7 +24,19 @@ from .components import Components
 from .dispatch import Dispatcher
 from .identity import HubIdentity
 from .ingest import IngestLimits, NodeMessages
-from .keys import BROKER_ACCESS, COMPONENTS, DISPATCHER, IDENTITY, MQTT, RENDERER, SETTINGS, STORE, SUMMARIES
+from .keys import (
+    BROKER_ACCESS,
+    COMPONENTS,
+    DISPATCHER,
+    IDENTITY,
+    METRICS,
+    MQTT,
+    RENDERER,
+    SETTINGS,
+    STORE,
+    SUMMARIES,
+)
+from .metrics import HubMetrics
 from .ratelimit import SourceRateLimiter, rate_limits
 from .renderer import Renderer, RenderLimits
 from .settings import HubSettings
@@ -74,7 +86,7 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
             nodes = set(await store.joined_nodes())
             return nodes, {c.name for c in await store.list_credentials()}
 
-        app[DISPATCHER] = Dispatcher(store, app[IDENTITY].key, publish)
+        app[DISPATCHER] = Dispatcher(store, app[IDENTITY].key, publish, on_published=app[METRICS].published)
         app[COMPONENTS] = Components(store, app[DISPATCHER], app[RENDERER])
         async with BrokerAccess(publish_control, registry, enabled=settings.broker_identities) as access:
             app[BROKER_ACCESS] = access
@@ -107,7 +119,7 @@ async def summaries_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def mqtt_ctx(app: web.Application) -> AsyncIterator[None]:
     settings, dispatcher, access = app[SETTINGS], app[DISPATCHER], app[BROKER_ACCESS]
-    messages = NodeMessages(app[STORE], dispatcher, IngestLimits.of(settings))
+    messages = NodeMessages(app[STORE], dispatcher, IngestLimits.of(settings), metrics=app[METRICS])
 
     async def on_message(topic: str, payload: bytes) -> None:
         if topic == CONTROL_RESPONSE_TOPIC:
@@ -145,6 +157,7 @@ async def mqtt_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     async with MqttSession(session_settings, on_message=on_message, on_connect=on_connect) as session:
         app[MQTT] = session
+        app[METRICS].watch(lambda: summaries.latest, lambda: session.connections)
         yield
         # A clean stop sends no last will: say it here.
         await session.publish(HUB_STATE_TOPIC, json.dumps({"online": False, "since": now()}).encode(), retain=True)
@@ -167,6 +180,7 @@ def create_app(settings: HubSettings) -> web.Application:
                    json_bodies_only]
     app = web.Application(middlewares=middlewares, client_max_size=MAX_REQUEST_BYTES)
     app[SETTINGS] = settings
+    app[METRICS] = HubMetrics()
     # The operator token first: it creates the state directory owner-only.
     # The renderer before the store: the component service takes it. The
     # server certificate (when the API is served over HTTPS) needs the CA.

@@ -136,10 +136,13 @@ class SyncReport:
 
 
 class Dispatcher:
-    def __init__(self, store: HubStore, key: Ed25519PrivateKey, publish: Publish) -> None:
+    def __init__(self, store: HubStore, key: Ed25519PrivateKey, publish: Publish,
+                 on_published: Callable[[str, str, str, int], None] | None = None) -> None:
         self._store = store
         self._key = key
         self._publish = publish
+        # Told (node, namespace, release, revision) of every release assignment published (metrics).
+        self._on_published = on_published
         # Applies, joins and status reports all call sync; one at a time keeps
         # the read-compare-write of the assignment table consistent.
         self._lock = asyncio.Lock()
@@ -317,6 +320,8 @@ class Dispatcher:
                 continue
             if await self._publish(topics.assignment(rec.node, rec.namespace, rec.release), payload, True):
                 published += 1
+                if self._on_published is not None and rec.kind == "release":
+                    self._on_published(rec.node, rec.namespace, rec.release, rec.revision)
         if newly_plain:
             # One line per publish, each node in it once: a fleet of older agents is not a thousand lines.
             shown = ", ".join(newly_plain[:MAX_NAMED]) + (", ..." if len(newly_plain) > MAX_NAMED else "")

@@ -38,6 +38,7 @@ from edgeprotocol.messages import MAX_CONDITION_MESSAGE, Event, NodeStatus, Pres
 from edgeprotocol.topics import NodeTopic
 
 from .dispatch import Dispatcher
+from .metrics import HubMetrics
 from .settings import HubSettings
 from .store import HubStore
 
@@ -105,9 +106,11 @@ def _cut(text: str) -> str:
 
 
 class NodeMessages:
-    def __init__(self, store: HubStore, dispatcher: Dispatcher, limits: IngestLimits | None = None) -> None:
+    def __init__(self, store: HubStore, dispatcher: Dispatcher, limits: IngestLimits | None = None,
+                 metrics: HubMetrics | None = None) -> None:
         self._store = store
         self._dispatcher = dispatcher
+        self._metrics = metrics
         self._limits = limits or IngestLimits()
         self._resynced = _Recent()
         self._warned = _Recent()
@@ -123,6 +126,8 @@ class NodeMessages:
         try:
             await self._dispatch(parsed, payload)
         except (ProtocolError, Dropped) as exc:
+            if parsed.kind == "status" and self._metrics is not None:
+                self._metrics.status_messages.labels(outcome="dropped").inc()
             if self._warned.due((parsed.node, parsed.kind), WARNING_INTERVAL_SECONDS):
                 logger.warning("Dropping a %s message on the topic of node %s: %s (further drops of its %s "
                                "messages are logged at debug level for a minute)", parsed.kind, parsed.node, exc,
@@ -176,6 +181,8 @@ class NodeMessages:
                           f"{self._limits.max_status_bytes} (max_status_bytes)")
         outcome = await self._store.save_status(status, encoded=encoded, received_at=now(),
                                                 max_seq_jump=self._limits.max_seq_jump)
+        if self._metrics is not None:
+            self._metrics.status(status, outcome)
         if outcome == "stored":
             await self._dispatcher.on_status(status)
         elif outcome == "too far ahead" or outcome == "out of range":

@@ -10,6 +10,7 @@ from .broker_access import BrokerAccess
 from .components import Components
 from .dispatch import Dispatcher
 from .identity import HubIdentity
+from .metrics import HubMetrics
 from .renderer import Renderer
 from .settings import HubSettings
 from .store import HubStore
@@ -24,3 +25,4 @@ COMPONENTS = web.AppKey("components", Components)
 RENDERER = web.AppKey("renderer", Renderer)
 BROKER_ACCESS = web.AppKey("broker_access", BrokerAccess)
 SUMMARIES = web.AppKey("summaries", SummaryPublisher)
+METRICS = web.AppKey("metrics", HubMetrics)
