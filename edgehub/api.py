@@ -19,6 +19,7 @@
     DELETE /api/v1/components/{namespace}/{name}   delete a component from every node
     GET    /healthz
     GET    /metrics                                Prometheus metrics (operator or viewer token)
+    GET    /api/v1/stream                          server-sent events: summaries, then each change
 
 Every endpoint but the open ones (join, certificate renewal, the CA and
 ``GET /healthz``) needs the operator token as ``Authorization: Bearer
@@ -102,7 +103,7 @@ from .errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
-from .keys import BROKER_ACCESS, COMPONENTS, DISPATCHER, IDENTITY, METRICS, SETTINGS, STORE
+from .keys import BROKER_ACCESS, COMPONENTS, DISPATCHER, IDENTITY, METRICS, SETTINGS, STORE, SUMMARIES
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .settings import MAX_TOKEN_TTL_SECONDS, MAX_TOKEN_USES
 from .store import CredentialRecord
@@ -524,6 +525,40 @@ async def apply_component(request: web.Request) -> web.Response:
     return _apply_answer(outcome)
 
 
+# A comment line this often keeps proxies and the browser from closing a quiet stream.
+STREAM_KEEPALIVE_SECONDS = 15.0
+
+
+async def stream(request: web.Request) -> web.StreamResponse:
+    """Server-sent events: every current summary, then each change as it happens (the web dashboard's feed).
+
+    ``event: summary`` with ``data: {"topic": ..., "summary": {...} | null}`` (null: it is gone), and
+    ``event: reset`` when this client fell too far behind (it reconnects and starts again).
+    """
+    publisher = request.app[SUMMARIES]
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",
+                                           "X-Accel-Buffering": "no"})
+    await response.prepare(request)
+
+    async def send(event: str, data: Any) -> None:
+        await response.write(f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode())
+
+    with publisher.listen() as changes:
+        for topic, summary in list(publisher.current.items()):
+            await send("summary", {"topic": topic, "summary": summary})
+        await send("ready", {})
+        while True:
+            try:
+                change = await asyncio.wait_for(changes.get(), STREAM_KEEPALIVE_SECONDS)
+            except TimeoutError:
+                await response.write(b": keepalive\n\n")
+                continue
+            if change is None:
+                await send("reset", {})
+                return response
+            await send("summary", {"topic": change[0], "summary": change[1]})
+
+
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text exposition (the operator or the read-only viewer token)."""
     body = await asyncio.to_thread(request.app[METRICS].exposition)
@@ -580,6 +615,7 @@ async def delete_credential(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/api/v1/stream", stream)
     app.router.add_get("/api/v1/ca", ca_certificate)
     app.router.add_post("/api/v1/tokens", create_token)
     app.router.add_post("/api/v1/join", join)

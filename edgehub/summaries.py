@@ -33,7 +33,7 @@ import json
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, get_args
 
@@ -212,6 +212,9 @@ class SummaryPublisher:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.latest: dict[str, dict[str, Any]] = {}  # the last computed summaries (metrics read them)
+        # Every current summary with its observed_at, as the live stream shows them.
+        self.current: dict[str, dict[str, Any]] = {}
+        self._listeners: set[asyncio.Queue[tuple[str, dict[str, Any] | None] | None]] = set()
         self.passes = 0
         self._force = False
 
@@ -229,6 +232,27 @@ class SummaryPublisher:
 
     def changed(self) -> None:
         self._wake.set()
+
+    @contextlib.contextmanager
+    def listen(self, capacity: int = 10_000) -> Iterator[asyncio.Queue[tuple[str, dict[str, Any] | None] | None]]:
+        """A queue of (topic, summary or None when it is gone) for every change from now on. A listener that
+        falls ``capacity`` changes behind gets None and no more: it must start again from ``current``."""
+        queue: asyncio.Queue[tuple[str, dict[str, Any] | None] | None] = asyncio.Queue(capacity)
+        self._listeners.add(queue)
+        try:
+            yield queue
+        finally:
+            self._listeners.discard(queue)
+
+    def _tell(self, topic: str, summary: dict[str, Any] | None) -> None:
+        for queue in list(self._listeners):
+            try:
+                queue.put_nowait((topic, summary))
+            except asyncio.QueueFull:
+                self._listeners.discard(queue)
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    queue.get_nowait()
+                queue.put_nowait(None)
 
     def republish_all(self) -> None:
         """After a (re)connect: the broker may have lost its retained messages."""
@@ -275,11 +299,16 @@ class SummaryPublisher:
                 and clock - entry.at >= self.settings.refresh
             if entry is None or entry.content != content:
                 entry = self._published[topic] = _Published(content=content, observed_at=now())
+                self.current[topic] = {**summary, "observed_at": entry.observed_at}
+                self._tell(topic, self.current[topic])
             elif not (force or refresh or entry.at == 0.0):
                 continue
             due.append((topic, json.dumps({**summary, "observed_at": entry.observed_at},
                                           separators=(",", ":")).encode()))
         gone = [t for t in self._published if t not in summaries]
+        for topic in gone:
+            if self.current.pop(topic, None) is not None:
+                self._tell(topic, None)
         extra = self._extra(summaries) if self._extra else {}
         due += [(t, p) for t, p in extra.items() if force or self._extra_published.get(t) != p]
         gone += [t for t in self._extra_published if t not in extra]

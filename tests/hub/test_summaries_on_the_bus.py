@@ -166,3 +166,34 @@ async def test_the_hub_says_it_is_offline_when_it_stops(hub_settings: HubSetting
         await watcher.until("ec/v1/hub/state", lambda s: s["online"] is True)
     state = await watcher.until("ec/v1/hub/state", lambda s: s["online"] is False)
     assert state["since"].endswith("Z")
+
+
+async def test_the_live_stream_sends_every_summary_then_each_change(hub: TestClient, watcher: Watcher):
+    await watcher.until(f"{SUMMARY}/fleet", bool)
+    response = await hub.get("/api/v1/stream")
+    assert response.status == 200 and response.headers["Content-Type"] == "text/event-stream"
+
+    async def events() -> AsyncIterator[tuple[str, Any]]:
+        event = ""
+        async for raw in response.content:
+            line = raw.decode().rstrip("\n")
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: "):
+                yield event, json.loads(line[6:])
+
+    stream = events()
+    first = []
+    async with asyncio.timeout(10):
+        async for event, data in stream:
+            if event == "ready":
+                break
+            first.append(data["topic"])
+    assert f"{SUMMARY}/fleet" in first
+    await answer(await join(hub, await create_token(hub), "sh-9"), 201)
+    async with asyncio.timeout(10):
+        async for event, data in stream:
+            if data.get("topic") == f"{SUMMARY}/nodes/sh-9":
+                assert event == "summary" and data["summary"]["node"] == "sh-9" and data["summary"]["observed_at"]
+                break
+    response.close()
