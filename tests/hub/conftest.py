@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import aiomqtt
 import pytest
 from aiohttp.test_utils import TestClient
-from hub_api import running_hub
+from bus_watch import Watcher
+from hub_api import running_hub, unique
 
 from deployer_plugin import load_component_file
 from edgehub.settings import HubSettings
@@ -51,3 +53,21 @@ async def stranger(hub: TestClient) -> AsyncIterator[aiohttp.ClientSession]:
     """A client of the same hub without the operator token."""
     async with aiohttp.ClientSession(base_url=hub.make_url("")) as session:
         yield session
+
+
+@pytest.fixture
+def fresh_broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A Mosquitto of this test alone: retained messages on it are this test's."""
+    broker = Mosquitto(tmp_path / "broker").start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+async def watcher(fresh_broker: Mosquitto) -> AsyncIterator[Watcher]:
+    async with aiomqtt.Client("127.0.0.1", fresh_broker.port, identifier=unique("dashboard")) as mqtt:
+        for topic in ("ec/v1/summary/#", "ec/v1/hub/state", "homeassistant/#"):
+            await mqtt.subscribe(topic, qos=1)
+        watcher = Watcher(mqtt)
+        yield watcher
+        watcher._task.cancel()

@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
 import pytest
 from aiohttp.test_utils import TestClient
+from bus_watch import SUMMARY, Watcher, settings_for
 from hub_api import answer, create_token, join, unique
 
 from edgehub.settings import HubSettings
@@ -23,54 +24,10 @@ from edgeprotocol import topics
 from edgeprotocol.messages import Condition, NodeStatus, Presence, ReleaseStatus, now
 from edgesim.fleet import Mosquitto
 
-SUMMARY = "ec/v1/summary"
-
-
-@pytest.fixture
-def fresh_broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    broker = Mosquitto(tmp_path / "broker").start()
-    yield broker
-    broker.stop()
-
 
 @pytest.fixture
 def hub_settings(tmp_path: Path, fresh_broker: Mosquitto) -> HubSettings:
-    return HubSettings(state_dir=tmp_path / "state", mqtt_url=fresh_broker.url, summary_interval_seconds=0.2,
-                       ha_discovery_prefix="homeassistant")
-
-
-class Watcher:
-    """A plain subscriber: the latest retained payload of every topic it saw, and how often each came."""
-
-    def __init__(self, mqtt: aiomqtt.Client) -> None:
-        self.mqtt = mqtt
-        self.latest: dict[str, Any] = {}
-        self.counts: dict[str, int] = {}
-        self._task = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        async for message in self.mqtt.messages:
-            topic, payload = message.topic.value, bytes(message.payload)  # type: ignore[arg-type]
-            self.latest[topic] = json.loads(payload) if payload else None
-            self.counts[topic] = self.counts.get(topic, 0) + 1
-
-    async def until(self, topic: str, check: Any, timeout: float = 10) -> Any:
-        async with asyncio.timeout(timeout):
-            while True:
-                value = self.latest.get(topic)
-                if topic in self.latest and check(value):
-                    return value
-                await asyncio.sleep(0.05)
-
-
-@pytest.fixture
-async def watcher(fresh_broker: Mosquitto) -> AsyncIterator[Watcher]:
-    async with aiomqtt.Client("127.0.0.1", fresh_broker.port, identifier=unique("dashboard")) as mqtt:
-        for topic in (f"{SUMMARY}/#", "ec/v1/hub/state", "homeassistant/#"):
-            await mqtt.subscribe(topic, qos=1)
-        watcher = Watcher(mqtt)
-        yield watcher
-        watcher._task.cancel()
+    return settings_for(tmp_path, fresh_broker)
 
 
 async def report(broker: Mosquitto, node: str, *, seq: int, phase: str = "Deployed", online: bool = True) -> None:
