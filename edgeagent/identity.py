@@ -20,7 +20,6 @@ CA is kept in ``identity.json`` and verifies every later HTTPS call
 from __future__ import annotations
 
 import json
-import os
 import socket
 import ssl
 from dataclasses import asdict, dataclass
@@ -33,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.x509.oid import NameOID
 
+from edgekit.files import write_atomic
 from edgekit.http import HttpError, JsonHttpClient, is_loopback_host, tls_context, unverified_tls_context
 from edgekit.mqtt import BrokerAddress, TlsIdentity
 from edgeprotocol import bundle_crypto
@@ -92,7 +92,7 @@ class NodeIdentity:
         return TlsIdentity(ca_pem=self.ca_certificate, cert_file=state_dir / CERT_FILE, key_file=state_dir / KEY_FILE)
 
     def save(self, state_dir: Path) -> None:
-        _write_atomic(state_dir / IDENTITY_FILE, json.dumps(asdict(self), indent=2).encode(), mode=0o644)
+        write_atomic(state_dir / IDENTITY_FILE, json.dumps(asdict(self), indent=2).encode(), mode=0o644)
 
     def hub_client(self, *, timeout: float) -> JsonHttpClient:
         """A client of the hub this node joined: over HTTPS, trusting only the hub CA kept at join."""
@@ -113,15 +113,6 @@ def make_private_dir(path: Path) -> None:
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     path.chmod(0o700)
 
-
-def _write_atomic(path: Path, data: bytes, *, mode: int) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def load_bundle_key(state_dir: Path) -> X25519PrivateKey | None:
@@ -248,9 +239,9 @@ def join(
         raise JoinError(f"the hub answered the join with a CA certificate of SHA-256 {answered}, not {wanted}: "
                         "nothing was stored; ask the hub's operator")
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    _write_atomic(state_dir / KEY_FILE, key_pem, mode=0o600)
-    _write_atomic(state_dir / BUNDLE_KEY_FILE, bundle_crypto.private_key_pem(bundle_key), mode=0o600)
-    _write_atomic(state_dir / CERT_FILE, answer["certificate"].encode(), mode=0o644)
+    write_atomic(state_dir / KEY_FILE, key_pem, mode=0o600)
+    write_atomic(state_dir / BUNDLE_KEY_FILE, bundle_crypto.private_key_pem(bundle_key), mode=0o600)
+    write_atomic(state_dir / CERT_FILE, answer["certificate"].encode(), mode=0o644)
     identity = NodeIdentity(
         node=answer["node"],
         pool=answer["pool"],

@@ -49,11 +49,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import NameOID
 
+from edgekit.files import write_atomic
 from edgekit.http import HttpError, JsonHttpClient
 from edgeprotocol.enrollment import renew_after, renewal_payload
 from edgeprotocol.errors import EdgeError
 
-from .identity import CERT_FILE, KEY_FILE, NodeIdentity, _write_atomic, make_csr
+from .identity import CERT_FILE, KEY_FILE, NodeIdentity, make_csr
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +188,7 @@ def renew(state_dir: Path, identity: NodeIdentity) -> x509.Certificate:
         pending = _load_key(pending_path)
     else:
         pending = Ed25519PrivateKey.generate()
-        _write_atomic(pending_path, pending.private_bytes(
+        write_atomic(pending_path, pending.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()), mode=0o600)
     csr = make_csr(pending, identity.node)
     try:
@@ -208,7 +209,7 @@ def renew(state_dir: Path, identity: NodeIdentity) -> x509.Certificate:
     except EdgeError as exc:  # JoinError: no CA to verify the hub with
         raise RenewalError(str(exc)) from exc
     certificate = _checked(answer, identity, pending)
-    _write_atomic(state_dir / PENDING_CERT_FILE, certificate.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    write_atomic(state_dir / PENDING_CERT_FILE, certificate.public_bytes(serialization.Encoding.PEM), mode=0o644)
     os.replace(pending_path, state_dir / KEY_FILE)
     os.replace(state_dir / PENDING_CERT_FILE, state_dir / CERT_FILE)
     _fsync_dir(state_dir)

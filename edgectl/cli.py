@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from edgekit.files import write_atomic
 from edgekit.http import HttpError, JsonHttpClient, tls_context
 from edgekit.mqtt import BrokerAddress
 from edgekit.table import format_table
@@ -364,7 +365,7 @@ def cmd_credentials(hub: JsonHttpClient, args: argparse.Namespace) -> None:
     key, csr = client_key_and_csr(f"dashboard.{name}")
     answer = hub.post("/api/v1/credentials", {"role": args.role, "name": name, "csr": csr})
     out.mkdir(mode=0o700, parents=True, exist_ok=True)
-    write_private(out / "client.key", key)
+    write_atomic(out / "client.key", key)
     (out / "client.crt").write_text(answer["certificate"])
     (out / "ca.crt").write_text(answer["ca_certificate"])
     if args.output == "json":
@@ -389,11 +390,6 @@ def client_key_and_csr(common_name: str) -> tuple[bytes, str]:
                             serialization.NoEncryption())
     return pem, csr.public_bytes(serialization.Encoding.PEM).decode()
 
-
-def write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
 
 
 COMMANDS = {"token": cmd_token, "apply": cmd_apply, "get": cmd_get, "describe": cmd_describe, "delete": cmd_delete,

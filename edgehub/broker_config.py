@@ -23,8 +23,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgekit.files import write_atomic
+
 from .broker_roles import initial_document
-from .identity import HubIdentity, write_private
+from .identity import HubIdentity
 
 CONFIG_FILE = "mosquitto.conf"
 DYNSEC_FILE = "dynamic-security.json"
@@ -96,7 +98,7 @@ def write_mosquitto_config(state_dir: Path, listen_host: str, listen_port: int, 
                                 usage="server", names=server_names(listen_host, names))
     dynsec = out_dir / DYNSEC_FILE
     if not dynsec.exists():
-        write_private(dynsec, json.dumps(initial_document(), indent=2).encode())
+        write_atomic(dynsec, json.dumps(initial_document(), indent=2).encode())
     config = out_dir / CONFIG_FILE
     config.write_text("")  # owned with the rest before the text is known
     account, warning = _broker_account(out_dir, user)

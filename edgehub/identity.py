@@ -17,13 +17,14 @@ from pathlib import Path
 from typing import Literal
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from edgekit.files import write_atomic
 from edgeprotocol.enrollment import certificate_fingerprint
 from edgeprotocol.signing import public_key_pem
 
@@ -127,6 +128,9 @@ class HubIdentity:
             .not_valid_before(now - min(BACKDATE, lifetime / 20))
             .not_valid_after(now + lifetime)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                         data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                                         crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
             .add_extension(x509.ExtendedKeyUsage([_USAGE_OIDS[usage]]), critical=False)
         )
         if names:
@@ -135,28 +139,24 @@ class HubIdentity:
         return builder.sign(self.key, algorithm=None)
 
     def ensure_certificate(self, key_path: Path, cert_path: Path, common_name: str, *, usage: Usage,
-                           names: Sequence[str] = ()) -> bool:
-        """Make sure ``cert_path`` holds a certificate of this CA for ``common_name`` and ``names`` with a third
-        of its life left, and ``key_path`` its key (ECDSA P-256: every TLS client takes it); issue a new pair
-        otherwise. The key is written owner-only. Returns True when it issued one."""
-        if _still_good(self, cert_path, key_path, common_name, names):
-            return False
+                           names: Sequence[str] = (), days: float = SERVICE_CERT_DAYS,
+                           now: dt.datetime | None = None) -> str | None:
+        """Make sure ``cert_path`` holds a certificate of this CA for ``common_name`` and exactly ``names``, for
+        the key in ``key_path``, with more than a third of its life left; otherwise issue a new pair (an ECDSA
+        P-256 key, which every TLS client takes; the key written owner-only, first). Returns why it issued one,
+        or None when the stored one serves. Blocking: call it from a thread."""
+        now = now or dt.datetime.now(dt.UTC)
+        why = _why_reissue(self, key_path, cert_path, common_name, names, now)
+        if why is None:
+            return None
         key = ec.generate_private_key(ec.SECP256R1())
-        cert = self.issue(key.public_key(), common_name, usage=usage, lifetime=dt.timedelta(days=SERVICE_CERT_DAYS),
-                          names=names)
-        write_private(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                  serialization.NoEncryption()))
-        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        return True
+        cert = self.issue(key.public_key(), common_name, usage=usage, lifetime=dt.timedelta(days=days), names=names)
+        # The key first: a crash between the two leaves a pair that does not match, issued again next time.
+        write_atomic(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                 serialization.NoEncryption()))
+        write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+        return why
 
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` readable by the owner only, replacing it atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def _general_name(name: str) -> x509.GeneralName:
@@ -166,27 +166,36 @@ def _general_name(name: str) -> x509.GeneralName:
         return x509.DNSName(name)
 
 
-def _still_good(identity: HubIdentity, cert_path: Path, key_path: Path, common_name: str,
-                names: Sequence[str]) -> bool:
+def _why_reissue(identity: HubIdentity, key_path: Path, cert_path: Path, common_name: str, names: Sequence[str],
+                 now: dt.datetime) -> str | None:
+    """Why the stored pair cannot serve as it is; None when it can."""
+    if not key_path.exists() or not cert_path.exists():
+        return "there is none yet"
     try:
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-    except (OSError, ValueError):
-        return False
+    except (OSError, ValueError) as exc:
+        return f"the stored one does not load ({exc})"
+    if key.public_key() != cert.public_key():
+        return "the stored key and certificate do not match"
     try:
-        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        current = {str(n.value) for n in sans}
+        cert.verify_directly_issued_by(identity.ca_certificate)
+    except (ValueError, TypeError, InvalidSignature) as exc:
+        return f"the stored one is not issued by this hub's CA ({type(exc).__name__})"
+    held = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if not held or held[0].value != common_name:
+        return f"the stored one is not for {common_name!r}"
+    try:
+        sans = {str(n.value) for n in cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value}
     except x509.ExtensionNotFound:
-        current = set()
-    now = dt.datetime.now(dt.UTC)
-    life = cert.not_valid_after_utc - cert.not_valid_before_utc
-    return (
-        cert.issuer == identity.ca_certificate.subject
-        and cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == common_name
-        and current == {str(_general_name(n).value) for n in names}
-        and cert.public_key() == key.public_key()
-        and cert.not_valid_after_utc - now > life / 3
-    )
+        sans = set()
+    if sans != {str(_general_name(n).value) for n in names}:
+        return "the names it must hold have changed"
+    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+    if now >= end - (end - start) / 3:
+        return f"it expires on {end:%Y-%m-%d}"
+    return None
+
 
 
 def _self_signed_ca(key: Ed25519PrivateKey) -> x509.Certificate:

@@ -24,7 +24,6 @@ import contextlib
 import datetime as dt
 import ipaddress
 import logging
-import os
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -32,10 +31,6 @@ from pathlib import Path
 
 from aiohttp import web
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edgekit.http import is_loopback_host
 
@@ -93,69 +88,8 @@ class ServerNames:
         return cls(dns=frozenset(san.get_values_for_type(x509.DNSName)),
                    ips=frozenset(str(ip) for ip in san.get_values_for_type(x509.IPAddress)))
 
-    def extension(self) -> x509.SubjectAlternativeName:
-        return x509.SubjectAlternativeName(
-            [x509.DNSName(n) for n in sorted(self.dns)]
-            + [x509.IPAddress(ipaddress.ip_address(a)) for a in sorted(self.ips)])
-
-
-def _why_reissue(state_dir: Path, identity: HubIdentity, names: ServerNames, now: dt.datetime) -> str | None:
-    """Why the stored server certificate cannot be served as it is; None when it can."""
-    key_path, cert_path = state_dir / SERVER_KEY_FILE, state_dir / SERVER_CERT_FILE
-    if not key_path.exists() or not cert_path.exists():
-        return "there is none yet"
-    try:
-        certificate = x509.load_pem_x509_certificate(cert_path.read_bytes())
-        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-    except ValueError as exc:
-        return f"the stored one does not load ({exc})"
-    if key.public_key() != certificate.public_key():
-        return "the stored key and certificate do not match"
-    try:
-        certificate.verify_directly_issued_by(identity.ca_certificate)
-    except (ValueError, TypeError, InvalidSignature) as exc:
-        return f"the stored one is not issued by this hub's CA ({type(exc).__name__})"
-    if ServerNames.in_certificate(certificate) != names:
-        return "the names the hub answers to have changed"
-    start, end = certificate.not_valid_before_utc, certificate.not_valid_after_utc
-    if now >= end - (end - start) / 3:
-        return f"it expires on {end:%Y-%m-%d}"
-    return None
-
-
-def _issue(state_dir: Path, identity: HubIdentity, names: ServerNames, now: dt.datetime) -> None:
-    key = ec.generate_private_key(ec.SECP256R1())
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edgecollab hub")]))
-        .issuer_name(identity.ca_certificate.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=SERVER_CERT_DAYS))
-        .add_extension(names.extension(), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                                     crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(identity.key, algorithm=None)
-    )
-    # The key first: a crash between the two leaves a pair that does not
-    # match, which the next check issues again.
-    _write_atomic(state_dir / SERVER_KEY_FILE, key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()), mode=0o600)
-    _write_atomic(state_dir / SERVER_CERT_FILE, certificate.public_bytes(serialization.Encoding.PEM), mode=0o644)
-
-
-def _write_atomic(path: Path, data: bytes, *, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    def names(self) -> list[str]:
+        return sorted(self.dns) + sorted(self.ips)
 
 
 def ensure_server_certificate(settings: HubSettings, identity: HubIdentity, *,
@@ -164,14 +98,13 @@ def ensure_server_certificate(settings: HubSettings, identity: HubIdentity, *,
 
     Blocking (key generation, files): call it from a thread.
     """
-    now = now or dt.datetime.now(dt.UTC)
-    names = ServerNames.of(settings)
-    why = _why_reissue(settings.state_dir, identity, names, now)
+    names = ServerNames.of(settings).names()
+    why = identity.ensure_certificate(settings.state_dir / SERVER_KEY_FILE, settings.state_dir / SERVER_CERT_FILE,
+                                      "edgecollab hub", usage="server", names=names, days=SERVER_CERT_DAYS, now=now)
     if why is None:
         return False
-    _issue(settings.state_dir, identity, names, now)
-    logger.info("Issued the API's server certificate (%s) for %s, valid %d days", why,
-                ", ".join(sorted(names.dns) + sorted(names.ips)), SERVER_CERT_DAYS)
+    logger.info("Issued the API's server certificate (%s) for %s, valid %d days", why, ", ".join(names),
+                SERVER_CERT_DAYS)
     return True
 
 

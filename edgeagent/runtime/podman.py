@@ -201,6 +201,8 @@ from typing import Any
 
 import yaml
 
+from edgekit.files import write_atomic
+
 from ..policy import NodePolicy
 from .base import (
     ApplyResult,
@@ -941,13 +943,7 @@ def _load_played(path: Path, known: PlayedFile | None) -> PlayedFile | None:
 def _write_private(path: Path, text: str) -> None:
     """Write ``text`` atomically, readable by the agent only (it may hold Secret data)."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, text)
 
 
 def _forget(path: Path, files_dir: Path, hooks_file: Path) -> None:
