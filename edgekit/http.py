@@ -3,7 +3,8 @@
 Synchronous on purpose: both callers are one-shot commands with no event loop.
 Every failure is an ``HttpError``: ``status`` is the HTTP status of an answer
 that was an error (its JSON ``error`` field is the message), 0 when nothing
-answered.
+answered. When nothing answered at all (connection refused, a timeout, a name
+that does not resolve) it is the subclass ``Unreachable``.
 
 With ``token`` every request carries ``Authorization: Bearer <token>``.
 Redirects are not followed: urllib would send that header on to wherever a
@@ -12,6 +13,7 @@ redirect points, so a redirect is an error naming where it pointed.
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -27,6 +29,10 @@ class HttpError(Exception):
     def __init__(self, message: str, status: int = 0) -> None:
         super().__init__(message)
         self.status = status
+
+
+class Unreachable(HttpError):
+    """Nothing answered: the server could not be reached, or did not answer in time."""
 
 
 class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
@@ -71,7 +77,11 @@ class JsonHttpClient:
                 message = exc.reason
             raise HttpError(str(message), status=exc.code) from exc
         except (urllib.error.URLError, OSError) as exc:
-            raise HttpError(f"cannot reach {self.name} at {self.base_url}: {exc}") from exc
+            raise Unreachable(f"cannot reach {self.name} at {self.base_url}: {exc}") from exc
+        except http.client.HTTPException as exc:
+            # Something answered, but not HTTP (another service on the port), or broke off its answer.
+            raise HttpError(f"{self.name} at {self.base_url} answered {method} {path} with something that is "
+                            f"not a whole HTTP answer ({type(exc).__name__})") from exc
         except ValueError as exc:
             raise HttpError(f"{self.name} at {self.base_url} answered {method} {path} with invalid JSON") from exc
 
