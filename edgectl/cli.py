@@ -25,7 +25,9 @@ events [--node N] [--limit N]`` lists nodes' events in the order they reached
 the hub; ``--follow`` then prints new ones as they arrive (``-o json``: one
 event a line). A watch or follow runs until Ctrl-C or ``--timeout`` (both
 exit 0); a hub that cannot be reached meanwhile is said once on stderr and
-polled on until it answers, which is said too.
+polled on until it answers, which is said too (one that cannot be reached at
+the start ends it at once with 3, as any command). Any other error the hub
+answers ends it with that error's code.
 
 Exit codes (scripts can rely on them; ``edgectl --help`` lists them):
 
