@@ -119,7 +119,7 @@ async def test_a_watch_prints_the_table_then_a_node_that_joins_and_a_node_that_c
     code, listed, _ = await run(hub, "get", "nodes")
     assert code == 0
 
-    ctl = await watch(hub, "get", "nodes", "-w", "--interval", "0.5", "--timeout", "6")
+    ctl = await watch(hub, "get", "nodes", "-w", "--interval", "0.5", "--timeout", "8")
     header, first = await ctl.line(), await ctl.line()
     assert [header, first] == listed.splitlines()  # the list first, exactly as without -w
     assert first.split()[:3] == ["sh-1", "shanghai", "unknown"]
