@@ -11,7 +11,36 @@ own CA: ``--ca-file`` or ``EDGECOLLAB_CA_FILE`` names that CA's certificate
 The operator token comes from ``--token``, else ``EDGECOLLAB_TOKEN``, else the
 file ``EDGECOLLAB_TOKEN_FILE`` names (the hub writes it to ``STATE/admin-token``);
 prefer the file: a flag's value shows in the process list.
-Every ``get`` and ``describe`` takes ``-o json`` for scripts.
+
+Output (``-o``): ``get``, ``events`` and ``credentials list`` print a table
+(``-o table``, the default), ``-o wide`` (more columns), ``-o json`` or
+``-o yaml``; ``describe`` prints text (``-o wide``: its tables with more
+columns), ``-o json`` or ``-o yaml``; the commands that change something print
+a line of text, ``-o json`` or ``-o yaml``.
+
+``edgectl get nodes|pools|components -w`` prints the list, then polls the hub
+(``--interval``, default 2 s) and prints only rows that changed: a new or
+changed row again, a row that went away with ``<deleted>`` in its PRESENCE
+(nodes), NODES (pools) or READY (components) column; with ``-o json`` one JSON
+object a line, ``{"type": "ADDED"|"MODIFIED"|"DELETED", "object": {...}}``
+(the list first, as ADDED), with ``-o yaml`` one such document each. ``edgectl
+events [--node N] [--limit N]`` lists nodes' events in the order they reached
+the hub; ``--follow`` then prints new ones as they arrive (``-o json``: one
+event a line). A watch or follow runs until Ctrl-C or ``--timeout`` (both
+exit 0); a hub that cannot be reached meanwhile is said once on stderr and
+polled on until it answers, which is said too (one that cannot be reached at
+the start ends it at once with 3, as any command). Any other error the hub
+answers ends it with that error's code.
+
+Exit codes (scripts can rely on them; ``edgectl --help`` lists them):
+
+    0    success; a watch or follow ended by Ctrl-C or --timeout
+    1    the hub answered with an error or refused the request (4xx but 404, 5xx),
+         or edgectl could not do what was asked here (no operator token, a file it cannot read)
+    2    usage: an unknown command, flag or value (argparse says which)
+    3    the hub could not be reached: connection refused, no answer in time, a name that does not resolve
+    4    not found: the hub answered 404 (no such node, component or credential)
+    130  interrupted by Ctrl-C (but a watch or follow, which ends with 0)
 
 Whatever came from the hub (names, status messages, events, notes) can hold
 what a node or chart author wrote: everything printed goes through ``say``,
@@ -29,17 +58,22 @@ import os
 import re
 import secrets
 import sys
+import urllib.parse
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from edgectl.follow import DEFAULT_INTERVAL, MAX_INTERVAL, MIN_INTERVAL, poll_until_stopped
 from edgekit.files import write_atomic
-from edgekit.http import HttpError, JsonHttpClient, tls_context
+from edgekit.http import HttpError, JsonHttpClient, Unreachable, tls_context
 from edgekit.mqtt import BrokerAddress
 from edgekit.table import format_table
 from edgeprotocol.errors import EdgeError
@@ -64,6 +98,29 @@ _CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_NOT_FOUND, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+EXIT_CODES = """exit codes:
+  0    success; a watch (get -w) or follow (events --follow) ended by Ctrl-C or --timeout
+  1    the hub answered with an error or refused the request (4xx but 404, 5xx), or edgectl
+       could not do what was asked here (no operator token, a file it cannot read)
+  2    usage: an unknown command, flag or value
+  3    the hub could not be reached: connection refused, no answer in time, a name that does not resolve
+  4    not found: the hub answered 404 (no such node, component or credential)
+  130  interrupted by Ctrl-C (but a watch or follow, which ends with 0)
+"""
+# -o: lists print a table, single objects text; json and yaml print the hub's answer as it is.
+LIST_OUTPUTS = ["table", "wide", "json", "yaml"]
+TEXT_OUTPUTS = ["text", "json", "yaml"]
+DESCRIBE_OUTPUTS = ["text", "wide", "json", "yaml"]
+DATA_OUTPUTS = ("json", "yaml")
+# A watched row that went away is printed once more with this in one column.
+DELETED = "<deleted>"
+DELETED_COLUMN = {"nodes": "presence", "pools": "nodes", "components": "ready"}
+# events --limit: the hub answers at most this many a request.
+MAX_EVENTS = 1000
+# events --follow remembers this many events it printed, to print none twice.
+FOLLOW_MEMORY = 20_000
+
 
 class CommandError(EdgeError):
     """A command that cannot run here; the message says why and what to do."""
@@ -75,6 +132,36 @@ def duration(text: str) -> float:
     if not match or float(match.group(1)) <= 0:
         raise argparse.ArgumentTypeError(f"duration {text!r} must look like 90s, 15m, 1h or 2d")
     return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def interval(text: str) -> float:
+    """A polling interval: a duration from MIN_INTERVAL to MAX_INTERVAL seconds."""
+    seconds = duration(text)
+    if not MIN_INTERVAL <= seconds <= MAX_INTERVAL:
+        raise argparse.ArgumentTypeError(f"interval {text!r} must be from {MIN_INTERVAL:g} s to {MAX_INTERVAL:g} s")
+    return seconds
+
+
+def events_limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_EVENTS:
+        raise argparse.ArgumentTypeError(f"limit {text!r} must be an integer from 1 to {MAX_EVENTS}")
+    return value
+
+
+def hub_url(text: str) -> str:
+    """The hub's base URL: http:// or https:// and a host (a typo fails as usage, not as a traceback)."""
+    try:
+        parts = urllib.parse.urlsplit(text.strip())
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"hub URL {text!r} is not a URL: {exc}") from exc
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(f"hub URL {text!r} must look like http://HOST:PORT")
+    return text.strip()
 
 
 def _component_ref(name: str, namespace: str) -> tuple[str, str]:
@@ -95,8 +182,9 @@ def one_line(value: Any) -> str:
 
 
 def say(text: Any, *, err: bool = False) -> None:
-    """Print ``text`` sanitized: every line edgectl prints goes through here."""
-    print(sanitize(text), file=sys.stderr if err else sys.stdout)
+    """Print ``text`` sanitized: every line edgectl prints goes through here. Flushed, so a watch
+    piped to another command shows each change when it happens."""
+    print(sanitize(text), file=sys.stderr if err else sys.stdout, flush=True)
 
 
 def show_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
@@ -122,9 +210,18 @@ def operator_token(args: argparse.Namespace, environ: Mapping[str, str]) -> tupl
     return None, ""
 
 
+def _add_polling(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--interval", type=interval, metavar="SECONDS",
+                        help=f"seconds between two polls of {what}, e.g. 2 or 0.5 ({MIN_INTERVAL:g} to "
+                             f"{MAX_INTERVAL:g}; default: {DEFAULT_INTERVAL:g})")
+    parser.add_argument("--timeout", type=duration, metavar="SECONDS",
+                        help=f"end {what} after this long, with exit code 0, e.g. 30s or 5m (default: until Ctrl-C)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgectl", description="Command line for an edgecollab hub.")
-    parser.add_argument("--hub", default=os.environ.get("EDGECOLLAB_HUB", DEFAULT_HUB),
+    parser = argparse.ArgumentParser(prog="edgectl", description="Command line for an edgecollab hub.",
+                                     epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hub", type=hub_url, default=os.environ.get("EDGECOLLAB_HUB", DEFAULT_HUB),
                         help="hub URL (default: $EDGECOLLAB_HUB or %(default)s)")
     parser.add_argument("--token", help=f"operator token (default: ${TOKEN_ENV}, else the file ${TOKEN_FILE_ENV} "
                                         "names; the hub writes it to STATE/admin-token)")
@@ -138,27 +235,47 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--pool", required=True)
     create.add_argument("--ttl", type=duration, help="lifetime, e.g. 15m or 1h (hub default: 1h)")
     create.add_argument("--uses", type=int, help="how many nodes may join with it (hub default: 1)")
-    create.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    create.add_argument("-o", "--output", choices=TEXT_OUTPUTS, default="text")
 
     apply = sub.add_parser("apply", help="apply a component spec")
     apply.add_argument("-f", "--filename", type=Path, required=True)
-    apply.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    apply.add_argument("-o", "--output", choices=TEXT_OUTPUTS, default="text")
 
-    get = sub.add_parser("get", help="list nodes, pools or components")
+    get = sub.add_parser("get", help="list nodes, pools or components (-w: and watch them)",
+                         epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     get.add_argument("kind", choices=["nodes", "pools", "components", "node", "pool", "component"])
-    get.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    get.add_argument("-o", "--output", choices=LIST_OUTPUTS, default="table",
+                     help="table (default), wide (more columns), json or yaml; with -w, json prints one "
+                          'object a line: {"type": "ADDED"|"MODIFIED"|"DELETED", "object": ...}')
+    get.add_argument("-w", "--watch", action="store_true",
+                     help="after the list, poll the hub and print each row that changes, appears or goes away")
+    _add_polling(get, "-w")
+    get.set_defaults(polling_parser=get)
+
+    events = sub.add_parser("events", help="nodes' events, in the order they reached the hub (-f: and follow)",
+                            epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    events.add_argument("--node", help="one node's events only (default: every node's)")
+    events.add_argument("--limit", type=events_limit, default=100,
+                        help=f"show at most this many of the latest (1 to {MAX_EVENTS}, default: %(default)s)")
+    events.add_argument("-f", "--follow", action="store_true", help="then print new events as they arrive")
+    events.add_argument("-o", "--output", choices=LIST_OUTPUTS, default="table",
+                        help="table (default), wide (more columns), json or yaml; with --follow, json prints "
+                             "one event a line")
+    _add_polling(events, "--follow")
+    events.set_defaults(polling_parser=events)
 
     describe = sub.add_parser("describe", help="show one component with its per-node status")
     describe.add_argument("kind", choices=["component", "node"])
     describe.add_argument("name", help="NAME or NAMESPACE/NAME")
     describe.add_argument("-n", "--namespace", default="default")
-    describe.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    describe.add_argument("-o", "--output", choices=DESCRIBE_OUTPUTS, default="text",
+                          help="text (default), wide (more columns in its tables), json or yaml")
 
     delete = sub.add_parser("delete", help="delete a component from every node")
     delete.add_argument("kind", choices=["component"])
     delete.add_argument("name", help="NAME or NAMESPACE/NAME")
     delete.add_argument("-n", "--namespace", default="default")
-    delete.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    delete.add_argument("-o", "--output", choices=TEXT_OUTPUTS, default="text")
 
     node = sub.add_parser("node", help="a node's identity: free its name, or refuse it").add_subparsers(
         dest="action", required=True)
@@ -167,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = node.add_parser("revoke", help="refuse the node (its messages, its re-join) until it is reset")
     for action in (reset, revoke):
         action.add_argument("name", help="the node's name")
-        action.add_argument("-o", "--output", choices=["text", "json"], default="text")
+        action.add_argument("-o", "--output", choices=TEXT_OUTPUTS, default="text")
 
     credentials = sub.add_parser("credentials", help="broker credentials for MQTT dashboards").add_subparsers(
         dest="action", required=True)
@@ -178,18 +295,66 @@ def build_parser() -> argparse.ArgumentParser:
     cred_create.add_argument("--name", help="a name for it, e.g. grafana (default: dashboard-<random>)")
     cred_create.add_argument("--out", type=Path, help="directory for client.key, client.crt and ca.crt "
                                                       "(default: ./NAME)")
-    cred_create.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    cred_create.add_argument("-o", "--output", choices=TEXT_OUTPUTS, default="text")
     cred_list = credentials.add_parser("list", help="credentials the hub issued")
-    cred_list.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    cred_list.add_argument("-o", "--output", choices=LIST_OUTPUTS, default="table")
     cred_revoke = credentials.add_parser("revoke", help="revoke one: the broker disconnects and refuses it")
     cred_revoke.add_argument("name")
-    cred_revoke.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    cred_revoke.add_argument("-o", "--output", choices=TEXT_OUTPUTS, default="text")
     return parser
+
+
+def streaming(args: argparse.Namespace) -> bool:
+    """Whether the command watches or follows (Ctrl-C then ends it with exit code 0)."""
+    return bool(getattr(args, "watch", False) or getattr(args, "follow", False))
+
+
+def check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """What argparse cannot say: --interval and --timeout mean something only with -w or --follow."""
+    if getattr(args, "interval", None) is None and getattr(args, "timeout", None) is None:
+        return
+    if not streaming(args):
+        flag = "-w/--watch" if args.command == "get" else "-f/--follow"
+        getattr(args, "polling_parser", parser).error(f"--interval and --timeout apply only with {flag}")
 
 
 def _print_json(data: Any) -> None:
     # json.dumps escapes control characters already; say() keeps the one path.
     say(json.dumps(data, indent=2, sort_keys=True))
+
+
+def to_yaml(data: Any) -> str:
+    """``data`` as block-style YAML that ``yaml.safe_load`` reads back as the same data. Without
+    allow_unicode every character that is not printable ASCII is escaped (as json.dumps does)."""
+    return yaml.safe_dump(data, default_flow_style=False, sort_keys=True).rstrip("\n")
+
+
+def print_data(data: Any, output: str) -> None:
+    """The hub's answer as it is, for -o json or -o yaml."""
+    if output == "yaml":
+        say(to_yaml(data))
+    else:
+        _print_json(data)
+
+
+class RowPrinter:
+    """A table printed a few rows at a time (a watch): columns stay as wide as the widest cell so far,
+    so later rows line up under the header. The first print is what ``show_table`` prints."""
+
+    def __init__(self, columns: Sequence[str]) -> None:
+        self.columns = list(columns)
+        self.header = [c.upper().replace("_", " ") for c in columns]
+        self.widths = [len(h) for h in self.header]
+
+    def cells(self, row: Mapping[str, Any]) -> list[str]:
+        return [one_line(row.get(c)) for c in self.columns]
+
+    def print(self, rows: Sequence[list[str]], *, header: bool = False) -> None:
+        for cells in rows:
+            self.widths = [max(w, len(c)) for w, c in zip(self.widths, cells, strict=True)]
+        lines = ([self.header] if header else []) + list(rows)
+        for cells in lines:
+            say("  ".join(c.ljust(w) for c, w in zip(cells, self.widths, strict=True)).rstrip())
 
 
 def cmd_token(hub: JsonHttpClient, args: argparse.Namespace) -> None:
@@ -199,8 +364,8 @@ def cmd_token(hub: JsonHttpClient, args: argparse.Namespace) -> None:
     if args.uses is not None:
         body["uses"] = args.uses
     answer = hub.post("/api/v1/tokens", body)
-    if args.output == "json":
-        _print_json(answer)
+    if args.output in DATA_OUTPUTS:
+        print_data(answer, args.output)
     else:
         say(one_line(answer["token"]))
 
@@ -219,8 +384,8 @@ def cmd_apply(hub: JsonHttpClient, args: argparse.Namespace) -> None:
         "/api/v1/components",
         {"component": component.to_document(), "chart_archive": base64.b64encode(archive).decode()},
     )
-    if args.output == "json":
-        _print_json(answer)
+    if args.output in DATA_OUTPUTS:
+        print_data(answer, args.output)
         return
     verb = "configured" if answer["changed"] else "unchanged"
     say(f"component/{one_line(answer['component'])} {verb} (revision {one_line(answer['revision'])}"
@@ -241,26 +406,121 @@ def notes_section(notes: str) -> str:
 def cmd_get(hub: JsonHttpClient, args: argparse.Namespace) -> None:
     kind = args.kind.rstrip("s") + "s"
     data = hub.get(f"/api/v1/{kind}")
-    if args.output == "json":
-        _print_json(data)
-    elif kind == "nodes":
-        rows = [{**n, "releases": ", ".join(f"{r['namespace']}/{r['release']}@{r.get('applied_revision', 0)}:{r.get('phase', '?')}"
-                                           for r in n["releases"]) or "-",
-                 "labels": ",".join(f"{k}={v}" for k, v in sorted(n["labels"].items())) or "-"}
-                for n in data]
-        rows = [{**r, "conditions": conditions_column(r["conditions"])} for r in rows]
-        show_table(rows, ["name", "pool", "presence", "conditions", "last_seen", "labels", "releases"])
-    elif kind == "pools":
-        show_table(data, ["pool", "nodes", "online"])
+    watch = ListWatch(kind, args.output) if args.watch else None
+    if watch is not None:
+        watch.show(data)
+    elif args.output in DATA_OUTPUTS:
+        print_data(data, args.output)
     else:
-        rows = [{**c, "component": f"{c['namespace']}/{c['name']}", "chart": f"{c['chart']['name']}-{c['chart']['version']}",
-                 "ready": f"{c['deployed']}/{c['targets']}"} for c in data]
-        show_table(rows, ["component", "revision", "chart", "ready"])
+        show_table(*list_table(kind, data, wide=args.output == "wide"))
     if kind == "nodes":
         # What the operator should know about how the hub runs (an anonymous broker): on stderr, so
         # -o json stays parseable.
         for warning in hub.get("/healthz").get("warnings", []):
             say(f"warning: {one_line(warning)}", err=True)
+    if watch is not None:
+        poll_until_stopped(hub, lambda resumed: watch.show(hub.get(f"/api/v1/{kind}")),
+                           interval=args.interval or DEFAULT_INTERVAL, timeout=args.timeout,
+                           note=lambda text: say(text, err=True))
+
+
+NODE_COLUMNS = ["name", "pool", "presence", "conditions", "last_seen", "labels", "releases"]
+NODE_WIDE_COLUMNS = ["name", "pool", "presence", "standing", "generation", "conditions", "last_seen",
+                     "agent_version", "runtime", "bundles", "labels", "releases"]
+COMPONENT_COLUMNS = ["component", "revision", "chart", "ready"]
+COMPONENT_WIDE_COLUMNS = ["component", "revision", "chart", "ready", "phases", "pools"]
+
+
+def _counts(counts: Mapping[str, Any]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(counts.items())) or "-"
+
+
+def list_rows(kind: str, data: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The hub's list of ``kind`` as table rows (every column of -o wide; -o table shows some)."""
+    if kind == "nodes":
+        return [{**n,
+                 "releases": ", ".join(f"{r['namespace']}/{r['release']}@{r.get('applied_revision', 0)}:"
+                                       f"{r.get('phase', '?')}" for r in n["releases"]) or "-",
+                 "labels": _counts(n["labels"]),
+                 "conditions": conditions_column(n["conditions"]),
+                 "agent_version": n.get("agent_version") or "-",
+                 "runtime": n.get("runtime") or "-"}
+                for n in data]
+    if kind == "pools":
+        return list(data)
+    return [{**c, "component": f"{c['namespace']}/{c['name']}", "chart": f"{c['chart']['name']}-{c['chart']['version']}",
+             "ready": f"{c['deployed']}/{c['targets']}", "phases": _counts(c.get("phases", {})),
+             # Per pool, deployed/targets; a hub older than this edgectl does not say.
+             "pools": ",".join(f"{p or '?'}={n['deployed']}/{n['targets']}"
+                               for p, n in sorted(c.get("pools", {}).items())) or "-"}
+            for c in data]
+
+
+def list_columns(kind: str, *, wide: bool) -> list[str]:
+    if kind == "nodes":
+        return NODE_WIDE_COLUMNS if wide else NODE_COLUMNS
+    if kind == "pools":
+        return ["pool", "nodes", "online"]
+    return COMPONENT_WIDE_COLUMNS if wide else COMPONENT_COLUMNS
+
+
+def list_table(kind: str, data: list[dict[str, Any]], *, wide: bool) -> tuple[list[dict[str, Any]], list[str]]:
+    return list_rows(kind, data), list_columns(kind, wide=wide)
+
+
+def list_key(kind: str, item: Mapping[str, Any]) -> str:
+    """What names one row of ``kind`` from one poll to the next."""
+    if kind == "nodes":
+        return str(item["name"])
+    if kind == "pools":
+        return str(item["pool"])
+    return f"{item['namespace']}/{item['name']}"
+
+
+class ListWatch:
+    """``get -w``: the list, then what changed at each poll. A table prints a row that is new or whose
+    cells changed, and a row that went away with ``<deleted>`` in its DELETED_COLUMN; -o json and -o yaml
+    print ``{"type": "ADDED"|"MODIFIED"|"DELETED", "object": ...}`` for each item that is new, changed in
+    any field, or gone (json: one a line; yaml: one document each)."""
+
+    def __init__(self, kind: str, output: str) -> None:
+        self.kind = kind
+        self.output = output
+        self.table = None if output in DATA_OUTPUTS else RowPrinter(list_columns(kind, wide=output == "wide"))
+        # key -> (the item as the hub answered it, its row's cells)
+        self.known: dict[str, tuple[dict[str, Any], list[str]]] | None = None
+
+    def show(self, data: list[dict[str, Any]]) -> None:
+        first = self.known is None
+        known = self.known or {}
+        current: dict[str, tuple[dict[str, Any], list[str]]] = {}
+        changes: list[tuple[str, dict[str, Any], list[str]]] = []
+        for item, row in zip(data, list_rows(self.kind, data), strict=True):
+            key = list_key(self.kind, item)
+            cells = self.table.cells(row) if self.table else []
+            current[key] = (item, cells)
+            before = known.get(key)
+            if before is None:
+                changes.append(("ADDED", item, cells))
+            elif (before[1] != cells) if self.table else (before[0] != item):
+                changes.append(("MODIFIED", item, cells))
+        for key in sorted(known.keys() - current.keys()):
+            item, cells = known[key]
+            if self.table:
+                cells = list(cells)
+                cells[self.table.columns.index(DELETED_COLUMN[self.kind])] = DELETED
+            changes.append(("DELETED", item, cells))
+        self.known = current
+        if self.table:
+            if first or changes:
+                self.table.print([cells for _, _, cells in changes], header=first)
+            return
+        for change, item, _ in changes:
+            event = {"type": change, "object": item}
+            if self.output == "yaml":
+                say("---\n" + to_yaml(event))
+            else:
+                say(json.dumps(event, sort_keys=True))
 
 
 def conditions_column(conditions: list[dict[str, str]]) -> str:
@@ -272,10 +532,11 @@ def conditions_column(conditions: list[dict[str, str]]) -> str:
 
 
 def cmd_describe(hub: JsonHttpClient, args: argparse.Namespace) -> None:
+    wide = args.output == "wide"
     if args.kind == "node":
         data = hub.get(f"/api/v1/nodes/{args.name}")
-        if args.output == "json":
-            _print_json(data)
+        if args.output in DATA_OUTPUTS:
+            print_data(data, args.output)
             return
         d = {key: one_line(value) for key, value in data.items()}
         say(f"Node:      {d['name']}\nPool:      {d['pool']}\nPresence:  {d['presence']} since {d['presence_since']}"
@@ -293,28 +554,114 @@ def cmd_describe(hub: JsonHttpClient, args: argparse.Namespace) -> None:
         else:
             say("  none reported yet")
         say("Releases:")
-        show_table(data["releases"], ["namespace", "release", "applied_revision", "phase", "ready", "total", "message"])
+        show_table(data["releases"], ["namespace", "release", "desired_revision", "applied_revision", "phase", "ready",
+                                      "total", "observed_at", "stale", "message"] if wide else
+                   ["namespace", "release", "applied_revision", "phase", "ready", "total", "message"])
         return
     namespace, name = _component_ref(args.name, args.namespace)
     data = hub.get(f"/api/v1/components/{namespace}/{name}")
-    if args.output == "json":
-        _print_json(data)
+    if args.output in DATA_OUTPUTS:
+        print_data(data, args.output)
         return
     d, chart = {key: one_line(value) for key, value in data.items()}, {k: one_line(v) for k, v in data["chart"].items()}
     say(f"Component: {d['namespace']}/{d['name']}\nRevision:  {d['revision']}\n"
         f"Chart:     {chart['name']}-{chart['version']}\nReady:     {d['deployed']}/{d['targets']} node(s)")
     rows = [{**r, "ready": f"{r['ready']}/{r['total']}", "presence": r["presence"] + (" (stale)" if r.get("stale") else "")}
             for r in data["nodes"]]
-    show_table(rows, ["node", "pool", "presence", "assigned_revision", "applied_revision", "phase", "ready", "message"])
+    show_table(rows, ["node", "pool", "presence", "last_seen", "assigned_revision", "applied_revision", "phase",
+                      "ready", "observed_at", "message"] if wide else
+               ["node", "pool", "presence", "assigned_revision", "applied_revision", "phase", "ready", "message"])
 
 
 def cmd_delete(hub: JsonHttpClient, args: argparse.Namespace) -> None:
     namespace, name = _component_ref(args.name, args.namespace)
     answer = hub.delete(f"/api/v1/components/{namespace}/{name}")
-    if args.output == "json":
-        _print_json(answer)
+    if args.output in DATA_OUTPUTS:
+        print_data(answer, args.output)
     else:
         say(f"component/{one_line(answer['component'])} deleted (revision {one_line(answer['revision'])})")
+
+
+def timestamp(seconds: Any) -> str:
+    """A Unix time from the hub as UTC ISO 8601; ``-`` if there is none."""
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
+        return "-"
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+EVENT_COLUMNS = ["at", "node", "reason", "release", "message"]
+EVENT_WIDE_COLUMNS = ["at", "node", "seq", "reason", "release", "cursor", "message"]
+
+
+def event_row(event: Mapping[str, Any]) -> dict[str, Any]:
+    release = f"{event.get('namespace')}/{event.get('release')}" if event.get("release") else "-"
+    if event.get("release") and event.get("revision"):
+        release += f"@{event['revision']}"
+    return {**event, "release": release}
+
+
+def event_identity(event: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What tells two events apart: the node and its sequence number, and the content too, since an
+    agent that joined afresh counts from 1 again and its new events are new."""
+    return tuple(event.get(k) for k in ("node", "seq", "at", "reason", "message", "namespace", "release", "revision"))
+
+
+def cmd_events(hub: JsonHttpClient, args: argparse.Namespace) -> None:
+    where = {"node": args.node} if args.node else {}
+
+    def fetch(**query: Any) -> list[dict[str, Any]]:
+        return hub.get("/api/v1/events?" + urllib.parse.urlencode({**where, **query}))
+
+    events = fetch(limit=args.limit)
+    if not args.follow:
+        if args.output in DATA_OUTPUTS:
+            print_data(events, args.output)
+        else:
+            show_table([event_row(e) for e in events], EVENT_WIDE_COLUMNS if args.output == "wide" else EVENT_COLUMNS)
+        return
+
+    table = None if args.output in DATA_OUTPUTS else RowPrinter(
+        EVENT_WIDE_COLUMNS if args.output == "wide" else EVENT_COLUMNS)
+    printed: OrderedDict[tuple[Any, ...], None] = OrderedDict()
+    # Every event after this cursor is new: with no event yet, all that come.
+    cursor = max((e["cursor"] for e in events), default=0)
+
+    def show(batch: list[dict[str, Any]], *, first: bool = False) -> None:
+        fresh = []
+        for event in batch:
+            identity = event_identity(event)
+            if identity in printed:
+                continue
+            printed[identity] = None
+            fresh.append(event)
+        while len(printed) > FOLLOW_MEMORY:
+            printed.popitem(last=False)
+        if table is not None:
+            if fresh or first:
+                table.print([table.cells(event_row(e)) for e in fresh], header=first)
+            return
+        for event in fresh:
+            say("---\n" + to_yaml(event) if args.output == "yaml" else json.dumps(event, sort_keys=True))
+
+    def poll(resumed: bool) -> None:
+        nonlocal cursor
+        if resumed:
+            # After an outage the hub may be another (restored, restarted): take its latest and
+            # print what was not printed, rather than trust a cursor it may not share.
+            batch = fetch(limit=MAX_EVENTS)
+            show(batch)
+            cursor = max((e["cursor"] for e in batch), default=cursor)
+            return
+        while True:
+            batch = fetch(limit=MAX_EVENTS, after=cursor)
+            show(batch)
+            cursor = max((e["cursor"] for e in batch), default=cursor)
+            if len(batch) < MAX_EVENTS:
+                return
+
+    show(events, first=True)
+    poll_until_stopped(hub, poll, interval=args.interval or DEFAULT_INTERVAL, timeout=args.timeout,
+                       note=lambda text: say(text, err=True))
 
 
 def cmd_node(hub: JsonHttpClient, args: argparse.Namespace) -> None:
@@ -323,8 +670,8 @@ def cmd_node(hub: JsonHttpClient, args: argparse.Namespace) -> None:
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
     answer = hub.post(f"/api/v1/nodes/{args.name}/{args.action}", {})
-    if args.output == "json":
-        _print_json(answer)
+    if args.output in DATA_OUTPUTS:
+        print_data(answer, args.output)
         return
     name = one_line(answer["node"])
     if args.action == "reset":
@@ -342,15 +689,18 @@ def cmd_node(hub: JsonHttpClient, args: argparse.Namespace) -> None:
 def cmd_credentials(hub: JsonHttpClient, args: argparse.Namespace) -> None:
     if args.action == "list":
         data = hub.get("/api/v1/credentials")
-        if args.output == "json":
-            _print_json(data)
+        if args.output in DATA_OUTPUTS:
+            print_data(data, args.output)
+        elif args.output == "wide":
+            show_table([{**c, "created_at": timestamp(c.get("created_at"))} for c in data],
+                       ["name", "role", "username", "created_at"])
         else:
             show_table(data, ["name", "role", "username"])
         return
     if args.action == "revoke":
         answer = hub.delete(f"/api/v1/credentials/{args.name}")
-        if args.output == "json":
-            _print_json(answer)
+        if args.output in DATA_OUTPUTS:
+            print_data(answer, args.output)
         else:
             say(f"credential/{one_line(answer['name'])} revoked: the broker disconnects and refuses it")
         return
@@ -368,9 +718,9 @@ def cmd_credentials(hub: JsonHttpClient, args: argparse.Namespace) -> None:
     write_atomic(out / "client.key", key)
     (out / "client.crt").write_text(answer["certificate"])
     (out / "ca.crt").write_text(answer["ca_certificate"])
-    if args.output == "json":
-        _print_json({k: v for k, v in answer.items() if k not in ("certificate", "ca_certificate")}
-                    | {"directory": str(out)})
+    if args.output in DATA_OUTPUTS:
+        print_data({k: v for k, v in answer.items() if k not in ("certificate", "ca_certificate")}
+                   | {"directory": str(out)}, args.output)
         return
     say(f"credential/{one_line(answer['name'])} created: MQTT user {one_line(answer['username'])}, "
         f"role {one_line(answer['role'])}, may read {', '.join(one_line(t) for t in answer['topics'])}")
@@ -392,8 +742,8 @@ def client_key_and_csr(common_name: str) -> tuple[bytes, str]:
 
 
 
-COMMANDS = {"token": cmd_token, "apply": cmd_apply, "get": cmd_get, "describe": cmd_describe, "delete": cmd_delete,
-            "node": cmd_node, "credentials": cmd_credentials}
+COMMANDS = {"token": cmd_token, "apply": cmd_apply, "get": cmd_get, "events": cmd_events, "describe": cmd_describe,
+            "delete": cmd_delete, "node": cmd_node, "credentials": cmd_credentials}
 
 
 def hub_client(args: argparse.Namespace, token: str | None) -> JsonHttpClient:
@@ -409,7 +759,10 @@ def hub_client(args: argparse.Namespace, token: str | None) -> JsonHttpClient:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command; the exit code is one of EXIT_CODES (argparse exits with 2 itself)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_flags(parser, args)
     try:
         token, source = operator_token(args, os.environ)
         try:
@@ -424,10 +777,32 @@ def main(argv: list[str] | None = None) -> int:
             if token is None:
                 raise CommandError(NO_TOKEN) from exc
             raise CommandError(f"the hub refused the operator token from {source}: {exc}") from exc
-    except (EdgeError, HttpError) as exc:
+    except KeyboardInterrupt:
+        return EXIT_OK if streaming(args) else EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (edgectl get nodes -w | head): nothing more to print, and nothing wrong.
+        _quiet_stdout()
+        return EXIT_OK
+    except Unreachable as exc:
         say(f"edgectl: {exc}", err=True)
-        return 1
-    return 0
+        return EXIT_UNREACHABLE
+    except HttpError as exc:
+        say(f"edgectl: {exc}", err=True)
+        return EXIT_NOT_FOUND if exc.status == 404 else EXIT_FAILED
+    except EdgeError as exc:
+        say(f"edgectl: {exc}", err=True)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush does not fail on the closed pipe too."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 if __name__ == "__main__":

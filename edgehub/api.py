@@ -7,6 +7,7 @@
                                                    the node's current key (open)
     GET    /api/v1/nodes[/{name}]                  nodes with presence and reported releases
     GET    /api/v1/nodes/{name}/events             the node's most recent events
+    GET    /api/v1/events                          events of every node (or ?node=), in the order they arrived
     POST   /api/v1/nodes/{name}/reset              free the node's name for the next join (assignments kept)
     POST   /api/v1/nodes/{name}/revoke             refuse the node until it is reset
     GET    /api/v1/credentials                     broker credentials issued for dashboards
@@ -83,6 +84,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from edgeprotocol import bundle_crypto
 from edgeprotocol.enrollment import RENEWAL_WINDOW_SECONDS, renewal_payload
 from edgeprotocol.errors import ProtocolError
+from edgeprotocol.messages import Event
 from edgeprotocol.topics import check_name
 
 from .broker_access import ANONYMOUS_BROKER_WARNING
@@ -106,7 +108,7 @@ from .errors import (
 from .keys import BROKER_ACCESS, COMPONENTS, DISPATCHER, IDENTITY, METRICS, SETTINGS, STORE, SUMMARIES
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .settings import MAX_TOKEN_TTL_SECONDS, MAX_TOKEN_USES
-from .store import CredentialRecord
+from .store import MAX_SEQ, CredentialRecord
 from .tokens import new_token, parse_token
 from .views import component_view, node_view, pool_views
 
@@ -409,15 +411,37 @@ async def get_node(request: web.Request) -> web.Response:
     return web.json_response(node_view(node))
 
 
+def _event_view(e: Event) -> dict[str, Any]:
+    return {"seq": e.seq, "at": e.at, "reason": e.reason, "message": e.message, "namespace": e.namespace,
+            "release": e.release, "revision": e.revision}
+
+
 async def node_events(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     limit = _query_int(request, "limit", default=DEFAULT_EVENTS_LIMIT, low=1, high=MAX_EVENTS_LIMIT)
     if await request.app[STORE].get_node(name) is None:
         raise NotFound(f"node {name!r} not found")
     events = await request.app[STORE].list_events(name, limit=limit)
-    return web.json_response([{"seq": e.seq, "at": e.at, "reason": e.reason, "message": e.message,
-                               "namespace": e.namespace, "release": e.release, "revision": e.revision}
-                              for e in events])
+    return web.json_response([_event_view(e) for e in events])
+
+
+async def list_events(request: web.Request) -> web.Response:
+    """Events of every node, or of ``?node=``, in the order they arrived at the hub (``edgectl events``).
+
+    ``?limit=`` (1 to 1000, default 100) bounds the answer. Without ``?after=`` it is the latest
+    events; with ``?after=CURSOR`` (a ``cursor`` of an earlier answer) the first that arrived after
+    it, so a follower asks again with the last cursor it holds and misses none. Each event carries
+    its ``node`` and ``cursor``.
+    """
+    limit = _query_int(request, "limit", default=DEFAULT_EVENTS_LIMIT, low=1, high=MAX_EVENTS_LIMIT)
+    after = _query_int(request, "after", default=0, low=0, high=MAX_SEQ) if "after" in request.query else None
+    node = request.query.get("node")
+    if node is not None:
+        node = _name(node, "node")
+        if await request.app[STORE].get_node(node) is None:
+            raise NotFound(f"node {node!r} not found")
+    logged = await request.app[STORE].list_event_log(node=node, after=after, limit=limit)
+    return web.json_response([{"node": e.event.node, "cursor": e.cursor, **_event_view(e.event)} for e in logged])
 
 
 async def reset_node(request: web.Request) -> web.Response:
@@ -623,6 +647,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/nodes", list_nodes)
     app.router.add_get("/api/v1/nodes/{name}", get_node)
     app.router.add_get("/api/v1/nodes/{name}/events", node_events)
+    app.router.add_get("/api/v1/events", list_events)
     app.router.add_post("/api/v1/nodes/{name}/reset", reset_node)
     app.router.add_post("/api/v1/nodes/{name}/revoke", revoke_node)
     app.router.add_get("/api/v1/credentials", list_credentials)

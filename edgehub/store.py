@@ -215,6 +215,15 @@ class JoinedNode:
 
 
 @dataclass(frozen=True, slots=True)
+class LoggedEvent:
+    """A node's event as the hub holds it: ``cursor`` is its place in the order events arrived at the
+    hub, over every node (larger is later), which ``list_event_log(after=...)`` continues from."""
+
+    cursor: int
+    event: Event
+
+
+@dataclass(frozen=True, slots=True)
 class ComponentRecord:
     namespace: str
     name: str
@@ -579,6 +588,37 @@ class HubStore:
                 except ProtocolError as exc:  # stored by an older hub that took any size
                     logger.debug("Skipping a stored event of %s that does not decode: %s", node, exc)
             return events
+
+        return await self._db.read(run)
+
+    async def list_event_log(self, *, node: str | None = None, after: int | None = None,
+                             limit: int = 100) -> list[LoggedEvent]:
+        """Events of every node (or of ``node``) in the order they arrived at the hub, at most ``limit``.
+
+        Without ``after``: the latest ``limit``. With ``after`` (a cursor an earlier answer held):
+        the first ``limit`` that arrived after it, so a follower that asks again with its newest
+        cursor misses none, however many arrive between two asks.
+        """
+
+        def run(c: sqlite3.Connection) -> list[LoggedEvent]:
+            where, params = ("WHERE node = ?", [node]) if node is not None else ("", [])
+            if after is None:
+                rows = c.execute(
+                    f"SELECT rowid, node, body FROM (SELECT rowid, node, body FROM events {where} "
+                    "ORDER BY rowid DESC LIMIT ?) ORDER BY rowid",
+                    (*params, limit),
+                ).fetchall()
+            else:
+                where = f"{where} AND rowid > ?" if where else "WHERE rowid > ?"
+                rows = c.execute(f"SELECT rowid, node, body FROM events {where} ORDER BY rowid LIMIT ?",
+                                 (*params, after, limit)).fetchall()
+            logged = []
+            for r in rows:
+                try:
+                    logged.append(LoggedEvent(cursor=r["rowid"], event=Event.decode(r["body"])))
+                except ProtocolError as exc:  # stored by an older hub that took any size
+                    logger.debug("Skipping a stored event of %s that does not decode: %s", r["node"], exc)
+            return logged
 
         return await self._db.read(run)
 

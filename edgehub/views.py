@@ -114,8 +114,15 @@ def component_view(
             **(reported or {"phase": "Pending", "applied_revision": 0, "message": "not reported yet",
                             "ready": 0, "total": 0, "observed_at": "", "stale": False}),
         })
-    deployed = sum(1 for r in rows if r["phase"] == "Deployed" and r["applied_revision"] == comp.revision
-                   and not r["stale"])
+    def is_deployed(r: dict[str, Any]) -> bool:
+        return r["phase"] == "Deployed" and r["applied_revision"] == comp.revision and not r["stale"]
+
+    deployed = sum(1 for r in rows if is_deployed(r))
+    pools: dict[str, dict[str, int]] = {}
+    for r in rows:
+        counts = pools.setdefault(r["pool"], {"targets": 0, "deployed": 0})
+        counts["targets"] += 1
+        counts["deployed"] += is_deployed(r)
     view: dict[str, Any] = {
         "namespace": comp.namespace,
         "name": comp.name,
@@ -124,6 +131,8 @@ def component_view(
         "targets": len(rows),
         "deployed": deployed,
         "phases": dict(Counter(r["phase"] for r in rows)),
+        # Per pool ("" for a node the hub no longer knows): how many nodes it targets and has deployed.
+        "pools": dict(sorted(pools.items())),
     }
     if detail:
         view["spec"] = comp.spec

@@ -3,7 +3,8 @@
 Synchronous on purpose: both callers are one-shot commands with no event loop.
 Every failure is an ``HttpError``: ``status`` is the HTTP status of an answer
 that was an error (its JSON ``error`` field is the message), 0 when nothing
-answered.
+answered. When nothing answered at all (connection refused, a timeout, a name
+that does not resolve) it is the subclass ``Unreachable``.
 
 With ``token`` every request carries ``Authorization: Bearer <token>``.
 Redirects are not followed: urllib would send that header on to wherever a
@@ -72,6 +73,10 @@ def unverified_tls_context() -> ssl.SSLContext:
     return context
 
 
+class Unreachable(HttpError):
+    """Nothing answered: the server could not be reached, or did not answer in time."""
+
+
 class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any,
                          newurl: str) -> None:
@@ -121,10 +126,14 @@ class JsonHttpClient:
             if isinstance(reason, ssl.SSLCertVerificationError):
                 raise HttpError(f"{self.name} at {self.base_url} presented a TLS certificate that does not verify: "
                                 f"{reason.verify_message or reason}", certificate_error=True) from exc
-            hint = ""
             if isinstance(reason, http.client.RemoteDisconnected) and self.base_url.startswith("http://"):
-                hint = " (if it serves HTTPS, use https://)"
-            raise HttpError(f"cannot reach {self.name} at {self.base_url}: {exc}{hint}") from exc
+                raise Unreachable(f"cannot reach {self.name} at {self.base_url}: {exc} (if it serves HTTPS, use "
+                                  "https://)") from exc
+            if isinstance(reason, http.client.HTTPException):
+                # Something answered, but not HTTP (another service on the port), or broke off its answer.
+                raise HttpError(f"{self.name} at {self.base_url} answered {method} {path} with something that is "
+                                f"not a whole HTTP answer ({type(exc).__name__})") from exc
+            raise Unreachable(f"cannot reach {self.name} at {self.base_url}: {exc}") from exc
         except ValueError as exc:
             raise HttpError(f"{self.name} at {self.base_url} answered {method} {path} with invalid JSON") from exc
 

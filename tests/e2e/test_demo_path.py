@@ -52,7 +52,7 @@ def test_a_component_for_one_pool_runs_on_exactly_its_nodes_upgrades_and_goes_aw
     for node in (sh1, sh2):
         wait_until(lambda n=node: n.release_pods("demo.web") == [] and n.pods() == [], timeout=60, what=f"pods gone on {node.name}")
     missing = hub.ctl("describe", "component", "demo/web", check=False)
-    assert missing.returncode == 1 and "not found" in missing.stderr
+    assert missing.returncode == 4 and "not found" in missing.stderr  # 4: not found
     wait_until(lambda: all(n["releases"] == [] for n in hub.ctl_json("get", "nodes")), timeout=30,
                what="nodes to stop reporting the deleted release")
 

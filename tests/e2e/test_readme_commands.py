@@ -238,6 +238,18 @@ def test_every_command_the_readme_shows_works_as_written_with_its_defaults(sessi
             assert rows == {"RuntimeReady": "True", "StorageReady": "True"}, result.stdout
             assert "Deployed" in result.stdout
 
+    def events(words: list[str]) -> None:
+        def applied() -> str | None:
+            result = session.run(words)
+            assert result.returncode == 0, result.stderr
+            return result.stdout if "Applied" in result.stdout else None
+
+        # The agent reports the apply as an event over MQTT; it may reach the hub after the status did.
+        out = wait_until(applied, timeout=30, what="store-17's Applied event in edgectl events")
+        header, *rows = out.splitlines()
+        assert header.split() == ["AT", "NODE", "REASON", "RELEASE", "MESSAGE"]
+        assert any(row.split()[1:4] == ["store-17", "Applied", "demo/web@1"] for row in rows), out
+
     def status(words: list[str]) -> None:
         result = session.run(words)
         assert result.returncode == 0, result.stderr
@@ -270,6 +282,7 @@ def test_every_command_the_readme_shows_works_as_written_with_its_defaults(sessi
         ("edgectl", "apply"): apply,
         ("edgectl", "get"): get,
         ("edgectl", "describe"): describe,
+        ("edgectl", "events"): events,
         ("edgectl", "delete"): delete,
         ("edgectl", "credentials"): credentials,
     }

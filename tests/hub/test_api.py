@@ -164,6 +164,61 @@ async def test_a_nodes_events_arrive_over_mqtt_and_the_limit_keeps_the_latest(hu
     assert await refused(await hub.get("/api/v1/nodes/nobody/events"), 404)
 
 
+async def publish_events(broker: Mosquitto, *events: Event) -> None:
+    async with aiomqtt.Client("127.0.0.1", broker.port, identifier=unique("test")) as mqtt:
+        for event in events:
+            await mqtt.publish(topics.events(event.node), event.encode(), qos=1)
+
+
+async def wait_for_events(hub: TestClient, count: int, **params: str) -> list[dict[str, Any]]:
+    async with asyncio.timeout(5):
+        while len(events := await answer(await hub.get("/api/v1/events", params=params), 200)) < count:
+            await asyncio.sleep(0.05)
+    return events
+
+
+async def test_the_events_of_every_node_are_listed_in_the_order_they_arrived_and_a_cursor_continues(
+    hub: TestClient, broker: Mosquitto
+):
+    one, two = unique("sh"), unique("sh")
+    for node in (one, two):
+        await answer(await join(hub, await create_token(hub), node), 201)
+    # Node clocks disagree: the order is the hub's, the order of arrival.
+    await publish_events(broker, Event(node=one, seq=1, at="2030-01-01T00:00:00Z", reason="Applied", message="a"),
+                         Event(node=two, seq=1, at="2020-01-01T00:00:00Z", reason="NodeReady", message="b"),
+                         Event(node=one, seq=2, at="2030-01-01T00:00:01Z", reason="Removed", message="c",
+                               namespace="demo", release="web", revision=2))
+    events = await wait_for_events(hub, 3)
+    assert [(e["node"], e["seq"], e["message"]) for e in events] == [(one, 1, "a"), (two, 1, "b"), (one, 2, "c")]
+    assert events[2] == {"node": one, "cursor": events[2]["cursor"], "seq": 2, "at": "2030-01-01T00:00:01Z",
+                         "reason": "Removed", "message": "c", "namespace": "demo", "release": "web", "revision": 2}
+    cursors = [e["cursor"] for e in events]
+    assert cursors == sorted(cursors) and len(set(cursors)) == 3
+
+    # ?limit= keeps the latest; ?after= gives the first after the cursor, so a follower misses none.
+    assert [e["message"] for e in await answer(await hub.get("/api/v1/events", params={"limit": "2"}), 200)] == [
+        "b", "c"]
+    after = await answer(await hub.get("/api/v1/events", params={"after": str(cursors[0]), "limit": "1"}), 200)
+    assert [e["message"] for e in after] == ["b"]
+    assert await answer(await hub.get("/api/v1/events", params={"after": str(cursors[2])}), 200) == []
+    # ?node= keeps one node's.
+    mine = await answer(await hub.get("/api/v1/events", params={"node": one}), 200)
+    assert [e["message"] for e in mine] == ["a", "c"]
+    assert [e["message"] for e in await answer(await hub.get("/api/v1/events", params={
+        "node": one, "after": str(cursors[0])}), 200)] == ["c"]
+
+
+@pytest.mark.parametrize(("params", "status", "field"), [
+    ({"limit": "0"}, 400, "limit"), ({"limit": "1001"}, 400, "limit"), ({"limit": "x"}, 400, "limit"),
+    ({"after": "-1"}, 400, "after"), ({"after": "1.5"}, 400, "after"), ({"after": "9" * 30}, 400, "after"),
+    ({"node": "../nodes"}, 400, "node"), ({"node": ""}, 400, "node"), ({"node": "nobody"}, 404, None),
+])
+async def test_an_events_query_out_of_bounds_or_for_an_unknown_node_is_refused(
+    hub: TestClient, params: dict[str, str], status: int, field: str | None
+):
+    await refused(await hub.get("/api/v1/events", params=params), status, field)
+
+
 # --- components ----------------------------------------------------------------
 
 
@@ -217,6 +272,7 @@ async def test_a_component_is_shown_then_deleted_from_every_node(hub: TestClient
 
     listed = await answer(await hub.get("/api/v1/components"), 200)
     assert [(c["namespace"], c["name"], c["revision"], c["targets"]) for c in listed] == [("demo", "web", 1, 1)]
+    assert listed[0]["pools"] == {"shanghai": {"targets": 1, "deployed": 0}}  # per pool, for edgectl -o wide
     shown = await answer(await hub.get("/api/v1/components/demo/web"), 200)
     assert [(n["node"], n["phase"]) for n in shown["nodes"]] == [("sh-1", "Pending")]
     assert shown["spec"]["spec"]["edge"]["nodePools"] == ["shanghai"]  # the whole document, as applied

@@ -65,8 +65,8 @@ async def state_of(hub: TestClient) -> tuple[Any, Any, int]:
 
 
 def test_the_route_table_has_every_endpoint_the_api_documents():
-    assert len(PROTECTED) == 16
-    assert ("GET", "/metrics") in PROTECTED
+    assert len(PROTECTED) == 17
+    assert ("GET", "/metrics") in PROTECTED and ("GET", "/api/v1/events") in PROTECTED
     assert ("POST", "/api/v1/credentials") in PROTECTED and ("DELETE", "/api/v1/credentials/web") in PROTECTED
     assert ("POST", "/api/v1/tokens") in PROTECTED and ("DELETE", "/api/v1/components/demo/web") in PROTECTED
     assert ("POST", "/api/v1/nodes/web/reset") in PROTECTED and ("POST", "/api/v1/nodes/web/revoke") in PROTECTED

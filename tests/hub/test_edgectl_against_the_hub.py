@@ -150,7 +150,7 @@ async def test_edgectl_node_revoke_and_reset_say_what_they_did(hub: TestClient, 
     code, out, _ = await run_edgectl(hub, capsys, *token, "node", "reset", "sh-1", "-o", "json")
     assert code == 0 and json.loads(out)["next_generation"] == 3
     code, out, err = await run_edgectl(hub, capsys, *token, "node", "revoke", "nobody")
-    assert (code, out) == (1, "") and "node 'nobody' not found" in err
+    assert (code, out) == (4, "") and "node 'nobody' not found" in err  # 4: not found
     code, out, err = await run_edgectl(hub, capsys, *token, "node", "reset", "../components")
     assert (code, out) == (1, "") and "not a valid name" in err
     code, _, err = await run_edgectl(hub, capsys, "node", "reset", "sh-1")

@@ -71,6 +71,32 @@ async def test_events_are_kept_by_arrival_so_a_huge_seq_erases_nothing(tmp_path:
             (JUMP, f"#{JUMP}"), (3, "#3"), (2, "a new life")]
 
 
+async def test_the_event_log_of_every_node_is_in_arrival_order_bounded_and_a_cursor_only_grows(tmp_path: Path):
+    async with HubStore(tmp_path / "hub.db", events_kept_per_node=3) as store:
+        await register(store)
+        token = new_token()
+        await store.create_token(token, pool="p", ttl_seconds=60, uses=1)
+        await store.register_node(token, node="n2", requested_pool=None, labels={}, sign=lambda _: "cert")
+        for seq in range(1, 6):
+            await add(store, seq)
+            other = Event(node="n2", seq=seq, at="2024-01-01T00:00:00Z", reason="Applied", message=f"n2 #{seq}")
+            await store.add_event(other, encoded=other.encode(), max_seq_jump=JUMP)
+        log = await store.list_event_log(limit=100)
+        # Each node keeps its newest three; the log interleaves them as they arrived.
+        assert [(e.event.node, e.event.seq) for e in log] == [
+            ("n1", 3), ("n2", 3), ("n1", 4), ("n2", 4), ("n1", 5), ("n2", 5)]
+        cursors = [e.cursor for e in log]
+        assert cursors == sorted(cursors)
+        assert [e.event.seq for e in await store.list_event_log(node="n2", limit=2)] == [4, 5]
+        assert [e.event.message for e in await store.list_event_log(after=cursors[3], limit=100)] == ["#5", "n2 #5"]
+        assert [e.cursor for e in await store.list_event_log(after=cursors[0], limit=2)] == cursors[1:3]
+        # An event that replaces another of its seq (a re-joined agent) comes after every cursor handed out.
+        assert await add(store, 4, "a new life") == "stored"
+        (replaced,) = await store.list_event_log(after=cursors[-1], limit=100)
+        assert (replaced.event.seq, replaced.event.message) == (4, "a new life") and replaced.cursor > cursors[-1]
+        assert await store.list_event_log(node="nobody") == []
+
+
 async def test_an_older_stores_oversized_status_is_forgotten_on_open_so_the_nodes_reports_are_taken_again(
     tmp_path: Path
 ):
