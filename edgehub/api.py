@@ -20,6 +20,7 @@
     GET    /healthz
     GET    /metrics                                Prometheus metrics (operator or viewer token)
     GET    /api/v1/stream                          server-sent events: summaries, then each change
+    GET    /  and  /ui/{file}                      the web dashboard's page and files (open; edgehub.dashboard)
 
 Every endpoint but the open ones (join, certificate renewal, the CA and
 ``GET /healthz``) needs the operator token as ``Authorization: Bearer
