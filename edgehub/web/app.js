@@ -624,6 +624,12 @@
 
   function start() {
     takeTokenFromFragment();
+    // A URL with another token opened in this tab changes only the fragment: no page load. Start again with it.
+    window.addEventListener("hashchange", () => {
+      if (!new URLSearchParams(location.hash.replace(/^#/, "")).get("token")) return;
+      takeTokenFromFragment();
+      location.reload();
+    });
     $("login-form").addEventListener("submit", (event) => {
       event.preventDefault();
       const token = $("token-input").value.trim();
