@@ -274,3 +274,17 @@ def test_the_dashboard_lists_the_fleet_and_shows_a_node_going_offline_without_a_
     browser.save_screenshot(str(phone))
     keep(phone, STABLE_PHONE_SCREENSHOT)
     (tmp_path / "checked.json").write_text(json.dumps({"desktop": str(shot), "phone": str(phone)}))
+
+    # A wrong token: the page says so and asks for the viewer token; pasted in its form, the fleet shows.
+    browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+    browser.get(f"{hub.url}/#token=not-the-viewer-token-{'x' * 40}")
+    page_wait(browser, "!document.getElementById('login').hidden && "
+                       "document.getElementById('login-message').textContent.includes('refused')", "the token refused")
+    assert "token" not in browser.current_url and browser.execute_script("return document.getElementById('dashboard')"
+                                                                         ".hidden")
+    field = browser.find_element("id", "token-input")
+    field.send_keys(viewer)
+    field.submit()
+    page_wait(browser, "document.getElementById('connection').dataset.state === 'live'", "the stream with the pasted token")
+    page_wait(browser, "document.querySelectorAll('#node-rows tr[data-node]').length === 3", "the nodes again")
+    assert viewer not in browser.current_url
