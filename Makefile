@@ -19,8 +19,9 @@ $(STAMP): pyproject.toml
 
 venv: deps $(STAMP)
 
+# make demo ARGS=--keep-running: leave the fleet and its web dashboard up until Ctrl-C.
 demo: venv
-	$(PY) examples/demo/run_demo.py
+	$(PY) examples/demo/run_demo.py $(ARGS)
 
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -21,6 +21,7 @@
     GET    /healthz
     GET    /metrics                                Prometheus metrics (operator or viewer token)
     GET    /api/v1/stream                          server-sent events: summaries, then each change
+    GET    /  and  /ui/{file}                      the web dashboard's page and files (open; edgehub.dashboard)
 
 Every endpoint but the open ones (join, certificate renewal, the CA and
 ``GET /healthz``) needs the operator token as ``Authorization: Bearer
@@ -551,15 +552,24 @@ async def apply_component(request: web.Request) -> web.Response:
 
 # A comment line this often keeps proxies and the browser from closing a quiet stream.
 STREAM_KEEPALIVE_SECONDS = 15.0
+# Set when the hub begins to stop: every open stream ends at once (a stream never ends by itself, and
+# aiohttp would wait for it up to its shutdown timeout, a minute, before the hub could stop).
+STREAMS_CLOSING = web.AppKey("streams_closing", asyncio.Event)
+
+
+async def _close_streams(app: web.Application) -> None:
+    app[STREAMS_CLOSING].set()
 
 
 async def stream(request: web.Request) -> web.StreamResponse:
     """Server-sent events: every current summary, then each change as it happens (the web dashboard's feed).
 
     ``event: summary`` with ``data: {"topic": ..., "summary": {...} | null}`` (null: it is gone), and
-    ``event: reset`` when this client fell too far behind (it reconnects and starts again).
+    ``event: reset`` when this client fell too far behind (it reconnects and starts again). The stream
+    ends when the hub stops; the client reconnects.
     """
     publisher = request.app[SUMMARIES]
+    closing = request.app[STREAMS_CLOSING]
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",
                                            "X-Accel-Buffering": "no"})
     await response.prepare(request)
@@ -567,20 +577,28 @@ async def stream(request: web.Request) -> web.StreamResponse:
     async def send(event: str, data: Any) -> None:
         await response.write(f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode())
 
-    with publisher.listen() as changes:
-        for topic, summary in list(publisher.current.items()):
-            await send("summary", {"topic": topic, "summary": summary})
-        await send("ready", {})
-        while True:
-            try:
-                change = await asyncio.wait_for(changes.get(), STREAM_KEEPALIVE_SECONDS)
-            except TimeoutError:
-                await response.write(b": keepalive\n\n")
-                continue
-            if change is None:
-                await send("reset", {})
-                return response
-            await send("summary", {"topic": change[0], "summary": change[1]})
+    stopping = asyncio.ensure_future(closing.wait())
+    try:
+        with publisher.listen() as changes:
+            for topic, summary in list(publisher.current.items()):
+                await send("summary", {"topic": topic, "summary": summary})
+            await send("ready", {})
+            while not closing.is_set():
+                change = asyncio.ensure_future(changes.get())
+                await asyncio.wait((change, stopping), timeout=STREAM_KEEPALIVE_SECONDS,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                if not change.done():
+                    change.cancel()
+                    if not closing.is_set():
+                        await response.write(b": keepalive\n\n")
+                    continue
+                if change.result() is None:
+                    await send("reset", {})
+                    break
+                await send("summary", {"topic": change.result()[0], "summary": change.result()[1]})
+    finally:
+        stopping.cancel()
+    return response
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -637,6 +655,8 @@ async def delete_credential(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
+    app[STREAMS_CLOSING] = asyncio.Event()
+    app.on_shutdown.append(_close_streams)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/v1/stream", stream)

@@ -21,6 +21,7 @@ from .auth import HostAllowList, json_bodies_only, operator_only, operator_token
 from .broker_access import ANONYMOUS_BROKER_WARNING, BrokerAccess
 from .broker_roles import CONTROL_RESPONSE_TOPIC, HUB_USER
 from .components import Components
+from .dashboard import add_dashboard_routes
 from .dispatch import Dispatcher
 from .identity import HubIdentity
 from .ingest import IngestLimits, NodeMessages
@@ -187,4 +188,5 @@ def create_app(settings: HubSettings) -> web.Application:
     app.cleanup_ctx.extend([operator_token_ctx, identity_ctx, tls_ctx, renderer_ctx, store_ctx, summaries_ctx,
                             mqtt_ctx])
     add_routes(app)
+    add_dashboard_routes(app)
     return app

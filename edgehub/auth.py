@@ -3,9 +3,12 @@
 The operator token is a random secret the hub creates on first start in
 ``STATE/admin-token`` (mode 0600, the state directory 0700) and never
 rewrites; ``edgectl`` reads it from ``EDGECOLLAB_TOKEN_FILE``. Every endpoint
-but the join, a node's certificate renewal, the CA certificate and
-``/healthz`` (``OPEN_ROUTES``) needs ``Authorization: Bearer <token>``; nodes
-join with their join token instead, and renew with a proof by their key.
+but the join, a node's certificate renewal, the CA certificate, ``/healthz``
+and the web dashboard's page and files (``OPEN_ROUTES``) needs
+``Authorization: Bearer <token>``; nodes join with their join token instead,
+and renew with a proof by their key. The read-only viewer token
+(``STATE/viewer-token``) is accepted too on ``VIEWER_ROUTES``: status reads,
+the live stream and metrics.
 
 The middlewares here run in ``create_app``'s order, before any handler:
 
@@ -56,9 +59,11 @@ MIN_TOKEN_CHARS = 32
 # (method, route path as registered) that answer without the operator token:
 # a node's join (it has a join token) and certificate renewal (it proves its
 # key), the hub's CA certificate (public; an agent checks it against its
-# token's pin), and the health check.
+# token's pin), the health check, and the web dashboard's page and files
+# (they hold no data: the page reads the fleet with the viewer token).
 OPEN_ROUTES = frozenset({("POST", "/api/v1/join"), ("POST", "/api/v1/nodes/{name}/certificate"),
-                         ("GET", "/api/v1/ca"), ("HEAD", "/api/v1/ca"), ("GET", "/healthz"), ("HEAD", "/healthz")})
+                         ("GET", "/api/v1/ca"), ("HEAD", "/api/v1/ca"), ("GET", "/healthz"), ("HEAD", "/healthz"),
+                         ("GET", "/"), ("HEAD", "/"), ("GET", "/ui/{file}"), ("HEAD", "/ui/{file}")})
 # (method, route path as registered) the viewer token may read too: status, never specs' secrets or tokens.
 VIEWER_ROUTES = frozenset({("GET", path) for path in (
     "/api/v1/nodes", "/api/v1/nodes/{name}", "/api/v1/nodes/{name}/events", "/api/v1/pools",

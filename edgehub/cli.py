@@ -126,11 +126,13 @@ async def serve(settings: HubSettings) -> None:
         context = app.get(TLS)
         await web.TCPSite(runner, settings.listen_host, settings.listen_port, ssl_context=context).start()
         host, port = runner.addresses[0][:2]
-        print(f"edgehub listening on {'https' if context else 'http'}://{_url_host(host)}:{port}", flush=True)
+        url = f"{'https' if context else 'http'}://{_url_host(host)}:{port}"
+        print(f"edgehub listening on {url}", flush=True)
         print(f"edgehub operator token in {settings.admin_token_path} (edgectl reads it with "
               f"EDGECOLLAB_TOKEN_FILE={settings.admin_token_path})", flush=True)
-        print(f"edgehub read-only viewer token (status, metrics, the web dashboard) in "
-              f"{settings.state_dir / VIEWER_TOKEN_FILE}", flush=True)
+        # The token goes in the URL's fragment, which the browser keeps to itself: never in a request or a log.
+        print(f"edgehub web dashboard at {url}/ with the read-only viewer token: open "
+              f"{url}/#token=$(cat {settings.state_dir / VIEWER_TOKEN_FILE})", flush=True)
         if context is not None:
             print(f"edgehub CA in {settings.ca_certificate_path}, SHA-256 {app[IDENTITY].ca_fingerprint} "
                   f"(edgectl trusts it with EDGECOLLAB_CA_FILE={settings.ca_certificate_path}; join tokens "

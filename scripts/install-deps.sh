@@ -19,6 +19,8 @@ packages=(
     containernetworking-plugins # podman 4.3's pod networks, the default bridge included
     iptables                    # the bridge network's port mappings and NAT
     busybox-static              # the demo image is built from its static busybox
+    chromium                    # the dashboard test's browser (headless; tests/e2e/test_web_dashboard.py)
+    chromium-driver             # chromedriver, through which Selenium drives that browser (nothing downloaded)
 )
 # The pyenv or system python3 running the venv must have venv and ensurepip.
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || packages+=(python3-venv)

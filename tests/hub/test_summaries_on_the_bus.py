@@ -13,12 +13,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import aiomqtt
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 from bus_watch import SUMMARY, Watcher, settings_for
 from hub_api import answer, create_token, join, unique
 
+from edgehub.app import create_app
 from edgehub.settings import HubSettings
 from edgeprotocol import topics
 from edgeprotocol.messages import Condition, NodeStatus, Presence, ReleaseStatus, now
@@ -154,3 +157,30 @@ async def test_the_live_stream_sends_every_summary_then_each_change(hub: TestCli
                 assert event == "summary" and data["summary"]["node"] == "sh-9" and data["summary"]["observed_at"]
                 break
     response.close()
+
+
+async def test_an_open_stream_does_not_hold_up_the_hubs_stop(hub_settings: HubSettings):
+    # A dashboard left open must not keep `edgehub serve` from stopping on SIGTERM (aiohttp would wait up
+    # to a minute for the stream's handler): the stream ends when the hub begins to stop.
+    runner = web.AppRunner(create_app(hub_settings))
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        host, port = runner.addresses[0][:2]
+        viewer = (hub_settings.state_dir / "viewer-token").read_text().strip()
+        async with aiohttp.ClientSession() as session:
+            response = await session.get(f"http://{host}:{port}/api/v1/stream",
+                                         headers={"Authorization": f"Bearer {viewer}"})
+            assert response.status == 200
+            async with asyncio.timeout(10):
+                async for line in response.content:
+                    if line.startswith(b"event: ready"):
+                        break
+            started = time.monotonic()
+            await runner.cleanup()
+            assert time.monotonic() - started < 5
+            async with asyncio.timeout(5):
+                rest = await response.content.read()  # the stream ended: no hang, at most its last lines
+            assert b"event: summary" not in rest or rest.endswith(b"\n\n")
+    finally:
+        await runner.cleanup()
