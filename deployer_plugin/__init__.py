@@ -50,8 +50,10 @@ from .render import (
 )
 from .spec import (
     API_VERSION,
+    DEFAULT_HISTORY_LIMIT,
     DEFAULT_NAMESPACE,
     KIND,
+    MAX_HISTORY_LIMIT,
     OPERATORS,
     POOL_LABEL,
     Component,
@@ -68,8 +70,10 @@ from .spec import (
 __all__ = [
     "API_VERSION",
     "BASE_KEY",
+    "DEFAULT_HISTORY_LIMIT",
     "DEFAULT_NAMESPACE",
     "KIND",
+    "MAX_HISTORY_LIMIT",
     "OPERATORS",
     "POOL_LABEL",
     "ChartArchive",

@@ -15,6 +15,7 @@ A Component is one Helm release targeted at edge nodes::
           matchExpressions: [{key: zone, operator: In, values: [east]}]
         poolValues:
           shanghai: {greeting: "ni hao"}
+      historyLimit: 10                # revisions the hub keeps (1 to 1000; default 10)
 
 :func:`parse_component` validates a document and reports *every* problem it
 finds in one :class:`SpecError`, one line per problem, each starting with the
@@ -57,6 +58,10 @@ POOL_LABEL = "edgecollab.io/pool"
 # Helm refuses release names longer than this (they must fit in label values
 # with a suffix); the component name is the release name.
 MAX_RELEASE_NAME = 53
+# spec.historyLimit: how many revisions of a component the hub keeps (its spec, chart and renders),
+# the current one included; as ``helm upgrade --history-max``, but at least 1 (the current is always kept).
+DEFAULT_HISTORY_LIMIT = 10
+MAX_HISTORY_LIMIT = 1000
 
 Operator = Literal["In", "NotIn", "Exists", "DoesNotExist"]
 OPERATORS: tuple[str, ...] = get_args(Operator)
@@ -80,7 +85,7 @@ _KUBE_METADATA_FIELDS = (
     "selfLink",
     "uid",
 )
-_SPEC_FIELDS = ("chart", "values", "edge")
+_SPEC_FIELDS = ("chart", "values", "edge", "historyLimit")
 _CHART_FIELDS = ("path",)
 _EDGE_FIELDS = ("nodePools", "nodeSelector", "poolValues")
 _SELECTOR_FIELDS = ("matchLabels", "matchExpressions")
@@ -181,6 +186,9 @@ class Component:
 
     ``chart_ref`` is the chart path as the spec wrote it (relative to the spec
     file); the chart itself travels separately as archive bytes.
+    ``history_limit`` (``spec.historyLimit``) bounds the revisions the hub
+    keeps; it is not part of the fingerprint (changing it alone makes no new
+    revision).
     """
 
     name: str
@@ -188,6 +196,7 @@ class Component:
     chart_ref: str
     values: dict[str, Any] = field(default_factory=dict, hash=False)
     edge: EdgeTarget = field(default_factory=EdgeTarget)
+    history_limit: int = DEFAULT_HISTORY_LIMIT
 
     def __post_init__(self) -> None:
         check_name(self.name, "component name")
@@ -199,16 +208,20 @@ class Component:
         return (self.namespace, self.name)
 
     def to_document(self) -> dict[str, Any]:
-        """The spec as a plain document; ``parse_component`` reads it back to an equal Component."""
+        """The spec as a plain document; ``parse_component`` reads it back to an equal Component.
+        ``historyLimit`` is written only when it is not the default."""
+        spec: dict[str, Any] = {
+            "chart": self.chart_ref,
+            "values": copy.deepcopy(self.values),
+            "edge": self.edge.to_document(),
+        }
+        if self.history_limit != DEFAULT_HISTORY_LIMIT:
+            spec["historyLimit"] = self.history_limit
         return {
             "apiVersion": API_VERSION,
             "kind": KIND,
             "metadata": {"name": self.name, "namespace": self.namespace},
-            "spec": {
-                "chart": self.chart_ref,
-                "values": copy.deepcopy(self.values),
-                "edge": self.edge.to_document(),
-            },
+            "spec": spec,
         }
 
 
@@ -519,6 +532,21 @@ def _parse_edge(spec: Mapping[str, Any], problems: _Problems) -> EdgeTarget | No
     return EdgeTarget(node_pools=pools, node_selector=selector, pool_values=pool_values)
 
 
+def _parse_history_limit(spec: Mapping[str, Any], problems: _Problems) -> int | None:
+    value = spec.get("historyLimit")
+    if value is None:
+        return DEFAULT_HISTORY_LIMIT
+    if isinstance(value, bool) or not isinstance(value, int | float) or (
+            isinstance(value, float) and not value.is_integer()):
+        problems.add("spec.historyLimit", f"must be a whole number of revisions to keep, not {_kind(value)}")
+        return None
+    if not 1 <= value <= MAX_HISTORY_LIMIT:
+        problems.add("spec.historyLimit", f"must be from 1 to {MAX_HISTORY_LIMIT} (revisions kept, the current one "
+                                          f"included; default {DEFAULT_HISTORY_LIMIT}), not {value:g}")
+        return None
+    return int(value)
+
+
 def parse_component(doc: Mapping[str, Any], *, source: str = "<spec>") -> Component:
     """Validate a Component document and return it typed.
 
@@ -558,18 +586,21 @@ def parse_component(doc: Mapping[str, Any], *, source: str = "<spec>") -> Compon
         if metadata.get("namespace") is not None:
             namespace = _dns_label(metadata["namespace"], "metadata.namespace", problems)
 
-    chart_ref = values = edge = None
+    chart_ref = values = edge = history_limit = None
     spec = _mapping(doc, "spec", "", problems, required="chart, values and edge")
     if spec is not None:
         _check_fields(spec, "spec", _SPEC_FIELDS, problems)
         chart_ref = _parse_chart(spec, problems)
         values = _values(spec, "values", "spec", problems)
         edge = _parse_edge(spec, problems)
+        history_limit = _parse_history_limit(spec, problems)
 
     if problems.items:
         raise SpecError(problems.items, source=where)
     assert name and namespace and chart_ref is not None and values is not None and edge is not None
-    return Component(name=name, namespace=namespace, chart_ref=chart_ref, values=values, edge=edge)
+    assert history_limit is not None
+    return Component(name=name, namespace=namespace, chart_ref=chart_ref, values=values, edge=edge,
+                     history_limit=history_limit)
 
 
 # --------------------------------------------------------------------------- fingerprint
