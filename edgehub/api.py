@@ -18,6 +18,8 @@
     POST   /api/v1/components                      apply a component spec with its chart archive
     GET    /api/v1/components/{namespace}/{name}   a component with its per-node status
     DELETE /api/v1/components/{namespace}/{name}   delete a component from every node
+    GET    /api/v1/components/{namespace}/{name}/history   its kept revisions, newest first, with their status
+    POST   /api/v1/components/{namespace}/{name}/rollback  a new revision from an earlier one ({"to_revision": N})
     GET    /healthz
     GET    /metrics                                Prometheus metrics (operator or viewer token)
     GET    /api/v1/stream                          server-sent events: summaries, then each change
@@ -45,6 +47,13 @@ Secret values never leave the hub through a read: ``GET
 and each pool's ``spec.edge.poolValues`` replaced by ``{"hmac-sha256": HEX}``,
 a digest of the values (canonical JSON) keyed by the hub's key: equal values
 give equal digests, so a change shows, but a guess cannot be checked against it.
+
+The history (``GET .../history``) lists each kept revision with its chart
+(name, version, digest), when and how it was made (``origin``: ``apply``,
+``apply by edgectl``, ``rollback to N``, ``delete``), its status and the
+digests of its values, never the values; the current revision's status is its
+live rollout (``deployed``, ``deploying R/N``, ``failed``, ``no targets``).
+See docs/rollouts.md.
 
 Errors are ``{"error": "..."}`` (plus ``"field"`` when one field is at fault)
 with the status ``STATUS`` gives the exception's type: 400 (malformed request),
@@ -109,7 +118,8 @@ from .errors import (
 from .keys import BROKER_ACCESS, COMPONENTS, DISPATCHER, IDENTITY, METRICS, SETTINGS, STORE, SUMMARIES
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .settings import MAX_TOKEN_TTL_SECONDS, MAX_TOKEN_USES
-from .store import MAX_SEQ, CredentialRecord
+from .store import MAX_SEQ, ComponentRecord, CredentialRecord, RevisionRecord
+from .summaries import rollout
 from .tokens import new_token, parse_token
 from .views import component_view, node_view, pool_views
 
@@ -126,6 +136,8 @@ MAX_REQUEST_BYTES = 16 * 1024 * 1024
 # never more than the maximum (a node keeps 500 by default).
 DEFAULT_EVENTS_LIMIT = 100
 MAX_EVENTS_LIMIT = 1000
+# What an apply may name as its client ("edgectl"): the history says "apply by CLIENT".
+_CLIENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
 # A renewal's nonce: 128 to 256 random bits, in hex.
 _NONCE = re.compile(r"^[0-9a-f]{32,64}$")
 
@@ -531,6 +543,8 @@ def _apply_answer(outcome: ApplyOutcome) -> web.Response:
     if not outcome.changed:
         return web.json_response(answer)
     answer.update(targets=outcome.targets, warnings=list(outcome.warnings), notes=outcome.notes)
+    if outcome.rolled_back_to:
+        answer["rolled_back_to"] = outcome.rolled_back_to
     return web.json_response(answer, status=201 if outcome.created else 200)
 
 
@@ -542,12 +556,86 @@ async def apply_component(request: web.Request) -> web.Response:
     except ValueError as exc:
         # binascii.Error, or a string with non-ASCII characters.
         raise BadRequest(f"is not valid base64 ({exc})", field="chart_archive") from exc
+    client = _field(body, "client", str, required=False)
+    if client is not None and not _CLIENT.match(client):
+        raise BadRequest(f"{_shown(client)} is not a client name: up to 32 letters, digits, '.', '_' or '-'",
+                         field="client")
     try:
-        outcome = await request.app[COMPONENTS].apply(document, archive)
+        outcome = await request.app[COMPONENTS].apply(document, archive,
+                                                      origin=f"apply by {client}" if client else "apply")
     except SpecRefused:
         request.app[METRICS].apply_refused()
         raise
     return _apply_answer(outcome)
+
+
+async def rollback_component(request: web.Request) -> web.Response:
+    """A new revision from an earlier one (``{"to_revision": N}``; default the one before the current),
+    answered as an apply is, with ``rolled_back_to``."""
+    namespace, name = request.match_info["namespace"], request.match_info["name"]
+    body = await _json_body(request) if request.body_exists else {}
+    to_revision = _field(body, "to_revision", int, required=False)
+    if to_revision is not None and not 1 <= to_revision <= MAX_SEQ:
+        raise BadRequest(f"must be a revision number from 1, not {_shown(to_revision)}", field="to_revision")
+    try:
+        outcome = await request.app[COMPONENTS].rollback(namespace, name, to_revision)
+    except SpecRefused:
+        request.app[METRICS].apply_refused()
+        raise
+    return _apply_answer(outcome)
+
+
+def live_status(counts: dict[str, Any]) -> str:
+    """The current revision's status from its rollout counts (``summaries.rollout``)."""
+    state = counts["rollout"]
+    if state == "complete":
+        return "deployed"
+    if state == "failing":
+        return "failed"
+    if state == "no targets":
+        return "no targets"
+    return f"deploying {counts['ready']}/{counts['desired']}"
+
+
+def history_view(comp: ComponentRecord, revisions: list[RevisionRecord], counts: dict[str, Any] | None,
+                 key: bytes) -> list[dict[str, Any]]:
+    """Each kept revision, newest first: the current one with its live status (and ``rollout`` counts),
+    values as digests (null when the revision holds no spec: a deletion, or dropped with the component)."""
+    shown = []
+    for r in revisions:
+        current = r.revision == comp.revision
+        spec = r.spec.get("spec", {}) if r.has_spec else None
+        status: str = r.status
+        if current and r.status == "current":
+            status = live_status(counts) if counts is not None else "deployed"
+        item: dict[str, Any] = {
+            "revision": r.revision, "created_at": r.created_at, "origin": r.origin, "status": status,
+            "current": current,
+            "chart": {"name": r.chart_name, "version": r.chart_version, "digest": r.chart_digest},
+            "fingerprint": r.fingerprint,
+            "values": values_digest(spec.get("values", {}), key) if spec is not None else None,
+            "pool_values": ({pool: values_digest(v, key) for pool, v in spec.get("edge", {}).get("poolValues", {})
+                             .items()} if spec is not None else None),
+        }
+        if current and counts is not None:
+            item["rollout"] = counts
+        shown.append(item)
+    return shown
+
+
+async def component_history(request: web.Request) -> web.Response:
+    """The component's kept revisions, newest first; a deleted component's too (its last is the deletion)."""
+    store = request.app[STORE]
+    namespace, name = request.match_info["namespace"], request.match_info["name"]
+    comp = await store.get_component(namespace, name)
+    if comp is None:
+        raise NotFound(f"component {namespace}/{name} not found")
+    revisions = await store.list_revisions(namespace, name)
+    counts = None
+    if not comp.deleted:
+        counts = rollout(comp, await store.list_nodes(), await store.list_assignments())
+    key = _values_digest_key(request.app)
+    return web.json_response(await asyncio.to_thread(history_view, comp, revisions, counts, key))
 
 
 # A comment line this often keeps proxies and the browser from closing a quiet stream.
@@ -678,3 +766,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/v1/components", apply_component)
     app.router.add_get("/api/v1/components/{namespace}/{name}", get_component)
     app.router.add_delete("/api/v1/components/{namespace}/{name}", delete_component)
+    app.router.add_get("/api/v1/components/{namespace}/{name}/history", component_history)
+    app.router.add_post("/api/v1/components/{namespace}/{name}/rollback", rollback_component)

@@ -7,6 +7,10 @@ does not validate or render is a ``SpecRefused`` (the deployer's ``SpecError``
 chained), a lost race with another apply a ``ConcurrentChange``, a component
 that does not exist a ``NotFound``, no free render slot a ``RendererBusy``.
 
+A rollback (``rollback``) takes the spec and chart of a kept revision and goes
+the apply's way from there: rendered again as an upgrade of the current
+revision, stored as a new revision (origin ``rollback to N``), dispatched.
+
 Rendering runs in worker processes bounded in time and output
 (:mod:`edgehub.renderer`); parsing and fingerprinting a spec, which may hold
 megabytes of values, run on a thread. Nothing here blocks the event loop.
@@ -15,6 +19,7 @@ megabytes of values, run on a thread. Nothing here blocks the event loop.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -30,8 +35,9 @@ from deployer_plugin import (
 from edgeprotocol.messages import Bundle
 
 from .dispatch import Dispatcher
-from .errors import NotFound, SpecRefused
-from .store import HubStore
+from .errors import ConcurrentChange, NotFound, SpecRefused
+from .store import ComponentRecord, HubStore, Replaced
+from .summaries import rollout
 
 if TYPE_CHECKING:
     from .renderer import Renderer
@@ -53,6 +59,8 @@ class ApplyOutcome:
     warnings: tuple[str, ...] = ()
     # The chart's NOTES.txt rendered for this revision (base values); "" when it has none.
     notes: str = ""
+    # A rollback: the revision whose spec and chart the new revision took.
+    rolled_back_to: int = 0
 
 
 class Components:
@@ -63,35 +71,107 @@ class Components:
         self._dispatcher = dispatcher
         self._renderer = renderer
 
-    async def apply(self, document: dict[str, Any], archive: bytes) -> ApplyOutcome:
+    async def apply(self, document: dict[str, Any], archive: bytes, *, origin: str = "apply") -> ApplyOutcome:
         """Store a new revision of a component unless it is unchanged, then dispatch it.
 
         ``document`` is a Component spec as a mapping, ``archive`` its packaged
-        chart. Raises SpecRefused (nothing stored) or ConcurrentChange
-        (RendererBusy among them).
+        chart, ``origin`` what the history says made the revision. Raises
+        SpecRefused (nothing stored) or ConcurrentChange (RendererBusy among
+        them). A change of ``spec.historyLimit`` alone makes no revision: it is
+        taken (and the history pruned to it) and the answer is "unchanged".
         """
-        try:
-            # Values may be megabytes: validating them is no work for the event loop.
-            component: Component = await asyncio.to_thread(parse_component, document, source="request")
-        except SpecError as exc:
-            raise SpecRefused(exc) from exc
-        ident = f"{component.namespace}/{component.name}"
-        try:
-            # The Helm engine is a blocking native call: keep it off the event loop.
-            chart = await asyncio.to_thread(ChartArchive.from_bytes, archive)
-        except SpecError as exc:
-            raise SpecRefused(exc, context=f"component {ident}") from exc
+        component = await self._parse(document)
+        chart = await self._open_chart(component, archive)
         fingerprint = await asyncio.to_thread(component_fingerprint, component, chart.fingerprint)
         existing = await self._store.get_component(component.namespace, component.name)
         live = existing is not None and not existing.deleted
         if existing is not None and live and existing.fingerprint == fingerprint:
-            return ApplyOutcome(component=ident, revision=existing.revision, changed=False)
+            if existing.history_limit != component.history_limit:
+                await self._store.set_history_limit(
+                    component.namespace, component.name, spec=await asyncio.to_thread(component.to_document),
+                    history_limit=component.history_limit, revision=existing.revision)
+                logger.info("Component %s/%s keeps %d revision(s) now", component.namespace, component.name,
+                            component.history_limit)
+            return ApplyOutcome(component=f"{component.namespace}/{component.name}", revision=existing.revision,
+                                changed=False)
+        return await self._store_revision(component, chart, archive, fingerprint, existing, origin=origin)
+
+    async def rollback(self, namespace: str, name: str, to_revision: int | None = None) -> ApplyOutcome:
+        """Make a new revision from revision ``to_revision`` (default: the one before the current), as
+        ``helm rollback`` does: its spec and chart, rendered again as an upgrade of the current revision,
+        then dispatched. The revisions after ``to_revision`` become ``rolled back``.
+
+        Raises NotFound (no such component, deleted, or no such revision kept; a pruned one says so) and
+        ConcurrentChange (the current revision, a deletion, or a revision whose spec was dropped).
+        """
+        ident = f"{namespace}/{name}"
+        existing = await self._store.get_component(namespace, name)
+        if existing is None:
+            raise NotFound(f"component {ident} not found")
+        if existing.deleted:
+            raise NotFound(f"component {ident} not found: it was deleted at revision {existing.revision} "
+                           "(apply it again; its history is kept)")
+        target = existing.revision - 1 if to_revision is None else to_revision
+        if target == existing.revision:
+            raise ConcurrentChange(f"revision {target} is the current revision of {ident}; nothing to roll back to")
+        if target < 1 and to_revision is None:
+            raise ConcurrentChange(f"component {ident} is at its first revision; nothing to roll back to")
+        window = await self._store.revision_window(namespace, name)
+        if target < 1 or target > existing.revision:
+            raise NotFound(f"revision {target} of component {ident} not found: it has revisions "
+                           f"{window.oldest} to {existing.revision}")
+        record = await self._store.get_revision(namespace, name, target)
+        if record is None:
+            raise NotFound(f"revision {target} of component {ident} was pruned: spec.historyLimit keeps "
+                           f"{existing.history_limit} revision(s), now {window.oldest} to {existing.revision}")
+        if record.status == "deleted":
+            raise ConcurrentChange(f"revision {target} of {ident} is the deletion of the component; nothing to "
+                                   "roll back to (give --to-revision an earlier one)")
+        archive = await self._store.get_chart(record.chart_digest) if record.has_spec else None
+        if archive is None or record.spec_json is None:
+            raise ConcurrentChange(f"revision {target} of {ident} has no spec and chart any more: they were dropped "
+                                   "when the component was deleted")
+        component = await self._parse(record.spec)
+        chart = await self._open_chart(component, archive)
+        fingerprint = await asyncio.to_thread(component_fingerprint, component, chart.fingerprint)
+        outcome = await self._store_revision(component, chart, archive, fingerprint, existing,
+                                             origin=f"rollback to {target}", rolled_back_to=target)
+        logger.info("Component %s rolled back to revision %d (now revision %d)", ident, target, outcome.revision)
+        return dataclasses.replace(outcome, rolled_back_to=target)
+
+    async def _parse(self, document: dict[str, Any]) -> Component:
+        try:
+            # Values may be megabytes: validating them is no work for the event loop.
+            return await asyncio.to_thread(parse_component, document, source="request")
+        except SpecError as exc:
+            raise SpecRefused(exc) from exc
+
+    async def _open_chart(self, component: Component, archive: bytes) -> ChartArchive:
+        try:
+            # The Helm engine is a blocking native call: keep it off the event loop.
+            return await asyncio.to_thread(ChartArchive.from_bytes, archive)
+        except SpecError as exc:
+            raise SpecRefused(exc, context=f"component {component.namespace}/{component.name}") from exc
+
+    async def _replaced_status(self, existing: ComponentRecord) -> Replaced:
+        """What the current revision becomes when it is replaced: failed when a target reports Failed."""
+        counts = rollout(existing, await self._store.list_nodes(), await self._store.list_assignments())
+        return "failed" if counts["failed"] else "superseded"
+
+    async def _store_revision(self, component: Component, chart: ChartArchive, archive: bytes, fingerprint: str,
+                              existing: ComponentRecord | None, *, origin: str,
+                              rolled_back_to: int | None = None) -> ApplyOutcome:
+        """Render ``component`` as the next revision (an upgrade of a live one), store it, dispatch it."""
+        ident = f"{component.namespace}/{component.name}"
+        live = existing is not None and not existing.deleted
         revision = (existing.revision if existing else 0) + 1
         # A live component is upgraded, and keeps the values its chart generated
         # from the previous revision's renders; a new or deleted one is installed afresh.
         previous: dict[str, Bundle] = {}
+        replaced: Replaced = "superseded"
         if existing is not None and live:
             previous = await self._store.get_renders(component.namespace, component.name, existing.revision)
+            replaced = await self._replaced_status(existing)
         try:
             # A worker process, killed past the time bound (see edgehub.renderer).
             rendered = await self._renderer.render(
@@ -104,9 +184,10 @@ class Components:
         await self._store.save_component(
             namespace=component.namespace, name=component.name, spec=await asyncio.to_thread(component.to_document),
             chart_archive=archive, chart_name=chart.name, chart_version=chart.version,
-            fingerprint=fingerprint, revision=revision, renders=renders,
+            fingerprint=fingerprint, revision=revision, renders=renders, origin=origin,
+            history_limit=component.history_limit, replaced=replaced, rolled_back_to=rolled_back_to,
         )
-        logger.info("Component %s is now at revision %d", ident, revision)
+        logger.info("Component %s is now at revision %d (%s)", ident, revision, origin)
         self._dispatcher.remember(component, revision=revision, fingerprint=fingerprint)
         await self._dispatcher.sync()
         targets = sum(1 for a in await self._store.list_assignments()
@@ -121,7 +202,11 @@ class Components:
 
     async def delete(self, namespace: str, name: str) -> int:
         """Mark a component deleted and tombstone it on every node; returns the deleting revision."""
-        revision = await self._store.delete_component(namespace, name)
+        existing = await self._store.get_component(namespace, name)
+        replaced: Replaced = "superseded"
+        if existing is not None and not existing.deleted:
+            replaced = await self._replaced_status(existing)
+        revision = await self._store.delete_component(namespace, name, replaced=replaced)
         if revision is None:
             raise NotFound(f"component {namespace}/{name} not found")
         logger.info("Component %s/%s deleted (revision %d)", namespace, name, revision)

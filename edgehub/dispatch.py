@@ -20,7 +20,9 @@ megabytes: each spec is parsed once per revision, on a worker thread, and
 what placement needs is kept (``Placements``), so a sync reads no specs at
 all when nothing was applied. A resync re-publishes only what the node lacks
 or holds an older revision of. After each sync the renders of deleted
-components are pruned from the store (tombstones carry none).
+components are pruned from the store (tombstones carry none), and so are the
+renders of revisions beyond a component's ``spec.historyLimit`` that no
+assignment names any more.
 
 Every assignment is sealed for the node's current join generation, and only
 nodes in standing ``joined`` are published to: a reset or revoked node keeps
@@ -215,8 +217,10 @@ class Dispatcher:
             published = await self._publish_records(changed, by_release)
             if changed:
                 logger.info("Dispatch: %d assignments changed, %d published", len(changed), published)
-            # Cheap when there is nothing to prune (one query over deleted components).
+            # Cheap when there is nothing to prune (one query over deleted components, one over renders).
             await self._store.prune_deleted()
+            # Renders of revisions pruned by spec.historyLimit that a node was still assigned until now.
+            await self._store.prune_history()
             return SyncReport(changed=len(changed), published=published)
 
     async def publish_all(self) -> int:

@@ -1,9 +1,25 @@
 """The hub's store: the source of truth for desired state (SQLite by default).
 
 Tables: join tokens, nodes (identity, labels, presence, last status),
-components (spec, chart archive, revision counter), renders (one per component
-revision and render key) and assignments (what each node should hold now).
-Every change that must be all-or-nothing is one transaction.
+components (the current spec, revision counter and history limit), revisions
+(each kept revision of a component: its spec, chart reference, time, origin
+and status), charts (chart archives by SHA-256, stored once however many
+revisions use them), renders (one per component revision and render key) and
+assignments (what each node should hold now). Every change that must be
+all-or-nothing is one transaction.
+
+History: every apply that makes a revision, every rollback and every delete
+adds a row to ``revisions``, in the transaction that changes the component,
+and prunes the rows beyond the component's ``spec.historyLimit`` (never the
+current one) with their renders, except a render an assignment still names
+(a node may not have the newer revision yet; it goes at a later sync, see
+``prune_history``), and the chart archives no kept revision uses. A file
+made before history existed gets one row per component on open, made from
+its current row. Statuses stored: ``current`` (the component's current
+revision; the API shows its live state instead), ``superseded``, ``failed``
+(its targets reported Failed when it was replaced), ``rolled back`` (replaced
+by a rollback to an earlier revision) and ``deleted`` (the revision that
+deleted the component).
 
 What nodes send is bounded here too, whoever sent it (the broker lets anyone
 publish on a node's topics): a status or event whose sequence number jumps
@@ -24,6 +40,7 @@ if it came from no registered node.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import sqlite3
@@ -33,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from deployer_plugin.spec import DEFAULT_HISTORY_LIMIT
 from edgekit.sqlite import Database
 from edgeprotocol.errors import ProtocolError
 from edgeprotocol.messages import MAX_MESSAGE_BYTES, AssignmentKind, Bundle, Event, NodeStatus
@@ -79,7 +97,26 @@ CREATE TABLE IF NOT EXISTS components (
     revision INTEGER NOT NULL,
     deleted INTEGER NOT NULL DEFAULT 0,
     updated_at REAL NOT NULL,
+    history_limit INTEGER NOT NULL DEFAULT 10,
     PRIMARY KEY (namespace, name)
+);
+CREATE TABLE IF NOT EXISTS revisions (
+    namespace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    spec TEXT NOT NULL,
+    chart_digest TEXT NOT NULL,
+    chart_name TEXT NOT NULL,
+    chart_version TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    origin TEXT NOT NULL,
+    status TEXT NOT NULL,
+    PRIMARY KEY (namespace, name, revision)
+);
+CREATE TABLE IF NOT EXISTS charts (
+    digest TEXT PRIMARY KEY,
+    archive BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS renders (
     namespace TEXT NOT NULL,
@@ -132,6 +169,8 @@ ADDED_COLUMNS = (
     ("nodes", "generation", "INTEGER NOT NULL DEFAULT 0"),
     ("nodes", "standing", "TEXT NOT NULL DEFAULT 'joined'"),
     ("nodes", "bundle_key", "TEXT NOT NULL DEFAULT ''"),
+    # history_limit: the component's spec.historyLimit (revisions kept, the current one included).
+    ("components", "history_limit", "INTEGER NOT NULL DEFAULT 10"),
 )
 # Sequence numbers are SQLite integers (signed 64 bits), counted from 1.
 MAX_SEQ = 2**63 - 1
@@ -142,7 +181,14 @@ Standing = Literal["joined", "reset", "revoked"]
 _JOINED = "standing = 'joined'"
 # The columns of a component row that listing needs: never the chart archive
 # (up to 16 MiB each), and the spec only when asked.
-_COMPONENT_COLUMNS = "namespace, name, chart_name, chart_version, fingerprint, revision, deleted, updated_at"
+_COMPONENT_COLUMNS = ("namespace, name, chart_name, chart_version, fingerprint, revision, deleted, updated_at, "
+                      "history_limit")
+# A revision's stored status; "current" is shown as the live state of its rollout.
+RevisionStatus = Literal["current", "superseded", "failed", "rolled back", "deleted"]
+# What a replaced revision becomes: superseded, or failed when its targets reported Failed.
+Replaced = Literal["superseded", "failed"]
+_REVISION_COLUMNS = ("revision, chart_digest, chart_name, chart_version, fingerprint, created_at, origin, status, "
+                     "spec != '' AS has_spec")
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +279,7 @@ class ComponentRecord:
     revision: int
     deleted: bool
     updated_at: float
+    history_limit: int = 10
     # The spec as stored (JSON), parsed only when ``spec`` is read: values
     # may be megabytes, and listing or dispatching never needs them. None
     # when the record was read without it.
@@ -255,8 +302,50 @@ class ComponentRecord:
             revision=row["revision"],
             deleted=bool(row["deleted"]),
             updated_at=row["updated_at"],
+            history_limit=row["history_limit"],
             spec_json=row["spec"] if "spec" in row.keys() else None,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class RevisionRecord:
+    """One kept revision of a component. ``has_spec`` is False for a deletion and for a revision whose
+    spec and chart were dropped when the component was deleted; ``spec_json`` only when read with it."""
+
+    namespace: str
+    name: str
+    revision: int
+    chart_digest: str
+    chart_name: str
+    chart_version: str
+    fingerprint: str
+    created_at: float
+    origin: str
+    status: RevisionStatus
+    has_spec: bool
+    spec_json: str | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        if not self.spec_json:
+            raise RuntimeError(f"revision {self.revision} of {self.namespace}/{self.name} has no spec here")
+        return json.loads(self.spec_json)
+
+    @classmethod
+    def from_row(cls, namespace: str, name: str, row: sqlite3.Row) -> RevisionRecord:
+        return cls(namespace=namespace, name=name, revision=row["revision"], chart_digest=row["chart_digest"],
+                   chart_name=row["chart_name"], chart_version=row["chart_version"],
+                   fingerprint=row["fingerprint"], created_at=row["created_at"], origin=row["origin"],
+                   status=row["status"], has_spec=bool(row["has_spec"]),
+                   spec_json=row["spec"] if "spec" in row.keys() else None)
+
+
+@dataclass(frozen=True, slots=True)
+class RevisionWindow:
+    """Which revisions of a component are kept: ``oldest`` to ``current`` (0 when there are none)."""
+
+    oldest: int
+    current: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,6 +383,7 @@ class HubStore:
         await self._db.__aenter__()
         try:
             await self._db.read(_prepare_file)
+            await self._db.transaction(_start_history)
         except BaseException:
             await self._db.__aexit__(None, None, None)
             raise
@@ -643,12 +733,28 @@ class HubStore:
         return [ComponentRecord.from_row(r) for r in rows]
 
     async def get_chart_archive(self, namespace: str, name: str) -> bytes | None:
+        """The chart archive of the component's current revision; None when there is none (or it was dropped)."""
+
+        def run(c: sqlite3.Connection) -> bytes | None:
+            row = c.execute(
+                """SELECT comp.chart_archive AS inline, ch.archive AS stored FROM components AS comp
+                   LEFT JOIN revisions AS v ON v.namespace = comp.namespace AND v.name = comp.name
+                        AND v.revision = comp.revision
+                   LEFT JOIN charts AS ch ON ch.digest = v.chart_digest
+                   WHERE comp.namespace = ? AND comp.name = ?""", (namespace, name)).fetchone()
+            if row is None:
+                return None
+            if row["inline"]:  # stored by a hub before charts were kept apart
+                return bytes(row["inline"])
+            return bytes(row["stored"]) if row["stored"] is not None else None
+
+        return await self._db.read(run)
+
+    async def get_chart(self, digest: str) -> bytes | None:
+        """A stored chart archive by its digest (``sha256:HEX`` of the archive)."""
         row = await self._db.read(
-            lambda c: c.execute(
-                "SELECT chart_archive FROM components WHERE namespace = ? AND name = ?", (namespace, name)
-            ).fetchone()
-        )
-        return bytes(row["chart_archive"]) if row else None
+            lambda c: c.execute("SELECT archive FROM charts WHERE digest = ?", (digest,)).fetchone())
+        return bytes(row["archive"]) if row else None
 
     async def save_component(
         self,
@@ -662,13 +768,23 @@ class HubStore:
         fingerprint: str,
         revision: int,
         renders: dict[str, Bundle],
+        origin: str = "apply",
+        history_limit: int = DEFAULT_HISTORY_LIMIT,
+        replaced: Replaced = "superseded",
+        rolled_back_to: int | None = None,
     ) -> None:
         """Store a new revision of a component with all its renders, at once.
 
         ``revision`` must be the stored revision plus one (the caller read it);
         a concurrent apply that got there first makes this fail instead of
-        silently overwriting.
+        silently overwriting. The revision is added to the history (``origin``
+        says what made it); the one it replaces becomes ``replaced`` or, with
+        ``rolled_back_to`` (a rollback to that revision), every revision after
+        that one becomes ``rolled back``. Revisions beyond ``history_limit``
+        are pruned.
         """
+        digest = chart_digest(chart_archive)
+        spec_json = json.dumps(spec, sort_keys=True)
 
         def run(c: sqlite3.Connection) -> None:
             row = c.execute(
@@ -679,55 +795,138 @@ class HubStore:
                 raise ConcurrentChange(
                     f"component {namespace}/{name} changed meanwhile (now at revision {current}); apply again"
                 )
+            now = time.time()
             c.execute(
-                """INSERT INTO components VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?)
+                """INSERT INTO components (namespace, name, spec, chart_archive, chart_name, chart_version,
+                       fingerprint, revision, deleted, updated_at, history_limit)
+                   VALUES (?, ?, ?, x'', ?, ?, ?, ?, 0, ?, ?)
                    ON CONFLICT(namespace, name) DO UPDATE SET spec = excluded.spec,
                        chart_archive = excluded.chart_archive, chart_name = excluded.chart_name,
                        chart_version = excluded.chart_version, fingerprint = excluded.fingerprint,
-                       revision = excluded.revision, deleted = 0, updated_at = excluded.updated_at""",
-                (namespace, name, json.dumps(spec, sort_keys=True), chart_archive, chart_name,
-                 chart_version, fingerprint, revision, time.time()),
+                       revision = excluded.revision, deleted = 0, updated_at = excluded.updated_at,
+                       history_limit = excluded.history_limit""",
+                (namespace, name, spec_json, chart_name, chart_version, fingerprint, revision, now, history_limit),
             )
+            c.execute("INSERT OR IGNORE INTO charts VALUES (?, ?)", (digest, chart_archive))
+            _replace_current(c, namespace, name, replaced=replaced, rolled_back_to=rolled_back_to)
+            c.execute("INSERT INTO revisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'current')",
+                      (namespace, name, revision, spec_json, digest, chart_name, chart_version, fingerprint, now,
+                       origin))
             c.executemany(
                 "INSERT INTO renders VALUES (?, ?, ?, ?, ?, ?)",
                 [(namespace, name, revision, key, b.manifests, b.digest) for key, b in renders.items()],
             )
+            _prune_revisions(c, namespace, name, keep=history_limit, current=revision)
 
         await self._write(run)
 
-    async def delete_component(self, namespace: str, name: str) -> int | None:
-        """Mark a component deleted at a new revision; None when there is none."""
+    async def set_history_limit(self, namespace: str, name: str, *, spec: dict[str, Any], history_limit: int,
+                                revision: int) -> None:
+        """Take a new ``spec.historyLimit`` without a new revision (nothing deployed changes): the current
+        spec (and its history row) is replaced by ``spec``, and revisions beyond the limit are pruned."""
+        spec_json = json.dumps(spec, sort_keys=True)
+
+        def run(c: sqlite3.Connection) -> None:
+            row = c.execute("SELECT revision, deleted FROM components WHERE namespace = ? AND name = ?",
+                            (namespace, name)).fetchone()
+            if row is None or row["deleted"] or row["revision"] != revision:
+                raise ConcurrentChange(f"component {namespace}/{name} changed meanwhile; apply again")
+            c.execute("UPDATE components SET spec = ?, history_limit = ? WHERE namespace = ? AND name = ?",
+                      (spec_json, history_limit, namespace, name))
+            c.execute("UPDATE revisions SET spec = ? WHERE namespace = ? AND name = ? AND revision = ?",
+                      (spec_json, namespace, name, revision))
+            _prune_revisions(c, namespace, name, keep=history_limit, current=revision)
+
+        await self._write(run)
+
+    async def delete_component(self, namespace: str, name: str, *, replaced: Replaced = "superseded") -> int | None:
+        """Mark a component deleted at a new revision (kept in its history, origin "delete"); None when
+        there is none. The revision it replaces becomes ``replaced``."""
 
         def run(c: sqlite3.Connection) -> int | None:
             row = c.execute(
-                "SELECT revision, deleted FROM components WHERE namespace = ? AND name = ?", (namespace, name)
+                "SELECT revision, deleted, chart_name, chart_version, history_limit FROM components "
+                "WHERE namespace = ? AND name = ?", (namespace, name)
             ).fetchone()
             if row is None or row["deleted"]:
                 return None
             revision = row["revision"] + 1
+            now = time.time()
             c.execute(
                 "UPDATE components SET deleted = 1, revision = ?, fingerprint = '', updated_at = ? "
                 "WHERE namespace = ? AND name = ?",
-                (revision, time.time(), namespace, name),
+                (revision, now, namespace, name),
             )
+            _replace_current(c, namespace, name, replaced=replaced, rolled_back_to=None)
+            c.execute("INSERT INTO revisions VALUES (?, ?, ?, '', '', ?, ?, '', ?, 'delete', 'deleted')",
+                      (namespace, name, revision, row["chart_name"], row["chart_version"], now))
+            _prune_revisions(c, namespace, name, keep=row["history_limit"], current=revision)
             return revision
 
         return await self._write(run)
 
+    async def list_revisions(self, namespace: str, name: str) -> list[RevisionRecord]:
+        """The kept revisions of a component, newest first, each with its spec (for its values digest)."""
+        rows = await self._db.read(lambda c: c.execute(
+            f"SELECT {_REVISION_COLUMNS}, spec FROM revisions WHERE namespace = ? AND name = ? "
+            "ORDER BY revision DESC", (namespace, name)).fetchall())
+        return [RevisionRecord.from_row(namespace, name, r) for r in rows]
+
+    async def get_revision(self, namespace: str, name: str, revision: int) -> RevisionRecord | None:
+        """One kept revision with its spec; None when it is not kept (never made, or pruned)."""
+        row = await self._db.read(lambda c: c.execute(
+            f"SELECT {_REVISION_COLUMNS}, spec FROM revisions WHERE namespace = ? AND name = ? AND revision = ?",
+            (namespace, name, revision)).fetchone())
+        return RevisionRecord.from_row(namespace, name, row) if row else None
+
+    async def revision_window(self, namespace: str, name: str) -> RevisionWindow:
+        """The oldest kept revision of a component and its current one (both 0 for none)."""
+        row = await self._db.read(lambda c: c.execute(
+            "SELECT MIN(revision) AS oldest, MAX(revision) AS current FROM revisions WHERE namespace = ? AND name = ?",
+            (namespace, name)).fetchone())
+        return RevisionWindow(oldest=row["oldest"] or 0, current=row["current"] or 0)
+
+    async def prune_history(self) -> int:
+        """Drop renders of revisions no longer kept (pruned by ``spec.historyLimit``, or older than the history
+        of a file made before it existed) once no assignment names them, and the charts no revision uses.
+        Cheap when there is nothing to drop. Returns the renders dropped."""
+
+        def run(c: sqlite3.Connection) -> int:
+            dropped = c.execute(
+                """DELETE FROM renders WHERE NOT EXISTS (SELECT 1 FROM revisions AS v
+                       WHERE v.namespace = renders.namespace AND v.name = renders.name
+                       AND v.revision = renders.revision)
+                   AND NOT EXISTS (SELECT 1 FROM assignments AS a WHERE a.namespace = renders.namespace
+                       AND a.release = renders.name AND a.revision = renders.revision
+                       AND a.render_key = renders.render_key AND a.kind = 'release')"""
+            ).rowcount
+            _drop_unused_charts(c)
+            return dropped
+
+        dropped = await self._write(run)
+        if dropped:
+            await self._db.read(lambda c: c.executescript("PRAGMA incremental_vacuum;"))
+            logger.info("Pruned %d render(s) of revisions beyond their component's history", dropped)
+        return dropped
+
     async def prune_deleted(self) -> int:
-        """Drop the renders, chart and spec of deleted components no node is assigned a release of any more.
+        """Drop the renders, charts and specs of deleted components no node is assigned a release of any more.
 
         Tombstones carry no render, so a deleted component's renders are
         garbage from the dispatch that tombstones it (and at once when no node
-        had it). Its row stays, for the revision count. Returns the renders
-        dropped; the file shrinks by what they held (incremental vacuum).
+        had it). Its row stays, for the revision count, and so do its history
+        rows, without their specs and charts (a rollback to one of them is
+        refused). Returns the renders dropped; the file shrinks by what they
+        held (incremental vacuum).
         """
 
         def run(c: sqlite3.Connection) -> int:
             gone = c.execute(
                 """SELECT namespace, name FROM components AS comp WHERE deleted = 1
                    AND (length(chart_archive) > 0 OR spec != '{}' OR EXISTS (SELECT 1 FROM renders AS r
-                        WHERE r.namespace = comp.namespace AND r.name = comp.name))
+                        WHERE r.namespace = comp.namespace AND r.name = comp.name)
+                        OR EXISTS (SELECT 1 FROM revisions AS v WHERE v.namespace = comp.namespace
+                        AND v.name = comp.name AND (v.spec != '' OR v.chart_digest != '')))
                    AND NOT EXISTS (SELECT 1 FROM assignments AS a WHERE a.namespace = comp.namespace
                         AND a.release = comp.name AND a.kind = 'release')"""
             ).fetchall()
@@ -737,6 +936,9 @@ class HubStore:
                 dropped += c.execute("DELETE FROM renders WHERE namespace = ? AND name = ?", ident).rowcount
                 c.execute("UPDATE components SET chart_archive = x'', spec = '{}' WHERE namespace = ? AND name = ?",
                           ident)
+                c.execute("UPDATE revisions SET spec = '', chart_digest = '' WHERE namespace = ? AND name = ?", ident)
+            if gone:
+                _drop_unused_charts(c)
             return dropped
 
         dropped = await self._write(run)
@@ -799,6 +1001,71 @@ class HubStore:
             c.executemany("DELETE FROM assignments WHERE node = ? AND namespace = ? AND release = ?", deletes)
 
         await self._write(run)
+
+
+def chart_digest(archive: bytes) -> str:
+    """A chart archive's identity in the store: ``sha256:`` and the hex SHA-256 of its bytes."""
+    return "sha256:" + hashlib.sha256(archive).hexdigest()
+
+
+def _replace_current(c: sqlite3.Connection, namespace: str, name: str, *, replaced: Replaced,
+                     rolled_back_to: int | None) -> None:
+    """The component's current revision is being replaced: it becomes ``replaced``, or, for a rollback to
+    ``rolled_back_to``, it and every revision after that one become ``rolled back`` (deletions stay)."""
+    if rolled_back_to is not None:
+        c.execute("UPDATE revisions SET status = 'rolled back' WHERE namespace = ? AND name = ? AND revision > ? "
+                  "AND status != 'deleted'", (namespace, name, rolled_back_to))
+    else:
+        c.execute("UPDATE revisions SET status = ? WHERE namespace = ? AND name = ? AND status = 'current'",
+                  (replaced, namespace, name))
+
+
+def _prune_revisions(c: sqlite3.Connection, namespace: str, name: str, *, keep: int, current: int) -> None:
+    """Keep the newest ``keep`` revisions (the current one always); drop the others with their renders,
+    but a render an assignment still names (dropped by ``prune_history`` once none does)."""
+    old = [r["revision"] for r in c.execute(
+        "SELECT revision FROM revisions WHERE namespace = ? AND name = ? AND revision != ? "
+        "ORDER BY revision DESC LIMIT -1 OFFSET ?", (namespace, name, current, max(keep - 1, 0))).fetchall()]
+    if not old:
+        return
+    c.executemany("DELETE FROM revisions WHERE namespace = ? AND name = ? AND revision = ?",
+                  [(namespace, name, r) for r in old])
+    c.executemany(
+        """DELETE FROM renders WHERE namespace = ? AND name = ? AND revision = ?
+           AND NOT EXISTS (SELECT 1 FROM assignments AS a WHERE a.namespace = renders.namespace
+               AND a.release = renders.name AND a.revision = renders.revision
+               AND a.render_key = renders.render_key AND a.kind = 'release')""",
+        [(namespace, name, r) for r in old])
+    _drop_unused_charts(c)
+    logger.info("Pruned revision(s) %s of %s/%s (spec.historyLimit %d)", ", ".join(map(str, sorted(old))),
+                namespace, name, keep)
+
+
+def _drop_unused_charts(c: sqlite3.Connection) -> None:
+    c.execute("DELETE FROM charts WHERE NOT EXISTS (SELECT 1 FROM revisions AS v WHERE v.chart_digest = charts.digest)")
+
+
+def _start_history(c: sqlite3.Connection) -> None:
+    """Once per open: a component with no history (stored by a hub before history existed) gets its current
+    revision as its first history row, its chart archive kept apart by digest."""
+    rows = c.execute(
+        """SELECT * FROM components AS comp WHERE NOT EXISTS (SELECT 1 FROM revisions AS v
+               WHERE v.namespace = comp.namespace AND v.name = comp.name)""").fetchall()
+    for row in rows:
+        ident = (row["namespace"], row["name"])
+        if row["deleted"]:
+            c.execute("INSERT INTO revisions VALUES (?, ?, ?, '', '', ?, ?, '', ?, 'delete', 'deleted')",
+                      (*ident, row["revision"], row["chart_name"], row["chart_version"], row["updated_at"]))
+            continue
+        archive = bytes(row["chart_archive"])
+        digest = chart_digest(archive)
+        c.execute("INSERT OR IGNORE INTO charts VALUES (?, ?)", (digest, archive))
+        c.execute("INSERT INTO revisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'stored before history', 'current')",
+                  (*ident, row["revision"], row["spec"], digest, row["chart_name"], row["chart_version"],
+                   row["fingerprint"], row["updated_at"]))
+        c.execute("UPDATE components SET chart_archive = x'' WHERE namespace = ? AND name = ?", ident)
+    if rows:
+        logger.info("History started for %d component(s) stored before it existed", len(rows))
 
 
 def _prepare_file(c: sqlite3.Connection) -> None:

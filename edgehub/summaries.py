@@ -105,6 +105,32 @@ def _rollout_state(counts: dict[str, int]) -> str:
     return "progressing"
 
 
+def _targets(comp: ComponentRecord, by_name: dict[str, NodeRecord],
+             assignments: list[AssignmentRecord]) -> list[_Target]:
+    """The component's targets among ``by_name`` (joined nodes), each as its node last reported it."""
+    targets = []
+    for a in assignments:
+        if (a.namespace, a.release) != (comp.namespace, comp.name) or a.kind != "release":
+            continue
+        node = by_name.get(a.node)
+        if node is None:
+            continue
+        reported = release_view(node, comp.namespace, comp.name) or {}
+        targets.append(_Target(pool=node.pool, online=node.presence == "online",
+                               applied=reported.get("applied_revision", 0),
+                               phase=reported.get("phase", "Pending"), stale=reported.get("stale", False)))
+    return targets
+
+
+def rollout(comp: ComponentRecord, nodes: list[NodeRecord], assignments: list[AssignmentRecord]) -> dict[str, Any]:
+    """The rollout of the component's current revision over its joined targets, as its summary counts it:
+    ``desired``, ``updated``, ``ready``, ``failed``, ``offline`` and ``rollout`` (``complete``, ``failing``,
+    ``progressing``, ``waiting for offline nodes`` or ``no targets``)."""
+    joined = {n.name: n for n in nodes if n.standing == "joined"}
+    counts = _rollout(_targets(comp, joined, assignments), comp.revision)
+    return {**counts, "rollout": _rollout_state(counts)}
+
+
 def build(nodes: list[NodeRecord], components: list[ComponentRecord],
           assignments: list[AssignmentRecord]) -> dict[str, dict[str, Any]]:
     """Every summary by topic, without ``observed_at`` (the publisher adds when each content last changed)."""
@@ -136,18 +162,9 @@ def build(nodes: list[NodeRecord], components: list[ComponentRecord],
     components_of_pool: dict[str, set[str]] = defaultdict(set)
     for comp in components:
         ref = f"{comp.namespace}/{comp.name}"
-        targets: list[_Target] = []
-        for a in assignments:
-            if (a.namespace, a.release) != (comp.namespace, comp.name) or a.kind != "release":
-                continue
-            node = by_name.get(a.node)
-            if node is None:
-                continue
-            reported = release_view(node, comp.namespace, comp.name) or {}
-            targets.append(_Target(pool=node.pool, online=node.presence == "online",
-                                   applied=reported.get("applied_revision", 0),
-                                   phase=reported.get("phase", "Pending"), stale=reported.get("stale", False)))
-            components_of_pool[node.pool].add(ref)
+        targets = _targets(comp, by_name, assignments)
+        for t in targets:
+            components_of_pool[t.pool].add(ref)
         total = _rollout(targets, comp.revision)
         per_pool = {pool: _rollout([t for t in targets if t.pool == pool], comp.revision)
                     for pool in sorted({t.pool for t in targets})}

@@ -65,7 +65,9 @@ async def state_of(hub: TestClient) -> tuple[Any, Any, int]:
 
 
 def test_the_route_table_has_every_endpoint_the_api_documents():
-    assert len(PROTECTED) == 17
+    assert len(PROTECTED) == 19
+    assert ("GET", "/api/v1/components/demo/web/history") in PROTECTED
+    assert ("POST", "/api/v1/components/demo/web/rollback") in PROTECTED
     assert ("GET", "/metrics") in PROTECTED and ("GET", "/api/v1/events") in PROTECTED
     assert ("POST", "/api/v1/credentials") in PROTECTED and ("DELETE", "/api/v1/credentials/web") in PROTECTED
     assert ("POST", "/api/v1/tokens") in PROTECTED and ("DELETE", "/api/v1/components/demo/web") in PROTECTED
