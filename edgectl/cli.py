@@ -1,5 +1,9 @@
 """``edgectl``: tokens, components, nodes and pools, from the command line.
 
+``edgectl history NAMESPACE/NAME`` lists a component's kept revisions (status,
+chart, origin); ``edgectl rollback NAMESPACE/NAME [--to-revision N]`` makes a
+new revision from an earlier one, as ``helm rollback`` does.
+
 ``edgectl node reset NAME`` frees a node's name for the next join (its
 assignments are kept for the node that joins); ``edgectl node revoke NAME``
 refuses the node until it is reset.
@@ -152,6 +156,16 @@ def events_limit(text: str) -> int:
     return value
 
 
+def revision_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"revision {text!r} must be a whole number from 1")
+    return value
+
+
 def hub_url(text: str) -> str:
     """The hub's base URL: http:// or https:// and a host (a typo fails as usage, not as a traceback)."""
     try:
@@ -277,6 +291,21 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("-n", "--namespace", default="default")
     delete.add_argument("-o", "--output", choices=TEXT_OUTPUTS, default="text")
 
+    history = sub.add_parser("history", help="a component's revisions, newest first, with their status",
+                             epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    history.add_argument("name", help="NAME or NAMESPACE/NAME")
+    history.add_argument("-n", "--namespace", default="default")
+    history.add_argument("-o", "--output", choices=LIST_OUTPUTS, default="table",
+                         help="table (default), wide (the chart's digest and the values' digests too), json or yaml")
+
+    rollback = sub.add_parser("rollback", help="make a new revision from an earlier one (as helm rollback)",
+                              epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    rollback.add_argument("name", help="NAME or NAMESPACE/NAME")
+    rollback.add_argument("-n", "--namespace", default="default")
+    rollback.add_argument("--to-revision", type=revision_number, metavar="N",
+                          help="the revision to go back to (default: the one before the current)")
+    rollback.add_argument("-o", "--output", choices=TEXT_OUTPUTS, default="text")
+
     node = sub.add_parser("node", help="a node's identity: free its name, or refuse it").add_subparsers(
         dest="action", required=True)
     reset = node.add_parser("reset", help="free the node's name: the next join with it is accepted and gets "
@@ -382,7 +411,8 @@ def cmd_apply(hub: JsonHttpClient, args: argparse.Namespace) -> None:
     component, archive = load_component_file(args.filename)
     answer = hub.post(
         "/api/v1/components",
-        {"component": component.to_document(), "chart_archive": base64.b64encode(archive).decode()},
+        {"component": component.to_document(), "chart_archive": base64.b64encode(archive).decode(),
+         "client": "edgectl"},
     )
     if args.output in DATA_OUTPUTS:
         print_data(answer, args.output)
@@ -582,6 +612,49 @@ def cmd_delete(hub: JsonHttpClient, args: argparse.Namespace) -> None:
         say(f"component/{one_line(answer['component'])} deleted (revision {one_line(answer['revision'])})")
 
 
+HISTORY_COLUMNS = ["revision", "updated", "status", "chart", "origin"]
+HISTORY_WIDE_COLUMNS = ["revision", "updated", "status", "chart", "chart_digest", "values", "origin"]
+
+
+def _short_digest(digest: Any) -> str:
+    """A values digest (``{"hmac-sha256": HEX}``) or chart digest (``sha256:HEX``) cut to 12 hex digits."""
+    if isinstance(digest, dict):
+        digest = next(iter(digest.values()), "")
+    if not isinstance(digest, str) or not digest:
+        return "-"
+    return digest.rpartition(":")[2][:12]
+
+
+def history_rows(data: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{**r, "updated": timestamp(r.get("created_at")),
+             "chart": f"{r['chart']['name']}-{r['chart']['version']}" if r.get("chart") else "-",
+             "chart_digest": _short_digest((r.get("chart") or {}).get("digest")),
+             "values": _short_digest(r.get("values"))}
+            for r in data]
+
+
+def cmd_history(hub: JsonHttpClient, args: argparse.Namespace) -> None:
+    namespace, name = _component_ref(args.name, args.namespace)
+    data = hub.get(f"/api/v1/components/{namespace}/{name}/history")
+    if args.output in DATA_OUTPUTS:
+        print_data(data, args.output)
+    else:
+        show_table(history_rows(data), HISTORY_WIDE_COLUMNS if args.output == "wide" else HISTORY_COLUMNS)
+
+
+def cmd_rollback(hub: JsonHttpClient, args: argparse.Namespace) -> None:
+    namespace, name = _component_ref(args.name, args.namespace)
+    body = {} if args.to_revision is None else {"to_revision": args.to_revision}
+    answer = hub.post(f"/api/v1/components/{namespace}/{name}/rollback", body)
+    if args.output in DATA_OUTPUTS:
+        print_data(answer, args.output)
+        return
+    say(f"component/{one_line(answer['component'])} rolled back to revision {one_line(answer['rolled_back_to'])} "
+        f"(now revision {one_line(answer['revision'])}, {one_line(answer['targets'])} node(s))")
+    for warning in answer.get("warnings", []):
+        say(f"warning: {one_line(warning)}", err=True)
+
+
 def timestamp(seconds: Any) -> str:
     """A Unix time from the hub as UTC ISO 8601; ``-`` if there is none."""
     if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
@@ -743,7 +816,8 @@ def client_key_and_csr(common_name: str) -> tuple[bytes, str]:
 
 
 COMMANDS = {"token": cmd_token, "apply": cmd_apply, "get": cmd_get, "events": cmd_events, "describe": cmd_describe,
-            "delete": cmd_delete, "node": cmd_node, "credentials": cmd_credentials}
+            "delete": cmd_delete, "history": cmd_history, "rollback": cmd_rollback, "node": cmd_node,
+            "credentials": cmd_credentials}
 
 
 def hub_client(args: argparse.Namespace, token: str | None) -> JsonHttpClient:

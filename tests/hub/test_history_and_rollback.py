@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import sqlite3
 from typing import Any
 
 import aiomqtt
+import pytest
 from aiohttp.test_utils import TestClient
-from hub_api import answer, create_token, join, refused, running_hub, unique
+from hub_api import answer, create_token, join, operator_token, refused, running_hub, unique
 
+from edgectl.cli import main as run_edgectl
 from edgehub.keys import SETTINGS, STORE
 from edgehub.settings import HubSettings
 from edgeprotocol import topics
@@ -248,3 +251,45 @@ async def test_a_store_from_before_history_gets_a_revision_for_each_component_on
         assert stored(hub, "SELECT DISTINCT revision FROM renders ORDER BY revision") == [(2,), (3,)]
         await answer(await hub.post(ROLLBACK, json={"to_revision": 2}), 200)
         assert (await history(hub))[0]["origin"] == "rollback to 2"
+
+
+async def test_edgectl_history_and_rollback(hub: TestClient, broker: Mosquitto, example: dict[str, Any],
+                                            capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
+    for variable in ("EDGECOLLAB_TOKEN", "EDGECOLLAB_TOKEN_FILE", "EDGECOLLAB_HUB"):
+        monkeypatch.delenv(variable, raising=False)
+
+    async def edgectl(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = await asyncio.to_thread(run_edgectl, ["--hub", str(hub.make_url("")), "--token",
+                                                     operator_token(hub), *args])
+        printed = capsys.readouterr()
+        return code, printed.out, printed.err
+
+    node = await joined(hub, broker, "sh-1")
+    await answer(await hub.post("/api/v1/components", json={**with_values(example, "A"), "client": "edgectl"}), 201)
+    await node.report(1)
+    await answer(await hub.post("/api/v1/components", json=with_values(example, "B")), 200)
+    await node.report(2)
+    await wait_statuses(hub, [(2, "deployed"), (1, "superseded")])
+
+    code, out, err = await edgectl("rollback", "demo/web")
+    assert (code, out, err) == (0, "component/demo/web rolled back to revision 1 (now revision 3, 1 node(s))\n", "")
+    code, out, err = await edgectl("history", "web", "-n", "demo")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split() == ["REVISION", "UPDATED", "STATUS", "CHART", "ORIGIN"]
+    assert [line.split()[0] for line in lines[1:]] == ["3", "2", "1"]
+    assert "deploying 0/1" in lines[1] and "rollback to 1" in lines[1] and "web-0.1.0" in lines[1]
+    assert "rolled back" in lines[2] and "superseded" in lines[3] and "apply by edgectl" in lines[3]
+    code, out, _ = await edgectl("history", "demo/web", "-o", "wide")
+    assert out.splitlines()[0].split() == ["REVISION", "UPDATED", "STATUS", "CHART", "CHART", "DIGEST", "VALUES",
+                                           "ORIGIN"]
+    code, out, _ = await edgectl("history", "demo/web", "-o", "json")
+    assert [r["revision"] for r in json.loads(out)] == [3, 2, 1]
+
+    code, _, err = await edgectl("history", "demo/nothing")
+    assert code == 4 and "component demo/nothing not found" in err
+    code, _, err = await edgectl("rollback", "demo/web", "--to-revision", "9")
+    assert code == 4 and "revision 9 of component demo/web not found" in err
+    code, _, err = await edgectl("rollback", "demo/web", "--to-revision", "3")
+    assert code == 1 and "current revision" in err
