@@ -79,9 +79,10 @@ def test_every_command_that_prints_data_takes_json_and_yaml_and_lists_take_wide(
     commands = [["token", "create", "--pool", "p"], ["apply", "-f", "x.yaml"], ["get", "nodes"], ["events"],
                 ["describe", "node", "n"], ["delete", "component", "c"], ["node", "reset", "n"],
                 ["credentials", "create", "--role", "dashboard"], ["credentials", "list"],
-                ["credentials", "revoke", "n"]]
+                ["credentials", "revoke", "n"], ["history", "demo/web"], ["rollback", "demo/web"]]
     for argv in commands:
         for output in ("json", "yaml"):
             assert parser.parse_args([*argv, "-o", output]).output == output
-    for argv in (["get", "nodes"], ["events"], ["credentials", "list"], ["describe", "node", "n"]):
+    for argv in (["get", "nodes"], ["events"], ["credentials", "list"], ["describe", "node", "n"],
+                 ["history", "demo/web"]):
         assert parser.parse_args([*argv, "-o", "wide"]).output == "wide"
