@@ -50,7 +50,8 @@ give equal digests, so a change shows, but a guess cannot be checked against it.
 
 The history (``GET .../history``) lists each kept revision with its chart
 (name, version, digest), when and how it was made (``origin``: ``apply``,
-``apply by edgectl``, ``rollback to N``, ``delete``), its status and the
+``apply by CLIENT`` when the apply body names its ``client``, as edgectl does,
+``rollback to N``, ``delete``), its status and the
 digests of its values, never the values; the current revision's status is its
 live rollout (``deployed``, ``deploying R/N``, ``failed``, ``no targets``).
 See docs/rollouts.md.
