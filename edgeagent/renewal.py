@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import datetime as dt
 import logging
 import os
@@ -51,6 +50,7 @@ from cryptography.x509.oid import NameOID
 
 from edgekit.files import write_atomic
 from edgekit.http import HttpError, JsonHttpClient
+from edgekit.tasks import OwnedTask
 from edgeprotocol.enrollment import renew_after, renewal_payload
 from edgeprotocol.errors import EdgeError
 
@@ -231,22 +231,16 @@ class CertificateRenewer:
         self.state_dir = state_dir
         self.identity = identity
         self._report = report
-        self._task: asyncio.Task[None] | None = None
+        self._task = OwnedTask(f"certificate renewal of {identity.node}")
         self.renewals = 0
         self.failures = 0
 
     async def __aenter__(self) -> CertificateRenewer:
-        if self._task is not None:
-            raise RuntimeError("the certificate renewer is already running")
-        self._task = asyncio.create_task(self._run(), name=f"certificate renewal of {self.identity.node}")
+        self._task.start(self._run())
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._task.stop()
 
     async def _run(self) -> None:
         failures_in_a_row = 0

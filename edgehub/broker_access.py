@@ -16,13 +16,13 @@ its own: the session delivers the answers only after its connect hook returns.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from edgekit.tasks import OwnedTask
 from edgeprotocol.topics import check_name
 
 from .broker_roles import (
@@ -69,7 +69,7 @@ class BrokerAccess:
         self.enabled = enabled
         self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._ids = itertools.count(1)
-        self._reconcile: asyncio.Task[None] | None = None
+        self._reconcile = OwnedTask("broker-identities-reconcile")
         # One change at a time: a reconcile works from a snapshot of the registry, and a revoke
         # racing it must not be undone by it.
         self._changing = asyncio.Lock()
@@ -80,11 +80,7 @@ class BrokerAccess:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        task, self._reconcile = self._reconcile, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._reconcile.stop()
         for future in self._waiting.values():
             future.cancel()
         self._waiting.clear()
@@ -96,9 +92,7 @@ class BrokerAccess:
         if not self.enabled:
             return
         self.reconciled.clear()
-        if self._reconcile is not None:
-            self._reconcile.cancel()
-        self._reconcile = asyncio.create_task(self._reconcile_all(), name="broker-identities-reconcile")
+        self._reconcile.restart(self._reconcile_all())
 
     async def admit_node(self, node: str) -> None:
         """Let ``node`` (just joined) read its assignments and write its reports."""

@@ -903,11 +903,7 @@ class HubStore:
             _drop_unused_charts(c)
             return dropped
 
-        dropped = await self._write(run)
-        if dropped:
-            await self._db.read(lambda c: c.executescript("PRAGMA incremental_vacuum;"))
-            logger.info("Pruned %d render(s) of revisions beyond their component's history", dropped)
-        return dropped
+        return await self._pruned(await self._write(run), "of revisions beyond their component's history")
 
     async def prune_deleted(self) -> int:
         """Drop the renders, charts and specs of deleted components no node is assigned a release of any more.
@@ -941,12 +937,15 @@ class HubStore:
                 _drop_unused_charts(c)
             return dropped
 
-        dropped = await self._write(run)
+        return await self._pruned(await self._write(run), "of deleted components")
+
+    async def _pruned(self, dropped: int, what: str) -> int:
+        """Give back the space ``dropped`` renders held and say so."""
         if dropped:
             # Proportional to the pages freed, unlike a VACUUM, which rewrites
             # the whole file while every store call waits.
             await self._db.read(lambda c: c.executescript("PRAGMA incremental_vacuum;"))
-            logger.info("Pruned %d render(s) of deleted components from the store", dropped)
+            logger.info("Pruned %d render(s) %s from the store", dropped, what)
         return dropped
 
     async def get_render(self, namespace: str, name: str, revision: int, render_key: str) -> Bundle | None:

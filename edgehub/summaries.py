@@ -37,6 +37,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, get_args
 
+from edgekit.tasks import OwnedTask
 from edgeprotocol import topics
 from edgeprotocol.messages import Phase, now
 
@@ -227,7 +228,7 @@ class SummaryPublisher:
         self._published: dict[str, _Published] = {}
         self._extra_published: dict[str, bytes] = {}
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._task = OwnedTask("summary-publisher")
         self.latest: dict[str, dict[str, Any]] = {}  # the last computed summaries (metrics read them)
         # Every current summary with its observed_at, as the live stream shows them.
         self.current: dict[str, dict[str, Any]] = {}
@@ -236,16 +237,12 @@ class SummaryPublisher:
         self._force = False
 
     async def __aenter__(self) -> SummaryPublisher:
-        self._task = asyncio.create_task(self._run(), name="summary-publisher")
+        self._task.start(self._run())
         self._wake.set()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._task.stop()
 
     def changed(self) -> None:
         self._wake.set()

@@ -10,7 +10,6 @@ connection has been established.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import random
@@ -22,6 +21,8 @@ from urllib.parse import urlsplit
 
 import aiomqtt
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
+
+from .tasks import OwnedTask
 
 logger = logging.getLogger(__name__)
 
@@ -136,23 +137,16 @@ class MqttSession:
         self._on_message = on_message
         self._on_connect = on_connect
         self._client: aiomqtt.Client | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._task = OwnedTask(f"mqtt-session-{settings.client_id}")
         self.connected = asyncio.Event()
         self.connections = 0  # how many times a connection was established
 
     async def __aenter__(self) -> MqttSession:
-        if self._task is not None:
-            raise RuntimeError("this MQTT session is already running")
-        self._task = asyncio.create_task(self._run(), name=f"mqtt-session-{self.settings.client_id}")
+        self._task.start(self._run())
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        task, self._task = self._task, None
-        if task is None:
-            return
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await self._task.stop()
         self.connected.clear()
 
     async def publish(self, topic: str, payload: bytes | str, *, retain: bool, qos: int = 1) -> bool:

@@ -202,6 +202,7 @@ from typing import Any
 import yaml
 
 from edgekit.files import write_atomic
+from edgekit.tasks import OwnedTask
 
 from ..policy import NodePolicy
 from .base import (
@@ -333,9 +334,9 @@ class PodmanRuntime:
         self._played: dict[ReleaseRef, PlayedFile] = {}
         self._entered = False
         # The probes of every release the runtime knows (applied, or read back
-        # by observe after an agent restart); run by _probe_task while entered.
+        # by observe after an agent restart); run by the _probes task while entered.
         self._prober = ProbeRunner(self._cli, settings.probes)
-        self._probe_task: asyncio.Task[None] | None = None
+        self._probes = OwnedTask("podman probes")
         self._volume_path: str | None = None  # podman's named-volume directory, asked once
 
     def __repr__(self) -> str:
@@ -346,16 +347,12 @@ class PodmanRuntime:
         if self._entered:
             raise RuntimeError("this PodmanRuntime is already entered; use one `async with` at a time")
         self._entered = True
-        self._probe_task = asyncio.create_task(self._run_probes(), name="podman probes")
+        self._probes.start(self._run_probes())
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         """Cancel the probe loop and wait for it (and its in-flight checks); safe without a prior enter."""
-        task, self._probe_task = self._probe_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._probes.stop()
         self._entered = False
 
     async def _run_probes(self) -> None:

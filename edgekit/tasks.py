@@ -1,0 +1,39 @@
+"""A background task with an owner: whoever starts it stops it, cancelling and awaiting it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Coroutine
+from typing import Any
+
+
+class OwnedTask:
+    """At most one running task under one name. ``start`` refuses a second one; ``restart`` replaces it
+    (cancelled, not awaited: the new one may start at once); ``stop`` cancels and awaits it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._task: asyncio.Task[Any] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def start(self, coro: Coroutine[Any, Any, Any]) -> None:
+        if self._task is not None:
+            coro.close()
+            raise RuntimeError(f"{self.name} is already running")
+        self._task = asyncio.create_task(coro, name=self.name)
+
+    def restart(self, coro: Coroutine[Any, Any, Any]) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        self._task = asyncio.create_task(coro, name=self.name)
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
