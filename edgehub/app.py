@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiomqtt
@@ -43,11 +43,21 @@ from .renderer import Renderer, RenderLimits
 from .settings import HubSettings
 from .store import HubStore
 from .summaries import HUB_STATE_TOPIC, SummaryPublisher, SummarySettings
-
-logger = logging.getLogger(__name__)
 from .tls import tls_ctx
 
+logger = logging.getLogger(__name__)
+
 HUB_CLIENT_ID = "edgehub"
+
+
+def publisher(app: web.Application, *, retain: bool) -> Callable[[str, bytes], Awaitable[bool]]:
+    """Publish over the hub's MQTT session once it exists (False before, and while not connected)."""
+
+    async def publish(topic: str, payload: bytes) -> bool:
+        session = app.get(MQTT)
+        return await session.publish(topic, payload, retain=retain) if session else False
+
+    return publish
 
 
 async def identity_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -77,11 +87,7 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         app[STORE] = store
 
         async def publish(topic: str, payload: bytes, retain: bool) -> bool:
-            session = app.get(MQTT)
-            return await session.publish(topic, payload, retain=retain) if session else False
-
-        async def publish_control(topic: str, payload: bytes) -> bool:
-            return await publish(topic, payload, False)
+            return await publisher(app, retain=retain)(topic, payload)
 
         async def registry() -> tuple[set[str], set[str]]:
             nodes = set(await store.joined_nodes())
@@ -89,18 +95,13 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
 
         app[DISPATCHER] = Dispatcher(store, app[IDENTITY].key, publish, on_published=app[METRICS].published)
         app[COMPONENTS] = Components(store, app[DISPATCHER], app[RENDERER])
-        async with BrokerAccess(publish_control, registry, enabled=settings.broker_identities) as access:
+        async with BrokerAccess(publisher(app, retain=False), registry, enabled=settings.broker_identities) as access:
             app[BROKER_ACCESS] = access
             yield
 
 
 async def summaries_ctx(app: web.Application) -> AsyncIterator[None]:
     settings, store = app[SETTINGS], app[STORE]
-
-    async def publish(topic: str, payload: bytes) -> bool:
-        session = app.get(MQTT)
-        return await session.publish(topic, payload, retain=True) if session else False
-
     refresh = settings.summary_refresh_seconds
     extra = None
     if settings.ha_discovery_prefix:
@@ -109,12 +110,13 @@ async def summaries_ctx(app: web.Application) -> AsyncIterator[None]:
         def extra(summaries: dict[str, dict[str, Any]]) -> dict[str, bytes]:
             return ha_discovery.documents(prefix, summaries, expire_after=int(3 * refresh))
 
-    publisher = SummaryPublisher(store, publish, SummarySettings(interval=settings.summary_interval_seconds,
-                                                                  max_per_pass=settings.summary_max_per_pass,
-                                                                  refresh=refresh), extra=extra)
-    store.on_change(publisher.changed)
-    async with publisher:
-        app[SUMMARIES] = publisher
+    summaries = SummaryPublisher(store, publisher(app, retain=True),
+                                 SummarySettings(interval=settings.summary_interval_seconds,
+                                                 max_per_pass=settings.summary_max_per_pass, refresh=refresh),
+                                 extra=extra)
+    store.on_change(summaries.changed)
+    async with summaries:
+        app[SUMMARIES] = summaries
         yield
 
 
