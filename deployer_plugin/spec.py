@@ -625,6 +625,20 @@ def parse_component(doc: Mapping[str, Any], *, source: str = "<spec>") -> Compon
 # --------------------------------------------------------------------------- fingerprint
 
 
+def cluster_component_update_due(installed_version: str, declared_version: str) -> bool:
+    """Whether a cluster component (``spec.clusterScoped: true``) at chart ``installed_version`` is
+    upgraded to a spec declaring chart ``declared_version``: only for a higher version (semantic
+    versioning; a version that does not parse is compared as text, and never counts as higher when
+    equal). Otherwise the installed release is left alone."""
+    import semantic_version  # noqa: PLC0415 - a hub dependency; the rest of this module needs none
+
+    try:
+        return semantic_version.Version.coerce(declared_version.strip().lstrip("vV")) > \
+            semantic_version.Version.coerce(installed_version.strip().lstrip("vV"))
+    except ValueError:
+        return declared_version != installed_version and declared_version > installed_version
+
+
 def component_fingerprint(component: Component, chart_fingerprint: str) -> str:
     """A ``sha256:`` digest of everything that makes a new revision due.
 
