@@ -16,6 +16,8 @@ A Component is one Helm release targeted at edge nodes::
         poolValues:
           shanghai: {greeting: "ni hao"}
       historyLimit: 10                # revisions the hub keeps (1 to 1000; default 10)
+      clusterScoped: false            # true: a cluster component (one release per node, installed when
+                                      # absent, upgraded only for a higher chart version; docs/deployer.md)
 
 :func:`parse_component` validates a document and reports *every* problem it
 finds in one :class:`SpecError`, one line per problem, each starting with the
@@ -85,7 +87,7 @@ _KUBE_METADATA_FIELDS = (
     "selfLink",
     "uid",
 )
-_SPEC_FIELDS = ("chart", "values", "edge", "historyLimit")
+_SPEC_FIELDS = ("chart", "values", "edge", "historyLimit", "clusterScoped")
 _CHART_FIELDS = ("path",)
 _EDGE_FIELDS = ("nodePools", "nodeSelector", "poolValues")
 _SELECTOR_FIELDS = ("matchLabels", "matchExpressions")
@@ -188,7 +190,9 @@ class Component:
     file); the chart itself travels separately as archive bytes.
     ``history_limit`` (``spec.historyLimit``) bounds the revisions the hub
     keeps; it is not part of the fingerprint (changing it alone makes no new
-    revision).
+    revision). ``cluster_scoped`` (``spec.clusterScoped``) makes it a cluster
+    component: the hub makes a new revision of it only for a higher chart
+    version (see :func:`cluster_component_update_due`).
     """
 
     name: str
@@ -197,6 +201,7 @@ class Component:
     values: dict[str, Any] = field(default_factory=dict, hash=False)
     edge: EdgeTarget = field(default_factory=EdgeTarget)
     history_limit: int = DEFAULT_HISTORY_LIMIT
+    cluster_scoped: bool = False
 
     def __post_init__(self) -> None:
         check_name(self.name, "component name")
@@ -217,6 +222,8 @@ class Component:
         }
         if self.history_limit != DEFAULT_HISTORY_LIMIT:
             spec["historyLimit"] = self.history_limit
+        if self.cluster_scoped:
+            spec["clusterScoped"] = True
         return {
             "apiVersion": API_VERSION,
             "kind": KIND,
@@ -547,6 +554,17 @@ def _parse_history_limit(spec: Mapping[str, Any], problems: _Problems) -> int | 
     return int(value)
 
 
+def _parse_cluster_scoped(spec: Mapping[str, Any], problems: _Problems) -> bool | None:
+    value = spec.get("clusterScoped")
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        hint = " (write true or false, unquoted)" if isinstance(value, str) and value.lower() in ("true", "false") else ""
+        problems.add("spec.clusterScoped", f"must be true or false, not {_kind(value)}{hint}")
+        return None
+    return value
+
+
 def parse_component(doc: Mapping[str, Any], *, source: str = "<spec>") -> Component:
     """Validate a Component document and return it typed.
 
@@ -586,7 +604,7 @@ def parse_component(doc: Mapping[str, Any], *, source: str = "<spec>") -> Compon
         if metadata.get("namespace") is not None:
             namespace = _dns_label(metadata["namespace"], "metadata.namespace", problems)
 
-    chart_ref = values = edge = history_limit = None
+    chart_ref = values = edge = history_limit = cluster_scoped = None
     spec = _mapping(doc, "spec", "", problems, required="chart, values and edge")
     if spec is not None:
         _check_fields(spec, "spec", _SPEC_FIELDS, problems)
@@ -594,16 +612,31 @@ def parse_component(doc: Mapping[str, Any], *, source: str = "<spec>") -> Compon
         values = _values(spec, "values", "spec", problems)
         edge = _parse_edge(spec, problems)
         history_limit = _parse_history_limit(spec, problems)
+        cluster_scoped = _parse_cluster_scoped(spec, problems)
 
     if problems.items:
         raise SpecError(problems.items, source=where)
     assert name and namespace and chart_ref is not None and values is not None and edge is not None
-    assert history_limit is not None
+    assert history_limit is not None and cluster_scoped is not None
     return Component(name=name, namespace=namespace, chart_ref=chart_ref, values=values, edge=edge,
-                     history_limit=history_limit)
+                     history_limit=history_limit, cluster_scoped=cluster_scoped)
 
 
 # --------------------------------------------------------------------------- fingerprint
+
+
+def cluster_component_update_due(installed_version: str, declared_version: str) -> bool:
+    """Whether a cluster component (``spec.clusterScoped: true``) at chart ``installed_version`` is
+    upgraded to a spec declaring chart ``declared_version``: only for a higher version (semantic
+    versioning; a version that does not parse is compared as text, and never counts as higher when
+    equal). Otherwise the installed release is left alone."""
+    import semantic_version  # noqa: PLC0415 - a hub dependency; the rest of this module needs none
+
+    try:
+        return semantic_version.Version.coerce(declared_version.strip().lstrip("vV")) > \
+            semantic_version.Version.coerce(installed_version.strip().lstrip("vV"))
+    except ValueError:
+        return declared_version != installed_version and declared_version > installed_version
 
 
 def component_fingerprint(component: Component, chart_fingerprint: str) -> str:
@@ -631,6 +664,8 @@ def component_fingerprint(component: Component, chart_fingerprint: str) -> str:
             ),
         },
     }
+    if component.cluster_scoped:  # only when set: fingerprints of other components stay as they were
+        canonical["clusterScoped"] = True
     text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 

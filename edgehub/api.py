@@ -542,6 +542,8 @@ def without_values(document: dict[str, Any], key: bytes) -> dict[str, Any]:
 def _apply_answer(outcome: ApplyOutcome) -> web.Response:
     answer: dict[str, Any] = {"component": outcome.component, "revision": outcome.revision, "changed": outcome.changed}
     if not outcome.changed:
+        if outcome.warnings:  # a cluster component left alone says why
+            answer["warnings"] = list(outcome.warnings)
         return web.json_response(answer)
     answer.update(targets=outcome.targets, warnings=list(outcome.warnings), notes=outcome.notes)
     if outcome.rolled_back_to:

@@ -29,6 +29,7 @@ from deployer_plugin import (
     Component,
     RenderError,
     SpecError,
+    cluster_component_update_due,
     component_fingerprint,
     parse_component,
 )
@@ -94,6 +95,17 @@ class Components:
                             component.history_limit)
             return ApplyOutcome(component=f"{component.namespace}/{component.name}", revision=existing.revision,
                                 changed=False)
+        if (existing is not None and live and component.cluster_scoped
+                and existing.spec.get("spec", {}).get("clusterScoped")
+                and not cluster_component_update_due(existing.chart_version, chart.version)):
+            # A cluster component is upgraded only for a higher chart version; otherwise it is left alone
+            # (nodes without it get the installed revision by dispatch, as any target does).
+            logger.info("Cluster component %s/%s left at revision %d: chart %s is not above the installed %s",
+                        component.namespace, component.name, existing.revision, chart.version,
+                        existing.chart_version)
+            return ApplyOutcome(component=f"{component.namespace}/{component.name}", revision=existing.revision,
+                                changed=False, warnings=(f"cluster component: chart version {chart.version} is not "
+                                                         f"above the installed {existing.chart_version}; left alone",))
         return await self._store_revision(component, chart, archive, fingerprint, existing, origin=origin)
 
     async def rollback(self, namespace: str, name: str, to_revision: int | None = None) -> ApplyOutcome:

@@ -1,0 +1,346 @@
+"""The Component controller: Component objects in a Kubernetes cluster, deployed through the hub.
+
+    python -m deployer_plugin.controller --hub https://HUB:8470 [--namespace NS] [--resync 60]
+
+It watches ``components.edgecollab.io`` objects with the official ``kubernetes`` client (list, then
+watch from the list's resourceVersion; a 410 Gone lists again), and for each one:
+
+1. decides what to do with :func:`decide` (pure: the object and the hub's view of its release);
+2. does it through the edge deployer (:class:`~deployer_plugin.deployer.EdgeDeployer`), the same
+   ``POST /api/v1/components`` ``edgectl apply`` makes (the history says ``apply by
+   edgecollab-controller``); a deleted object is uninstalled before its finalizer goes;
+3. writes the status subresource from :func:`status_from` (pure): observedGeneration,
+   currentRevision, targetRevision, the counts (desired, updated, ready, failed, offline) in all and
+   per pool, and the conditions Progressing, Available and RolledBack.
+
+The hub's operator token comes as for edgectl: ``EDGECOLLAB_TOKEN``, else the file
+``EDGECOLLAB_TOKEN_FILE`` names (in a cluster: a Secret mounted as a file). The cluster comes from
+``KUBECONFIG`` (or ``--kubeconfig``), else the in-cluster service account.
+
+A cluster object cannot name a local chart: such a Component is refused with a Progressing=False
+condition (reason LocalChart) and never sent to the hub. Everything but :class:`Controller` and
+:func:`main` is pure and needs no cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .deployer import Deployer, DeployerError, HubUnavailable, ReleaseStatus, SpecRejected, is_local_chart
+from .spec import API_VERSION, KIND
+
+logger = logging.getLogger(__name__)
+
+GROUP, VERSION = API_VERSION.split("/")
+PLURAL = "components"
+# Held on every Component the controller has seen, so a deletion waits until the hub has removed the release.
+FINALIZER = "edgecollab.io/hub-release"
+CLIENT_NAME = "edgecollab-controller"
+DEFAULT_RESYNC_SECONDS = 60
+
+# Refusal reasons that a retry cannot cure until the spec changes (a new generation).
+FINAL_REFUSALS = ("LocalChart", "SpecRejected")
+
+ActionKind = Literal["add_finalizer", "apply", "observe", "refuse", "uninstall", "remove_finalizer", "nothing"]
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """What the controller does next with one Component; ``reason``/``message`` explain a refusal."""
+
+    kind: ActionKind
+    reason: str = ""
+    message: str = ""
+
+
+def component_document(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """The Component spec a cluster object carries, as the hub takes it (no status, metadata trimmed)."""
+    metadata = obj.get("metadata") or {}
+    return {"apiVersion": obj.get("apiVersion", API_VERSION), "kind": obj.get("kind", KIND),
+            "metadata": {"name": metadata.get("name"), "namespace": metadata.get("namespace") or "default"},
+            "spec": obj.get("spec") or {}}
+
+
+def _condition(status: Mapping[str, Any] | None, kind: str) -> Mapping[str, Any] | None:
+    for c in (status or {}).get("conditions") or []:
+        if isinstance(c, Mapping) and c.get("type") == kind:
+            return c
+    return None
+
+
+def decide(obj: Mapping[str, Any], release: ReleaseStatus | None) -> Action:
+    """What to do with Component ``obj`` given the hub's ``release`` (None: the hub has none).
+
+    - being deleted: uninstall while the hub has the release, then remove the finalizer;
+    - no finalizer yet: add it (nothing else happens before a deletion can be caught);
+    - a local chart: refuse (a cluster object must name a chart repository or OCI chart);
+    - a generation not yet acted on, or a release the hub lost: apply; but a generation the hub
+      refused for its spec stays refused until the spec changes;
+    - otherwise: observe (refresh the status from the hub).
+    """
+    metadata = obj.get("metadata") or {}
+    finalizers = metadata.get("finalizers") or []
+    if metadata.get("deletionTimestamp"):
+        if FINALIZER not in finalizers:
+            return Action("nothing")
+        return Action("uninstall") if release is not None else Action("remove_finalizer")
+    if FINALIZER not in finalizers:
+        return Action("add_finalizer")
+    chart = (obj.get("spec") or {}).get("chart")
+    if chart is None or is_local_chart(chart):
+        # EXTENSION POINT (chart repositories): a controller with a chart source could fetch and package
+        # the chart itself here and send it as chart_archive; until then only the hub fetches charts.
+        return Action("refuse", "LocalChart", "spec.chart names a local chart, which a cluster object cannot carry: "
+                      "give a chart repository ({repo, name, version}) or an OCI chart ({oci, version})")
+    status = obj.get("status") or {}
+    generation = metadata.get("generation")
+    acted = status.get("observedGeneration") == generation
+    progressing = _condition(status, "Progressing")
+    if acted and progressing is not None and progressing.get("reason") in FINAL_REFUSALS:
+        return Action("observe")
+    if not acted or release is None:
+        return Action("apply")
+    return Action("observe")
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def _rollout_conditions(release: ReleaseStatus) -> list[tuple[str, str, str, str]]:
+    c, n = release.counts, release.revision
+    state = release.rollout
+    progressing = {
+        "complete": ("False", "RolloutComplete", f"revision {n} is ready on {c.ready}/{c.desired} node(s)"),
+        "progressing": ("True", "RollingOut", f"revision {n}: {c.ready}/{c.desired} node(s) ready, {c.updated} "
+                        "updated"),
+        "failing": ("False", "RolloutFailing", f"revision {n} failed on {c.failed} of {c.desired} node(s)"),
+        "waiting for offline nodes": ("True", "WaitingForOfflineNodes",
+                                      f"revision {n}: {c.ready}/{c.desired} node(s) ready; {c.offline} offline"),
+        "no targets": ("False", "NoTargets", f"revision {n} targets no node (no node matches spec.edge)"),
+    }[state]
+    if state == "complete":
+        available = ("True", "AllNodesReady", f"{c.ready}/{c.desired} node(s) ready on revision {n}")
+    elif state == "no targets":
+        available = ("False", "NoTargets", "no node matches spec.edge")
+    else:
+        available = ("False", "NodesNotReady", f"{c.ready}/{c.desired} node(s) ready on revision {n}")
+    if release.rolled_back_to:
+        rolled = ("True", "RolledBack", f"revision {n} is revision {release.rolled_back_to} rolled back "
+                  f"({release.origin})")
+    else:
+        rolled = ("False", "NotRolledBack", f"revision {n} was made by {release.origin or 'an apply'}")
+    return [("Progressing", *progressing), ("Available", *available), ("RolledBack", *rolled)]
+
+
+def status_from(obj: Mapping[str, Any], release: ReleaseStatus | None, *, refusal: Action | None = None,
+                now: str | None = None) -> dict[str, Any]:
+    """The status subresource for ``obj`` from the hub's ``release`` (None: the hub has none) and a
+    ``refusal`` (an Action with reason and message) if this pass was refused. Pure; a condition keeps
+    its lastTransitionTime while its status stays the same."""
+    stamp = now or _now()
+    generation = (obj.get("metadata") or {}).get("generation")
+    previous = obj.get("status") or {}
+    status: dict[str, Any] = {"observedGeneration": generation}
+    rows: list[tuple[str, str, str, str]]
+    if release is not None:
+        counts = release.counts
+        status.update(currentRevision=release.current_revision, targetRevision=release.revision,
+                      readyNodes=f"{counts.ready}/{counts.desired}", rollout=release.rollout, **counts.to_dict(),
+                      pools={pool: c.to_dict() for pool, c in release.pools.items()})
+        rows = _rollout_conditions(release)
+    else:
+        status.update(currentRevision=0, targetRevision=0, readyNodes="0/0", rollout="not deployed", desired=0,
+                      updated=0, ready=0, failed=0, offline=0, pools={})
+        rows = [("Progressing", "True", "Pending", "not applied to the hub yet"),
+                ("Available", "False", "NotDeployed", "the hub has no release of this component"),
+                ("RolledBack", "False", "NotRolledBack", "no revision yet")]
+    if refusal is not None:
+        status["rollout"] = "refused"
+        rows = [("Progressing", "False", refusal.reason, refusal.message), *rows[1:]]
+    conditions = []
+    for kind, state, reason, message in rows:
+        before = _condition(previous, kind)
+        since = before.get("lastTransitionTime") if before and before.get("status") == state else None
+        conditions.append({"type": kind, "status": state, "reason": reason, "message": message,
+                           "lastTransitionTime": since or stamp, "observedGeneration": generation})
+    status["conditions"] = conditions
+    return status
+
+
+def refusal_of(exc: DeployerError) -> Action:
+    """The Progressing=False condition a failed hub call becomes."""
+    if isinstance(exc, HubUnavailable):
+        return Action("refuse", "HubUnreachable", str(exc))
+    if isinstance(exc, SpecRejected):
+        return Action("refuse", "SpecRejected", f"the hub refused the component: {exc}")
+    return Action("refuse", "HubError", f"the hub answered {exc.status or 'nothing'}: {exc}")
+
+
+# --------------------------------------------------------------------------- against a cluster
+
+
+class Controller:
+    """Reconciles Component objects through ``deployer``; ``api`` is a ``kubernetes.client.CustomObjectsApi``."""
+
+    def __init__(self, deployer: Deployer, api: Any, *, namespace: str | None = None,
+                 resync_seconds: int = DEFAULT_RESYNC_SECONDS) -> None:
+        self.deployer = deployer
+        self.api = api
+        self.namespace = namespace
+        self.resync_seconds = resync_seconds
+
+    def reconcile(self, obj: Mapping[str, Any]) -> Action:
+        """One pass over one Component: decide, act, write status. Returns what it decided."""
+        metadata = obj.get("metadata") or {}
+        namespace, name = metadata.get("namespace") or "default", metadata["name"]
+        refusal: Action | None = None
+        try:
+            release = self.deployer.status(namespace, name)
+        except DeployerError as exc:
+            self._write_status(obj, status_from(obj, None, refusal=refusal_of(exc)))
+            return refusal_of(exc)
+        action = decide(obj, release)
+        logger.debug("Component %s/%s: %s", namespace, name, action.kind)
+        if action.kind == "nothing":
+            return action
+        if action.kind == "add_finalizer":
+            self._set_finalizers(obj, [*(metadata.get("finalizers") or []), FINALIZER])
+            return action
+        if action.kind == "remove_finalizer":
+            self._set_finalizers(obj, [f for f in metadata.get("finalizers") or [] if f != FINALIZER])
+            return action
+        try:
+            if action.kind == "uninstall":
+                revision = self.deployer.uninstall(namespace, name)
+                logger.info("Component %s/%s deleted from the hub (revision %d)", namespace, name, revision)
+                self._set_finalizers(obj, [f for f in metadata.get("finalizers") or [] if f != FINALIZER])
+                return action
+            if action.kind == "apply":
+                outcome = self.deployer.upgrade(component_document(obj), install=True)
+                logger.info("Component %s/%s applied: revision %d (%s)", namespace, name, outcome.revision,
+                            "changed" if outcome.changed else "unchanged")
+                release = self.deployer.status(namespace, name)
+            elif action.kind == "refuse":
+                refusal = action
+        except DeployerError as exc:
+            refusal = refusal_of(exc)
+            logger.warning("Component %s/%s: %s", namespace, name, refusal.message)
+        self._write_status(obj, status_from(obj, release, refusal=refusal))
+        return action
+
+    def _set_finalizers(self, obj: Mapping[str, Any], finalizers: list[str]) -> None:
+        metadata = obj["metadata"]
+        self.api.patch_namespaced_custom_object(
+            GROUP, VERSION, metadata.get("namespace") or "default", PLURAL, metadata["name"],
+            {"metadata": {"finalizers": finalizers, "resourceVersion": metadata.get("resourceVersion")}})
+
+    def _write_status(self, obj: Mapping[str, Any], status: dict[str, Any]) -> None:
+        metadata = obj["metadata"]
+        if (obj.get("status") or {}) == status:
+            return
+        try:
+            self.api.patch_namespaced_custom_object_status(
+                GROUP, VERSION, metadata.get("namespace") or "default", PLURAL, metadata["name"], {"status": status})
+        except Exception as exc:  # a 404 (deleted meanwhile) or a conflict: the next event or resync retries
+            logger.warning("Could not write the status of %s/%s: %s", metadata.get("namespace"), metadata["name"], exc)
+
+    def _list(self) -> dict[str, Any]:
+        if self.namespace:
+            return self.api.list_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL)
+        return self.api.list_cluster_custom_object(GROUP, VERSION, PLURAL)
+
+    def resync(self) -> str:
+        """Reconcile every Component once; returns the list's resourceVersion to watch from."""
+        listed = self._list()
+        for obj in listed.get("items", []):
+            self._safely(obj)
+        return listed["metadata"]["resourceVersion"]
+
+    def _safely(self, obj: Mapping[str, Any]) -> None:
+        try:
+            self.reconcile(obj)
+        except Exception:  # one bad object must not stop the others
+            logger.exception("Reconciling %s failed; the next resync retries", (obj.get("metadata") or {}).get("name"))
+
+    def run(self, *, stop_after: float | None = None) -> None:
+        """List, then watch from the list's resourceVersion; list again on 410 Gone and every resync period.
+        ``stop_after`` (seconds) ends the loop, for tests."""
+        from kubernetes import watch  # noqa: PLC0415 - the cluster client only where a cluster is used
+        from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
+
+        deadline = None if stop_after is None else time.monotonic() + stop_after
+        version = self.resync()
+        while deadline is None or time.monotonic() < deadline:
+            timeout = self.resync_seconds if deadline is None else max(1, min(self.resync_seconds,
+                                                                              int(deadline - time.monotonic())))
+            lister = (self.api.list_namespaced_custom_object, (GROUP, VERSION, self.namespace, PLURAL)) \
+                if self.namespace else (self.api.list_cluster_custom_object, (GROUP, VERSION, PLURAL))
+            stream = watch.Watch()
+            try:
+                for event in stream.stream(lister[0], *lister[1], resource_version=version, timeout_seconds=timeout):
+                    obj = event["object"]
+                    version = obj.get("metadata", {}).get("resourceVersion", version)
+                    if event["type"] != "DELETED":
+                        self._safely(obj)
+            except ApiException as exc:
+                if exc.status != 410:
+                    raise
+                logger.info("The watch's resourceVersion expired (410 Gone); listing again")
+            version = self.resync()  # each period, and after a 410: every object once more
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .deployer import EdgeDeployer  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser(prog="python -m deployer_plugin.controller", description=__doc__.split("\n")[0])
+    parser.add_argument("--hub", help="the hub's URL (default: $EDGECOLLAB_HUB)")
+    parser.add_argument("--ca-file", help="the CA an https:// hub is trusted by (default: $EDGECOLLAB_CA_FILE)")
+    parser.add_argument("--namespace", help="watch this namespace only (default: every namespace)")
+    parser.add_argument("--kubeconfig", help="the cluster (default: $KUBECONFIG, else in-cluster)")
+    parser.add_argument("--resync", type=int, default=DEFAULT_RESYNC_SECONDS, help="seconds between full resyncs")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        from kubernetes import client, config  # noqa: PLC0415
+    except ImportError as exc:
+        print(f"the controller needs the kubernetes client ({exc}): pip install 'edgecollab[controller]'",
+              file=sys.stderr)
+        return 2
+    try:
+        if args.kubeconfig or not _in_cluster():
+            config.load_kube_config(config_file=args.kubeconfig)
+        else:
+            config.load_incluster_config()
+        deployer = EdgeDeployer(args.hub, ca_file=args.ca_file, client_name=CLIENT_NAME)
+    except (DeployerError, config.ConfigException, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    controller = Controller(deployer, client.CustomObjectsApi(), namespace=args.namespace,
+                            resync_seconds=args.resync)
+    logger.info("Watching %s.%s/%s in %s; deploying through the hub at %s", PLURAL, GROUP, VERSION,
+                args.namespace or "every namespace", deployer.hub_url)
+    try:
+        controller.run()
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+def _in_cluster() -> bool:
+    import os  # noqa: PLC0415
+
+    return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and not os.environ.get("KUBECONFIG")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
