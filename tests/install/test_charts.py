@@ -458,3 +458,12 @@ def test_every_agent_option_is_wired(tmp_path: Path) -> None:
                                 "name": "edgecollab-agent"} for b in bindings)
     assert not by_kind(docs, "ClusterRoleBinding")  # manageNamespaces false, namespaces given
     assert one(docs, "ClusterRole")["rules"] == values["rbac"]["rules"]
+
+
+@pytest.mark.parametrize(("chart", "values"), [(HUB_CHART, {}), (AGENT_CHART, AGENT_REQUIRED),
+                                               (HUB_CHART, all_options(HUB_CHART)),
+                                               (AGENT_CHART, all_options(AGENT_CHART))])
+def test_helm_lint_strict_finds_nothing(chart: Path, values: dict[str, Any]) -> None:
+    report = helm_python.lint(chart, values, strict=True)
+    assert report["errors"] == []
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
