@@ -27,8 +27,10 @@ from deployer_plugin import (
     component_fingerprint,
     parse_component,
 )
+from deployer_plugin.chart_repos import ChartFetcher
 from edgeprotocol.messages import Bundle
 
+from .chart_sources import ChartSources
 from .dispatch import Dispatcher
 from .errors import NotFound, SpecRefused
 from .store import HubStore
@@ -58,17 +60,22 @@ class ApplyOutcome:
 class Components:
     """The hub's component service, shared by every request."""
 
-    def __init__(self, store: HubStore, dispatcher: Dispatcher, renderer: Renderer) -> None:
+    def __init__(self, store: HubStore, dispatcher: Dispatcher, renderer: Renderer,
+                 charts: ChartSources | None = None) -> None:
         self._store = store
         self._dispatcher = dispatcher
         self._renderer = renderer
+        self._charts = charts or ChartSources(ChartFetcher())
 
-    async def apply(self, document: dict[str, Any], archive: bytes) -> ApplyOutcome:
+    async def apply(self, document: dict[str, Any], archive: bytes | None) -> ApplyOutcome:
         """Store a new revision of a component unless it is unchanged, then dispatch it.
 
         ``document`` is a Component spec as a mapping, ``archive`` its packaged
-        chart. Raises SpecRefused (nothing stored) or ConcurrentChange
-        (RendererBusy among them).
+        chart, or None when ``spec.chart`` names a chart repository or OCI
+        reference, which is fetched (:mod:`edgehub.chart_sources`). Raises
+        SpecRefused (nothing stored; a chart that cannot be fetched too),
+        BadRequest (an archive that does not fit the spec) or
+        ConcurrentChange (RendererBusy among them).
         """
         try:
             # Values may be megabytes: validating them is no work for the event loop.
@@ -77,6 +84,7 @@ class Components:
             raise SpecRefused(exc) from exc
         ident = f"{component.namespace}/{component.name}"
         try:
+            archive, chart_warnings = await self._charts.archive_for(component, archive)
             # The Helm engine is a blocking native call: keep it off the event loop.
             chart = await asyncio.to_thread(ChartArchive.from_bytes, archive)
         except SpecError as exc:
@@ -114,7 +122,7 @@ class Components:
         pools = {n.pool for n in await self._store.list_nodes(with_status=False)}
         return ApplyOutcome(
             component=ident, revision=revision, changed=True, created=not live, targets=targets,
-            warnings=(*rendered.warnings,
+            warnings=(*chart_warnings, *rendered.warnings,
                       *(f"pool {p!r} has no nodes yet" for p in component.edge.node_pools if p not in pools)),
             notes=rendered.notes,
         )
