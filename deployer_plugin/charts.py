@@ -26,7 +26,6 @@ import io
 import logging
 import os
 import posixpath
-import re
 import tarfile
 import tempfile
 import zlib
@@ -35,10 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import helm_python
-import semantic_version
 from helm_python import HelmError
 
 from .errors import ChartError, ChartRefused
+from .versions import satisfies
 
 logger = logging.getLogger(__name__)
 
@@ -166,12 +165,6 @@ class ChartArchive:
 # --------------------------------------------------------------------------- installability
 
 _PROBE_TEMPLATE = "{{ .Capabilities.KubeVersion.Version }}"
-# Helm's version constraints (Masterminds/semver) and npm's ranges, which
-# semantic_version.NpmSpec parses, differ only in spelling: Masterminds also
-# separates with commas, allows a space after the operator and a leading v,
-# spells ~ as ~> too, and has !=. These are rewritten before NpmSpec reads them.
-_SPACE_AFTER_OPERATOR = re.compile(r"(>=|<=|!=|=|>|<|~|\^)\s+(?=[0-9vVxX*])")
-_LEADING_V = re.compile(r"(^|[\s<>=~^!])[vV](?=\d)")
 
 
 def _probe_archive() -> bytes:
@@ -212,15 +205,7 @@ def kube_version_satisfies(constraint: str, version: str) -> bool:
         ValueError: if the constraint or the version cannot be parsed (Helm
             then calls the chart incompatible).
     """
-    target = semantic_version.Version.coerce(version.strip().lstrip("vV"))
-    for alternative in constraint.split("||"):
-        text = _LEADING_V.sub(r"\1", _SPACE_AFTER_OPERATOR.sub(r"\1", alternative.replace("~>", "~")))
-        tokens = text.replace(",", " ").split()
-        excluded = [token[2:] for token in tokens if token.startswith("!=")]
-        spec = semantic_version.NpmSpec(" ".join(t for t in tokens if not t.startswith("!=")) or "*")
-        if target in spec and not any(target in semantic_version.NpmSpec(x) for x in excluded):
-            return True
-    return False
+    return satisfies(constraint, version)
 
 
 def check_installable(chart: helm_python.Chart) -> None:

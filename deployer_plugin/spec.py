@@ -7,6 +7,9 @@ A Component is one Helm release targeted at edge nodes::
     metadata: {name: web, namespace: demo}
     spec:
       chart: ./chart                  # or {path: ./chart}; a directory or a .tgz
+      # or a chart repository:  {repo: https://charts.example.com, name: web, version: 1.2.3}
+      # or an OCI registry:     oci://registry.example.com/charts/web:1.2.3
+      #                         (or {oci: oci://registry.example.com/charts/web, version: 1.2.3})
       values: {message: hi}
       edge:
         nodePools: [shanghai]
@@ -26,8 +29,14 @@ path of the field at fault. Unknown fields are refused everywhere (with a
 (labels, uid, resourceVersion, ...) and a top-level ``status``, which a
 Component read back from the Kubernetes API carries and which are ignored.
 
+A local chart travels with the apply request as an archive; a chart
+repository or OCI reference (:class:`RepoChart`, :class:`OciChart`) is
+fetched by the hub (:mod:`deployer_plugin.chart_repos`). A chart URL may
+carry no credentials: the spec is stored and shown, so they would leak
+(public repositories and anonymous registry pulls only).
+
 Everything here is pure Python except :func:`load_component_file`, which
-packages the chart with the Helm engine and so blocks (see
+packages a local chart with the Helm engine and so blocks (see
 :mod:`deployer_plugin.charts`).
 """
 
@@ -41,6 +50,7 @@ import json
 import math
 import os
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +61,7 @@ import yaml
 from edgeprotocol.topics import check_name
 
 from .errors import ChartError, SpecError
+from .versions import constraint_problem
 
 API_VERSION = "edgecollab.io/v1alpha1"
 KIND = "Component"
@@ -88,7 +99,9 @@ _KUBE_METADATA_FIELDS = (
     "uid",
 )
 _SPEC_FIELDS = ("chart", "values", "edge", "historyLimit", "clusterScoped")
-_CHART_FIELDS = ("path",)
+_CHART_FIELDS = ("path", "repo", "name", "version", "oci")
+_REPO_CHART_FIELDS = ("repo", "name", "version")
+_OCI_CHART_FIELDS = ("oci", "version")
 _EDGE_FIELDS = ("nodePools", "nodeSelector", "poolValues")
 _SELECTOR_FIELDS = ("matchLabels", "matchExpressions")
 _EXPRESSION_FIELDS = ("key", "operator", "values")
@@ -96,6 +109,13 @@ _EXPRESSION_FIELDS = ("key", "operator", "values")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 _PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+# A chart name as Helm allows it in a repository (and as an OCI repository's last path segment).
+_CHART_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
+# An OCI tag (the distribution spec's grammar); Helm writes a version's "+" as "_" in a tag.
+_OCI_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]{0,127}$")
+# An OCI repository path: lower-case components separated by "/" (the distribution spec's grammar).
+_OCI_PATH = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
+MAX_CHART_URL = 2048
 
 
 # --------------------------------------------------------------------------- model
@@ -183,11 +203,64 @@ class EdgeTarget:
 
 
 @dataclass(frozen=True, slots=True)
+class RepoChart:
+    """A chart in a Helm chart repository: ``{repo: URL, name: NAME, version: VERSION}``.
+
+    ``version`` is an exact version (``1.2.3``) or a version constraint as
+    ``helm install --version`` takes it (``^1.2``, ``>=1.0 <2``, ``1.2.x``),
+    which resolves to the highest matching version in the repository's index
+    (pre-releases only when the constraint names one).
+    """
+
+    repo: str
+    name: str
+    version: str
+
+    def to_document(self) -> dict[str, str]:
+        return {"repo": self.repo, "name": self.name, "version": self.version}
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.version} from {self.repo}"
+
+
+@dataclass(frozen=True, slots=True)
+class OciChart:
+    """A chart in an OCI registry: ``oci://HOST[:PORT]/PATH/NAME`` at tag ``version`` (an exact version)."""
+
+    oci: str  # oci://host/path/name, without the tag
+    version: str
+
+    @property
+    def host(self) -> str:
+        return urllib.parse.urlsplit(self.oci).netloc
+
+    @property
+    def repository(self) -> str:
+        """The registry's repository name: ``path/name``."""
+        return urllib.parse.urlsplit(self.oci).path.lstrip("/")
+
+    @property
+    def name(self) -> str:
+        return self.repository.rpartition("/")[2]
+
+    def to_document(self) -> str:
+        return f"{self.oci}:{self.version}"
+
+    def __str__(self) -> str:
+        return self.to_document()
+
+
+ChartRef = str | RepoChart | OciChart
+
+
+@dataclass(frozen=True, slots=True)
 class Component:
     """A validated Component spec. Build one with :func:`parse_component`.
 
     ``chart_ref`` is the chart path as the spec wrote it (relative to the spec
-    file); the chart itself travels separately as archive bytes.
+    file), whose chart travels separately as archive bytes, or a chart
+    repository or OCI reference (:class:`RepoChart`, :class:`OciChart`) the
+    hub fetches.
     ``history_limit`` (``spec.historyLimit``) bounds the revisions the hub
     keeps; it is not part of the fingerprint (changing it alone makes no new
     revision). ``cluster_scoped`` (``spec.clusterScoped``) makes it a cluster
@@ -197,7 +270,7 @@ class Component:
 
     name: str
     namespace: str
-    chart_ref: str
+    chart_ref: ChartRef
     values: dict[str, Any] = field(default_factory=dict, hash=False)
     edge: EdgeTarget = field(default_factory=EdgeTarget)
     history_limit: int = DEFAULT_HISTORY_LIMIT
@@ -212,11 +285,16 @@ class Component:
         """``(namespace, name)``: the release this component becomes."""
         return (self.namespace, self.name)
 
+    @property
+    def remote_chart(self) -> RepoChart | OciChart | None:
+        """The chart repository or OCI reference, or None for a local chart."""
+        return None if isinstance(self.chart_ref, str) else self.chart_ref
+
     def to_document(self) -> dict[str, Any]:
         """The spec as a plain document; ``parse_component`` reads it back to an equal Component.
         ``historyLimit`` is written only when it is not the default."""
         spec: dict[str, Any] = {
-            "chart": self.chart_ref,
+            "chart": self.chart_ref if isinstance(self.chart_ref, str) else self.chart_ref.to_document(),
             "values": copy.deepcopy(self.values),
             "edge": self.edge.to_document(),
         }
@@ -397,27 +475,176 @@ def _string_list(doc: Mapping[str, Any], key: str, path: str, problems: _Problem
     return tuple(item for item in items if item is not None)
 
 
-def _parse_chart(spec: Mapping[str, Any], problems: _Problems) -> str | None:
+def _parse_chart(spec: Mapping[str, Any], problems: _Problems) -> ChartRef | None:
     raw = spec.get("chart")
     if isinstance(raw, Mapping):
-        _check_fields(raw, "spec.chart", _CHART_FIELDS, problems)
-        ref = _string(raw, "path", "spec.chart", problems, required="the chart directory or .tgz, relative to the spec file")
+        if "repo" in raw or ("name" in raw and "path" not in raw and "oci" not in raw):
+            return _parse_repo_chart(raw, problems)
+        if "oci" in raw:
+            return _parse_oci_chart(raw, problems)
+        _check_fields(raw, "spec.chart", _CHART_FIELDS, problems, ignored=("name", "version"))
+        # A misspelt repo or oci was reported as an unknown field: "path: required" would only confuse.
+        if any(isinstance(k, str) and k not in _CHART_FIELDS and _suggest(k, ("repo", "oci")) for k in raw):
+            return None
+        for misplaced in ("name", "version"):
+            if misplaced in raw:
+                problems.add(f"spec.chart.{misplaced}", "belongs to a chart from a repository (repo, name, version) "
+                             "or a registry (oci, version), not to a local chart (path)")
+        ref = _string(
+            raw, "path", "spec.chart", problems,
+            required="the chart directory or .tgz, relative to the spec file (or repo, name and version; or oci)",
+        )
         where = "spec.chart.path"
     elif raw is None or isinstance(raw, str):
-        ref = _string(spec, "chart", "spec", problems, required="a local chart directory or packaged .tgz, relative to the spec file")
+        ref = _string(
+            spec, "chart", "spec", problems,
+            required="a local chart directory or packaged .tgz relative to the spec file, "
+            "{repo: URL, name: NAME, version: VERSION}, or oci://REGISTRY/PATH/NAME:VERSION",
+        )
         where = "spec.chart"
     else:
-        problems.add("spec.chart", f"must be a path or a mapping with a path, not {_kind(raw)}")
+        problems.add("spec.chart", f"must be a path, an oci:// reference or a mapping, not {_kind(raw)}")
         return None
     if ref is None:
         return None
     if not ref.strip():
         problems.add(where, "must not be empty")
         return None
+    if where == "spec.chart" and ref.lower().startswith("oci://"):
+        return _parse_oci_reference(ref, None, where, problems)
     if "://" in ref:
-        problems.add(where, f"{ref!r} is a URL; only a local chart directory or packaged .tgz is supported")
+        problems.add(
+            where,
+            f"{_short(ref)} is a URL: give a chart repository as {{repo: URL, name: NAME, version: VERSION}}, "
+            "an OCI chart as oci://REGISTRY/PATH/NAME:VERSION, or a local chart directory or .tgz",
+        )
         return None
     return ref
+
+
+def _short(text: str) -> str:
+    return repr(text) if len(text) <= 80 else repr(text[:77] + "...")
+
+
+def _chart_url(url: str, where: str, problems: _Problems, *, schemes: tuple[str, ...]) -> urllib.parse.SplitResult | None:
+    """``url`` split, or None after reporting why it is not a usable chart URL."""
+    if len(url) > MAX_CHART_URL:
+        problems.add(where, f"is {len(url)} characters; the limit is {MAX_CHART_URL}")
+        return None
+    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+        problems.add(where, f"{_short(url)} holds spaces or control characters")
+        return None
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError as exc:
+        problems.add(where, f"{_short(url)} is not a URL: {exc}")
+        return None
+    if parts.scheme.lower() not in schemes:
+        wanted = " or ".join(f"{s}://" for s in schemes)
+        problems.add(where, f"{_short(url)} must start with {wanted}")
+        return None
+    if not parts.hostname:
+        problems.add(where, f"{_short(url)} names no host")
+        return None
+    if parts.username is not None or parts.password is not None:
+        problems.add(
+            where,
+            "must not carry credentials (user:password@): the spec is stored and shown by the hub; "
+            "only public chart repositories and anonymous registry pulls are supported",
+        )
+        return None
+    if parts.query or parts.fragment:
+        problems.add(where, f"{_short(url)} must not have a query or fragment")
+        return None
+    return parts
+
+
+def _chart_version(raw: Mapping[str, Any], where_parent: str, problems: _Problems, *, what: str) -> str | None:
+    version = _string(raw, "version", where_parent, problems, required=what)
+    if version is None:
+        return None
+    version = version.strip()
+    if not version:
+        problems.add(f"{where_parent}.version", "must not be empty")
+        return None
+    if len(version) > 128:
+        problems.add(f"{where_parent}.version", f"is {len(version)} characters; the limit is 128")
+        return None
+    return version
+
+
+def _parse_repo_chart(raw: Mapping[str, Any], problems: _Problems) -> RepoChart | None:
+    path = "spec.chart"
+    before = len(problems.items)
+    _check_fields(raw, path, _REPO_CHART_FIELDS, problems, ignored=("path", "oci"))
+    for misplaced in ("path", "oci"):
+        if misplaced in raw:
+            problems.add(_join(path, misplaced), "cannot be given with repo and name: a chart comes from one place")
+    repo = _string(raw, "repo", path, problems, required="the chart repository's URL (https://...)")
+    if repo is not None and _chart_url(repo.strip(), f"{path}.repo", problems, schemes=("https", "http")) is None:
+        repo = None
+    name = _string(raw, "name", path, problems, required="the chart's name in the repository")
+    if name is not None and not _CHART_NAME.match(name):
+        problems.add(f"{path}.name", f"{_short(name)} is not a chart name: letters, digits, '.', '_' and '-'")
+        name = None
+    version = _chart_version(
+        raw, path, problems,
+        what="the chart version (1.2.3) or a version constraint (^1.2, >=1.0 <2) resolved to the highest match",
+    )
+    if version is not None and constraint_problem(version):
+        problems.add(f"{path}.version", constraint_problem(version))
+        version = None
+    if len(problems.items) > before or repo is None or name is None or version is None:
+        return None
+    return RepoChart(repo=repo.strip().rstrip("/"), name=name, version=version)
+
+
+def _parse_oci_chart(raw: Mapping[str, Any], problems: _Problems) -> OciChart | None:
+    path = "spec.chart"
+    before = len(problems.items)
+    _check_fields(raw, path, _OCI_CHART_FIELDS, problems, ignored=("path", "name"))
+    for misplaced in ("path", "name"):
+        if misplaced in raw:
+            problems.add(_join(path, misplaced), "cannot be given with oci: the reference names the chart")
+    ref = _string(raw, "oci", path, problems, required="oci://REGISTRY/PATH/NAME")
+    version = _chart_version(raw, path, problems, what="the chart version, the registry's tag (1.2.3)")
+    if ref is None or version is None or len(problems.items) > before:
+        return None
+    return _parse_oci_reference(ref.strip(), version, f"{path}.oci", problems)
+
+
+def _parse_oci_reference(ref: str, version: str | None, where: str, problems: _Problems) -> OciChart | None:
+    """``oci://host/path/name:tag`` (``version`` None) or ``oci://host/path/name`` with ``version``."""
+    parts = _chart_url(ref, where, problems, schemes=("oci",))
+    if parts is None:
+        return None
+    repository = parts.path.lstrip("/")
+    if "@" in repository:
+        problems.add(where, f"{_short(ref)}: a digest (@sha256:...) is not supported; give the chart's version as its tag")
+        return None
+    name_part, colon, tag = repository.rpartition(":")
+    if version is None:
+        if not colon or "/" in tag:
+            problems.add(where, f"{_short(ref)} names no version: write oci://REGISTRY/PATH/NAME:VERSION")
+            return None
+        repository, version = name_part, tag
+    elif colon and "/" not in tag:
+        problems.add(where, f"{_short(ref)} has a tag (:{tag}); give the version in spec.chart.version only")
+        return None
+    if not repository or not _OCI_PATH.match(repository):
+        problems.add(
+            where,
+            f"{_short(ref)}: {repository!r} is not a registry repository: lower-case letters, digits, "
+            "'.', '_', '-' in components separated by '/'",
+        )
+        return None
+    tag = version.replace("+", "_")
+    if not _OCI_TAG.match(tag):
+        field_name = "spec.chart.version" if where.endswith(".oci") else where
+        problems.add(field_name, f"{_short(version)} is not a version usable as a registry tag")
+        return None
+    return OciChart(oci=f"oci://{parts.netloc}/{repository}", version=version)
 
 
 def _parse_selector(edge: Mapping[str, Any], problems: _Problems) -> LabelSelector | None:
@@ -718,18 +945,25 @@ def read_component_document(text: str, *, source: str) -> dict[str, Any]:
 
 
 def resolve_chart_path(component: Component, spec_file: str | os.PathLike[str]) -> Path:
-    """The chart's absolute path: ``chart_ref`` taken relative to the spec file's directory."""
+    """The chart's absolute path: ``chart_ref`` taken relative to the spec file's directory.
+
+    Raises:
+        ValueError: if the component's chart is not a local one.
+    """
+    if not isinstance(component.chart_ref, str):
+        raise ValueError(f"the chart of {component.namespace}/{component.name} is not a local path")
     ref = Path(component.chart_ref)
     base = Path(os.path.abspath(spec_file)).parent
     return Path(os.path.normpath(ref if ref.is_absolute() else base / ref))
 
 
-def load_component_file(path: str | os.PathLike[str]) -> tuple[Component, bytes]:
+def load_component_file(path: str | os.PathLike[str]) -> tuple[Component, bytes | None]:
     """Read a spec file and package its chart; for ``edgectl apply -f``.
 
-    Returns the Component and its chart packaged as ``.tgz`` bytes, ready to
-    send to a hub that does not share this filesystem. Blocks on file I/O and
-    the Helm engine.
+    Returns the Component and its local chart packaged as ``.tgz`` bytes,
+    ready to send to a hub that does not share this filesystem; None instead
+    of bytes when the chart is in a chart repository or an OCI registry (the
+    hub fetches it). Blocks on file I/O and the Helm engine.
 
     Raises:
         SpecError: the file is unreadable, not one YAML document, or not a
@@ -747,6 +981,8 @@ def load_component_file(path: str | os.PathLike[str]) -> tuple[Component, bytes]
     except UnicodeDecodeError as exc:
         raise SpecError(f"the spec file is not UTF-8 text ({exc.reason})", source=source) from exc
     component = parse_component(read_component_document(text, source=source), source=source)
+    if component.remote_chart is not None:
+        return component, None
 
     chart_path = resolve_chart_path(component, path)
     what = "chart archive" if chart_path.name.endswith((".tgz", ".tar.gz")) else "chart directory"

@@ -400,7 +400,8 @@ def cmd_token(hub: JsonHttpClient, args: argparse.Namespace) -> None:
 
 
 def cmd_apply(hub: JsonHttpClient, args: argparse.Namespace) -> None:
-    # Only apply needs the Helm engine (to package a local chart), so only apply imports it.
+    # Only apply needs the Helm engine (to package a local chart), so only apply imports it. A chart from a
+    # repository or a registry is the hub's to fetch: nothing is sent but the spec.
     try:
         from deployer_plugin import load_component_file  # noqa: PLC0415
     except ImportError as exc:
@@ -409,11 +410,11 @@ def cmd_apply(hub: JsonHttpClient, args: argparse.Namespace) -> None:
             "install it with: pip install 'edgecollab[hub]'") from exc
 
     component, archive = load_component_file(args.filename)
-    answer = hub.post(
-        "/api/v1/components",
-        {"component": component.to_document(), "chart_archive": base64.b64encode(archive).decode(),
-         "client": "edgectl"},
-    )
+    body: dict[str, Any] = {"component": component.to_document(), "client": "edgectl"}
+    if archive is not None:
+        body["chart_archive"] = base64.b64encode(archive).decode()
+    # else spec.chart names a chart repository or an OCI reference: the hub fetches the chart itself.
+    answer = hub.post("/api/v1/components", body)
     if args.output in DATA_OUTPUTS:
         print_data(answer, args.output)
         return

@@ -15,7 +15,9 @@
     DELETE /api/v1/credentials/{name}              revoke one (the broker disconnects it)
     GET    /api/v1/pools                           pools with node counts
     GET    /api/v1/components                      components with rollout counts
-    POST   /api/v1/components                      apply a component spec with its chart archive
+    POST   /api/v1/components                      apply a component spec with its chart archive (none when
+                                                   spec.chart is a chart repository or OCI reference: the hub
+                                                   fetches and caches it, see edgehub.chart_sources)
     GET    /api/v1/components/{namespace}/{name}   a component with its per-node status
     DELETE /api/v1/components/{namespace}/{name}   delete a component from every node
     GET    /api/v1/components/{namespace}/{name}/history   its kept revisions, newest first, with their status
@@ -554,8 +556,10 @@ def _apply_answer(outcome: ApplyOutcome) -> web.Response:
 async def apply_component(request: web.Request) -> web.Response:
     body = await _json_body(request)
     document = _field(body, "component", dict)
+    # Left out when spec.chart names a chart repository or OCI reference: the hub fetches it.
+    encoded = _field(body, "chart_archive", str, required=False)
     try:
-        archive = base64.b64decode(_field(body, "chart_archive", str), validate=True)
+        archive = None if encoded is None else base64.b64decode(encoded, validate=True)
     except ValueError as exc:
         # binascii.Error, or a string with non-ASCII characters.
         raise BadRequest(f"is not valid base64 ({exc})", field="chart_archive") from exc

@@ -20,6 +20,7 @@ from .api import MAX_REQUEST_BYTES, add_routes, json_errors
 from .auth import HostAllowList, json_bodies_only, operator_only, operator_token_ctx, same_origin_only
 from .broker_access import ANONYMOUS_BROKER_WARNING, BrokerAccess
 from .broker_roles import CONTROL_RESPONSE_TOPIC, HUB_USER
+from .chart_sources import ChartSources
 from .components import Components
 from .dashboard import add_dashboard_routes
 from .dispatch import Dispatcher
@@ -94,7 +95,8 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
             return nodes, {c.name for c in await store.list_credentials()}
 
         app[DISPATCHER] = Dispatcher(store, app[IDENTITY].key, publish, on_published=app[METRICS].published)
-        app[COMPONENTS] = Components(store, app[DISPATCHER], app[RENDERER])
+        app[COMPONENTS] = Components(store, app[DISPATCHER], app[RENDERER],
+                                     ChartSources.in_state_dir(settings.state_dir))
         async with BrokerAccess(publisher(app, retain=False), registry, enabled=settings.broker_identities) as access:
             app[BROKER_ACCESS] = access
             yield

@@ -33,8 +33,10 @@ from deployer_plugin import (
     component_fingerprint,
     parse_component,
 )
+from deployer_plugin.chart_repos import ChartFetcher
 from edgeprotocol.messages import Bundle
 
+from .chart_sources import ChartSources
 from .dispatch import Dispatcher
 from .errors import ConcurrentChange, NotFound, SpecRefused
 from .store import ComponentRecord, HubStore, Replaced
@@ -67,21 +69,30 @@ class ApplyOutcome:
 class Components:
     """The hub's component service, shared by every request."""
 
-    def __init__(self, store: HubStore, dispatcher: Dispatcher, renderer: Renderer) -> None:
+    def __init__(self, store: HubStore, dispatcher: Dispatcher, renderer: Renderer,
+                 charts: ChartSources | None = None) -> None:
         self._store = store
         self._dispatcher = dispatcher
         self._renderer = renderer
+        self._charts = charts or ChartSources(ChartFetcher())
 
-    async def apply(self, document: dict[str, Any], archive: bytes, *, origin: str = "apply") -> ApplyOutcome:
+    async def apply(self, document: dict[str, Any], archive: bytes | None, *, origin: str = "apply") -> ApplyOutcome:
         """Store a new revision of a component unless it is unchanged, then dispatch it.
 
         ``document`` is a Component spec as a mapping, ``archive`` its packaged
-        chart, ``origin`` what the history says made the revision. Raises
-        SpecRefused (nothing stored) or ConcurrentChange (RendererBusy among
-        them). A change of ``spec.historyLimit`` alone makes no revision: it is
-        taken (and the history pruned to it) and the answer is "unchanged".
+        chart, or None when ``spec.chart`` names a chart repository or OCI
+        reference, which is fetched (:mod:`edgehub.chart_sources`); ``origin`` is
+        what the history says made the revision. Raises SpecRefused (nothing
+        stored; a chart that cannot be fetched too), BadRequest (an archive that
+        does not fit the spec) or ConcurrentChange (RendererBusy among them). A
+        change of ``spec.historyLimit`` alone makes no revision: it is taken (and
+        the history pruned to it) and the answer is "unchanged".
         """
         component = await self._parse(document)
+        try:
+            archive, chart_warnings = await self._charts.archive_for(component, archive)
+        except SpecError as exc:
+            raise SpecRefused(exc, context=f"component {component.namespace}/{component.name}") from exc
         chart = await self._open_chart(component, archive)
         fingerprint = await asyncio.to_thread(component_fingerprint, component, chart.fingerprint)
         existing = await self._store.get_component(component.namespace, component.name)
@@ -106,7 +117,8 @@ class Components:
             return ApplyOutcome(component=f"{component.namespace}/{component.name}", revision=existing.revision,
                                 changed=False, warnings=(f"cluster component: chart version {chart.version} is not "
                                                          f"above the installed {existing.chart_version}; left alone",))
-        return await self._store_revision(component, chart, archive, fingerprint, existing, origin=origin)
+        return await self._store_revision(component, chart, archive, fingerprint, existing, origin=origin,
+                                          chart_warnings=chart_warnings)
 
     async def rollback(self, namespace: str, name: str, to_revision: int | None = None) -> ApplyOutcome:
         """Make a new revision from revision ``to_revision`` (default: the one before the current), as
@@ -172,7 +184,7 @@ class Components:
 
     async def _store_revision(self, component: Component, chart: ChartArchive, archive: bytes, fingerprint: str,
                               existing: ComponentRecord | None, *, origin: str,
-                              rolled_back_to: int | None = None) -> ApplyOutcome:
+                              rolled_back_to: int | None = None, chart_warnings: tuple[str, ...] = ()) -> ApplyOutcome:
         """Render ``component`` as the next revision (an upgrade of a live one), store it, dispatch it."""
         ident = f"{component.namespace}/{component.name}"
         live = existing is not None and not existing.deleted
@@ -207,7 +219,7 @@ class Components:
         pools = {n.pool for n in await self._store.list_nodes(with_status=False)}
         return ApplyOutcome(
             component=ident, revision=revision, changed=True, created=not live, targets=targets,
-            warnings=(*rendered.warnings,
+            warnings=(*chart_warnings, *rendered.warnings,
                       *(f"pool {p!r} has no nodes yet" for p in component.edge.node_pools if p not in pools)),
             notes=rendered.notes,
         )

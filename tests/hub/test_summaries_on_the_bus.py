@@ -178,7 +178,9 @@ async def test_an_open_stream_does_not_hold_up_the_hubs_stop(hub_settings: HubSe
                         break
             started = time.monotonic()
             await runner.cleanup()
-            assert time.monotonic() - started < 5
+            # Without the fix aiohttp waits its 60 s shutdown timeout for the handler; the bound leaves room
+            # for a loaded machine.
+            assert time.monotonic() - started < 30
             async with asyncio.timeout(5):
                 rest = await response.content.read()  # the stream ended: no hang, at most its last lines
             assert b"event: summary" not in rest or rest.endswith(b"\n\n")
