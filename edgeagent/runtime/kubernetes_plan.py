@@ -49,6 +49,7 @@ __all__ = [
     "drifted",
     "hook_order",
     "install_sorted",
+    "manifests_digest",
     "observation_from",
     "ownership_conflict",
     "prune_plan",
@@ -392,8 +393,13 @@ def build_kube_plan(
         if obj.kind == "CronJob":
             plan.warnings.append(f"{obj.source}: the cluster schedules it; its runs are not counted in the "
                                  "release's status")
-    plan.digest = hashlib.sha256(json.dumps([manifests, node.node, node.pool]).encode()).hexdigest()
+    plan.digest = manifests_digest(manifests, node)
     return plan
+
+
+def manifests_digest(manifests: str, node: NodeContext) -> str:
+    """What identifies an apply's input: the same digest re-applies the same revision."""
+    return hashlib.sha256(json.dumps([manifests, node.node, node.pool]).encode()).hexdigest()
 
 
 # -- status ---------------------------------------------------------------------

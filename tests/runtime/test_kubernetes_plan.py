@@ -106,9 +106,9 @@ def test_the_policy_is_the_podmans_root_and_namespaces_too(charts):
     with pytest.raises(ManifestRejected, match="namespace demo is not allowed"):
         build_kube_plan(REF, charts["webserver"], NODE, policy=NodePolicy.parse("namespaces: [other]"))
     root = charts["webserver"].replace("runAsUser:", "runAsGroup:")
-    if root != charts["webserver"]:
-        with pytest.raises(ManifestRejected, match="running as root"):
-            build_kube_plan(REF, root, NODE)
+    assert root != charts["webserver"]
+    with pytest.raises(ManifestRejected, match="running as root"):
+        build_kube_plan(REF, root, NODE)
     # An object aimed at another namespace is checked against that namespace.
     elsewhere = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c, namespace: kube-system}\n"
     with pytest.raises(ManifestRejected, match="namespace kube-system is not allowed"):
