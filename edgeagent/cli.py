@@ -25,8 +25,7 @@ from .agent import Agent, AgentSettings
 from .doctor import diagnose, report
 from .identity import CERT_FILE, JoinError, NodeIdentity, join, make_private_dir
 from .policy import POLICY_FILE, NodePolicy, PolicyError
-from .runtime import PodmanRuntime, PodmanSettings, PreflightCheck
-from .runtime.kubernetes import KubernetesRuntime, KubernetesSettings
+from .runtime import KubernetesRuntime, KubernetesSettings, PodmanRuntime, PodmanSettings, PreflightCheck
 from .store import AgentStore
 
 # The runtime chosen at join (``join --runtime``): what ``run`` and ``doctor`` use unless told otherwise.
