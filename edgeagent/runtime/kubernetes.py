@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from edgekit.files import write_atomic
+from edgeprotocol.errors import EdgeError
 
 from ..policy import NodePolicy
 from .base import (
@@ -195,6 +196,13 @@ class KubernetesRuntime:
         except TimeoutError as exc:
             raise EdgeRuntimeError(f"the Kubernetes API at {self._where or '?'} did not answer within "
                                    f"{self.settings.request_timeout * 2 + 5:.0f} s") from exc
+        except EdgeError:
+            raise
+        except Exception as exc:
+            if _is_api_error(exc):
+                raise  # the caller says which object it was
+            # Connection errors (urllib3), a client that cannot decode the answer: the runtime's tool failed.
+            raise EdgeRuntimeError(f"the Kubernetes API at {self._where or '?'}: {_why(exc)}") from exc
 
     def _resource(self, obj: KubeObject) -> Any:
         dynamic = self._connect()
@@ -302,8 +310,10 @@ class KubernetesRuntime:
                 pruned = [o.source for o in doomed if await self._call(self._delete_one, o, ref)]
             except RuntimeApplyError:
                 raise
-            except EdgeRuntimeError as exc:
-                raise RuntimeApplyError(f"release {ref}: {exc}") from exc
+            except Exception as exc:
+                if not isinstance(exc, EdgeRuntimeError) and not _is_api_error(exc):
+                    raise
+                raise RuntimeApplyError(f"release {ref}: {_why(exc)}") from exc
             if pruned:
                 logger.info("Release %s: pruned what revision %d no longer holds: %s", ref, revision, pruned)
             done = _Record(revision=revision, digest=digest, objects=plan.objects, pending=[], hooks=plan.hooks)
@@ -358,8 +368,10 @@ class KubernetesRuntime:
                 ok, why = await self._wait_hook(hook)
                 if (ok and "hook-succeeded" in policies) or (not ok and "hook-failed" in policies):
                     await self._call(self._delete_one, hook, ref)
-            except EdgeRuntimeError as exc:
-                raise RuntimeApplyError(f"{event} hook {hook.source} of release {ref} failed: {exc}") from exc
+            except Exception as exc:
+                if not isinstance(exc, EdgeRuntimeError) and not _is_api_error(exc):
+                    raise
+                raise RuntimeApplyError(f"{event} hook {hook.source} of release {ref} failed: {_why(exc)}") from exc
             if not ok:
                 raise RuntimeApplyError(f"{event} hook {hook.source} of release {ref} failed: {why}")
             lines.append(f"{event} hook {hook.source} succeeded in {time.monotonic() - started:.1f} s")
@@ -402,8 +414,10 @@ class KubernetesRuntime:
                         await self._call(self._delete_one, hook, ref)
                 except RuntimeApplyError:
                     raise
-                except EdgeRuntimeError as exc:
-                    raise RuntimeApplyError(f"release {ref}: removal failed: {exc}") from exc
+                except Exception as exc:
+                    if not isinstance(exc, EdgeRuntimeError) and not _is_api_error(exc):
+                        raise
+                    raise RuntimeApplyError(f"release {ref}: removal failed: {_why(exc)}") from exc
                 logger.info("Release %s removed: %d objects deleted, %d hooks run", ref, len(deleted), len(ran))
             await asyncio.to_thread(_forget, self.record_file(ref))
 
@@ -416,7 +430,12 @@ class KubernetesRuntime:
             live: dict[Any, dict[str, Any] | None] = {}
             repaired: list[str] = []
             for obj in record.objects:
-                found = await self._call(self._get, obj)
+                try:
+                    found = await self._call(self._get, obj)
+                except Exception as exc:
+                    if not _is_api_error(exc):
+                        raise
+                    raise EdgeRuntimeError(f"{obj.source} of release {ref}: {_why(exc)}") from exc
                 why = "deleted" if found is None else ""
                 if found is not None and not ownership_conflict(found, ref):
                     field_name = drifted(obj.body, found)
@@ -572,6 +591,15 @@ def _writable(path: Path) -> str:
     if shutil.disk_usage(path).free < 1 << 20:
         return f"{path}: less than 1 MiB free"
     return ""
+
+
+def _is_api_error(exc: BaseException) -> bool:
+    """An error answer of the API server (the client's ApiException and the dynamic client's kinds of it)."""
+    try:
+        from kubernetes.client.exceptions import ApiException
+    except ImportError:
+        return False
+    return isinstance(exc, ApiException)
 
 
 def _why(exc: BaseException) -> str:

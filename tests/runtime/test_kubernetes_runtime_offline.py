@@ -214,3 +214,25 @@ def test_the_runtime_chosen_at_join_is_what_run_uses_unless_told_otherwise(tmp_p
         chosen("--kubeconfig", str(tmp_path / "nope"))
     with pytest.raises(UsageError, match="--kubeconfig is for --runtime kubernetes"):
         chosen("--runtime", "podman", "--kubeconfig", str(kubeconfig))
+
+
+async def test_a_cluster_that_stops_answering_is_a_runtime_error_not_a_crash(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from urllib3.exceptions import MaxRetryError
+
+    from edgeagent.runtime import EdgeRuntimeError
+
+    cluster = FakeCluster()
+    rt = runtime(tmp_path, cluster)
+    await rt.apply(REF, doc("ConfigMap", "a"), NODE)
+
+    def down(*_: Any, **__: Any) -> None:
+        raise MaxRetryError(None, "/api", "connection refused")
+
+    monkeypatch.setattr(FakeResource, "get", down)
+    with pytest.raises(EdgeRuntimeError, match="connection refused"):
+        await rt.observe(REF)
+    with pytest.raises(RuntimeApplyError, match="connection refused"):
+        await rt.apply(REF, doc("ConfigMap", "b"), NODE)
+    with pytest.raises(RuntimeApplyError, match="removal failed"):
+        await rt.remove(REF, NODE)
