@@ -16,6 +16,7 @@ from pathlib import Path
 
 from cryptography import x509
 
+from edgekit.files import write_atomic
 from edgekit.mqtt import BrokerAddress
 from edgekit.table import print_table
 from edgeprotocol.enrollment import renew_after
@@ -24,8 +25,12 @@ from .agent import Agent, AgentSettings
 from .doctor import diagnose, report
 from .identity import CERT_FILE, JoinError, NodeIdentity, join, make_private_dir
 from .policy import POLICY_FILE, NodePolicy, PolicyError
-from .runtime import PodmanRuntime, PodmanSettings, PreflightCheck
+from .runtime import KubernetesRuntime, KubernetesSettings, PodmanRuntime, PodmanSettings, PreflightCheck
 from .store import AgentStore
+
+# The runtime chosen at join (``join --runtime``): what ``run`` and ``doctor`` use unless told otherwise.
+RUNTIME_FILE = "runtime.json"
+RUNTIMES = ("podman", "kubernetes")
 
 
 def _label(text: str) -> tuple[str, str]:
@@ -42,7 +47,11 @@ def _setting_default(name: str) -> object:
 
 def _add_runtime_args(parser: argparse.ArgumentParser) -> None:
     """The flags that say how to reach the broker and the runtime: shared by run and doctor."""
-    parser.add_argument("--runtime", choices=["podman"], default="podman")
+    parser.add_argument("--runtime", choices=RUNTIMES,
+                        help="the node's runtime (default: the one chosen at join, else podman)")
+    parser.add_argument("--kubeconfig", type=Path,
+                        help="kubeconfig for --runtime kubernetes (default: the one chosen at join; in a pod the "
+                             "in-cluster configuration; else $KUBECONFIG or ~/.kube/config)")
     parser.add_argument("--mqtt", help="broker URL mqtt://HOST:PORT to use instead of the one the hub gave at join")
     parser.add_argument("--podman-root", type=Path, help="podman --root (storage) for this node")
     parser.add_argument("--podman-runroot", type=Path, help="podman --runroot for this node")
@@ -71,8 +80,41 @@ def policy_from_args(args: argparse.Namespace, state_dir: Path) -> NodePolicy:
     return NodePolicy(path=str(stored))
 
 
-def runtime_from_args(args: argparse.Namespace, state_dir: Path) -> PodmanRuntime:
-    """The runtime the flags describe. Paths are made absolute: podman's helpers run from other directories."""
+def stored_runtime(state_dir: Path) -> dict[str, str]:
+    """The runtime chosen at join (``{"runtime": ..., "kubeconfig": ...}``); empty when none was."""
+    try:
+        data = json.loads((state_dir / RUNTIME_FILE).read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{state_dir / RUNTIME_FILE}: unreadable ({exc}); run join again or pass --runtime") from exc
+    if not isinstance(data, dict) or data.get("runtime") not in RUNTIMES:
+        raise UsageError(f"{state_dir / RUNTIME_FILE}: no runtime of {', '.join(RUNTIMES)} recorded")
+    return {k: str(v) for k, v in data.items() if v is not None}
+
+
+def save_runtime(state_dir: Path, runtime: str, kubeconfig: Path | None) -> None:
+    """Record the node's runtime (``join --runtime``) so ``run`` and ``doctor`` default to it."""
+    make_private_dir(state_dir)
+    data = {"runtime": runtime, "kubeconfig": str(kubeconfig.resolve()) if kubeconfig else None}
+    write_atomic(state_dir / RUNTIME_FILE, json.dumps(data) + "\n")
+
+
+def runtime_from_args(args: argparse.Namespace, state_dir: Path) -> PodmanRuntime | KubernetesRuntime:
+    """The runtime the flags describe (else the one chosen at join, else podman).
+
+    Paths are made absolute: podman's helpers run from other directories.
+    """
+    stored = stored_runtime(state_dir)
+    name = args.runtime or stored.get("runtime") or "podman"
+    if name == "kubernetes":
+        kubeconfig = args.kubeconfig or (Path(stored["kubeconfig"]) if stored.get("kubeconfig") else None)
+        if kubeconfig is not None and not kubeconfig.is_file():
+            raise UsageError(f"--kubeconfig {kubeconfig}: no such file")
+        return KubernetesRuntime(KubernetesSettings(work_dir=state_dir / "kubernetes", kubeconfig=kubeconfig,
+                                                    policy=policy_from_args(args, state_dir)))
+    if args.kubeconfig is not None:
+        raise UsageError("--kubeconfig is for --runtime kubernetes")
     absolute = {name: path.resolve() if path else None for name, path in (
         ("root", args.podman_root), ("runroot", args.podman_runroot), ("tmpdir", args.podman_tmpdir),
         ("containers_conf", args.containers_conf))}
@@ -115,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--state-dir", type=Path, required=True)
     j.add_argument("--policy", type=Path, help="node policy file (YAML): copied to STATE/policy.yaml; what this node "
                                                "lets releases do (default: refuse root, privileged and host access)")
+    j.add_argument("--runtime", choices=RUNTIMES, help="the node's runtime, recorded for run and doctor "
+                                                      "(default: podman)")
+    j.add_argument("--kubeconfig", type=Path, help="kubeconfig for --runtime kubernetes, recorded for run and doctor")
 
     r = sub.add_parser("run", help="run the agent")
     r.add_argument("--state-dir", type=Path, required=True)
@@ -230,12 +275,19 @@ def main(argv: list[str] | None = None) -> int:
             # Checked before the hub is asked: a node joins with the policy it was meant to have, or not at all.
             if args.policy is not None:
                 NodePolicy.load(args.policy)
+            if args.kubeconfig is not None and args.runtime != "kubernetes":
+                raise UsageError("--kubeconfig is for --runtime kubernetes")
+            if args.kubeconfig is not None and not args.kubeconfig.is_file():
+                raise UsageError(f"--kubeconfig {args.kubeconfig}: no such file")
             identity = join(hub_url=args.hub, token=args.token, state_dir=args.state_dir, node=args.name,
                             pool=args.pool, labels=dict(args.label), ca_file=args.ca_file)
             print(f"joined as node {identity.node} in pool {identity.pool}; state in {args.state_dir}")
             if args.policy is not None:
                 policy = install_policy(args.policy, args.state_dir.resolve())
                 print(f"node policy: {policy.summary()}")
+            if args.runtime is not None:
+                save_runtime(args.state_dir.resolve(), args.runtime, args.kubeconfig)
+                print(f"runtime: {args.runtime}")
             return 0
         if args.command == "run":
             with contextlib.suppress(KeyboardInterrupt):

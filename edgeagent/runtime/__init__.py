@@ -1,7 +1,9 @@
 """Node-local runtimes the agent applies releases to.
 
 The agent talks to the ``Runtime`` protocol only; ``PodmanRuntime`` is the
-runtime for nodes without Kubernetes.
+runtime for nodes without Kubernetes, ``KubernetesRuntime`` the one for nodes
+with their own cluster (k3s); it imports the ``kubernetes`` client only when
+it first talks to the cluster.
 """
 
 from .base import (
@@ -16,12 +18,15 @@ from .base import (
     Runtime,
     RuntimeApplyError,
 )
+from .kubernetes import KubernetesRuntime, KubernetesSettings
 from .podman import PodmanRuntime, PodmanSettings
 from .podman_probes import ProbeSettings
 
 __all__ = [
     "ApplyResult",
     "EdgeRuntimeError",
+    "KubernetesRuntime",
+    "KubernetesSettings",
     "ManifestRejected",
     "NodeContext",
     "Observation",

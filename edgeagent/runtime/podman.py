@@ -100,7 +100,7 @@ anything else; a refusal is ManifestRejected naming the object, container,
 field and the policy line that would allow it. Containers of a namespace not
 allowed ``root`` get ``allowPrivilegeEscalation: false`` (no_new_privs).
 
-YAML: every manifest is loaded through ``podman_plan.load_yaml_all``, which
+YAML: every manifest is loaded through ``manifests.load_yaml_all``, which
 refuses (ManifestRejected) a document whose aliases would add more than
 ``ALIAS_EXPANSION_LIMIT`` nodes, before building any object from it.
 

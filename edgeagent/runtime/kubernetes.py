@@ -1,0 +1,611 @@
+"""The Kubernetes runtime: a release's manifests applied to the node's own cluster (k3s, say).
+
+How a release is applied
+------------------------
+``apply`` builds the plan in a thread (``kubernetes_plan.build_kube_plan``: the
+node policy, labels, namespaces, Helm's install order), then, under the
+release's lock:
+
+1. runs the ``pre-install`` (first apply on this node) or ``pre-upgrade`` hooks;
+2. journals the release's record ``WORK_DIR/NAMESPACE/RELEASE.json`` (mode
+   0600: it holds Secrets): the new objects, and the old ones still to prune,
+   so an agent killed mid-apply prunes them on its next apply or removal;
+3. creates the namespaces the objects go into when missing (labelled
+   ``app.kubernetes.io/managed-by=edgecollab``; never deleted: other releases
+   may share them, as with ``helm --create-namespace``);
+4. refuses, before changing anything, an object that exists and is not the
+   release's (another release's, or not edgecollab's): RuntimeApplyError;
+5. server-side applies every object in install order (PATCH with
+   ``application/apply-patch+yaml``, field manager ``edgecollab``, conflicts
+   forced), waiting for each CustomResourceDefinition to be Established
+   before the first object after the CRDs;
+6. deletes, in uninstall order, what the previous revision had and this one
+   has not (``prune_plan``), if it is still labelled as the release's;
+7. records the revision as applied, then runs ``post-install``/``post-upgrade``.
+
+Every object carries ``edgecollab.io/release``, ``edgecollab.io/release-namespace``,
+``edgecollab.io/revision`` and ``app.kubernetes.io/managed-by: edgecollab``.
+The revision is the node's count of distinct manifests applied for the
+release (re-applying the same manifests keeps it).
+
+``remove`` runs ``pre-delete`` hooks, deletes every recorded object in
+uninstall order (only those still labelled as the release's), runs
+``post-delete`` hooks, then forgets the record. ``observe`` reads every
+recorded object: one that is missing or whose fields differ from what was
+applied (``kubernetes_plan.drifted``) is applied again from the record, with
+no hub needed (drift repair, also offline); the workloads' own status
+(Deployment, StatefulSet, DaemonSet, Job, Pod) then gives ``ready``/``total``
+and names the failing object.
+
+The ``kubernetes`` client is imported only when the runtime first talks to
+the cluster: a podman node never needs it. Every blocking client call runs in
+a thread (``asyncio.to_thread``), bounded by ``request_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from edgekit.files import write_atomic
+from edgeprotocol.errors import EdgeError
+
+from ..policy import NodePolicy
+from .base import (
+    ApplyResult,
+    EdgeRuntimeError,
+    ManifestRejected,
+    NodeContext,
+    Observation,
+    PreflightCheck,
+    ReleaseRef,
+    RuntimeApplyError,
+)
+from .kubernetes_plan import (
+    FIELD_MANAGER,
+    LABEL_MANAGED_BY,
+    LABEL_RELEASE,
+    LABEL_RELEASE_NAMESPACE,
+    MANAGED_BY,
+    KubeObject,
+    KubePlan,
+    build_kube_plan,
+    drifted,
+    hook_order,
+    manifests_digest,
+    observation_from,
+    ownership_conflict,
+    prune_plan,
+    uninstall_sorted,
+    workload_status,
+)
+
+__all__ = ["KubernetesRuntime", "KubernetesSettings", "client_missing_hint"]
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# The permissions preflight asks the API server about (verb, group, resource).
+_NEEDED = (("patch", "apps", "deployments"), ("delete", "apps", "deployments"), ("patch", "", "configmaps"),
+           ("patch", "", "secrets"), ("create", "", "namespaces"), ("get", "", "namespaces"))
+
+
+def client_missing_hint() -> str:
+    return "the kubernetes Python client is not installed: pip install 'edgecollab[k8s]'"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KubernetesSettings:
+    """How the agent reaches the node's cluster."""
+
+    # Where the runtime keeps each release's record (WORK_DIR/NAMESPACE/RELEASE.json).
+    work_dir: Path
+    # A kubeconfig file; None: in-cluster configuration when the agent runs as
+    # a pod (KUBERNETES_SERVICE_HOST set), else $KUBECONFIG or ~/.kube/config.
+    kubeconfig: Path | None = None
+    context: str | None = None
+    # Seconds any single API call may take.
+    request_timeout: float = 30.0
+    # Seconds a CustomResourceDefinition may take to become Established.
+    crd_timeout: float = 60.0
+    # Seconds a Job or Pod hook may run (Helm's default timeout), unless its activeDeadlineSeconds says less.
+    hook_timeout: float = 300.0
+    policy: NodePolicy = field(default_factory=NodePolicy)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "work_dir", Path(self.work_dir).absolute())
+        if self.kubeconfig is not None:
+            object.__setattr__(self, "kubeconfig", Path(self.kubeconfig).absolute())
+        if not self.request_timeout > 0:
+            raise ValueError("KubernetesSettings.request_timeout must be a positive number of seconds")
+
+
+class KubernetesRuntime:
+    """The ``Runtime`` that applies releases to a Kubernetes cluster (see the module docstring)."""
+
+    name = "kubernetes"
+
+    def __init__(self, settings: KubernetesSettings) -> None:
+        self.settings = settings
+        self._locks: dict[ReleaseRef, asyncio.Lock] = {}
+        self._dynamic: Any = None
+        self._api: Any = None
+        self._where = ""  # the API server's address, for messages
+
+    def __repr__(self) -> str:
+        return f"KubernetesRuntime(kubeconfig={self.settings.kubeconfig}, work_dir={self.settings.work_dir})"
+
+    async def __aenter__(self) -> KubernetesRuntime:
+        """Nothing to start: the cluster is first asked by preflight or an apply."""
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        api, self._api, self._dynamic = self._api, None, None
+        if api is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(api.close)
+
+    # -- the client ---------------------------------------------------------------
+
+    def _connect(self) -> Any:
+        """The dynamic client (blocking: discovery asks the API server). Raises EdgeRuntimeError."""
+        if self._dynamic is not None:
+            return self._dynamic
+        try:
+            from kubernetes import client, config
+            from kubernetes.dynamic import DynamicClient
+        except ImportError as exc:
+            raise EdgeRuntimeError(client_missing_hint()) from exc
+        configuration = client.Configuration()
+        try:
+            if self.settings.kubeconfig is not None:
+                config.load_kube_config(config_file=str(self.settings.kubeconfig), context=self.settings.context,
+                                        client_configuration=configuration)
+            elif os.environ.get("KUBERNETES_SERVICE_HOST"):
+                config.load_incluster_config(client_configuration=configuration)
+            else:
+                config.load_kube_config(context=self.settings.context, client_configuration=configuration)
+        except Exception as exc:  # the loader raises ConfigException, OSError, yaml errors, ...
+            raise EdgeRuntimeError(f"no usable Kubernetes configuration ({self.settings.kubeconfig or 'default'}): "
+                                   f"{exc}") from exc
+        self._where = str(configuration.host)
+        api = client.ApiClient(configuration)
+        self.settings.work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            dynamic = DynamicClient(api, cache_file=str(self.settings.work_dir / ".discovery.json"))
+        except Exception as exc:
+            api.close()
+            raise EdgeRuntimeError(f"the Kubernetes API at {self._where} does not answer: {_why(exc)}") from exc
+        self._api, self._dynamic = api, dynamic
+        return dynamic
+
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn`` in a thread, bounded by the request timeout (plus the time to connect)."""
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(fn, *args, **kwargs),
+                                          timeout=self.settings.request_timeout * 2 + 5)
+        except TimeoutError as exc:
+            raise EdgeRuntimeError(f"the Kubernetes API at {self._where or '?'} did not answer within "
+                                   f"{self.settings.request_timeout * 2 + 5:.0f} s") from exc
+        except EdgeError:
+            raise
+        except Exception as exc:
+            if _is_api_error(exc):
+                raise  # the caller says which object it was
+            # Connection errors (urllib3), a client that cannot decode the answer: the runtime's tool failed.
+            raise EdgeRuntimeError(f"the Kubernetes API at {self._where or '?'}: {_why(exc)}") from exc
+
+    def _resource(self, obj: KubeObject) -> Any:
+        dynamic = self._connect()
+        from kubernetes.dynamic.exceptions import ResourceNotFoundError
+
+        try:
+            return dynamic.resources.get(api_version=obj.api_version, kind=obj.kind)
+        except ResourceNotFoundError as exc:
+            raise RuntimeApplyError(f"{obj.source}: the cluster does not serve {obj.kind} in {obj.api_version} "
+                                    "(a missing CustomResourceDefinition?)") from exc
+
+    def _scope(self, api_version: str, kind: str) -> bool | None:
+        """Whether the cluster serves ``kind`` as namespaced (None: it does not serve it)."""
+        from kubernetes.dynamic.exceptions import ResourceNotFoundError
+
+        try:
+            return bool(self._connect().resources.get(api_version=api_version, kind=kind).namespaced)
+        except (ResourceNotFoundError, EdgeRuntimeError):
+            return None
+
+    def _get(self, obj: KubeObject) -> dict[str, Any] | None:
+        from kubernetes.dynamic.exceptions import NotFoundError
+
+        resource = self._resource(obj)
+        try:
+            found = resource.get(name=obj.name, namespace=obj.namespace,
+                                 _request_timeout=self.settings.request_timeout)
+        except NotFoundError:
+            return None
+        return found.to_dict()
+
+    def _apply_one(self, obj: KubeObject) -> dict[str, Any]:
+        resource = self._resource(obj)
+        result = self._connect().server_side_apply(
+            resource, body=obj.body, name=obj.name, namespace=obj.namespace, field_manager=FIELD_MANAGER,
+            force_conflicts=True, _request_timeout=self.settings.request_timeout)
+        return result.to_dict()
+
+    def _delete_one(self, obj: KubeObject, ref: ReleaseRef) -> bool:
+        """Delete ``obj`` if it is still ``ref``'s; whether it was."""
+        from kubernetes.dynamic.exceptions import NotFoundError
+
+        live = self._get(obj)
+        if live is None or ownership_conflict(live, ref):
+            return False
+        with contextlib.suppress(NotFoundError):
+            self._resource(obj).delete(name=obj.name, namespace=obj.namespace,
+                                       body={"propagationPolicy": "Background"},
+                                       _request_timeout=self.settings.request_timeout)
+        return True
+
+    def _ensure_namespace(self, name: str) -> None:
+        namespace = KubeObject("v1", "Namespace", None, name, {
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": name, "labels": {LABEL_MANAGED_BY: MANAGED_BY}}}, f"Namespace/{name}")
+        if self._get(namespace) is None:
+            self._connect().resources.get(api_version="v1", kind="Namespace").create(
+                body=namespace.body, _request_timeout=self.settings.request_timeout)
+
+    # -- records --------------------------------------------------------------------
+
+    def record_file(self, ref: ReleaseRef) -> Path:
+        return self.settings.work_dir / ref.namespace / f"{ref.release}.json"
+
+    def _lock(self, ref: ReleaseRef) -> asyncio.Lock:
+        return self._locks.setdefault(ref, asyncio.Lock())
+
+    # -- the Runtime interface --------------------------------------------------------
+
+    async def apply(self, ref: ReleaseRef, manifests: str, node: NodeContext) -> ApplyResult:
+        async with self._lock(ref):
+            record = await asyncio.to_thread(_read_record, self.record_file(ref))
+            digest = manifests_digest(manifests, node)
+            revision = record.revision if record.digest == digest and record.revision else record.revision + 1
+            await self._call(self._connect)
+            plan: KubePlan = await self._call(build_kube_plan, ref, manifests, node, revision=revision,
+                                              policy=self.settings.policy, scope=self._scope)
+            for warning in plan.warnings:
+                logger.warning("Release %s: %s", ref, warning)
+            stage = "install" if not record.objects and not record.pending else "upgrade"
+            ran = await self._run_hooks(ref, plan.hooks, f"pre-{stage}")
+            old = [*record.objects, *record.pending]
+            doomed = prune_plan(old, plan.objects)
+            journal = _Record(revision=record.revision, digest=record.digest, objects=plan.objects,
+                              pending=doomed, hooks=plan.hooks)
+            await asyncio.to_thread(_write_record, self.record_file(ref), journal)
+            try:
+                for namespace in plan.namespaces:
+                    await self._call(self._ensure_namespace, namespace)
+                for obj in plan.objects:
+                    conflict = ownership_conflict(await self._call(self._get, obj), ref)
+                    if conflict:
+                        raise RuntimeApplyError(f"{obj.source} ({obj.key}) of release {ref}: {conflict}; not "
+                                                "replaced")
+                crds = []
+                for obj in plan.objects:
+                    if crds and obj.kind != "CustomResourceDefinition":
+                        await self._wait_established(crds)
+                        crds = []
+                    await self._apply(ref, obj)
+                    if obj.kind == "CustomResourceDefinition":
+                        crds.append(obj)
+                if crds:
+                    await self._wait_established(crds)
+                pruned = [o.source for o in doomed if await self._call(self._delete_one, o, ref)]
+            except RuntimeApplyError:
+                raise
+            except Exception as exc:
+                if not isinstance(exc, EdgeRuntimeError) and not _is_api_error(exc):
+                    raise
+                raise RuntimeApplyError(f"release {ref}: {_why(exc)}") from exc
+            if pruned:
+                logger.info("Release %s: pruned what revision %d no longer holds: %s", ref, revision, pruned)
+            done = _Record(revision=revision, digest=digest, objects=plan.objects, pending=[], hooks=plan.hooks)
+            await asyncio.to_thread(_write_record, self.record_file(ref), done)
+            ran += await self._run_hooks(ref, plan.hooks, f"post-{stage}")
+        logger.info("Release %s applied at revision %d: %d objects, %d pruned", ref, revision, len(plan.objects),
+                    len(pruned))
+        return ApplyResult(warnings=tuple(plan.warnings), hooks=tuple(ran))
+
+    async def _apply(self, ref: ReleaseRef, obj: KubeObject) -> dict[str, Any]:
+        from kubernetes.dynamic.exceptions import DynamicApiError
+
+        try:
+            return await self._call(self._apply_one, obj)
+        except DynamicApiError as exc:
+            message = f"{obj.source} ({obj.key}) of release {ref}: the API server refused it: {_why(exc)}"
+            if exc.status in (400, 422):  # the object itself is invalid: applying it again fails the same way
+                raise ManifestRejected(message) from exc
+            raise RuntimeApplyError(message) from exc
+        except RuntimeApplyError:
+            raise
+        except Exception as exc:  # urllib3's connection errors, mostly
+            raise RuntimeApplyError(f"{obj.source} of release {ref}: {_why(exc)}") from exc
+
+    async def _wait_established(self, crds: Sequence[KubeObject]) -> None:
+        deadline = time.monotonic() + self.settings.crd_timeout
+        for crd in crds:
+            while True:
+                live = await self._call(self._get, crd) or {}
+                conditions = {c.get("type"): c.get("status") for c in (live.get("status") or {}).get("conditions")
+                              or ()}
+                if conditions.get("Established") == "True":
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeApplyError(f"{crd.source}: not Established within {self.settings.crd_timeout:.0f} s")
+                await asyncio.sleep(0.5)
+        await self._call(lambda: self._connect().resources.invalidate_cache())
+
+    async def _run_hooks(self, ref: ReleaseRef, hooks: Sequence[KubeObject], event: str) -> list[str]:
+        """Run ``event``'s hooks one at a time in Helm's order; raise RuntimeApplyError when one fails."""
+        lines: list[str] = []
+        for hook in hook_order(hooks, event):
+            annotations = hook.body.get("metadata", {}).get("annotations") or {}
+            policies = {p.strip() for p in str(annotations.get("helm.sh/hook-delete-policy",
+                                                               "before-hook-creation")).split(",")}
+            started = time.monotonic()
+            try:
+                if "before-hook-creation" in policies:
+                    await self._call(self._delete_one, hook, ref)
+                    await self._wait_gone(hook)
+                await self._apply(ref, hook)
+                ok, why = await self._wait_hook(hook)
+                if (ok and "hook-succeeded" in policies) or (not ok and "hook-failed" in policies):
+                    await self._call(self._delete_one, hook, ref)
+            except Exception as exc:
+                if not isinstance(exc, EdgeRuntimeError) and not _is_api_error(exc):
+                    raise
+                raise RuntimeApplyError(f"{event} hook {hook.source} of release {ref} failed: {_why(exc)}") from exc
+            if not ok:
+                raise RuntimeApplyError(f"{event} hook {hook.source} of release {ref} failed: {why}")
+            lines.append(f"{event} hook {hook.source} succeeded in {time.monotonic() - started:.1f} s")
+        return lines
+
+    async def _wait_gone(self, obj: KubeObject) -> None:
+        deadline = time.monotonic() + self.settings.request_timeout
+        while await self._call(self._get, obj) is not None and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+
+    async def _wait_hook(self, hook: KubeObject) -> tuple[bool, str]:
+        if hook.kind not in ("Job", "Pod"):
+            return True, ""
+        deadline_field = (hook.body.get("spec") or {}).get("activeDeadlineSeconds")
+        limit = min(self.settings.hook_timeout, deadline_field) if isinstance(deadline_field, int) else \
+            self.settings.hook_timeout
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            live = await self._call(self._get, hook)
+            if live is not None:
+                verdict = workload_status(live)
+                if verdict.ready:
+                    return True, ""
+                if verdict.phase == "Failed":
+                    return False, verdict.message or "failed"
+            await asyncio.sleep(1.0)
+        return False, f"not complete within {limit:.0f} s"
+
+    async def remove(self, ref: ReleaseRef, node: NodeContext | None = None) -> None:
+        async with self._lock(ref):
+            record = await asyncio.to_thread(_read_record, self.record_file(ref))
+            if record.objects or record.pending or record.hooks:
+                try:
+                    await self._call(self._connect)
+                    ran = await self._run_hooks(ref, record.hooks, "pre-delete")
+                    deleted = [o.source for o in uninstall_sorted([*record.objects, *record.pending])
+                               if await self._call(self._delete_one, o, ref)]
+                    ran += await self._run_hooks(ref, record.hooks, "post-delete")
+                    for hook in record.hooks:  # nothing of a removed release stays, its hooks included
+                        await self._call(self._delete_one, hook, ref)
+                except RuntimeApplyError:
+                    raise
+                except Exception as exc:
+                    if not isinstance(exc, EdgeRuntimeError) and not _is_api_error(exc):
+                        raise
+                    raise RuntimeApplyError(f"release {ref}: removal failed: {_why(exc)}") from exc
+                logger.info("Release %s removed: %d objects deleted, %d hooks run", ref, len(deleted), len(ran))
+            await asyncio.to_thread(_forget, self.record_file(ref))
+
+    async def observe(self, ref: ReleaseRef) -> Observation:
+        async with self._lock(ref):
+            record = await asyncio.to_thread(_read_record, self.record_file(ref))
+            if not record.objects:
+                return Observation(ready=0, total=0, pods=(), message="")
+            await self._call(self._connect)
+            live: dict[Any, dict[str, Any] | None] = {}
+            repaired: list[str] = []
+            for obj in record.objects:
+                try:
+                    found = await self._call(self._get, obj)
+                except Exception as exc:
+                    if not _is_api_error(exc):
+                        raise
+                    raise EdgeRuntimeError(f"{obj.source} of release {ref}: {_why(exc)}") from exc
+                why = "deleted" if found is None else ""
+                if found is not None and not ownership_conflict(found, ref):
+                    field_name = drifted(obj.body, found)
+                    why = f"{field_name} changed" if field_name else ""
+                if why:
+                    logger.warning("Release %s: %s %s; applying it again from the stored revision", ref,
+                                   obj.source, why)
+                    try:
+                        found = await self._apply(ref, obj)
+                        repaired.append(f"{obj.source} ({why})")
+                    except RuntimeApplyError as exc:
+                        logger.warning("Release %s: repairing %s failed: %s", ref, obj.source, exc)
+                live[obj.key] = found
+            return observation_from(record.objects, live, repaired=repaired)
+
+    async def releases(self) -> set[ReleaseRef]:
+        found = await asyncio.to_thread(_releases_on_disk, self.settings.work_dir)
+        dynamic = await self._call(self._connect)
+
+        def labelled() -> set[ReleaseRef]:
+            refs: set[ReleaseRef] = set()
+            for api_version, kind in (("v1", "ConfigMap"), ("v1", "Secret"), ("apps/v1", "Deployment"),
+                                      ("apps/v1", "StatefulSet"), ("apps/v1", "DaemonSet"), ("batch/v1", "Job")):
+                items = dynamic.resources.get(api_version=api_version, kind=kind).get(
+                    label_selector=f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_RELEASE}",
+                    _request_timeout=self.settings.request_timeout).to_dict().get("items") or []
+                for item in items:
+                    labels = (item.get("metadata") or {}).get("labels") or {}
+                    with contextlib.suppress(ValueError, TypeError):
+                        refs.add(ReleaseRef(labels.get(LABEL_RELEASE_NAMESPACE), labels.get(LABEL_RELEASE)))
+            return refs
+
+        try:
+            return found | await self._call(labelled)
+        except EdgeRuntimeError:
+            raise
+        except Exception as exc:
+            raise EdgeRuntimeError(f"cannot list releases on the cluster: {_why(exc)}") from exc
+
+    async def preflight(self) -> tuple[PreflightCheck, ...]:
+        checks: list[PreflightCheck] = []
+        try:
+            await self._call(self._connect)
+            version = await self._call(self._version)
+        except EdgeRuntimeError as exc:
+            missing = "not installed" in str(exc)
+            checks.append(PreflightCheck("kubernetes", False, str(exc), "RuntimeReady",
+                                         "KubernetesClientMissing" if missing else "KubernetesUnreachable"))
+            checks.append(PreflightCheck("permissions", False, "not checked: the API does not answer"))
+        else:
+            checks.append(PreflightCheck("kubernetes", True, f"Kubernetes {version} at {self._where}",
+                                         "RuntimeReady"))
+            try:
+                denied = await self._call(self._denied)
+            except Exception as exc:
+                checks.append(PreflightCheck("permissions", False, f"cannot ask the API server: {_why(exc)}",
+                                             "RuntimeReady", "KubernetesForbidden"))
+            else:
+                if denied:
+                    checks.append(PreflightCheck("permissions", False, f"the agent's account may not {', '.join(denied)}",
+                                                 "RuntimeReady", "KubernetesForbidden"))
+                else:
+                    checks.append(PreflightCheck("permissions", True, "may create, patch and delete workloads, "
+                                                 "ConfigMaps, Secrets and namespaces", "RuntimeReady"))
+        problem = await asyncio.to_thread(_writable, self.settings.work_dir)
+        checks.append(PreflightCheck("storage", not problem, problem or f"{self.settings.work_dir} writable",
+                                     "StorageReady", "StorageNotWritable" if problem else ""))
+        return tuple(checks)
+
+    def _version(self) -> str:
+        from kubernetes import client
+
+        try:
+            info = client.VersionApi(self._api).get_code(_request_timeout=self.settings.request_timeout)
+        except Exception as exc:
+            raise EdgeRuntimeError(f"the Kubernetes API at {self._where} does not answer: {_why(exc)}") from exc
+        return str(info.git_version)
+
+    def _denied(self) -> list[str]:
+        resource = self._connect().resources.get(api_version="authorization.k8s.io/v1",
+                                                 kind="SelfSubjectAccessReview")
+        denied = []
+        for verb, group, plural in _NEEDED:
+            review = resource.create(body={
+                "apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+                "spec": {"resourceAttributes": {"verb": verb, "group": group, "resource": plural}}},
+                _request_timeout=self.settings.request_timeout).to_dict()
+            if not (review.get("status") or {}).get("allowed"):
+                denied.append(f"{verb} {plural}")
+        return denied
+
+
+# ----------------------------------------------------------------------------
+# Helpers
+
+
+@dataclass(slots=True)
+class _Record:
+    revision: int = 0
+    digest: str = ""
+    objects: list[KubeObject] = field(default_factory=list)
+    pending: list[KubeObject] = field(default_factory=list)  # to prune: journaled before the apply
+    hooks: list[KubeObject] = field(default_factory=list)
+
+
+def _read_record(path: Path) -> _Record:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return _Record()
+    except (OSError, ValueError) as exc:
+        raise EdgeRuntimeError(f"{path}: the release's record is damaged: {exc}") from exc
+    try:
+        return _Record(revision=int(data.get("revision", 0)), digest=str(data.get("digest", "")),
+                       **{key: [KubeObject.from_record(i) for i in data.get(key) or ()]
+                          for key in ("objects", "pending", "hooks")})
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise EdgeRuntimeError(f"{path}: the release's record was not written by this runtime: {exc}") from exc
+
+
+def _write_record(path: Path, record: _Record) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_atomic(path, json.dumps({"revision": record.revision, "digest": record.digest,
+                                   "objects": [o.to_record() for o in record.objects],
+                                   "pending": [o.to_record() for o in record.pending],
+                                   "hooks": [o.to_record() for o in record.hooks]}))
+
+
+def _forget(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    with contextlib.suppress(OSError):
+        path.parent.rmdir()
+
+
+def _releases_on_disk(work_dir: Path) -> set[ReleaseRef]:
+    found: set[ReleaseRef] = set()
+    if work_dir.is_dir():
+        for path in work_dir.glob("*/*.json"):
+            with contextlib.suppress(ValueError):
+                found.add(ReleaseRef(path.parent.name, path.stem))
+    return found
+
+
+def _writable(path: Path) -> str:
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        probe = path / f".edgecollab-probe-{os.getpid()}"
+        probe.write_bytes(b"probe")
+        probe.unlink()
+    except OSError as exc:
+        return f"{path} is not writable: {exc.strerror or exc}"
+    if shutil.disk_usage(path).free < 1 << 20:
+        return f"{path}: less than 1 MiB free"
+    return ""
+
+
+def _is_api_error(exc: BaseException) -> bool:
+    """An error answer of the API server (the client's ApiException and the dynamic client's kinds of it)."""
+    try:
+        from kubernetes.client.exceptions import ApiException
+    except ImportError:
+        return False
+    return isinstance(exc, ApiException)
+
+
+def _why(exc: BaseException) -> str:
+    summary = getattr(exc, "summary", None)
+    if callable(summary):
+        with contextlib.suppress(Exception):
+            return str(summary())
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
