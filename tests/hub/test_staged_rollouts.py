@@ -15,9 +15,10 @@ from typing import Any
 import aiomqtt
 import pytest
 from aiohttp.test_utils import TestClient
-from hub_api import answer, create_token, join, refused, running_hub, unique
+from hub_api import answer, create_token, join, operator_token, refused, running_hub, unique
 from test_history_and_rollback import FakeNode, statuses, stored
 
+from edgectl.cli import main as run_edgectl
 from edgehub.settings import HubSettings
 from edgeprotocol import topics
 from edgeprotocol.messages import Presence, now
@@ -177,3 +178,41 @@ async def test_the_rollout_survives_a_hub_restart(hub_settings: HubSettings, bro
         assert assigned(hub) == {"c1": 2, "m1": 1, "m2": 1}
         await c1.report(2)
         await wait_for(lambda: assigned(hub) == {"c1": 2, "m1": 2, "m2": 2}, "the second batch after the restart")
+
+
+async def test_edgectl_rollout_status_follows_and_exits_by_outcome(hub: TestClient, broker: Mosquitto,
+                                                                   example: dict[str, Any],
+                                                                   capsys: pytest.CaptureFixture[str]):
+    def edgectl(*args: str) -> Any:
+        return asyncio.to_thread(run_edgectl, ["--hub", str(hub.make_url("")), "--token", operator_token(hub),
+                                               *args])
+
+    assert await edgectl("rollout", "status", "demo/web") == 4  # no such component
+    c1, m1, m2 = await fleet_at_revision_1(hub, broker, example)
+    assert await edgectl("rollout", "status", "demo/web") == 4  # no staged rollout
+    await answer(await hub.post("/api/v1/components", json=spec(example, "B")), 200)
+    await wait_for(lambda: assigned(hub)["c1"] == 2, "the canary batch")
+    capsys.readouterr()
+    assert await edgectl("rollout", "pause", "demo/web") == 0
+    assert "paused at batch 1/2" in capsys.readouterr().out
+    assert await edgectl("rollout", "status", "demo/web", "--timeout", "1", "--interval", "0.5") == 1
+    assert "rollout of demo/web revision 2 paused" in capsys.readouterr().out
+    assert await edgectl("rollout", "resume", "demo/web") == 0
+    following = edgectl("rollout", "status", "demo/web", "--interval", "0.5", "--timeout", "20")
+    await c1.report(2)
+    await wait_for(lambda: assigned(hub)["m1"] == 2, "the second batch")
+    await m1.report(2)
+    await m2.report(2)
+    assert await following == 0
+    out = capsys.readouterr().out
+    assert "batch 1/2 (pools canary): passed, 1/1 ready [c1]" in out
+    assert "rollout of demo/web revision 2 complete" in out
+
+    await answer(await hub.post("/api/v1/components", json=spec(example, "bad")), 200)
+    await wait_for(lambda: assigned(hub)["c1"] == 3, "the canary batch")
+    following = edgectl("rollout", "status", "demo/web", "--interval", "0.5", "--timeout", "20")
+    await c1.report(3, phase="Failed")
+    assert await following == 1
+    printed = capsys.readouterr()
+    assert "rolled back to revision 2 (as revision 4)" in printed.out and "c1 reported Failed" in printed.out
+    assert assigned(hub) == {"c1": 4, "m1": 2, "m2": 2}
