@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -177,3 +178,17 @@ def test_previous_good_revision_through_an_interrupted_rollout() -> None:
 def test_refused_policies_say_why(doc: dict[str, Any], message: str) -> None:
     with pytest.raises(SpecError, match=message):
         parse_rollout_policy(doc)
+
+
+def test_the_component_summary_says_where_a_staged_rollout_is() -> None:
+    from edgehub.store import ComponentRecord
+    from edgehub.summaries import staged_words
+
+    comp = ComponentRecord(namespace="demo", name="web", chart_name="web", chart_version="1", fingerprint="x",
+                           revision=2, deleted=False, updated_at=0.0)
+    s = step(start(), fleet(), {}, 0.0)
+    assert staged_words([s.to_row()], [comp]) == {("demo", "web"): "batch 1/3"}
+    s.state, s.rollback_revision = "rolled back", 3
+    assert staged_words([s.to_row()], [dataclasses.replace(comp, revision=3)]) == {("demo", "web"): "rolled back"}
+    s.state = "complete"
+    assert staged_words([s.to_row()], [comp]) == {}

@@ -133,6 +133,7 @@ async def test_pause_stops_new_batches_and_resume_goes_on(hub: TestClient, broke
                                                           example: dict[str, Any]):
     c1, m1, m2 = await fleet_at_revision_1(hub, broker, example)
     await answer(await hub.post("/api/v1/components", json=spec(example, "B")), 200)
+    await wait_for(lambda: assigned(hub)["c1"] == 2, "the canary batch")
     paused = await answer(await hub.post(f"{ROLLOUT}/pause", json={}), 200)
     assert paused["state"] == "paused"
     await refused(await hub.post(f"{ROLLOUT}/pause", json={}), 409)
