@@ -18,6 +18,12 @@ A Component is one Helm release targeted at edge nodes::
           matchExpressions: [{key: zone, operator: In, values: [east]}]
         poolValues:
           shanghai: {greeting: "ni hao"}
+        rollout:                      # optional: staged, health-gated rollout (docs/rollouts.md)
+          batches: [{pools: [canary]}, {percent: 50}, {percent: 100}]   # or {count: N}
+          healthGate: {readyWithin: 2m, minReadyTime: 10s}
+          maxFailures: 0              # a count or "10%" per batch
+          onFailure: Rollback         # or Pause
+          offlineNodes: Defer         # or Skip, Block
       historyLimit: 10                # revisions the hub keeps (1 to 1000; default 10)
       clusterScoped: false            # true: a cluster component (one release per node, installed when
                                       # absent, upgraded only for a higher chart version; docs/deployer.md)
@@ -102,7 +108,20 @@ _SPEC_FIELDS = ("chart", "values", "edge", "historyLimit", "clusterScoped")
 _CHART_FIELDS = ("path", "repo", "name", "version", "oci")
 _REPO_CHART_FIELDS = ("repo", "name", "version")
 _OCI_CHART_FIELDS = ("oci", "version")
-_EDGE_FIELDS = ("nodePools", "nodeSelector", "poolValues")
+_EDGE_FIELDS = ("nodePools", "nodeSelector", "poolValues", "rollout")
+_ROLLOUT_FIELDS = ("batches", "healthGate", "maxFailures", "onFailure", "offlineNodes")
+_BATCH_FIELDS = ("pools", "percent", "count")
+_GATE_FIELDS = ("readyWithin", "minReadyTime")
+ON_FAILURE = ("Rollback", "Pause")
+OFFLINE_NODES = ("Defer", "Skip", "Block")
+MAX_BATCHES = 100
+DEFAULT_READY_WITHIN = 120.0
+DEFAULT_MIN_READY_TIME = 0.0
+# Durations: a number of seconds, or a string of Go-style parts ("90s", "2m", "1h30m", "500ms").
+_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)(ms|s|m|h))+$")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+MAX_DURATION = 7 * 24 * 3600.0
 _SELECTOR_FIELDS = ("matchLabels", "matchExpressions")
 _EXPRESSION_FIELDS = ("key", "operator", "values")
 
@@ -190,6 +209,8 @@ class EdgeTarget:
     node_pools: tuple[str, ...] = ()
     node_selector: LabelSelector | None = None
     pool_values: Mapping[str, dict[str, Any]] = field(default_factory=dict, hash=False)
+    # spec.edge.rollout: None sends a change to every target at once.
+    rollout: RolloutPolicy | None = None
 
     def to_document(self) -> dict[str, Any]:
         doc: dict[str, Any] = {}
@@ -199,6 +220,8 @@ class EdgeTarget:
             doc["nodeSelector"] = self.node_selector.to_document()
         if self.pool_values:
             doc["poolValues"] = copy.deepcopy(dict(self.pool_values))
+        if self.rollout is not None:
+            doc["rollout"] = self.rollout.to_document()
         return doc
 
 
@@ -251,6 +274,53 @@ class OciChart:
 
 
 ChartRef = str | RepoChart | OciChart
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """One step of a staged rollout: nodes of ``pools``, or ``percent`` of the remaining targets, or ``count``
+    of them (exactly one is set)."""
+
+    pools: tuple[str, ...] = ()
+    percent: float | None = None
+    count: int | None = None
+
+    def to_document(self) -> dict[str, Any]:
+        if self.pools:
+            return {"pools": list(self.pools)}
+        if self.percent is not None:
+            return {"percent": int(self.percent) if float(self.percent).is_integer() else self.percent}
+        return {"count": self.count}
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutPolicy:
+    """``spec.edge.rollout``: batches in order, each gated on the health of its nodes.
+
+    ``max_failures`` is a count (``"3"``-like ints) or a percent string (``"10%"``) of a batch's nodes.
+    Durations are seconds."""
+
+    batches: tuple[Batch, ...]
+    ready_within: float = DEFAULT_READY_WITHIN
+    min_ready_time: float = DEFAULT_MIN_READY_TIME
+    max_failures: int | str = 0
+    on_failure: str = "Rollback"
+    offline_nodes: str = "Defer"
+
+    def failures_allowed(self, batch_size: int) -> int:
+        if isinstance(self.max_failures, str):
+            return int(batch_size * float(self.max_failures.rstrip("%")) / 100.0)
+        return self.max_failures
+
+    def to_document(self) -> dict[str, Any]:
+        return {"batches": [b.to_document() for b in self.batches],
+                "healthGate": {"readyWithin": _duration_text(self.ready_within),
+                               "minReadyTime": _duration_text(self.min_ready_time)},
+                "maxFailures": self.max_failures, "onFailure": self.on_failure, "offlineNodes": self.offline_nodes}
+
+
+def _duration_text(seconds: float) -> str:
+    return f"{int(seconds)}s" if float(seconds).is_integer() else f"{int(round(seconds * 1000))}ms"
 
 
 @dataclass(frozen=True, slots=True)
@@ -761,9 +831,133 @@ def _parse_edge(spec: Mapping[str, Any], problems: _Problems) -> EdgeTarget | No
         if _json_values(overrides, where, problems):
             pool_values[pool] = json.loads(json.dumps(overrides))
 
+    rollout = _parse_rollout(edge, pools, problems)
+
     if len(problems.items) > before:
         return None
-    return EdgeTarget(node_pools=pools, node_selector=selector, pool_values=pool_values)
+    return EdgeTarget(node_pools=pools, node_selector=selector, pool_values=pool_values, rollout=rollout)
+
+
+def _duration(value: Any, where: str, problems: _Problems) -> float | None:
+    """A duration: a number of seconds, or "90s", "2m", "1h30m", "500ms"."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        problems.add(where, f"must be a duration such as 90s, 2m or 1h30m, not {_kind(value)}")
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if not _DURATION.match(text):
+            problems.add(where, f"{value!r} is not a duration: write a number with a unit (ms, s, m, h), "
+                                "such as 90s, 2m or 1h30m")
+            return None
+        seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(text))
+    else:
+        seconds = float(value)
+    if not 0 <= seconds <= MAX_DURATION:
+        problems.add(where, f"must be from 0s to {int(MAX_DURATION // 3600)}h, not {value}")
+        return None
+    return seconds
+
+
+def _parse_batch(raw: Any, where: str, node_pools: tuple[str, ...], problems: _Problems) -> Batch | None:
+    if not isinstance(raw, Mapping):
+        problems.add(where, f"must be a mapping with one of pools, percent or count, not {_kind(raw)}")
+        return None
+    before = len(problems.items)
+    _check_fields(raw, where, _BATCH_FIELDS, problems)
+    given = [k for k in _BATCH_FIELDS if raw.get(k) is not None]
+    if len(given) != 1:
+        if not given and len(problems.items) == before:
+            problems.add(where, "give one of pools (a list of pools), percent (of the remaining targets) or count")
+        elif len(given) > 1:
+            problems.add(where, f"give only one of pools, percent or count, not {' and '.join(given)}")
+        return None
+    key = given[0]
+    value = raw[key]
+    if key == "pools":
+        pools = _string_list(raw, "pools", where, problems, _dns_label)
+        if pools is None:
+            return None
+        if not pools:
+            problems.add(f"{where}.pools", "must list at least one pool")
+            return None
+        for i, pool in enumerate(pools):
+            if node_pools and pool not in node_pools:
+                problems.add(f"{where}.pools[{i}]",
+                             f"pool {pool!r} is not in spec.edge.nodePools{_suggest(pool, node_pools)}")
+        return Batch(pools=pools) if len(problems.items) == before else None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        problems.add(f"{where}.{key}", f"must be a number, not {_kind(value)}")
+        return None
+    if key == "percent":
+        if not 0 < value <= 100:
+            problems.add(f"{where}.percent", f"must be more than 0 and at most 100 (of the remaining targets), "
+                                             f"not {value:g}")
+            return None
+        return Batch(percent=float(value))
+    if isinstance(value, float) and not value.is_integer() or value < 1:
+        problems.add(f"{where}.count", f"must be a whole number of nodes, at least 1, not {value:g}")
+        return None
+    return Batch(count=int(value))
+
+
+def _parse_rollout(edge: Mapping[str, Any], node_pools: tuple[str, ...], problems: _Problems) -> RolloutPolicy | None:
+    path = "spec.edge.rollout"
+    raw = _mapping(edge, "rollout", "spec.edge", problems)
+    if raw is None:
+        return None
+    before = len(problems.items)
+    _check_fields(raw, path, _ROLLOUT_FIELDS, problems)
+    batches: list[Batch] = []
+    raw_batches = raw.get("batches")
+    if raw_batches is None:
+        problems.add(f"{path}.batches", "required: the batches in order, each {pools: [...]}, {percent: N} "
+                                        "or {count: N}")
+    elif not isinstance(raw_batches, list):
+        problems.add(f"{path}.batches", f"must be a list of batches, not {_kind(raw_batches)}")
+    elif not raw_batches:
+        problems.add(f"{path}.batches", "must list at least one batch")
+    elif len(raw_batches) > MAX_BATCHES:
+        problems.add(f"{path}.batches", f"at most {MAX_BATCHES} batches, not {len(raw_batches)}")
+    else:
+        for i, item in enumerate(raw_batches):
+            batch = _parse_batch(item, f"{path}.batches[{i}]", node_pools, problems)
+            if batch is not None:
+                batches.append(batch)
+    ready_within, min_ready = DEFAULT_READY_WITHIN, DEFAULT_MIN_READY_TIME
+    gate = _mapping(raw, "healthGate", path, problems)
+    if gate is not None:
+        _check_fields(gate, f"{path}.healthGate", _GATE_FIELDS, problems)
+        if gate.get("readyWithin") is not None:
+            ready_within = _duration(gate["readyWithin"], f"{path}.healthGate.readyWithin", problems) or 0.0
+            if ready_within <= 0 and len(problems.items) == before:
+                problems.add(f"{path}.healthGate.readyWithin", "must be more than 0s")
+        if gate.get("minReadyTime") is not None:
+            min_ready = _duration(gate["minReadyTime"], f"{path}.healthGate.minReadyTime", problems) or 0.0
+    max_failures: int | str = 0
+    value = raw.get("maxFailures")
+    if value is not None:
+        where = f"{path}.maxFailures"
+        if isinstance(value, str) and re.fullmatch(r"\d+(\.\d+)?%", value.strip()):
+            if float(value.strip().rstrip("%")) > 100:
+                problems.add(where, f"must be at most 100%, not {value}")
+            max_failures = value.strip()
+        elif isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            max_failures = value
+        else:
+            problems.add(where, f"must be a count of nodes (0 or more) or a percent such as \"10%\", not "
+                                f"{value!r}" if isinstance(value, str | int | float) else
+                                f"must be a count of nodes or a percent such as \"10%\", not {_kind(value)}")
+    choices = {}
+    for key, allowed, default in (("onFailure", ON_FAILURE, "Rollback"), ("offlineNodes", OFFLINE_NODES, "Defer")):
+        choice = _string(raw, key, path, problems)
+        if choice is not None and choice not in allowed:
+            problems.add(f"{path}.{key}", f"{choice!r} is not one of {', '.join(allowed)}{_suggest(choice, allowed)}")
+        choices[key] = choice if choice in allowed else default
+    if len(problems.items) > before:
+        return None
+    return RolloutPolicy(batches=tuple(batches), ready_within=ready_within, min_ready_time=min_ready,
+                         max_failures=max_failures, on_failure=choices["onFailure"],
+                         offline_nodes=choices["offlineNodes"])
 
 
 def _parse_history_limit(spec: Mapping[str, Any], problems: _Problems) -> int | None:
@@ -996,3 +1190,12 @@ def load_component_file(path: str | os.PathLike[str]) -> tuple[Component, bytes 
             source=source,
         ) from exc
     return component, archive
+
+
+def parse_rollout_policy(document: Mapping[str, Any]) -> RolloutPolicy:
+    """A ``spec.edge.rollout`` document (as ``RolloutPolicy.to_document`` writes it) read back; SpecError if not valid."""
+    problems = _Problems()
+    policy = _parse_rollout({"rollout": document}, (), problems)
+    if problems.items or policy is None:
+        raise SpecError(problems.items or ["spec.edge.rollout: missing"])
+    return policy

@@ -44,6 +44,7 @@ Exit codes (scripts can rely on them; ``edgectl --help`` lists them):
     2    usage: an unknown command, flag or value (argparse says which)
     3    the hub could not be reached: connection refused, no answer in time, a name that does not resolve
     4    not found: the hub answered 404 (no such node, component or credential)
+       rollout status: 0 the rollout completed; 1 it failed, was rolled back, or --timeout passed first
     130  interrupted by Ctrl-C (but a watch or follow, which ends with 0)
 
 Whatever came from the hub (names, status messages, events, notes) can hold
@@ -306,6 +307,26 @@ def build_parser() -> argparse.ArgumentParser:
                           help="the revision to go back to (default: the one before the current)")
     rollback.add_argument("-o", "--output", choices=TEXT_OUTPUTS, default="text")
 
+    rollout = sub.add_parser("rollout", help="a component's staged rollout: follow it, pause it, resume it",
+                             epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    rollout_actions = rollout.add_subparsers(dest="action", required=True)
+    status = rollout_actions.add_parser(
+        "status", help="follow the rollout until it settles: exit 0 when complete, 1 when it failed or was "
+                       "rolled back", epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    pause = rollout_actions.add_parser("pause", help="start no new batch; what is assigned stays")
+    resume = rollout_actions.add_parser("resume", help="a paused rollout goes on")
+    for action in (status, pause, resume):
+        action.add_argument("name", help="NAME or NAMESPACE/NAME")
+        action.add_argument("-n", "--namespace", default="default")
+    status.add_argument("-o", "--output", choices=TEXT_OUTPUTS, default="text",
+                        help="text (default): a line per change; json or yaml: the final state")
+    status.add_argument("--interval", type=interval, metavar="SECONDS",
+                        help=f"seconds between two polls ({MIN_INTERVAL:g} to {MAX_INTERVAL:g}; default: 1)")
+    status.add_argument("--timeout", type=duration, metavar="SECONDS",
+                        help="give up after this long, with exit code 1, e.g. 5m (default: wait until it settles)")
+    for action in (pause, resume):
+        action.add_argument("-o", "--output", choices=TEXT_OUTPUTS, default="text")
+
     node = sub.add_parser("node", help="a node's identity: free its name, or refuse it").add_subparsers(
         dest="action", required=True)
     reset = node.add_parser("reset", help="free the node's name: the next join with it is accepted and gets "
@@ -340,7 +361,8 @@ def streaming(args: argparse.Namespace) -> bool:
 
 def check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """What argparse cannot say: --interval and --timeout mean something only with -w or --follow."""
-    if getattr(args, "interval", None) is None and getattr(args, "timeout", None) is None:
+    if args.command == "rollout" or (getattr(args, "interval", None) is None
+                                     and getattr(args, "timeout", None) is None):
         return
     if not streaming(args):
         flag = "-w/--watch" if args.command == "get" else "-f/--follow"
@@ -656,6 +678,89 @@ def cmd_rollback(hub: JsonHttpClient, args: argparse.Namespace) -> None:
         say(f"warning: {one_line(warning)}", err=True)
 
 
+class _Settled(Exception):
+    """The followed rollout settled (or gave up): ends the polling."""
+
+
+def rollout_lines(data: Mapping[str, Any]) -> list[str]:
+    """What ``rollout status`` prints of a rollout: a line per batch, the deferred nodes, its outcome."""
+    lines = []
+    for batch in data.get("batches", []):
+        selector = ", ".join(f"{k} {v if not isinstance(v, list) else ','.join(map(str, v))}"
+                             for k, v in batch.get("selector", {}).items())
+        line = (f"batch {batch['index']}/{data['batches_total']} ({selector}): {batch['state']}, "
+                f"{batch['ready']}/{batch['count']} ready")
+        if batch.get("nodes") and batch["state"] != "not started":
+            line += f" [{', '.join(batch['nodes'][:10])}{', ...' if len(batch['nodes']) > 10 else ''}]"
+        if batch.get("failed"):
+            line += f"; failed: {', '.join(batch['failed'])}"
+        lines.append(line)
+    if data.get("deferred"):
+        lines.append(f"deferred (offline, they get the revision the rollout settles on): "
+                     f"{', '.join(data['deferred'])}")
+    if data.get("skipped"):
+        lines.append(f"skipped (offline at their batch's start): {', '.join(data['skipped'])}")
+    state = data.get("state")
+    head = f"rollout of {data['component']} revision {data['revision']}"
+    if state == "complete":
+        lines.append(f"{head} complete")
+    elif state == "rolled back":
+        lines.append(f"{head} rolled back to revision {data['previous_revision']} (as revision "
+                     f"{data['rollback_revision']}): {data['reason']}")
+    elif state in ("failed", "rolling back", "paused"):
+        lines.append(f"{head} {state}" + (f": {data['reason']}" if data.get("reason") else ""))
+    return [sanitize(line) for line in lines]
+
+
+def cmd_rollout(hub: JsonHttpClient, args: argparse.Namespace) -> None:
+    namespace, name = _component_ref(args.name, args.namespace)
+    path = f"/api/v1/components/{namespace}/{name}/rollout"
+    if args.action in ("pause", "resume"):
+        data = hub.post(f"{path}/{args.action}", {})
+        if args.output in DATA_OUTPUTS:
+            print_data(data, args.output)
+        else:
+            say(f"rollout of {one_line(data['component'])} revision {one_line(data['revision'])} "
+                f"{'paused' if args.action == 'pause' else 'resumed'} at batch {one_line(data['batch'])}/"
+                f"{one_line(data['batches_total'])}")
+        return
+    printed: set[str] = set()
+    final: dict[str, Any] = {}
+
+    def show(data: dict[str, Any]) -> None:
+        final.update(data)
+        if args.output in DATA_OUTPUTS:
+            return
+        for line in rollout_lines(data):
+            if line not in printed:
+                printed.add(line)
+                say(line)
+        sys.stdout.flush()
+
+    def poll(resumed: bool) -> None:
+        data = hub.get(path)
+        show(data)
+        if data.get("state") in ("complete", "rolled back", "failed"):
+            raise _Settled
+
+    try:
+        poll(False)
+        poll_until_stopped(hub, poll, interval=args.interval or 1.0, timeout=args.timeout,
+                           note=lambda text: say(text, err=True))
+    except _Settled:
+        pass
+    if args.output in DATA_OUTPUTS:
+        print_data(final, args.output)
+    state = final.get("state")
+    if state == "complete":
+        return
+    if state in ("rolled back", "failed"):
+        raise CommandError(f"rollout of {namespace}/{name} revision {final.get('revision')} {state}: "
+                           f"{final.get('reason', '')}")
+    raise CommandError(f"rollout of {namespace}/{name} revision {final.get('revision')} is still {state} after "
+                       f"--timeout")
+
+
 def timestamp(seconds: Any) -> str:
     """A Unix time from the hub as UTC ISO 8601; ``-`` if there is none."""
     if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
@@ -817,7 +922,8 @@ def client_key_and_csr(common_name: str) -> tuple[bytes, str]:
 
 
 COMMANDS = {"token": cmd_token, "apply": cmd_apply, "get": cmd_get, "events": cmd_events, "describe": cmd_describe,
-            "delete": cmd_delete, "history": cmd_history, "rollback": cmd_rollback, "node": cmd_node,
+            "delete": cmd_delete, "history": cmd_history, "rollback": cmd_rollback, "rollout": cmd_rollout,
+            "node": cmd_node,
             "credentials": cmd_credentials}
 
 

@@ -22,6 +22,9 @@
     DELETE /api/v1/components/{namespace}/{name}   delete a component from every node
     GET    /api/v1/components/{namespace}/{name}/history   its kept revisions, newest first, with their status
     POST   /api/v1/components/{namespace}/{name}/rollback  a new revision from an earlier one ({"to_revision": N})
+    GET    /api/v1/components/{namespace}/{name}/rollout   its staged rollout (batches, failed node, deferred)
+    POST   /api/v1/components/{namespace}/{name}/rollout/pause   no new batch starts
+    POST   /api/v1/components/{namespace}/{name}/rollout/resume  a paused rollout goes on
     GET    /healthz
     GET    /metrics                                Prometheus metrics (operator or viewer token)
     GET    /api/v1/stream                          server-sent events: summaries, then each change
@@ -118,7 +121,7 @@ from .errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
-from .keys import BROKER_ACCESS, COMPONENTS, DISPATCHER, IDENTITY, METRICS, SETTINGS, STORE, SUMMARIES
+from .keys import BROKER_ACCESS, COMPONENTS, DISPATCHER, IDENTITY, METRICS, ROLLOUTS, SETTINGS, STORE, SUMMARIES
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .settings import MAX_TOKEN_TTL_SECONDS, MAX_TOKEN_USES
 from .store import MAX_SEQ, ComponentRecord, CredentialRecord, RevisionRecord
@@ -592,6 +595,25 @@ async def rollback_component(request: web.Request) -> web.Response:
     return _apply_answer(outcome)
 
 
+async def component_rollout(request: web.Request) -> web.Response:
+    """The component's staged rollout: state, batches with their nodes, the failed node and why, deferred
+    offline nodes (404 for a component without one)."""
+    namespace, name = request.match_info["namespace"], request.match_info["name"]
+    return web.json_response(await request.app[ROLLOUTS].describe(namespace, name))
+
+
+async def pause_rollout(request: web.Request) -> web.Response:
+    """No new batch starts; what is assigned stays (409 unless the rollout is progressing)."""
+    namespace, name = request.match_info["namespace"], request.match_info["name"]
+    return web.json_response(await request.app[ROLLOUTS].pause(namespace, name))
+
+
+async def resume_rollout(request: web.Request) -> web.Response:
+    """A paused rollout goes on; a batch that failed under ``onFailure: Pause`` is checked afresh."""
+    namespace, name = request.match_info["namespace"], request.match_info["name"]
+    return web.json_response(await request.app[ROLLOUTS].resume(namespace, name))
+
+
 def live_status(counts: dict[str, Any]) -> str:
     """The current revision's status from its rollout counts (``summaries.rollout``)."""
     state = counts["rollout"]
@@ -775,3 +797,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_delete("/api/v1/components/{namespace}/{name}", delete_component)
     app.router.add_get("/api/v1/components/{namespace}/{name}/history", component_history)
     app.router.add_post("/api/v1/components/{namespace}/{name}/rollback", rollback_component)
+    app.router.add_get("/api/v1/components/{namespace}/{name}/rollout", component_rollout)
+    app.router.add_post("/api/v1/components/{namespace}/{name}/rollout/pause", pause_rollout)
+    app.router.add_post("/api/v1/components/{namespace}/{name}/rollout/resume", resume_rollout)

@@ -34,6 +34,7 @@ from .keys import (
     METRICS,
     MQTT,
     RENDERER,
+    ROLLOUTS,
     SETTINGS,
     STORE,
     SUMMARIES,
@@ -41,6 +42,7 @@ from .keys import (
 from .metrics import HubMetrics
 from .ratelimit import SourceRateLimiter, rate_limits
 from .renderer import Renderer, RenderLimits
+from .rollout_driver import RolloutDriver
 from .settings import HubSettings
 from .store import HubStore
 from .summaries import HUB_STATE_TOPIC, SummaryPublisher, SummarySettings
@@ -100,6 +102,16 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         async with BrokerAccess(publisher(app, retain=False), registry, enabled=settings.broker_identities) as access:
             app[BROKER_ACCESS] = access
             yield
+
+
+async def rollouts_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Staged rollouts move on from status changes and the clock; the driver stops (cancelled, awaited) first."""
+    store = app[STORE]
+    driver = RolloutDriver(store, app[DISPATCHER], app[COMPONENTS], tick=app[SETTINGS].rollout_tick_seconds)
+    store.on_change(driver.changed)
+    async with driver:
+        app[ROLLOUTS] = driver
+        yield
 
 
 async def summaries_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -189,7 +201,8 @@ def create_app(settings: HubSettings) -> web.Application:
     # The operator token first: it creates the state directory owner-only.
     # The renderer before the store: the component service takes it. The
     # server certificate (when the API is served over HTTPS) needs the CA.
-    app.cleanup_ctx.extend([operator_token_ctx, identity_ctx, tls_ctx, renderer_ctx, store_ctx, summaries_ctx,
+    app.cleanup_ctx.extend([operator_token_ctx, identity_ctx, tls_ctx, renderer_ctx, store_ctx, rollouts_ctx,
+                            summaries_ctx,
                             mqtt_ctx])
     add_routes(app)
     add_dashboard_routes(app)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,7 @@ from edgeprotocol.messages import Bundle
 from .chart_sources import ChartSources
 from .dispatch import Dispatcher
 from .errors import ConcurrentChange, NotFound, SpecRefused
+from .rollout import RolloutState, begin
 from .store import ComponentRecord, HubStore, Replaced
 from .summaries import rollout
 
@@ -98,7 +100,10 @@ class Components:
         existing = await self._store.get_component(component.namespace, component.name)
         live = existing is not None and not existing.deleted
         if existing is not None and live and existing.fingerprint == fingerprint:
-            if existing.history_limit != component.history_limit:
+            stored_policy = (existing.spec.get("spec", {}).get("edge", {}).get("rollout")
+                             if existing.spec_json else None)
+            new_policy = component.edge.rollout.to_document() if component.edge.rollout else None
+            if existing.history_limit != component.history_limit or stored_policy != new_policy:
                 await self._store.set_history_limit(
                     component.namespace, component.name, spec=await asyncio.to_thread(component.to_document),
                     history_limit=component.history_limit, revision=existing.revision)
@@ -120,7 +125,8 @@ class Components:
         return await self._store_revision(component, chart, archive, fingerprint, existing, origin=origin,
                                           chart_warnings=chart_warnings)
 
-    async def rollback(self, namespace: str, name: str, to_revision: int | None = None) -> ApplyOutcome:
+    async def rollback(self, namespace: str, name: str, to_revision: int | None = None, *,
+                       rollout: RolloutState | None = None, origin: str = "") -> ApplyOutcome:
         """Make a new revision from revision ``to_revision`` (default: the one before the current), as
         ``helm rollback`` does: its spec and chart, rendered again as an upgrade of the current revision,
         then dispatched. The revisions after ``to_revision`` become ``rolled back``.
@@ -159,7 +165,8 @@ class Components:
         chart = await self._open_chart(component, archive)
         fingerprint = await asyncio.to_thread(component_fingerprint, component, chart.fingerprint)
         outcome = await self._store_revision(component, chart, archive, fingerprint, existing,
-                                             origin=f"rollback to {target}", rolled_back_to=target)
+                                             origin=origin or f"rollback to {target}", rolled_back_to=target,
+                                             rolled_back_rollout=rollout)
         logger.info("Component %s rolled back to revision %d (now revision %d)", ident, target, outcome.revision)
         return dataclasses.replace(outcome, rolled_back_to=target)
 
@@ -184,8 +191,13 @@ class Components:
 
     async def _store_revision(self, component: Component, chart: ChartArchive, archive: bytes, fingerprint: str,
                               existing: ComponentRecord | None, *, origin: str,
-                              rolled_back_to: int | None = None, chart_warnings: tuple[str, ...] = ()) -> ApplyOutcome:
-        """Render ``component`` as the next revision (an upgrade of a live one), store it, dispatch it."""
+                              rolled_back_to: int | None = None, chart_warnings: tuple[str, ...] = (),
+                              rolled_back_rollout: RolloutState | None = None) -> ApplyOutcome:
+        """Render ``component`` as the next revision (an upgrade of a live one), store it, dispatch it.
+
+        With ``spec.edge.rollout`` (and a live revision to replace) the revision starts a staged rollout;
+        ``rolled_back_rollout`` is the rollout an automatic rollback ends (the new revision goes to the
+        nodes that took the bad one)."""
         ident = f"{component.namespace}/{component.name}"
         live = existing is not None and not existing.deleted
         revision = (existing.revision if existing else 0) + 1
@@ -205,11 +217,23 @@ class Components:
             # A RenderError names the component already; a refused chart does not.
             raise SpecRefused(exc, context="" if isinstance(exc, RenderError) else f"component {ident}") from exc
         renders = rendered.bundles
+        if rolled_back_rollout is not None:
+            staged = rolled_back_rollout.copy()
+            staged.state, staged.rollback_revision, staged.updated_at = "rolled back", revision, time.time()
+        elif live and component.edge.rollout is not None:
+            assert existing is not None
+            prior_row = await self._store.get_rollout(component.namespace, component.name)
+            staged = begin(component.namespace, component.name, revision, component.edge.rollout,
+                           live_revision=existing.revision,
+                           prior=RolloutState.from_row(prior_row) if prior_row else None, now=time.time())
+        else:
+            staged = None  # no policy, or a first revision (nothing to go back to): every target at once
         await self._store.save_component(
             namespace=component.namespace, name=component.name, spec=await asyncio.to_thread(component.to_document),
             chart_archive=archive, chart_name=chart.name, chart_version=chart.version,
             fingerprint=fingerprint, revision=revision, renders=renders, origin=origin,
             history_limit=component.history_limit, replaced=replaced, rolled_back_to=rolled_back_to,
+            rollout=staged.to_row() if staged is not None else None,
         )
         logger.info("Component %s is now at revision %d (%s)", ident, revision, origin)
         self._dispatcher.remember(component, revision=revision, fingerprint=fingerprint)

@@ -52,6 +52,7 @@ from edgeprotocol.errors import ProtocolError
 from edgeprotocol.messages import Assignment, Bundle, NodeStatus, now
 from edgeprotocol.signing import seal
 
+from .rollout import RolloutState, desired_revision
 from .store import AssignmentRecord, ComponentRecord, HubStore, JoinedNode
 
 logger = logging.getLogger(__name__)
@@ -186,6 +187,8 @@ class Dispatcher:
             live = {(c.namespace, c.name) for c in components if not c.deleted}
             self._placements.keep_only(live)
 
+            rollouts = {(r.namespace, r.name): r for r in await self._store.list_rollouts()}
+
             desired: dict[tuple[str, str, str], AssignmentRecord] = {}
             unplaced: set[tuple[str, str]] = set()
             for comp in components:
@@ -195,10 +198,30 @@ class Dispatcher:
                 if placement is None:
                     unplaced.add((comp.namespace, comp.name))
                     continue
+                row = rollouts.get((comp.namespace, comp.name))
+                staged = self._rollout_state(row) if row is not None else None
+                kept: dict[int, set[str]] = {}  # render keys stored of older revisions, read once a sync
                 for node, key in place(placement, nodes).items():
-                    desired[(node, comp.namespace, comp.name)] = AssignmentRecord(
+                    ident = (node, comp.namespace, comp.name)
+                    revision = comp.revision
+                    if staged is not None:
+                        held = current.get(ident)
+                        held_revision = held.revision if held is not None and held.kind == "release" else 0
+                        revision = desired_revision(staged, node, current=comp.revision, held=held_revision)
+                        if revision != comp.revision and held is not None and revision == held_revision:
+                            desired[ident] = held  # keeps what it holds while the rollout has not reached it
+                            continue
+                        if revision != comp.revision:
+                            if revision not in kept:
+                                kept[revision] = set(await self._store.get_renders(
+                                    comp.namespace, comp.name, revision))
+                            if key not in kept[revision]:
+                                key = key if not kept[revision] else min(kept[revision])
+                                if not kept[revision]:
+                                    revision, key = comp.revision, key
+                    desired[ident] = AssignmentRecord(
                         node=node, namespace=comp.namespace, release=comp.name,
-                        revision=comp.revision, kind="release", render_key=key,
+                        revision=revision, kind="release", render_key=key,
                     )
             for ident, held in current.items():
                 if ident in desired or held.kind == "tombstone" or ident[1:] in unplaced:
@@ -222,6 +245,14 @@ class Dispatcher:
             # Renders of revisions pruned by spec.historyLimit that a node was still assigned until now.
             await self._store.prune_history()
             return SyncReport(changed=len(changed), published=published)
+
+    def _rollout_state(self, row: object) -> RolloutState | None:
+        try:
+            return RolloutState.from_row(row)  # type: ignore[arg-type]
+        except (SpecError, ValueError, TypeError, KeyError) as exc:
+            logger.error("Stored rollout of %s does not parse (%s); the component goes to every target at once",
+                         getattr(row, "name", "?"), exc)
+            return None
 
     async def publish_all(self) -> int:
         """Re-publish every assignment (the broker may have lost its retained messages)."""

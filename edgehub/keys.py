@@ -12,6 +12,7 @@ from .dispatch import Dispatcher
 from .identity import HubIdentity
 from .metrics import HubMetrics
 from .renderer import Renderer
+from .rollout_driver import RolloutDriver
 from .settings import HubSettings
 from .store import HubStore
 from .summaries import SummaryPublisher
@@ -26,3 +27,4 @@ RENDERER = web.AppKey("renderer", Renderer)
 BROKER_ACCESS = web.AppKey("broker_access", BrokerAccess)
 SUMMARIES = web.AppKey("summaries", SummaryPublisher)
 METRICS = web.AppKey("metrics", HubMetrics)
+ROLLOUTS = web.AppKey("rollouts", RolloutDriver)

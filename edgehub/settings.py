@@ -99,6 +99,7 @@ _WORK_BOUNDS: tuple[tuple[str, float, float, bool], ...] = (
     ("summary_interval_seconds", 0.05, 3600, True),
     ("summary_max_per_pass", 1, 1_000_000, True),
     ("summary_refresh_seconds", 1, 86_400, True),
+    ("rollout_tick_seconds", 0.05, 60, True),
 )
 
 
@@ -180,6 +181,10 @@ class HubSettings:
     # Fleet, pool and component summaries are sent again after this long even when unchanged; Home
     # Assistant entities expire after three times this without one.
     summary_refresh_seconds: float = 60.0
+    # --- staged rollouts (docs/rollouts.md) ---
+    # Rollouts are checked at least this often besides every status change: how late a readyWithin
+    # deadline or a minReadyTime can be noticed.
+    rollout_tick_seconds: float = 1.0
     # Home Assistant MQTT discovery prefix ("homeassistant" is the usual one); empty: off.
     ha_discovery_prefix: str = ""
 

@@ -136,6 +136,15 @@ CREATE TABLE IF NOT EXISTS assignments (
     render_key TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (node, namespace, release)
 );
+CREATE TABLE IF NOT EXISTS rollouts (
+    namespace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    previous INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (namespace, name)
+);
 CREATE TABLE IF NOT EXISTS credentials (
     name TEXT PRIMARY KEY,
     role TEXT NOT NULL,
@@ -346,6 +355,24 @@ class RevisionWindow:
 
     oldest: int
     current: int
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutRow:
+    """A component's staged rollout as stored: the revision it rolls out, the previous good revision
+    (never pruned while the row names it), its state, and the whole state as JSON (``edgehub.rollout``)."""
+
+    namespace: str
+    name: str
+    revision: int
+    previous: int
+    state: str
+    body: str
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> RolloutRow:
+        return cls(namespace=row["namespace"], name=row["name"], revision=row["revision"],
+                   previous=row["previous"], state=row["state"], body=row["body"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -772,6 +799,7 @@ class HubStore:
         history_limit: int = DEFAULT_HISTORY_LIMIT,
         replaced: Replaced = "superseded",
         rolled_back_to: int | None = None,
+        rollout: RolloutRow | None = None,
     ) -> None:
         """Store a new revision of a component with all its renders, at once.
 
@@ -781,7 +809,9 @@ class HubStore:
         says what made it); the one it replaces becomes ``replaced`` or, with
         ``rolled_back_to`` (a rollback to that revision), every revision after
         that one becomes ``rolled back``. Revisions beyond ``history_limit``
-        are pruned.
+        are pruned, but never the previous good revision of the component's staged rollout: ``rollout``
+        (its state, stored in the same transaction) replaces the component's rollout row, and None drops it
+        (a change without ``spec.edge.rollout`` goes to every target at once).
         """
         digest = chart_digest(chart_archive)
         spec_json = json.dumps(spec, sort_keys=True)
@@ -816,9 +846,36 @@ class HubStore:
                 "INSERT INTO renders VALUES (?, ?, ?, ?, ?, ?)",
                 [(namespace, name, revision, key, b.manifests, b.digest) for key, b in renders.items()],
             )
+            _put_rollout(c, namespace, name, rollout)
             _prune_revisions(c, namespace, name, keep=history_limit, current=revision)
 
         await self._write(run)
+
+    # --- staged rollouts -----------------------------------------------------
+
+    async def get_rollout(self, namespace: str, name: str) -> RolloutRow | None:
+        row = await self._db.read(lambda c: c.execute(
+            "SELECT * FROM rollouts WHERE namespace = ? AND name = ?", (namespace, name)).fetchone())
+        return RolloutRow.from_row(row) if row else None
+
+    async def list_rollouts(self) -> list[RolloutRow]:
+        rows = await self._db.read(lambda c: c.execute("SELECT * FROM rollouts ORDER BY namespace, name").fetchall())
+        return [RolloutRow.from_row(r) for r in rows]
+
+    async def save_rollout(self, row: RolloutRow, *, expect: RolloutRow | None = None) -> bool:
+        """Store a rollout's new state; with ``expect``, only if the stored row is still that one (an apply
+        may have replaced it meanwhile). Returns whether it was stored."""
+
+        def run(c: sqlite3.Connection) -> bool:
+            if expect is not None:
+                found = c.execute("SELECT revision, body FROM rollouts WHERE namespace = ? AND name = ?",
+                                  (row.namespace, row.name)).fetchone()
+                if found is None or (found["revision"], found["body"]) != (expect.revision, expect.body):
+                    return False
+            _put_rollout(c, row.namespace, row.name, row)
+            return True
+
+        return await self._write(run)
 
     async def set_history_limit(self, namespace: str, name: str, *, spec: dict[str, Any], history_limit: int,
                                 revision: int) -> None:
@@ -860,6 +917,7 @@ class HubStore:
             _replace_current(c, namespace, name, replaced=replaced, rolled_back_to=None)
             c.execute("INSERT INTO revisions VALUES (?, ?, ?, '', '', ?, ?, '', ?, 'delete', 'deleted')",
                       (namespace, name, revision, row["chart_name"], row["chart_version"], now))
+            _put_rollout(c, namespace, name, None)
             _prune_revisions(c, namespace, name, keep=row["history_limit"], current=revision)
             return revision
 
@@ -1019,12 +1077,26 @@ def _replace_current(c: sqlite3.Connection, namespace: str, name: str, *, replac
                   (replaced, namespace, name))
 
 
+def _put_rollout(c: sqlite3.Connection, namespace: str, name: str, row: RolloutRow | None) -> None:
+    if row is None:
+        c.execute("DELETE FROM rollouts WHERE namespace = ? AND name = ?", (namespace, name))
+        return
+    c.execute("""INSERT INTO rollouts VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(namespace, name) DO UPDATE SET
+                     revision = excluded.revision, previous = excluded.previous, state = excluded.state,
+                     body = excluded.body""",
+              (namespace, name, row.revision, row.previous, row.state, row.body))
+
+
 def _prune_revisions(c: sqlite3.Connection, namespace: str, name: str, *, keep: int, current: int) -> None:
-    """Keep the newest ``keep`` revisions (the current one always); drop the others with their renders,
-    but a render an assignment still names (dropped by ``prune_history`` once none does)."""
+    """Keep the newest ``keep`` revisions (the current one always, and the previous good revision of the
+    component's staged rollout, which it may roll back to); drop the others with their renders, but a
+    render an assignment still names (dropped by ``prune_history`` once none does)."""
+    held = c.execute("SELECT previous FROM rollouts WHERE namespace = ? AND name = ?", (namespace, name)).fetchone()
+    protected = held["previous"] if held else -1
     old = [r["revision"] for r in c.execute(
-        "SELECT revision FROM revisions WHERE namespace = ? AND name = ? AND revision != ? "
-        "ORDER BY revision DESC LIMIT -1 OFFSET ?", (namespace, name, current, max(keep - 1, 0))).fetchall()]
+        "SELECT revision FROM revisions WHERE namespace = ? AND name = ? AND revision != ? AND revision != ? "
+        "ORDER BY revision DESC LIMIT -1 OFFSET ?",
+        (namespace, name, current, protected, max(keep - 1, 0))).fetchall()]
     if not old:
         return
     c.executemany("DELETE FROM revisions WHERE namespace = ? AND name = ? AND revision = ?",

@@ -41,7 +41,7 @@ from edgekit.tasks import OwnedTask
 from edgeprotocol import topics
 from edgeprotocol.messages import Phase, now
 
-from .store import AssignmentRecord, ComponentRecord, HubStore, NodeRecord
+from .store import AssignmentRecord, ComponentRecord, HubStore, NodeRecord, RolloutRow
 from .views import release_view
 
 logger = logging.getLogger(__name__)
@@ -132,9 +132,29 @@ def rollout(comp: ComponentRecord, nodes: list[NodeRecord], assignments: list[As
     return {**counts, "rollout": _rollout_state(counts)}
 
 
+def staged_words(rows: list[RolloutRow], components: list[ComponentRecord]) -> dict[tuple[str, str], str]:
+    """A few words per component whose current revision a staged rollout governs ("batch 2/3", "paused at
+    batch 1/3", "rolled back"), but one that completed (its counts say it)."""
+    from .rollout import RolloutState, summary  # rollout imports nothing of this module; kept local anyway
+
+    revisions = {(c.namespace, c.name): c.revision for c in components}
+    words = {}
+    for row in rows:
+        try:
+            state = RolloutState.from_row(row)
+        except Exception:  # a row that does not parse is the dispatcher's to report
+            continue
+        current = revisions.get((row.namespace, row.name))
+        if state.state != "complete" and current in (state.revision, state.rollback_revision):
+            words[(row.namespace, row.name)] = summary(state)
+    return words
+
+
 def build(nodes: list[NodeRecord], components: list[ComponentRecord],
-          assignments: list[AssignmentRecord]) -> dict[str, dict[str, Any]]:
-    """Every summary by topic, without ``observed_at`` (the publisher adds when each content last changed)."""
+          assignments: list[AssignmentRecord],
+          staged: dict[tuple[str, str], str] | None = None) -> dict[str, dict[str, Any]]:
+    """Every summary by topic, without ``observed_at`` (the publisher adds when each content last changed).
+    ``staged``: the words of components a staged rollout governs, shown as their ``rollout``."""
     joined = [n for n in nodes if n.standing == "joined"]
     by_name = {n.name: n for n in joined}
     out: dict[str, dict[str, Any]] = {}
@@ -175,7 +195,8 @@ def build(nodes: list[NodeRecord], components: list[ComponentRecord],
             "revision": comp.revision,
             # The revision every target has reached (0 before any has): Home Assistant's "installed".
             "installed_revision": min((t.applied for t in targets), default=0),
-            **total, "rollout": _rollout_state(total), "pools": per_pool,
+            **total, "rollout": (staged or {}).get((comp.namespace, comp.name)) or _rollout_state(total),
+            "pools": per_pool,
         }
 
     for pool in pools:
@@ -300,7 +321,8 @@ class SummaryPublisher:
         nodes = await self._store.list_nodes()
         components = await self._store.list_components(with_spec=False)
         assignments = await self._store.list_assignments()
-        summaries = build(nodes, components, assignments)
+        summaries = build(nodes, components, assignments,
+                          staged_words(await self._store.list_rollouts(), components))
         self.latest = summaries
         self.passes += 1
         force, self._force = self._force, False

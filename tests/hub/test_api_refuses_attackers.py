@@ -65,7 +65,10 @@ async def state_of(hub: TestClient) -> tuple[Any, Any, int]:
 
 
 def test_the_route_table_has_every_endpoint_the_api_documents():
-    assert len(PROTECTED) == 19
+    assert len(PROTECTED) == 22
+    assert ("GET", "/api/v1/components/demo/web/rollout") in PROTECTED
+    assert ("POST", "/api/v1/components/demo/web/rollout/pause") in PROTECTED
+    assert ("POST", "/api/v1/components/demo/web/rollout/resume") in PROTECTED
     assert ("GET", "/api/v1/components/demo/web/history") in PROTECTED
     assert ("POST", "/api/v1/components/demo/web/rollback") in PROTECTED
     assert ("GET", "/metrics") in PROTECTED and ("GET", "/api/v1/events") in PROTECTED
