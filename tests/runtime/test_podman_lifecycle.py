@@ -53,10 +53,10 @@ async def test_leaving_the_runtime_stops_its_probe_loop(node_dir: Path, containe
 
     runtime = PodmanRuntime(podman_test_settings(node_dir, containers_conf))
     async with runtime:
-        task = runtime._probe_task
-        assert task is not None and not task.done()
+        task = runtime._probes._task
+        assert runtime._probes.running and task is not None
     assert task.done() and task.cancelled()
-    assert runtime._probe_task is None
+    assert not runtime._probes.running
 
 
 async def test_a_podman_call_that_hangs_is_killed_after_the_command_timeout(tmp_path: Path) -> None:
