@@ -20,7 +20,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiomqtt
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_random_exponential
 
 from .tasks import OwnedTask
 
@@ -140,12 +140,15 @@ class MqttSession:
         self._task = OwnedTask(f"mqtt-session-{settings.client_id}")
         self.connected = asyncio.Event()
         self.connections = 0  # how many times a connection was established
+        self._stopping = False
 
     async def __aenter__(self) -> MqttSession:
         self._task.start(self._run())
+        self._stopping = False
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        self._stopping = True  # no reconnect from here on, whatever error the cancellation turns into
         await self._task.stop()
         self.connected.clear()
 
@@ -185,10 +188,12 @@ class MqttSession:
         }
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             retrying = AsyncRetrying(
                 wait=wait_random_exponential(multiplier=self.settings.backoff_initial, max=self.settings.backoff_max),
-                retry=retry_if_exception_type((aiomqtt.MqttError, OSError)),
+                # aiomqtt may turn a cancellation into its own error (a disconnect that timed out while the
+                # session stops): never retry then.
+                retry=retry_if_exception(lambda exc: isinstance(exc, (aiomqtt.MqttError, OSError)) and not self._stopping),
                 before_sleep=self._log_retry,
                 reraise=True,
             )
@@ -203,6 +208,8 @@ class MqttSession:
                 logger.warning("Link to %s lost; reconnecting in %.1f s", self.broker, delay)
                 await asyncio.sleep(delay)
             except Exception:  # a bug, not a network fault: log loudly, keep serving
+                if self._stopping:
+                    return
                 logger.exception("MQTT session with %s crashed; restarting it in %.1f s", self.broker, self.settings.backoff_max)
                 await asyncio.sleep(self.settings.backoff_max)
 

@@ -7,6 +7,9 @@ import contextlib
 from collections.abc import Coroutine
 from typing import Any
 
+# How long a stop waits for a cancelled task before cancelling it again.
+RECANCEL_SECONDS = 1.0
+
 
 class OwnedTask:
     """At most one running task under one name. ``start`` refuses a second one; ``restart`` replaces it
@@ -32,8 +35,14 @@ class OwnedTask:
         self._task = asyncio.create_task(coro, name=self.name)
 
     async def stop(self) -> None:
+        """Cancel the task and wait until it is done. A task may swallow one cancellation (a library that
+        turns it into its own error while cleaning up, which a retry loop then retries): it is cancelled
+        again until it ends, so a stop never hangs on it."""
         task, self._task = self._task, None
-        if task is not None:
+        if task is None:
+            return
+        while not task.done():
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await asyncio.wait({task}, timeout=RECANCEL_SECONDS)
+        with contextlib.suppress(asyncio.CancelledError):
+            task.result()
