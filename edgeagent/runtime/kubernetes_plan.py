@@ -24,11 +24,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
 from ..policy import NodePolicy
 from .base import ManifestRejected, NodeContext, Observation, PodState, ReleaseRef
-from .manifests import load_yaml_all
+from .manifests import release_documents
 
 __all__ = [
     "CLUSTER_SCOPED_KINDS",
@@ -308,16 +306,7 @@ def build_kube_plan(
     namespaced (None: unknown, taken as namespaced); the runtime answers from
     the cluster's discovery. Raises ManifestRejected naming the object at fault.
     """
-    policy = policy if policy is not None else NodePolicy()
-    refusal = policy.release_refusal(ref.namespace, ref.release)
-    if refusal:
-        raise ManifestRejected(refusal)
-    try:
-        docs = [d for d in load_yaml_all(manifests) if d is not None]
-    except yaml.YAMLError as exc:
-        raise ManifestRejected(f"manifests of {ref}: invalid YAML: {exc}") from exc
-    except ManifestRejected as exc:
-        raise ManifestRejected(f"manifests of {ref}: {exc}") from exc
+    policy, docs = release_documents(ref, manifests, policy)
     expanded: list[Any] = []
     for doc in docs:
         if isinstance(doc, dict) and doc.get("kind") == "List" and isinstance(doc.get("items"), list):

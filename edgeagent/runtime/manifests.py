@@ -13,7 +13,8 @@ from typing import Any
 
 import yaml
 
-from .base import ManifestRejected
+from ..policy import NodePolicy
+from .base import ManifestRejected, ReleaseRef
 
 __all__ = ["ALIAS_EXPANSION_LIMIT", "dump_yaml_all", "load_yaml_all"]
 
@@ -115,3 +116,20 @@ def _count_distinct(root: yaml.Node) -> int:
 def dump_yaml_all(docs: Iterable[Any]) -> str:
     """``docs`` as multi-document YAML, keys in their given order."""
     return yaml.dump_all(docs, Dumper=_SafeDumper, sort_keys=False)
+
+
+def release_documents(ref: ReleaseRef, manifests: str, policy: NodePolicy | None) -> tuple[NodePolicy, list[Any]]:
+    """The node's policy (the default, safe one when None) and the release's YAML documents, once the policy
+    allows the release at all. ManifestRejected names the release when it does not, or when the YAML is bad.
+    Every runtime's plan starts here."""
+    policy = policy if policy is not None else NodePolicy()
+    refusal = policy.release_refusal(ref.namespace, ref.release)
+    if refusal:
+        raise ManifestRejected(refusal)
+    try:
+        docs = [d for d in load_yaml_all(manifests) if d is not None]
+    except yaml.YAMLError as exc:
+        raise ManifestRejected(f"manifests of {ref}: invalid YAML: {exc}") from exc
+    except ManifestRejected as exc:
+        raise ManifestRejected(f"manifests of {ref}: {exc}") from exc
+    return policy, docs

@@ -27,7 +27,7 @@ import yaml
 
 from ..policy import NodePolicy
 from .base import EdgeRuntimeError, ManifestRejected, NodeContext, ReleaseRef
-from .manifests import ALIAS_EXPANSION_LIMIT, dump_yaml_all, load_yaml_all  # shared with every runtime
+from .manifests import ALIAS_EXPANSION_LIMIT, dump_yaml_all, load_yaml_all, release_documents  # shared
 from .podman_probes import Probe, probes_of_container
 
 __all__ = [
@@ -784,16 +784,7 @@ def build_plan(
     hooks included. Helm hook documents are not played: they are returned in
     ``plan.hooks`` untouched.
     """
-    policy = policy if policy is not None else NodePolicy()
-    refusal = policy.release_refusal(ref.namespace, ref.release)
-    if refusal:
-        raise ManifestRejected(refusal)
-    try:
-        docs = [d for d in load_yaml_all(manifests) if d is not None]
-    except yaml.YAMLError as exc:
-        raise ManifestRejected(f"manifests of {ref}: invalid YAML: {exc}") from exc
-    except ManifestRejected as exc:
-        raise ManifestRejected(f"manifests of {ref}: {exc}") from exc
+    policy, docs = release_documents(ref, manifests, policy)
 
     plan = Plan(text="")
     paths = _Paths(volume_path=volume_path.rstrip("/"), files_dir=files_dir or f"/{ref.namespace}/{ref.release}.d")
