@@ -662,8 +662,9 @@ def _parse_repo_chart(raw: Mapping[str, Any], problems: _Problems) -> RepoChart 
         raw, path, problems,
         what="the chart version (1.2.3) or a version constraint (^1.2, >=1.0 <2) resolved to the highest match",
     )
-    if version is not None and constraint_problem(version):
-        problems.add(f"{path}.version", constraint_problem(version))
+    problem = constraint_problem(version) if version is not None else None
+    if problem:
+        problems.add(f"{path}.version", problem)
         version = None
     if len(problems.items) > before or repo is None or name is None or version is None:
         return None

@@ -124,7 +124,7 @@ from .errors import (
 from .keys import BROKER_ACCESS, COMPONENTS, DISPATCHER, IDENTITY, METRICS, ROLLOUTS, SETTINGS, STORE, SUMMARIES
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .settings import MAX_TOKEN_TTL_SECONDS, MAX_TOKEN_USES
-from .store import MAX_SEQ, ComponentRecord, CredentialRecord, RevisionRecord
+from .store import MAX_SEQ, ComponentRecord, CredentialRecord, NodeRecord, RevisionRecord
 from .summaries import rollout
 from .tokens import new_token, parse_token
 from .views import component_view, node_view, pool_views
@@ -463,15 +463,23 @@ async def list_events(request: web.Request) -> web.Response:
     return web.json_response([{"node": e.event.node, "cursor": e.cursor, **_event_view(e.event)} for e in logged])
 
 
+async def _shut_out(request: web.Request, change: Callable[[str], Awaitable[NodeRecord | None]],
+                    ) -> tuple[str, NodeRecord, int]:
+    """Change the standing of the node the path names (404 if there is none), clear its retained assignments
+    and expel it from the broker; the node's name and record, and how many assignments it held."""
+    name = request.match_info["name"]
+    node = await change(name)
+    if node is None:
+        raise NotFound(f"node {name!r} not found")
+    held = await request.app[DISPATCHER].withdraw_node(name)
+    await request.app[BROKER_ACCESS].expel_node(name)
+    return name, node, held
+
+
 async def reset_node(request: web.Request) -> web.Response:
     """Free a node's name: the next join with it is accepted (at the next generation) and gets the
     node's assignments, which are kept; until then nothing is published to the name and nothing it sends is taken."""
-    name = request.match_info["name"]
-    node = await request.app[STORE].reset_node(name)
-    if node is None:
-        raise NotFound(f"node {name!r} not found")
-    kept = await request.app[DISPATCHER].withdraw_node(name)
-    await request.app[BROKER_ACCESS].expel_node(name)
+    name, node, kept = await _shut_out(request, request.app[STORE].reset_node)
     logger.warning("Node %s reset by the operator: its name is free for the next join; %d assignment(s) kept",
                    name, kept)
     return web.json_response({"node": name, "standing": node.standing, "generation": node.generation,
@@ -482,12 +490,7 @@ async def reset_node(request: web.Request) -> web.Response:
 async def revoke_node(request: web.Request) -> web.Response:
     """Refuse a node: its messages are ignored, its retained assignments cleared and nothing more
     published to it, and its name cannot join until ``reset``. Its assignments are kept in the store."""
-    name = request.match_info["name"]
-    node = await request.app[STORE].revoke_node(name)
-    if node is None:
-        raise NotFound(f"node {name!r} not found")
-    withheld = await request.app[DISPATCHER].withdraw_node(name)
-    await request.app[BROKER_ACCESS].expel_node(name)
+    name, node, withheld = await _shut_out(request, request.app[STORE].revoke_node)
     logger.warning("Node %s revoked by the operator: %d assignment(s) withheld; it is refused until reset",
                    name, withheld)
     return web.json_response({"node": name, "standing": node.standing, "generation": node.generation,

@@ -51,7 +51,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -289,7 +289,7 @@ class KubernetesRuntime:
             journal = _Record(revision=record.revision, digest=record.digest, objects=plan.objects,
                               pending=doomed, hooks=plan.hooks)
             await asyncio.to_thread(_write_record, self.record_file(ref), journal)
-            try:
+            with _as_apply_error(ref):
                 for namespace in plan.namespaces:
                     await self._call(self._ensure_namespace, namespace)
                 for obj in plan.objects:
@@ -308,12 +308,6 @@ class KubernetesRuntime:
                 if crds:
                     await self._wait_established(crds)
                 pruned = [o.source for o in doomed if await self._call(self._delete_one, o, ref)]
-            except RuntimeApplyError:
-                raise
-            except Exception as exc:
-                if not isinstance(exc, EdgeRuntimeError) and not _is_api_error(exc):
-                    raise
-                raise RuntimeApplyError(f"release {ref}: {_why(exc)}") from exc
             if pruned:
                 logger.info("Release %s: pruned what revision %d no longer holds: %s", ref, revision, pruned)
             done = _Record(revision=revision, digest=digest, objects=plan.objects, pending=[], hooks=plan.hooks)
@@ -404,7 +398,7 @@ class KubernetesRuntime:
         async with self._lock(ref):
             record = await asyncio.to_thread(_read_record, self.record_file(ref))
             if record.objects or record.pending or record.hooks:
-                try:
+                with _as_apply_error(ref, "removal failed: "):
                     await self._call(self._connect)
                     ran = await self._run_hooks(ref, record.hooks, "pre-delete")
                     deleted = [o.source for o in uninstall_sorted([*record.objects, *record.pending])
@@ -412,12 +406,6 @@ class KubernetesRuntime:
                     ran += await self._run_hooks(ref, record.hooks, "post-delete")
                     for hook in record.hooks:  # nothing of a removed release stays, its hooks included
                         await self._call(self._delete_one, hook, ref)
-                except RuntimeApplyError:
-                    raise
-                except Exception as exc:
-                    if not isinstance(exc, EdgeRuntimeError) and not _is_api_error(exc):
-                        raise
-                    raise RuntimeApplyError(f"release {ref}: removal failed: {_why(exc)}") from exc
                 logger.info("Release %s removed: %d objects deleted, %d hooks run", ref, len(deleted), len(ran))
             await asyncio.to_thread(_forget, self.record_file(ref))
 
@@ -591,6 +579,20 @@ def _writable(path: Path) -> str:
     if shutil.disk_usage(path).free < 1 << 20:
         return f"{path}: less than 1 MiB free"
     return ""
+
+
+@contextlib.contextmanager
+def _as_apply_error(ref: ReleaseRef, prefix: str = "") -> Iterator[None]:
+    """Turn a runtime or API failure inside the block into a RuntimeApplyError naming the release (anything
+    else, a bug, goes up as it is)."""
+    try:
+        yield
+    except RuntimeApplyError:
+        raise
+    except Exception as exc:
+        if not isinstance(exc, EdgeRuntimeError) and not _is_api_error(exc):
+            raise
+        raise RuntimeApplyError(f"release {ref}: {prefix}{_why(exc)}") from exc
 
 
 def _is_api_error(exc: BaseException) -> bool:
