@@ -343,7 +343,7 @@ async def join(request: web.Request) -> web.Response:
                 "" if bundle_key else "; no bundle key: its bundles go unencrypted")
     # Before the answer: the agent connects to the broker right after it.
     await app[BROKER_ACCESS].admit_node(node)
-    await app[DISPATCHER].sync()
+    await app[DISPATCHER].sync(node=node)
     if joined.rejoined:
         # What was kept for the name is sealed again for the new generation.
         await app[DISPATCHER].publish_node(node)

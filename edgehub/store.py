@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from deployer_plugin.spec import DEFAULT_HISTORY_LIMIT
+from edgekit.group_commit import GroupCommit
 from edgekit.sqlite import Database
 from edgeprotocol.errors import ProtocolError
 from edgeprotocol.messages import MAX_MESSAGE_BYTES, AssignmentKind, Bundle, Event, NodeStatus
@@ -393,7 +394,11 @@ class HubStore:
         self._events_kept = events_kept_per_node
         # Nodes whose stored status failed to decode, so each is logged once.
         self._undecodable: set[str] = set()
+        # Each node's status as last decoded (or stored by this process), by its stored seq and
+        # length: listing a fleet decodes only the reports that changed since the last listing.
+        self._decoded: dict[str, tuple[tuple[int, int], NodeStatus]] = {}
         self._change_listeners: list[Callable[[], None]] = []
+        self._writes: GroupCommit[sqlite3.Connection] = GroupCommit(self._db.transaction)
 
     def on_change(self, listener: Callable[[], None]) -> None:
         """Call ``listener()`` (on the loop, must not block) after every committed write: summaries and
@@ -401,7 +406,8 @@ class HubStore:
         self._change_listeners.append(listener)
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        result = await self._db.transaction(fn)
+        # Writes asked for while another commits share one transaction (each in a savepoint).
+        result = await self._writes.write(fn)
         for listener in self._change_listeners:
             listener()
         return result
@@ -512,10 +518,18 @@ class HubStore:
 
         return await self._write(run)
 
-    async def joined_nodes(self) -> dict[str, JoinedNode]:
-        """Every node in standing ``joined`` (the nodes assignments are published to), by name."""
-        rows = await self._db.read(
-            lambda c: c.execute(f"SELECT name, generation, bundle_key FROM nodes WHERE {_JOINED}").fetchall())
+    async def joined_nodes(self, names: Iterable[str] | None = None) -> dict[str, JoinedNode]:
+        """Every node in standing ``joined`` (the nodes assignments are published to), by name; with
+        ``names``, only those of them (one read of a few rows rather than of the whole fleet)."""
+        wanted = sorted(set(names)) if names is not None else None
+        query = f"SELECT name, generation, bundle_key FROM nodes WHERE {_JOINED}"
+
+        def run(c: sqlite3.Connection) -> list[sqlite3.Row]:
+            if wanted is None or len(wanted) > _NAMES_PER_QUERY:
+                return c.execute(query).fetchall()
+            return c.execute(f"{query} AND name IN ({', '.join('?' * len(wanted))})", wanted).fetchall()
+
+        rows = await self._db.read(run)
         return {r["name"]: JoinedNode(generation=r["generation"], bundle_key=r["bundle_key"]) for r in rows}
 
     # --- broker credentials (dashboards) --------------------------------------
@@ -591,10 +605,10 @@ class HubStore:
 
         return await self._db.read(run)
 
-    async def get_node(self, name: str) -> NodeRecord | None:
+    async def get_node(self, name: str, *, with_status: bool = True) -> NodeRecord | None:
         def run(c: sqlite3.Connection) -> NodeRecord | None:
             row = c.execute("SELECT * FROM nodes WHERE name = ?", (name,)).fetchone()
-            return self._node(row, True) if row else None
+            return self._node(row, with_status) if row else None
 
         return await self._db.read(run)
 
@@ -602,7 +616,7 @@ class HubStore:
         status = None
         if with_status and row["status"]:
             try:
-                status = NodeStatus.decode(row["status"])
+                status = self._decode_status(row["name"], row["status_seq"], row["status"])
             except ProtocolError as exc:
                 # Stored by an older hub that took any size: show the node without it.
                 if row["name"] not in self._undecodable:
@@ -610,6 +624,15 @@ class HubStore:
                     logger.warning("Stored status of node %s does not decode (%s); showing the node without "
                                    "status until it reports again", row["name"], exc)
         return NodeRecord.from_row(row, status=status)
+
+    def _decode_status(self, node: str, seq: int, text: str) -> NodeStatus:
+        key = (seq, len(text))
+        held = self._decoded.get(node)
+        if held is not None and held[0] == key:
+            return held[1]
+        status = NodeStatus.decode(text)
+        self._decoded[node] = (key, status)
+        return status
 
     async def set_presence(self, node: str, state: str, at: str) -> bool:
         """Record presence; returns False when the node is not registered (or reset, or revoked)."""
@@ -646,9 +669,12 @@ class HubStore:
                 return "stale"
             if seq > max(row["status_seq"], row["seq_before_join"], 0) + max_seq_jump:
                 return "too far ahead"
+            text = encoded.decode()
             c.execute("UPDATE nodes SET status = ?, status_seq = ?, last_seen = ? WHERE name = ?",
-                      (encoded.decode(), seq, received_at, status.node))
+                      (text, seq, received_at, status.node))
             self._undecodable.discard(status.node)
+            # What was just stored needs no decoding when the fleet is next listed.
+            self._decoded[status.node] = ((seq, len(text)), status)
             return "stored"
 
         return await self._write(run)
@@ -1029,11 +1055,23 @@ class HubStore:
 
     # --- assignments ---------------------------------------------------------
 
-    async def list_assignments(self, *, node: str | None = None) -> list[AssignmentRecord]:
+    async def list_assignments(self, *, node: str | None = None,
+                               nodes: Iterable[str] | None = None) -> list[AssignmentRecord]:
+        """Every assignment; or those of ``node``; or those of the ``nodes`` named (in one query)."""
+        names = sorted(set(nodes)) if nodes is not None else None
+
         def run(c: sqlite3.Connection) -> list[sqlite3.Row]:
-            if node is None:
-                return c.execute("SELECT * FROM assignments ORDER BY node, namespace, release").fetchall()
-            return c.execute("SELECT * FROM assignments WHERE node = ? ORDER BY namespace, release", (node,)).fetchall()
+            if node is not None:
+                return c.execute("SELECT * FROM assignments WHERE node = ? ORDER BY namespace, release",
+                                 (node,)).fetchall()
+            if names is not None:
+                rows: list[sqlite3.Row] = []
+                for start in range(0, len(names), _NAMES_PER_QUERY):
+                    chunk = names[start:start + _NAMES_PER_QUERY]
+                    rows += c.execute(f"SELECT * FROM assignments WHERE node IN ({', '.join('?' * len(chunk))}) "
+                                      "ORDER BY node, namespace, release", chunk).fetchall()
+                return rows
+            return c.execute("SELECT * FROM assignments ORDER BY node, namespace, release").fetchall()
 
         return [
             AssignmentRecord(
@@ -1058,6 +1096,10 @@ class HubStore:
             c.executemany("DELETE FROM assignments WHERE node = ? AND namespace = ? AND release = ?", deletes)
 
         await self._write(run)
+
+
+# Names bound in one IN (...) list: under SQLite's oldest limit on bound parameters (999).
+_NAMES_PER_QUERY = 500
 
 
 def chart_digest(archive: bytes) -> str:
