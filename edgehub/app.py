@@ -185,6 +185,8 @@ async def mqtt_ctx(app: web.Application) -> AsyncIterator[None]:
         # A node's message is acknowledged once queued for ingest; a full queue holds the broker back.
         manual_ack=True,
         max_inflight=PUBLISH_WINDOW,
+        # One client, not a fleet: back soon after a broker restart (the nodes' backoff spreads theirs).
+        backoff_max=5.0,
     )
     async with messages, MqttSession(session_settings, on_message=on_message, on_connect=on_connect) as session:
         app[MQTT] = session

@@ -208,7 +208,7 @@ class Dispatcher:
         async with self._lock:
             components = await self._store.list_components(include_deleted=True, with_spec=False)
             if node is None:
-                records = await self._store.list_nodes(with_status=False)
+                records = await self._store.list_nodes(with_status=False, with_certificate=False)
             else:
                 record = await self._store.get_node(node, with_status=False)
                 records = [record] if record is not None else []

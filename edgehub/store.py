@@ -502,7 +502,7 @@ class HubStore:
             cur = c.execute("UPDATE nodes SET standing = 'reset', certificate = '' WHERE name = ?", (name,))
             if cur.rowcount == 0:
                 return None
-            return self._node(c.execute("SELECT * FROM nodes WHERE name = ?", (name,)).fetchone(), False)
+            return NodeRecord.from_row(c.execute("SELECT * FROM nodes WHERE name = ?", (name,)).fetchone())
 
         return await self._write(run)
 
@@ -514,7 +514,7 @@ class HubStore:
             cur = c.execute("UPDATE nodes SET standing = 'revoked', certificate = '' WHERE name = ?", (name,))
             if cur.rowcount == 0:
                 return None
-            return self._node(c.execute("SELECT * FROM nodes WHERE name = ?", (name,)).fetchone(), False)
+            return NodeRecord.from_row(c.execute("SELECT * FROM nodes WHERE name = ?", (name,)).fetchone())
 
         return await self._write(run)
 
@@ -593,45 +593,71 @@ class HubStore:
 
     # --- nodes ---------------------------------------------------------------
 
-    async def list_nodes(self, *, with_status: bool = True) -> list[NodeRecord]:
-        """Every node by name; ``with_status=False`` leaves every ``status`` None and is cheaper."""
-        columns = "*" if with_status else ("name, pool, labels, registered_at, presence, presence_at, last_seen, "
-                                           "generation, standing, bundle_key")
+    async def list_nodes(self, *, with_status: bool = True, with_certificate: bool = True) -> list[NodeRecord]:
+        """Every node by name; ``with_status=False`` leaves every ``status`` None, ``with_certificate=False``
+        every ``certificate`` "", and each is cheaper.
+
+        A fleet is listed on every read of a component or the fleet: only the
+        reports that changed since the last listing are read and decoded, the
+        rest come from what this store decoded (or stored) before.
+        """
+        columns = _NODE_COLUMNS + (", certificate" if with_certificate else "")
+        if with_status:
+            columns += ", status_seq, length(status) AS status_length"
 
         # Decoded on the store's thread: a status may be a few hundred KiB of JSON.
         def run(c: sqlite3.Connection) -> list[NodeRecord]:
             rows = c.execute(f"SELECT {columns} FROM nodes ORDER BY name").fetchall()
-            return [self._node(r, with_status) for r in rows]
+            if not with_status:
+                return [NodeRecord.from_row(r) for r in rows]
+            changed = [r["name"] for r in rows
+                       if r["status_length"] and not self._decoded_holds(r["name"], r["status_seq"], r["status_length"])]
+            texts: dict[str, str] = {}
+            for start in range(0, len(changed), _NAMES_PER_QUERY):
+                chunk = changed[start:start + _NAMES_PER_QUERY]
+                texts.update(c.execute(f"SELECT name, status FROM nodes WHERE name IN ({', '.join('?' * len(chunk))})",
+                                       chunk).fetchall())
+            return [NodeRecord.from_row(r, status=self._status_of(r["name"], r["status_seq"], r["status_length"],
+                                                                  texts.get(r["name"])))
+                    for r in rows]
 
         return await self._db.read(run)
 
     async def get_node(self, name: str, *, with_status: bool = True) -> NodeRecord | None:
         def run(c: sqlite3.Connection) -> NodeRecord | None:
             row = c.execute("SELECT * FROM nodes WHERE name = ?", (name,)).fetchone()
-            return self._node(row, with_status) if row else None
+            if row is None:
+                return None
+            status = self._status_of(name, row["status_seq"], len(row["status"] or ""), row["status"]) \
+                if with_status else None
+            return NodeRecord.from_row(row, status=status)
 
         return await self._db.read(run)
 
-    def _node(self, row: sqlite3.Row, with_status: bool) -> NodeRecord:
-        status = None
-        if with_status and row["status"]:
-            try:
-                status = self._decode_status(row["name"], row["status_seq"], row["status"])
-            except ProtocolError as exc:
-                # Stored by an older hub that took any size: show the node without it.
-                if row["name"] not in self._undecodable:
-                    self._undecodable.add(row["name"])
-                    logger.warning("Stored status of node %s does not decode (%s); showing the node without "
-                                   "status until it reports again", row["name"], exc)
-        return NodeRecord.from_row(row, status=status)
-
-    def _decode_status(self, node: str, seq: int, text: str) -> NodeStatus:
-        key = (seq, len(text))
+    def _decoded_holds(self, node: str, seq: int, length: int) -> bool:
         held = self._decoded.get(node)
-        if held is not None and held[0] == key:
+        return held is not None and held[0] == (seq, length)
+
+    def _status_of(self, node: str, seq: int, length: int | None, text: str | None) -> NodeStatus | None:
+        """The node's stored status (``text``, or as decoded before when ``text`` is None); None without one,
+        or (logged once) when it does not decode."""
+        if not length:
+            return None
+        held = self._decoded.get(node)
+        if held is not None and held[0] == (seq, length):
             return held[1]
-        status = NodeStatus.decode(text)
-        self._decoded[node] = (key, status)
+        if text is None:
+            return None  # changed between the two reads of a listing: the next listing shows it
+        try:
+            status = NodeStatus.decode(text)
+        except ProtocolError as exc:
+            # Stored by an older hub that took any size: show the node without it.
+            if node not in self._undecodable:
+                self._undecodable.add(node)
+                logger.warning("Stored status of node %s does not decode (%s); showing the node without "
+                               "status until it reports again", node, exc)
+            return None
+        self._decoded[node] = ((seq, length), status)
         return status
 
     async def set_presence(self, node: str, state: str, at: str) -> bool:
@@ -1098,6 +1124,9 @@ class HubStore:
         await self._write(run)
 
 
+# A node's row without its status and certificate (each read only when needed).
+_NODE_COLUMNS = ("name, pool, labels, registered_at, presence, presence_at, last_seen, generation, standing, "
+                 "bundle_key")
 # Names bound in one IN (...) list: under SQLite's oldest limit on bound parameters (999).
 _NAMES_PER_QUERY = 500
 
