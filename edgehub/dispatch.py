@@ -67,8 +67,10 @@ RenderId = tuple[str, str, int, str]  # (namespace, release, revision, render ke
 WIRE_CACHE_BYTES = 64 * 1024 * 1024
 # A warning names at most this many nodes.
 MAX_NAMED = 20
-# Assignment publishes kept unacknowledged at once, and the sealed bytes they may hold together.
-PUBLISH_WINDOW = 1000
+# Assignment publishes kept unacknowledged at once, and the sealed bytes they may hold together. 200
+# keeps a loopback or LAN broker busy; the MQTT clients' bookkeeping costs grow with it (aiomqtt and
+# paho scan every pending publish on each publish and acknowledgement).
+PUBLISH_WINDOW = 200
 WINDOW_BYTES = 64 * 1024 * 1024
 
 

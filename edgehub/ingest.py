@@ -166,7 +166,10 @@ class NodeMessages:
             batch = [await self._queue.get()]
             while len(batch) < INGEST_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            await self.handle_batch(batch)
+            try:
+                await self.handle_batch(batch)
+            except Exception:  # a bug in what follows the batch: the next batch is still taken
+                logger.exception("Handling a batch of %d node message(s) failed", len(batch))
 
     async def handle_batch(self, batch: list[tuple[str, bytes]]) -> None:
         """Handle messages together (writes in shared transactions), then what their statuses and resyncs ask."""
@@ -192,6 +195,8 @@ class NodeMessages:
             return  # a cleared retained message
         try:
             await self._dispatch(parsed, payload, follow_ups)
+        except asyncio.CancelledError:
+            raise
         except (ProtocolError, Dropped) as exc:
             if parsed.kind == "status" and self._metrics is not None:
                 self._metrics.status_messages.labels(outcome="dropped").inc()
@@ -201,6 +206,8 @@ class NodeMessages:
                                parsed.kind)
             else:
                 logger.debug("Dropping a %s message of node %s: %s", parsed.kind, parsed.node, exc)
+        except Exception:  # a bug: this message is skipped, the others of its batch are not
+            logger.exception("Handling a %s message of node %s failed; skipping it", parsed.kind, parsed.node)
 
     async def _dispatch(self, topic: NodeTopic, payload: bytes, follow_ups: _FollowUps) -> None:
         if topic.kind == "status":
