@@ -202,3 +202,20 @@ async def test_two_stores_on_one_postgresql_database_never_both_take_the_same_re
         assert [r.revision for r in await one.list_revisions("default", "web")] == list(range(10, 0, -1))
     # The write lock is taken per transaction: none is held once the stores are closed.
     assert execute(postgres_url, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == [(0,)]
+
+
+async def test_a_store_whose_postgresql_connection_is_lost_connects_again_on_the_next_call(postgres_url: str):
+    import psycopg
+
+    database = postgres_url.rsplit("/", 1)[1]
+    async with HubStore(postgres_url) as store:
+        await join(store, "n1")
+        (killed,) = execute(postgres_url.rsplit("/", 1)[0] + "/postgres",
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE datname = ? AND application_name = 'edgecollab'", (database,))
+        assert killed == (True,)
+        # The call that finds the connection gone fails (it cannot know what the server did with it) ...
+        with pytest.raises(psycopg.OperationalError):
+            await store.list_nodes()
+        # ... and the next one works on a new connection.
+        assert [n.name for n in await store.list_nodes()] == ["n1"]
