@@ -343,7 +343,7 @@ async def join(request: web.Request) -> web.Response:
                 "" if bundle_key else "; no bundle key: its bundles go unencrypted")
     # Before the answer: the agent connects to the broker right after it.
     await app[BROKER_ACCESS].admit_node(node)
-    await app[DISPATCHER].sync()
+    await app[DISPATCHER].sync(node=node)
     if joined.rejoined:
         # What was kept for the name is sealed again for the new generation.
         await app[DISPATCHER].publish_node(node)
@@ -499,12 +499,12 @@ async def revoke_node(request: web.Request) -> web.Response:
 
 
 async def list_pools(request: web.Request) -> web.Response:
-    return web.json_response(pool_views(await request.app[STORE].list_nodes()))
+    return web.json_response(pool_views(await request.app[STORE].list_nodes(with_certificate=False)))
 
 
 async def list_components(request: web.Request) -> web.Response:
     store = request.app[STORE]
-    nodes = await store.list_nodes()
+    nodes = await store.list_nodes(with_certificate=False)
     assignments = await store.list_assignments()
     return web.json_response(
         [component_view(c, nodes, assignments, detail=False) for c in await store.list_components()]
@@ -517,7 +517,7 @@ async def get_component(request: web.Request) -> web.Response:
     comp = await store.get_component(namespace, name)
     if comp is None or comp.deleted:
         raise NotFound(f"component {namespace}/{name} not found")
-    view = component_view(comp, await store.list_nodes(), await store.list_assignments(), detail=True)
+    view = component_view(comp, await store.list_nodes(with_certificate=False), await store.list_assignments(), detail=True)
     view["spec"] = without_values(view["spec"], _values_digest_key(request.app))
     return web.json_response(view)
 
@@ -665,7 +665,7 @@ async def component_history(request: web.Request) -> web.Response:
     revisions = await store.list_revisions(namespace, name)
     counts = None
     if not comp.deleted:
-        counts = rollout(comp, await store.list_nodes(), await store.list_assignments())
+        counts = rollout(comp, await store.list_nodes(with_certificate=False), await store.list_assignments())
     key = _values_digest_key(request.app)
     return web.json_response(await asyncio.to_thread(history_view, comp, revisions, counts, key))
 

@@ -12,6 +12,7 @@ import aiomqtt
 from aiohttp import web
 
 from edgekit.mqtt import MqttSession, SessionSettings, TlsIdentity
+from edgekit.tasks import OwnedTask
 from edgeprotocol import topics
 from edgeprotocol.messages import now
 
@@ -23,7 +24,7 @@ from .broker_roles import CONTROL_RESPONSE_TOPIC, HUB_USER
 from .chart_sources import ChartSources
 from .components import Components
 from .dashboard import add_dashboard_routes
-from .dispatch import Dispatcher
+from .dispatch import PUBLISH_WINDOW, Dispatcher
 from .identity import HubIdentity
 from .ingest import IngestLimits, NodeMessages
 from .keys import (
@@ -142,10 +143,19 @@ async def mqtt_ctx(app: web.Application) -> AsyncIterator[None]:
         if topic == CONTROL_RESPONSE_TOPIC:
             await access.on_response(payload)
         else:
-            await messages.handle(topic, payload)
+            await messages.take(topic, payload)
 
     summaries = app[SUMMARIES]
     hub_started = now()
+    republish = OwnedTask("republish-assignments")
+
+    async def publish_all() -> None:
+        try:
+            count = await dispatcher.publish_all()
+        except Exception:  # a bug: the next connect tries again
+            logger.exception("Re-publishing the assignments failed")
+            return
+        logger.info("Re-published %d assignment(s) after connecting to the broker", count)
 
     async def on_connect(session: MqttSession) -> None:
         access.on_connect()
@@ -154,8 +164,9 @@ async def mqtt_ctx(app: web.Application) -> AsyncIterator[None]:
                                                            "connected_at": now()}).encode(), retain=True)
         summaries.republish_all()
         # The broker may have restarted without its retained messages: the
-        # store is the truth, so re-publish all of it on every connect.
-        await dispatcher.publish_all()
+        # store is the truth, so re-publish all of it on every connect. In the
+        # background: the nodes coming back meanwhile are heard at once.
+        republish.restart(publish_all())
 
     subscriptions = (topics.ALL_STATUS, topics.ALL_PRESENCE, topics.ALL_EVENTS, topics.ALL_RESYNC)
     tls = None
@@ -171,11 +182,19 @@ async def mqtt_ctx(app: web.Application) -> AsyncIterator[None]:
         will=aiomqtt.Will(HUB_STATE_TOPIC, json.dumps({"online": False, "since": hub_started}).encode(), qos=1,
                           retain=True),
         tls=tls,
+        # A node's message is acknowledged once queued for ingest; a full queue holds the broker back.
+        manual_ack=True,
+        max_inflight=PUBLISH_WINDOW,
+        # One client, not a fleet: back soon after a broker restart (the nodes' backoff spreads theirs).
+        backoff_max=5.0,
     )
-    async with MqttSession(session_settings, on_message=on_message, on_connect=on_connect) as session:
+    async with messages, MqttSession(session_settings, on_message=on_message, on_connect=on_connect) as session:
         app[MQTT] = session
         app[METRICS].watch(lambda: summaries.latest, lambda: session.connections)
-        yield
+        try:
+            yield
+        finally:
+            await republish.stop()
         # A clean stop sends no last will: say it here.
         await session.publish(HUB_STATE_TOPIC, json.dumps({"online": False, "since": now()}).encode(), retain=True)
 

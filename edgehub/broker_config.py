@@ -127,6 +127,13 @@ use_username_as_clientid true
 plugin {plugin}
 plugin_opt_config_file {out / DYNSEC_FILE}
 
+# The hub acknowledges a node's report once it has taken it, and while it
+# catches up the broker holds the rest for it: Mosquitto's defaults (20
+# messages in flight, 1,000 queued per client) would drop reports of a fleet
+# of thousands that reports at once. Nodes are sent a few messages each.
+max_inflight_messages 1000
+max_queued_messages 200000
+
 # Retained assignments and status survive a broker restart (the hub also
 # publishes everything again whenever it reconnects).
 persistence true

@@ -186,7 +186,7 @@ class Components:
 
     async def _replaced_status(self, existing: ComponentRecord) -> Replaced:
         """What the current revision becomes when it is replaced: failed when a target reports Failed."""
-        counts = rollout(existing, await self._store.list_nodes(), await self._store.list_assignments())
+        counts = rollout(existing, await self._store.list_nodes(with_certificate=False), await self._store.list_assignments())
         return "failed" if counts["failed"] else "superseded"
 
     async def _store_revision(self, component: Component, chart: ChartArchive, archive: bytes, fingerprint: str,
@@ -240,7 +240,7 @@ class Components:
         await self._dispatcher.sync()
         targets = sum(1 for a in await self._store.list_assignments()
                       if (a.namespace, a.release) == (component.namespace, component.name) and a.kind == "release")
-        pools = {n.pool for n in await self._store.list_nodes(with_status=False)}
+        pools = {n.pool for n in await self._store.list_nodes(with_status=False, with_certificate=False)}
         return ApplyOutcome(
             component=ident, revision=revision, changed=True, created=not live, targets=targets,
             warnings=(*chart_warnings, *rendered.warnings,

@@ -67,6 +67,9 @@ RenderId = tuple[str, str, int, str]  # (namespace, release, revision, render ke
 WIRE_CACHE_BYTES = 64 * 1024 * 1024
 # A warning names at most this many nodes.
 MAX_NAMED = 20
+# Assignment publishes kept unacknowledged at once, and the sealed bytes they may hold together.
+PUBLISH_WINDOW = 1000
+WINDOW_BYTES = 64 * 1024 * 1024
 
 
 def wire_bytes(bundle: Bundle) -> int:
@@ -132,6 +135,28 @@ class Placements:
             del self._entries[ident]
 
 
+def _status_follow_up(status: NodeStatus, assigned: list[AssignmentRecord]
+                      ) -> tuple[list[AssignmentRecord], list[AssignmentRecord]]:
+    """What a node's report asks of the hub, given the node's assignments: (tombstones it has carried
+    out, to forget; tombstones to send for releases it reports that the hub did not assign to it, or
+    holds only a tombstone of below the revision the node reports; a tombstone at it is the one the
+    node is carrying out)."""
+    reported = {(r.namespace, r.release): r for r in status.releases if r.phase != "Removed"}
+    held = {(a.namespace, a.release): a for a in assigned}
+    done = [a for key, a in held.items() if a.kind == "tombstone" and key not in reported]
+    unassigned = [
+        AssignmentRecord(
+            node=status.node, namespace=r.namespace, release=r.release, kind="tombstone",
+            revision=max(r.desired_revision, r.applied_revision, held[key].revision if key in held else 0) + 1,
+        )
+        for key, r in reported.items()
+        # A release being removed is on its way out already.
+        if r.phase != "Removing" and (key not in held or (
+            held[key].kind == "tombstone" and held[key].revision < r.desired_revision))
+    ]
+    return done, unassigned
+
+
 @dataclass(frozen=True, slots=True)
 class SyncReport:
     changed: int
@@ -177,12 +202,18 @@ class Dispatcher:
         self._placements.put(comp.namespace, comp.name, comp.revision, comp.fingerprint, placement)
         return placement
 
-    async def sync(self) -> SyncReport:
+    async def sync(self, *, node: str | None = None) -> SyncReport:
+        """Bring the assignment table (and the broker) in line with components and nodes; with ``node``,
+        only that node's assignments (a join changes no other node's placement)."""
         async with self._lock:
             components = await self._store.list_components(include_deleted=True, with_spec=False)
-            nodes = [NodeInfo(name=n.name, pool=n.pool, labels=n.labels)
-                     for n in await self._store.list_nodes(with_status=False)]
-            current = {(a.node, a.namespace, a.release): a for a in await self._store.list_assignments()}
+            if node is None:
+                records = await self._store.list_nodes(with_status=False, with_certificate=False)
+            else:
+                record = await self._store.get_node(node, with_status=False)
+                records = [record] if record is not None else []
+            nodes = [NodeInfo(name=n.name, pool=n.pool, labels=n.labels) for n in records]
+            current = {(a.node, a.namespace, a.release): a for a in await self._store.list_assignments(node=node)}
             by_release = {(c.namespace, c.name): c for c in components}
             live = {(c.namespace, c.name) for c in components if not c.deleted}
             self._placements.keep_only(live)
@@ -201,13 +232,13 @@ class Dispatcher:
                 row = rollouts.get((comp.namespace, comp.name))
                 staged = self._rollout_state(row) if row is not None else None
                 kept: dict[int, set[str]] = {}  # render keys stored of older revisions, read once a sync
-                for node, key in place(placement, nodes).items():
-                    ident = (node, comp.namespace, comp.name)
+                for target, key in place(placement, nodes).items():
+                    ident = (target, comp.namespace, comp.name)
                     revision = comp.revision
                     if staged is not None:
                         held = current.get(ident)
                         held_revision = held.revision if held is not None and held.kind == "release" else 0
-                        revision = desired_revision(staged, node, current=comp.revision, held=held_revision)
+                        revision = desired_revision(staged, target, current=comp.revision, held=held_revision)
                         if revision != comp.revision and held is not None and revision == held_revision:
                             desired[ident] = held  # keeps what it holds while the rollout has not reached it
                             continue
@@ -220,7 +251,7 @@ class Dispatcher:
                                 if not kept[revision]:
                                     revision, key = comp.revision, key
                     desired[ident] = AssignmentRecord(
-                        node=node, namespace=comp.namespace, release=comp.name,
+                        node=target, namespace=comp.namespace, release=comp.name,
                         revision=revision, kind="release", render_key=key,
                     )
             for ident, held in current.items():
@@ -274,6 +305,14 @@ class Dispatcher:
                           for c in await self._store.list_components(include_deleted=True, with_spec=False)}
             return await self._publish_records(records, components)
 
+    async def publish_nodes(self, requests: Mapping[str, Mapping[str, int]]) -> dict[str, int]:
+        """Answer many resyncs (node -> what it holds, as in ``publish_node``): one read, no lock, finds the
+        nodes that lack anything (after a broker restart, usually none); what each was sent, by node."""
+        lacking = {a.node for a in await self._store.list_assignments(nodes=requests)
+                   if requests[a.node].get(f"{a.namespace}/{a.release}", 0) < a.revision}
+        return {node: await self.publish_node(node, held=requests[node]) if node in lacking else 0
+                for node in sorted(requests)}
+
     async def withdraw_node(self, node: str) -> int:
         """Clear the broker's retained assignments of ``node`` (reset or revoked); its table rows stay."""
         async with self._lock:
@@ -282,25 +321,22 @@ class Dispatcher:
                 await self._publish(topics.assignment(a.node, a.namespace, a.release), b"", True)
             return len(records)
 
+    async def on_statuses(self, statuses: list[NodeStatus]) -> None:
+        """``on_status`` for many reports: one read, no lock, tells which nodes need anything (few do)."""
+        latest = {status.node: status for status in statuses}
+        held: dict[str, list[AssignmentRecord]] = {node: [] for node in latest}
+        for a in await self._store.list_assignments(nodes=latest):
+            held[a.node].append(a)
+        for node, status in latest.items():
+            done, unassigned = _status_follow_up(status, held[node])
+            if done or unassigned:
+                await self.on_status(status)  # under the lock, from a fresh read
+
     async def on_status(self, status: NodeStatus) -> None:
         """Forget tombstones the node has carried out (it no longer reports the release), and tombstone
-        what it reports but was not assigned: a release the hub holds no assignment of for this node, or
-        only a tombstone below the revision the node reports (a tombstone at it is the one the node is
-        carrying out)."""
-        reported = {(r.namespace, r.release): r for r in status.releases if r.phase != "Removed"}
+        what it reports but was not assigned (``_status_follow_up``)."""
         async with self._lock:
-            held = {(a.namespace, a.release): a for a in await self._store.list_assignments(node=status.node)}
-            done = [a for key, a in held.items() if a.kind == "tombstone" and key not in reported]
-            unassigned = [
-                AssignmentRecord(
-                    node=status.node, namespace=r.namespace, release=r.release, kind="tombstone",
-                    revision=max(r.desired_revision, r.applied_revision, held[key].revision if key in held else 0) + 1,
-                )
-                for key, r in reported.items()
-                # A release being removed is on its way out already.
-                if r.phase != "Removing" and (key not in held or (
-                    held[key].kind == "tombstone" and held[key].revision < r.desired_revision))
-            ]
+            done, unassigned = _status_follow_up(status, await self._store.list_assignments(node=status.node))
             if not done and not unassigned:
                 return
             await self._store.update_assignments(unassigned, [(a.node, a.namespace, a.release) for a in done])
@@ -321,16 +357,17 @@ class Dispatcher:
     async def _publish_records(
         self, records: list[AssignmentRecord], components: dict[tuple[str, str], ComponentRecord]
     ) -> int:
-        published = 0
+        """Seal and publish each record to its node, keeping a window of publishes unacknowledged at once
+        (one at a time, each waiting for its acknowledgement, a fleet's rollout is a fleet of round trips)."""
         # Read under the dispatcher's lock, like the records: a node reset or
         # revoked meanwhile is withdrawn (under the lock) after this publish.
-        joined = await self._store.joined_nodes() if records else {}
+        joined = await self._store.joined_nodes(names={r.node for r in records}) if records else {}
         newly_plain: list[str] = []  # nodes without a bundle key not warned about before
+        ready: list[tuple[AssignmentRecord, JoinedNode, Bundle | None]] = []
         for rec in records:
             target = joined.get(rec.node)
             if target is None:
                 continue  # reset or revoked: kept in the table, published again when the name re-joins
-            comp = components.get((rec.namespace, rec.release))
             bundle = None
             if rec.kind == "release":
                 bundle = await self._encoded_render((rec.namespace, rec.release, rec.revision, rec.render_key))
@@ -338,25 +375,27 @@ class Dispatcher:
                     logger.error("No render stored for %s/%s revision %d key %r; not publishing to %s",
                                  rec.namespace, rec.release, rec.revision, rec.render_key, rec.node)
                     continue
-            assignment = Assignment(
-                node=rec.node, namespace=rec.namespace, release=rec.release, revision=rec.revision,
-                kind=rec.kind,
-                issued_at=now(),
-                chart={"name": comp.chart_name, "version": comp.chart_version} if comp else {},
-                bundle=bundle,
-                generation=target.generation,
-            )
-            try:
-                bundle_to = self._bundle_to(rec.node, target, newly_plain) if bundle is not None else None
-                payload = seal(assignment, self._key, bundle_to=bundle_to)
-            except ProtocolError as exc:  # a stored bundle key the hub cannot wrap to (checked at join)
-                logger.error("Cannot encrypt %s/%s to node %s (%s); not publishing to it until it joins again",
-                             rec.namespace, rec.release, rec.node, exc)
-                continue
-            if await self._publish(topics.assignment(rec.node, rec.namespace, rec.release), payload, True):
-                published += 1
-                if self._on_published is not None and rec.kind == "release":
-                    self._on_published(rec.node, rec.namespace, rec.release, rec.revision)
+            ready.append((rec, target, bundle))
+        largest = max((wire_bytes(b) for _, _, b in ready if b is not None), default=0)
+        # Each publish in the window holds its sealed payload (about 4/3 of the wire form) until acknowledged.
+        window = max(1, min(PUBLISH_WINDOW, WINDOW_BYTES // max(1, largest * 4 // 3)))
+        pending = iter(ready)
+        published = 0
+
+        async def publish_some() -> None:
+            nonlocal published
+            for rec, target, bundle in pending:
+                payload = self._seal(rec, target, bundle, components, newly_plain)
+                if payload is None:
+                    continue
+                if await self._publish(topics.assignment(rec.node, rec.namespace, rec.release), payload, True):
+                    published += 1
+                    if self._on_published is not None and rec.kind == "release":
+                        self._on_published(rec.node, rec.namespace, rec.release, rec.revision)
+
+        async with asyncio.TaskGroup() as group:
+            for _ in range(min(window, len(ready))):
+                group.create_task(publish_some())
         if newly_plain:
             # One line per publish, each node in it once: a fleet of older agents is not a thousand lines.
             shown = ", ".join(newly_plain[:MAX_NAMED]) + (", ..." if len(newly_plain) > MAX_NAMED else "")
@@ -365,6 +404,27 @@ class Dispatcher:
                            "Secrets ('edgectl get nodes -o json' says \"bundles\": \"plain\"). Upgrade each one's "
                            "agent, then 'edgectl node reset NAME' and join it again", len(newly_plain), shown)
         return published
+
+    def _seal(self, rec: AssignmentRecord, target: JoinedNode, bundle: Bundle | None,
+              components: dict[tuple[str, str], ComponentRecord], newly_plain: list[str]) -> bytes | None:
+        """The signed assignment for ``target``, its bundle's key wrapped to the node; None (logged) when
+        the node's stored bundle key cannot be wrapped to."""
+        comp = components.get((rec.namespace, rec.release))
+        assignment = Assignment(
+            node=rec.node, namespace=rec.namespace, release=rec.release, revision=rec.revision,
+            kind=rec.kind,
+            issued_at=now(),
+            chart={"name": comp.chart_name, "version": comp.chart_version} if comp else {},
+            bundle=bundle,
+            generation=target.generation,
+        )
+        try:
+            bundle_to = self._bundle_to(rec.node, target, newly_plain) if bundle is not None else None
+            return seal(assignment, self._key, bundle_to=bundle_to)
+        except ProtocolError as exc:  # a stored bundle key the hub cannot wrap to (checked at join)
+            logger.error("Cannot encrypt %s/%s to node %s (%s); not publishing to it until it joins again",
+                         rec.namespace, rec.release, rec.node, exc)
+            return None
 
     def _bundle_to(self, node: str, target: JoinedNode, newly_plain: list[str]) -> X25519PublicKey | None:
         """The key ``node``'s bundles are encrypted to; None for a node without one (added to ``newly_plain``

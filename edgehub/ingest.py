@@ -21,20 +21,41 @@ message is bounded before the hub spends anything on it:
 What a node that is not registered, or was reset or revoked, sends is
 dropped: only the key that joined a name (and joined it last) is heard.
 
+Thousands of nodes report at once (a rollout, a broker restart), so messages
+are taken in batches: the MQTT session hands each to ``take``, which only
+queues it, and one worker handles up to ``INGEST_BATCH`` queued messages
+together. Their store writes share transactions (``edgekit.group_commit``),
+and what follows a stored status or a resync (tombstones, re-publishing) is
+first checked for the whole batch with one read and no lock: only a node that
+needs something waits for the dispatcher, which may be busy publishing a
+rollout. When the queue is full, ``take`` waits, the session acknowledges
+nothing more, and the broker holds the rest: a message the hub acknowledged
+is never dropped for lack of room.
+
 Dropped messages are logged at warning level, at most once a minute per node
 and kind, so a flood cannot flood the log either.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from edgekit.tasks import OwnedTask
 from edgeprotocol.errors import ProtocolError
-from edgeprotocol.messages import MAX_CONDITION_MESSAGE, Event, NodeStatus, Presence, Resync, now, parse_time
+from edgeprotocol.messages import (
+    MAX_CONDITION_MESSAGE,
+    Event,
+    NodeStatus,
+    Presence,
+    Resync,
+    now,
+    parse_time,
+)
 from edgeprotocol.topics import NodeTopic
 
 from .dispatch import Dispatcher
@@ -61,6 +82,10 @@ MAX_TIME_CHARS = 64
 MAX_REMEMBERED_NODES = 10_000
 # The least time between two warnings about dropped messages of one node and kind.
 WARNING_INTERVAL_SECONDS = 60.0
+# Messages taken and not yet handled, at most: past this the session stops taking (and acknowledging).
+INGEST_QUEUE = 5000
+# Messages handled together, their writes in as few transactions as the store's commits allow.
+INGEST_BATCH = 1000
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -101,6 +126,14 @@ class _Recent:
         return True
 
 
+@dataclass(slots=True)
+class _FollowUps:
+    """What a batch of messages asks of the dispatcher once stored: statuses to check, resyncs to answer."""
+
+    statuses: list[NodeStatus] = dataclasses.field(default_factory=list)
+    resyncs: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+
+
 def _cut(text: str) -> str:
     return text if len(text) <= MAX_TEXT_CHARS else text[: MAX_TEXT_CHARS - 1] + "…"
 
@@ -114,8 +147,42 @@ class NodeMessages:
         self._limits = limits or IngestLimits()
         self._resynced = _Recent()
         self._warned = _Recent()
+        self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=INGEST_QUEUE)
+        self._worker = OwnedTask("node-messages")
 
-    async def handle(self, topic: str, payload: bytes) -> None:
+    async def __aenter__(self) -> NodeMessages:
+        self._worker.start(self._run())
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._worker.stop()
+
+    async def take(self, topic: str, payload: bytes) -> None:
+        """Queue a message from the broker; waits while the queue is full (the caller then holds off)."""
+        await self._queue.put((topic, payload))
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < INGEST_BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            await self.handle_batch(batch)
+
+    async def handle_batch(self, batch: list[tuple[str, bytes]]) -> None:
+        """Handle messages together (writes in shared transactions), then what their statuses and resyncs ask."""
+        follow_ups = _FollowUps()
+        # Each message's write is queued in the order the messages came, before any of them waits.
+        await asyncio.gather(*(self._handle(topic, payload, follow_ups) for topic, payload in batch))
+        if follow_ups.statuses:
+            await self._dispatcher.on_statuses(follow_ups.statuses)
+        if follow_ups.resyncs:
+            for node, count in (await self._dispatcher.publish_nodes(follow_ups.resyncs)).items():
+                # Every node asks on every connect: only an answer that sent something is news.
+                logger.log(logging.INFO if count else logging.DEBUG,
+                           "Node %s asked to resync; re-published %d assignment(s) it lacked or held older",
+                           node, count)
+
+    async def _handle(self, topic: str, payload: bytes, follow_ups: _FollowUps) -> None:
         try:
             parsed = NodeTopic.parse(topic)
         except ValueError:
@@ -124,7 +191,7 @@ class NodeMessages:
         if not payload:
             return  # a cleared retained message
         try:
-            await self._dispatch(parsed, payload)
+            await self._dispatch(parsed, payload, follow_ups)
         except (ProtocolError, Dropped) as exc:
             if parsed.kind == "status" and self._metrics is not None:
                 self._metrics.status_messages.labels(outcome="dropped").inc()
@@ -135,9 +202,11 @@ class NodeMessages:
             else:
                 logger.debug("Dropping a %s message of node %s: %s", parsed.kind, parsed.node, exc)
 
-    async def _dispatch(self, topic: NodeTopic, payload: bytes) -> None:
+    async def _dispatch(self, topic: NodeTopic, payload: bytes, follow_ups: _FollowUps) -> None:
         if topic.kind == "status":
-            await self._on_status(topic, NodeStatus.decode(payload))
+            stored = await self._on_status(topic, NodeStatus.decode(payload))
+            if stored is not None:
+                follow_ups.statuses.append(stored)
         elif topic.kind == "presence":
             presence = Presence.decode(payload)
             self._check_sender(topic, presence.node)
@@ -159,11 +228,10 @@ class NodeMessages:
                 logger.debug("Node %s asked to resync again within %.0f s; the broker's retained assignments "
                              "cover it", resync.node, self._limits.resync_interval_seconds)
                 return
-            count = await self._dispatcher.publish_node(resync.node, held=resync.held)
-            logger.info("Node %s asked to resync; re-published %d assignment(s) it lacked or held older",
-                        resync.node, count)
+            follow_ups.resyncs[resync.node] = resync.held
 
-    async def _on_status(self, topic: NodeTopic, status: NodeStatus) -> None:
+    async def _on_status(self, topic: NodeTopic, status: NodeStatus) -> NodeStatus | None:
+        """Store the status when it is the node's next; the stored status, else None."""
         self._check_sender(topic, status.node)
         if len(status.releases) > MAX_STATUS_RELEASES:
             raise Dropped(f"status #{status.seq} lists {len(status.releases)} releases, over {MAX_STATUS_RELEASES}")
@@ -184,12 +252,12 @@ class NodeMessages:
         if self._metrics is not None:
             self._metrics.status(status, outcome)
         if outcome == "stored":
-            await self._dispatcher.on_status(status)
-        elif outcome == "too far ahead" or outcome == "out of range":
+            return status
+        if outcome == "too far ahead" or outcome == "out of range":
             raise Dropped(f"status #{status.seq} is {outcome} of the node's last one (max_seq_jump "
                           f"{self._limits.max_seq_jump})")
-        else:
-            logger.debug("Status #%d of %s dropped: %s", status.seq, status.node, outcome)
+        logger.debug("Status #%d of %s dropped: %s", status.seq, status.node, outcome)
+        return None
 
     async def _on_event(self, topic: NodeTopic, event: Event) -> None:
         self._check_sender(topic, event.node)

@@ -76,7 +76,7 @@ class RolloutDriver:
 
     async def _observe(self, state: RolloutState) -> tuple[dict[str, Target], dict[str, Report]]:
         """The component's targets (the nodes assigned a release of it) and what each reported of it."""
-        nodes: dict[str, NodeRecord] = {n.name: n for n in await self._store.list_nodes() if n.standing == "joined"}
+        nodes: dict[str, NodeRecord] = {n.name: n for n in await self._store.list_nodes(with_certificate=False) if n.standing == "joined"}
         targets: dict[str, Target] = {}
         reports: dict[str, Report] = {}
         for a in await self._store.list_assignments():

@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from deployer_plugin.spec import DEFAULT_HISTORY_LIMIT
+from edgekit.group_commit import GroupCommit
 from edgekit.sql import Connection, Row, StoreLocation, open_database
 from edgeprotocol.errors import ProtocolError
 from edgeprotocol.messages import MAX_MESSAGE_BYTES, AssignmentKind, Bundle, Event, NodeStatus
@@ -398,7 +399,11 @@ class HubStore:
         self._events_kept = events_kept_per_node
         # Nodes whose stored status failed to decode, so each is logged once.
         self._undecodable: set[str] = set()
+        # Each node's status as last decoded (or stored by this process), by its stored seq and
+        # length: listing a fleet decodes only the reports that changed since the last listing.
+        self._decoded: dict[str, tuple[tuple[int, int], NodeStatus]] = {}
         self._change_listeners: list[Callable[[], None]] = []
+        self._writes: GroupCommit[Connection] = GroupCommit(self._db.transaction)
 
     def on_change(self, listener: Callable[[], None]) -> None:
         """Call ``listener()`` (on the loop, must not block) after every committed write: summaries and
@@ -406,7 +411,8 @@ class HubStore:
         self._change_listeners.append(listener)
 
     async def _write(self, fn: Callable[[Connection], T]) -> T:
-        result = await self._db.transaction(fn)
+        # Writes asked for while another commits share one transaction (each in a savepoint).
+        result = await self._writes.write(fn)
         for listener in self._change_listeners:
             listener()
         return result
@@ -502,7 +508,7 @@ class HubStore:
             cur = c.execute("UPDATE nodes SET standing = 'reset', certificate = '' WHERE name = ?", (name,))
             if cur.rowcount == 0:
                 return None
-            return self._node(c.execute("SELECT * FROM nodes WHERE name = ?", (name,)).fetchone(), False)
+            return NodeRecord.from_row(c.execute("SELECT * FROM nodes WHERE name = ?", (name,)).fetchone())
 
         return await self._write(run)
 
@@ -514,14 +520,22 @@ class HubStore:
             cur = c.execute("UPDATE nodes SET standing = 'revoked', certificate = '' WHERE name = ?", (name,))
             if cur.rowcount == 0:
                 return None
-            return self._node(c.execute("SELECT * FROM nodes WHERE name = ?", (name,)).fetchone(), False)
+            return NodeRecord.from_row(c.execute("SELECT * FROM nodes WHERE name = ?", (name,)).fetchone())
 
         return await self._write(run)
 
-    async def joined_nodes(self) -> dict[str, JoinedNode]:
-        """Every node in standing ``joined`` (the nodes assignments are published to), by name."""
-        rows = await self._db.read(
-            lambda c: c.execute(f"SELECT name, generation, bundle_key FROM nodes WHERE {_JOINED}").fetchall())
+    async def joined_nodes(self, names: Iterable[str] | None = None) -> dict[str, JoinedNode]:
+        """Every node in standing ``joined`` (the nodes assignments are published to), by name; with
+        ``names``, only those of them (one read of a few rows rather than of the whole fleet)."""
+        wanted = sorted(set(names)) if names is not None else None
+        query = f"SELECT name, generation, bundle_key FROM nodes WHERE {_JOINED}"
+
+        def run(c: Connection) -> list[Row]:
+            if wanted is None or len(wanted) > _NAMES_PER_QUERY:
+                return c.execute(query).fetchall()
+            return c.execute(f"{query} AND name IN ({', '.join('?' * len(wanted))})", wanted).fetchall()
+
+        rows = await self._db.read(run)
         return {r["name"]: JoinedNode(generation=r["generation"], bundle_key=r["bundle_key"]) for r in rows}
 
     # --- broker credentials (dashboards) --------------------------------------
@@ -585,37 +599,72 @@ class HubStore:
 
     # --- nodes ---------------------------------------------------------------
 
-    async def list_nodes(self, *, with_status: bool = True) -> list[NodeRecord]:
-        """Every node by name; ``with_status=False`` leaves every ``status`` None and is cheaper."""
-        columns = "*" if with_status else ("name, pool, labels, registered_at, presence, presence_at, last_seen, "
-                                           "generation, standing, bundle_key")
+    async def list_nodes(self, *, with_status: bool = True, with_certificate: bool = True) -> list[NodeRecord]:
+        """Every node by name; ``with_status=False`` leaves every ``status`` None, ``with_certificate=False``
+        every ``certificate`` "", and each is cheaper.
+
+        A fleet is listed on every read of a component or the fleet: only the
+        reports that changed since the last listing are read and decoded, the
+        rest come from what this store decoded (or stored) before.
+        """
+        columns = _NODE_COLUMNS + (", certificate" if with_certificate else "")
+        if with_status:
+            columns += ", status_seq, length(status) AS status_length"
 
         # Decoded on the store's thread: a status may be a few hundred KiB of JSON.
         def run(c: Connection) -> list[NodeRecord]:
             rows = c.execute(f"SELECT {columns} FROM nodes ORDER BY name").fetchall()
-            return [self._node(r, with_status) for r in rows]
+            if not with_status:
+                return [NodeRecord.from_row(r) for r in rows]
+            changed = [r["name"] for r in rows
+                       if r["status_length"] and not self._decoded_holds(r["name"], r["status_seq"], r["status_length"])]
+            texts: dict[str, str] = {}
+            for start in range(0, len(changed), _NAMES_PER_QUERY):
+                chunk = changed[start:start + _NAMES_PER_QUERY]
+                texts.update(c.execute(f"SELECT name, status FROM nodes WHERE name IN ({', '.join('?' * len(chunk))})",
+                                       chunk).fetchall())
+            return [NodeRecord.from_row(r, status=self._status_of(r["name"], r["status_seq"], r["status_length"],
+                                                                  texts.get(r["name"])))
+                    for r in rows]
 
         return await self._db.read(run)
 
-    async def get_node(self, name: str) -> NodeRecord | None:
+    async def get_node(self, name: str, *, with_status: bool = True) -> NodeRecord | None:
         def run(c: Connection) -> NodeRecord | None:
             row = c.execute("SELECT * FROM nodes WHERE name = ?", (name,)).fetchone()
-            return self._node(row, True) if row else None
+            if row is None:
+                return None
+            status = self._status_of(name, row["status_seq"], len(row["status"] or ""), row["status"]) \
+                if with_status else None
+            return NodeRecord.from_row(row, status=status)
 
         return await self._db.read(run)
 
-    def _node(self, row: Row, with_status: bool) -> NodeRecord:
-        status = None
-        if with_status and row["status"]:
-            try:
-                status = NodeStatus.decode(row["status"])
-            except ProtocolError as exc:
-                # Stored by an older hub that took any size: show the node without it.
-                if row["name"] not in self._undecodable:
-                    self._undecodable.add(row["name"])
-                    logger.warning("Stored status of node %s does not decode (%s); showing the node without "
-                                   "status until it reports again", row["name"], exc)
-        return NodeRecord.from_row(row, status=status)
+    def _decoded_holds(self, node: str, seq: int, length: int) -> bool:
+        held = self._decoded.get(node)
+        return held is not None and held[0] == (seq, length)
+
+    def _status_of(self, node: str, seq: int, length: int | None, text: str | None) -> NodeStatus | None:
+        """The node's stored status (``text``, or as decoded before when ``text`` is None); None without one,
+        or (logged once) when it does not decode."""
+        if not length:
+            return None
+        held = self._decoded.get(node)
+        if held is not None and held[0] == (seq, length):
+            return held[1]
+        if text is None:
+            return None  # changed between the two reads of a listing: the next listing shows it
+        try:
+            status = NodeStatus.decode(text)
+        except ProtocolError as exc:
+            # Stored by an older hub that took any size: show the node without it.
+            if node not in self._undecodable:
+                self._undecodable.add(node)
+                logger.warning("Stored status of node %s does not decode (%s); showing the node without "
+                               "status until it reports again", node, exc)
+            return None
+        self._decoded[node] = ((seq, length), status)
+        return status
 
     async def set_presence(self, node: str, state: str, at: str) -> bool:
         """Record presence; returns False when the node is not registered (or reset, or revoked)."""
@@ -652,9 +701,12 @@ class HubStore:
                 return "stale"
             if seq > max(row["status_seq"], row["seq_before_join"], 0) + max_seq_jump:
                 return "too far ahead"
+            text = encoded.decode()
             c.execute("UPDATE nodes SET status = ?, status_seq = ?, last_seen = ? WHERE name = ?",
-                      (encoded.decode(), seq, received_at, status.node))
+                      (text, seq, received_at, status.node))
             self._undecodable.discard(status.node)
+            # What was just stored needs no decoding when the fleet is next listed.
+            self._decoded[status.node] = ((seq, len(text)), status)
             return "stored"
 
         return await self._write(run)
@@ -1034,11 +1086,23 @@ class HubStore:
 
     # --- assignments ---------------------------------------------------------
 
-    async def list_assignments(self, *, node: str | None = None) -> list[AssignmentRecord]:
+    async def list_assignments(self, *, node: str | None = None,
+                               nodes: Iterable[str] | None = None) -> list[AssignmentRecord]:
+        """Every assignment; or those of ``node``; or those of the ``nodes`` named (in one query)."""
+        names = sorted(set(nodes)) if nodes is not None else None
+
         def run(c: Connection) -> list[Row]:
-            if node is None:
-                return c.execute("SELECT * FROM assignments ORDER BY node, namespace, release").fetchall()
-            return c.execute("SELECT * FROM assignments WHERE node = ? ORDER BY namespace, release", (node,)).fetchall()
+            if node is not None:
+                return c.execute("SELECT * FROM assignments WHERE node = ? ORDER BY namespace, release",
+                                 (node,)).fetchall()
+            if names is not None:
+                rows: list[Row] = []
+                for start in range(0, len(names), _NAMES_PER_QUERY):
+                    chunk = names[start:start + _NAMES_PER_QUERY]
+                    rows += c.execute(f"SELECT * FROM assignments WHERE node IN ({', '.join('?' * len(chunk))}) "
+                                      "ORDER BY node, namespace, release", chunk).fetchall()
+                return rows
+            return c.execute("SELECT * FROM assignments ORDER BY node, namespace, release").fetchall()
 
         return [
             AssignmentRecord(
@@ -1063,6 +1127,13 @@ class HubStore:
             c.executemany("DELETE FROM assignments WHERE node = ? AND namespace = ? AND release = ?", deletes)
 
         await self._write(run)
+
+
+# A node's row without its status and certificate (each read only when needed).
+_NODE_COLUMNS = ("name, pool, labels, registered_at, presence, presence_at, last_seen, generation, standing, "
+                 "bundle_key")
+# Names bound in one IN (...) list: under SQLite's oldest limit on bound parameters (999).
+_NAMES_PER_QUERY = 500
 
 
 def chart_digest(archive: bytes) -> str:

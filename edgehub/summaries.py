@@ -318,7 +318,7 @@ class SummaryPublisher:
 
     async def publish_pass(self) -> bool:
         """Compute every summary and publish what changed; True if some wait for the next pass."""
-        nodes = await self._store.list_nodes()
+        nodes = await self._store.list_nodes(with_certificate=False)
         components = await self._store.list_components(with_spec=False)
         assignments = await self._store.list_assignments()
         summaries = build(nodes, components, assignments,

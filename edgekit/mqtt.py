@@ -13,6 +13,7 @@ import asyncio
 import ipaddress
 import logging
 import random
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -107,8 +108,16 @@ class SessionSettings:
     backoff_max: float = 30.0
     # Messages the handler has not taken yet; past this paho drops them (and
     # aiomqtt logs it). Retained assignments make a dropped one come back on
-    # the next connect.
+    # the next connect. Not used with ``manual_ack``.
     max_queued_incoming: int = 10_000
+    # Acknowledge a QoS 1 message only once the handler has returned (taken
+    # it): the broker then sends no more than its in-flight window of
+    # unacknowledged messages, so a handler that waits holds the broker back
+    # instead of a queue here overflowing, and nothing acknowledged is dropped.
+    manual_ack: bool = False
+    # QoS 1 publishes sent and not yet acknowledged, at most; paho's default
+    # of 20 caps a publisher that keeps a window open (the hub's dispatch).
+    max_inflight: int | None = None
     # Required for an mqtts:// URL: the CA and this client's certificate.
     tls: TlsIdentity | None = None
     extra: dict[str, object] = field(default_factory=dict)
@@ -183,7 +192,9 @@ class MqttSession:
             "keepalive": s.keepalive,
             "timeout": s.timeout,
             "clean_session": True,
-            "max_queued_incoming_messages": s.max_queued_incoming,
+            # 0: unbounded; with manual acknowledgement the broker's in-flight window bounds it.
+            "max_queued_incoming_messages": 0 if s.manual_ack else s.max_queued_incoming,
+            "max_inflight_messages": s.max_inflight,
             **s.extra,
         }
 
@@ -233,6 +244,7 @@ class MqttSession:
         tls_context = await self._tls_context()
         async with aiomqtt.Client(**self._client_args(tls_context)) as client:  # type: ignore[arg-type]
             self._client = client
+            self._tune(client)
             try:
                 for topic in self.settings.subscriptions:
                     granted = await client.subscribe(topic, qos=1, timeout=self.settings.timeout)
@@ -249,12 +261,28 @@ class MqttSession:
                     await self._on_connect(self)
                 async for message in client.messages:
                     await self._handle(message)
+                    if self.settings.manual_ack and message.qos > 0:
+                        # aiomqtt has no acknowledgement of its own yet (aiomqtt issue #345): paho's.
+                        client._client.ack(message.mid, message.qos)  # noqa: SLF001
             except aiomqtt.MqttError as exc:
                 raise SessionLost(str(exc)) from exc
             finally:
                 self.connected.clear()
                 self._client = None
         raise SessionLost("the message stream ended")
+
+    def _tune(self, client: aiomqtt.Client) -> None:
+        """Per-connection settings aiomqtt does not take as arguments (so reach paho's client)."""
+        paho = client._client  # noqa: SLF001
+        paho.manual_ack_set(self.settings.manual_ack)
+        sock = paho.socket()
+        if sock is not None:
+            # MQTT packets are small and answered one by one (PUBLISH, PUBACK): without this, Nagle
+            # plus the peer's delayed ACK stall a stream of them about 40 ms at a time.
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError as exc:  # not a TCP socket (a test's socket pair, say): nothing to tune
+                logger.debug("TCP_NODELAY not set on the connection to %s: %s", self.broker, exc)
 
     async def _handle(self, message: aiomqtt.Message) -> None:
         payload = message.payload if isinstance(message.payload, bytes) else str(message.payload or "").encode()

@@ -220,7 +220,7 @@ async def test_a_resync_re_publishes_nothing_the_node_holds_at_the_current_revis
 ):
     node = await joined(hub)
     await answer(await hub.post("/api/v1/components", json=example), 201)
-    with caplog.at_level(logging.INFO, logger="edgehub.ingest"):
+    with caplog.at_level(logging.DEBUG, logger="edgehub.ingest"):
         await publish(broker, (topics.resync(node), Resync(node=node, held={"demo/web": 1}).encode()),
                       (topics.status(node), status(node, 1, message="done").encode()))
         await eventually(lambda: _message_is(hub, node, "done"))
