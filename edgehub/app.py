@@ -87,7 +87,7 @@ async def renderer_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def store_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    async with HubStore(settings.db_path, events_kept_per_node=settings.events_kept_per_node) as store:
+    async with HubStore(settings.store_location, events_kept_per_node=settings.events_kept_per_node) as store:
         app[STORE] = store
 
         async def publish(topic: str, payload: bytes, retain: bool) -> bool:

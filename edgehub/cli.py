@@ -12,6 +12,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+from edgekit.sql import DriverMissing, StoreUnavailable, require_driver
+
 from .app import create_app
 from .auth import VIEWER_TOKEN_FILE, OperatorTokenError
 from .broker_config import BrokerConfigError, write_mosquitto_config
@@ -36,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--mqtt", help="broker URL mqtt://HOST:PORT the hub connects to")
     serve.add_argument("--mqtt-advertise", help="broker URL handed to agents at join (default: --mqtt)")
     serve.add_argument("--state", type=Path, help="state directory (SQLite store, hub key, operator token)")
+    serve.add_argument("--store", metavar="URL",
+                       help="where the store lives: postgresql://USER@HOST:PORT/DATABASE (the postgres extra) or "
+                            "sqlite:///ABSOLUTE/PATH (default: hub.db in the state directory); docs/store.md")
     serve.add_argument("--allowed-host", action="append", metavar="NAME",
                        help="a host name the API answers to besides loopback and the listen host "
                             "(the name nodes and operators reach it by); repeat for more")
@@ -92,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         "allowed_hosts": tuple(args.allowed_host) if args.allowed_host else None,
         "ha_discovery_prefix": args.ha_discovery,
         "tls": args.tls,
+        "store_url": args.store,
     }
     try:
         if args.config:
@@ -101,13 +107,14 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         else:
             settings = HubSettings(**{k: v for k, v in overrides.items() if v is not None})
-    except (ValueError, TypeError, OSError) as exc:
+        require_driver(settings.store_location)
+    except (ValueError, TypeError, OSError, DriverMissing) as exc:
         print(f"edgehub: {exc}", file=sys.stderr)
         return 2
     try:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(serve(settings))
-    except OperatorTokenError as exc:
+    except (OperatorTokenError, StoreUnavailable) as exc:
         print(f"edgehub: {exc}", file=sys.stderr)
         return 2
     return 0

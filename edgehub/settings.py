@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from edgekit.mqtt import BrokerAddress
+from edgekit.sql import StoreLocation, parse_location
 
 # The most a join token may be given, by a request or as a default: a
 # credential that lives longer than a month, or lets more nodes join than a
@@ -118,6 +119,10 @@ class HubSettings:
     # The broker URL handed to agents at join; they may reach the broker by
     # another address than the hub does. Empty means the same as mqtt_url.
     mqtt_advertise_url: str = ""
+    # Where the store lives (docs/store.md): empty for the SQLite file in state_dir (hub.db), which needs no
+    # server; sqlite:///ABSOLUTE/PATH for another file; postgresql://USER@HOST:PORT/DATABASE for a PostgreSQL
+    # server (the postgres extra). The keys and certificates stay in state_dir either way.
+    store_url: str = ""
     tokens: TokenDefaults = field(default_factory=TokenDefaults)
     # How many node events the hub keeps per node (oldest dropped first).
     events_kept_per_node: int = 500
@@ -197,6 +202,8 @@ class HubSettings:
             if advertised.tls != broker.tls:
                 raise ValueError(f"mqtt_advertise_url {self.mqtt_advertise_url!r} and mqtt_url {self.mqtt_url!r} "
                                  "must both be mqtts:// (or both mqtt://): nodes use the broker the hub uses")
+        if self.store_url:
+            parse_location(self.store_url)  # DatabaseUrlError (a ValueError) names the URL
         if not 0 <= self.listen_port < 65536:  # 0: any free port (the hub prints the one it bound)
             raise ValueError(f"listen port {self.listen_port} is out of range")
         if isinstance(self.allowed_hosts, str):
@@ -251,7 +258,13 @@ class HubSettings:
 
     @property
     def db_path(self) -> Path:
+        """The default store: a SQLite file in the state directory."""
         return self.state_dir / "hub.db"
+
+    @property
+    def store_location(self) -> StoreLocation:
+        """Where the store lives: ``store_url``, or the SQLite file ``db_path`` when it is empty."""
+        return parse_location(self.store_url) if self.store_url else StoreLocation("sqlite", path=self.db_path)
 
     @property
     def ca_certificate_path(self) -> Path:

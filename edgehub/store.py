@@ -1,4 +1,4 @@
-"""The hub's store: the source of truth for desired state (SQLite by default).
+"""The hub's store: the source of truth for desired state (a SQLite file by default, or PostgreSQL).
 
 Tables: join tokens, nodes (identity, labels, presence, last status),
 components (the current spec, revision counter and history limit), revisions
@@ -36,6 +36,11 @@ accepted join of a name raises its join generation, which the dispatcher
 seals into the node's assignments. Only a node in standing ``joined`` is
 published to and heard from: what a reset or revoked node sends is taken as
 if it came from no registered node.
+
+The SQL is written once for both databases (``edgekit.sql`` says what that
+allows); ``HubStore`` takes a SQLite path or a ``postgresql://`` URL, and
+everything that differs between the two lives in ``edgekit.sqlite`` and
+``edgekit.postgres`` (docs/store.md).
 """
 
 from __future__ import annotations
@@ -43,7 +48,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -52,7 +56,7 @@ from typing import Any, Literal, TypeVar
 
 from deployer_plugin.spec import DEFAULT_HISTORY_LIMIT
 from edgekit.group_commit import GroupCommit
-from edgekit.sqlite import Database
+from edgekit.sql import Connection, Row, StoreLocation, open_database
 from edgeprotocol.errors import ProtocolError
 from edgeprotocol.messages import MAX_MESSAGE_BYTES, AssignmentKind, Bundle, Event, NodeStatus
 
@@ -182,7 +186,7 @@ ADDED_COLUMNS = (
     # history_limit: the component's spec.historyLimit (revisions kept, the current one included).
     ("components", "history_limit", "INTEGER NOT NULL DEFAULT 10"),
 )
-# Sequence numbers are SQLite integers (signed 64 bits), counted from 1.
+# Sequence numbers are 64-bit signed integers (SQLite's INTEGER, PostgreSQL's BIGINT), counted from 1.
 MAX_SEQ = 2**63 - 1
 
 SaveOutcome = Literal["stored", "stale", "duplicate", "unknown node", "too far ahead", "out of range"]
@@ -220,7 +224,7 @@ class NodeRecord:
     certificate: str = field(default="", repr=False)
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row, *, status: NodeStatus | None = None) -> NodeRecord:
+    def from_row(cls, row: Row, *, status: NodeStatus | None = None) -> NodeRecord:
         return cls(
             name=row["name"],
             pool=row["pool"],
@@ -302,7 +306,7 @@ class ComponentRecord:
         return json.loads(self.spec_json)
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> ComponentRecord:
+    def from_row(cls, row: Row) -> ComponentRecord:
         return cls(
             namespace=row["namespace"],
             name=row["name"],
@@ -342,7 +346,7 @@ class RevisionRecord:
         return json.loads(self.spec_json)
 
     @classmethod
-    def from_row(cls, namespace: str, name: str, row: sqlite3.Row) -> RevisionRecord:
+    def from_row(cls, namespace: str, name: str, row: Row) -> RevisionRecord:
         return cls(namespace=namespace, name=name, revision=row["revision"], chart_digest=row["chart_digest"],
                    chart_name=row["chart_name"], chart_version=row["chart_version"],
                    fingerprint=row["fingerprint"], created_at=row["created_at"], origin=row["origin"],
@@ -371,7 +375,7 @@ class RolloutRow:
     body: str
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> RolloutRow:
+    def from_row(cls, row: Row) -> RolloutRow:
         return cls(namespace=row["namespace"], name=row["name"], revision=row["revision"],
                    previous=row["previous"], state=row["state"], body=row["body"])
 
@@ -387,10 +391,11 @@ class AssignmentRecord:
 
 
 class HubStore:
-    """Async access to the hub's SQLite file."""
+    """Async access to the hub's database: ``location`` is a SQLite file's path, or a URL
+    (``sqlite:///PATH``, ``postgresql://USER@HOST:PORT/DB``; ``edgekit.sql.parse_location``)."""
 
-    def __init__(self, path: Path, *, events_kept_per_node: int = 500) -> None:
-        self._db = Database(path, SCHEMA, added_columns=ADDED_COLUMNS)
+    def __init__(self, location: Path | str | StoreLocation, *, events_kept_per_node: int = 500) -> None:
+        self._db = open_database(location, SCHEMA, added_columns=ADDED_COLUMNS, incremental_vacuum=True)
         self._events_kept = events_kept_per_node
         # Nodes whose stored status failed to decode, so each is logged once.
         self._undecodable: set[str] = set()
@@ -398,14 +403,14 @@ class HubStore:
         # length: listing a fleet decodes only the reports that changed since the last listing.
         self._decoded: dict[str, tuple[tuple[int, int], NodeStatus]] = {}
         self._change_listeners: list[Callable[[], None]] = []
-        self._writes: GroupCommit[sqlite3.Connection] = GroupCommit(self._db.transaction)
+        self._writes: GroupCommit[Connection] = GroupCommit(self._db.transaction)
 
     def on_change(self, listener: Callable[[], None]) -> None:
         """Call ``listener()`` (on the loop, must not block) after every committed write: summaries and
         live views follow the store, which is the truth, rather than each place that changes it."""
         self._change_listeners.append(listener)
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def _write(self, fn: Callable[[Connection], T]) -> T:
         # Writes asked for while another commits share one transaction (each in a savepoint).
         result = await self._writes.write(fn)
         for listener in self._change_listeners:
@@ -415,7 +420,7 @@ class HubStore:
     async def __aenter__(self) -> HubStore:
         await self._db.__aenter__()
         try:
-            await self._db.read(_prepare_file)
+            await self._db.transaction(_forget_oversized_statuses)
             await self._db.transaction(_start_history)
         except BaseException:
             await self._db.__aexit__(None, None, None)
@@ -458,7 +463,7 @@ class HubStore:
         its generation by one (1 for a new name) and replaces its ``bundle_key``.
         """
 
-        def run(c: sqlite3.Connection) -> Registration:
+        def run(c: Connection) -> Registration:
             row = c.execute("SELECT * FROM tokens WHERE token_id = ?", (token.token_id,)).fetchone()
             if row is None or not secret_matches(token.secret, row["secret_hash"]):
                 raise JoinRefused("token is unknown")
@@ -482,7 +487,8 @@ class HubStore:
                    ON CONFLICT(name) DO UPDATE SET pool = excluded.pool, labels = excluded.labels,
                        certificate = excluded.certificate, registered_at = excluded.registered_at,
                        generation = excluded.generation, bundle_key = excluded.bundle_key, standing = 'joined',
-                       seq_before_join = MAX(nodes.seq_before_join, nodes.status_seq), status_seq = -1""",
+                       seq_before_join = CASE WHEN nodes.status_seq > nodes.seq_before_join
+                           THEN nodes.status_seq ELSE nodes.seq_before_join END, status_seq = -1""",
                 (node, pool, json.dumps(labels, sort_keys=True), certificate, time.time(), generation, bundle_key),
             )
             return Registration(pool=pool, certificate=certificate, generation=generation, rejoined=held is not None)
@@ -498,7 +504,7 @@ class HubStore:
         when there is no such node.
         """
 
-        def run(c: sqlite3.Connection) -> NodeRecord | None:
+        def run(c: Connection) -> NodeRecord | None:
             cur = c.execute("UPDATE nodes SET standing = 'reset', certificate = '' WHERE name = ?", (name,))
             if cur.rowcount == 0:
                 return None
@@ -510,7 +516,7 @@ class HubStore:
         """Refuse a node from now on: its messages are ignored, nothing is published to it and its
         name cannot join again until ``reset_node``. Its assignments are kept. None when there is no such node."""
 
-        def run(c: sqlite3.Connection) -> NodeRecord | None:
+        def run(c: Connection) -> NodeRecord | None:
             cur = c.execute("UPDATE nodes SET standing = 'revoked', certificate = '' WHERE name = ?", (name,))
             if cur.rowcount == 0:
                 return None
@@ -524,7 +530,7 @@ class HubStore:
         wanted = sorted(set(names)) if names is not None else None
         query = f"SELECT name, generation, bundle_key FROM nodes WHERE {_JOINED}"
 
-        def run(c: sqlite3.Connection) -> list[sqlite3.Row]:
+        def run(c: Connection) -> list[Row]:
             if wanted is None or len(wanted) > _NAMES_PER_QUERY:
                 return c.execute(query).fetchall()
             return c.execute(f"{query} AND name IN ({', '.join('?' * len(wanted))})", wanted).fetchall()
@@ -537,7 +543,7 @@ class HubStore:
     async def add_credential(self, name: str, role: str, certificate: Callable[[], str]) -> CredentialRecord:
         """Record a new credential, issuing its certificate with ``certificate()`` only if the name is free."""
 
-        def run(c: sqlite3.Connection) -> CredentialRecord:
+        def run(c: Connection) -> CredentialRecord:
             if c.execute("SELECT 1 FROM credentials WHERE name = ?", (name,)).fetchone() is not None:
                 raise AlreadyExists(f"credential {name!r} exists; revoke it first or choose another --name")
             record = CredentialRecord(name=name, role=role, certificate=certificate(), created_at=time.time())
@@ -553,7 +559,7 @@ class HubStore:
                                  created_at=r["created_at"]) for r in rows]
 
     async def delete_credential(self, name: str) -> bool:
-        def run(c: sqlite3.Connection) -> bool:
+        def run(c: Connection) -> bool:
             return c.execute("DELETE FROM credentials WHERE name = ?", (name,)).rowcount > 0
 
         return await self._write(run)
@@ -571,7 +577,7 @@ class HubStore:
         generation, standing and assignments do not change.
         """
 
-        def run(c: sqlite3.Connection) -> str:
+        def run(c: Connection) -> str:
             row = c.execute("SELECT standing, certificate FROM nodes WHERE name = ?", (node,)).fetchone()
             if row is None:
                 raise RenewalRefused(f"node {node!r} is not registered; it must join with a token")
@@ -606,7 +612,7 @@ class HubStore:
             columns += ", status_seq, length(status) AS status_length"
 
         # Decoded on the store's thread: a status may be a few hundred KiB of JSON.
-        def run(c: sqlite3.Connection) -> list[NodeRecord]:
+        def run(c: Connection) -> list[NodeRecord]:
             rows = c.execute(f"SELECT {columns} FROM nodes ORDER BY name").fetchall()
             if not with_status:
                 return [NodeRecord.from_row(r) for r in rows]
@@ -624,7 +630,7 @@ class HubStore:
         return await self._db.read(run)
 
     async def get_node(self, name: str, *, with_status: bool = True) -> NodeRecord | None:
-        def run(c: sqlite3.Connection) -> NodeRecord | None:
+        def run(c: Connection) -> NodeRecord | None:
             row = c.execute("SELECT * FROM nodes WHERE name = ?", (name,)).fetchone()
             if row is None:
                 return None
@@ -663,7 +669,7 @@ class HubStore:
     async def set_presence(self, node: str, state: str, at: str) -> bool:
         """Record presence; returns False when the node is not registered (or reset, or revoked)."""
 
-        def run(c: sqlite3.Connection) -> bool:
+        def run(c: Connection) -> bool:
             seen = ", last_seen = ?" if state == "online" else ""
             args = (state, at, at, node) if seen else (state, at, node)
             cur = c.execute(f"UPDATE nodes SET presence = ?, presence_at = ?{seen} WHERE name = ? AND {_JOINED}", args)
@@ -684,7 +690,7 @@ class HubStore:
         """
         seq = status.seq
 
-        def run(c: sqlite3.Connection) -> SaveOutcome:
+        def run(c: Connection) -> SaveOutcome:
             row = c.execute(f"SELECT status_seq, seq_before_join FROM nodes WHERE name = ? AND {_JOINED}",
                             (status.node,)).fetchone()
             if row is None:
@@ -717,7 +723,7 @@ class HubStore:
         """
         body = encoded.decode()
 
-        def run(c: sqlite3.Connection) -> SaveOutcome:
+        def run(c: Connection) -> SaveOutcome:
             if c.execute(f"SELECT 1 FROM nodes WHERE name = ? AND {_JOINED}", (event.node,)).fetchone() is None:
                 return "unknown node"
             if event.seq < 0 or event.seq > MAX_SEQ:
@@ -730,7 +736,7 @@ class HubStore:
                 if held["body"] == body:
                     return "duplicate"
                 c.execute("DELETE FROM events WHERE node = ? AND seq = ?", (event.node, event.seq))
-            c.execute("INSERT INTO events VALUES (?, ?, ?)", (event.node, event.seq, body))
+            c.execute("INSERT INTO events (node, seq, body) VALUES (?, ?, ?)", (event.node, event.seq, body))
             # rowid grows with every insert: the newest N by arrival stay.
             c.execute(
                 "DELETE FROM events WHERE node = ? AND rowid <= "
@@ -744,10 +750,10 @@ class HubStore:
     async def list_events(self, node: str, *, limit: int = 100) -> list[Event]:
         """The node's latest ``limit`` events, in the order they arrived."""
 
-        def run(c: sqlite3.Connection) -> list[Event]:
+        def run(c: Connection) -> list[Event]:
             rows = c.execute(
                 "SELECT body FROM (SELECT rowid, body FROM events WHERE node = ? ORDER BY rowid DESC LIMIT ?) "
-                "ORDER BY rowid",
+                "AS newest ORDER BY rowid",
                 (node, limit),
             ).fetchall()
             events = []
@@ -769,12 +775,12 @@ class HubStore:
         cursor misses none, however many arrive between two asks.
         """
 
-        def run(c: sqlite3.Connection) -> list[LoggedEvent]:
+        def run(c: Connection) -> list[LoggedEvent]:
             where, params = ("WHERE node = ?", [node]) if node is not None else ("", [])
             if after is None:
                 rows = c.execute(
                     f"SELECT rowid, node, body FROM (SELECT rowid, node, body FROM events {where} "
-                    "ORDER BY rowid DESC LIMIT ?) ORDER BY rowid",
+                    "ORDER BY rowid DESC LIMIT ?) AS newest ORDER BY rowid",
                     (*params, limit),
                 ).fetchall()
             else:
@@ -814,7 +820,7 @@ class HubStore:
     async def get_chart_archive(self, namespace: str, name: str) -> bytes | None:
         """The chart archive of the component's current revision; None when there is none (or it was dropped)."""
 
-        def run(c: sqlite3.Connection) -> bytes | None:
+        def run(c: Connection) -> bytes | None:
             row = c.execute(
                 """SELECT comp.chart_archive AS inline, ch.archive AS stored FROM components AS comp
                    LEFT JOIN revisions AS v ON v.namespace = comp.namespace AND v.name = comp.name
@@ -868,7 +874,7 @@ class HubStore:
         digest = chart_digest(chart_archive)
         spec_json = json.dumps(spec, sort_keys=True)
 
-        def run(c: sqlite3.Connection) -> None:
+        def run(c: Connection) -> None:
             row = c.execute(
                 "SELECT revision FROM components WHERE namespace = ? AND name = ?", (namespace, name)
             ).fetchone()
@@ -881,15 +887,16 @@ class HubStore:
             c.execute(
                 """INSERT INTO components (namespace, name, spec, chart_archive, chart_name, chart_version,
                        fingerprint, revision, deleted, updated_at, history_limit)
-                   VALUES (?, ?, ?, x'', ?, ?, ?, ?, 0, ?, ?)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)
                    ON CONFLICT(namespace, name) DO UPDATE SET spec = excluded.spec,
                        chart_archive = excluded.chart_archive, chart_name = excluded.chart_name,
                        chart_version = excluded.chart_version, fingerprint = excluded.fingerprint,
                        revision = excluded.revision, deleted = 0, updated_at = excluded.updated_at,
                        history_limit = excluded.history_limit""",
-                (namespace, name, spec_json, chart_name, chart_version, fingerprint, revision, now, history_limit),
+                (namespace, name, spec_json, b"", chart_name, chart_version, fingerprint, revision, now,
+                 history_limit),
             )
-            c.execute("INSERT OR IGNORE INTO charts VALUES (?, ?)", (digest, chart_archive))
+            c.execute("INSERT INTO charts VALUES (?, ?) ON CONFLICT (digest) DO NOTHING", (digest, chart_archive))
             _replace_current(c, namespace, name, replaced=replaced, rolled_back_to=rolled_back_to)
             c.execute("INSERT INTO revisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'current')",
                       (namespace, name, revision, spec_json, digest, chart_name, chart_version, fingerprint, now,
@@ -918,7 +925,7 @@ class HubStore:
         """Store a rollout's new state; with ``expect``, only if the stored row is still that one (an apply
         may have replaced it meanwhile). Returns whether it was stored."""
 
-        def run(c: sqlite3.Connection) -> bool:
+        def run(c: Connection) -> bool:
             if expect is not None:
                 found = c.execute("SELECT revision, body FROM rollouts WHERE namespace = ? AND name = ?",
                                   (row.namespace, row.name)).fetchone()
@@ -935,7 +942,7 @@ class HubStore:
         spec (and its history row) is replaced by ``spec``, and revisions beyond the limit are pruned."""
         spec_json = json.dumps(spec, sort_keys=True)
 
-        def run(c: sqlite3.Connection) -> None:
+        def run(c: Connection) -> None:
             row = c.execute("SELECT revision, deleted FROM components WHERE namespace = ? AND name = ?",
                             (namespace, name)).fetchone()
             if row is None or row["deleted"] or row["revision"] != revision:
@@ -952,7 +959,7 @@ class HubStore:
         """Mark a component deleted at a new revision (kept in its history, origin "delete"); None when
         there is none. The revision it replaces becomes ``replaced``."""
 
-        def run(c: sqlite3.Connection) -> int | None:
+        def run(c: Connection) -> int | None:
             row = c.execute(
                 "SELECT revision, deleted, chart_name, chart_version, history_limit FROM components "
                 "WHERE namespace = ? AND name = ?", (namespace, name)
@@ -1001,7 +1008,7 @@ class HubStore:
         of a file made before it existed) once no assignment names them, and the charts no revision uses.
         Cheap when there is nothing to drop. Returns the renders dropped."""
 
-        def run(c: sqlite3.Connection) -> int:
+        def run(c: Connection) -> int:
             dropped = c.execute(
                 """DELETE FROM renders WHERE NOT EXISTS (SELECT 1 FROM revisions AS v
                        WHERE v.namespace = renders.namespace AND v.name = renders.name
@@ -1026,7 +1033,7 @@ class HubStore:
         held (incremental vacuum).
         """
 
-        def run(c: sqlite3.Connection) -> int:
+        def run(c: Connection) -> int:
             gone = c.execute(
                 """SELECT namespace, name FROM components AS comp WHERE deleted = 1
                    AND (length(chart_archive) > 0 OR spec != '{}' OR EXISTS (SELECT 1 FROM renders AS r
@@ -1040,8 +1047,8 @@ class HubStore:
             for row in gone:
                 ident = (row["namespace"], row["name"])
                 dropped += c.execute("DELETE FROM renders WHERE namespace = ? AND name = ?", ident).rowcount
-                c.execute("UPDATE components SET chart_archive = x'', spec = '{}' WHERE namespace = ? AND name = ?",
-                          ident)
+                c.execute("UPDATE components SET chart_archive = ?, spec = '{}' WHERE namespace = ? AND name = ?",
+                          (b"", *ident))
                 c.execute("UPDATE revisions SET spec = '', chart_digest = '' WHERE namespace = ? AND name = ?", ident)
             if gone:
                 _drop_unused_charts(c)
@@ -1052,9 +1059,7 @@ class HubStore:
     async def _pruned(self, dropped: int, what: str) -> int:
         """Give back the space ``dropped`` renders held and say so."""
         if dropped:
-            # Proportional to the pages freed, unlike a VACUUM, which rewrites
-            # the whole file while every store call waits.
-            await self._db.read(lambda c: c.executescript("PRAGMA incremental_vacuum;"))
+            await self._db.reclaim_space()
             logger.info("Pruned %d render(s) %s from the store", dropped, what)
         return dropped
 
@@ -1086,12 +1091,12 @@ class HubStore:
         """Every assignment; or those of ``node``; or those of the ``nodes`` named (in one query)."""
         names = sorted(set(nodes)) if nodes is not None else None
 
-        def run(c: sqlite3.Connection) -> list[sqlite3.Row]:
+        def run(c: Connection) -> list[Row]:
             if node is not None:
                 return c.execute("SELECT * FROM assignments WHERE node = ? ORDER BY namespace, release",
                                  (node,)).fetchall()
             if names is not None:
-                rows: list[sqlite3.Row] = []
+                rows: list[Row] = []
                 for start in range(0, len(names), _NAMES_PER_QUERY):
                     chunk = names[start:start + _NAMES_PER_QUERY]
                     rows += c.execute(f"SELECT * FROM assignments WHERE node IN ({', '.join('?' * len(chunk))}) "
@@ -1112,7 +1117,7 @@ class HubStore:
     ) -> None:
         upserts, deletes = list(upserts), list(deletes)
 
-        def run(c: sqlite3.Connection) -> None:
+        def run(c: Connection) -> None:
             c.executemany(
                 """INSERT INTO assignments VALUES (?, ?, ?, ?, ?, ?)
                    ON CONFLICT(node, namespace, release) DO UPDATE SET revision = excluded.revision,
@@ -1136,7 +1141,7 @@ def chart_digest(archive: bytes) -> str:
     return "sha256:" + hashlib.sha256(archive).hexdigest()
 
 
-def _replace_current(c: sqlite3.Connection, namespace: str, name: str, *, replaced: Replaced,
+def _replace_current(c: Connection, namespace: str, name: str, *, replaced: Replaced,
                      rolled_back_to: int | None) -> None:
     """The component's current revision is being replaced: it becomes ``replaced``, or, for a rollback to
     ``rolled_back_to``, it and every revision after that one become ``rolled back`` (deletions stay)."""
@@ -1148,7 +1153,7 @@ def _replace_current(c: sqlite3.Connection, namespace: str, name: str, *, replac
                   (replaced, namespace, name))
 
 
-def _put_rollout(c: sqlite3.Connection, namespace: str, name: str, row: RolloutRow | None) -> None:
+def _put_rollout(c: Connection, namespace: str, name: str, row: RolloutRow | None) -> None:
     if row is None:
         c.execute("DELETE FROM rollouts WHERE namespace = ? AND name = ?", (namespace, name))
         return
@@ -1158,16 +1163,18 @@ def _put_rollout(c: sqlite3.Connection, namespace: str, name: str, row: RolloutR
               (namespace, name, row.revision, row.previous, row.state, row.body))
 
 
-def _prune_revisions(c: sqlite3.Connection, namespace: str, name: str, *, keep: int, current: int) -> None:
+def _prune_revisions(c: Connection, namespace: str, name: str, *, keep: int, current: int) -> None:
     """Keep the newest ``keep`` revisions (the current one always, and the previous good revision of the
     component's staged rollout, which it may roll back to); drop the others with their renders, but a
     render an assignment still names (dropped by ``prune_history`` once none does)."""
     held = c.execute("SELECT previous FROM rollouts WHERE namespace = ? AND name = ?", (namespace, name)).fetchone()
     protected = held["previous"] if held else -1
+    # Sliced here rather than with SQLite's LIMIT -1 OFFSET (PostgreSQL has no LIMIT -1): a component keeps
+    # few revisions, so this reads a handful of numbers.
     old = [r["revision"] for r in c.execute(
         "SELECT revision FROM revisions WHERE namespace = ? AND name = ? AND revision != ? AND revision != ? "
-        "ORDER BY revision DESC LIMIT -1 OFFSET ?",
-        (namespace, name, current, protected, max(keep - 1, 0))).fetchall()]
+        "ORDER BY revision DESC",
+        (namespace, name, current, protected)).fetchall()][max(keep - 1, 0):]
     if not old:
         return
     c.executemany("DELETE FROM revisions WHERE namespace = ? AND name = ? AND revision = ?",
@@ -1183,11 +1190,11 @@ def _prune_revisions(c: sqlite3.Connection, namespace: str, name: str, *, keep: 
                 namespace, name, keep)
 
 
-def _drop_unused_charts(c: sqlite3.Connection) -> None:
+def _drop_unused_charts(c: Connection) -> None:
     c.execute("DELETE FROM charts WHERE NOT EXISTS (SELECT 1 FROM revisions AS v WHERE v.chart_digest = charts.digest)")
 
 
-def _start_history(c: sqlite3.Connection) -> None:
+def _start_history(c: Connection) -> None:
     """Once per open: a component with no history (stored by a hub before history existed) gets its current
     revision as its first history row, its chart archive kept apart by digest."""
     rows = c.execute(
@@ -1201,30 +1208,18 @@ def _start_history(c: sqlite3.Connection) -> None:
             continue
         archive = bytes(row["chart_archive"])
         digest = chart_digest(archive)
-        c.execute("INSERT OR IGNORE INTO charts VALUES (?, ?)", (digest, archive))
+        c.execute("INSERT INTO charts VALUES (?, ?) ON CONFLICT (digest) DO NOTHING", (digest, archive))
         c.execute("INSERT INTO revisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'stored before history', 'current')",
                   (*ident, row["revision"], row["spec"], digest, row["chart_name"], row["chart_version"],
                    row["fingerprint"], row["updated_at"]))
-        c.execute("UPDATE components SET chart_archive = x'' WHERE namespace = ? AND name = ?", ident)
+        c.execute("UPDATE components SET chart_archive = ? WHERE namespace = ? AND name = ?", (b"", *ident))
     if rows:
         logger.info("History started for %d component(s) stored before it existed", len(rows))
 
 
-def _prepare_file(c: sqlite3.Connection) -> None:
-    """Once per open: make the file give freed space back, and drop stored statuses that can never decode.
-
-    The hub deletes a lot at once (a deleted component's renders may be tens
-    of MiB); with ``auto_vacuum=INCREMENTAL`` ``prune_deleted`` returns those
-    pages to the file system. SQLite can switch an existing file only with a
-    VACUUM, so a file made by an older hub is rewritten once, here. The WAL is
-    truncated back to 64 MiB after a checkpoint, however large a deletion was.
-    """
-    c.execute("PRAGMA journal_size_limit = 67108864")
-    if c.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
-        started = time.monotonic()
-        c.execute("PRAGMA auto_vacuum = INCREMENTAL")
-        c.execute("VACUUM")
-        logger.info("Store switched to incremental vacuum (a one-time VACUUM, %.1f s)", time.monotonic() - started)
+def _forget_oversized_statuses(c: Connection) -> None:
+    """Once per open: drop stored statuses that can never decode. (A SQLite file is also switched to
+    incremental vacuum on open, so ``prune_deleted`` gives its space back: ``edgekit.sqlite``.)"""
     # An older hub stored statuses of any size re-encoded, some past what a
     # message may be; their sequence numbers (2**63 - 1, say) would shut out
     # the node's real reports. Forget them: the node's next report is taken.

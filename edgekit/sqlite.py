@@ -11,6 +11,9 @@ and bundles, the node's manifests with their Secrets). Opening one for writing
 makes its directory 0700 (created so, or narrowed) and the database 0600
 (created so, or narrowed); SQLite gives the ``-wal`` and ``-shm`` files the
 database's own mode, and older ones are narrowed too.
+
+This is the embedded backend of ``edgekit.sql``'s interface (``SqlDatabase``);
+``edgekit.postgres`` is the other.
 """
 
 from __future__ import annotations
@@ -20,10 +23,11 @@ import logging
 import os
 import sqlite3
 import stat
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_random
 
@@ -70,9 +74,13 @@ def _make_private(path: Path) -> None:
 class Database:
     """An open SQLite file. Use as an async context manager."""
 
+    dialect: Literal["sqlite"] = "sqlite"
+
     def __init__(self, path: Path, schema: str, *, readonly: bool = False,
-                 added_columns: tuple[tuple[str, str, str], ...] = ()) -> None:
+                 added_columns: tuple[tuple[str, str, str], ...] = (), incremental_vacuum: bool = False) -> None:
         self._path = path
+        # The file gives pages freed by deletions back (``reclaim_space``); see ``_use_incremental_vacuum``.
+        self._incremental_vacuum = incremental_vacuum
         self._schema = schema
         # (table, column, declaration) that later versions added: a file made
         # by an older version gets them on open (CREATE TABLE IF NOT EXISTS
@@ -128,6 +136,8 @@ class Database:
             present = {row["name"] for row in conn.execute(f"PRAGMA table_info({table})")}
             if column not in present:
                 conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+        if self._incremental_vacuum:
+            _use_incremental_vacuum(conn)
         self._conn = conn
 
     async def _run(self, fn: Callable[[], T]) -> T:
@@ -159,3 +169,28 @@ class Database:
             return fn(self._conn)
 
         return await self._run(run)
+
+    async def reclaim_space(self) -> None:
+        """Return the pages freed by deletions to the file system (with ``incremental_vacuum``; else a no-op).
+
+        Proportional to the pages freed, unlike a VACUUM, which rewrites the
+        whole file while every call waits."""
+        await self.read(lambda c: c.executescript("PRAGMA incremental_vacuum;"))
+
+
+def _use_incremental_vacuum(conn: sqlite3.Connection) -> None:
+    """Make the file give freed space back, and keep its WAL from staying large.
+
+    A store may delete a lot at once (the hub drops a deleted component's
+    renders, tens of MiB); with ``auto_vacuum=INCREMENTAL`` ``reclaim_space``
+    returns those pages to the file system. SQLite can switch an existing
+    file only with a VACUUM, so a file made by an older version is rewritten
+    once, here. The WAL is truncated back to 64 MiB after a checkpoint,
+    however large a deletion was.
+    """
+    conn.execute("PRAGMA journal_size_limit = 67108864")
+    if conn.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+        started = time.monotonic()
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        conn.execute("VACUUM")
+        logger.info("Store switched to incremental vacuum (a one-time VACUUM, %.1f s)", time.monotonic() - started)

@@ -243,7 +243,7 @@ class Hub(ManagedProcess):
     wrote to its state directory, as a user given EDGECOLLAB_TOKEN_FILE does."""
 
     def __init__(self, workdir: Path, mqtt_url: str, port: int | None = None, *, tls: str | None = None,
-                 config: Path | None = None) -> None:
+                 config: Path | None = None, store: str | None = None) -> None:
         super().__init__("edgehub", workdir / "hub.log")
         self.workdir = workdir
         self.port = port or 0
@@ -251,6 +251,8 @@ class Hub(ManagedProcess):
         # ``edgehub serve --tls`` (None: the hub's default, plain HTTP on loopback) and ``--config``.
         self.tls = tls
         self.config = config
+        # ``edgehub serve --store URL`` (None: the SQLite file in the state directory).
+        self.store = store
         self.scheme = "http"
 
     @property
@@ -283,6 +285,8 @@ class Hub(ManagedProcess):
             argv += ["--tls", self.tls]
         if self.config is not None:
             argv += ["--config", str(self.config)]
+        if self.store is not None:
+            argv += ["--store", self.store]
         self._spawn(argv)
         wait_until(lambda: self._bound(starts_before), timeout=30, what="the hub to say where it listens")
         wait_until(self._healthy, timeout=30, what="the hub's /healthz")

@@ -76,3 +76,30 @@ def fleet(request: pytest.FixtureRequest, tmp_path: Path, demo_image_tar: Path, 
             for proc in [f.broker, f.hub, *f.nodes.values()]:
                 if proc is not None:
                     print(f"\n----- {proc.name} log (tail) -----\n{proc.log_tail(60)}")
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server for the session (Debian's postgresql package), on a free loopback port.
+
+    Skipped, with that reason, where the package is not installed; a server that is installed but does
+    not start fails the tests that need it, with its log.
+    """
+    from edgesim.postgres import PostgresNotInstalled, PostgresServer
+
+    try:
+        server = PostgresServer()
+    except PostgresNotInstalled as exc:
+        pytest.skip(str(exc))
+    pytest.importorskip("psycopg", reason="psycopg not installed (the postgres extra; make test installs it)")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> Iterator[str]:
+    """The URL of a new, empty database of this test alone on the session's PostgreSQL server."""
+    url = postgres_server.create_database()
+    yield url
+    postgres_server.drop_database(url)

@@ -1,11 +1,14 @@
-"""The hub's store: tokens are hashed at rest and single-purpose; state survives a restart."""
+"""The hub's store: tokens are hashed at rest and single-purpose; state survives a restart.
+
+On both backends: a SQLite file, and a real PostgreSQL server (skipped where it is not installed).
+"""
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
+from raw_store import dump
 
 from edgehub.store import HubStore, JoinRefused
 from edgehub.tokens import new_token, parse_token
@@ -15,17 +18,17 @@ def sign(node: str) -> str:
     return f"cert-for-{node}"
 
 
-async def test_a_token_secret_is_not_stored_in_the_clear(tmp_path: Path):
+async def test_a_token_secret_is_not_stored_in_the_clear(store_location: Path | str):
     token = new_token()
-    async with HubStore(tmp_path / "hub.db") as store:
+    async with HubStore(store_location) as store:
         await store.create_token(token, pool="shanghai", ttl_seconds=60, uses=1)
-    dump = "\n".join(sqlite3.connect(tmp_path / "hub.db").iterdump())
-    assert token.token_id in dump and token.secret not in dump
+    stored = dump(store_location)
+    assert token.token_id in stored and token.secret not in stored
 
 
-async def test_a_token_joins_into_its_pool_only_as_often_as_allowed(tmp_path: Path):
+async def test_a_token_joins_into_its_pool_only_as_often_as_allowed(store_location: Path | str):
     token = new_token()
-    async with HubStore(tmp_path / "hub.db") as store:
+    async with HubStore(store_location) as store:
         await store.create_token(token, pool="shanghai", ttl_seconds=60, uses=1)
         joined = await store.register_node(token, node="n1", requested_pool=None, labels={}, sign=sign)
         assert (joined.pool, joined.certificate, joined.generation, joined.rejoined) == (
@@ -35,9 +38,9 @@ async def test_a_token_joins_into_its_pool_only_as_often_as_allowed(tmp_path: Pa
         assert [n.name for n in await store.list_nodes()] == ["n1"]
 
 
-async def test_a_refused_join_spends_no_use_and_registers_nothing(tmp_path: Path):
+async def test_a_refused_join_spends_no_use_and_registers_nothing(store_location: Path | str):
     token = new_token()
-    async with HubStore(tmp_path / "hub.db") as store:
+    async with HubStore(store_location) as store:
         await store.create_token(token, pool="shanghai", ttl_seconds=60, uses=1)
         with pytest.raises(JoinRefused, match="token is for pool 'shanghai', not 'beijing'"):
             await store.register_node(token, node="n1", requested_pool="beijing", labels={}, sign=sign)
@@ -48,18 +51,18 @@ async def test_a_refused_join_spends_no_use_and_registers_nothing(tmp_path: Path
         await store.register_node(token, node="n1", requested_pool="shanghai", labels={}, sign=sign)
 
 
-async def test_an_expired_token_is_refused(tmp_path: Path):
+async def test_an_expired_token_is_refused(store_location: Path | str):
     token = new_token()
-    async with HubStore(tmp_path / "hub.db") as store:
+    async with HubStore(store_location) as store:
         await store.create_token(token, pool="p", ttl_seconds=-1, uses=5)
         with pytest.raises(JoinRefused, match="expired"):
             await store.register_node(token, node="n1", requested_pool=None, labels={}, sign=sign)
 
 
-async def test_the_store_can_be_reopened_and_refuses_a_second_concurrent_open(tmp_path: Path):
-    store = HubStore(tmp_path / "hub.db")
+async def test_the_store_can_be_reopened_and_refuses_a_second_concurrent_open(store_location: Path | str):
+    store = HubStore(store_location)
     async with store:
         with pytest.raises(RuntimeError, match="already open"):
             await store.__aenter__()
-    async with HubStore(tmp_path / "hub.db") as again:
+    async with HubStore(store_location) as again:
         assert await again.list_components() == []

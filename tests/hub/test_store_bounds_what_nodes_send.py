@@ -1,12 +1,14 @@
 """The store: sequence numbers after a re-join, events kept by arrival, and an older store's oversized statuses.
 
-A real SQLite file; messages as the ingest hands them over (encoded once).
+A real SQLite file and a real PostgreSQL database; messages as the ingest hands them over (encoded once).
 """
 
 from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+
+from raw_store import execute
 
 from edgehub.store import HubStore
 from edgehub.tokens import new_token
@@ -38,9 +40,9 @@ async def register(store: HubStore, uses: int = 1) -> None:
 
 
 async def test_a_status_seq_grows_by_at_most_the_bound_and_a_re_joined_node_may_start_over_or_count_on(
-    tmp_path: Path
+    store_location: Path | str
 ):
-    async with HubStore(tmp_path / "hub.db") as store:
+    async with HubStore(store_location) as store:
         assert await save(store, 1) == "unknown node"
         await register(store)
         assert await save(store, JUMP + 1) == "too far ahead"  # the first report counts from 0
@@ -57,8 +59,8 @@ async def test_a_status_seq_grows_by_at_most_the_bound_and_a_re_joined_node_may_
         assert node is not None and node.status is not None and node.status.seq == 1
 
 
-async def test_events_are_kept_by_arrival_so_a_huge_seq_erases_nothing(tmp_path: Path):
-    async with HubStore(tmp_path / "hub.db", events_kept_per_node=3) as store:
+async def test_events_are_kept_by_arrival_so_a_huge_seq_erases_nothing(store_location: Path | str):
+    async with HubStore(store_location, events_kept_per_node=3) as store:
         assert await add(store, 1) == "unknown node"
         await register(store)
         assert [await add(store, s) for s in (1, 2, 2**63 - 1, JUMP, 3)] == [
@@ -71,8 +73,10 @@ async def test_events_are_kept_by_arrival_so_a_huge_seq_erases_nothing(tmp_path:
             (JUMP, f"#{JUMP}"), (3, "#3"), (2, "a new life")]
 
 
-async def test_the_event_log_of_every_node_is_in_arrival_order_bounded_and_a_cursor_only_grows(tmp_path: Path):
-    async with HubStore(tmp_path / "hub.db", events_kept_per_node=3) as store:
+async def test_the_event_log_of_every_node_is_in_arrival_order_bounded_and_a_cursor_only_grows(
+    store_location: Path | str
+):
+    async with HubStore(store_location, events_kept_per_node=3) as store:
         await register(store)
         token = new_token()
         await store.create_token(token, pool="p", ttl_seconds=60, uses=1)
@@ -98,15 +102,14 @@ async def test_the_event_log_of_every_node_is_in_arrival_order_bounded_and_a_cur
 
 
 async def test_an_older_stores_oversized_status_is_forgotten_on_open_so_the_nodes_reports_are_taken_again(
-    tmp_path: Path
+    store_location: Path | str
 ):
-    path = tmp_path / "hub.db"
-    async with HubStore(path) as store:
+    async with HubStore(store_location) as store:
         await register(store)
     # What an older hub stored from a forged 3.8 MB status: 11.4 MB, at the largest seq.
-    with sqlite3.connect(path) as db:
-        db.execute("UPDATE nodes SET status = ?, status_seq = ? WHERE name = 'n1'", ("x" * 11_400_000, 2**63 - 1))
-    async with HubStore(path) as store:
+    execute(store_location, "UPDATE nodes SET status = ?, status_seq = ? WHERE name = 'n1'",
+            ("x" * 11_400_000, 2**63 - 1))
+    async with HubStore(store_location) as store:
         node = await store.get_node("n1")
         assert node is not None and node.status is None
         assert await save(store, 1) == "stored"
