@@ -121,6 +121,8 @@ def load_or_create_token(state_dir: Path, file_name: str) -> str:
 
 def _create_token_file(path: Path) -> None:
     token = secrets.token_urlsafe(TOKEN_BYTES)
+    while token.startswith("-"):  # 'edgectl --token -x...' would read it as an option
+        token = secrets.token_urlsafe(TOKEN_BYTES)
     # Written whole to a private temporary file, then linked into place:
     # link() refuses to replace a file, so a token another hub process wrote
     # meanwhile is kept, and a crash never leaves a half-written token.
