@@ -11,7 +11,7 @@ from typing import Any
 import aiomqtt
 from aiohttp import web
 
-from edgekit.mqtt import MqttSession, SessionSettings, TlsIdentity
+from edgekit.mqtt import PUBLISH_WINDOW, MqttSession, SessionSettings, TlsIdentity
 from edgekit.tasks import OwnedTask
 from edgeprotocol import topics
 from edgeprotocol.messages import now
@@ -24,7 +24,7 @@ from .broker_roles import CONTROL_RESPONSE_TOPIC, HUB_USER
 from .chart_sources import ChartSources
 from .components import Components
 from .dashboard import add_dashboard_routes
-from .dispatch import PUBLISH_WINDOW, Dispatcher
+from .dispatch import Dispatcher
 from .identity import HubIdentity
 from .ingest import IngestLimits, NodeMessages
 from .keys import (

@@ -47,6 +47,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from deployer_plugin import Component, NodeInfo, SpecError, parse_component, place
+from edgekit.mqtt import PUBLISH_WINDOW
+from edgekit.tasks import each_within
 from edgeprotocol import bundle_crypto, topics
 from edgeprotocol.errors import ProtocolError
 from edgeprotocol.messages import Assignment, Bundle, NodeStatus, now
@@ -67,10 +69,7 @@ RenderId = tuple[str, str, int, str]  # (namespace, release, revision, render ke
 WIRE_CACHE_BYTES = 64 * 1024 * 1024
 # A warning names at most this many nodes.
 MAX_NAMED = 20
-# Assignment publishes kept unacknowledged at once, and the sealed bytes they may hold together. 200
-# keeps a loopback or LAN broker busy; the MQTT clients' bookkeeping costs grow with it (aiomqtt and
-# paho scan every pending publish on each publish and acknowledgement).
-PUBLISH_WINDOW = 200
+# The sealed bytes the publishes of the window (edgekit.mqtt.PUBLISH_WINDOW) may hold together.
 WINDOW_BYTES = 64 * 1024 * 1024
 
 
@@ -381,23 +380,18 @@ class Dispatcher:
         largest = max((wire_bytes(b) for _, _, b in ready if b is not None), default=0)
         # Each publish in the window holds its sealed payload (about 4/3 of the wire form) until acknowledged.
         window = max(1, min(PUBLISH_WINDOW, WINDOW_BYTES // max(1, largest * 4 // 3)))
-        pending = iter(ready)
-        published = 0
 
-        async def publish_some() -> None:
-            nonlocal published
-            for rec, target, bundle in pending:
-                payload = self._seal(rec, target, bundle, components, newly_plain)
-                if payload is None:
-                    continue
-                if await self._publish(topics.assignment(rec.node, rec.namespace, rec.release), payload, True):
-                    published += 1
-                    if self._on_published is not None and rec.kind == "release":
-                        self._on_published(rec.node, rec.namespace, rec.release, rec.revision)
+        async def publish_one(item: tuple[AssignmentRecord, JoinedNode, Bundle | None]) -> bool:
+            rec, target, bundle = item
+            payload = self._seal(rec, target, bundle, components, newly_plain)
+            if payload is None or not await self._publish(
+                    topics.assignment(rec.node, rec.namespace, rec.release), payload, True):
+                return False
+            if self._on_published is not None and rec.kind == "release":
+                self._on_published(rec.node, rec.namespace, rec.release, rec.revision)
+            return True
 
-        async with asyncio.TaskGroup() as group:
-            for _ in range(min(window, len(ready))):
-                group.create_task(publish_some())
+        published = await each_within(ready, publish_one, at_once=min(window, len(ready)))
         if newly_plain:
             # One line per publish, each node in it once: a fleet of older agents is not a thousand lines.
             shown = ", ".join(newly_plain[:MAX_NAMED]) + (", ..." if len(newly_plain) > MAX_NAMED else "")

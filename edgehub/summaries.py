@@ -37,7 +37,8 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, get_args
 
-from edgekit.tasks import OwnedTask
+from edgekit.mqtt import PUBLISH_WINDOW
+from edgekit.tasks import OwnedTask, each_within
 from edgeprotocol import topics
 from edgeprotocol.messages import Phase, now
 
@@ -349,20 +350,29 @@ class SummaryPublisher:
         due += [(t, p) for t, p in extra.items() if force or self._extra_published.get(t) != p]
         gone += [t for t in self._extra_published if t not in extra]
         budget = self.settings.max_per_pass
-        for topic in gone[:budget]:
-            if await self._publish(topic, b""):
-                self._published.pop(topic, None)
-                self._extra_published.pop(topic, None)
-        budget -= min(len(gone), budget)
-        sent = 0
-        for topic, payload in due[:budget]:
+
+        async def clear(topic: str) -> bool:
+            if not await self._publish(topic, b""):
+                return False
+            self._published.pop(topic, None)
+            self._extra_published.pop(topic, None)
+            return True
+
+        async def publish(item: tuple[str, bytes]) -> bool:
+            topic, payload = item
             if not await self._publish(topic, payload):
-                return True  # not connected: the next connect publishes everything
-            sent += 1
+                return False
             if topic in self._published:
                 self._published[topic].at = time.monotonic()
             else:
                 self._extra_published[topic] = payload
+            return True
+
+        await each_within(gone[:budget], clear, at_once=PUBLISH_WINDOW)
+        budget -= min(len(gone), budget)
+        sent = await each_within(due[:budget], publish, at_once=PUBLISH_WINDOW)
+        if due[:budget] and not sent:
+            return True  # not connected: the next connect publishes everything
         waiting = len(due) - sent + max(0, len(gone) - self.settings.max_per_pass)
         if waiting:
             logger.info("Published %d summaries; %d wait for the next pass (max_per_pass %d)", sent, waiting,

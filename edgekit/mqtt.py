@@ -33,6 +33,11 @@ ConnectHook = Callable[["MqttSession"], Awaitable[None]]
 
 _DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 
+# QoS 1 publishes a sender of many keeps unacknowledged at once (with ``edgekit.tasks.each_within``).
+# 200 keeps a loopback or LAN broker busy; the clients' bookkeeping grows with it (aiomqtt and paho
+# scan every pending publish on each publish and acknowledgement).
+PUBLISH_WINDOW = 200
+
 
 @dataclass(frozen=True, slots=True)
 class BrokerAddress:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 # How long a stop waits for a cancelled task before cancelling it again.
 RECANCEL_SECONDS = 1.0
@@ -46,3 +48,22 @@ class OwnedTask:
             await asyncio.wait({task}, timeout=RECANCEL_SECONDS)
         with contextlib.suppress(asyncio.CancelledError):
             task.result()
+
+
+async def each_within(items: Iterable[T], fn: Callable[[T], Awaitable[bool]], *, at_once: int) -> int:
+    """Await ``fn(item)`` for every item, at most ``at_once`` of them under way together (a window of
+    network round trips rather than one at a time); how many returned True. An error cancels the rest
+    and is raised."""
+    pending = iter(items)
+    done = 0
+
+    async def worker() -> None:
+        nonlocal done
+        for item in pending:  # one shared iterator: each item is taken by exactly one worker
+            if await fn(item):
+                done += 1
+
+    async with asyncio.TaskGroup() as group:
+        for _ in range(max(1, at_once)):
+            group.create_task(worker())
+    return done
