@@ -13,6 +13,7 @@ import signal
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 
@@ -22,11 +23,14 @@ from edgekit.table import print_table
 from edgeprotocol.enrollment import renew_after
 
 from .agent import Agent, AgentSettings
-from .doctor import diagnose, report
 from .identity import CERT_FILE, JoinError, NodeIdentity, join, make_private_dir
+from .memory import ProcessMemory
 from .policy import POLICY_FILE, NodePolicy, PolicyError
-from .runtime import KubernetesRuntime, KubernetesSettings, PodmanRuntime, PodmanSettings, PreflightCheck
+from .runtime import PodmanRuntime, PodmanSettings, PreflightCheck
 from .store import AgentStore
+
+if TYPE_CHECKING:
+    from .runtime import KubernetesRuntime
 
 # The runtime chosen at join (``join --runtime``): what ``run`` and ``doctor`` use unless told otherwise.
 RUNTIME_FILE = "runtime.json"
@@ -108,6 +112,8 @@ def runtime_from_args(args: argparse.Namespace, state_dir: Path) -> PodmanRuntim
     stored = stored_runtime(state_dir)
     name = args.runtime or stored.get("runtime") or "podman"
     if name == "kubernetes":
+        from .runtime import KubernetesRuntime, KubernetesSettings  # only here: podman nodes never load it
+
         kubeconfig = args.kubeconfig or (Path(stored["kubeconfig"]) if stored.get("kubeconfig") else None)
         if kubeconfig is not None and not kubeconfig.is_file():
             raise UsageError(f"--kubeconfig {kubeconfig}: no such file")
@@ -198,13 +204,16 @@ async def _run(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with Agent(settings, identity, runtime):
+    # ProcessMemory first: it caps malloc arenas before the agent starts threads.
+    async with ProcessMemory(), Agent(settings, identity, runtime):
         logging.getLogger("edgeagent").info("Agent %s (pool %s) running", identity.node, identity.pool)
         await stop.wait()
     return 0
 
 
 async def _doctor(args: argparse.Namespace) -> int:
+    from .doctor import diagnose, report  # only here: run does not need it
+
     state_dir = args.state_dir.resolve()
     runtime = runtime_from_args(args, state_dir)
     checks = await diagnose(state_dir, runtime, mqtt_url=args.mqtt)

@@ -3,8 +3,15 @@
 The agent talks to the ``Runtime`` protocol only; ``PodmanRuntime`` is the
 runtime for nodes without Kubernetes, ``KubernetesRuntime`` the one for nodes
 with their own cluster (k3s); it imports the ``kubernetes`` client only when
-it first talks to the cluster.
+it first talks to the cluster. ``KubernetesRuntime`` and ``KubernetesSettings``
+are themselves imported on first use (``__getattr__`` below), so a podman node
+never loads the Kubernetes runtime's modules.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from .base import (
     ApplyResult,
@@ -18,9 +25,14 @@ from .base import (
     Runtime,
     RuntimeApplyError,
 )
-from .kubernetes import KubernetesRuntime, KubernetesSettings
 from .podman import PodmanRuntime, PodmanSettings
 from .podman_probes import ProbeSettings
+
+if TYPE_CHECKING:
+    from .kubernetes import KubernetesRuntime, KubernetesSettings
+
+# Names imported on first use: what each costs in memory is paid only by the nodes that use it.
+_LAZY = {"KubernetesRuntime": ".kubernetes", "KubernetesSettings": ".kubernetes"}
 
 __all__ = [
     "ApplyResult",
@@ -39,3 +51,11 @@ __all__ = [
     "Runtime",
     "RuntimeApplyError",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
