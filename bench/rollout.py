@@ -149,7 +149,10 @@ async def raw_round_trip(bench: Bench, watch: SysWatch, n: int, window: int, siz
 
     started = time.perf_counter()
     sending = asyncio.gather(*(send(i) for i in range(n)))
-    await asyncio.wait_for(all_back.wait(), deadline - time.monotonic())
+    try:
+        await asyncio.wait_for(all_back.wait(), deadline - time.monotonic())
+    except TimeoutError:
+        raise TimeoutError(f"raw round trip: {len(replies)} of {n} replies before the timeout") from None
     elapsed = time.perf_counter() - started
     await sending
     after = await watch.settled_snapshot()
@@ -173,8 +176,8 @@ async def wait_deployed(bench: Bench, revision: int, n: int, deadline: float) ->
         if view["revision"] == revision and view["deployed"] >= n:
             return time.time()
         if time.monotonic() > deadline:
-            raise TimeoutError(f"revision {revision}: {view['deployed']} of {n} nodes Deployed on the hub before "
-                               f"the timeout ({view['phases']})")
+            raise TimeoutError(f"waiting for revision {revision}: the hub has revision {view['revision']}, "
+                               f"{view['deployed']} of {n} nodes Deployed ({view['phases']}) at the timeout")
         await asyncio.sleep(poll_interval(n))
 
 
