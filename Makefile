@@ -1,4 +1,5 @@
-# The two commands of the README: `make demo` and `make test`.
+# The two commands of the README: `make demo` and `make test`; the benchmarks: `make bench-rollout AGENTS=1000`
+# and `make bench-reconnect AGENTS=1000` (bench/README.md).
 # Each installs what it needs: Debian packages when missing, a virtualenv.
 
 PYTHON ?= python3
@@ -6,7 +7,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test deps venv clean
+.PHONY: demo test deps venv clean bench-rollout bench-reconnect
+
+AGENTS ?= 100
 
 deps:
 	@bash scripts/install-deps.sh
@@ -25,6 +28,13 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Printed figures, never a timed test; BENCH_ARGS passes more flags (--timeout, --full-agents, --window).
+bench-rollout: venv
+	$(PY) bench/rollout.py --agents $(AGENTS) $(BENCH_ARGS)
+
+bench-reconnect: venv
+	$(PY) bench/reconnect.py --agents $(AGENTS) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .build .pytest_cache

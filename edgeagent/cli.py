@@ -30,11 +30,12 @@ from .runtime import PodmanRuntime, PodmanSettings, PreflightCheck
 from .store import AgentStore
 
 if TYPE_CHECKING:
-    from .runtime import KubernetesRuntime
+    from .runtime import DryRunRuntime, KubernetesRuntime
 
 # The runtime chosen at join (``join --runtime``): what ``run`` and ``doctor`` use unless told otherwise.
 RUNTIME_FILE = "runtime.json"
-RUNTIMES = ("podman", "kubernetes")
+# dry-run validates and records releases (STATE/dry-run) without running them: a rehearsal (docs/runtimes.md).
+RUNTIMES = ("podman", "kubernetes", "dry-run")
 
 
 def _label(text: str) -> tuple[str, str]:
@@ -104,7 +105,7 @@ def save_runtime(state_dir: Path, runtime: str, kubeconfig: Path | None) -> None
     write_atomic(state_dir / RUNTIME_FILE, json.dumps(data) + "\n")
 
 
-def runtime_from_args(args: argparse.Namespace, state_dir: Path) -> PodmanRuntime | KubernetesRuntime:
+def runtime_from_args(args: argparse.Namespace, state_dir: Path) -> PodmanRuntime | KubernetesRuntime | DryRunRuntime:
     """The runtime the flags describe (else the one chosen at join, else podman).
 
     Paths are made absolute: podman's helpers run from other directories.
@@ -121,6 +122,10 @@ def runtime_from_args(args: argparse.Namespace, state_dir: Path) -> PodmanRuntim
                                                     policy=policy_from_args(args, state_dir)))
     if args.kubeconfig is not None:
         raise UsageError("--kubeconfig is for --runtime kubernetes")
+    if name == "dry-run":
+        from .runtime import DryRunRuntime, DryRunSettings  # only here, like the kubernetes runtime
+
+        return DryRunRuntime(DryRunSettings(work_dir=state_dir / "dry-run", policy=policy_from_args(args, state_dir)))
     absolute = {name: path.resolve() if path else None for name, path in (
         ("root", args.podman_root), ("runroot", args.podman_runroot), ("tmpdir", args.podman_tmpdir),
         ("containers_conf", args.containers_conf))}
@@ -164,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--policy", type=Path, help="node policy file (YAML): copied to STATE/policy.yaml; what this node "
                                                "lets releases do (default: refuse root, privileged and host access)")
     j.add_argument("--runtime", choices=RUNTIMES, help="the node's runtime, recorded for run and doctor "
-                                                      "(default: podman)")
+                                                      "(default: podman; dry-run validates and records releases "
+                                                      "without running them)")
     j.add_argument("--kubeconfig", type=Path, help="kubeconfig for --runtime kubernetes, recorded for run and doctor")
 
     r = sub.add_parser("run", help="run the agent")

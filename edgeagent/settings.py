@@ -35,6 +35,10 @@ class AgentSettings:
     # Each MQTT connect, subscribe and QoS 1 publish waits at most this long
     # (seconds); a connect into a black-holed link fails after it.
     mqtt_timeout: float = 10.0
+    # The local address the MQTT socket binds to; "" lets the system choose (what a real node wants).
+    # Simulated fleets spread thousands of agents over 127.0.0.0/8 (bench/), so their sockets do not
+    # all share one source address and its TIME_WAIT entries.
+    mqtt_bind_address: str = ""
 
     def __post_init__(self) -> None:
         for name in ("reconcile_interval", "status_heartbeat", "ready_timeout", "retry_initial", "retry_max",

@@ -76,6 +76,7 @@ class Uplink:
                 keepalive=self.settings.keepalive,
                 timeout=self.settings.mqtt_timeout,
                 tls=self.identity.broker_tls(self.settings.state_dir),
+                extra={"bind_address": self.settings.mqtt_bind_address} if self.settings.mqtt_bind_address else {},
             ),
             on_message=self._on_message, on_connect=self._on_connect,
         )

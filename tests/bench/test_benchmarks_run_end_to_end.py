@@ -1,0 +1,49 @@
+"""The benchmarks run end to end at a small size, as the README says, and print their figures as JSON.
+
+Not a timed test: only that every node got there, nothing was re-applied, and the figures are sane.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.fleet
+
+
+def last_json(*args: str) -> dict:
+    result = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_rollout_to_20_agents_reports_every_figure() -> None:
+    figures = last_json("bench/rollout.py", "--agents", "20", "--timeout", "120")
+
+    assert figures["agents"] == 20 and figures["full_agents"] >= 1 and figures["light_agents"] >= 1
+    assert figures["rollout_deployed"] == figures["upgrade_deployed"] == 20
+    for key in ("rollout_s", "upgrade_s", "raw_round_trip_s", "ratio", "join_rate_per_s"):
+        assert figures[key] > 0, key
+    assert figures["ratio"] == pytest.approx(figures["rollout_s"] / figures["raw_round_trip_s"], rel=0.01)
+    assert 0 < figures["rollout_p50_s"] <= figures["rollout_p99_s"] <= figures["rollout_max_s"]
+    assert figures["rollout_max_s"] <= figures["rollout_s"] + 1
+    assert isinstance(figures["hub_rss_per_node_kib"], float | int)
+    assert figures["hub_peak_rss_kib"] >= figures["hub_rss_kib"] > 0
+    assert figures["full_agent_rss_per_node_kib"] is not None and figures["light_agents_cpu_s"] > 0
+    assert figures["rollout_broker"]["messages_received"] > 20
+    assert figures["assignment_bytes"] == pytest.approx(figures["raw_payload_bytes"][0], rel=0.05)
+
+
+def test_reconnect_of_10_agents_reapplies_nothing() -> None:
+    figures = last_json("bench/reconnect.py", "--agents", "10", "--timeout", "120")
+
+    assert figures["agents"] == 10
+    assert figures["reapplied"] == 0
+    assert figures["reconnects"] >= 10
+    assert 0 < figures["back_s"] < 120
+    assert figures["peak_reconnects_per_s"] >= 1
