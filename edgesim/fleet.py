@@ -181,7 +181,7 @@ class Mosquitto(ManagedProcess):
                 f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
                 "log_dest stdout\nlog_type error\nlog_type warning\nlog_type notice\n"
                 # As 'edgehub mosquitto-config' writes them: the broker holds what the hub has not taken yet.
-                "max_inflight_messages 1000\nmax_queued_messages 200000\n"
+                "max_inflight_messages 1000\nmax_queued_messages 200000\nset_tcp_nodelay true\n"
             )
             return
         result = subprocess.run(
