@@ -1,5 +1,5 @@
-# The two commands of the README: `make demo` and `make test`; the benchmarks: `make bench-rollout AGENTS=1000`
-# and `make bench-reconnect AGENTS=1000` (bench/README.md).
+# The two commands of the README: `make demo` and `make test`; the benchmarks: `make bench-rollout` and
+# `make bench-reconnect`, AGENTS=N for another fleet size (bench/README.md).
 # Each installs what it needs: Debian packages when missing, a virtualenv.
 
 PYTHON ?= python3

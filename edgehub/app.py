@@ -94,8 +94,9 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
             return await publisher(app, retain=retain)(topic, payload)
 
         async def registry() -> tuple[set[str], set[str]]:
-            nodes = set(await store.joined_nodes())
-            return nodes, {c.name for c in await store.list_credentials()}
+            refused = {n.name for n in await store.list_nodes(with_status=False, with_certificate=False)
+                       if n.standing != "joined"}
+            return refused, {c.name for c in await store.list_credentials()}
 
         app[DISPATCHER] = Dispatcher(store, app[IDENTITY].key, publish, on_published=app[METRICS].published)
         app[COMPONENTS] = Components(store, app[DISPATCHER], app[RENDERER],

@@ -3,9 +3,11 @@
 On a broker written by ``edgehub mosquitto-config`` a client may do only what
 its role in Mosquitto's dynamic security plugin allows, and a user name the
 plugin does not know may do nothing at all. The hub is the plugin's
-administrator: it admits a node when it joins, expels it when an operator
-resets or revokes it (the broker disconnects it at once), and admits dashboard
-credentials. Commands go over the plugin's control topic on the hub's own MQTT
+administrator: it refuses a node when an operator resets or revokes it (the
+broker disconnects it at once), lets the name back when it joins again, and
+admits dashboard credentials. Joined nodes are not in the plugin: the
+broker's ACL file gives each its own topics (``broker_roles``), so a join
+costs the broker nothing in proportion to the fleet. Commands go over the plugin's control topic on the hub's own MQTT
 session; the answers come back on the response topic.
 
 Each time the hub connects it reconciles the whole list (a broker restored from
@@ -31,18 +33,18 @@ from .broker_roles import (
     DASHBOARD_ROLE,
     DASHBOARD_USER_PREFIX,
     HUB_USER,
-    NODE_ROLE_PREFIX,
+    LEGACY_NODE_ROLE_PREFIX,
+    REFUSED_ROLE,
     dashboard_role,
     dashboard_user,
     hub_role,
-    node_role,
-    node_role_name,
+    refused_role,
 )
 
 logger = logging.getLogger(__name__)
 
 Publish = Callable[[str, bytes], Awaitable[bool]]
-# The identities the hub's registry holds: (joined node names, dashboard credential names).
+# The identities the hub's registry holds: (nodes reset or revoked, dashboard credential names).
 Registry = Callable[[], Awaitable[tuple[set[str], set[str]]]]
 
 ANONYMOUS_BROKER_WARNING = (
@@ -95,19 +97,16 @@ class BrokerAccess:
         self._reconcile.restart(self._reconcile_all())
 
     async def admit_node(self, node: str) -> None:
-        """Let ``node`` (just joined) read its assignments and write its reports."""
-        if not self.enabled:
-            return
-        role = node_role(check_name(node, "node name"))
-        answers = await self._run_tolerating(_admit(role, node), what=f"admit {node}")
-        if answers and "already exists" in str(answers[0].get("error", "")).lower():
-            # Kept from before (a broker restored from an older file): bring its rights up to date.
-            await self._run_tolerating([{"command": "modifyRole", **role}], what=f"update the role of {node}")
+        """Let ``node`` (just joined) have its own topics: take it out of the refused, if it was there (a
+        name joining for the first time was not: the broker answers "not found" and writes nothing)."""
+        if self.enabled:
+            await self._run_tolerating([{"command": "deleteClient", "username": check_name(node, "node name")}],
+                                       what=f"admit {node}")
 
     async def expel_node(self, node: str) -> None:
-        """Take every right from ``node`` and disconnect it (reset or revoked)."""
+        """Refuse ``node`` every topic and disconnect it (reset or revoked)."""
         if self.enabled:
-            await self._run_tolerating(_expel(node, node_role_name(node)), what=f"expel {node}")
+            await self._run_tolerating(_refuse(node), what=f"expel {node}")
 
     async def admit_dashboard(self, name: str) -> None:
         if self.enabled:
@@ -187,51 +186,45 @@ class BrokerAccess:
         try:
             clients = await self._list("listClients", "clients")
             roles = await self._list("listRoles", "roles")
-            nodes, dashboards = await self._registry()
+            refused_nodes, dashboards = await self._registry()
+            fixed = (hub_role(), dashboard_role(), refused_role())
             commands: list[dict[str, Any]] = [
                 # The fixed roles as this hub version defines them (an older file may hold others).
-                *({"command": "createRole", **role} for role in (hub_role(), dashboard_role())),
-                *({"command": "modifyRole", **role} for role in (hub_role(), dashboard_role())),
+                *({"command": "createRole", **role} for role in fixed),
+                *({"command": "modifyRole", **role} for role in fixed),
             ]
-            admitted = sorted(n for n in nodes if n not in clients or node_role_name(n) not in roles)
-            for node in admitted:
-                if node in clients:  # its role was lost: the client holds no link to a new one
-                    commands.append({"command": "deleteClient", "username": node})
-                commands += _admit(node_role(node), node)
-                if node_role_name(node) in roles:  # kept while its client was lost: rights brought up to date
-                    commands.append({"command": "modifyRole", **node_role(node)})
+            # A node name in the plugin is one this hub refused (an older hub entered every joined node,
+            # with a role of its own: those are removed below).
+            for node in sorted(refused_nodes - clients):
+                commands += _refuse(node)
             for name in sorted(dashboards):
                 if dashboard_user(name) not in clients:
                     commands.append({"command": "createClient", "username": dashboard_user(name),
                                      "roles": [{"rolename": DASHBOARD_ROLE}]})
             wanted_dashboards = {dashboard_user(n) for n in dashboards}
-            expelled = sorted(c for c in clients - nodes - {HUB_USER} - wanted_dashboards
+            # Joined nodes have no entry (an older hub gave each one, with a role of its own).
+            expelled = sorted(c for c in clients - refused_nodes - {HUB_USER} - wanted_dashboards
                               if c.startswith(DASHBOARD_USER_PREFIX) or _is_node_name(c))
             commands += ({"command": "deleteClient", "username": c} for c in expelled)
-            for role in sorted(roles):
-                if role.startswith(NODE_ROLE_PREFIX) and role[len(NODE_ROLE_PREFIX):] not in nodes:
-                    commands.append({"command": "deleteRole", "rolename": role})
+            commands += ({"command": "deleteRole", "rolename": role} for role in sorted(roles)
+                         if role.startswith(LEGACY_NODE_ROLE_PREFIX))
             for start in range(0, len(commands), BATCH):
                 for answer in await self.run(commands[start:start + BATCH]):
                     error = answer.get("error")
                     if error and not _harmless(error):
                         logger.error("Broker identity reconcile: %s: %s", answer.get("command"), error)
-            logger.info("Broker identities in step with the registry: %d node(s), %d dashboard(s); admitted %s, "
-                        "expelled %s", len(nodes), len(dashboards), admitted or "none", expelled or "none")
+            logger.info("Broker identities in step with the registry: %d node(s) refused, %d dashboard(s); "
+                        "removed %s", len(refused_nodes), len(dashboards), expelled or "none")
             self.reconciled.set()
         except BrokerAccessError as exc:
             logger.error("Could not reconcile the broker's identities: %s", exc)
 
 
-def _admit(role: dict[str, Any], node: str) -> list[dict[str, Any]]:
-    # Two commands, not three: the plugin rewrites its whole file after each one, which for a fleet of
-    # thousands is most of what a join costs the broker.
-    return [{"command": "createRole", **role},
-            {"command": "createClient", "username": node, "roles": [{"rolename": role["rolename"]}]}]
-
-
-def _expel(node: str, role_name: str) -> list[dict[str, Any]]:
-    return [{"command": "deleteClient", "username": node}, {"command": "deleteRole", "rolename": role_name}]
+def _refuse(node: str) -> list[dict[str, Any]]:
+    # modifyClient disconnects a connected client, and replaces the roles of one entered before.
+    role = [{"rolename": REFUSED_ROLE}]
+    return [{"command": "createClient", "username": node, "roles": role},
+            {"command": "modifyClient", "username": node, "roles": role}]
 
 
 def _harmless(error: str) -> bool:

@@ -25,11 +25,12 @@ from pathlib import Path
 
 from edgekit.files import write_atomic
 
-from .broker_roles import initial_document
+from .broker_roles import initial_document, node_acl_patterns
 from .identity import HubIdentity
 
 CONFIG_FILE = "mosquitto.conf"
 DYNSEC_FILE = "dynamic-security.json"
+NODE_ACL_FILE = "nodes.acl"
 # Where Debian, Fedora and source builds put the plugin (Mosquitto 2.0 and later).
 PLUGIN_GLOBS = (
     "/usr/lib/*/mosquitto_dynamic_security.so",
@@ -96,6 +97,7 @@ def write_mosquitto_config(state_dir: Path, listen_host: str, listen_port: int, 
     (out_dir / "ca.crt").write_text(identity.ca_pem)
     identity.ensure_certificate(out_dir / "broker.key", out_dir / "broker.crt", "edgecollab broker",
                                 usage="server", names=server_names(listen_host, names))
+    write_atomic(out_dir / NODE_ACL_FILE, node_acl_patterns().encode())
     dynsec = out_dir / DYNSEC_FILE
     if not dynsec.exists():
         write_atomic(dynsec, json.dumps(initial_document(), indent=2).encode())
@@ -126,6 +128,9 @@ use_username_as_clientid true
 
 plugin {plugin}
 plugin_opt_config_file {out / DYNSEC_FILE}
+# Edge nodes are not in the plugin (it answers first for the clients it knows):
+# these patterns give each node its own topics by its name.
+acl_file {out / NODE_ACL_FILE}
 
 # The hub acknowledges a node's report once it has taken it, and while it
 # catches up the broker holds the rest for it: Mosquitto's defaults (20

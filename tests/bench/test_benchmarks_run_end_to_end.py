@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,17 +15,17 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.fleet
 
 
-def last_json(*args: str) -> dict:
-    result = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=240)
+def last_json(*command: str) -> dict:
+    result = subprocess.run(list(command), cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_rollout_to_20_agents_reports_every_figure() -> None:
-    figures = last_json("bench/rollout.py", "--agents", "20", "--timeout", "120")
+def test_make_bench_rollout_as_the_readme_shows_reports_every_figure_for_100_nodes() -> None:
+    figures = last_json("make", "bench-rollout")
 
-    assert figures["agents"] == 20 and figures["full_agents"] >= 1 and figures["light_agents"] >= 1
-    assert figures["rollout_deployed"] == figures["upgrade_deployed"] == 20
+    assert figures["agents"] == 100 and figures["full_agents"] >= 1 and figures["light_agents"] >= 1
+    assert figures["rollout_deployed"] == figures["upgrade_deployed"] == 100
     for key in ("rollout_s", "upgrade_s", "raw_round_trip_s", "ratio", "join_rate_per_s"):
         assert figures[key] > 0, key
     assert figures["ratio"] == pytest.approx(figures["rollout_s"] / figures["raw_round_trip_s"], rel=0.01)
@@ -39,11 +38,11 @@ def test_rollout_to_20_agents_reports_every_figure() -> None:
     assert figures["assignment_bytes"] == pytest.approx(figures["raw_payload_bytes"][0], rel=0.05)
 
 
-def test_reconnect_of_10_agents_reapplies_nothing() -> None:
-    figures = last_json("bench/reconnect.py", "--agents", "10", "--timeout", "120")
+def test_make_bench_reconnect_as_the_readme_shows_reapplies_nothing() -> None:
+    figures = last_json("make", "bench-reconnect")
 
-    assert figures["agents"] == 10
+    assert figures["agents"] == 100
     assert figures["reapplied"] == 0
-    assert figures["reconnects"] >= 10
+    assert figures["reconnects"] >= 100
     assert 0 < figures["back_s"] < 120
     assert figures["peak_reconnects_per_s"] >= 1
