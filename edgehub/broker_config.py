@@ -4,12 +4,14 @@ Writes into one directory everything a Mosquitto 2 needs to serve the fleet:
 
 - ``mosquitto.conf``: one TLS listener that requires a client certificate of the
   hub's CA, takes the certificate's common name as user name and client ID, and
-  leaves every permission to the dynamic security plugin;
+  leaves permissions to the dynamic security plugin and, for the clients the
+  plugin does not know (joined nodes), to ``nodes.acl``;
 - ``ca.crt`` (the hub CA), ``broker.crt`` and ``broker.key`` (the broker's server
   certificate, issued by the hub CA for the listen address and the given names);
 - ``dynamic-security.json``: the hub and the fixed roles. The hub adds and removes
-  nodes and dashboards at run time over the plugin's control topic, and the broker
-  keeps that file current, so an existing one is left alone.
+  refused nodes and dashboards at run time over the plugin's control topic, and the
+  broker keeps that file current, so an existing one is left alone;
+- ``nodes.acl``: patterns that give every node its own topics (``broker_roles``).
 """
 
 from __future__ import annotations

@@ -125,7 +125,7 @@ def test_every_command_the_readme_shows_works_as_written_with_its_defaults(sessi
         assert result.returncode == 0, result.stderr
         out = session.workdir / "broker"
         assert {p.name for p in out.iterdir()} >= {"mosquitto.conf", "ca.crt", "broker.crt", "broker.key",
-                                                    "dynamic-security.json"}
+                                                    "dynamic-security.json", "nodes.acl"}
         assert (out / "broker.key").stat().st_mode & 0o777 == 0o600
         assert f"mosquitto -c {out / 'mosquitto.conf'}" in result.stdout
 
