@@ -47,6 +47,9 @@ from .views import release_view
 
 logger = logging.getLogger(__name__)
 
+# The largest share of the hub's time summary passes may take (the rest is the fleet's).
+PASS_SHARE = 0.2
+
 SUMMARY_PREFIX = f"{topics.PREFIX}/summary"
 HUB_STATE_TOPIC = f"{topics.PREFIX}/hub/state"
 PHASES: tuple[str, ...] = get_args(Phase)
@@ -315,7 +318,10 @@ class SummaryPublisher:
                 backlog = False
             if backlog:
                 self._wake.set()
-            await asyncio.sleep(max(0.0, self.settings.interval - (time.monotonic() - started)))
+            took = time.monotonic() - started
+            # A pass reads and rebuilds every summary: on a fleet of thousands that is a good part of a
+            # second, so passes are spaced to take at most PASS_SHARE of the hub's time (ingest comes first).
+            await asyncio.sleep(max(0.0, max(self.settings.interval, took / PASS_SHARE) - took))
 
     async def publish_pass(self) -> bool:
         """Compute every summary and publish what changed; True if some wait for the next pass."""
