@@ -21,7 +21,10 @@ Errors a runtime raises on purpose::
 
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from edgeprotocol.errors import EdgeError
@@ -199,3 +202,17 @@ class Runtime(Protocol):
         whose detail carries the tool's own error.
         """
         ...
+
+
+def writable_work_dir(path: Path) -> str:
+    """What is wrong with ``path`` as a runtime's work directory (created when missing), or "" (blocks)."""
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        probe = path / f".edgecollab-probe-{os.getpid()}"
+        probe.write_bytes(b"probe")
+        probe.unlink()
+    except OSError as exc:
+        return f"{path} is not writable: {exc.strerror or exc}"
+    if shutil.disk_usage(path).free < 1 << 20:
+        return f"{path}: less than 1 MiB free"
+    return ""

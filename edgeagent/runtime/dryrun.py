@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import re
 import shutil
 import time
@@ -44,7 +43,16 @@ from typing import Any
 from edgekit.files import write_atomic
 
 from ..policy import NodePolicy
-from .base import ApplyResult, EdgeRuntimeError, NodeContext, Observation, PodState, PreflightCheck, ReleaseRef
+from .base import (
+    ApplyResult,
+    EdgeRuntimeError,
+    NodeContext,
+    Observation,
+    PodState,
+    PreflightCheck,
+    ReleaseRef,
+    writable_work_dir,
+)
 from .kubernetes_plan import WORKLOAD_KINDS, build_kube_plan, manifests_digest
 
 __all__ = ["DryRunRuntime", "DryRunSettings"]
@@ -190,7 +198,7 @@ class DryRunRuntime:
                 "workloads": list(record.workloads), "applied_at": record.applied_at}
 
     async def preflight(self) -> tuple[PreflightCheck, ...]:
-        problem = await asyncio.to_thread(_writable, self.settings.work_dir)
+        problem = await asyncio.to_thread(writable_work_dir, self.settings.work_dir)
         return (
             PreflightCheck("dry-run", True, "releases are validated and recorded, never started", "RuntimeReady"),
             PreflightCheck("storage", not problem, problem or f"{self.settings.work_dir} writable",
@@ -208,14 +216,3 @@ def _recorded(work_dir: Path) -> set[ReleaseRef]:
         except ValueError:
             logger.warning("Ignoring %s: not a release's directory", record.parent)
     return refs
-
-
-def _writable(path: Path) -> str:
-    try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        probe = path / f".edgecollab-probe-{os.getpid()}"
-        probe.write_bytes(b"probe")
-        probe.unlink()
-    except OSError as exc:
-        return f"{path} is not writable: {exc.strerror or exc}"
-    return ""

@@ -49,7 +49,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -69,6 +68,7 @@ from .base import (
     PreflightCheck,
     ReleaseRef,
     RuntimeApplyError,
+    writable_work_dir,
 )
 from .kubernetes_plan import (
     FIELD_MANAGER,
@@ -488,7 +488,7 @@ class KubernetesRuntime:
                 else:
                     checks.append(PreflightCheck("permissions", True, "may create, patch and delete workloads, "
                                                  "ConfigMaps, Secrets and namespaces", "RuntimeReady"))
-        problem = await asyncio.to_thread(_writable, self.settings.work_dir)
+        problem = await asyncio.to_thread(writable_work_dir, self.settings.work_dir)
         checks.append(PreflightCheck("storage", not problem, problem or f"{self.settings.work_dir} writable",
                                      "StorageReady", "StorageNotWritable" if problem else ""))
         return tuple(checks)
@@ -566,19 +566,6 @@ def _releases_on_disk(work_dir: Path) -> set[ReleaseRef]:
             with contextlib.suppress(ValueError):
                 found.add(ReleaseRef(path.parent.name, path.stem))
     return found
-
-
-def _writable(path: Path) -> str:
-    try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        probe = path / f".edgecollab-probe-{os.getpid()}"
-        probe.write_bytes(b"probe")
-        probe.unlink()
-    except OSError as exc:
-        return f"{path} is not writable: {exc.strerror or exc}"
-    if shutil.disk_usage(path).free < 1 << 20:
-        return f"{path}: less than 1 MiB free"
-    return ""
 
 
 @contextlib.contextmanager
