@@ -280,8 +280,9 @@ class MqttSession:
         """Per-connection settings aiomqtt does not take as arguments (so reach paho's client)."""
         paho = client._client  # noqa: SLF001
         paho.manual_ack_set(self.settings.manual_ack)
-        # A window of publishes is pending on purpose: aiomqtt would warn on every publish past 10.
-        client.pending_calls_threshold = max(client.pending_calls_threshold, self.settings.max_inflight or 0)
+        # Windows of publishes (assignments, summaries) are pending on purpose: aiomqtt would warn on every
+        # publish past 10.
+        client.pending_calls_threshold = max(client.pending_calls_threshold, 4 * (self.settings.max_inflight or 0))
         sock = paho.socket()
         if sock is not None:
             # MQTT packets are small and answered one by one (PUBLISH, PUBACK): without this, Nagle
