@@ -48,6 +48,16 @@ JOIN_THREADS = 16
 MAX_TOKEN_USES = 10_000
 
 
+# Simulated nodes per worker process: light ones are cheap, full ones carry a store thread each.
+LIGHT_PER_WORKER = 2500
+FULL_PER_WORKER = 250
+
+
+def default_full_agents(n: int) -> int:
+    """How many of n simulated nodes run the full ``Agent`` class unless told: a tenth, 1 to 200."""
+    return min(n, max(1, n // 10), 200)
+
+
 def source_address(i: int) -> str:
     """The i-th simulated client's own loopback address: 127.A.B.C with B and C in 1..254."""
     a, rest = divmod(i, 254 * 254)
@@ -342,6 +352,22 @@ class Bench:
                    for k in range(count)]
         self.workers.extend(started)
         return started
+
+    async def start_agents(self, n: int, full: int, deadline: float
+                           ) -> tuple[list[WorkerProcess], list[WorkerProcess]]:
+        """Start nodes 0..n-1 as agents, the first ``full`` as the ``Agent`` class (workers of their own), the
+        rest light; (full workers, light workers) once every one is connected."""
+        full_nodes = [[str(self.state_dir(i)), source_address(i)] for i in range(full)]
+        light_nodes = [[str(self.state_dir(i)), source_address(i)] for i in range(full, n)]
+        full_workers = await self.start_workers(math.ceil(full / FULL_PER_WORKER), "full") if full else []
+        light_workers = await self.start_workers(math.ceil((n - full) / LIGHT_PER_WORKER), "light") \
+            if n > full else []
+        await asyncio.gather(
+            *(w.call(deadline - time.monotonic(), cmd="agents", kind="full", nodes=part)
+              for w, part in zip(full_workers, split(full_nodes, len(full_workers)), strict=True)),
+            *(w.call(deadline - time.monotonic(), cmd="agents", kind="light", nodes=part)
+              for w, part in zip(light_workers, split(light_nodes, len(light_workers)), strict=True)))
+        return full_workers, light_workers
 
     async def wait_online(self, count: int, deadline: float) -> float:
         """Poll the hub until ``count`` nodes are online; seconds waited."""

@@ -1,18 +1,20 @@
 """Restart the broker under N connected agents: how long until every node is back and converged, re-applying nothing.
 
-    .venv/bin/python bench/reconnect.py --agents N [--timeout S]
+    .venv/bin/python bench/reconnect.py --agents N [--full-agents M] [--timeout S]
 
-Starts a real Mosquitto (TLS identities) and ``edgehub serve``, joins N nodes, runs them as the project's
-``Agent`` class with the dry-run runtime (``edgeagent run --runtime dry-run`` in-process, many per worker
-process, each client on its own 127.0.0.0/8 source address), applies bench/component.yaml and waits until
-all N are Deployed. Then it stops the broker (SIGTERM: Mosquitto saves its retained messages and sessions)
+Starts a real Mosquitto (TLS identities) and ``edgehub serve``, joins N nodes, runs M of them as the
+project's ``Agent`` class with the dry-run runtime (``edgeagent run --runtime dry-run`` in-process, many
+per worker process) and the rest as light protocol-faithful agents (bench/simworker.py: the same backoff,
+presence, resync and status on every connect), each client on its own 127.0.0.0/8 source address, applies
+bench/component.yaml and waits until all N are Deployed. Then it stops the broker (SIGTERM: Mosquitto saves its retained messages and sessions)
 and starts it again on the same port, and measures:
 
 - ``back_s``: from the broker's restart until the hub's API (``GET /api/v1/nodes``) shows every node online
   with its status converged: the release Deployed at the current revision, reported after the restart;
 - ``peak_reconnects_per_s``: the most MQTT connections established in one second, from the agents' own
   connect times (their jittered backoff should spread them), and ``reconnect_spread_s`` (first to last);
-- ``reapplied``: runtime applies after the restart, counted in every agent's runtime: must be 0.
+- ``reapplied``: applies after the restart, counted in every full agent's runtime (and every light agent's
+  count of new revisions): must be 0.
 
 The last line printed is one JSON object. Every wait is bounded by ``--timeout``; everything started is
 stopped and its directory removed at the end.
@@ -38,27 +40,31 @@ sys.path.insert(0, str(REPO))
 from harness import (  # noqa: E402
     FD_SLACK,
     Bench,
+    default_full_agents,
     machine,
     poll_interval,
     proc_cpu,
     raise_nofile,
-    source_address,
-    split,
 )
 
 COMPONENT = REPO / "bench" / "component.yaml"
 NAMESPACE, NAME, POOL = "bench", "tiny", "bench"
-FULL_PER_WORKER = 250
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--agents", type=int, required=True, help="simulated nodes (N), each a full Agent")
+    parser.add_argument("--agents", type=int, required=True, help="simulated nodes (N)")
+    parser.add_argument("--full-agents", type=int, default=None,
+                        help="how many of the N run the full Agent class (default min(N, max(1, N // 10), 200))")
     parser.add_argument("--timeout", type=float, default=600.0, help="bound of every wait, seconds (default 600)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs) for a look afterwards")
     args = parser.parse_args(argv)
     if args.agents < 1:
         parser.error("--agents must be at least 1")
+    if args.full_agents is None:
+        args.full_agents = default_full_agents(args.agents)
+    if not 0 <= args.full_agents <= args.agents:
+        parser.error("--full-agents must be between 0 and --agents")
     return args
 
 
@@ -82,17 +88,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         print(warning, file=sys.stderr)
     deadline = time.monotonic() + args.timeout
     bench = Bench(agents=n, raw_clients=0, timeout=args.timeout, keep=args.keep)
-    result: dict[str, Any] = {"agents": n}
+    result: dict[str, Any] = {"agents": n, "full_agents": args.full_agents, "light_agents": n - args.full_agents}
     try:
         await asyncio.to_thread(bench.start)
         print(f"broker {bench.broker.url}, hub {bench.hub.url if bench.hub else '?'}, work dir {bench.workdir}",
               flush=True)
         join_s = await asyncio.to_thread(bench.join_all, POOL, n)
         print(f"joins: {n} in {join_s:.1f} s", flush=True)
-        nodes = [[str(bench.state_dir(i)), source_address(i)] for i in range(n)]
-        workers = await bench.start_workers(math.ceil(n / FULL_PER_WORKER), "full")
-        await asyncio.gather(*(w.call(deadline - time.monotonic(), cmd="agents", kind="full", nodes=part)
-                               for w, part in zip(workers, split(nodes, len(workers)), strict=True)))
+        full_workers, light_workers = await bench.start_agents(n, args.full_agents, deadline)
+        workers = full_workers + light_workers
         await bench.wait_online(n, deadline)
 
         from deployer_plugin import load_component_file

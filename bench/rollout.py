@@ -40,8 +40,10 @@ sys.path.insert(0, str(REPO))
 
 from harness import (  # noqa: E402
     FD_SLACK,
+    LIGHT_PER_WORKER,
     Bench,
     SysWatch,
+    default_full_agents,
     deltas,
     machine,
     node_name,
@@ -57,10 +59,6 @@ from harness import (  # noqa: E402
 
 COMPONENT = REPO / "bench" / "component.yaml"
 NAMESPACE, NAME, POOL = "bench", "tiny", "bench"
-# Simulated nodes per worker process: light ones are cheap, full ones carry a store thread each.
-LIGHT_PER_WORKER = 2500
-FULL_PER_WORKER = 250
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -75,7 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.agents < 1:
         parser.error("--agents must be at least 1")
     if args.full_agents is None:
-        args.full_agents = min(args.agents, max(1, args.agents // 10), 200)
+        args.full_agents = default_full_agents(args.agents)
     if not 0 <= args.full_agents <= args.agents:
         parser.error("--full-agents must be from 0 to --agents")
     return args
@@ -236,16 +234,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                   f"{raw['seconds']:.3f} s; broker {raw['broker']}", flush=True)
 
             # The nodes: full agents first (their own workers), then the light ones.
-            full = [[str(bench.state_dir(i)), source_address(i)] for i in range(m)]
-            light = [[str(bench.state_dir(i)), source_address(i)] for i in range(m, n)]
             started = time.monotonic()
-            full_workers = await bench.start_workers(math.ceil(m / FULL_PER_WORKER), "full") if m else []
-            light_workers = await bench.start_workers(math.ceil((n - m) / LIGHT_PER_WORKER), "light") if n > m else []
-            await asyncio.gather(
-                *(w.call(deadline - time.monotonic(), cmd="agents", kind="full", nodes=part)
-                  for w, part in zip(full_workers, split(full, len(full_workers)), strict=True)),
-                *(w.call(deadline - time.monotonic(), cmd="agents", kind="light", nodes=part)
-                  for w, part in zip(light_workers, split(light, len(light_workers)), strict=True)))
+            full_workers, light_workers = await bench.start_agents(n, m, deadline)
             connected_s = time.monotonic() - started
             online_s = connected_s + await bench.wait_online(n, deadline)
             result.update(connect_s=connected_s, online_s=online_s)

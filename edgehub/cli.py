@@ -10,16 +10,12 @@ import signal
 import sys
 from pathlib import Path
 
-from aiohttp import web
-
 from edgekit.sql import DriverMissing, StoreUnavailable, require_driver
 
-from .app import create_app
-from .auth import VIEWER_TOKEN_FILE, OperatorTokenError
-from .broker_config import BrokerConfigError, write_mosquitto_config
-from .keys import IDENTITY
 from .settings import TLS_MODES, HubSettings
-from .tls import TLS
+
+# The hub's application (aiohttp and everything it serves) is imported where it is used: the hub's render
+# workers are spawned processes, which import this module again, and a render should not wait for it.
 
 
 def _host_port(text: str) -> tuple[str, int]:
@@ -68,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def mosquitto_config(args: argparse.Namespace) -> int:
+    from .broker_config import BrokerConfigError, write_mosquitto_config
+
     host, port = args.listen
     try:
         config = write_mosquitto_config(args.state.resolve(), host, port, args.out, names=tuple(args.name),
@@ -111,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, OSError, DriverMissing) as exc:
         print(f"edgehub: {exc}", file=sys.stderr)
         return 2
+    from .auth import OperatorTokenError
+
     try:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(serve(settings))
@@ -126,6 +126,13 @@ async def serve(settings: HubSettings) -> None:
     The first line says ``edgehub listening on http://HOST:PORT``, or ``https://`` when the API is
     served over TLS (``edgesim.fleet.listening_ports`` reads it).
     """
+    from aiohttp import web
+
+    from .app import create_app
+    from .auth import VIEWER_TOKEN_FILE
+    from .keys import IDENTITY
+    from .tls import TLS
+
     app = create_app(settings)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
