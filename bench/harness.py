@@ -14,6 +14,7 @@ Facts the figures depend on (see bench/README.md):
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import concurrent.futures
 import json
@@ -53,9 +54,37 @@ LIGHT_PER_WORKER = 2500
 FULL_PER_WORKER = 250
 
 
+# The component both benchmarks apply to every node (pool "bench").
+COMPONENT = REPO / "bench" / "component.yaml"
+NAMESPACE, NAME, POOL = "bench", "tiny", "bench"
+
+
 def default_full_agents(n: int) -> int:
     """How many of n simulated nodes run the full ``Agent`` class unless told: a tenth, 1 to 200."""
     return min(n, max(1, n // 10), 200)
+
+
+def fleet_parser(description: str) -> argparse.ArgumentParser:
+    """The arguments both benchmarks take: --agents, --full-agents, --timeout, --keep."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--agents", type=int, required=True, help="simulated nodes (N)")
+    parser.add_argument("--full-agents", type=int, default=None,
+                        help="how many of the N run the full Agent class (default min(N, max(1, N // 10), 200))")
+    parser.add_argument("--timeout", type=float, default=600.0, help="bound of every wait, seconds (default 600)")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs) for a look afterwards")
+    return parser
+
+
+def parse_fleet_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``parser``'s arguments, --agents and --full-agents checked (and the latter defaulted)."""
+    args = parser.parse_args(argv)
+    if args.agents < 1:
+        parser.error("--agents must be at least 1")
+    if args.full_agents is None:
+        args.full_agents = default_full_agents(args.agents)
+    if not 0 <= args.full_agents <= args.agents:
+        parser.error("--full-agents must be from 0 to --agents")
+    return args
 
 
 def source_address(i: int) -> str:

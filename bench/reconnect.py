@@ -38,34 +38,24 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from harness import (  # noqa: E402
+    COMPONENT,
     FD_SLACK,
+    NAME,
+    NAMESPACE,
+    POOL,
     Bench,
-    default_full_agents,
+    fleet_parser,
     machine,
+    parse_fleet_args,
     poll_interval,
     proc_cpu,
     raise_nofile,
 )
 
-COMPONENT = REPO / "bench" / "component.yaml"
-NAMESPACE, NAME, POOL = "bench", "tiny", "bench"
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--agents", type=int, required=True, help="simulated nodes (N)")
-    parser.add_argument("--full-agents", type=int, default=None,
-                        help="how many of the N run the full Agent class (default min(N, max(1, N // 10), 200))")
-    parser.add_argument("--timeout", type=float, default=600.0, help="bound of every wait, seconds (default 600)")
-    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs) for a look afterwards")
-    args = parser.parse_args(argv)
-    if args.agents < 1:
-        parser.error("--agents must be at least 1")
-    if args.full_agents is None:
-        args.full_agents = default_full_agents(args.agents)
-    if not 0 <= args.full_agents <= args.agents:
-        parser.error("--full-agents must be between 0 and --agents")
-    return args
+    parser = fleet_parser(__doc__.split("\n\n")[0])
+    return parse_fleet_args(parser, argv)
 
 
 def converged(nodes: list[dict[str, Any]], revision: int, after: str) -> int:
