@@ -1,17 +1,17 @@
 """Keeps the broker's identities in step with the hub's registry.
 
-On a broker written by ``edgehub mosquitto-config`` a client may do only what
-its role in Mosquitto's dynamic security plugin allows, and a user name the
-plugin does not know may do nothing at all. The hub is the plugin's
-administrator: it refuses a node when an operator resets or revokes it (the
-broker disconnects it at once), lets the name back when it joins again, and
-admits dashboard credentials. Joined nodes are not in the plugin: the
-broker's ACL file gives each its own topics (``broker_roles``), so a join
-costs the broker nothing in proportion to the fleet. Commands go over the plugin's control topic on the hub's own MQTT
-session; the answers come back on the response topic.
+On a broker written by ``edgehub mosquitto-config`` a client the dynamic
+security plugin knows may do only what its role allows; any other client (a
+joined node) gets only what the broker's ACL file gives its own name
+(``broker_roles``), so a join costs the broker nothing in proportion to the
+fleet. The hub is the plugin's administrator: it refuses a node when an
+operator resets or revokes it (the broker disconnects it at once), lets the
+name back when it joins again, and admits dashboard credentials. Commands go
+over the plugin's control topic on the hub's own MQTT session; the answers
+come back on the response topic.
 
 Each time the hub connects it reconciles the whole list (a broker restored from
-an old file, or a join while the broker was down, is put right), in a task of
+an old file, or a reset, revoke or re-join while the broker was down, is put right), in a task of
 its own: the session delivers the answers only after its connect hook returns.
 """
 
