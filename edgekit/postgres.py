@@ -48,6 +48,10 @@ T = TypeVar("T")
 
 # How long connecting may take before the call fails (libpq's connect_timeout, seconds).
 CONNECT_TIMEOUT_SECONDS = 10
+# How long one statement may run, waiting for the write lock included, before the server cancels it.
+STATEMENT_TIMEOUT_MS = 60_000
+# A server that stops answering mid-call is found by TCP keepalives (libpq's), in about 25 s.
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
 # The key of the write lock: any fixed 64-bit number, derived from a name so it says what it is.
 WRITE_LOCK_KEY = int.from_bytes(hashlib.sha256(b"edgekit.postgres write lock").digest()[:8], "big", signed=True)
 
@@ -181,8 +185,11 @@ class PostgresDatabase:
             conn.close()
             self._conn = None
         # Autocommit: every transaction is an explicit ``conn.transaction()`` block, nothing is left open.
+        # The URL's own options (a statement_timeout of the operator's, say) win over ours.
+        options = {} if "options=" in self._url else {"options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"}
         self._conn = psycopg.connect(self._url, autocommit=True, row_factory=_row_factory,
-                                     connect_timeout=CONNECT_TIMEOUT_SECONDS, application_name="edgecollab")
+                                     connect_timeout=CONNECT_TIMEOUT_SECONDS, application_name="edgecollab",
+                                     **KEEPALIVES, **options)
         return self._conn
 
     def _create_schema(self) -> None:

@@ -219,3 +219,14 @@ async def test_a_store_whose_postgresql_connection_is_lost_connects_again_on_the
             await store.list_nodes()
         # ... and the next one works on a new connection.
         assert [n.name for n in await store.list_nodes()] == ["n1"]
+
+
+async def test_a_store_on_postgresql_bounds_every_statement_unless_its_url_says_otherwise(postgres_url: str):
+    """A statement that hangs (a lock held elsewhere, a wedged server) cannot hold the store's thread, and
+    with it every write, forever; an operator's own bound in the URL wins."""
+    query = "SELECT setting FROM pg_settings WHERE name = 'statement_timeout'"
+    async with HubStore(postgres_url) as store:
+        assert await store._db.read(lambda c: c.execute(query).fetchone()[0]) == "60000"  # milliseconds
+    own = postgres_url + ("&" if "?" in postgres_url else "?") + "options=-c%20statement_timeout%3D5000"
+    async with HubStore(own) as store:
+        assert await store._db.read(lambda c: c.execute(query).fetchone()[0]) == "5000"
