@@ -297,9 +297,7 @@ class Controller:
             version = self.resync()  # each period, and after a 410: every object once more
 
 
-def main(argv: list[str] | None = None) -> int:
-    from .deployer import EdgeDeployer  # noqa: PLC0415
-
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m deployer_plugin.controller", description=__doc__.split("\n")[0])
     parser.add_argument("--hub", help="the hub's URL (default: $EDGECOLLAB_HUB)")
     parser.add_argument("--ca-file", help="the CA an https:// hub is trusted by (default: $EDGECOLLAB_CA_FILE)")
@@ -307,7 +305,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kubeconfig", help="the cluster (default: $KUBECONFIG, else in-cluster)")
     parser.add_argument("--resync", type=int, default=DEFAULT_RESYNC_SECONDS, help="seconds between full resyncs")
     parser.add_argument("-v", "--verbose", action="store_true")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .deployer import EdgeDeployer  # noqa: PLC0415
+
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

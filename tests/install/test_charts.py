@@ -244,7 +244,7 @@ def test_mosquitto_shares_the_volume_but_not_the_hub_key() -> None:
     # Without Mosquitto: no broker container or port.
     docs = objects(render(HUB_CHART, {"mosquitto": {"enabled": False}, "settings": {"mqtt_url": "mqtts://b:8883"}}))
     pod = one(docs, "Deployment")["spec"]["template"]["spec"]
-    assert [c["name"] for c in pod["containers"]] == ["hub"]
+    assert [c["name"] for c in pod["containers"]] == ["hub", "controller"]
     assert [c["name"] for c in pod["initContainers"]] == ["ca-init"]
     assert [p["name"] for p in one(docs, "Service")["spec"]["ports"]] == ["api"]
 
@@ -260,6 +260,30 @@ def test_the_component_controller_rbac_is_scoped() -> None:
     role = one(docs, "Role")  # the ca-init container's: one Secret, get and patch
     assert role["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["ec-edgehub-ca"],
                               "verbs": ["get", "patch"]}]
+
+
+def test_the_component_controller_runs_beside_the_hub_with_the_hubs_token_and_ca() -> None:
+    from deployer_plugin.controller import build_parser
+
+    values = all_options(HUB_CHART)
+    deployment = one(objects(render(HUB_CHART, values)), "Deployment")
+    controller = container(deployment, "controller")
+    assert controller["command"][:3] == ["python", "-m", "deployer_plugin.controller"]
+    args = build_parser().parse_args(controller["command"][3:])  # the controller's own flags, as it parses them
+    assert (args.hub, args.namespace, args.resync) == (f"https://localhost:{values['service']['port']}", "edge-apps",
+                                                       120)
+    state = HubSettings(state_dir=Path("/data/hub"))
+    env = {e["name"]: e["value"] for e in controller["env"]}
+    assert env["EDGECOLLAB_TOKEN_FILE"] == str(state.admin_token_path)
+    assert env["EDGECOLLAB_CA_FILE"] == str(state.ca_certificate_path)
+    assert {"name": "data", "mountPath": "/data", "readOnly": True} in controller["volumeMounts"]
+    # The account the ClusterRole is bound to.
+    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "edgecollab-hub-sa"
+    plain = one(objects(render(HUB_CHART, {"settings": {"tls": "off"}, "controller": {"namespace": ""}})),
+                "Deployment")
+    assert build_parser().parse_args(container(plain, "controller")["command"][3:]).hub == "http://localhost:8470"
+    off = one(objects(render(HUB_CHART, {"controller": {"enabled": False}})), "Deployment")
+    assert "controller" not in {c["name"] for c in off["spec"]["template"]["spec"]["containers"]}
 
 
 def test_the_chart_carries_its_crds_dir(tmp_path: Path) -> None:
