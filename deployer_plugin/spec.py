@@ -419,11 +419,16 @@ def _suggest(key: str, allowed: tuple[str, ...]) -> str:
 
 
 def _check_fields(
-    doc: Mapping[Any, Any], path: str, allowed: tuple[str, ...], problems: _Problems, *, ignored: tuple[str, ...] = ()
+    doc: Mapping[Any, Any], path: str, allowed: tuple[str, ...], problems: _Problems, *, ignored: tuple[str, ...] = (),
+    misplaced: tuple[str, ...] = (), misplaced_why: str = "",
 ) -> None:
+    """Report field names that are not strings, and fields neither ``allowed`` nor ``ignored``: a field of
+    another form (``misplaced``) says ``misplaced_why``, any other is unknown (with a suggestion)."""
     for key in doc:
         if not isinstance(key, str):
             problems.add(path, f"field name {key!r} is not a string")
+        elif key in misplaced:
+            problems.add(_join(path, key), misplaced_why)
         elif key not in allowed and key not in ignored:
             problems.add(_join(path, key), f"unknown field{_suggest(key, allowed)}")
 
@@ -552,8 +557,9 @@ def _parse_chart(spec: Mapping[str, Any], problems: _Problems) -> ChartRef | Non
             return _parse_repo_chart(raw, problems)
         if "oci" in raw:
             return _parse_oci_chart(raw, problems)
-        _check_fields(raw, "spec.chart", _CHART_FIELDS, problems, ignored=("name", "version"))
-        # A misspelt repo or oci was reported as an unknown field: "path: required" would only confuse.
+        _check_fields(raw, "spec.chart", _CHART_FIELDS, problems)
+        # A misspelt repo or oci was reported as an unknown field: "path: required" would only confuse, and so
+        # would name and version called misplaced.
         if any(isinstance(k, str) and k not in _CHART_FIELDS and _suggest(k, ("repo", "oci")) for k in raw):
             return None
         for misplaced in ("name", "version"):
@@ -647,10 +653,8 @@ def _chart_version(raw: Mapping[str, Any], where_parent: str, problems: _Problem
 def _parse_repo_chart(raw: Mapping[str, Any], problems: _Problems) -> RepoChart | None:
     path = "spec.chart"
     before = len(problems.items)
-    _check_fields(raw, path, _REPO_CHART_FIELDS, problems, ignored=("path", "oci"))
-    for misplaced in ("path", "oci"):
-        if misplaced in raw:
-            problems.add(_join(path, misplaced), "cannot be given with repo and name: a chart comes from one place")
+    _check_fields(raw, path, _REPO_CHART_FIELDS, problems, misplaced=("path", "oci"),
+                  misplaced_why="cannot be given with repo and name: a chart comes from one place")
     repo = _string(raw, "repo", path, problems, required="the chart repository's URL (https://...)")
     if repo is not None and _chart_url(repo.strip(), f"{path}.repo", problems, schemes=("https", "http")) is None:
         repo = None
@@ -674,10 +678,8 @@ def _parse_repo_chart(raw: Mapping[str, Any], problems: _Problems) -> RepoChart 
 def _parse_oci_chart(raw: Mapping[str, Any], problems: _Problems) -> OciChart | None:
     path = "spec.chart"
     before = len(problems.items)
-    _check_fields(raw, path, _OCI_CHART_FIELDS, problems, ignored=("path", "name"))
-    for misplaced in ("path", "name"):
-        if misplaced in raw:
-            problems.add(_join(path, misplaced), "cannot be given with oci: the reference names the chart")
+    _check_fields(raw, path, _OCI_CHART_FIELDS, problems, misplaced=("path", "name"),
+                  misplaced_why="cannot be given with oci: the reference names the chart")
     ref = _string(raw, "oci", path, problems, required="oci://REGISTRY/PATH/NAME")
     version = _chart_version(raw, path, problems, what="the chart version, the registry's tag (1.2.3)")
     if ref is None or version is None or len(problems.items) > before:

@@ -147,24 +147,24 @@ def interval(text: str) -> float:
     return seconds
 
 
-def events_limit(text: str) -> int:
+def _whole_number(text: str, what: str, *, low: int, high: int | None = None) -> int:
+    """``text`` as an integer from ``low`` (to ``high``); a usage error naming ``what`` otherwise."""
     try:
         value = int(text)
     except ValueError:
-        value = 0
-    if not 1 <= value <= MAX_EVENTS:
-        raise argparse.ArgumentTypeError(f"limit {text!r} must be an integer from 1 to {MAX_EVENTS}")
+        value = low - 1
+    if value < low or (high is not None and value > high):
+        bound = f"an integer from {low} to {high}" if high is not None else f"a whole number from {low}"
+        raise argparse.ArgumentTypeError(f"{what} {text!r} must be {bound}")
     return value
+
+
+def events_limit(text: str) -> int:
+    return _whole_number(text, "limit", low=1, high=MAX_EVENTS)
 
 
 def revision_number(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"revision {text!r} must be a whole number from 1")
-    return value
+    return _whole_number(text, "revision", low=1)
 
 
 def hub_url(text: str) -> str:

@@ -30,18 +30,16 @@ is never retried here).
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import re
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from typing import Any, Literal, TypeVar
 
 import psycopg
 
-from .sql import Connection, StoreUnavailable, redact
+from .sql import Connection, OnOneThread, StoreUnavailable, redact
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -135,7 +133,7 @@ class _Adapter:
         return cursor
 
 
-class PostgresDatabase:
+class PostgresDatabase(OnOneThread):
     """A PostgreSQL database (a libpq URL). Use as an async context manager."""
 
     dialect: Literal["postgresql"] = "postgresql"
@@ -146,34 +144,18 @@ class PostgresDatabase:
         # Columns added by later versions, for a database made by an older one. ADD COLUMN puts them
         # after rowid: a table that has them is written with named columns (the hub's nodes and components are).
         self._added_columns = added_columns
-        self._executor: ThreadPoolExecutor | None = None
+        super().__init__()
         self._conn: psycopg.Connection[Row] | None = None
 
     def __str__(self) -> str:
         return redact(self._url)
 
     async def __aenter__(self) -> PostgresDatabase:
-        if self._executor is not None:
-            raise RuntimeError(f"database {self} is already open")
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="postgres")
         try:
-            await self._run(self._create_schema)
+            await self._start("postgres", self._create_schema)
         except psycopg.OperationalError as exc:
-            await self.__aexit__(None, None, None)
             raise StoreUnavailable(f"cannot open the PostgreSQL store {self}: {exc}".strip()) from exc
-        except BaseException:
-            await self.__aexit__(None, None, None)
-            raise
         return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        executor, self._executor = self._executor, None
-        if executor is None:
-            return
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            await asyncio.get_running_loop().run_in_executor(executor, conn.close)
-        executor.shutdown(wait=True)
 
     def _connection(self) -> psycopg.Connection[Row]:
         """The open connection, connecting (again) when there is none or the last one was lost."""
@@ -201,11 +183,6 @@ class PostgresDatabase:
             for table, column, declaration in self._added_columns:
                 declaration = _TYPE_WORD.sub(lambda m: _TYPES[m[1]], declaration)
                 conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {declaration}")
-
-    async def _run(self, fn: Callable[[], T]) -> T:
-        if self._executor is None:
-            raise RuntimeError(f"database {self} is not open")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
     async def transaction(self, fn: Callable[[Connection], T]) -> T:
         """Run ``fn(conn)`` in one write transaction, after every other writer's, and return its result."""

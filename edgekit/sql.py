@@ -33,9 +33,11 @@ Errors::
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
@@ -102,6 +104,43 @@ class SqlDatabase(Protocol):
     async def reclaim_space(self) -> None:
         """Give space freed by large deletions back (SQLite: an incremental vacuum; PostgreSQL: its autovacuum)."""
         ...
+
+
+class OnOneThread:
+    """A database whose calls all run on one worker thread of its own, so the event loop never waits on
+    it and calls never interleave: what ``edgekit.sqlite`` and ``edgekit.postgres`` share. A subclass
+    opens its connection (``_conn``) in the function it gives ``_start`` and names itself in ``__str__``."""
+
+    _conn: Any
+
+    def __init__(self) -> None:
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn = None
+
+    async def _start(self, thread_name: str, open_connection: Callable[[], None]) -> None:
+        """Start the thread and run ``open_connection`` on it; on any failure, close again and raise."""
+        if self._executor is not None:
+            raise RuntimeError(f"database {self} is already open")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name)
+        try:
+            await self._run(open_connection)
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await asyncio.get_running_loop().run_in_executor(executor, conn.close)
+        executor.shutdown(wait=True)
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        if self._executor is None:
+            raise RuntimeError(f"database {self} is not open")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,18 +18,18 @@ This is the embedded backend of ``edgekit.sql``'s interface (``SqlDatabase``);
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import sqlite3
 import stat
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal, TypeVar
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_random
+
+from .sql import OnOneThread
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -71,7 +71,7 @@ def _make_private(path: Path) -> None:
             pass
 
 
-class Database:
+class Database(OnOneThread):
     """An open SQLite file. Use as an async context manager."""
 
     dialect: Literal["sqlite"] = "sqlite"
@@ -89,28 +89,15 @@ class Database:
         # Read-only: opens an existing file and never writes, not even the
         # schema, so a command can look while the owner is running.
         self._readonly = readonly
-        self._executor: ThreadPoolExecutor | None = None
+        super().__init__()
         self._conn: sqlite3.Connection | None = None
 
-    async def __aenter__(self) -> Database:
-        if self._executor is not None:
-            raise RuntimeError(f"database {self._path} is already open")
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sqlite-{self._path.name}")
-        try:
-            await self._run(self._open)
-        except BaseException:
-            await self.__aexit__(None, None, None)
-            raise
-        return self
+    def __str__(self) -> str:
+        return str(self._path)
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        executor, self._executor = self._executor, None
-        if executor is None:
-            return
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            await asyncio.get_running_loop().run_in_executor(executor, conn.close)
-        executor.shutdown(wait=True)
+    async def __aenter__(self) -> Database:
+        await self._start(f"sqlite-{self._path.name}", self._open)
+        return self
 
     def _open(self) -> None:
         if self._readonly:
@@ -139,11 +126,6 @@ class Database:
         if self._incremental_vacuum:
             _use_incremental_vacuum(conn)
         self._conn = conn
-
-    async def _run(self, fn: Callable[[], T]) -> T:
-        if self._executor is None:
-            raise RuntimeError(f"database {self._path} is not open")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
     async def transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(conn)`` in one write transaction and return its result."""

@@ -9,24 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from component_docs import BASE_DOC
 
 from deployer_plugin import package_chart
 
 CHARTS = Path(__file__).parent / "charts"
 
-BASE_DOC: dict[str, Any] = {
-    "apiVersion": "edgecollab.io/v1alpha1",
-    "kind": "Component",
-    "metadata": {"name": "web", "namespace": "demo"},
-    "spec": {
-        "chart": "./chart",
-        "values": {"message": "hi"},
-        "edge": {
-            "nodePools": ["shanghai", "beijing"],
-            "poolValues": {"shanghai": {"greeting": "ni hao"}},
-        },
-    },
-}
 
 
 @pytest.fixture

@@ -26,23 +26,13 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+from component_docs import BASE_DOC
 
 from deployer_plugin import SpecError, parse_component, read_component_document
 from deployer_plugin import spec as spec_module
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / "charts" / "edgehub" / "crds" / "components.edgecollab.io.yaml"
-# The parser tests' base document (tests/deployer/conftest.py).
-BASE_DOC: dict[str, Any] = {
-    "apiVersion": "edgecollab.io/v1alpha1",
-    "kind": "Component",
-    "metadata": {"name": "web", "namespace": "demo"},
-    "spec": {
-        "chart": "./chart",
-        "values": {"message": "hi"},
-        "edge": {"nodePools": ["shanghai", "beijing"], "poolValues": {"shanghai": {"greeting": "ni hao"}}},
-    },
-}
 # The chart a cluster object names instead of a local one (the CRD takes no local chart).
 CLUSTER_CHART = {"repo": "https://charts.example.com/stable", "name": "web", "version": "1.2.3"}
 
