@@ -49,6 +49,7 @@ from edgeagent.agent import Agent, AgentSettings  # noqa: E402
 from edgeagent.identity import NodeIdentity, load_bundle_key  # noqa: E402
 from edgeagent.runtime import DryRunRuntime, DryRunSettings  # noqa: E402
 from edgekit.mqtt import BrokerAddress, MqttSession  # noqa: E402
+from edgekit.tasks import OwnedTask  # noqa: E402
 from edgeprotocol import topics  # noqa: E402
 from edgeprotocol.errors import ProtocolError  # noqa: E402
 from edgeprotocol.messages import Event, NodeStatus, Presence, ReleaseStatus, Resync, now  # noqa: E402
@@ -112,16 +113,14 @@ class LightAgent:
         self.event_seq = 0
         self.connected = asyncio.Event()
         self.applies = 0
-        self._task: asyncio.Task[None] | None = None
+        self._task = OwnedTask(f"light-{self.node}")
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"light-{self.node}")
+        self._task.start(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        with contextlib.suppress(Exception):  # a session that died is reported by its missing figures
+            await self._task.stop()
 
     def _context(self) -> ssl.SSLContext:
         tls = self.identity.broker_tls(self.state_dir)
@@ -252,16 +251,14 @@ class RawSession:
     def __init__(self, name: str, bind: str, broker: BrokerAddress, context: ssl.SSLContext, reply: bytes) -> None:
         self.name, self.bind, self.broker, self.context, self.reply = name, bind, broker, context, reply
         self.connected = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._task = OwnedTask(f"raw-{self.name}")
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"raw-{self.name}")
+        self._task.start(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        with contextlib.suppress(Exception):  # a session that died is reported by its missing figures
+            await self._task.stop()
 
     async def _run(self) -> None:
         async with aiomqtt.Client(self.broker.host, self.broker.port, identifier=self.name,
