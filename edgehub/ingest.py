@@ -167,11 +167,11 @@ class NodeMessages:
             while len(batch) < INGEST_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
-                await self.handle_batch(batch)
+                await self._handle_batch(batch)
             except Exception:  # a bug in what follows the batch: the next batch is still taken
                 logger.exception("Handling a batch of %d node message(s) failed", len(batch))
 
-    async def handle_batch(self, batch: list[tuple[str, bytes]]) -> None:
+    async def _handle_batch(self, batch: list[tuple[str, bytes]]) -> None:
         """Handle messages together (writes in shared transactions), then what their statuses and resyncs ask."""
         follow_ups = _FollowUps()
         # Each message's write is queued in the order the messages came, before any of them waits.
