@@ -175,7 +175,7 @@ async def phase(bench: Bench, watch: SysWatch, message: str, revision: int, n: i
     """Apply (a new revision) and wait for all N Deployed: totals, hub CPU, broker traffic."""
     body = apply_body(message)
     before = await watch.settled_snapshot()
-    cpu_before = proc_cpu(bench.hub_pid)
+    cpu_before = cpu_by_process(bench)
     started = time.time()
     apply = asyncio.create_task(asyncio.to_thread(bench.api, "/api/v1/components", method="POST", body=body,
                                                   timeout=max(1.0, deadline - time.monotonic())))
@@ -184,9 +184,23 @@ async def phase(bench: Bench, watch: SysWatch, message: str, revision: int, n: i
     applied = answer.get("revision")
     if applied != revision:
         raise RuntimeError(f"the hub made revision {applied}, expected {revision}")
+    cpu = {who: seconds - cpu_before[who] for who, seconds in cpu_by_process(bench).items()}
     after = await watch.settled_snapshot()
-    return {"started": started, "total_s": done_at - started, "hub_cpu_s": proc_cpu(bench.hub_pid) - cpu_before,
-            "broker": deltas(before, after)}
+    return {"started": started, "total_s": done_at - started, "hub_cpu_s": cpu["hub"],
+            "broker_cpu_s": cpu["broker"], "agents_cpu_s": cpu["agents"], "broker": deltas(before, after)}
+
+
+def cpu_by_process(bench: Bench) -> dict[str, float]:
+    """CPU seconds so far of the hub, the broker and the simulated agents (every worker process): where the
+    two cores went during a phase."""
+    return {"hub": proc_cpu(bench.hub_pid), "broker": proc_cpu(bench.broker_pid),
+            "agents": sum(proc_cpu(w.pid) for w in bench.workers)}
+
+
+def print_phase(name: str, n: int, ph: dict[str, Any]) -> None:
+    print(f"{name}: all {n} Deployed on the hub after {ph['total_s']:.2f} s; CPU: hub {ph['hub_cpu_s']:.1f} s, "
+          f"broker {ph['broker_cpu_s']:.1f} s, simulated agents {ph['agents_cpu_s']:.1f} s; broker {ph['broker']}",
+          flush=True)
 
 
 def latencies(reports: list[dict[str, Any]], revision: int, started: float, nodes: set[str]) -> dict[str, float]:
@@ -234,11 +248,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                   flush=True)
 
             rollout = await phase(bench, watch, "revision 1", 1, n, deadline)
-            print(f"rollout: all {n} Deployed on the hub after {rollout['total_s']:.2f} s, hub CPU "
-                  f"{rollout['hub_cpu_s']:.1f} s; broker {rollout['broker']}", flush=True)
+            print_phase("rollout", n, rollout)
             upgrade = await phase(bench, watch, "revision 2", 2, n, deadline)
-            print(f"upgrade: all {n} Deployed on the hub after {upgrade['total_s']:.2f} s, hub CPU "
-                  f"{upgrade['hub_cpu_s']:.1f} s; broker {upgrade['broker']}", flush=True)
+            print_phase("upgrade", n, upgrade)
 
             full_reports = [await w.call(60, cmd="report") for w in full_workers]
             light_reports = [await w.call(60, cmd="report") for w in light_workers]
@@ -253,6 +265,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 result.update({f"{name}_s": ph["total_s"], f"{name}_p50_s": lat["p50_s"],
                                f"{name}_p99_s": lat["p99_s"], f"{name}_max_s": lat["max_s"],
                                f"{name}_deployed": lat["count"], f"{name}_hub_cpu_s": ph["hub_cpu_s"],
+                               f"{name}_broker_cpu_s": ph["broker_cpu_s"], f"{name}_agents_cpu_s": ph["agents_cpu_s"],
                                f"{name}_broker": ph["broker"],
                                f"{name}_full_p50_s": lat_full["p50_s"], f"{name}_full_max_s": lat_full["max_s"],
                                f"{name}_light_p50_s": lat_light["p50_s"], f"{name}_light_max_s": lat_light["max_s"]})

@@ -19,8 +19,9 @@ Two kinds of simulated node:
   reconcile loop, uplink, certificate renewer): exactly ``edgeagent run --runtime dry-run``.
 - ``light``: protocol-faithful and cheap: a real TLS MQTT session with the node's certificate and last
   will, presence and resync on connect, every assignment verified and decrypted with the real
-  ``edgeprotocol`` code (``open_sealed``), then what a real agent sends for it (status Applying, an
-  Applied event, status Deployed, with real ``NodeStatus``/``Event`` messages). No store, no runtime.
+  ``edgeprotocol`` code (``open_sealed``), then what a real agent sends for it when its apply is quick (an
+  Applied event, then, ``status_coalesce`` later, status Deployed, with real ``NodeStatus``/``Event``
+  messages). No store, no runtime.
 
 Every client socket binds the source address it is given (127.0.0.0/8), see bench/README.md.
 """
@@ -61,6 +62,7 @@ logger = logging.getLogger("simworker")
 START_CONCURRENCY = 64
 KEEPALIVE = 10  # the agent's default
 MQTT_TIMEOUT = 60.0
+STATUS_COALESCE = AgentSettings(state_dir=Path(".")).status_coalesce  # the agent's default
 
 
 def rss_kib() -> int:
@@ -90,10 +92,13 @@ class Metrics:
             status = NodeStatus.decode(payload)
         except ProtocolError:
             return
+        self.saw_deployed(node, [r.applied_revision for r in status.releases if r.phase == "Deployed"])
+
+    def saw_deployed(self, node: str, revisions: list[int]) -> None:
+        """``node`` reported these revisions Deployed now (the first report of each counts)."""
         mine = self.deployed.setdefault(node, {})
-        for r in status.releases:
-            if r.phase == "Deployed" and r.applied_revision not in mine:
-                mine[r.applied_revision] = time.time()
+        for revision in revisions:
+            mine.setdefault(revision, time.time())
 
 
 class LightAgent:
@@ -169,7 +174,8 @@ class LightAgent:
         payload = NodeStatus(node=self.node, seq=self.seq, observed_at=now(), releases=tuple(releases),
                              agent_version="bench-light", runtime="dry-run").encode()
         await client.publish(topics.status(self.node), payload, qos=1, retain=True, timeout=MQTT_TIMEOUT)
-        self.metrics.saw_status(self.node, payload)
+        self.metrics.status_bytes = max(self.metrics.status_bytes, len(payload))
+        self.metrics.saw_deployed(self.node, [r.applied_revision for r in releases if r.phase == "Deployed"])
 
     async def _on_message(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
         payload = message.payload if isinstance(message.payload, bytes) else b""
@@ -195,12 +201,14 @@ class LightAgent:
             return
         self.held[key] = assignment.revision
         self.applies += 1
-        await self._status(client, {key: ("Applying", before, 0)})
         self.event_seq += 1
         event = Event(node=self.node, seq=self.event_seq, at=now(), reason="Applied",
                       message=f"revision {assignment.revision} applied", namespace=key[0], release=key[1],
                       revision=assignment.revision)
         await client.publish(topics.events(self.node), event.encode(), qos=1, timeout=MQTT_TIMEOUT)
+        # The real agent's status waits status_coalesce for the changes that follow: an apply as quick as a
+        # dry run reports Deployed alone, without the Applying before it.
+        await asyncio.sleep(STATUS_COALESCE)
         await self._status(client, {})
 
 

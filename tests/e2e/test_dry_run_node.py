@@ -16,7 +16,10 @@ import pytest
 import yaml
 from fleet_checks import REPO, write_spec
 
+from edgeprotocol import topics
+from edgeprotocol.messages import NodeStatus
 from edgesim.fleet import Fleet, ManagedProcess, wait_until
+from edgesim.watch import TopicRecorder
 
 BENCH_CHART = REPO / "bench" / "chart"
 
@@ -107,3 +110,25 @@ def test_a_privileged_release_is_refused_by_the_dry_run_node_as_by_podman(hub_an
 
     assert "privileged" in failed["message"] and "is refused by this node's policy" in failed["message"]
     assert not (node.state_dir / "dry-run" / "bench" / "tiny").exists()
+
+
+def test_a_quick_apply_reports_deployed_alone_and_the_next_revision_too(hub_and_node, tmp_path: Path):
+    """The agent's status waits status_coalesce (0.25 s) for the changes that follow: a dry run applies at
+    once, so the broker carries one Deployed status per revision and no Applying before it."""
+    fleet, node = hub_and_node
+    assert fleet.hub is not None and fleet.broker is not None
+    wait_until(lambda: fleet.hub.api(f"/api/v1/nodes/{node.name}")["presence"] == "online", timeout=60,
+               what="the node online")
+    with TopicRecorder(fleet.broker.port, topics.status(node.name), tls=fleet.broker.identity()) as statuses:
+        for revision, message in ((1, "first"), (2, "second")):
+            spec = write_spec(tmp_path / "tiny.yaml", name="tiny", namespace="bench", chart=BENCH_CHART,
+                              values={"message": message}, edge={"nodePools": ["lab"]})
+            fleet.hub.ctl("apply", "-f", str(spec))
+            wait_until(lambda revision=revision: (r := release_of(fleet, node.name, "tiny"))
+                       and r.get("phase") == "Deployed" and r["applied_revision"] == revision,
+                       timeout=60, what=f"revision {revision} Deployed on the hub")
+
+        reported = [(r.phase, r.applied_revision) for payload in statuses.snapshot() if payload
+                    for r in NodeStatus.decode(payload).releases]
+    assert reported.count(("Deployed", 1)) >= 1 and reported.count(("Deployed", 2)) >= 1
+    assert not [phase for phase, _ in reported if phase == "Applying"], reported
