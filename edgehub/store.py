@@ -402,6 +402,9 @@ class HubStore:
         # Each node's status as last decoded (or stored by this process), by its stored seq and
         # length: listing a fleet decodes only the reports that changed since the last listing.
         self._decoded: dict[str, tuple[tuple[int, int], NodeStatus]] = {}
+        # The records of the last listing with status and without certificates (what every read of the
+        # fleet lists), by name with the row they were made from: a row unchanged since is not made again.
+        self._listed: dict[str, tuple[tuple[Any, ...], NodeRecord]] = {}
         self._change_listeners: list[Callable[[], None]] = []
         self._writes: GroupCommit[Connection] = GroupCommit(self._db.transaction)
 
@@ -623,9 +626,19 @@ class HubStore:
                 chunk = changed[start:start + _NAMES_PER_QUERY]
                 texts.update(c.execute(f"SELECT name, status FROM nodes WHERE name IN ({', '.join('?' * len(chunk))})",
                                        chunk).fetchall())
-            return [NodeRecord.from_row(r, status=self._status_of(r["name"], r["status_seq"], r["status_length"],
-                                                                  texts.get(r["name"])))
-                    for r in rows]
+            listed: dict[str, tuple[tuple[Any, ...], NodeRecord]] = {}
+            records = []
+            for r in rows:
+                name, values = r["name"], tuple(r)
+                held = self._listed.get(name) if not with_certificate else None
+                if held is None or held[0] != values or name in texts:
+                    held = (values, NodeRecord.from_row(r, status=self._status_of(
+                        name, r["status_seq"], r["status_length"], texts.get(name))))
+                listed[name] = held
+                records.append(held[1])
+            if not with_certificate:
+                self._listed = listed  # names no longer listed are forgotten
+            return records
 
         return await self._db.read(run)
 

@@ -13,7 +13,8 @@ import gzip
 import hashlib
 import json
 import zlib
-from dataclasses import asdict, dataclass, field
+import functools
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, Literal, get_args
 
@@ -115,6 +116,17 @@ def decode_json(payload: bytes | str, where: str) -> dict[str, Any]:
     except RecursionError as exc:
         raise ProtocolError(f"{where}: JSON nested too deeply") from exc
     return _check_version(data, where)
+
+
+@functools.cache
+def _field_names(kind: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(kind))
+
+
+def _flat(message: Any) -> dict[str, Any]:
+    """A message's fields, one level deep. (``dataclasses.asdict`` deep-copies every value, strings
+    included: at a fleet's rollout the hub and every agent encode a status per node.)"""
+    return {name: getattr(message, name) for name in _field_names(type(message))}
 
 
 def encode_json(data: dict[str, Any]) -> bytes:
@@ -359,7 +371,7 @@ class Condition:
         return self.status == "True"
 
     def to_dict(self) -> dict[str, str]:
-        return asdict(self)
+        return _flat(self)
 
     @classmethod
     def from_dict(cls, data: Any, where: str) -> Condition:
@@ -394,9 +406,9 @@ class NodeStatus:
     outbox: int = 0
 
     def encode(self) -> bytes:
-        data = asdict(self)
+        data = _flat(self)
         data["v"] = VERSION
-        data["releases"] = [asdict(r) for r in self.releases]
+        data["releases"] = [_flat(r) for r in self.releases]
         data["conditions"] = [c.to_dict() for c in self.conditions]
         return encode_json(data)
 
@@ -454,7 +466,7 @@ class Event:
     revision: int = 0
 
     def encode(self) -> bytes:
-        data = asdict(self)
+        data = _flat(self)
         data["v"] = VERSION
         return encode_json(data)
 

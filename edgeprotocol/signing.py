@@ -41,9 +41,11 @@ def load_public_key(pem: str) -> Ed25519PublicKey:
 def seal(assignment: Assignment, key: Ed25519PrivateKey, *, bundle_to: X25519PublicKey | None = None) -> bytes:
     """Encode and sign an assignment, ready to publish; its bundle encrypted to ``bundle_to`` when given
     (the node's bundle key, see :mod:`edgeprotocol.bundle_crypto`)."""
-    body = assignment.to_body(bundle_to)
-    signature = key.sign(encode_json(body))
-    return encode_json({"v": VERSION, "body": body, "sig": base64.b64encode(signature).decode()})
+    signed = encode_json(assignment.to_body(bundle_to))
+    signature = base64.b64encode(key.sign(signed))
+    # encode_json({"v": VERSION, "body": body, "sig": ...}) byte for byte, without encoding the body
+    # (most of the payload) a second time: the keys in sorted order, the body's canonical JSON inside.
+    return b'{"body":' + signed + b',"sig":"' + signature + b'","v":' + str(VERSION).encode() + b"}"
 
 
 def open_sealed(payload: bytes, key: Ed25519PublicKey, *, node: str, generation: int,

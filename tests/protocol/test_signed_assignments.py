@@ -28,6 +28,16 @@ def test_a_sealed_assignment_opens_with_the_hub_key_and_keeps_its_manifests():
     assert opened.bundle is not None and opened.bundle.manifests == MANIFESTS
 
 
+def test_a_sealed_assignment_is_canonical_json_and_its_signature_covers_the_body_as_encoded():
+    key = Ed25519PrivateKey.generate()
+    payload = seal(make(), key)
+    envelope = json.loads(payload)
+    assert set(envelope) == {"v", "body", "sig"} and envelope["v"] == 1
+    # Any implementation can rebuild the exact bytes: keys sorted, no spaces.
+    assert payload == encode_json(envelope)
+    key.public_key().verify(base64.b64decode(envelope["sig"]), encode_json(envelope["body"]))
+
+
 def test_an_assignment_signed_by_another_key_is_refused():
     hub, intruder = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
     with pytest.raises(SignatureError, match="not signed by the pinned hub key"):
