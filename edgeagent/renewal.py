@@ -26,7 +26,11 @@ the request with ``node.key.next`` instead and gets the certificate again.
 ``CertificateRenewer`` is the Agent's: it checks when the agent starts and
 then on a timer, renews in a thread (the HTTP call blocks), retries a failed
 renewal with backoff, and reports ``CertificateRenewed`` and
-``CertificateRenewalFailed`` events.
+``CertificateRenewalFailed`` events. Its checks read the certificate's dates
+from the record beside it (``edgeagent.certificate``, written with every
+certificate); ``cryptography`` is imported inside the functions that renew,
+so an agent whose certificate is not due never loads it (about 8 MiB,
+bench/README.md, "Agent footprint").
 """
 
 from __future__ import annotations
@@ -40,13 +44,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
-from cryptography.x509.oid import NameOID
+from typing import TYPE_CHECKING
 
 from edgekit.files import write_atomic
 from edgekit.http import HttpError, JsonHttpClient
@@ -54,7 +52,13 @@ from edgekit.tasks import OwnedTask
 from edgeprotocol.enrollment import renew_after, renewal_payload
 from edgeprotocol.errors import EdgeError
 
+from . import certificate as node_certificate
 from .identity import CERT_FILE, KEY_FILE, NodeIdentity, make_csr
+
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 logger = logging.getLogger(__name__)
 
@@ -81,11 +85,11 @@ class _NoCertificate(RenewalError):
     """The node holds no readable certificate: there is nothing to renew."""
 
 
-def load_certificate(state_dir: Path) -> x509.Certificate:
-    """The node's certificate in force; RenewalError if it is missing or unreadable."""
+def load_validity(state_dir: Path) -> node_certificate.Validity:
+    """The serial and validity of the node's certificate in force; RenewalError if it is missing or unreadable."""
     path = state_dir / CERT_FILE
     try:
-        return x509.load_pem_x509_certificate(path.read_bytes())
+        return node_certificate.validity(state_dir)
     except FileNotFoundError as exc:
         raise _NoCertificate(f"{path} not found: join again") from exc
     except (OSError, ValueError) as exc:
@@ -93,6 +97,9 @@ def load_certificate(state_dir: Path) -> x509.Certificate:
 
 
 def _load_key(path: Path) -> Ed25519PrivateKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (OSError, ValueError) as exc:
@@ -104,6 +111,8 @@ def _load_key(path: Path) -> Ed25519PrivateKey:
 
 def _public(key: PublicKeyTypes) -> bytes:
     """A public key's bytes (SubjectPublicKeyInfo, DER), comparable whatever its type."""
+    from cryptography.hazmat.primitives import serialization
+
     return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
@@ -123,6 +132,8 @@ def finish_interrupted(state_dir: Path) -> bool:
     cert_next, key_next = state_dir / PENDING_CERT_FILE, state_dir / PENDING_KEY_FILE
     if not cert_next.exists():
         return False
+    from cryptography import x509
+
     try:
         certificate = x509.load_pem_x509_certificate(cert_next.read_bytes())
         key = _load_key(key_next if key_next.exists() else state_dir / KEY_FILE)
@@ -136,6 +147,7 @@ def finish_interrupted(state_dir: Path) -> bool:
         os.replace(key_next, state_dir / KEY_FILE)
     os.replace(cert_next, state_dir / CERT_FILE)
     _fsync_dir(state_dir)
+    node_certificate.record(state_dir)
     logger.info("Finished putting in force the certificate renewed before a restart (serial %x)",
                 certificate.serial_number)
     return True
@@ -153,6 +165,10 @@ def _request(client: JsonHttpClient, node: str, csr: str, prover: Ed25519Private
 
 def _checked(answer: dict[str, object], identity: NodeIdentity, key: Ed25519PrivateKey) -> x509.Certificate:
     """The certificate the hub answered, after checking it is for this node and ``key``, from the pinned CA."""
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.x509.oid import NameOID
+
     pem = answer.get("certificate")
     try:
         certificate = x509.load_pem_x509_certificate(str(pem).encode())
@@ -180,6 +196,9 @@ def renew(state_dir: Path, identity: NodeIdentity) -> x509.Certificate:
     Blocking (HTTP, key generation, files): call it from a thread. RenewalError when it cannot be
     done now; the key and certificate in force are then unchanged.
     """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     finish_interrupted(state_dir)
     current = _load_key(state_dir / KEY_FILE)
     pending_path = state_dir / PENDING_KEY_FILE
@@ -213,11 +232,8 @@ def renew(state_dir: Path, identity: NodeIdentity) -> x509.Certificate:
     os.replace(pending_path, state_dir / KEY_FILE)
     os.replace(state_dir / PENDING_CERT_FILE, state_dir / CERT_FILE)
     _fsync_dir(state_dir)
+    node_certificate.record(state_dir)
     return certificate
-
-
-def lifetime_seconds(certificate: x509.Certificate) -> float:
-    return (certificate.not_valid_after_utc - certificate.not_valid_before_utc).total_seconds()
 
 
 class CertificateRenewer:
@@ -271,7 +287,7 @@ class CertificateRenewer:
 
     def _retry_delay(self, failures: int) -> float:
         try:
-            cap = lifetime_seconds(load_certificate(self.state_dir)) / 10
+            cap = load_validity(self.state_dir).lifetime_seconds / 10
         except RenewalError:
             cap = MAX_CHECK_SECONDS
         cap = min(MAX_CHECK_SECONDS, max(MIN_CHECK_SECONDS, cap))
@@ -280,19 +296,18 @@ class CertificateRenewer:
     async def check(self) -> float:
         """Renew the certificate if it is due; the seconds until the next check. RenewalError if it failed."""
         await asyncio.to_thread(finish_interrupted, self.state_dir)
-        certificate = await asyncio.to_thread(load_certificate, self.state_dir)
-        due = renew_after(certificate)
+        current = await asyncio.to_thread(load_validity, self.state_dir)
+        due = renew_after(current)
         now = dt.datetime.now(dt.UTC)
         if now >= due:
-            old = certificate
-            certificate = await asyncio.to_thread(renew, self.state_dir, self.identity)
+            renewed = await asyncio.to_thread(renew, self.state_dir, self.identity)
             self.renewals += 1
-            message = (f"certificate renewed: serial {certificate.serial_number:x}, valid until "
-                       f"{certificate.not_valid_after_utc.isoformat()} (was serial {old.serial_number:x}, "
-                       f"until {old.not_valid_after_utc.isoformat()})")
+            message = (f"certificate renewed: serial {renewed.serial_number:x}, valid until "
+                       f"{renewed.not_valid_after_utc.isoformat()} (was serial {current.serial_number:x}, "
+                       f"until {current.not_valid_after_utc.isoformat()})")
             logger.info("Node %s %s", self.identity.node, message)
             await self._event("CertificateRenewed", message)
-            due, now = renew_after(certificate), dt.datetime.now(dt.UTC)
+            due, now = renew_after(renewed), dt.datetime.now(dt.UTC)
         return min(MAX_CHECK_SECONDS, max(MIN_CHECK_SECONDS, (due - now).total_seconds()))
 
     async def _event(self, reason: str, message: str) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from cryptography import x509
 from fakes import FakeRuntime
 
 from edgeagent.agent import Agent, AgentSettings
+from edgeagent.certificate import VALIDITY_FILE
 from edgeagent.doctor import certificate_check
 from edgeagent.identity import NodeIdentity
 from edgeagent.renewal import PENDING_CERT_FILE, PENDING_KEY_FILE
@@ -77,6 +79,10 @@ async def test_the_agent_renews_its_certificate_before_expiry_and_the_hub_shows_
     assert (state / "node.key").read_bytes() != first_key and (state / "node.key").stat().st_mode & 0o077 == 0
     assert not (state / PENDING_KEY_FILE).exists() and not (state / PENDING_CERT_FILE).exists()
     assert certificate_check(state, identity).ok
+    # The record the agent reads its next renewal time from describes the certificate in force.
+    recorded = json.loads((state / VALIDITY_FILE).read_text())
+    assert recorded["serial"] == format(certificate(state).serial_number, "x")
+    assert recorded["not_after"] == certificate(state).not_valid_after_utc.isoformat()
     # The hub holds what the node holds; the join generation is the same, so its assignments stay valid.
     view = await asyncio.to_thread(hub.ctl_json, "describe", "node", "renew-1")
     assert view["certificate"]["serial"] == format(certificate(state).serial_number, "x")
