@@ -24,23 +24,29 @@ If the hub took a renewal but its answer was lost, it holds a certificate of
 the request with ``node.key.next`` instead and gets the certificate again.
 
 ``CertificateRenewer`` is the Agent's: it checks when the agent starts and
-then on a timer, renews in a thread (the HTTP call blocks), retries a failed
-renewal with backoff, and reports ``CertificateRenewed`` and
-``CertificateRenewalFailed`` events. Its checks read the certificate's dates
+then on a timer, retries a failed renewal with backoff, and reports
+``CertificateRenewed`` and ``CertificateRenewalFailed`` events. A running
+agent keeps ``cryptography`` out of its memory (about 7 MiB of a 34 MiB agent,
+bench/README.md, "Agent footprint"): its checks read the certificate's dates
 from the record beside it (``edgeagent.certificate``, written with every
-certificate); ``cryptography`` is imported inside the functions that renew,
-so an agent whose certificate is not due never loads it (about 8 MiB,
-bench/README.md, "Agent footprint").
+certificate), and a renewal that is due runs ``renew`` in a short-lived
+process of its own (``python -m edgeagent.renewal``, the node's identity as
+JSON on its stdin), since a module once imported stays in a process until it
+ends. Only finishing a renewal a crash interrupted loads it in the agent.
+``cryptography`` is imported inside the functions that need it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import datetime as dt
+import json
 import logging
 import os
 import secrets
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -48,6 +54,7 @@ from typing import TYPE_CHECKING
 
 from edgekit.files import write_atomic
 from edgekit.http import HttpError, JsonHttpClient
+from edgekit.processes import reap
 from edgekit.tasks import OwnedTask
 from edgeprotocol.enrollment import renew_after, renewal_payload
 from edgeprotocol.errors import EdgeError
@@ -66,6 +73,8 @@ PENDING_KEY_FILE = "node.key.next"
 PENDING_CERT_FILE = "node.crt.next"
 # A renewal is one small request; a hub that does not answer in this time is retried later.
 RENEW_TIMEOUT_SECONDS = 30.0
+# The renewal process: at most two requests (the second proven by the pending key) and an interpreter's start.
+RENEW_PROCESS_TIMEOUT_SECONDS = 2 * RENEW_TIMEOUT_SECONDS + 30.0
 # The agent looks at its certificate at least this often (a clock set forward,
 # a certificate replaced by a new join), and never more often than the minimum.
 MAX_CHECK_SECONDS = 3600.0
@@ -300,7 +309,8 @@ class CertificateRenewer:
         due = renew_after(current)
         now = dt.datetime.now(dt.UTC)
         if now >= due:
-            renewed = await asyncio.to_thread(renew, self.state_dir, self.identity)
+            await self._renew_in_a_process()
+            renewed = await asyncio.to_thread(load_validity, self.state_dir)
             self.renewals += 1
             message = (f"certificate renewed: serial {renewed.serial_number:x}, valid until "
                        f"{renewed.not_valid_after_utc.isoformat()} (was serial {current.serial_number:x}, "
@@ -310,6 +320,56 @@ class CertificateRenewer:
             due, now = renew_after(renewed), dt.datetime.now(dt.UTC)
         return min(MAX_CHECK_SECONDS, max(MIN_CHECK_SECONDS, (due - now).total_seconds()))
 
+    async def _renew_in_a_process(self) -> None:
+        """``renew`` in ``python -m edgeagent.renewal``, which the module's docstring explains; RenewalError with
+        its reason when it failed. Killed when it takes too long or the agent stops: ``renew`` is made to be
+        interrupted at any point (``finish_interrupted``, ``node.key.next``)."""
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", __name__, str(self.state_dir), stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        except OSError as exc:
+            raise RenewalError(f"cannot start the renewal process {sys.executable} -m {__name__}: {exc}") from exc
+        try:
+            out, err = await asyncio.wait_for(
+                proc.communicate(json.dumps(dataclasses.asdict(self.identity)).encode()), RENEW_PROCESS_TIMEOUT_SECONDS)
+        except TimeoutError:
+            raise RenewalError(f"the renewal process did not finish within {RENEW_PROCESS_TIMEOUT_SECONDS:.0f} s; "
+                               "it was stopped") from None
+        finally:
+            await reap(proc)
+        if proc.returncode == 0:
+            return
+        try:
+            reason = json.loads(out)["error"]
+        except (ValueError, KeyError, TypeError):  # it died before it could say: its last words, then
+            lines = err.decode(errors="replace").strip().splitlines()
+            reason = f"the renewal process exited with {proc.returncode}: {lines[-1] if lines else 'no output'}"
+        raise RenewalError(reason)
+
     async def _event(self, reason: str, message: str) -> None:
         if self._report is not None:
             await self._report(reason, message)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m edgeagent.renewal STATE_DIR``, the node's identity as JSON on stdin: ``renew`` now.
+
+    Exit 0 once the new key and certificate are in force (and recorded,
+    ``edgeagent.certificate``); else 1, with ``{"error": reason}`` on stdout.
+    """
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print(json.dumps({"error": "usage: python -m edgeagent.renewal STATE_DIR < identity.json"}))
+        return 1
+    try:
+        renew(Path(args[0]), NodeIdentity(**json.load(sys.stdin)))
+    except (RenewalError, ValueError, TypeError) as exc:  # ValueError, TypeError: the identity on stdin
+        print(json.dumps({"error": str(exc)}))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
