@@ -15,13 +15,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cryptography import x509
-
 from edgekit.files import write_atomic
 from edgekit.mqtt import BrokerAddress
 from edgekit.table import print_table
 from edgeprotocol.enrollment import renew_after
 
+from . import certificate as node_certificate
 from .agent import Agent, AgentSettings
 from .identity import CERT_FILE, JoinError, NodeIdentity, join, make_private_dir
 from .memory import ProcessMemory
@@ -271,7 +270,7 @@ async def _status(args: argparse.Namespace) -> int:
 def certificate_summary(state_dir: Path) -> dict[str, str] | None:
     """The node certificate's serial (hex), expiry and renewal time; None when it cannot be read."""
     try:
-        cert = x509.load_pem_x509_certificate((state_dir / CERT_FILE).read_bytes())
+        cert = node_certificate.validity(state_dir, save=False)  # status only looks: it writes nothing
     except (OSError, ValueError):
         return None
 

@@ -24,13 +24,8 @@ import socket
 import ssl
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
-
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from cryptography.x509.oid import NameOID
 
 from edgekit.files import write_atomic
 from edgekit.http import HttpError, JsonHttpClient, is_loopback_host, tls_context, unverified_tls_context
@@ -40,9 +35,19 @@ from edgeprotocol.enrollment import TokenFormatError, parse_join_token, pem_fing
 from edgeprotocol.errors import EdgeError
 from edgeprotocol.topics import check_name
 
+from . import certificate
+from .certificate import CERT_FILE
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from nacl.public import PrivateKey
+
+# cryptography (x509, the node's Ed25519 key) is imported inside make_csr and join only: a running agent
+# loads the bundle key and the hub's key with PyNaCl (edgeprotocol.pem_keys) and never needs it
+# (bench/README.md, "Agent footprint").
+
 IDENTITY_FILE = "identity.json"
 KEY_FILE = "node.key"
-CERT_FILE = "node.crt"
 # The X25519 private key the node's bundles are encrypted to; absent on a
 # node that joined before bundles were encrypted.
 BUNDLE_KEY_FILE = "node-bundle.key"
@@ -115,7 +120,7 @@ def make_private_dir(path: Path) -> None:
 
 
 
-def load_bundle_key(state_dir: Path) -> X25519PrivateKey | None:
+def load_bundle_key(state_dir: Path) -> PrivateKey | None:
     """The node's bundle key; None when the node joined before bundles were encrypted (its hub sends them plain)."""
     path = state_dir / BUNDLE_KEY_FILE
     try:
@@ -127,6 +132,10 @@ def load_bundle_key(state_dir: Path) -> X25519PrivateKey | None:
 
 
 def make_csr(key: Ed25519PrivateKey, node: str) -> str:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.x509.oid import NameOID
+
     csr = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node)]))
@@ -220,6 +229,10 @@ def join(
     except TokenFormatError as exc:
         raise JoinError(str(exc)) from exc
     context, expected_ca = trust_for_join(hub_url, parsed.ca_pin, ca_file)
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     make_private_dir(state_dir)
     key = Ed25519PrivateKey.generate()
     bundle_key = bundle_crypto.new_node_key()
@@ -238,10 +251,16 @@ def join(
     if wanted is not None and answered != wanted:
         raise JoinError(f"the hub answered the join with a CA certificate of SHA-256 {answered}, not {wanted}: "
                         "nothing was stored; ask the hub's operator")
+    try:
+        x509.load_pem_x509_certificate(str(answer.get("certificate")).encode())
+    except ValueError as exc:
+        raise JoinError(f"the hub answered the join with no readable certificate ({exc}): nothing was stored; ask "
+                        "the hub's operator") from exc
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     write_atomic(state_dir / KEY_FILE, key_pem, mode=0o600)
     write_atomic(state_dir / BUNDLE_KEY_FILE, bundle_crypto.private_key_pem(bundle_key), mode=0o600)
     write_atomic(state_dir / CERT_FILE, answer["certificate"].encode(), mode=0o644)
+    certificate.record(state_dir)  # checked above: it parses
     identity = NodeIdentity(
         node=answer["node"],
         pool=answer["pool"],

@@ -24,37 +24,48 @@ If the hub took a renewal but its answer was lost, it holds a certificate of
 the request with ``node.key.next`` instead and gets the certificate again.
 
 ``CertificateRenewer`` is the Agent's: it checks when the agent starts and
-then on a timer, renews in a thread (the HTTP call blocks), retries a failed
-renewal with backoff, and reports ``CertificateRenewed`` and
-``CertificateRenewalFailed`` events.
+then on a timer, retries a failed renewal with backoff, and reports
+``CertificateRenewed`` and ``CertificateRenewalFailed`` events. A running
+agent keeps ``cryptography`` out of its memory (about 7 MiB of a 34 MiB agent,
+bench/README.md, "Agent footprint"): its checks read the certificate's dates
+from the record beside it (``edgeagent.certificate``, written with every
+certificate), and a renewal that is due runs ``renew`` in a short-lived
+process of its own (``python -m edgeagent.renewal``, the node's identity as
+JSON on its stdin), since a module once imported stays in a process until it
+ends. Only finishing a renewal a crash interrupted loads it in the agent.
+``cryptography`` is imported inside the functions that need it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import datetime as dt
+import json
 import logging
 import os
 import secrets
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
-from cryptography.x509.oid import NameOID
+from typing import TYPE_CHECKING
 
 from edgekit.files import write_atomic
 from edgekit.http import HttpError, JsonHttpClient
+from edgekit.processes import reap
 from edgekit.tasks import OwnedTask
 from edgeprotocol.enrollment import renew_after, renewal_payload
 from edgeprotocol.errors import EdgeError
 
+from . import certificate as node_certificate
 from .identity import CERT_FILE, KEY_FILE, NodeIdentity, make_csr
+
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +73,8 @@ PENDING_KEY_FILE = "node.key.next"
 PENDING_CERT_FILE = "node.crt.next"
 # A renewal is one small request; a hub that does not answer in this time is retried later.
 RENEW_TIMEOUT_SECONDS = 30.0
+# The renewal process: at most two requests (the second proven by the pending key) and an interpreter's start.
+RENEW_PROCESS_TIMEOUT_SECONDS = 2 * RENEW_TIMEOUT_SECONDS + 30.0
 # The agent looks at its certificate at least this often (a clock set forward,
 # a certificate replaced by a new join), and never more often than the minimum.
 MAX_CHECK_SECONDS = 3600.0
@@ -81,11 +94,11 @@ class _NoCertificate(RenewalError):
     """The node holds no readable certificate: there is nothing to renew."""
 
 
-def load_certificate(state_dir: Path) -> x509.Certificate:
-    """The node's certificate in force; RenewalError if it is missing or unreadable."""
+def load_validity(state_dir: Path) -> node_certificate.Validity:
+    """The serial and validity of the node's certificate in force; RenewalError if it is missing or unreadable."""
     path = state_dir / CERT_FILE
     try:
-        return x509.load_pem_x509_certificate(path.read_bytes())
+        return node_certificate.validity(state_dir)
     except FileNotFoundError as exc:
         raise _NoCertificate(f"{path} not found: join again") from exc
     except (OSError, ValueError) as exc:
@@ -93,6 +106,9 @@ def load_certificate(state_dir: Path) -> x509.Certificate:
 
 
 def _load_key(path: Path) -> Ed25519PrivateKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (OSError, ValueError) as exc:
@@ -104,6 +120,8 @@ def _load_key(path: Path) -> Ed25519PrivateKey:
 
 def _public(key: PublicKeyTypes) -> bytes:
     """A public key's bytes (SubjectPublicKeyInfo, DER), comparable whatever its type."""
+    from cryptography.hazmat.primitives import serialization
+
     return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
@@ -123,6 +141,8 @@ def finish_interrupted(state_dir: Path) -> bool:
     cert_next, key_next = state_dir / PENDING_CERT_FILE, state_dir / PENDING_KEY_FILE
     if not cert_next.exists():
         return False
+    from cryptography import x509
+
     try:
         certificate = x509.load_pem_x509_certificate(cert_next.read_bytes())
         key = _load_key(key_next if key_next.exists() else state_dir / KEY_FILE)
@@ -136,6 +156,7 @@ def finish_interrupted(state_dir: Path) -> bool:
         os.replace(key_next, state_dir / KEY_FILE)
     os.replace(cert_next, state_dir / CERT_FILE)
     _fsync_dir(state_dir)
+    node_certificate.record(state_dir)
     logger.info("Finished putting in force the certificate renewed before a restart (serial %x)",
                 certificate.serial_number)
     return True
@@ -153,6 +174,10 @@ def _request(client: JsonHttpClient, node: str, csr: str, prover: Ed25519Private
 
 def _checked(answer: dict[str, object], identity: NodeIdentity, key: Ed25519PrivateKey) -> x509.Certificate:
     """The certificate the hub answered, after checking it is for this node and ``key``, from the pinned CA."""
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.x509.oid import NameOID
+
     pem = answer.get("certificate")
     try:
         certificate = x509.load_pem_x509_certificate(str(pem).encode())
@@ -180,6 +205,9 @@ def renew(state_dir: Path, identity: NodeIdentity) -> x509.Certificate:
     Blocking (HTTP, key generation, files): call it from a thread. RenewalError when it cannot be
     done now; the key and certificate in force are then unchanged.
     """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     finish_interrupted(state_dir)
     current = _load_key(state_dir / KEY_FILE)
     pending_path = state_dir / PENDING_KEY_FILE
@@ -213,11 +241,8 @@ def renew(state_dir: Path, identity: NodeIdentity) -> x509.Certificate:
     os.replace(pending_path, state_dir / KEY_FILE)
     os.replace(state_dir / PENDING_CERT_FILE, state_dir / CERT_FILE)
     _fsync_dir(state_dir)
+    node_certificate.record(state_dir)
     return certificate
-
-
-def lifetime_seconds(certificate: x509.Certificate) -> float:
-    return (certificate.not_valid_after_utc - certificate.not_valid_before_utc).total_seconds()
 
 
 class CertificateRenewer:
@@ -271,7 +296,7 @@ class CertificateRenewer:
 
     def _retry_delay(self, failures: int) -> float:
         try:
-            cap = lifetime_seconds(load_certificate(self.state_dir)) / 10
+            cap = load_validity(self.state_dir).lifetime_seconds / 10
         except RenewalError:
             cap = MAX_CHECK_SECONDS
         cap = min(MAX_CHECK_SECONDS, max(MIN_CHECK_SECONDS, cap))
@@ -280,21 +305,71 @@ class CertificateRenewer:
     async def check(self) -> float:
         """Renew the certificate if it is due; the seconds until the next check. RenewalError if it failed."""
         await asyncio.to_thread(finish_interrupted, self.state_dir)
-        certificate = await asyncio.to_thread(load_certificate, self.state_dir)
-        due = renew_after(certificate)
+        current = await asyncio.to_thread(load_validity, self.state_dir)
+        due = renew_after(current)
         now = dt.datetime.now(dt.UTC)
         if now >= due:
-            old = certificate
-            certificate = await asyncio.to_thread(renew, self.state_dir, self.identity)
+            await self._renew_in_a_process()
+            renewed = await asyncio.to_thread(load_validity, self.state_dir)
             self.renewals += 1
-            message = (f"certificate renewed: serial {certificate.serial_number:x}, valid until "
-                       f"{certificate.not_valid_after_utc.isoformat()} (was serial {old.serial_number:x}, "
-                       f"until {old.not_valid_after_utc.isoformat()})")
+            message = (f"certificate renewed: serial {renewed.serial_number:x}, valid until "
+                       f"{renewed.not_valid_after_utc.isoformat()} (was serial {current.serial_number:x}, "
+                       f"until {current.not_valid_after_utc.isoformat()})")
             logger.info("Node %s %s", self.identity.node, message)
             await self._event("CertificateRenewed", message)
-            due, now = renew_after(certificate), dt.datetime.now(dt.UTC)
+            due, now = renew_after(renewed), dt.datetime.now(dt.UTC)
         return min(MAX_CHECK_SECONDS, max(MIN_CHECK_SECONDS, (due - now).total_seconds()))
+
+    async def _renew_in_a_process(self) -> None:
+        """``renew`` in ``python -m edgeagent.renewal``, which the module's docstring explains; RenewalError with
+        its reason when it failed. Killed when it takes too long or the agent stops: ``renew`` is made to be
+        interrupted at any point (``finish_interrupted``, ``node.key.next``)."""
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", __name__, str(self.state_dir), stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        except OSError as exc:
+            raise RenewalError(f"cannot start the renewal process {sys.executable} -m {__name__}: {exc}") from exc
+        try:
+            out, err = await asyncio.wait_for(
+                proc.communicate(json.dumps(dataclasses.asdict(self.identity)).encode()), RENEW_PROCESS_TIMEOUT_SECONDS)
+        except TimeoutError:
+            raise RenewalError(f"the renewal process did not finish within {RENEW_PROCESS_TIMEOUT_SECONDS:.0f} s; "
+                               "it was stopped") from None
+        finally:
+            await reap(proc)
+        if proc.returncode == 0:
+            return
+        try:
+            reason = json.loads(out)["error"]
+        except (ValueError, KeyError, TypeError):  # it died before it could say: its last words, then
+            lines = err.decode(errors="replace").strip().splitlines()
+            reason = f"the renewal process exited with {proc.returncode}: {lines[-1] if lines else 'no output'}"
+        raise RenewalError(reason)
 
     async def _event(self, reason: str, message: str) -> None:
         if self._report is not None:
             await self._report(reason, message)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m edgeagent.renewal STATE_DIR``, the node's identity as JSON on stdin: ``renew`` now.
+
+    Exit 0 once the new key and certificate are in force (and recorded,
+    ``edgeagent.certificate``); else 1, with ``{"error": reason}`` on stdout.
+    """
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print(json.dumps({"error": "usage: python -m edgeagent.renewal STATE_DIR < identity.json"}))
+        return 1
+    try:
+        renew(Path(args[0]), NodeIdentity(**json.load(sys.stdin)))
+    except (RenewalError, ValueError, TypeError) as exc:  # ValueError, TypeError: the identity on stdin
+        print(json.dumps({"error": str(exc)}))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

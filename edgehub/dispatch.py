@@ -44,7 +44,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+from nacl.public import PublicKey
 
 from deployer_plugin import Component, NodeInfo, SpecError, parse_component, place
 from edgekit.mqtt import PUBLISH_WINDOW
@@ -422,7 +422,7 @@ class Dispatcher:
                          rec.namespace, rec.release, rec.node, exc)
             return None
 
-    def _bundle_to(self, node: str, target: JoinedNode, newly_plain: list[str]) -> X25519PublicKey | None:
+    def _bundle_to(self, node: str, target: JoinedNode, newly_plain: list[str]) -> PublicKey | None:
         """The key ``node``'s bundles are encrypted to; None for a node without one (added to ``newly_plain``
         the first time, to be warned about)."""
         if target.bundle_key:

@@ -6,5 +6,6 @@ does one job:
 - ``mqtt``: a reconnecting MQTT session (aiomqtt) with backoff and subscriptions;
 - ``sqlite``: one SQLite file served by one worker thread, with transactions;
 - ``http``: a small synchronous JSON-over-HTTP client for one-shot commands;
+- ``processes``: child processes an asyncio program starts, never left running;
 - ``table``: plain-text tables for command-line output.
 """

@@ -25,11 +25,12 @@ import datetime as dt
 import hashlib
 import re
 from dataclasses import dataclass, replace
-
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from typing import TYPE_CHECKING, Protocol
 
 from .messages import encode_json
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 TOKEN_PREFIX = "ec1"
 TOKEN_FORMAT = "ec1.<id>.<secret>.<pin>"
@@ -77,13 +78,31 @@ def parse_join_token(text: str) -> JoinToken:
     return JoinToken(token_id=parts[1], secret=parts[2], ca_pin=pin)
 
 
+# cryptography is imported in the functions below, not here: a running agent imports this module (renewal
+# times, the renewal proof) but parses certificates only at join and renewal (bench/README.md, "Agent footprint").
+
+
+class HasValidity(Protocol):
+    """What ``renew_after`` reads: an ``x509.Certificate``, or ``edgeagent.certificate.Validity``."""
+
+    @property
+    def not_valid_before_utc(self) -> dt.datetime: ...
+
+    @property
+    def not_valid_after_utc(self) -> dt.datetime: ...
+
+
 def certificate_fingerprint(certificate: x509.Certificate) -> str:
     """The SHA-256 of ``certificate``'s DER encoding, in hex (``openssl x509 -outform der | sha256sum``)."""
+    from cryptography.hazmat.primitives import serialization
+
     return hashlib.sha256(certificate.public_bytes(serialization.Encoding.DER)).hexdigest()
 
 
 def pem_fingerprint(pem: str) -> str:
     """``certificate_fingerprint`` of a PEM certificate; ValueError if it is not one."""
+    from cryptography import x509
+
     return certificate_fingerprint(x509.load_pem_x509_certificate(pem.encode()))
 
 
@@ -92,7 +111,7 @@ def renewal_payload(*, node: str, csr: str, timestamp: int, nonce: str) -> bytes
     return RENEWAL_CONTEXT + encode_json({"node": node, "csr": csr, "timestamp": timestamp, "nonce": nonce})
 
 
-def renew_after(certificate: x509.Certificate) -> dt.datetime:
+def renew_after(certificate: HasValidity) -> dt.datetime:
     """When a node should renew ``certificate``: once less than a third of its lifetime is left."""
     start, end = certificate.not_valid_before_utc, certificate.not_valid_after_utc
     return end - (end - start) * RENEW_WHEN_LEFT

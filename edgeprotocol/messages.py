@@ -16,13 +16,14 @@ import zlib
 import functools
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
-from typing import Any, Literal, get_args
-
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from . import bundle_crypto
 from .errors import DecryptionError, ProtocolError
 from .topics import check_name
+
+if TYPE_CHECKING:
+    from nacl.public import PrivateKey, PublicKey
 
 VERSION = 1
 
@@ -160,7 +161,7 @@ class Bundle:
             object.__setattr__(self, "_packed", gzip.compress(self.manifests.encode(), mtime=0))
         return self._packed  # type: ignore[return-value]
 
-    def to_wire(self, to: X25519PublicKey | None = None) -> dict[str, Any]:
+    def to_wire(self, to: PublicKey | None = None) -> dict[str, Any]:
         """The wire form: encrypted to the node whose bundle key is ``to``, else plain (and cached)."""
         if to is not None:
             if self._encrypted is None:
@@ -172,7 +173,7 @@ class Bundle:
         return self._wire  # type: ignore[return-value]
 
     @classmethod
-    def from_wire(cls, data: Any, where: str, key: X25519PrivateKey | None = None) -> Bundle:
+    def from_wire(cls, data: Any, where: str, key: PrivateKey | None = None) -> Bundle:
         """Decode a wire bundle; an encrypted one is opened with the node's bundle ``key``."""
         if not isinstance(data, dict):
             raise ProtocolError(f"{where}: bundle must be an object")
@@ -249,7 +250,7 @@ class Assignment:
     def key(self) -> tuple[str, str]:
         return (self.namespace, self.release)
 
-    def to_body(self, bundle_to: X25519PublicKey | None = None) -> dict[str, Any]:
+    def to_body(self, bundle_to: PublicKey | None = None) -> dict[str, Any]:
         """The body to sign; with ``bundle_to`` (the node's bundle key) the bundle is encrypted to it."""
         body: dict[str, Any] = {
             "v": VERSION,
@@ -269,7 +270,7 @@ class Assignment:
         return body
 
     @classmethod
-    def from_body(cls, body: dict[str, Any], *, bundle_key: X25519PrivateKey | None = None) -> Assignment:
+    def from_body(cls, body: dict[str, Any], *, bundle_key: PrivateKey | None = None) -> Assignment:
         """Decode a (verified) body; an encrypted bundle is opened with the node's ``bundle_key``."""
         where = "assignment"
         _check_version(body, where)

@@ -6,39 +6,45 @@ spaces). The agent pins the hub's public key at join and verifies every
 assignment against it, then checks that the body names the receiving node and
 the join generation the node holds (so an assignment sealed for an earlier
 join of the same name is refused after a re-join).
+
+The hub signs with ``cryptography`` (its key, ``edgehub.identity``); a node
+verifies with libsodium through PyNaCl, which keeps ``cryptography`` out of a
+running agent (bench/README.md, "Agent footprint"). Both are Ed25519 of RFC
+8032: one's signatures verify with the other.
 """
 
 from __future__ import annotations
 
 import base64
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from nacl.exceptions import BadSignatureError
+from nacl.public import PrivateKey, PublicKey
+from nacl.signing import VerifyKey
 
+from . import pem_keys
 from .errors import AddressError, ProtocolError, SignatureError
 from .messages import VERSION, Assignment, decode_json, encode_json
 
+if TYPE_CHECKING:  # the hub's key types: the hub signs with cryptography (edgehub.identity)
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
 
 def public_key_pem(key: Ed25519PublicKey) -> str:
-    return key.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    """The hub's public key as join hands it to nodes: PEM (SubjectPublicKeyInfo)."""
+    return pem_keys.ed25519_public_key_pem(key.public_bytes_raw())
 
 
-def load_public_key(pem: str) -> Ed25519PublicKey:
+def load_public_key(pem: str) -> VerifyKey:
+    """The hub's public key a node pinned at join (PEM), ready to verify assignments with; ProtocolError if it
+    is not an Ed25519 public key."""
     try:
-        key = serialization.load_pem_public_key(pem.encode())
+        return VerifyKey(pem_keys.ed25519_public_key_from_pem(pem))
     except ValueError as exc:
-        raise ProtocolError(f"hub public key is not a PEM public key ({exc})") from exc
-    if not isinstance(key, Ed25519PublicKey):
-        raise ProtocolError("hub public key is not an Ed25519 key")
-    return key
+        raise ProtocolError(f"hub public key is not a PEM Ed25519 public key ({exc})") from exc
 
 
-def seal(assignment: Assignment, key: Ed25519PrivateKey, *, bundle_to: X25519PublicKey | None = None) -> bytes:
+def seal(assignment: Assignment, key: Ed25519PrivateKey, *, bundle_to: PublicKey | None = None) -> bytes:
     """Encode and sign an assignment, ready to publish; its bundle encrypted to ``bundle_to`` when given
     (the node's bundle key, see :mod:`edgeprotocol.bundle_crypto`)."""
     signed = encode_json(assignment.to_body(bundle_to))
@@ -48,8 +54,8 @@ def seal(assignment: Assignment, key: Ed25519PrivateKey, *, bundle_to: X25519Pub
     return b'{"body":' + signed + b',"sig":"' + signature + b'","v":' + str(VERSION).encode() + b"}"
 
 
-def open_sealed(payload: bytes, key: Ed25519PublicKey, *, node: str, generation: int,
-                bundle_key: X25519PrivateKey | None = None) -> Assignment:
+def open_sealed(payload: bytes, key: VerifyKey, *, node: str, generation: int,
+                bundle_key: PrivateKey | None = None) -> Assignment:
     """Verify and decode an assignment addressed to ``node`` at join ``generation``; an encrypted bundle
     is opened with the node's ``bundle_key``.
 
@@ -61,8 +67,8 @@ def open_sealed(payload: bytes, key: Ed25519PublicKey, *, node: str, generation:
     if not isinstance(body, dict) or not isinstance(sig, str):
         raise ProtocolError("assignment envelope: needs an object 'body' and a string 'sig'")
     try:
-        key.verify(base64.b64decode(sig, validate=True), encode_json(body))
-    except (InvalidSignature, ValueError) as exc:  # ValueError: not base64 (binascii.Error), or not ASCII
+        key.verify(encode_json(body), base64.b64decode(sig, validate=True))
+    except (BadSignatureError, ValueError) as exc:  # ValueError: not base64 (binascii.Error), not ASCII, not 64 bytes
         raise SignatureError("assignment is not signed by the pinned hub key") from exc
     # The address is checked before the bundle is opened: an assignment for
     # another node or join is refused as such, not as one that does not decrypt.

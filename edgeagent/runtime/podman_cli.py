@@ -18,13 +18,14 @@ Errors::
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from edgekit.processes import reap
 
 from .base import EdgeRuntimeError
 
@@ -45,15 +46,6 @@ _HINTS: tuple[tuple[str, str], ...] = (
     ("cgroups in hybrid mode", "crun cannot run on hybrid cgroups: select runc in a containers.conf "
                                "(--containers-conf; see the README)"),
 )
-
-
-async def reap(proc: asyncio.subprocess.Process) -> None:
-    """Kill ``proc`` if it still runs (timed out or cancelled) and wait for it: nothing is left behind."""
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        with contextlib.suppress(Exception):
-            await asyncio.shield(proc.wait())
 
 
 class PodmanFailed(Exception):

@@ -44,8 +44,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from edgekit.processes import reap
+
 from .base import ManifestRejected
-from .podman_cli import PodmanCli, reap
+from .podman_cli import PodmanCli
 
 __all__ = ["Probe", "ProbeRunner", "ProbeSettings", "probes_of_container"]
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from fakes import FakeRuntime
+from nacl.public import PrivateKey
 
 from edgeagent.agent import AgentSettings
 from edgeagent.health import NodeHealth
@@ -28,13 +28,13 @@ MANIFESTS = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: db\ndata:\n  passw
 TOPIC = topics.assignment("sh-1", "demo", "db")
 
 
-def sealed_to(key: X25519PrivateKey | None, revision: int = 1) -> bytes:
+def sealed_to(key: PrivateKey | None, revision: int = 1) -> bytes:
     assignment = Assignment(node="sh-1", namespace="demo", release="db", revision=revision, kind="release",
                             issued_at=now(), bundle=Bundle.of(MANIFESTS), generation=1)
-    return seal(assignment, HUB, bundle_to=key.public_key() if key else None)
+    return seal(assignment, HUB, bundle_to=key.public_key if key else None)
 
 
-def state_with(tmp_path: Path, key: X25519PrivateKey | None) -> Path:
+def state_with(tmp_path: Path, key: PrivateKey | None) -> Path:
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
     if key is not None:

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
+import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,6 +25,7 @@ from cryptography import x509
 from fakes import FakeRuntime
 
 from edgeagent.agent import Agent, AgentSettings
+from edgeagent.certificate import VALIDITY_FILE
 from edgeagent.doctor import certificate_check
 from edgeagent.identity import NodeIdentity
 from edgeagent.renewal import PENDING_CERT_FILE, PENDING_KEY_FILE
@@ -77,7 +81,41 @@ async def test_the_agent_renews_its_certificate_before_expiry_and_the_hub_shows_
     assert (state / "node.key").read_bytes() != first_key and (state / "node.key").stat().st_mode & 0o077 == 0
     assert not (state / PENDING_KEY_FILE).exists() and not (state / PENDING_CERT_FILE).exists()
     assert certificate_check(state, identity).ok
+    # The record the agent reads its next renewal time from describes the certificate in force.
+    recorded = json.loads((state / VALIDITY_FILE).read_text())
+    assert recorded["serial"] == format(certificate(state).serial_number, "x")
+    assert recorded["not_after"] == certificate(state).not_valid_after_utc.isoformat()
     # The hub holds what the node holds; the join generation is the same, so its assignments stay valid.
     view = await asyncio.to_thread(hub.ctl_json, "describe", "node", "renew-1")
     assert view["certificate"]["serial"] == format(certificate(state).serial_number, "x")
     assert (view["generation"], view["standing"]) == (1, "joined")
+
+
+def test_a_running_agent_renews_in_a_process_of_its_own_and_never_loads_cryptography(hub: Hub, tmp_path: Path):
+    """The real ``edgeagent run`` (dry-run runtime: this is about its identity) renews, and Python's own import
+    log of that process (``PYTHONPROFILEIMPORTTIME``) names no ``cryptography`` module: the renewal ran in a
+    process of its own, so the agent does not keep cryptography's ~7 MiB after it (bench/README.md)."""
+    state, log = tmp_path / "node", tmp_path / "agent.log"
+    token = hub.token("shanghai")
+    joined = subprocess.run([sys.executable, "-m", "edgeagent.cli", "join", "--hub", hub.url, "--token", token,
+                             "--name", "renew-2", "--state-dir", str(state)], capture_output=True, text=True, timeout=60)
+    assert joined.returncode == 0, joined.stderr
+    first = certificate(state)
+    with log.open("wb") as out:
+        agent = subprocess.Popen([sys.executable, "-m", "edgeagent.cli", "run", "--state-dir", str(state),
+                                  "--runtime", "dry-run"], stdout=out, stderr=subprocess.STDOUT,
+                                 env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"})
+    try:
+        events = wait_until(lambda: [e for e in hub.api("/api/v1/nodes/renew-2/events")
+                                     if e["reason"] == "CertificateRenewed"], timeout=60,
+                            what="the running agent's CertificateRenewed event at the hub")
+        assert agent.poll() is None, log.read_text()[-2000:]
+    finally:
+        agent.terminate()
+        agent.wait(timeout=30)
+    renewed = certificate(state)
+    assert renewed.serial_number != first.serial_number
+    assert f"was serial {first.serial_number:x}" in events[0]["message"]
+    imported = set(re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)", log.read_text(), re.M))
+    assert {"edgeagent.renewal", "nacl.bindings"} <= imported
+    assert sorted(m for m in imported if m.split(".")[0] == "cryptography") == []

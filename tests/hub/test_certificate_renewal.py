@@ -12,6 +12,8 @@ import asyncio
 import base64
 import contextlib
 import datetime as dt
+import hashlib
+import json
 import os
 import secrets
 import sqlite3
@@ -29,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 from hub_api import answer, create_token, refused, running_hub, unique
 
+from edgeagent.certificate import VALIDITY_FILE
 from edgeagent.identity import KEY_FILE, NodeIdentity, make_csr
 from edgeagent.identity import join as agent_join
 from edgeagent.renewal import PENDING_CERT_FILE, PENDING_KEY_FILE, RenewalError, finish_interrupted, renew
@@ -228,7 +231,12 @@ async def test_the_agent_renews_and_keeps_nothing_but_the_new_key_and_certificat
     assert cert.public_key() == key_of(state).public_key()
     assert stored_certificate(hub, node) == cert.public_bytes(serialization.Encoding.PEM).decode()
     assert not (state / PENDING_KEY_FILE).exists() and not (state / PENDING_CERT_FILE).exists()
-    assert sorted(p.name for p in state.iterdir()) == ["identity.json", "node-bundle.key", "node.crt", "node.key"]
+    assert sorted(p.name for p in state.iterdir()) == ["identity.json", "node-bundle.key", "node.crt",
+                                                      "node.crt.json", "node.key"]
+    # The record a running agent reads its renewal time from is the new certificate's.
+    recorded = json.loads((state / VALIDITY_FILE).read_text())
+    assert (recorded["serial"], recorded["not_after"]) == (format(cert.serial_number, "x"),
+                                                          cert.not_valid_after_utc.isoformat())
 
 
 async def test_a_renewal_whose_answer_was_lost_is_asked_again_with_the_same_new_key(
@@ -270,6 +278,8 @@ def test_a_renewal_a_crash_left_half_in_force_is_finished(tmp_path: Path):
     assert finish_interrupted(state)
     assert (state / KEY_FILE).read_bytes() == pem_key(new) and not (state / PENDING_KEY_FILE).exists()
     assert x509.load_pem_x509_certificate((state / "node.crt").read_bytes()).public_key() == new.public_key()
+    assert json.loads((state / VALIDITY_FILE).read_text())["certificate_sha256"] == \
+        hashlib.sha256((state / "node.crt").read_bytes()).hexdigest()
     # Crashed between the renames: the key is in force, the certificate not yet.
     (state / PENDING_CERT_FILE).write_bytes(pem_cert(new))
     (state / "node.crt").write_bytes(pem_cert(old))

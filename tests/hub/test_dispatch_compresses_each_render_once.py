@@ -22,7 +22,7 @@ from edgehub.store import HubStore
 from edgehub.tokens import new_token
 from edgeprotocol import Assignment, DecryptionError, bundle_crypto, messages, topics
 from edgeprotocol.messages import Bundle
-from edgeprotocol.signing import open_sealed
+from edgeprotocol.signing import load_public_key, open_sealed, public_key_pem
 
 REPO = Path(__file__).resolve().parents[2]
 SHANGHAI, BEIJING = 20, 10
@@ -61,6 +61,7 @@ async def test_a_publish_to_many_nodes_compresses_each_render_once_and_later_pub
         return True
 
     key = Ed25519PrivateKey.generate()
+    pinned = load_public_key(public_key_pem(key.public_key()))  # the hub's key as its nodes hold it
     async with HubStore(tmp_path / "hub.db") as store:
         for pool, count in (("shanghai", SHANGHAI), ("beijing", BEIJING)):
             token = new_token()
@@ -80,11 +81,11 @@ async def test_a_publish_to_many_nodes_compresses_each_render_once_and_later_pub
         for pool, count in (("sh", SHANGHAI), ("be", BEIJING)):
             for i in range(count):
                 payload = published[topics.assignment(f"{pool}-{i}", "demo", "web")]
-                assignment = open_sealed(payload, key.public_key(), node=f"{pool}-{i}", generation=1)
+                assignment = open_sealed(payload, pinned, node=f"{pool}-{i}", generation=1)
                 assert assignment.revision == 1 and assignment.bundle is not None
                 bundles[pool].add(json.dumps(json.loads(payload)["body"]["bundle"], sort_keys=True))
         assert len(bundles["sh"]) == len(bundles["be"]) == 1 and bundles["sh"] != bundles["be"]
-        shanghai = open_sealed(published[topics.assignment("sh-0", "demo", "web")], key.public_key(), node="sh-0", generation=1)
+        shanghai = open_sealed(published[topics.assignment("sh-0", "demo", "web")], pinned, node="sh-0", generation=1)
         assert shanghai.bundle is not None and "ni hao shanghai" in shanghai.bundle.manifests
 
         # Re-publishing everything (a broker reconnect) or one node (a resync) compresses nothing again.
@@ -120,6 +121,7 @@ async def test_nodes_with_bundle_keys_share_one_encryption_of_a_render_and_each_
         return True
 
     key = Ed25519PrivateKey.generate()
+    pinned = load_public_key(public_key_pem(key.public_key()))  # the hub's key as its nodes hold it
     nodes = {f"sh-{i}": bundle_crypto.new_node_key() for i in range(SHANGHAI)}
     async with HubStore(tmp_path / "hub.db") as store:
         token = new_token()
@@ -136,7 +138,7 @@ async def test_nodes_with_bundle_keys_share_one_encryption_of_a_render_and_each_
         assert len({b["bundle"]["data"] for b in bodies.values()}) == 1  # one ciphertext for the pool
         assert len({b["bundle"]["key"]["wrapped"] for b in bodies.values()}) == SHANGHAI  # a wrapped key each
         for name, node_key in nodes.items():
-            opened = open_sealed(published[topics.assignment(name, "demo", "web")], key.public_key(), node=name,
+            opened = open_sealed(published[topics.assignment(name, "demo", "web")], pinned, node=name,
                                  generation=1, bundle_key=node_key)
             assert opened.bundle is not None and "ni hao shanghai" in opened.bundle.manifests
         # A node of the pool cannot open another's copy with its own key (it is wrapped to the other's).

@@ -1,7 +1,8 @@
 """A podman node's real ``edgeagent run`` process, joined, online and running a component, has loaded no
-Kubernetes code: Python's own import log of that process (``PYTHONPROFILEIMPORTTIME``, what
-``python -X importtime`` prints) names no ``kubernetes`` module. What a node does not use costs it no
-memory (bench/README.md, "Agent footprint")."""
+Kubernetes code and no ``cryptography`` (it verified and decrypted its assignment with PyNaCl and read its
+certificate's renewal time from the record join left): Python's own import log of that process
+(``PYTHONPROFILEIMPORTTIME``, what ``python -X importtime`` prints) names neither. What a node does not use
+costs it no memory (bench/README.md, "Agent footprint")."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from edgesim.fleet import Fleet
 IMPORTED = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)", re.M)
 
 
-def test_a_podman_agent_running_a_component_never_imported_kubernetes_code(fleet: Fleet):
+def test_a_podman_agent_running_a_component_never_imported_kubernetes_code_or_cryptography(fleet: Fleet):
     hub = fleet.hub
     assert hub is not None
     options = dataclasses.replace(fleet.node_options, env=(("PYTHONPROFILEIMPORTTIME", "1"),))
@@ -28,5 +29,6 @@ def test_a_podman_agent_running_a_component_never_imported_kubernetes_code(fleet
     time.sleep(12)
     assert node.running
     imported = set(IMPORTED.findall(node.log_path.read_text()))
-    assert {"edgeagent.runtime.podman", "edgeagent.memory"} <= imported
+    assert {"edgeagent.runtime.podman", "edgeagent.memory", "nacl.bindings"} <= imported
     assert sorted(m for m in imported if "kubernetes" in m) == []
+    assert sorted(m for m in imported if m.split(".")[0] == "cryptography") == []
