@@ -154,34 +154,50 @@ def staged_words(rows: list[RolloutRow], components: list[ComponentRecord]) -> d
     return words
 
 
+def node_summary(node: NodeRecord) -> dict[str, Any]:
+    """The summary of one node, as its record says."""
+    status = node.status
+    releases = [{"release": f"{r.namespace}/{r.release}", "revision": r.applied_revision,
+                 "desired_revision": r.desired_revision, "phase": r.phase}
+                for r in (status.releases if status else ())]
+    conditions = {c.type: c.status for c in status.conditions} if status else {}
+    return {
+        "node": node.name, "pool": node.pool, "online": node.presence == "online", "presence": node.presence,
+        "last_seen": node.last_seen, "ready": bool(conditions) and all(v == "True" for v in conditions.values()),
+        "conditions": conditions, "agent_version": status.agent_version if status else "",
+        "releases_total": len(releases), **_phase_counts(Counter(r["phase"] for r in releases)),
+        "releases": releases,
+    }
+
+
 def build(nodes: list[NodeRecord], components: list[ComponentRecord],
           assignments: list[AssignmentRecord],
-          staged: dict[tuple[str, str], str] | None = None) -> dict[str, dict[str, Any]]:
+          staged: dict[tuple[str, str], str] | None = None,
+          node_memo: dict[str, tuple[NodeRecord, dict[str, Any]]] | None = None) -> dict[str, dict[str, Any]]:
     """Every summary by topic, without ``observed_at`` (the publisher adds when each content last changed).
-    ``staged``: the words of components a staged rollout governs, shown as their ``rollout``."""
+    ``staged``: the words of components a staged rollout governs, shown as their ``rollout``.
+    ``node_memo`` (kept by the caller from one build to the next): each node's summary by the record it was
+    made from; a node whose record is the very same object as last time (the store hands out one record per
+    unchanged row) keeps the same summary object, unmade."""
     joined = [n for n in nodes if n.standing == "joined"]
     by_name = {n.name: n for n in joined}
     out: dict[str, dict[str, Any]] = {}
 
     all_phases: Counter[str] = Counter()
     pool_phases: dict[str, Counter[str]] = defaultdict(Counter)
+    earlier = dict(node_memo or {})
     for node in joined:
-        online = node.presence == "online"
-        status = node.status
-        releases = []
-        for r in status.releases if status else ():
+        for r in node.status.releases if node.status else ():
             all_phases[r.phase] += 1
             pool_phases[node.pool][r.phase] += 1
-            releases.append({"release": f"{r.namespace}/{r.release}", "revision": r.applied_revision,
-                             "desired_revision": r.desired_revision, "phase": r.phase})
-        conditions = {c.type: c.status for c in status.conditions} if status else {}
-        out[node_topic(node.name)] = {
-            "node": node.name, "pool": node.pool, "online": online, "presence": node.presence,
-            "last_seen": node.last_seen, "ready": bool(conditions) and all(v == "True" for v in conditions.values()),
-            "conditions": conditions, "agent_version": status.agent_version if status else "",
-            "releases_total": len(releases), **_phase_counts(Counter(r["phase"] for r in releases)),
-            "releases": releases,
-        }
+        held = earlier.get(node.name)
+        summary = held[1] if held is not None and held[0] is node else node_summary(node)
+        out[node_topic(node.name)] = summary
+        if node_memo is not None:
+            node_memo[node.name] = (node, summary)
+    if node_memo is not None:
+        for gone in earlier.keys() - by_name.keys():
+            del node_memo[gone]
 
     pools = sorted({n.pool for n in joined})
     components_of_pool: dict[str, set[str]] = defaultdict(set)
@@ -237,6 +253,7 @@ class _Published:
     content: str  # canonical JSON without observed_at
     observed_at: str
     at: float = field(default=0.0)  # monotonic time it was last published
+    summary: dict[str, Any] | None = field(default=None, repr=False)  # what ``content`` encodes
 
 
 class SummaryPublisher:
@@ -252,6 +269,7 @@ class SummaryPublisher:
         self._extra = extra
         self._published: dict[str, _Published] = {}
         self._extra_published: dict[str, bytes] = {}
+        self._node_memo: dict[str, tuple[NodeRecord, dict[str, Any]]] = {}
         self._wake = asyncio.Event()
         self._task = OwnedTask("summary-publisher")
         self.latest: dict[str, dict[str, Any]] = {}  # the last computed summaries (metrics read them)
@@ -329,19 +347,24 @@ class SummaryPublisher:
         components = await self._store.list_components(with_spec=False)
         assignments = await self._store.list_assignments()
         summaries = build(nodes, components, assignments,
-                          staged_words(await self._store.list_rollouts(), components))
+                          staged_words(await self._store.list_rollouts(), components), self._node_memo)
         self.latest = summaries
         self.passes += 1
         force, self._force = self._force, False
         clock = time.monotonic()
         due: list[tuple[str, bytes]] = []
         for topic, summary in summaries.items():
-            content = json.dumps(summary, sort_keys=True, separators=(",", ":"))
             entry = self._published.get(topic)
+            # The very summary object published before (a node whose record did not change) is not encoded
+            # again to find it unchanged: on a big fleet most nodes' are, on every pass.
+            content = entry.content if entry is not None and entry.summary is summary \
+                else json.dumps(summary, sort_keys=True, separators=(",", ":"))
             refresh = not topic.startswith(f"{SUMMARY_PREFIX}/nodes/") and entry is not None \
                 and clock - entry.at >= self.settings.refresh
+            if entry is not None:
+                entry.summary = summary
             if entry is None or entry.content != content:
-                entry = self._published[topic] = _Published(content=content, observed_at=now())
+                entry = self._published[topic] = _Published(content=content, observed_at=now(), summary=summary)
                 self.current[topic] = {**summary, "observed_at": entry.observed_at}
                 self._tell(topic, self.current[topic])
             elif not (force or refresh or entry.at == 0.0):

@@ -70,6 +70,25 @@ async def test_a_node_joins_reports_and_is_reset_and_revoked(store_location: Pat
         assert await store.reset_node("nobody") is None
 
 
+async def test_a_fleet_listing_reuses_the_record_of_an_unchanged_node_and_shows_every_change(
+    store_location: Path | str,
+):
+    async with HubStore(store_location) as store:
+        for name in ("n1", "n2"):
+            await join(store, name)
+        first = {n.name: n for n in await store.list_nodes(with_certificate=False)}
+        report = NodeStatus(node="n2", seq=1, observed_at="2024-01-01T00:00:00Z", releases=())
+        assert await store.save_status(report, encoded=report.encode(), received_at="t1", max_seq_jump=100) == "stored"
+        second = {n.name: n for n in await store.list_nodes(with_certificate=False)}
+        assert second["n1"] is first["n1"]
+        assert second["n2"] is not first["n2"] and second["n2"].status == report and second["n2"].last_seen == "t1"
+        assert await store.set_presence("n1", "offline", "2024-01-01T00:00:01Z")
+        third = {n.name: n for n in await store.list_nodes(with_certificate=False)}
+        assert third["n1"].presence == "offline" and third["n2"] is second["n2"]
+        # With certificates, records are made afresh (and carry them).
+        assert [n.certificate for n in await store.list_nodes()] == ["cert-n1", "cert-n2"]
+
+
 async def test_components_keep_their_revisions_history_charts_and_renders(store_location: Path | str):
     async with HubStore(store_location) as store:
         await apply(store, 1)
