@@ -12,6 +12,7 @@ When podman cannot run a pod here, the session's preflight (the agent's own
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,14 @@ REPO = Path(__file__).resolve().parent.parent
 BUILD = REPO / ".build"
 # Fixtures that mean a test runs pods on podman.
 PODMAN_FIXTURES = frozenset({"machine", "demo_image_tar", "containers_conf", "demo_rootfs_tar", "fleet", "node"})
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A shell starts a background job (`make test &`) with SIGINT ignored, and every process the tests
+    # start would inherit that: Ctrl-C tests (edgectl -w, edgehub serve) would find their process deaf to it.
+    # With Python's own handler here, what is started gets the default again, as from a terminal.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
