@@ -119,13 +119,15 @@ class Reconciler:
 
     async def _run_forever(self) -> None:
         while True:
+            # Cleared before the pass, not after: an assignment that arrives during the pass wakes the next
+            # one at once instead of waiting out the interval.
+            self._wake.clear()
             try:
                 await self.reconcile_once()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 logger.exception("Reconcile pass failed; trying again in %.1f s", self.settings.reconcile_interval)
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.reconcile_interval)
 

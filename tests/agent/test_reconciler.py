@@ -156,3 +156,24 @@ async def test_a_dead_pod_is_healed_and_a_repeated_revision_changes_nothing(node
     assert len(node.runtime.applies) == 2
     assert node.reporter.reasons("web")[-1] == "Adopted"
     assert await node.phase("web") == ("Deployed", 2, "")
+
+
+async def test_an_assignment_that_arrives_during_a_pass_is_applied_at_once_not_after_the_interval(tmp_path: Path):
+    settings = AgentSettings(state_dir=tmp_path, reconcile_interval=20.0)  # far longer than this test waits
+    runtime, reporter, wake = FakeRuntime(), RecordingReporter(), asyncio.Event()
+    runtime.blocked["web"] = asyncio.Event()
+    async with AgentStore(settings.db_path) as store:
+        node = Node(store, runtime, reporter, Reconciler(settings, store, runtime, NodeContext(node="n1", pool="p"),
+                                                         reporter=reporter, health=NodeHealth(runtime), wake=wake))
+        await node.assign("web", 1, "kind: Pod # web")
+        async with node.reconciler:
+            async with asyncio.timeout(5):
+                while ("web", "kind: Pod # web") not in runtime.applies:  # the first pass is applying web
+                    await asyncio.sleep(0.01)
+            await node.assign("api", 1, "kind: Pod # api")
+            node.reconciler.wake()  # as the uplink does for a new assignment
+            runtime.blocked["web"].set()  # the pass ends
+
+            async with asyncio.timeout(5):
+                while await node.phase("api") != ("Deployed", 1, ""):
+                    await asyncio.sleep(0.05)
