@@ -63,6 +63,7 @@ class Uplink:
         self._last_status: object = None
         self._last_status_at = 0.0
         self._coalescing = OwnedTask(f"status-{self.node}")
+        self._status_wanted = False  # a change not yet in a coalesced report
         # Flushes run from the reconciler's workers and from connects at once:
         # one at a time keeps the outbox in order.
         self._flush_lock = asyncio.Lock()
@@ -152,15 +153,23 @@ class Uplink:
         meanwhile goes with it), when it changed or the heartbeat is due."""
         if force or self.settings.status_coalesce == 0:
             await self._send_status(force=force, via=via)
-        elif self.connected and not self._coalescing.running:  # offline: the next connect sends it
+            return
+        if not self.connected:
+            return  # the next connect sends it
+        self._status_wanted = True
+        if not self._coalescing.running:
             self._coalescing.restart(self._send_status_later())
 
     async def _send_status_later(self) -> None:
-        await asyncio.sleep(self.settings.status_coalesce)
-        try:
-            await self._send_status()
-        except Exception:  # the link went down meanwhile: the next connect sends the status
-            logger.debug("Sending a coalesced status failed; the next connect sends it", exc_info=True)
+        # A change while a report is being sent (its store reads may already be done) goes out in one more.
+        while self._status_wanted:
+            await asyncio.sleep(self.settings.status_coalesce)
+            self._status_wanted = False
+            try:
+                await self._send_status()
+            except Exception:  # the link went down meanwhile: the next connect sends the status
+                logger.debug("Sending a coalesced status failed; the next connect sends it", exc_info=True)
+                return
 
     async def _send_status(self, *, force: bool = False, via: MqttSession | None = None) -> None:
         releases = tuple(
