@@ -70,8 +70,13 @@ def new_node_key() -> PrivateKey:
 
 
 def private_key_pem(key: PrivateKey) -> bytes:
-    """The node's bundle key file: unencrypted PKCS#8 PEM, as ``cryptography`` and ``openssl`` write it."""
-    return pem_keys.x25519_private_key_pem(bytes(key))
+    """The node's bundle key file: unencrypted PKCS#8 PEM. Written at join, which has ``cryptography`` loaded
+    for its CSR anyway; only reading it (every start) must do without (``pem_keys``)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    return X25519PrivateKey.from_private_bytes(bytes(key)).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
 
 def load_private_key_pem(pem: bytes) -> PrivateKey:

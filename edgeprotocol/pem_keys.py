@@ -1,4 +1,4 @@
-"""The PEM files of the protocol's 32-byte keys, read and written without an ASN.1 parser.
+"""The PEM files of the protocol's 32-byte keys, read without an ASN.1 parser.
 
 Two keys the agent reads every time it starts are in PEM files: the hub's
 Ed25519 public key (``identity.json``, SubjectPublicKeyInfo, as the hub sends
@@ -6,10 +6,11 @@ it at join) and the node's X25519 bundle key (``node-bundle.key``, PKCS#8).
 RFC 8410 gives each of these exactly one DER encoding: a fixed header, then
 the 32 raw key bytes (the header bytes below are the RFC's section 10
 examples'; ``cryptography`` and ``openssl genpkey`` write the same). So the key
-is the PEM's base64 with that header taken off, and writing is the reverse:
-no ASN.1 parsing at all, which keeps ``cryptography`` (and its own OpenSSL,
-about 8 MiB resident) out of a running agent (bench/README.md, "Agent
-footprint").
+is the PEM's base64 with that header taken off: no ASN.1 parsing at all,
+which keeps ``cryptography`` (and its own OpenSSL, about 8 MiB resident) out
+of a running agent (bench/README.md, "Agent footprint"). The files are
+written where ``cryptography`` is loaded anyway (the hub; a node's join), by
+``cryptography``.
 
 The PEM's layout (line length, CRLF, text before the BEGIN line) does not
 matter. A PEM whose DER is not exactly that form (an encrypted key, another
@@ -31,16 +32,6 @@ X25519_PRIVATE_HEADER = bytes.fromhex("302e020100300506032b656e04220420")
 _PUBLIC_LABEL = "PUBLIC KEY"
 _PRIVATE_LABEL = "PRIVATE KEY"
 _PEM = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----\s*([A-Za-z0-9+/=\s]*?)\s*-----END \1-----")
-
-
-def ed25519_public_key_pem(raw: bytes) -> str:
-    """The PEM (SubjectPublicKeyInfo) of the raw Ed25519 public key ``raw``, as ``cryptography`` writes it."""
-    return _pem(_PUBLIC_LABEL, ED25519_PUBLIC_HEADER + _checked(raw)).decode()
-
-
-def x25519_private_key_pem(raw: bytes) -> bytes:
-    """The PEM (unencrypted PKCS#8) of the raw X25519 private key ``raw``, as ``cryptography`` writes it."""
-    return _pem(_PRIVATE_LABEL, X25519_PRIVATE_HEADER + _checked(raw))
 
 
 def ed25519_public_key_from_pem(pem: str | bytes) -> bytes:
@@ -74,18 +65,6 @@ def x25519_private_key_from_pem(pem: str | bytes) -> bytes:
     if not isinstance(key, X25519PrivateKey):
         raise ValueError("not an X25519 private key")
     return key.private_bytes_raw()
-
-
-def _checked(raw: bytes) -> bytes:
-    if len(raw) != KEY_BYTES:
-        raise ValueError(f"a raw key is {KEY_BYTES} bytes, not {len(raw)}")
-    return raw
-
-
-def _pem(label: str, der: bytes) -> bytes:
-    text = base64.b64encode(der).decode()
-    lines = [text[i:i + 64] for i in range(0, len(text), 64)]  # RFC 7468: 64 characters a line
-    return "\n".join([f"-----BEGIN {label}-----", *lines, f"-----END {label}-----", ""]).encode()
 
 
 def _bytes(pem: str | bytes) -> bytes:

@@ -32,7 +32,9 @@ if TYPE_CHECKING:  # the hub's key types: the hub signs with cryptography (edgeh
 
 def public_key_pem(key: Ed25519PublicKey) -> str:
     """The hub's public key as join hands it to nodes: PEM (SubjectPublicKeyInfo)."""
-    return pem_keys.ed25519_public_key_pem(key.public_bytes_raw())
+    from cryptography.hazmat.primitives import serialization  # the hub's: its key is a cryptography one
+
+    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
 
 
 def load_public_key(pem: str) -> VerifyKey:

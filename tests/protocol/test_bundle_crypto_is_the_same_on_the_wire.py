@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from nacl.public import PrivateKey
 
 from edgeprotocol import Assignment, Bundle, ProtocolError, bundle_crypto, pem_keys
 from edgeprotocol.bundle_crypto import DATA_AAD, ENCODING, KEY_ALG, NONCE_BYTES, WRAP_INFO, hkdf_sha256
@@ -121,7 +122,7 @@ def test_the_node_key_files_are_what_cryptography_writes_and_reads():
     for _ in range(20):
         key = X25519PrivateKey.generate()
         raw = key.private_bytes_raw()
-        assert pem_keys.x25519_private_key_pem(raw) == pkcs8(key)
+        assert bundle_crypto.private_key_pem(PrivateKey(raw)) == pkcs8(key)
         loaded = bundle_crypto.load_private_key_pem(pkcs8(key))
         assert bytes(loaded) == raw
         assert bytes(loaded.public_key) == key.public_key().public_bytes_raw()
