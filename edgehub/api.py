@@ -124,10 +124,10 @@ from .errors import (
 from .keys import BROKER_ACCESS, COMPONENTS, DISPATCHER, IDENTITY, METRICS, ROLLOUTS, SETTINGS, STORE, SUMMARIES
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .settings import MAX_TOKEN_TTL_SECONDS, MAX_TOKEN_USES
-from .store import MAX_SEQ, ComponentRecord, CredentialRecord, NodeRecord, RevisionRecord
+from .store import MAX_SEQ, AssignmentRecord, ComponentRecord, CredentialRecord, HubStore, NodeRecord, RevisionRecord
 from .summaries import rollout
 from .tokens import new_token, parse_token
-from .views import component_view, node_view, pool_views
+from .views import component_view, node_view, pool_views, release_targets
 
 logger = logging.getLogger(__name__)
 
@@ -504,11 +504,16 @@ async def list_pools(request: web.Request) -> web.Response:
 
 async def list_components(request: web.Request) -> web.Response:
     store = request.app[STORE]
-    nodes = await store.list_nodes(with_certificate=False)
-    assignments = await store.list_assignments()
-    return web.json_response(
-        [component_view(c, nodes, assignments, detail=False) for c in await store.list_components()]
-    )
+    by_name, targets = await _fleet_targets(store)
+    return web.json_response([component_view(c, by_name, targets.get((c.namespace, c.name), []), detail=False)
+                              for c in await store.list_components()])
+
+
+async def _fleet_targets(store: HubStore
+                         ) -> tuple[dict[str, NodeRecord], dict[tuple[str, str], list[AssignmentRecord]]]:
+    """Every node by name, and each component's release assignments: what its rollout is counted over."""
+    return ({n.name: n for n in await store.list_nodes(with_certificate=False)},
+            release_targets(await store.list_assignments()))
 
 
 async def get_component(request: web.Request) -> web.Response:
@@ -517,7 +522,8 @@ async def get_component(request: web.Request) -> web.Response:
     comp = await store.get_component(namespace, name)
     if comp is None or comp.deleted:
         raise NotFound(f"component {namespace}/{name} not found")
-    view = component_view(comp, await store.list_nodes(with_certificate=False), await store.list_assignments(), detail=True)
+    by_name, targets = await _fleet_targets(store)
+    view = component_view(comp, by_name, targets.get((namespace, name), []), detail=True)
     view["spec"] = without_values(view["spec"], _values_digest_key(request.app))
     return web.json_response(view)
 

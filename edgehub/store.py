@@ -61,6 +61,7 @@ from edgeprotocol.errors import ProtocolError
 from edgeprotocol.messages import MAX_MESSAGE_BYTES, AssignmentKind, Bundle, Event, NodeStatus
 
 from .errors import AlreadyExists, ConcurrentChange, JoinRefused, RenewalRefused
+from .listed import ANY_ROWS, NO_ROWS, ByNode, Touches
 from .tokens import TokenParts, hash_secret, secret_matches
 
 logger = logging.getLogger(__name__)
@@ -402,9 +403,12 @@ class HubStore:
         # Each node's status as last decoded (or stored by this process), by its stored seq and
         # length: listing a fleet decodes only the reports that changed since the last listing.
         self._decoded: dict[str, tuple[tuple[int, int], NodeStatus]] = {}
-        # The records of the last listing with status and without certificates (what every read of the
-        # fleet lists), by name with the row they were made from: a row unchanged since is not made again.
-        self._listed: dict[str, tuple[tuple[Any, ...], NodeRecord]] = {}
+        # What the fleet's listings read last (nodes with status and without certificate, every
+        # assignment), kept on the database's thread: a listing reads only the nodes written since.
+        # One hub owns a SQLite file; several may share a PostgreSQL database.
+        only_writer = self._db.dialect == "sqlite"
+        self._listed_nodes: ByNode[tuple[tuple[Any, ...], NodeRecord]] = ByNode(only_writer=only_writer)
+        self._listed_assignments: ByNode[tuple[AssignmentRecord, ...]] = ByNode(only_writer=only_writer)
         self._change_listeners: list[Callable[[], None]] = []
         self._writes: GroupCommit[Connection] = GroupCommit(self._db.transaction)
 
@@ -413,9 +417,18 @@ class HubStore:
         live views follow the store, which is the truth, rather than each place that changes it."""
         self._change_listeners.append(listener)
 
-    async def _write(self, fn: Callable[[Connection], T]) -> T:
-        # Writes asked for while another commits share one transaction (each in a savepoint).
-        result = await self._writes.write(fn)
+    async def _write(self, fn: Callable[[Connection], T], touches: Touches = ANY_ROWS) -> T:
+        """Run ``fn`` in a transaction (shared with the writes asked for meanwhile, each in a savepoint).
+        ``touches``: the node rows and assignments it may change, which the fleet's listings read again."""
+
+        def run(c: Connection) -> T:
+            result = fn(c)
+            # On the database's thread, inside the transaction: no listing can run between the write and this.
+            self._listed_nodes.touch(touches.nodes)
+            self._listed_assignments.touch(touches.assignments_of)
+            return result
+
+        result = await self._writes.write(run)
         for listener in self._change_listeners:
             listener()
         return result
@@ -442,7 +455,8 @@ class HubStore:
             lambda c: c.execute(
                 "INSERT INTO tokens VALUES (?, ?, ?, ?, ?, ?)",
                 (token.token_id, hash_secret(token.secret), pool, now, expires_at, uses),
-            )
+            ),
+            NO_ROWS,
         )
         return expires_at
 
@@ -496,7 +510,7 @@ class HubStore:
             )
             return Registration(pool=pool, certificate=certificate, generation=generation, rejoined=held is not None)
 
-        return await self._write(run)
+        return await self._write(run, Touches.of(nodes=[node]))
 
     async def reset_node(self, name: str) -> NodeRecord | None:
         """Free a node's name: forget the key that joined it, so the next join with the name is accepted.
@@ -513,7 +527,7 @@ class HubStore:
                 return None
             return NodeRecord.from_row(c.execute("SELECT * FROM nodes WHERE name = ?", (name,)).fetchone())
 
-        return await self._write(run)
+        return await self._write(run, Touches.of(nodes=[name]))
 
     async def revoke_node(self, name: str) -> NodeRecord | None:
         """Refuse a node from now on: its messages are ignored, nothing is published to it and its
@@ -525,7 +539,7 @@ class HubStore:
                 return None
             return NodeRecord.from_row(c.execute("SELECT * FROM nodes WHERE name = ?", (name,)).fetchone())
 
-        return await self._write(run)
+        return await self._write(run, Touches.of(nodes=[name]))
 
     async def joined_nodes(self, names: Iterable[str] | None = None) -> dict[str, JoinedNode]:
         """Every node in standing ``joined`` (the nodes assignments are published to), by name; with
@@ -554,7 +568,7 @@ class HubStore:
                       (record.name, record.role, record.certificate, record.created_at))
             return record
 
-        return await self._write(run)
+        return await self._write(run, NO_ROWS)
 
     async def list_credentials(self) -> list[CredentialRecord]:
         rows = await self._db.read(lambda c: c.execute("SELECT * FROM credentials ORDER BY name").fetchall())
@@ -565,7 +579,7 @@ class HubStore:
         def run(c: Connection) -> bool:
             return c.execute("DELETE FROM credentials WHERE name = ?", (name,)).rowcount > 0
 
-        return await self._write(run)
+        return await self._write(run, NO_ROWS)
 
     async def renew_certificate(self, node: str, *, nonce: str, at: float, forget_before: float,
                                 renew: Callable[[str], str]) -> str:
@@ -598,7 +612,7 @@ class HubStore:
             c.execute("UPDATE nodes SET certificate = ? WHERE name = ?", (certificate, node))
             return certificate
 
-        return await self._write(run)
+        return await self._write(run, Touches.of(nodes=[node]))
 
     # --- nodes ---------------------------------------------------------------
 
@@ -606,41 +620,53 @@ class HubStore:
         """Every node by name; ``with_status=False`` leaves every ``status`` None, ``with_certificate=False``
         every ``certificate`` "", and each is cheaper.
 
-        A fleet is listed on every read of a component or the fleet: only the
-        reports that changed since the last listing are read and decoded, the
-        rest come from what this store decoded (or stored) before.
+        A fleet is listed on every read of a component or the fleet: with
+        status and without certificates (what those reads ask for), only the
+        rows written since the last such listing are read (``edgehub.listed``)
+        and only the reports that changed are decoded; an unchanged node is
+        the very same record as in the last listing.
         """
+        if with_status and not with_certificate:
+            return [record for _, record in await self._db.read(self._listing_of_nodes)]
         columns = _NODE_COLUMNS + (", certificate" if with_certificate else "")
-        if with_status:
-            columns += ", status_seq, length(status) AS status_length"
 
-        # Decoded on the store's thread: a status may be a few hundred KiB of JSON.
         def run(c: Connection) -> list[NodeRecord]:
-            rows = c.execute(f"SELECT {columns} FROM nodes ORDER BY name").fetchall()
             if not with_status:
-                return [NodeRecord.from_row(r) for r in rows]
-            changed = [r["name"] for r in rows
-                       if r["status_length"] and not self._decoded_holds(r["name"], r["status_seq"], r["status_length"])]
-            texts: dict[str, str] = {}
-            for start in range(0, len(changed), _NAMES_PER_QUERY):
-                chunk = changed[start:start + _NAMES_PER_QUERY]
-                texts.update(c.execute(f"SELECT name, status FROM nodes WHERE name IN ({', '.join('?' * len(chunk))})",
-                                       chunk).fetchall())
-            listed: dict[str, tuple[tuple[Any, ...], NodeRecord]] = {}
-            records = []
-            for r in rows:
-                name, values = r["name"], tuple(r)
-                held = self._listed.get(name) if not with_certificate else None
-                if held is None or held[0] != values or name in texts:
-                    held = (values, NodeRecord.from_row(r, status=self._status_of(
-                        name, r["status_seq"], r["status_length"], texts.get(name))))
-                listed[name] = held
-                records.append(held[1])
-            if not with_certificate:
-                self._listed = listed  # names no longer listed are forgotten
-            return records
+                return [NodeRecord.from_row(r) for r in c.execute(f"SELECT {columns} FROM nodes ORDER BY name")]
+            rows = c.execute(f"SELECT {columns}, {_STATUS_SIZE} FROM nodes ORDER BY name").fetchall()
+            return [record for _, record in self._node_records(c, rows, {}).values()]
 
         return await self._db.read(run)
+
+    def _listing_of_nodes(self, c: Connection) -> list[tuple[tuple[Any, ...], NodeRecord]]:
+        columns = f"{_NODE_COLUMNS}, {_STATUS_SIZE}"
+
+        def read_all(held: dict[str, tuple[tuple[Any, ...], NodeRecord]]
+                     ) -> dict[str, tuple[tuple[Any, ...], NodeRecord]]:
+            return self._node_records(c, c.execute(f"SELECT {columns} FROM nodes").fetchall(), held)
+
+        def read_some(names: list[str]) -> dict[str, tuple[tuple[Any, ...], NodeRecord]]:
+            return self._node_records(c, _rows_named(c, f"SELECT {columns} FROM nodes", names), {})
+
+        return self._listed_nodes.refresh(read_all, read_some)
+
+    def _node_records(self, c: Connection, rows: list[Row], held: dict[str, tuple[tuple[Any, ...], NodeRecord]]
+                      ) -> dict[str, tuple[tuple[Any, ...], NodeRecord]]:
+        """The records of ``rows`` (with ``_STATUS_SIZE``), each with the row's values; a row whose values and
+        status are those ``held`` has, keeps its record. Statuses are read and decoded (on the database's
+        thread: a status may be a few hundred KiB of JSON) only when they changed since last decoded."""
+        changed = [r["name"] for r in rows
+                   if r["status_length"] and not self._decoded_holds(r["name"], r["status_seq"], r["status_length"])]
+        texts: dict[str, str] = dict(_rows_named(c, "SELECT name, status FROM nodes", changed))
+        records = {}
+        for r in rows:
+            name, values = r["name"], tuple(r)
+            kept = held.get(name)
+            if kept is None or kept[0] != values or name in texts:
+                kept = (values, NodeRecord.from_row(r, status=self._status_of(
+                    name, r["status_seq"], r["status_length"], texts.get(name))))
+            records[name] = kept
+        return records
 
     async def get_node(self, name: str, *, with_status: bool = True) -> NodeRecord | None:
         def run(c: Connection) -> NodeRecord | None:
@@ -688,7 +714,7 @@ class HubStore:
             cur = c.execute(f"UPDATE nodes SET presence = ?, presence_at = ?{seen} WHERE name = ? AND {_JOINED}", args)
             return cur.rowcount == 1
 
-        return await self._write(run)
+        return await self._write(run, Touches.of(nodes=[node]))
 
     async def save_status(self, status: NodeStatus, *, encoded: bytes, received_at: str,
                           max_seq_jump: int) -> SaveOutcome:
@@ -722,7 +748,7 @@ class HubStore:
             self._decoded[status.node] = ((seq, len(text)), status)
             return "stored"
 
-        return await self._write(run)
+        return await self._write(run, Touches.of(nodes=[status.node]))
 
     async def add_event(self, event: Event, *, encoded: bytes, max_seq_jump: int) -> SaveOutcome:
         """Keep a node's event (``encoded``, as checked by the caller), and its newest events only.
@@ -758,7 +784,7 @@ class HubStore:
             )
             return "stored"
 
-        return await self._write(run)
+        return await self._write(run, NO_ROWS)
 
     async def list_events(self, node: str, *, limit: int = 100) -> list[Event]:
         """The node's latest ``limit`` events, in the order they arrived."""
@@ -921,7 +947,7 @@ class HubStore:
             _put_rollout(c, namespace, name, rollout)
             _prune_revisions(c, namespace, name, keep=history_limit, current=revision)
 
-        await self._write(run)
+        await self._write(run, NO_ROWS)
 
     # --- staged rollouts -----------------------------------------------------
 
@@ -947,7 +973,7 @@ class HubStore:
             _put_rollout(c, row.namespace, row.name, row)
             return True
 
-        return await self._write(run)
+        return await self._write(run, NO_ROWS)
 
     async def set_history_limit(self, namespace: str, name: str, *, spec: dict[str, Any], history_limit: int,
                                 revision: int) -> None:
@@ -966,7 +992,7 @@ class HubStore:
                       (spec_json, namespace, name, revision))
             _prune_revisions(c, namespace, name, keep=history_limit, current=revision)
 
-        await self._write(run)
+        await self._write(run, NO_ROWS)
 
     async def delete_component(self, namespace: str, name: str, *, replaced: Replaced = "superseded") -> int | None:
         """Mark a component deleted at a new revision (kept in its history, origin "delete"); None when
@@ -993,7 +1019,7 @@ class HubStore:
             _prune_revisions(c, namespace, name, keep=row["history_limit"], current=revision)
             return revision
 
-        return await self._write(run)
+        return await self._write(run, NO_ROWS)
 
     async def list_revisions(self, namespace: str, name: str) -> list[RevisionRecord]:
         """The kept revisions of a component, newest first, each with its spec (for its values digest)."""
@@ -1033,7 +1059,7 @@ class HubStore:
             _drop_unused_charts(c)
             return dropped
 
-        return await self._pruned(await self._write(run), "of revisions beyond their component's history")
+        return await self._pruned(await self._write(run, NO_ROWS), "of revisions beyond their component's history")
 
     async def prune_deleted(self) -> int:
         """Drop the renders, charts and specs of deleted components no node is assigned a release of any more.
@@ -1067,7 +1093,7 @@ class HubStore:
                 _drop_unused_charts(c)
             return dropped
 
-        return await self._pruned(await self._write(run), "of deleted components")
+        return await self._pruned(await self._write(run, NO_ROWS), "of deleted components")
 
     async def _pruned(self, dropped: int, what: str) -> int:
         """Give back the space ``dropped`` renders held and say so."""
@@ -1101,29 +1127,29 @@ class HubStore:
 
     async def list_assignments(self, *, node: str | None = None,
                                nodes: Iterable[str] | None = None) -> list[AssignmentRecord]:
-        """Every assignment; or those of ``node``; or those of the ``nodes`` named (in one query)."""
-        names = sorted(set(nodes)) if nodes is not None else None
+        """Every assignment, by node, namespace and release; or those of ``node`` (one query); or those of
+        the ``nodes`` named. The whole table is listed reading only the nodes written since the last listing
+        (``edgehub.listed``)."""
+        if node is not None:
+            rows = await self._db.read(lambda c: c.execute(
+                "SELECT * FROM assignments WHERE node = ? ORDER BY namespace, release", (node,)).fetchall())
+            return [_assignment(r) for r in rows]
+        listing = await self._db.read(self._listing_of_assignments)
+        if nodes is None:
+            return [a for held in listing for a in held]
+        names = set(nodes)
+        return [a for held in listing if held[0].node in names for a in held]
 
-        def run(c: Connection) -> list[Row]:
-            if node is not None:
-                return c.execute("SELECT * FROM assignments WHERE node = ? ORDER BY namespace, release",
-                                 (node,)).fetchall()
-            if names is not None:
-                rows: list[Row] = []
-                for start in range(0, len(names), _NAMES_PER_QUERY):
-                    chunk = names[start:start + _NAMES_PER_QUERY]
-                    rows += c.execute(f"SELECT * FROM assignments WHERE node IN ({', '.join('?' * len(chunk))}) "
-                                      "ORDER BY node, namespace, release", chunk).fetchall()
-                return rows
-            return c.execute("SELECT * FROM assignments ORDER BY node, namespace, release").fetchall()
+    def _listing_of_assignments(self, c: Connection) -> list[tuple[AssignmentRecord, ...]]:
+        def by_node(rows: Iterable[Row]) -> dict[str, tuple[AssignmentRecord, ...]]:
+            found: dict[str, list[AssignmentRecord]] = {}
+            for r in rows:
+                found.setdefault(r["node"], []).append(_assignment(r))
+            return {name: tuple(sorted(held, key=lambda a: (a.namespace, a.release))) for name, held in found.items()}
 
-        return [
-            AssignmentRecord(
-                node=r["node"], namespace=r["namespace"], release=r["release"], revision=r["revision"],
-                kind=r["kind"], render_key=r["render_key"],
-            )
-            for r in await self._db.read(run)
-        ]
+        return self._listed_assignments.refresh(
+            lambda _held: by_node(c.execute("SELECT * FROM assignments")),
+            lambda names: by_node(_rows_named(c, "SELECT * FROM assignments", names, column="node")))
 
     async def update_assignments(
         self, upserts: Iterable[AssignmentRecord], deletes: Iterable[tuple[str, str, str]] = ()
@@ -1139,7 +1165,7 @@ class HubStore:
             )
             c.executemany("DELETE FROM assignments WHERE node = ? AND namespace = ? AND release = ?", deletes)
 
-        await self._write(run)
+        await self._write(run, Touches.of(assignments_of={a.node for a in upserts} | {d[0] for d in deletes}))
 
 
 # A node's row without its status and certificate (each read only when needed).
@@ -1147,6 +1173,22 @@ _NODE_COLUMNS = ("name, pool, labels, registered_at, presence, presence_at, last
                  "bundle_key")
 # Names bound in one IN (...) list: under SQLite's oldest limit on bound parameters (999).
 _NAMES_PER_QUERY = 500
+# What a listing needs to know whether a node's status changed, without reading it.
+_STATUS_SIZE = "status_seq, length(status) AS status_length"
+
+
+def _rows_named(c: Connection, select: str, names: list[str], *, column: str = "name") -> list[Row]:
+    """``select`` (no WHERE) of the rows whose ``column`` is one of ``names``, a bounded IN list per query."""
+    rows: list[Row] = []
+    for start in range(0, len(names), _NAMES_PER_QUERY):
+        chunk = names[start:start + _NAMES_PER_QUERY]
+        rows += c.execute(f"{select} WHERE {column} IN ({', '.join('?' * len(chunk))})", chunk).fetchall()
+    return rows
+
+
+def _assignment(row: Row) -> AssignmentRecord:
+    return AssignmentRecord(node=row["node"], namespace=row["namespace"], release=row["release"],
+                            revision=row["revision"], kind=row["kind"], render_key=row["render_key"])
 
 
 def chart_digest(archive: bytes) -> str:

@@ -43,7 +43,7 @@ from edgeprotocol import topics
 from edgeprotocol.messages import Phase, now
 
 from .store import AssignmentRecord, ComponentRecord, HubStore, NodeRecord, RolloutRow
-from .views import release_view
+from .views import release_targets, reported_release
 
 logger = logging.getLogger(__name__)
 
@@ -112,18 +112,19 @@ def _rollout_state(counts: dict[str, int]) -> str:
 
 def _targets(comp: ComponentRecord, by_name: dict[str, NodeRecord],
              assignments: list[AssignmentRecord]) -> list[_Target]:
-    """The component's targets among ``by_name`` (joined nodes), each as its node last reported it."""
+    """The component's targets among ``by_name`` (joined nodes), each as its node last reported it
+    (``assignments``: the component's release assignments, ``views.release_targets``)."""
     targets = []
     for a in assignments:
-        if (a.namespace, a.release) != (comp.namespace, comp.name) or a.kind != "release":
-            continue
         node = by_name.get(a.node)
         if node is None:
             continue
-        reported = release_view(node, comp.namespace, comp.name) or {}
-        targets.append(_Target(pool=node.pool, online=node.presence == "online",
-                               applied=reported.get("applied_revision", 0),
-                               phase=reported.get("phase", "Pending"), stale=reported.get("stale", False)))
+        reported = reported_release(node, comp.namespace, comp.name)
+        online = node.presence == "online"
+        targets.append(_Target(pool=node.pool, online=online,
+                               applied=reported.applied_revision if reported is not None else 0,
+                               phase=reported.phase if reported is not None else "Pending",
+                               stale=reported is not None and not online))
     return targets
 
 
@@ -132,7 +133,8 @@ def rollout(comp: ComponentRecord, nodes: list[NodeRecord], assignments: list[As
     ``desired``, ``updated``, ``ready``, ``failed``, ``offline`` and ``rollout`` (``complete``, ``failing``,
     ``progressing``, ``waiting for offline nodes`` or ``no targets``)."""
     joined = {n.name: n for n in nodes if n.standing == "joined"}
-    counts = _rollout(_targets(comp, joined, assignments), comp.revision)
+    targets = release_targets(assignments).get((comp.namespace, comp.name), [])
+    counts = _rollout(_targets(comp, joined, targets), comp.revision)
     return {**counts, "rollout": _rollout_state(counts)}
 
 
@@ -201,9 +203,10 @@ def build(nodes: list[NodeRecord], components: list[ComponentRecord],
 
     pools = sorted({n.pool for n in joined})
     components_of_pool: dict[str, set[str]] = defaultdict(set)
+    assigned = release_targets(assignments)
     for comp in components:
         ref = f"{comp.namespace}/{comp.name}"
-        targets = _targets(comp, by_name, assignments)
+        targets = _targets(comp, by_name, assigned.get((comp.namespace, comp.name), []))
         for t in targets:
             components_of_pool[t.pool].add(ref)
         total = _rollout(targets, comp.revision)

@@ -8,12 +8,14 @@ observed: an offline node's releases keep their last phase but are marked
 from __future__ import annotations
 
 import functools
-from collections import Counter
+from collections import Counter, defaultdict
+from collections.abc import Mapping
 from typing import Any
 
 from cryptography import x509
 
 from edgeprotocol.enrollment import renew_after
+from edgeprotocol.messages import ReleaseStatus
 
 from .store import AssignmentRecord, ComponentRecord, NodeRecord
 
@@ -40,22 +42,28 @@ def _certificate_fields(pem: str) -> tuple[tuple[str, str], ...] | None:
             ("not_after", iso(cert.not_valid_after_utc)), ("renew_after", iso(renew_after(cert))))
 
 
-def release_view(node: NodeRecord, namespace: str, release: str) -> dict[str, Any] | None:
-    if node.status is None:
-        return None
-    for r in node.status.releases:
-        if (r.namespace, r.release) == (namespace, release):
-            return {
-                "desired_revision": r.desired_revision,
-                "applied_revision": r.applied_revision,
-                "phase": r.phase,
-                "message": r.message,
-                "ready": r.ready,
-                "total": r.total,
-                "observed_at": r.observed_at,
-                "stale": node.presence != "online",
-            }
+def reported_release(node: NodeRecord, namespace: str, release: str) -> ReleaseStatus | None:
+    """The release as the node last reported it; None when it reported none of it."""
+    for r in node.status.releases if node.status is not None else ():
+        if r.release == release and r.namespace == namespace:
+            return r
     return None
+
+
+def release_view(node: NodeRecord, namespace: str, release: str) -> dict[str, Any] | None:
+    r = reported_release(node, namespace, release)
+    if r is None:
+        return None
+    return {
+        "desired_revision": r.desired_revision,
+        "applied_revision": r.applied_revision,
+        "phase": r.phase,
+        "message": r.message,
+        "ready": r.ready,
+        "total": r.total,
+        "observed_at": r.observed_at,
+        "stale": node.presence != "online",
+    }
 
 
 def node_view(node: NodeRecord) -> dict[str, Any]:
@@ -96,45 +104,59 @@ def pool_views(nodes: list[NodeRecord]) -> list[dict[str, Any]]:
 
 
 def component_view(
-    comp: ComponentRecord, nodes: list[NodeRecord], assignments: list[AssignmentRecord], *, detail: bool
+    comp: ComponentRecord, by_name: Mapping[str, NodeRecord], targets: list[AssignmentRecord], *, detail: bool
 ) -> dict[str, Any]:
-    by_name = {n.name: n for n in nodes}
-    targets = [a for a in assignments
-               if (a.namespace, a.release) == (comp.namespace, comp.name) and a.kind == "release"]
-    rows = []
-    for a in targets:
-        node = by_name.get(a.node)
-        reported = release_view(node, comp.namespace, comp.name) if node else None
-        rows.append({
-            "node": a.node,
-            "pool": node.pool if node else "",
-            "presence": node.presence if node else "unknown",
-            "last_seen": node.last_seen if node else "",
-            "assigned_revision": a.revision,
-            **(reported or {"phase": "Pending", "applied_revision": 0, "message": "not reported yet",
-                            "ready": 0, "total": 0, "observed_at": "", "stale": False}),
-        })
-    def is_deployed(r: dict[str, Any]) -> bool:
-        return r["phase"] == "Deployed" and r["applied_revision"] == comp.revision and not r["stale"]
-
-    deployed = sum(1 for r in rows if is_deployed(r))
+    """The component's rollout over ``targets`` (its release assignments, ``release_targets``), each as its
+    node (``by_name``) last reported it; ``detail``: with its spec and a row per node."""
+    deployed = 0
+    phases: Counter[str] = Counter()
     pools: dict[str, dict[str, int]] = {}
-    for r in rows:
-        counts = pools.setdefault(r["pool"], {"targets": 0, "deployed": 0})
+    for a in targets:
+        # A listing counts every target of every component: no per-node view is made for it.
+        node = by_name.get(a.node)
+        reported = reported_release(node, comp.namespace, comp.name) if node is not None else None
+        phase = reported.phase if reported is not None else "Pending"
+        is_deployed = (reported is not None and phase == "Deployed" and reported.applied_revision == comp.revision
+                       and node is not None and node.presence == "online")
+        deployed += is_deployed
+        phases[phase] += 1
+        counts = pools.setdefault(node.pool if node is not None else "", {"targets": 0, "deployed": 0})
         counts["targets"] += 1
-        counts["deployed"] += is_deployed(r)
+        counts["deployed"] += is_deployed
     view: dict[str, Any] = {
         "namespace": comp.namespace,
         "name": comp.name,
         "revision": comp.revision,
         "chart": {"name": comp.chart_name, "version": comp.chart_version},
-        "targets": len(rows),
+        "targets": len(targets),
         "deployed": deployed,
-        "phases": dict(Counter(r["phase"] for r in rows)),
+        "phases": dict(phases),
         # Per pool ("" for a node the hub no longer knows): how many nodes it targets and has deployed.
         "pools": dict(sorted(pools.items())),
     }
     if detail:
         view["spec"] = comp.spec
-        view["nodes"] = sorted(rows, key=lambda r: r["node"])
+        view["nodes"] = sorted((_target_row(a, by_name.get(a.node), comp) for a in targets), key=lambda r: r["node"])
     return view
+
+
+def _target_row(a: AssignmentRecord, node: NodeRecord | None, comp: ComponentRecord) -> dict[str, Any]:
+    reported = release_view(node, comp.namespace, comp.name) if node is not None else None
+    return {
+        "node": a.node,
+        "pool": node.pool if node else "",
+        "presence": node.presence if node else "unknown",
+        "last_seen": node.last_seen if node else "",
+        "assigned_revision": a.revision,
+        **(reported or {"phase": "Pending", "applied_revision": 0, "message": "not reported yet",
+                        "ready": 0, "total": 0, "observed_at": "", "stale": False}),
+    }
+
+
+def release_targets(assignments: list[AssignmentRecord]) -> dict[tuple[str, str], list[AssignmentRecord]]:
+    """Release assignments by (namespace, component): each component's targets."""
+    targets: dict[tuple[str, str], list[AssignmentRecord]] = defaultdict(list)
+    for a in assignments:
+        if a.kind == "release":
+            targets[(a.namespace, a.release)].append(a)
+    return targets
