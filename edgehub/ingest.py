@@ -24,13 +24,15 @@ dropped: only the key that joined a name (and joined it last) is heard.
 Thousands of nodes report at once (a rollout, a broker restart), so messages
 are taken in batches: the MQTT session hands each to ``take``, which only
 queues it, and one worker handles up to ``INGEST_BATCH`` queued messages
-together. Their store writes share transactions (``edgekit.group_commit``),
-and what follows a stored status or a resync (tombstones, re-publishing) is
-first checked for the whole batch with one read and no lock: only a node that
-needs something waits for the dispatcher, which may be busy publishing a
-rollout. When the queue is full, ``take`` waits, the session acknowledges
-nothing more, and the broker holds the rest: a message the hub acknowledged
-is never dropped for lack of room.
+together. A batch's statuses and events are stored in one write
+(``HubStore.save_reports``: usually one statement for all its statuses and
+one for all its events, since every statement the store's thread runs must
+win the GIL back from a busy event loop), and what follows a stored status
+or a resync (tombstones, re-publishing) is first checked for the whole batch
+with one read and no lock: only a node that needs something waits for the
+dispatcher, which may be busy publishing a rollout. When the queue is full,
+``take`` waits, the session acknowledges nothing more, and the broker holds
+the rest: a message the hub acknowledged is never dropped for lack of room.
 
 Dropped messages are logged at warning level, at most once a minute per node
 and kind, so a flood cannot flood the log either.
@@ -134,6 +136,14 @@ class _FollowUps:
     resyncs: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
 
 
+@dataclass(slots=True)
+class _Reports:
+    """The statuses and events of a batch that passed their checks, each with its encoding, stored together."""
+
+    statuses: list[tuple[NodeStatus, bytes]] = dataclasses.field(default_factory=list)
+    events: list[tuple[Event, bytes]] = dataclasses.field(default_factory=list)
+
+
 def _cut(text: str) -> str:
     return text if len(text) <= MAX_TEXT_CHARS else text[: MAX_TEXT_CHARS - 1] + "…"
 
@@ -173,9 +183,11 @@ class NodeMessages:
 
     async def _handle_batch(self, batch: list[tuple[str, bytes]]) -> None:
         """Handle messages together (writes in shared transactions), then what their statuses and resyncs ask."""
-        follow_ups = _FollowUps()
+        follow_ups, reports = _FollowUps(), _Reports()
         # Each message's write is queued in the order the messages came, before any of them waits.
-        await asyncio.gather(*(self._handle(topic, payload, follow_ups) for topic, payload in batch))
+        await asyncio.gather(*(self._handle(topic, payload, follow_ups, reports) for topic, payload in batch))
+        if reports.statuses or reports.events:
+            await self._store_reports(reports, follow_ups)
         if follow_ups.statuses:
             await self._dispatcher.on_statuses(follow_ups.statuses)
         if follow_ups.resyncs:
@@ -185,7 +197,7 @@ class NodeMessages:
                            "Node %s asked to resync; re-published %d assignment(s) it lacked or held older",
                            node, count)
 
-    async def _handle(self, topic: str, payload: bytes, follow_ups: _FollowUps) -> None:
+    async def _handle(self, topic: str, payload: bytes, follow_ups: _FollowUps, reports: _Reports) -> None:
         try:
             parsed = NodeTopic.parse(topic)
         except ValueError:
@@ -194,26 +206,26 @@ class NodeMessages:
         if not payload:
             return  # a cleared retained message
         try:
-            await self._dispatch(parsed, payload, follow_ups)
+            await self._dispatch(parsed, payload, follow_ups, reports)
         except asyncio.CancelledError:
             raise
         except (ProtocolError, Dropped) as exc:
-            if parsed.kind == "status" and self._metrics is not None:
-                self._metrics.status_messages.labels(outcome="dropped").inc()
-            if self._warned.due((parsed.node, parsed.kind), WARNING_INTERVAL_SECONDS):
-                logger.warning("Dropping a %s message on the topic of node %s: %s (further drops of its %s "
-                               "messages are logged at debug level for a minute)", parsed.kind, parsed.node, exc,
-                               parsed.kind)
-            else:
-                logger.debug("Dropping a %s message of node %s: %s", parsed.kind, parsed.node, exc)
+            self._dropped(parsed.kind, parsed.node, exc)
         except Exception:  # a bug: this message is skipped, the others of its batch are not
             logger.exception("Handling a %s message of node %s failed; skipping it", parsed.kind, parsed.node)
 
-    async def _dispatch(self, topic: NodeTopic, payload: bytes, follow_ups: _FollowUps) -> None:
+    def _dropped(self, kind: str, node: str, exc: Exception) -> None:
+        if kind == "status" and self._metrics is not None:
+            self._metrics.status_messages.labels(outcome="dropped").inc()
+        if self._warned.due((node, kind), WARNING_INTERVAL_SECONDS):
+            logger.warning("Dropping a %s message on the topic of node %s: %s (further drops of its %s "
+                           "messages are logged at debug level for a minute)", kind, node, exc, kind)
+        else:
+            logger.debug("Dropping a %s message of node %s: %s", kind, node, exc)
+
+    async def _dispatch(self, topic: NodeTopic, payload: bytes, follow_ups: _FollowUps, reports: _Reports) -> None:
         if topic.kind == "status":
-            stored = await self._on_status(topic, NodeStatus.decode(payload))
-            if stored is not None:
-                follow_ups.statuses.append(stored)
+            reports.statuses.append(self._checked_status(topic, NodeStatus.decode(payload)))
         elif topic.kind == "presence":
             presence = Presence.decode(payload)
             self._check_sender(topic, presence.node)
@@ -227,7 +239,7 @@ class NodeMessages:
             if not await self._store.set_presence(presence.node, presence.state, presence.at or now()):
                 raise Dropped("the node is not registered, or was reset or revoked")
         elif topic.kind == "events":
-            await self._on_event(topic, Event.decode(payload))
+            reports.events.append(self._checked_event(topic, Event.decode(payload)))
         elif topic.kind == "resync":
             resync = Resync.decode(payload)
             self._check_sender(topic, resync.node)
@@ -237,8 +249,8 @@ class NodeMessages:
                 return
             follow_ups.resyncs[resync.node] = resync.held
 
-    async def _on_status(self, topic: NodeTopic, status: NodeStatus) -> NodeStatus | None:
-        """Store the status when it is the node's next; the stored status, else None."""
+    def _checked_status(self, topic: NodeTopic, status: NodeStatus) -> tuple[NodeStatus, bytes]:
+        """The status as it is stored (messages cut) with its encoding; Dropped past a bound."""
         self._check_sender(topic, status.node)
         if len(status.releases) > MAX_STATUS_RELEASES:
             raise Dropped(f"status #{status.seq} lists {len(status.releases)} releases, over {MAX_STATUS_RELEASES}")
@@ -254,32 +266,41 @@ class NodeMessages:
         if len(encoded) > self._limits.max_status_bytes:
             raise Dropped(f"status #{status.seq} is {len(encoded)} bytes as stored, over the bound of "
                           f"{self._limits.max_status_bytes} (max_status_bytes)")
-        outcome = await self._store.save_status(status, encoded=encoded, received_at=now(),
-                                                max_seq_jump=self._limits.max_seq_jump)
-        if self._metrics is not None:
-            self._metrics.status(status, outcome)
-        if outcome == "stored":
-            return status
-        if outcome == "too far ahead" or outcome == "out of range":
-            raise Dropped(f"status #{status.seq} is {outcome} of the node's last one (max_seq_jump "
-                          f"{self._limits.max_seq_jump})")
-        logger.debug("Status #%d of %s dropped: %s", status.seq, status.node, outcome)
-        return None
+        return status, encoded
 
-    async def _on_event(self, topic: NodeTopic, event: Event) -> None:
+    def _checked_event(self, topic: NodeTopic, event: Event) -> tuple[Event, bytes]:
+        """The event as it is stored (message cut) with its encoding; Dropped past a bound."""
         self._check_sender(topic, event.node)
         event = dataclasses.replace(event, message=_cut(event.message))
         encoded = event.encode()
         if len(encoded) > MAX_EVENT_BYTES:
             raise Dropped(f"event #{event.seq} is {len(encoded)} bytes as stored, over {MAX_EVENT_BYTES}")
-        outcome = await self._store.add_event(event, encoded=encoded, max_seq_jump=self._limits.max_seq_jump)
-        if outcome == "too far ahead" or outcome == "out of range":
-            raise Dropped(f"event #{event.seq} is {outcome} of the node's highest (max_seq_jump "
-                          f"{self._limits.max_seq_jump})")
-        if outcome == "unknown node":
-            raise Dropped("the node is not registered, or was reset or revoked")
-        if outcome != "stored":
-            logger.debug("Event #%d of %s dropped: %s", event.seq, event.node, outcome)
+        return event, encoded
+
+    async def _store_reports(self, reports: _Reports, follow_ups: _FollowUps) -> None:
+        """Store a batch's statuses and events in one write; each one refused is dropped as such, each status
+        stored is followed up."""
+        jump = self._limits.max_seq_jump
+        status_outcomes, event_outcomes = await self._store.save_reports(
+            reports.statuses, reports.events, received_at=now(), max_seq_jump=jump)
+        for (status, _), outcome in zip(reports.statuses, status_outcomes, strict=True):
+            if self._metrics is not None:
+                self._metrics.status(status, outcome)
+            if outcome == "stored":
+                follow_ups.statuses.append(status)
+            elif outcome in ("too far ahead", "out of range"):
+                self._dropped("status", status.node, Dropped(
+                    f"status #{status.seq} is {outcome} of the node's last one (max_seq_jump {jump})"))
+            else:
+                logger.debug("Status #%d of %s dropped: %s", status.seq, status.node, outcome)
+        for (event, _), outcome in zip(reports.events, event_outcomes, strict=True):
+            if outcome in ("too far ahead", "out of range"):
+                self._dropped("events", event.node, Dropped(
+                    f"event #{event.seq} is {outcome} of the node's highest (max_seq_jump {jump})"))
+            elif outcome == "unknown node":
+                self._dropped("events", event.node, Dropped("the node is not registered, or was reset or revoked"))
+            elif outcome != "stored":
+                logger.debug("Event #%d of %s dropped: %s", event.seq, event.node, outcome)
 
     @staticmethod
     def _check_sender(topic: NodeTopic, node: str) -> None:

@@ -727,28 +727,9 @@ class HubStore:
         registration, so a fresh agent (counting from 1) and one that kept
         its state (counting on) are both taken.
         """
-        seq = status.seq
-
-        def run(c: Connection) -> SaveOutcome:
-            row = c.execute(f"SELECT status_seq, seq_before_join FROM nodes WHERE name = ? AND {_JOINED}",
-                            (status.node,)).fetchone()
-            if row is None:
-                return "unknown node"
-            if seq < 0 or seq > MAX_SEQ:
-                return "out of range"
-            if seq <= row["status_seq"]:
-                return "stale"
-            if seq > max(row["status_seq"], row["seq_before_join"], 0) + max_seq_jump:
-                return "too far ahead"
-            text = encoded.decode()
-            c.execute("UPDATE nodes SET status = ?, status_seq = ?, last_seen = ? WHERE name = ?",
-                      (text, seq, received_at, status.node))
-            self._undecodable.discard(status.node)
-            # What was just stored needs no decoding when the fleet is next listed.
-            self._decoded[status.node] = ((seq, len(text)), status)
-            return "stored"
-
-        return await self._write(run, Touches.of(nodes=[status.node]))
+        outcomes, _ = await self.save_reports([(status, encoded)], [], received_at=received_at,
+                                              max_seq_jump=max_seq_jump)
+        return outcomes[0]
 
     async def add_event(self, event: Event, *, encoded: bytes, max_seq_jump: int) -> SaveOutcome:
         """Keep a node's event (``encoded``, as checked by the caller), and its newest events only.
@@ -760,31 +741,42 @@ class HubStore:
         seq already held (an agent that re-joined afresh counts from 1 again)
         replaces the old one.
         """
-        body = encoded.decode()
+        _, outcomes = await self.save_reports([], [(event, encoded)], received_at="", max_seq_jump=max_seq_jump)
+        return outcomes[0]
 
-        def run(c: Connection) -> SaveOutcome:
-            if c.execute(f"SELECT 1 FROM nodes WHERE name = ? AND {_JOINED}", (event.node,)).fetchone() is None:
-                return "unknown node"
-            if event.seq < 0 or event.seq > MAX_SEQ:
-                return "out of range"
-            highest = c.execute("SELECT MAX(seq) FROM events WHERE node = ?", (event.node,)).fetchone()[0]
-            if event.seq > max(highest if highest is not None else 0, 0) + max_seq_jump:
-                return "too far ahead"
-            held = c.execute("SELECT body FROM events WHERE node = ? AND seq = ?", (event.node, event.seq)).fetchone()
-            if held is not None:
-                if held["body"] == body:
-                    return "duplicate"
-                c.execute("DELETE FROM events WHERE node = ? AND seq = ?", (event.node, event.seq))
-            c.execute("INSERT INTO events (node, seq, body) VALUES (?, ?, ?)", (event.node, event.seq, body))
-            # rowid grows with every insert: the newest N by arrival stay.
-            c.execute(
-                "DELETE FROM events WHERE node = ? AND rowid <= "
-                "(SELECT rowid FROM events WHERE node = ? ORDER BY rowid DESC LIMIT 1 OFFSET ?)",
-                (event.node, event.node, self._events_kept),
-            )
-            return "stored"
+    async def save_reports(self, statuses: list[tuple[NodeStatus, bytes]], events: list[tuple[Event, bytes]], *,
+                           received_at: str, max_seq_jump: int) -> tuple[list[SaveOutcome], list[SaveOutcome]]:
+        """``save_status`` and ``add_event`` for many reports in one write; their outcomes, in order.
 
-        return await self._write(run, NO_ROWS)
+        A fleet reports all at once (a rollout, a reconnect): stored one by
+        one, a thousand reports are thousands of statements, and the store's
+        thread needs the GIL back after each one, which a busy event loop
+        holds for up to a switch interval. So the usual case takes one
+        statement for a batch: every node's next status at once, every new
+        event at once. When that statement does not take every report (one is
+        stale, from an unknown node, too far ahead, or an event repeats a
+        seq), it is undone and the batch is stored report by report, which
+        tells each outcome.
+        """
+        texts = [(status, encoded.decode()) for status, encoded in statuses]
+        bodies = [(event, encoded.decode()) for event, encoded in events]
+
+        def run(c: Connection) -> tuple[list[SaveOutcome], list[SaveOutcome]]:
+            status_outcomes = _at_once(c, "statuses", texts, lambda rows: _store_next_statuses(
+                c, rows, received_at, max_seq_jump)) or [
+                _store_status(c, status, text, received_at, max_seq_jump) for status, text in texts]
+            for (status, text), outcome in zip(texts, status_outcomes, strict=True):
+                if outcome == "stored":
+                    self._undecodable.discard(status.node)
+                    # What was just stored needs no decoding when the fleet is next listed.
+                    self._decoded[status.node] = ((status.seq, len(text)), status)
+            event_outcomes = _at_once(c, "events", bodies, lambda rows: _store_new_events(c, rows, max_seq_jump)) or [
+                _store_event(c, event, body, max_seq_jump) for event, body in bodies]
+            if any(outcome == "stored" for outcome in event_outcomes):
+                _keep_newest_events(c, {event.node for event, _ in bodies}, self._events_kept)
+            return status_outcomes, event_outcomes
+
+        return await self._write(run, Touches.of(nodes={status.node for status, _ in statuses}))
 
     async def list_events(self, node: str, *, limit: int = 100) -> list[Event]:
         """The node's latest ``limit`` events, in the order they arrived."""
@@ -1168,6 +1160,103 @@ class HubStore:
         await self._write(run, Touches.of(assignments_of={a.node for a in upserts} | {d[0] for d in deletes}))
 
 
+# Reports stored by one statement at most: four bound parameters each, under SQLite's oldest limit (999).
+_REPORTS_PER_STATEMENT = 200
+
+
+def _at_least_zero(sql: str) -> str:
+    return f"CASE WHEN {sql} > 0 THEN {sql} ELSE 0 END"
+
+
+# The highest seq a node's next report may have, past max_seq_jump (see HubStore.save_status).
+_STATUS_SEQ_BASE = _at_least_zero(
+    "CASE WHEN nodes.status_seq > nodes.seq_before_join THEN nodes.status_seq ELSE nodes.seq_before_join END")
+
+
+def _at_once(c: Connection, what: str, reports: list[tuple[Any, str]],
+             store: Callable[[list[tuple[Any, str]]], int]) -> list[SaveOutcome] | None:
+    """Every report "stored" when ``store(reports)`` took them all (counted by the rows it changed); else
+    None, with nothing changed. Only for a batch in which each node has one report in range."""
+    nodes = [report.node for report, _ in reports]
+    if len(reports) < 2 or len(set(nodes)) != len(nodes) or any(not 0 <= r.seq <= MAX_SEQ for r, _ in reports):
+        return None
+    c.execute(f"SAVEPOINT {what}_at_once")
+    taken = sum(store(reports[i:i + _REPORTS_PER_STATEMENT]) for i in range(0, len(reports), _REPORTS_PER_STATEMENT))
+    if taken != len(reports):
+        c.execute(f"ROLLBACK TO SAVEPOINT {what}_at_once")
+    c.execute(f"RELEASE SAVEPOINT {what}_at_once")
+    return ["stored"] * len(reports) if taken == len(reports) else None
+
+
+def _store_next_statuses(c: Connection, rows: list[tuple[NodeStatus, str]], received_at: str,
+                         max_seq_jump: int) -> int:
+    values = ", ".join(["(?, ?, ?)"] * len(rows))
+    return c.execute(
+        f"""UPDATE nodes SET status = v.column2, status_seq = v.column3, last_seen = ?
+            FROM (VALUES {values}) AS v
+            WHERE nodes.name = v.column1 AND nodes.{_JOINED} AND v.column3 > nodes.status_seq
+            AND v.column3 <= {_STATUS_SEQ_BASE} + ?""",
+        [received_at, *(x for status, text in rows for x in (status.node, text, status.seq)), max_seq_jump],
+    ).rowcount
+
+
+def _store_status(c: Connection, status: NodeStatus, text: str, received_at: str, max_seq_jump: int) -> SaveOutcome:
+    seq = status.seq
+    row = c.execute(f"SELECT status_seq, seq_before_join FROM nodes WHERE name = ? AND {_JOINED}",
+                    (status.node,)).fetchone()
+    if row is None:
+        return "unknown node"
+    if seq < 0 or seq > MAX_SEQ:
+        return "out of range"
+    if seq <= row["status_seq"]:
+        return "stale"
+    if seq > max(row["status_seq"], row["seq_before_join"], 0) + max_seq_jump:
+        return "too far ahead"
+    c.execute("UPDATE nodes SET status = ?, status_seq = ?, last_seen = ? WHERE name = ?",
+              (text, seq, received_at, status.node))
+    return "stored"
+
+
+def _store_new_events(c: Connection, rows: list[tuple[Event, str]], max_seq_jump: int) -> int:
+    values = ", ".join(["(?, ?, ?)"] * len(rows))
+    highest = "(SELECT MAX(held.seq) FROM events AS held WHERE held.node = v.column1)"
+    return c.execute(
+        f"""INSERT INTO events (node, seq, body) SELECT v.column1, v.column2, v.column3 FROM (VALUES {values}) AS v
+            WHERE EXISTS (SELECT 1 FROM nodes WHERE nodes.name = v.column1 AND nodes.{_JOINED})
+            AND NOT EXISTS (SELECT 1 FROM events AS held WHERE held.node = v.column1 AND held.seq = v.column2)
+            AND v.column2 <= {_at_least_zero(f"COALESCE({highest}, 0)")} + ?""",
+        [*(x for event, body in rows for x in (event.node, event.seq, body)), max_seq_jump],
+    ).rowcount
+
+
+def _store_event(c: Connection, event: Event, body: str, max_seq_jump: int) -> SaveOutcome:
+    if c.execute(f"SELECT 1 FROM nodes WHERE name = ? AND {_JOINED}", (event.node,)).fetchone() is None:
+        return "unknown node"
+    if event.seq < 0 or event.seq > MAX_SEQ:
+        return "out of range"
+    highest = c.execute("SELECT MAX(seq) FROM events WHERE node = ?", (event.node,)).fetchone()[0]
+    if event.seq > max(highest if highest is not None else 0, 0) + max_seq_jump:
+        return "too far ahead"
+    held = c.execute("SELECT body FROM events WHERE node = ? AND seq = ?", (event.node, event.seq)).fetchone()
+    if held is not None:
+        if held["body"] == body:
+            return "duplicate"
+        c.execute("DELETE FROM events WHERE node = ? AND seq = ?", (event.node, event.seq))
+    c.execute("INSERT INTO events (node, seq, body) VALUES (?, ?, ?)", (event.node, event.seq, body))
+    return "stored"
+
+
+def _keep_newest_events(c: Connection, nodes: set[str], kept: int) -> None:
+    """Drop all but the newest ``kept`` events (by arrival: rowid grows with every insert) of ``nodes``: one
+    query finds the nodes over the bound (in a steady fleet, few at a time), one statement each prunes them."""
+    over = [r[0] for r in _rows_named(c, "SELECT node FROM events", sorted(nodes), column="node",
+                                      rest=f"GROUP BY node HAVING COUNT(*) > {int(kept)}")]
+    for node in over:
+        c.execute("DELETE FROM events WHERE node = ? AND rowid <= "
+                  "(SELECT rowid FROM events WHERE node = ? ORDER BY rowid DESC LIMIT 1 OFFSET ?)",
+                  (node, node, kept))
+
+
 # A node's row without its status and certificate (each read only when needed).
 _NODE_COLUMNS = ("name, pool, labels, registered_at, presence, presence_at, last_seen, generation, standing, "
                  "bundle_key")
@@ -1177,12 +1266,13 @@ _NAMES_PER_QUERY = 500
 _STATUS_SIZE = "status_seq, length(status) AS status_length"
 
 
-def _rows_named(c: Connection, select: str, names: list[str], *, column: str = "name") -> list[Row]:
-    """``select`` (no WHERE) of the rows whose ``column`` is one of ``names``, a bounded IN list per query."""
+def _rows_named(c: Connection, select: str, names: list[str], *, column: str = "name", rest: str = "") -> list[Row]:
+    """``select`` (no WHERE) of the rows whose ``column`` is one of ``names``, a bounded IN list per query;
+    ``rest``: what follows the WHERE clause (GROUP BY ...)."""
     rows: list[Row] = []
     for start in range(0, len(names), _NAMES_PER_QUERY):
         chunk = names[start:start + _NAMES_PER_QUERY]
-        rows += c.execute(f"{select} WHERE {column} IN ({', '.join('?' * len(chunk))})", chunk).fetchall()
+        rows += c.execute(f"{select} WHERE {column} IN ({', '.join('?' * len(chunk))}) {rest}", chunk).fetchall()
     return rows
 
 
