@@ -187,19 +187,22 @@ async def phase(bench: Bench, watch: SysWatch, message: str, revision: int, n: i
     cpu = {who: seconds - cpu_before[who] for who, seconds in cpu_by_process(bench).items()}
     after = await watch.settled_snapshot()
     return {"started": started, "total_s": done_at - started, "hub_cpu_s": cpu["hub"],
-            "broker_cpu_s": cpu["broker"], "agents_cpu_s": cpu["agents"], "broker": deltas(before, after)}
+            "broker_cpu_s": cpu["broker"], "agents_cpu_s": cpu["agents"], "light_agents_cpu_s": cpu["light_agents"],
+            "broker": deltas(before, after)}
 
 
 def cpu_by_process(bench: Bench) -> dict[str, float]:
-    """CPU seconds so far of the hub, the broker and the simulated agents (every worker process): where the
-    two cores went during a phase."""
-    return {"hub": proc_cpu(bench.hub_pid), "broker": proc_cpu(bench.broker_pid),
-            "agents": sum(proc_cpu(w.pid) for w in bench.workers)}
+    """CPU seconds so far of the hub, the broker and the simulated agents (every worker process; and the light
+    agents' workers alone): where the two cores went during a phase."""
+    workers = {w.name: proc_cpu(w.pid) for w in bench.workers}
+    return {"hub": proc_cpu(bench.hub_pid), "broker": proc_cpu(bench.broker_pid), "agents": sum(workers.values()),
+            "light_agents": sum(seconds for name, seconds in workers.items() if name.startswith("light"))}
 
 
 def print_phase(name: str, n: int, ph: dict[str, Any]) -> None:
     print(f"{name}: all {n} Deployed on the hub after {ph['total_s']:.2f} s; CPU: hub {ph['hub_cpu_s']:.1f} s, "
-          f"broker {ph['broker_cpu_s']:.1f} s, simulated agents {ph['agents_cpu_s']:.1f} s; broker {ph['broker']}",
+          f"broker {ph['broker_cpu_s']:.1f} s, simulated agents {ph['agents_cpu_s']:.1f} s (light "
+          f"{ph['light_agents_cpu_s']:.1f} s); broker {ph['broker']}",
           flush=True)
 
 
@@ -266,6 +269,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                f"{name}_p99_s": lat["p99_s"], f"{name}_max_s": lat["max_s"],
                                f"{name}_deployed": lat["count"], f"{name}_hub_cpu_s": ph["hub_cpu_s"],
                                f"{name}_broker_cpu_s": ph["broker_cpu_s"], f"{name}_agents_cpu_s": ph["agents_cpu_s"],
+                               f"{name}_light_agents_cpu_s": ph["light_agents_cpu_s"],
                                f"{name}_broker": ph["broker"],
                                f"{name}_full_p50_s": lat_full["p50_s"], f"{name}_full_max_s": lat_full["max_s"],
                                f"{name}_light_p50_s": lat_light["p50_s"], f"{name}_light_max_s": lat_light["max_s"]})

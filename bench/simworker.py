@@ -18,10 +18,15 @@ Two kinds of simulated node:
 - ``full``: the project's ``Agent`` class with the dry-run runtime (local SQLite store and its thread,
   reconcile loop, uplink, certificate renewer): exactly ``edgeagent run --runtime dry-run``.
 - ``light``: protocol-faithful and cheap: a real TLS MQTT session with the node's certificate and last
-  will, presence and resync on connect, every assignment verified and decrypted with the real
+  will, presence, resync and status on every connect, every assignment verified and decrypted with the real
   ``edgeprotocol`` code (``open_sealed``), then what a real agent sends for it when its apply is quick (an
   Applied event, then, ``status_coalesce`` later, status Deployed, with real ``NodeStatus``/``Event``
-  messages). No store, no runtime.
+  messages). No store, no runtime. The session is paho's MQTT client driven straight from this worker's
+  event loop, without aiomqtt: paho's socket callbacks register its socket with the loop, its MQTT
+  callbacks (connected, subscribed, message, acknowledged, disconnected) do the node's work, QoS 1
+  publishes are handed to paho without waiting for each acknowledgement (paho keeps them until the broker
+  acknowledges them), and one task per worker runs every client's keepalive check once a second. aiomqtt's
+  futures and timeouts for each publish and its timer for each client cost more CPU than the node's work.
 
 Every client socket binds the source address it is given (127.0.0.0/8), see bench/README.md.
 """
@@ -35,6 +40,7 @@ import json
 import logging
 import random
 import resource
+import socket
 import ssl
 import sys
 import time
@@ -45,6 +51,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import aiomqtt  # noqa: E402
+import paho.mqtt.client as mqtt  # noqa: E402
+from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 from edgeagent.agent import Agent, AgentSettings  # noqa: E402
 from edgeagent.identity import NodeIdentity, load_bundle_key  # noqa: E402
@@ -61,6 +69,8 @@ logger = logging.getLogger("simworker")
 # reconnect storm after a broker restart is not throttled: the agents' own backoff spreads it).
 START_CONCURRENCY = 64
 KEEPALIVE = 10  # the agent's default
+# How often the light agents' keepalive is checked (aiomqtt checks each of its clients once a second too).
+KEEPALIVE_CHECK_INTERVAL = 1.0
 MQTT_TIMEOUT = 60.0
 STATUS_COALESCE = AgentSettings(state_dir=Path(".")).status_coalesce  # the agent's default
 
@@ -102,7 +112,16 @@ class Metrics:
 
 
 class LightAgent:
-    """A protocol-faithful node without store or runtime (see the module docstring)."""
+    """A protocol-faithful node without store or runtime (see the module docstring).
+
+    Its MQTT session is paho's client driven from the worker's event loop by callbacks: the socket is
+    read when the loop sees it readable, what paho queued is written once the loop's current callbacks are
+    done, QoS 1 publishes are handed to paho (which keeps them until the broker acknowledges them), and
+    keepalive is checked by the worker's one ``KeepaliveTicker``. One task per node only connects, waits
+    for the connection to end and waits out the reconnect backoff. Each connection gets a new paho client,
+    as each aiomqtt session had: a clean session, and nothing of a lost connection is sent again (the
+    presence, resync and status of the next connect say where the node is).
+    """
 
     def __init__(self, state_dir: Path, bind: str, metrics: Metrics) -> None:
         self.identity = NodeIdentity.load(state_dir)
@@ -119,6 +138,18 @@ class LightAgent:
         self.connected = asyncio.Event()
         self.applies = 0
         self._task = OwnedTask(f"light-{self.node}")
+        self._loop = asyncio.get_running_loop()
+        # The connection's state, new for each connection (paho's client too: a clean session each time).
+        self._client: mqtt.Client | None = None
+        self._fd = -1
+        self._subscribed: asyncio.Future[None] = self._loop.create_future()
+        self._lost: asyncio.Future[None] = self._loop.create_future()
+        self._flush_scheduled = False
+        self._waiting_writable = False
+        self._status_timer: asyncio.TimerHandle | None = None
+        # Status publishes not acknowledged yet -> the revisions they report Deployed (counted once acknowledged,
+        # as a full agent's are).
+        self._deployed_by_mid: dict[int, list[int]] = {}
 
     def start(self) -> None:
         self._task.start(self._run())
@@ -126,6 +157,16 @@ class LightAgent:
     async def stop(self) -> None:
         with contextlib.suppress(Exception):  # a session that died is reported by its missing figures
             await self._task.stop()
+
+    def check_keepalive(self) -> None:
+        """paho's periodic duty (the worker's ticker calls it once a second): a PINGREQ when the link has been
+        quiet for the keepalive, and dropping the connection when the broker did not answer the last one."""
+        if self._client is not None:
+            try:
+                self._client.loop_misc()
+            except Exception:
+                logger.exception("%s: the keepalive check failed; dropping the connection", self.node)
+                self._drop()
 
     def _context(self) -> ssl.SSLContext:
         tls = self.identity.broker_tls(self.state_dir)
@@ -136,59 +177,169 @@ class LightAgent:
         attempt = 0
         context = self._context()
         while True:
-            try:
-                will = aiomqtt.Will(topics.presence(self.node), Presence(node=self.node, state="offline").encode(),
-                                    qos=1, retain=True)
-                async with aiomqtt.Client(self.broker.host, self.broker.port, identifier=f"edgeagent-{self.node}",
-                                          tls_context=context, will=will, keepalive=KEEPALIVE, clean_session=True,
-                                          timeout=MQTT_TIMEOUT, bind_address=self.bind,
-                                          max_queued_incoming_messages=1000) as client:
-                    await client.subscribe(topics.assignments_of(self.node), qos=1, timeout=MQTT_TIMEOUT)
-                    attempt = 0
-                    self.metrics.connects.append(time.time())
-                    await client.publish(topics.presence(self.node),
-                                         Presence(node=self.node, state="online", at=now()).encode(), qos=1,
-                                         retain=True)
-                    held = {f"{ns}/{rel}": rev for (ns, rel), rev in self.held.items()}
-                    await client.publish(topics.resync(self.node), Resync(node=self.node, held=held).encode(), qos=1)
-                    await self._status(client, {})
-                    self.connected.set()
-                    async for message in client.messages:
-                        await self._on_message(client, message)
-            except aiomqtt.MqttError as exc:
-                self.connected.clear()
-                attempt += 1
-                delay = random.uniform(0, min(30.0, 0.5 * 2 ** attempt))  # as MqttSession's backoff
-                logger.debug("%s: %s; reconnecting in %.1f s", self.node, exc, delay)
-                await asyncio.sleep(delay)
+            if await self._one_connection(context):
+                attempt = 0
+            attempt += 1
+            delay = random.uniform(0, min(30.0, 0.5 * 2 ** attempt))  # as MqttSession's backoff
+            logger.debug("%s: connection ended; reconnecting in %.1f s", self.node, delay)
+            await asyncio.sleep(delay)
 
-    async def _status(self, client: aiomqtt.Client, phases: dict[tuple[str, str], tuple[str, int, int]]) -> None:
-        """A NodeStatus of every release held: ``phases`` overrides (phase, applied revision, ready)."""
-        releases = []
-        for key, revision in sorted(self.held.items()):
-            phase, applied, ready = phases.get(key, ("Deployed", revision, 1))
-            releases.append(ReleaseStatus(namespace=key[0], release=key[1], desired_revision=revision,
-                                          applied_revision=applied, phase=phase, ready=ready, total=1,
-                                          observed_at=now()))
-        self.seq += 1
-        payload = NodeStatus(node=self.node, seq=self.seq, observed_at=now(), releases=tuple(releases),
-                             agent_version="bench-light", runtime="dry-run").encode()
-        await client.publish(topics.status(self.node), payload, qos=1, retain=True, timeout=MQTT_TIMEOUT)
-        self.metrics.status_bytes = max(self.metrics.status_bytes, len(payload))
-        self.metrics.saw_deployed(self.node, [r.applied_revision for r in releases if r.phase == "Deployed"])
+    async def _one_connection(self, context: ssl.SSLContext) -> bool:
+        """Connect, subscribe and serve until the connection is lost; True if it got as far as subscribed."""
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"edgeagent-{self.node}", clean_session=True,
+                             reconnect_on_failure=False)
+        client.tls_set_context(context)
+        client.will_set(topics.presence(self.node), Presence(node=self.node, state="offline").encode(), qos=1,
+                        retain=True)
+        if not await self._connect(client):
+            return False
+        self._attach(client)
+        try:
+            await asyncio.wait((self._subscribed, self._lost), timeout=MQTT_TIMEOUT,
+                               return_when=asyncio.FIRST_COMPLETED)
+            if not self._subscribed.done():
+                return False  # refused, lost or no answer within MQTT_TIMEOUT
+            await self._lost
+            return True
+        finally:
+            self._drop()
 
-    async def _on_message(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
-        payload = message.payload if isinstance(message.payload, bytes) else b""
+    async def _connect(self, client: mqtt.Client) -> bool:
+        """paho's connect (TCP, TLS handshake, CONNECT sent) blocks: run it in a thread, as aiomqtt does."""
+        connecting = self._loop.run_in_executor(None, client.connect, self.broker.host, self.broker.port,
+                                                KEEPALIVE, self.bind)
+        try:
+            await asyncio.shield(connecting)  # a thread cannot be cancelled: see below
+        except asyncio.CancelledError:
+            # Stopped mid-connect: close the socket once the thread has opened it, rather than leak it.
+            connecting.add_done_callback(lambda _: _disconnect_now(client))
+            raise
+        except OSError as exc:  # refused, timed out, TLS failure (ssl.SSLError is an OSError)
+            logger.debug("%s: connecting failed: %s", self.node, exc)
+            return False
+        return client.socket() is not None  # paho closes it when even the CONNECT could not be written
+
+    def _attach(self, client: mqtt.Client) -> None:
+        """Wire a freshly connected client into the event loop (its callbacks are set only now, in the loop's
+        thread: paho called none of them from the connecting thread)."""
+        self._client = client
+        self._subscribed = self._loop.create_future()
+        self._lost = self._loop.create_future()
+        self._deployed_by_mid.clear()
+        client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        client.on_disconnect = self._on_disconnect
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_register_write
+        client.on_socket_unregister_write = self._on_unregister_write
+        sock = client.socket()
+        assert sock is not None
+        self._fd = sock.fileno()
+        self._loop.add_reader(self._fd, self._on_readable)
+        if client.want_write():  # the rest of a CONNECT the socket did not take at once
+            self._on_register_write(client, None, sock)
+
+    def _drop(self) -> None:
+        """End the current connection, if any (stop, timeout, a bug in a callback); the lost future resolves."""
+        client, self._client = self._client, None
+        if client is not None:
+            _disconnect_now(client)
+        if not self._lost.done():
+            self._lost.set_result(None)
+
+    # --- paho's socket callbacks: the event loop does its I/O -----------------------------------------------
+
+    def _on_readable(self) -> None:
+        client = self._client
+        if client is None:
+            return
+        try:
+            client.loop_read()
+            # paho reads a packet at a time; what TLS already decrypted the socket will not signal again.
+            while (sock := client.socket()) is not None and sock.pending():  # type: ignore[union-attr]
+                client.loop_read()
+        except Exception:
+            logger.exception("%s: reading failed; dropping the connection", self.node)
+            self._drop()
+
+    def _on_register_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        # paho has queued bytes (a publish, an acknowledgement, a ping): write them once the loop's current
+        # callbacks are done, so what they queue after this goes in the same write. Writability is waited
+        # for only when the socket's send buffer is full (see _flush).
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        client = self._client
+        if client is None:
+            return
+        try:
+            client.loop_write()
+        except Exception:
+            logger.exception("%s: writing failed; dropping the connection", self.node)
+            self._drop()
+            return
+        if client.want_write() and not self._waiting_writable and client.socket() is not None:
+            self._waiting_writable = True
+            self._loop.add_writer(self._fd, self._flush)
+
+    def _on_unregister_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        if self._waiting_writable:
+            self._waiting_writable = False
+            self._loop.remove_writer(self._fd)
+
+    def _on_socket_close(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        self._loop.remove_reader(self._fd)
+        self._on_unregister_write(client, userdata, sock)
+
+    # --- paho's MQTT callbacks ----------------------------------------------------------------------------
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        if reason.is_failure:
+            logger.debug("%s: the broker refused the connection: %s", self.node, reason)
+            return  # paho closes the connection
+        client.subscribe(topics.assignments_of(self.node), qos=1)
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
+        self.metrics.connects.append(time.time())
+        client.publish(topics.presence(self.node), Presence(node=self.node, state="online", at=now()).encode(),
+                       qos=1, retain=True)
+        held = {f"{ns}/{rel}": rev for (ns, rel), rev in self.held.items()}
+        client.publish(topics.resync(self.node), Resync(node=self.node, held=held).encode(), qos=1)
+        self._publish_status()
+        self.connected.set()
+        if not self._subscribed.done():
+            self._subscribed.set_result(None)
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        logger.debug("%s: disconnected: %s", self.node, reason)
+        self.connected.clear()
+        if self._status_timer is not None:
+            self._status_timer.cancel()  # as the real agent's: the next connect sends the status
+            self._status_timer = None
+        if not self._lost.done():
+            self._lost.set_result(None)
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
+        if (revisions := self._deployed_by_mid.pop(mid, None)) is not None:
+            self.metrics.saw_deployed(self.node, revisions)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        payload = message.payload
         if not payload:
             return
         try:
-            parsed = topics.NodeTopic.parse(message.topic.value)
+            parsed = topics.NodeTopic.parse(message.topic)
             assignment = open_sealed(payload, self.hub_key, node=self.node, generation=self.identity.generation,
                                      bundle_key=self.bundle_key)
             if (parsed.namespace, parsed.release) != assignment.key:
                 raise ProtocolError("assignment on the wrong topic")
         except (ProtocolError, ValueError) as exc:
-            logger.warning("%s rejected a message on %s: %s", self.node, message.topic.value, exc)
+            logger.warning("%s rejected a message on %s: %s", self.node, message.topic, exc)
             return
         self.metrics.assignment_bytes = max(self.metrics.assignment_bytes, len(payload))
         key = assignment.key
@@ -197,7 +348,7 @@ class LightAgent:
             return  # not newer than what the node holds: nothing to do, as the real agent
         if assignment.kind == "tombstone":
             self.held.pop(key, None)
-            await self._status(client, {})
+            self._publish_status()
             return
         self.held[key] = assignment.revision
         self.applies += 1
@@ -205,11 +356,69 @@ class LightAgent:
         event = Event(node=self.node, seq=self.event_seq, at=now(), reason="Applied",
                       message=f"revision {assignment.revision} applied", namespace=key[0], release=key[1],
                       revision=assignment.revision)
-        await client.publish(topics.events(self.node), event.encode(), qos=1, timeout=MQTT_TIMEOUT)
-        # The real agent's status waits status_coalesce for the changes that follow: an apply as quick as a
-        # dry run reports Deployed alone, without the Applying before it.
-        await asyncio.sleep(STATUS_COALESCE)
-        await self._status(client, {})
+        client.publish(topics.events(self.node), event.encode(), qos=1)
+        # The real agent's status waits status_coalesce for the changes that follow (one report for all of
+        # them): an apply as quick as a dry run reports Deployed alone, without the Applying before it.
+        if self._status_timer is None:
+            self._status_timer = self._loop.call_later(STATUS_COALESCE, self._publish_coalesced_status)
+
+    def _publish_coalesced_status(self) -> None:
+        self._status_timer = None
+        self._publish_status()
+
+    def _publish_status(self) -> None:
+        """A NodeStatus of every release held, all Deployed (what a quick apply reports)."""
+        client = self._client
+        if client is None:
+            return
+        releases = tuple(ReleaseStatus(namespace=namespace, release=release, desired_revision=revision,
+                                       applied_revision=revision, phase="Deployed", ready=1, total=1,
+                                       observed_at=now())
+                         for (namespace, release), revision in sorted(self.held.items()))
+        self.seq += 1
+        payload = NodeStatus(node=self.node, seq=self.seq, observed_at=now(), releases=releases,
+                             agent_version="bench-light", runtime="dry-run").encode()
+        self.metrics.status_bytes = max(self.metrics.status_bytes, len(payload))
+        info = client.publish(topics.status(self.node), payload, qos=1, retain=True)
+        self._deployed_by_mid[info.mid] = [r.applied_revision for r in releases]
+
+
+def _disconnect_now(client: mqtt.Client) -> None:
+    """Close ``client``'s connection at once: a DISCONNECT (as aiomqtt sends when its session ends), written
+    now, after which paho closes the socket itself; if the socket cannot take it, the socket is shut down and
+    paho, reading the end of the stream, closes it as after any lost connection."""
+    if client.socket() is None:
+        return
+    client.disconnect()
+    client.loop_write()
+    if (sock := client.socket()) is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        client.loop_read()
+
+
+class KeepaliveTicker:
+    """paho's keepalive duty (``LightAgent.check_keepalive``) for every light agent of this worker, from one
+    task once a second: aiomqtt runs a timer of its own per client, thousands of wake-ups a second per worker
+    for a PINGREQ each client needs every 10 s at most."""
+
+    def __init__(self) -> None:
+        self.agents: list[LightAgent] = []
+        self._task = OwnedTask("light-keepalive")
+
+    def add(self, agent: LightAgent) -> None:
+        self.agents.append(agent)
+        if not self._task.running:
+            self._task.restart(self._tick())
+
+    async def stop(self) -> None:
+        await self._task.stop()
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(KEEPALIVE_CHECK_INTERVAL)
+            for agent in self.agents:
+                agent.check_keepalive()
 
 
 class FullAgent:
@@ -312,6 +521,7 @@ class Worker:
         self.metrics = Metrics()
         self.agents: list[LightAgent | FullAgent] = []
         self.raw: list[RawSession] = []
+        self.keepalive = KeepaliveTicker()
         self.rss_start = rss_kib()
 
     async def agents_cmd(self, kind: str, nodes: list[list[str]]) -> dict[str, Any]:
@@ -327,6 +537,7 @@ class Worker:
                 else:
                     agent = LightAgent(Path(state_dir), bind, self.metrics)
                     self.agents.append(agent)
+                    self.keepalive.add(agent)
                     agent.start()
                 await agent.connected.wait()
 
@@ -367,6 +578,7 @@ class Worker:
     async def stop(self) -> dict[str, Any]:
         await self.raw_stop()
         await asyncio.gather(*(a.stop() for a in self.agents))
+        await self.keepalive.stop()
         return {"stopped": True}
 
 
