@@ -88,6 +88,10 @@ WARNING_INTERVAL_SECONDS = 60.0
 INGEST_QUEUE = 5000
 # Messages handled together, their writes in as few transactions as the store's commits allow.
 INGEST_BATCH = 1000
+# The least time from one batch to the next while messages keep coming: each batch costs a few round trips to
+# the store's thread, so a steady stream (a rollout's replies) is taken in batches rather than one by one. A
+# message that arrives after a quiet spell is handled at once.
+INGEST_INTERVAL = 0.05
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -138,10 +142,12 @@ class _FollowUps:
 
 @dataclass(slots=True)
 class _Reports:
-    """The statuses and events of a batch that passed their checks, each with its encoding, stored together."""
+    """The statuses, events (each with its encoding) and presences of a batch that passed their checks, stored
+    together."""
 
     statuses: list[tuple[NodeStatus, bytes]] = dataclasses.field(default_factory=list)
     events: list[tuple[Event, bytes]] = dataclasses.field(default_factory=list)
+    presences: list[Presence] = dataclasses.field(default_factory=list)
 
 
 def _cut(text: str) -> str:
@@ -172,8 +178,11 @@ class NodeMessages:
         await self._queue.put((topic, payload))
 
     async def _run(self) -> None:
+        last = -INGEST_INTERVAL
         while True:
             batch = [await self._queue.get()]
+            await asyncio.sleep(max(0.0, last + INGEST_INTERVAL - time.monotonic()))
+            last = time.monotonic()
             while len(batch) < INGEST_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
@@ -184,9 +193,9 @@ class NodeMessages:
     async def _handle_batch(self, batch: list[tuple[str, bytes]]) -> None:
         """Handle messages together (writes in shared transactions), then what their statuses and resyncs ask."""
         follow_ups, reports = _FollowUps(), _Reports()
-        # Each message's write is queued in the order the messages came, before any of them waits.
-        await asyncio.gather(*(self._handle(topic, payload, follow_ups, reports) for topic, payload in batch))
-        if reports.statuses or reports.events:
+        for topic, payload in batch:
+            self._take_in(topic, payload, follow_ups, reports)
+        if reports.statuses or reports.events or reports.presences:
             await self._store_reports(reports, follow_ups)
         if follow_ups.statuses:
             await self._dispatcher.on_statuses(follow_ups.statuses)
@@ -197,7 +206,8 @@ class NodeMessages:
                            "Node %s asked to resync; re-published %d assignment(s) it lacked or held older",
                            node, count)
 
-    async def _handle(self, topic: str, payload: bytes, follow_ups: _FollowUps, reports: _Reports) -> None:
+    def _take_in(self, topic: str, payload: bytes, follow_ups: _FollowUps, reports: _Reports) -> None:
+        """Check one message and add it to what its batch stores (``reports``) or asks for (``follow_ups``)."""
         try:
             parsed = NodeTopic.parse(topic)
         except ValueError:
@@ -206,9 +216,7 @@ class NodeMessages:
         if not payload:
             return  # a cleared retained message
         try:
-            await self._dispatch(parsed, payload, follow_ups, reports)
-        except asyncio.CancelledError:
-            raise
+            self._sort(parsed, payload, follow_ups, reports)
         except (ProtocolError, Dropped) as exc:
             self._dropped(parsed.kind, parsed.node, exc)
         except Exception:  # a bug: this message is skipped, the others of its batch are not
@@ -223,7 +231,7 @@ class NodeMessages:
         else:
             logger.debug("Dropping a %s message of node %s: %s", kind, node, exc)
 
-    async def _dispatch(self, topic: NodeTopic, payload: bytes, follow_ups: _FollowUps, reports: _Reports) -> None:
+    def _sort(self, topic: NodeTopic, payload: bytes, follow_ups: _FollowUps, reports: _Reports) -> None:
         if topic.kind == "status":
             reports.statuses.append(self._checked_status(topic, NodeStatus.decode(payload)))
         elif topic.kind == "presence":
@@ -236,8 +244,7 @@ class NodeMessages:
                     parse_time(presence.at)
                 except ValueError as exc:
                     raise Dropped(f"its time {presence.at!r} is not an RFC 3339 time") from exc
-            if not await self._store.set_presence(presence.node, presence.state, presence.at or now()):
-                raise Dropped("the node is not registered, or was reset or revoked")
+            reports.presences.append(dataclasses.replace(presence, at=presence.at or now()))
         elif topic.kind == "events":
             reports.events.append(self._checked_event(topic, Event.decode(payload)))
         elif topic.kind == "resync":
@@ -278,11 +285,14 @@ class NodeMessages:
         return event, encoded
 
     async def _store_reports(self, reports: _Reports, follow_ups: _FollowUps) -> None:
-        """Store a batch's statuses and events in one write; each one refused is dropped as such, each status
-        stored is followed up."""
+        """Store a batch's statuses, events and presences in one write; each one refused is dropped as such,
+        each status stored is followed up."""
         jump = self._limits.max_seq_jump
-        status_outcomes, event_outcomes = await self._store.save_reports(
-            reports.statuses, reports.events, received_at=now(), max_seq_jump=jump)
+        status_outcomes, event_outcomes, presence_outcomes = await self._store.save_reports(
+            reports.statuses, reports.events, reports.presences, received_at=now(), max_seq_jump=jump)
+        for presence, known in zip(reports.presences, presence_outcomes, strict=True):
+            if not known:
+                self._dropped("presence", presence.node, Dropped("the node is not registered, or was reset or revoked"))
         for (status, _), outcome in zip(reports.statuses, status_outcomes, strict=True):
             if self._metrics is not None:
                 self._metrics.status(status, outcome)

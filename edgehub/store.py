@@ -49,16 +49,16 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 from deployer_plugin.spec import DEFAULT_HISTORY_LIMIT
 from edgekit.group_commit import GroupCommit
 from edgekit.sql import Connection, Row, StoreLocation, open_database
 from edgeprotocol.errors import ProtocolError
-from edgeprotocol.messages import MAX_MESSAGE_BYTES, AssignmentKind, Bundle, Event, NodeStatus
+from edgeprotocol.messages import MAX_MESSAGE_BYTES, AssignmentKind, Bundle, Event, NodeStatus, Presence
 
 from .errors import AlreadyExists, ConcurrentChange, JoinRefused, RenewalRefused
 from .listed import ANY_ROWS, NO_ROWS, ByNode, Touches
@@ -707,14 +707,8 @@ class HubStore:
 
     async def set_presence(self, node: str, state: str, at: str) -> bool:
         """Record presence; returns False when the node is not registered (or reset, or revoked)."""
-
-        def run(c: Connection) -> bool:
-            seen = ", last_seen = ?" if state == "online" else ""
-            args = (state, at, at, node) if seen else (state, at, node)
-            cur = c.execute(f"UPDATE nodes SET presence = ?, presence_at = ?{seen} WHERE name = ? AND {_JOINED}", args)
-            return cur.rowcount == 1
-
-        return await self._write(run, Touches.of(nodes=[node]))
+        saved = await self.save_reports(presences=[Presence(node=node, state=state, at=at)])
+        return saved.presences[0]
 
     async def save_status(self, status: NodeStatus, *, encoded: bytes, received_at: str,
                           max_seq_jump: int) -> SaveOutcome:
@@ -727,9 +721,8 @@ class HubStore:
         registration, so a fresh agent (counting from 1) and one that kept
         its state (counting on) are both taken.
         """
-        outcomes, _ = await self.save_reports([(status, encoded)], [], received_at=received_at,
-                                              max_seq_jump=max_seq_jump)
-        return outcomes[0]
+        saved = await self.save_reports([(status, encoded)], received_at=received_at, max_seq_jump=max_seq_jump)
+        return saved.statuses[0]
 
     async def add_event(self, event: Event, *, encoded: bytes, max_seq_jump: int) -> SaveOutcome:
         """Keep a node's event (``encoded``, as checked by the caller), and its newest events only.
@@ -741,28 +734,36 @@ class HubStore:
         seq already held (an agent that re-joined afresh counts from 1 again)
         replaces the old one.
         """
-        _, outcomes = await self.save_reports([], [(event, encoded)], received_at="", max_seq_jump=max_seq_jump)
-        return outcomes[0]
+        saved = await self.save_reports(events=[(event, encoded)], max_seq_jump=max_seq_jump)
+        return saved.events[0]
 
-    async def save_reports(self, statuses: list[tuple[NodeStatus, bytes]], events: list[tuple[Event, bytes]], *,
-                           received_at: str, max_seq_jump: int) -> tuple[list[SaveOutcome], list[SaveOutcome]]:
-        """``save_status`` and ``add_event`` for many reports in one write; their outcomes, in order.
+    async def save_reports(self, statuses: Sequence[tuple[NodeStatus, bytes]] = (),
+                           events: Sequence[tuple[Event, bytes]] = (), presences: Sequence[Presence] = (), *,
+                           received_at: str = "", max_seq_jump: int = 0) -> SavedReports:
+        """``save_status``, ``add_event`` and ``set_presence`` for many reports in one write: the outcome of
+        each, in order (``received_at`` and ``max_seq_jump`` are those of ``save_status``, ``add_event``).
 
         A fleet reports all at once (a rollout, a reconnect): stored one by
         one, a thousand reports are thousands of statements, and the store's
         thread needs the GIL back after each one, which a busy event loop
         holds for up to a switch interval. So the usual case takes one
-        statement for a batch: every node's next status at once, every new
-        event at once. When that statement does not take every report (one is
-        stale, from an unknown node, too far ahead, or an event repeats a
-        seq), it is undone and the batch is stored report by report, which
-        tells each outcome.
+        statement per kind for a batch: every node's next status at once, every
+        new event at once, every node's presence at once. When that statement
+        does not take every report of its kind (one is stale, from an unknown
+        node, too far ahead, an event repeats a seq, a node sent two), it is
+        undone and they are stored one by one, which tells each outcome.
         """
         texts = [(status, encoded.decode()) for status, encoded in statuses]
         bodies = [(event, encoded.decode()) for event, encoded in events]
 
-        def run(c: Connection) -> tuple[list[SaveOutcome], list[SaveOutcome]]:
-            status_outcomes = _at_once(c, "statuses", texts, lambda rows: _store_next_statuses(
+        def run(c: Connection) -> SavedReports:
+            # Presences first: a node that connects says so before it reports, and its report's time is the
+            # hub's own (last_seen ends as the report's).
+            presence_outcomes = [outcome == "stored" for outcome in _at_once(
+                c, "presences", [(p, "") for p in presences], lambda rows: _store_presences(c, rows)) or [
+                "stored" if _store_presence(c, p) else "unknown node" for p in presences]]
+            in_range = all(0 <= report.seq <= MAX_SEQ for report, _ in (*texts, *bodies))
+            status_outcomes = in_range and _at_once(c, "statuses", texts, lambda rows: _store_next_statuses(
                 c, rows, received_at, max_seq_jump)) or [
                 _store_status(c, status, text, received_at, max_seq_jump) for status, text in texts]
             for (status, text), outcome in zip(texts, status_outcomes, strict=True):
@@ -770,13 +771,14 @@ class HubStore:
                     self._undecodable.discard(status.node)
                     # What was just stored needs no decoding when the fleet is next listed.
                     self._decoded[status.node] = ((status.seq, len(text)), status)
-            event_outcomes = _at_once(c, "events", bodies, lambda rows: _store_new_events(c, rows, max_seq_jump)) or [
-                _store_event(c, event, body, max_seq_jump) for event, body in bodies]
+            event_outcomes = in_range and _at_once(c, "events", bodies, lambda rows: _store_new_events(
+                c, rows, max_seq_jump)) or [_store_event(c, event, body, max_seq_jump) for event, body in bodies]
             if any(outcome == "stored" for outcome in event_outcomes):
                 _keep_newest_events(c, {event.node for event, _ in bodies}, self._events_kept)
-            return status_outcomes, event_outcomes
+            return SavedReports(status_outcomes, event_outcomes, presence_outcomes)
 
-        return await self._write(run, Touches.of(nodes={status.node for status, _ in statuses}))
+        touched = {status.node for status, _ in statuses} | {p.node for p in presences}
+        return await self._write(run, Touches.of(nodes=touched))
 
     async def list_events(self, node: str, *, limit: int = 100) -> list[Event]:
         """The node's latest ``limit`` events, in the order they arrived."""
@@ -1176,9 +1178,9 @@ _STATUS_SEQ_BASE = _at_least_zero(
 def _at_once(c: Connection, what: str, reports: list[tuple[Any, str]],
              store: Callable[[list[tuple[Any, str]]], int]) -> list[SaveOutcome] | None:
     """Every report "stored" when ``store(reports)`` took them all (counted by the rows it changed); else
-    None, with nothing changed. Only for a batch in which each node has one report in range."""
-    nodes = [report.node for report, _ in reports]
-    if len(reports) < 2 or len(set(nodes)) != len(nodes) or any(not 0 <= r.seq <= MAX_SEQ for r, _ in reports):
+    None, with nothing changed. Only for two reports or more, of as many nodes."""
+    nodes = {report.node for report, _ in reports}
+    if len(reports) < 2 or len(nodes) != len(reports):
         return None
     c.execute(f"SAVEPOINT {what}_at_once")
     taken = sum(store(reports[i:i + _REPORTS_PER_STATEMENT]) for i in range(0, len(reports), _REPORTS_PER_STATEMENT))
@@ -1186,6 +1188,24 @@ def _at_once(c: Connection, what: str, reports: list[tuple[Any, str]],
         c.execute(f"ROLLBACK TO SAVEPOINT {what}_at_once")
     c.execute(f"RELEASE SAVEPOINT {what}_at_once")
     return ["stored"] * len(reports) if taken == len(reports) else None
+
+
+def _store_presences(c: Connection, rows: list[tuple[Presence, str]]) -> int:
+    values = ", ".join(["(?, ?, ?)"] * len(rows))
+    return c.execute(
+        f"""UPDATE nodes SET presence = v.column2, presence_at = v.column3,
+                last_seen = CASE WHEN v.column2 = 'online' THEN v.column3 ELSE nodes.last_seen END
+            FROM (VALUES {values}) AS v WHERE nodes.name = v.column1 AND nodes.{_JOINED}""",
+        [x for p, _ in rows for x in (p.node, p.state, p.at)],
+    ).rowcount
+
+
+def _store_presence(c: Connection, presence: Presence) -> bool:
+    seen = ", last_seen = ?" if presence.state == "online" else ""
+    at, node = presence.at, presence.node
+    args = (presence.state, at, at, node) if seen else (presence.state, at, node)
+    return c.execute(f"UPDATE nodes SET presence = ?, presence_at = ?{seen} WHERE name = ? AND {_JOINED}",
+                     args).rowcount == 1
 
 
 def _store_next_statuses(c: Connection, rows: list[tuple[NodeStatus, str]], received_at: str,
@@ -1255,6 +1275,14 @@ def _keep_newest_events(c: Connection, nodes: set[str], kept: int) -> None:
         c.execute("DELETE FROM events WHERE node = ? AND rowid <= "
                   "(SELECT rowid FROM events WHERE node = ? ORDER BY rowid DESC LIMIT 1 OFFSET ?)",
                   (node, node, kept))
+
+
+class SavedReports(NamedTuple):
+    """What ``HubStore.save_reports`` made of each report, in the order given."""
+
+    statuses: list[SaveOutcome]
+    events: list[SaveOutcome]
+    presences: list[bool]  # False: the node is not registered (or was reset, or revoked)
 
 
 # A node's row without its status and certificate (each read only when needed).
