@@ -47,3 +47,11 @@ def test_make_bench_reconnect_as_the_readme_shows_reapplies_nothing() -> None:
     assert figures["reconnects"] >= 100
     assert 0 < figures["back_s"] < 120
     assert figures["peak_reconnects_per_s"] >= 1
+
+
+def test_the_store_benchmark_runs_and_stores_every_report() -> None:
+    figures = last_json(".venv/bin/python", "bench/store_under_load.py", "--nodes", "300")
+
+    assert figures["nodes"] == 300 and figures["reports"] == 300  # save_reports asserts every report was stored
+    for key in ("listing_first_s", "one_by_one_idle_s", "one_by_one_busy_s", "in_batches_idle_s", "in_batches_busy_s"):
+        assert figures[key] > 0, key
