@@ -24,10 +24,11 @@ dropped: only the key that joined a name (and joined it last) is heard.
 Thousands of nodes report at once (a rollout, a broker restart), so messages
 are taken in batches: the MQTT session hands each to ``take``, which only
 queues it, and one worker handles up to ``INGEST_BATCH`` queued messages
-together. A batch's statuses and events are stored in one write
-(``HubStore.save_reports``: usually one statement for all its statuses and
-one for all its events, since every statement the store's thread runs must
-win the GIL back from a busy event loop), and what follows a stored status
+together, at most one batch every ``INGEST_INTERVAL`` while they keep
+coming. A batch's statuses, events and presences are stored in one write
+(``HubStore.save_reports``: usually one statement per kind, since every
+statement the store's thread runs must win the GIL back from a busy event
+loop), and what follows a stored status
 or a resync (tombstones, re-publishing) is first checked for the whole batch
 with one read and no lock: only a node that needs something waits for the
 dispatcher, which may be busy publishing a rollout. When the queue is full,
@@ -191,7 +192,8 @@ class NodeMessages:
                 logger.exception("Handling a batch of %d node message(s) failed", len(batch))
 
     async def _handle_batch(self, batch: list[tuple[str, bytes]]) -> None:
-        """Handle messages together (writes in shared transactions), then what their statuses and resyncs ask."""
+        """Check messages one after the other, store what they report in one write, then do what their
+        statuses and resyncs ask."""
         follow_ups, reports = _FollowUps(), _Reports()
         for topic, payload in batch:
             self._take_in(topic, payload, follow_ups, reports)
