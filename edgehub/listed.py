@@ -13,6 +13,9 @@ those rows again and no others. Because marking and reading share that
 thread, a listing that starts after a write's transaction sees the write,
 whoever awaits what. A write that does not say which nodes it touched
 (``ANY_ROWS``) marks the whole table, and the next listing reads it all.
+The writes a rollout makes by the thousand (a node's status, its presence)
+change the entry they know instead (``revise``), so a fleet that reports
+needs no reads at all.
 
 What this assumes: every write to the database goes through this process's
 store. That holds for the embedded SQLite file, which one hub owns. Several
@@ -70,6 +73,15 @@ class ByNode(Generic[T]):
             self._read_all = True
         else:
             self._stale |= names
+
+    def revise(self, name: str, change: Callable[[T], T]) -> None:
+        """A write changed this node's row in a way ``change`` knows (the report it stored): the entry held is
+        changed rather than read again. A node not held, or one waiting to be read anyway, is marked."""
+        held = self._held.get(name)
+        if held is None or self._read_all or name in self._stale or not self._only_writer:
+            self._stale.add(name)
+        else:
+            self._held[name] = change(held)
 
     def refresh(self, read_all: Callable[[dict[str, T]], dict[str, T]],
                 read_some: Callable[[list[str]], dict[str, T]]) -> list[T]:

@@ -45,6 +45,7 @@ everything that differs between the two lives in ``edgekit.sqlite`` and
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -762,6 +763,10 @@ class HubStore:
             presence_outcomes = [outcome == "stored" for outcome in _at_once(
                 c, "presences", [(p, "") for p in presences], lambda rows: _store_presences(c, rows)) or [
                 "stored" if _store_presence(c, p) else "unknown node" for p in presences]]
+            for p, known in zip(presences, presence_outcomes, strict=True):
+                if known:
+                    seen = {"last_seen": p.at} if p.state == "online" else {}
+                    self._listed_nodes.revise(p.node, _with_report(presence=p.state, presence_at=p.at, **seen))
             in_range = all(0 <= report.seq <= MAX_SEQ for report, _ in (*texts, *bodies))
             status_outcomes = in_range and _at_once(c, "statuses", texts, lambda rows: _store_next_statuses(
                 c, rows, received_at, max_seq_jump)) or [
@@ -769,16 +774,17 @@ class HubStore:
             for (status, text), outcome in zip(texts, status_outcomes, strict=True):
                 if outcome == "stored":
                     self._undecodable.discard(status.node)
-                    # What was just stored needs no decoding when the fleet is next listed.
+                    # What was just stored needs no decoding when the fleet is next listed, nor reading.
                     self._decoded[status.node] = ((status.seq, len(text)), status)
+                    self._listed_nodes.revise(status.node, _with_report(status=status, last_seen=received_at))
             event_outcomes = in_range and _at_once(c, "events", bodies, lambda rows: _store_new_events(
                 c, rows, max_seq_jump)) or [_store_event(c, event, body, max_seq_jump) for event, body in bodies]
             if any(outcome == "stored" for outcome in event_outcomes):
                 _keep_newest_events(c, {event.node for event, _ in bodies}, self._events_kept)
             return SavedReports(status_outcomes, event_outcomes, presence_outcomes)
 
-        touched = {status.node for status, _ in statuses} | {p.node for p in presences}
-        return await self._write(run, Touches.of(nodes=touched))
+        # The listing's entries of the nodes whose reports were stored are revised in run().
+        return await self._write(run, NO_ROWS)
 
     async def list_events(self, node: str, *, limit: int = 100) -> list[Event]:
         """The node's latest ``limit`` events, in the order they arrived."""
@@ -1173,6 +1179,12 @@ def _at_least_zero(sql: str) -> str:
 # The highest seq a node's next report may have, past max_seq_jump (see HubStore.save_status).
 _STATUS_SEQ_BASE = _at_least_zero(
     "CASE WHEN nodes.status_seq > nodes.seq_before_join THEN nodes.status_seq ELSE nodes.seq_before_join END")
+
+
+def _with_report(**changes: Any) -> Callable[[tuple[Any, NodeRecord]], tuple[Any, NodeRecord]]:
+    """A listing entry changed as a stored report changed its row (the row's values are no longer known: a
+    full read makes the record again)."""
+    return lambda held: (None, dataclasses.replace(held[1], **changes))
 
 
 def _at_once(c: Connection, what: str, reports: list[tuple[Any, str]],
