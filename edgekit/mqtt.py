@@ -265,10 +265,12 @@ class MqttSession:
                 if self._on_connect is not None:
                     await self._on_connect(self)
                 async for message in client.messages:
-                    await self._handle(message)
-                    if self.settings.manual_ack and message.qos > 0:
-                        # aiomqtt has no acknowledgement of its own yet (aiomqtt issue #345): paho's.
-                        client._client.ack(message.mid, message.qos)  # noqa: SLF001
+                    await self._handle_and_ack(client, message)
+                    # aiomqtt hands out one message per two turns of the event loop (a task and a wait each),
+                    # and a busy loop (a rollout's publishing) makes each turn long: what is queued already is
+                    # taken now, or the broker holds a fleet's reports until the publishing is done.
+                    while len(client.messages):
+                        await self._handle_and_ack(client, client._queue.get_nowait())  # noqa: SLF001
             except aiomqtt.MqttError as exc:
                 raise SessionLost(str(exc)) from exc
             finally:
@@ -291,6 +293,12 @@ class MqttSession:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError as exc:  # not a TCP socket (a test's socket pair, say): nothing to tune
                 logger.debug("TCP_NODELAY not set on the connection to %s: %s", self.broker, exc)
+
+    async def _handle_and_ack(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+        await self._handle(message)
+        if self.settings.manual_ack and message.qos > 0:
+            # aiomqtt has no acknowledgement of its own yet (aiomqtt issue #345): paho's.
+            client._client.ack(message.mid, message.qos)  # noqa: SLF001
 
     async def _handle(self, message: aiomqtt.Message) -> None:
         payload = message.payload if isinstance(message.payload, bytes) else str(message.payload or "").encode()
