@@ -67,6 +67,7 @@ from .tokens import TokenParts, hash_secret, secret_matches
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+R = TypeVar("R")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tokens (
@@ -760,26 +761,36 @@ class HubStore:
         def run(c: Connection) -> SavedReports:
             # Presences first: a node that connects says so before it reports, and its report's time is the
             # hub's own (last_seen ends as the report's).
-            presence_outcomes = [outcome == "stored" for outcome in _at_once(
-                c, "presences", [(p, "") for p in presences], lambda rows: _store_presences(c, rows)) or [
-                "stored" if _store_presence(c, p) else "unknown node" for p in presences]]
+            if _all_at_once(c, "presences", presences, [p.node for p in presences],
+                            lambda rows: _store_presences(c, rows)):
+                presence_outcomes = [True] * len(presences)
+            else:
+                presence_outcomes = [_store_presence(c, p) for p in presences]
             for p, known in zip(presences, presence_outcomes, strict=True):
                 if known:
                     seen = {"last_seen": p.at} if p.state == "online" else {}
                     self._listed_nodes.revise(p.node, _with_report(presence=p.state, presence_at=p.at, **seen))
+
+            # The statements for a batch leave the range check to this.
             in_range = all(0 <= report.seq <= MAX_SEQ for report, _ in (*texts, *bodies))
-            status_outcomes = in_range and _at_once(c, "statuses", texts, lambda rows: _store_next_statuses(
-                c, rows, received_at, max_seq_jump)) or [
-                _store_status(c, status, text, received_at, max_seq_jump) for status, text in texts]
+            if in_range and _all_at_once(c, "statuses", texts, [s.node for s, _ in texts],
+                                         lambda rows: _store_next_statuses(c, rows, received_at, max_seq_jump)):
+                status_outcomes: list[SaveOutcome] = ["stored"] * len(texts)
+            else:
+                status_outcomes = [_store_status(c, status, text, received_at, max_seq_jump) for status, text in texts]
             for (status, text), outcome in zip(texts, status_outcomes, strict=True):
                 if outcome == "stored":
                     self._undecodable.discard(status.node)
                     # What was just stored needs no decoding when the fleet is next listed, nor reading.
                     self._decoded[status.node] = ((status.seq, len(text)), status)
                     self._listed_nodes.revise(status.node, _with_report(status=status, last_seen=received_at))
-            event_outcomes = in_range and _at_once(c, "events", bodies, lambda rows: _store_new_events(
-                c, rows, max_seq_jump)) or [_store_event(c, event, body, max_seq_jump) for event, body in bodies]
-            if any(outcome == "stored" for outcome in event_outcomes):
+
+            if in_range and _all_at_once(c, "events", bodies, [e.node for e, _ in bodies],
+                                         lambda rows: _store_new_events(c, rows, max_seq_jump)):
+                event_outcomes: list[SaveOutcome] = ["stored"] * len(bodies)
+            else:
+                event_outcomes = [_store_event(c, event, body, max_seq_jump) for event, body in bodies]
+            if "stored" in event_outcomes:
                 _keep_newest_events(c, {event.node for event, _ in bodies}, self._events_kept)
             return SavedReports(status_outcomes, event_outcomes, presence_outcomes)
 
@@ -1187,28 +1198,27 @@ def _with_report(**changes: Any) -> Callable[[tuple[Any, NodeRecord]], tuple[Any
     return lambda held: (None, dataclasses.replace(held[1], **changes))
 
 
-def _at_once(c: Connection, what: str, reports: list[tuple[Any, str]],
-             store: Callable[[list[tuple[Any, str]]], int]) -> list[SaveOutcome] | None:
-    """Every report "stored" when ``store(reports)`` took them all (counted by the rows it changed); else
-    None, with nothing changed. Only for two reports or more, of as many nodes."""
-    nodes = {report.node for report, _ in reports}
-    if len(reports) < 2 or len(nodes) != len(reports):
-        return None
+def _all_at_once(c: Connection, what: str, reports: Sequence[R], nodes: Iterable[str],
+                 store: Callable[[Sequence[R]], int]) -> bool:
+    """Whether ``store`` took every report (counted by the rows it changed), a bounded slice a statement; when
+    it did not, nothing is changed. Only for two reports or more, one of each of ``nodes``."""
+    if len(reports) < 2 or len(set(nodes)) != len(reports):
+        return False
     c.execute(f"SAVEPOINT {what}_at_once")
     taken = sum(store(reports[i:i + _REPORTS_PER_STATEMENT]) for i in range(0, len(reports), _REPORTS_PER_STATEMENT))
     if taken != len(reports):
         c.execute(f"ROLLBACK TO SAVEPOINT {what}_at_once")
     c.execute(f"RELEASE SAVEPOINT {what}_at_once")
-    return ["stored"] * len(reports) if taken == len(reports) else None
+    return taken == len(reports)
 
 
-def _store_presences(c: Connection, rows: list[tuple[Presence, str]]) -> int:
+def _store_presences(c: Connection, rows: Sequence[Presence]) -> int:
     values = ", ".join(["(?, ?, ?)"] * len(rows))
     return c.execute(
         f"""UPDATE nodes SET presence = v.column2, presence_at = v.column3,
                 last_seen = CASE WHEN v.column2 = 'online' THEN v.column3 ELSE nodes.last_seen END
             FROM (VALUES {values}) AS v WHERE nodes.name = v.column1 AND nodes.{_JOINED}""",
-        [x for p, _ in rows for x in (p.node, p.state, p.at)],
+        [x for p in rows for x in (p.node, p.state, p.at)],
     ).rowcount
 
 
@@ -1220,7 +1230,7 @@ def _store_presence(c: Connection, presence: Presence) -> bool:
                      args).rowcount == 1
 
 
-def _store_next_statuses(c: Connection, rows: list[tuple[NodeStatus, str]], received_at: str,
+def _store_next_statuses(c: Connection, rows: Sequence[tuple[NodeStatus, str]], received_at: str,
                          max_seq_jump: int) -> int:
     values = ", ".join(["(?, ?, ?)"] * len(rows))
     return c.execute(
@@ -1249,7 +1259,7 @@ def _store_status(c: Connection, status: NodeStatus, text: str, received_at: str
     return "stored"
 
 
-def _store_new_events(c: Connection, rows: list[tuple[Event, str]], max_seq_jump: int) -> int:
+def _store_new_events(c: Connection, rows: Sequence[tuple[Event, str]], max_seq_jump: int) -> int:
     values = ", ".join(["(?, ?, ?)"] * len(rows))
     highest = "(SELECT MAX(held.seq) FROM events AS held WHERE held.node = v.column1)"
     return c.execute(
