@@ -130,8 +130,10 @@ def runtime_from_args(args: argparse.Namespace, state_dir: Path) -> PodmanRuntim
         ("containers_conf", args.containers_conf))}
     if absolute["containers_conf"] and not absolute["containers_conf"].is_file():
         raise UsageError(f"--containers-conf {args.containers_conf}: no such file")
+    protected = (state_dir.absolute(), *((args.policy.resolve(),) if args.policy is not None else ()))
     return PodmanRuntime(PodmanSettings(work_dir=state_dir / "podman", network=args.podman_network,
-                                        policy=policy_from_args(args, state_dir), **absolute))
+                                        policy=policy_from_args(args, state_dir), protected_paths=protected,
+                                        **absolute))
 
 
 def install_policy(source: Path, state_dir: Path) -> NodePolicy:

@@ -13,6 +13,22 @@ The file (YAML; every key optional)::
     allow:                           # privileges allowed per namespace; "*" is every namespace
       monitoring: [hostNetwork, hostPID, root]
       "*": []
+    limits:                          # how much one release may ask of the node (defaults below)
+      podsPerNode: 50
+      podsPerRelease: 20
+      containersPerPod: 10
+      volumesPerPod: 32
+      envBytesPerPod: 262144
+
+Limits bound what a manifest may ask for, whatever its privileges: an edge
+device runs a few pods, and a 223-byte Deployment of ``replicas: 20000``
+must not become 20,000 pods. ``podsPerRelease`` counts the pods a release's
+workloads expand into (replicas of Deployments and StatefulSets, one per
+DaemonSet, Job and Pod); ``podsPerNode`` counts them with every other
+release's pods on the node; ``envBytesPerPod`` is the bytes of every
+container's environment names and values together. A manifest over a limit
+is refused (``ManifestRejected``) naming the limit, the number asked for and
+where to raise it.
 
 Privileges, each refused unless allowed for the release's namespace:
 
@@ -58,7 +74,7 @@ import yaml
 from edgeprotocol.errors import EdgeError
 from edgeprotocol.topics import check_name
 
-__all__ = ["POLICY_FILE", "PRIVILEGES", "RUNNABLE_KINDS", "NodePolicy", "PolicyError"]
+__all__ = ["POLICY_FILE", "PRIVILEGES", "RUNNABLE_KINDS", "Limits", "NodePolicy", "PolicyError"]
 
 POLICY_FILE = "policy.yaml"
 PRIVILEGES = ("privileged", "capabilities", "hostPath", "hostNetwork", "hostPID", "hostIPC", "root", "unconfined")
@@ -79,6 +95,53 @@ class PolicyError(EdgeError):
     """A policy file is missing, not YAML, or has a wrong key or value; the message names the key."""
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """How much one release may ask of the node (the policy file's ``limits``); defaults fit an edge device."""
+
+    # A gateway or a shop's box runs a handful of pods; 50 leaves room for many
+    # small releases while 20,000 replicas are refused before any is planned.
+    pods_per_node: int = 50
+    pods_per_release: int = 20
+    # Sidecars and init containers of public charts stay well under 10.
+    containers_per_pod: int = 10
+    volumes_per_pod: int = 32
+    # Kubernetes bounds nothing here, but the kernel gives a process 2 MiB for
+    # its arguments and environment together; 256 KiB per pod is far above any chart.
+    env_bytes_per_pod: int = 256 * 1024
+
+    @classmethod
+    def parse(cls, raw: Any, path: str) -> Limits:
+        """The ``limits`` mapping of a policy file; raises PolicyError naming the key at fault."""
+        if raw is None:
+            return cls()
+        if not isinstance(raw, dict):
+            raise PolicyError(f"policy file {path}: limits must be a mapping of {', '.join(_LIMIT_KEYS)}")
+        values: dict[str, int] = {}
+        for key, value in raw.items():
+            if key not in _LIMIT_KEYS:
+                raise PolicyError(f"policy file {path}: limits: unknown key {key!r} "
+                                  f"(known: {', '.join(_LIMIT_KEYS)})")
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise PolicyError(f"policy file {path}: limits.{key} {value!r} is not a whole number >= 1")
+            values[_LIMIT_KEYS[key]] = value
+        return cls(**values)
+
+    def refusal(self, key: str, asked: int, where: str, policy_path: str) -> str:
+        """Why asking for ``asked`` against the limit ``key`` (the file's name for it) is refused, or ""."""
+        bound = getattr(self, _LIMIT_KEYS[key])
+        if asked <= bound:
+            return ""
+        return (f"{where}: {asked} is over this node's limit {key} {bound} (raise it in {policy_path}: "
+                f"limits: {{{key}: N}})")
+
+
+# The policy file's key of each limit (camelCase, as Kubernetes names fields) -> Limits' field.
+_LIMIT_KEYS = {"podsPerNode": "pods_per_node", "podsPerRelease": "pods_per_release",
+               "containersPerPod": "containers_per_pod", "volumesPerPod": "volumes_per_pod",
+               "envBytesPerPod": "env_bytes_per_pod"}
+
+
 @dataclass(frozen=True, slots=True)
 class NodePolicy:
     """What this node allows (see the module docstring). ``NodePolicy()`` is the default: the safe one."""
@@ -86,6 +149,7 @@ class NodePolicy:
     namespaces: frozenset[str] | None = None  # None: every namespace
     kinds: frozenset[str] | None = None  # None: every kind in RUNNABLE_KINDS
     allow: Mapping[str, frozenset[str]] = field(default_factory=dict)  # namespace or "*" -> privileges
+    limits: Limits = field(default_factory=Limits)
     # Where the policy lives, for messages that say how to change it.
     path: str = "STATE/policy.yaml"
 
@@ -113,9 +177,10 @@ class NodePolicy:
             data = {}
         if not isinstance(data, dict):
             raise PolicyError(f"policy file {path}: must be a mapping with the keys namespaces, kinds, allow")
-        unknown = sorted(str(k) for k in data if k not in ("namespaces", "kinds", "allow"))
+        unknown = sorted(str(k) for k in data if k not in ("namespaces", "kinds", "allow", "limits"))
         if unknown:
-            raise PolicyError(f"policy file {path}: unknown key {unknown[0]!r} (known: namespaces, kinds, allow)")
+            raise PolicyError(f"policy file {path}: unknown key {unknown[0]!r} "
+                              "(known: namespaces, kinds, allow, limits)")
         namespaces = None
         if data.get("namespaces") is not None:
             namespaces = frozenset(_names(data["namespaces"], path, "namespaces"))
@@ -142,7 +207,8 @@ class NodePolicy:
                     raise PolicyError(f"policy file {path}: {key}: unknown privilege {wrong[0]!r} "
                                       f"(one of {', '.join(PRIVILEGES)})")
                 allow[str(namespace)] = granted
-        return cls(namespaces=namespaces, kinds=kinds, allow=allow, path=path)
+        return cls(namespaces=namespaces, kinds=kinds, allow=allow, limits=Limits.parse(data.get("limits"), path),
+                   path=path)
 
     def allows(self, namespace: str, privilege: str) -> bool:
         """Whether pods of ``namespace`` may use ``privilege``."""
@@ -154,8 +220,9 @@ class NodePolicy:
         kinds = "all the runtime runs" if self.kinds is None else ", ".join(sorted(self.kinds)) or "none"
         granted = "; ".join(f"{ns}: {', '.join(sorted(p)) or 'nothing'}" for ns, p in sorted(self.allow.items())
                             if p)
-        return (f"namespaces {namespaces}; kinds {kinds}; allowed beyond the default: {granted or 'nothing'} "
-                f"({self.path})")
+        limits = ", ".join(f"{key} {getattr(self.limits, name)}" for key, name in _LIMIT_KEYS.items())
+        return (f"namespaces {namespaces}; kinds {kinds}; allowed beyond the default: {granted or 'nothing'}; "
+                f"limits: {limits} ({self.path})")
 
     # -- the checks (pure) -----------------------------------------------------
 

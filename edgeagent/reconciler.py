@@ -41,7 +41,8 @@ from .store import AgentStore, ReleaseRecord
 logger = logging.getLogger(__name__)
 
 # Pod phases that mean a pod is down, not starting: it is re-played.
-DEAD_POD_PHASES = frozenset({"Missing", "Exited", "Dead", "Stopped", "Error"})
+# "Unmounted": podman's pod lost the subPath binds the runtime made for it (a reboot).
+DEAD_POD_PHASES = frozenset({"Missing", "Exited", "Dead", "Stopped", "Error", "Unmounted"})
 # The key of the node's own health in the backoff schedules, beside releases'.
 _NODE_KEY = ("", "")
 ReleaseKey = tuple[str, str]

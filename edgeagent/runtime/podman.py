@@ -215,7 +215,9 @@ from .base import (
     ReleaseRef,
     RuntimeApplyError,
 )
+from .host_mounts import bind, detach_all, mount_points, open_beneath
 from .podman_cli import PodmanCli, PodmanFailed, last_error, loads_json, with_hint
+from .podman_confinement import Confinement, check_confinement
 from .podman_hooks import LABEL_HOOK, HookRunner, parse_hooks
 from .podman_plan import (
     LABEL_NAMESPACE,
@@ -223,6 +225,7 @@ from .podman_plan import (
     LABEL_RELEASE_NAME,
     Plan,
     PlayedFile,
+    PlayedPod,
     build_plan,
     dump_yaml_all,
     load_yaml_all,
@@ -286,6 +289,10 @@ class PodmanSettings:
     # What the node lets a release's pods do (edgeagent.policy); the default
     # refuses root, privileged containers and every host access.
     policy: NodePolicy = field(default_factory=NodePolicy)
+    # Paths no pod may ever bind, nor anything holding them, whatever the
+    # policy allows: the agent's state directory and its policy file (podman's
+    # own storage and the work dir are always protected).
+    protected_paths: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("work_dir", "root", "runroot", "tmpdir", "containers_conf"):
@@ -337,7 +344,7 @@ class PodmanRuntime:
         # by observe after an agent restart); run by the _probes task while entered.
         self._prober = ProbeRunner(self._cli, settings.probes)
         self._probes = OwnedTask("podman probes")
-        self._volume_path: str | None = None  # podman's named-volume directory, asked once
+        self._storage: tuple[str, ...] | None = None  # podman's volume path, graph root and run root, asked once
 
     def __repr__(self) -> str:
         return f"PodmanRuntime(root={self.settings.root}, work_dir={self.settings.work_dir})"
@@ -536,15 +543,33 @@ class PodmanRuntime:
         """Where the files ``ref``'s pods mount by subPath (ConfigMap and Secret keys) are written."""
         return self.settings.work_dir / ref.namespace / f"{ref.release}.d"
 
-    async def _podman_volume_path(self, ref: ReleaseRef) -> str:
-        """podman's directory of named volumes (asked once): a subPath of a volume is bound from it."""
-        if self._volume_path is None:
+    def mounts_dir(self, ref: ReleaseRef) -> Path:
+        """Where the parts of volumes ``ref``'s pods mount by subPath are bound (``host_mounts``)."""
+        return self.settings.work_dir / ref.namespace / f"{ref.release}.mounts"
+
+    async def _podman_storage(self, ref: ReleaseRef) -> tuple[str, ...]:
+        """podman's directory of named volumes, graph root and run root (asked once).
+
+        A subPath of a volume is bound from the first; none of them may ever be bound into a pod.
+        """
+        if self._storage is None:
             try:
-                result = await self._cli.run("info", "--format", "{{.Store.VolumePath}}")
+                result = await self._cli.run("info", "--format",
+                                             "{{.Store.VolumePath}}\n{{.Store.GraphRoot}}\n{{.Store.RunRoot}}")
             except (PodmanFailed, EdgeRuntimeError) as exc:
                 raise RuntimeApplyError(f"release {ref}: podman info failed: {exc}") from exc
-            self._volume_path = result.stdout.strip() or "/var/lib/containers/storage/volumes"
-        return self._volume_path
+            found = [line.strip() for line in result.stdout.splitlines() if line.strip()]
+            if len(found) != 3:
+                raise RuntimeApplyError(f"release {ref}: podman info did not name its storage: {result.stdout!r}")
+            self._storage = tuple(found)
+        return self._storage
+
+    async def _confinement(self, ref: ReleaseRef) -> Confinement:
+        storage = await self._podman_storage(ref)
+        own = [self.settings.work_dir, self.settings.root, self.settings.runroot, self.settings.tmpdir,
+               *self.settings.protected_paths]
+        return Confinement(files_dir=str(self.files_dir(ref)), mounts_dir=str(self.mounts_dir(ref)),
+                           protected=(*storage, *(str(p) for p in own if p is not None)))
 
     async def _volume_owners(self) -> dict[str, str]:
         """Every podman volume of the node and the release label it carries ("" when none)."""
@@ -641,6 +666,16 @@ class PodmanRuntime:
             except EdgeRuntimeError as exc:
                 raise RuntimeApplyError(f"release {ref}: {exc}") from exc.__cause__
 
+            others = sum(1 for pod in existing if (pod.get("Labels") or {}).get(LABEL_RELEASE) not in (None, label)
+                         and LABEL_HOOK not in (pod.get("Labels") or {}))
+            policy = self.settings.policy
+            refusal = policy.limits.refusal("podsPerNode", others + len(plan.pods),
+                                            f"release {ref}: pods on the node with this release's {len(plan.pods)}",
+                                            policy.path)
+            if refusal:
+                # Not the manifests' fault alone: it fits once other releases shrink or go.
+                raise RuntimeApplyError(refusal)
+
             # Every pod the release runs now goes before the new file is played:
             # those it no longer has, and those --replace would recreate, which
             # podman 4.3 would kill without their grace period.
@@ -670,6 +705,8 @@ class PodmanRuntime:
                     if gone:
                         logger.info("Release %s: removing pods it no longer has: %s", ref, gone)
                     await self._remove_pods(ours)
+                # Bound anew by the play: a link a pod made meanwhile is seen.
+                await asyncio.to_thread(detach_all, self.mounts_dir(ref))
                 # An emptyDir lives as long as its pod, and every pod was just recreated.
                 empty_dirs = {v for pod in [*old_pods.values(), *plan.pods.values()] for v in pod.empty_dirs}
                 if empty_dirs:
@@ -692,15 +729,25 @@ class PodmanRuntime:
     async def _build_plan(self, ref: ReleaseRef, manifests: str, node: NodeContext) -> Plan:
         # Parsing and dumping a large release's YAML takes a while: in a
         # thread, so the loop keeps serving MQTT and the other releases.
-        volume_path = await self._podman_volume_path(ref)
         return await asyncio.to_thread(build_plan, ref, manifests, node, network=self.settings.network,
-                                       volume_path=volume_path, files_dir=str(self.files_dir(ref)),
+                                       files_dir=str(self.files_dir(ref)), mounts_dir=str(self.mounts_dir(ref)),
                                        policy=self.settings.policy)
 
     async def _play(self, ref: ReleaseRef, plan: Plan) -> None:
-        """Create what ``plan`` mounts, then ``kube play`` each of its groups (host access decides the group)."""
+        """Check what ``plan`` reaches, create what it mounts, then ``kube play`` each of its groups.
+
+        The check (``podman_confinement``) comes first and refuses the plan
+        before anything is created; host access decides the groups.
+        """
+        confinement = await self._confinement(ref)
+        # A YAML parse of what will be played, and realpath on the host: in a thread.
+        await asyncio.to_thread(check_confinement, plan, ref, confinement, self.settings.policy)
         await self._prepare_volumes(ref, plan)
-        await asyncio.to_thread(_write_files, self.files_dir(ref), plan.files, plan.make_dirs)  # file I/O off the loop
+        await asyncio.to_thread(_write_files, self.files_dir(ref), plan.files)  # file I/O off the loop
+        if plan.subpath_mounts:
+            volume_path = (await self._podman_storage(ref))[0]
+            # System calls on the node's disks: in a thread.
+            await asyncio.to_thread(_bind_subpaths, plan, self.mounts_dir(ref), volume_path, ref)
         for play in plan.plays:
             args = ["kube", "play", "--replace"]
             if self.settings.network and not play.host_network:
@@ -749,6 +796,7 @@ class PodmanRuntime:
                 doomed.pop("", None)
                 if doomed:
                     await self._remove_pods(doomed.items())
+                await asyncio.to_thread(detach_all, self.mounts_dir(ref))  # before the volumes they come from
                 # Every volume labelled as the release's, whether the played
                 # file names it or not; one that only the file names is not ours.
                 removed = await self._remove_volumes(ref)
@@ -766,7 +814,8 @@ class PodmanRuntime:
                     stderr = exc.stderr if isinstance(exc, PodmanFailed) else str(exc)
                     raise RuntimeApplyError(f"release {ref}: removal after the post-delete hooks failed: "
                                             f"{stderr}") from exc
-            await asyncio.to_thread(_forget, path, self.files_dir(ref), self.hooks_file(ref))  # file I/O off the loop
+            await asyncio.to_thread(_forget, path, self.files_dir(ref), self.mounts_dir(ref),
+                                    self.hooks_file(ref))  # file I/O off the loop
             self._remember(ref, None)
         logger.info("Release %s removed (%d pods, %d volumes)", ref, len(doomed), removed)
 
@@ -784,6 +833,7 @@ class PodmanRuntime:
         states: list[PodState] = []
         reasons: dict[str, str] = {}  # pods running but held back by a probe, and why
         found = {p.get("Name", ""): p for p in pods}
+        unmounted = await self._unmounted(ref, [expected[name] for name in found if name in expected])
         for pod_name in sorted(set(expected) | set(found)):
             pod = found.get(pod_name)
             if pod is None:
@@ -799,6 +849,11 @@ class PodmanRuntime:
             members.sort(key=lambda c: c.get("Names", ""))
             infos = [details.get(c["Id"]) for c in members]
             phase = str(pod.get("Status", "Unknown"))
+            if pod_name in unmounted:
+                # Its subPath binds are gone (the node rebooted): what it shows
+                # there is not the volume's data; playing it again binds them.
+                phase = "Unmounted"
+                reasons[pod_name] = "its subPath mounts are gone"
             if played is not None and played.job:
                 phase, ready, why = _job_outcome(infos)
                 if why:
@@ -810,6 +865,7 @@ class PodmanRuntime:
                 if ready and held:
                     ready = False
                     reasons[pod_name] = held[0]
+            ready = ready and pod_name not in unmounted
             starts = [
                 info["State"]["StartedAt"]
                 for info in infos
@@ -838,6 +894,14 @@ class PodmanRuntime:
         if extra:
             message = (message + "; " if message else "") + f"leftover pods: {', '.join(extra)}"
         return Observation(ready=ready, total=len(counted), pods=tuple(states), message=message)
+
+    async def _unmounted(self, ref: ReleaseRef, pods: Sequence[PlayedPod]) -> set[str]:
+        """The pods among ``pods`` one of whose subPath mounts is not bound."""
+        if not any(pod.mounts for pod in pods):
+            return set()
+        bound = await asyncio.to_thread(mount_points)  # reads /proc: off the loop
+        base = self.mounts_dir(ref)
+        return {pod.name for pod in pods if any(str(base / name) not in bound for name in pod.mounts)}
 
     async def _inspect(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """``container inspect`` by ID; a container removed meanwhile is simply absent."""
@@ -943,8 +1007,9 @@ def _write_private(path: Path, text: str) -> None:
     write_atomic(path, text)
 
 
-def _forget(path: Path, files_dir: Path, hooks_file: Path) -> None:
+def _forget(path: Path, files_dir: Path, mounts_dir: Path, hooks_file: Path) -> None:
     shutil.rmtree(files_dir, ignore_errors=True)
+    detach_all(mounts_dir)  # after the post-delete hooks' plays, which may have bound some again
     for stored in (path, hooks_file):
         with contextlib.suppress(FileNotFoundError):
             stored.unlink()
@@ -982,23 +1047,33 @@ def _read_hooks(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]
     return list(stored.get("ReleaseData", [])), list(stored.get("ReleaseHooks", []))
 
 
-def _write_files(files_dir: Path, files: Mapping[str, tuple[bytes, int]], dirs: Iterable[str]) -> None:
-    """Write the release's subPath files afresh and create subPath directories (blocking: run it in a thread).
+def _write_files(files_dir: Path, files: Mapping[str, tuple[bytes, int]]) -> None:
+    """Write the release's subPath files afresh (blocking: run it in a thread).
 
-    Directories are mode 0777, as Kubernetes makes an emptyDir: without fsGroup
-    a non-root container could not write to them otherwise.
+    The files dir is the agent's alone; files are created new (``O_EXCL``) and
+    never through a link, whatever was there before.
     """
     shutil.rmtree(files_dir, ignore_errors=True)
     for relative, (content, mode) in files.items():
         target = files_dir / relative
         target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-        target.write_bytes(content)
-        target.chmod(mode & 0o777)
-    for directory in dirs:
-        path = Path(directory)
-        if not path.exists():
-            path.mkdir(mode=0o777, parents=True)
-            path.chmod(0o777)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(content)
+            os.fchmod(out.fileno(), mode & 0o777)
+
+
+def _bind_subpaths(plan: Plan, mounts_dir: Path, volume_path: str, ref: ReleaseRef) -> None:
+    """Bind every subPath mount of ``plan`` onto ``mounts_dir`` (see ``host_mounts``; blocking: in a thread)."""
+    for name, part in plan.subpath_mounts.items():
+        root = f"{volume_path}/{part.root}/_data" if part.kind == "volume" else part.root
+        what = f"release {ref}: subPath {part.path!r} of {'volume' if part.kind == 'volume' else 'hostPath'} " \
+               f"{part.root}"
+        fd = open_beneath(root, part.path, what=what)
+        try:
+            bind(fd, mounts_dir / name)
+        finally:
+            os.close(fd)
 
 
 def _releases_on_disk(work_dir: Path) -> set[ReleaseRef]:

@@ -28,6 +28,7 @@ import yaml
 from ..policy import NodePolicy
 from .base import EdgeRuntimeError, ManifestRejected, NodeContext, ReleaseRef
 from .manifests import ALIAS_EXPANSION_LIMIT, dump_yaml_all, load_yaml_all, release_documents  # shared
+from .names import check_config_key, check_dns_label, check_relative_path
 from .podman_probes import Probe, probes_of_container
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "PlayedFile",
     "PlayedPod",
     "Play",
+    "SubpathMount",
     "build_plan",
     "expand_refs",
     "dump_yaml_all",
@@ -136,6 +138,7 @@ class PlayedPod:
     host_network: bool = False
     host_pid: bool = False
     empty_dirs: tuple[str, ...] = ()  # podman volumes of its emptyDirs: wiped whenever the pod is recreated
+    mounts: tuple[str, ...] = ()  # names of the subPath mounts it binds (SubpathMount.name)
     annotations: dict[str, str] = field(default_factory=dict)  # those podman refuses, kept here only
     # A Job's pod: runs to completion. Exited with code 0 it is done (ready),
     # not dead, so it is never "healed" by playing it again.
@@ -150,6 +153,30 @@ class Play:
     host_network: bool = False  # played without --network (the pods use the host's)
     host_pid: bool = False  # played with containers.conf pidns = "host"
     pods: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SubpathMount:
+    """A part of a volume a container mounts by ``subPath``: bound by the runtime, never by path.
+
+    ``kind`` is ``volume`` (``root`` a podman volume of the release) or ``host``
+    (``root`` a hostPath the policy allowed). A pod may write symbolic links
+    into a volume, and a bind by path follows them (the kubelet's
+    CVE-2017-1002101), so the runtime resolves ``path`` beneath the root one
+    component at a time without following links, binds what it opened by its
+    file descriptor onto ``MOUNTS_DIR/NAME``, and podman binds that: a link a
+    pod makes later changes nothing, on any restart.
+    """
+
+    kind: str
+    root: str
+    path: str
+
+    @property
+    def name(self) -> str:
+        """The mount point's name in the release's mounts dir: the same for the same part of the same root."""
+        key = "\0".join((self.kind, self.root, self.path))
+        return f"{self.kind}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
 @dataclass(slots=True)
@@ -168,8 +195,8 @@ class Plan:
     # Named volumes the runtime creates (labelled) before playing: claims and
     # volumes a subPath mounts from (a subPath needs the volume's directory).
     create_volumes: set[str] = field(default_factory=set)
-    # Directories the runtime creates before playing (subPaths), mode 0777.
-    make_dirs: set[str] = field(default_factory=set)
+    # subPath mounts the runtime binds before playing, by SubpathMount.name.
+    subpath_mounts: dict[str, SubpathMount] = field(default_factory=dict)
     # Files the runtime writes under the release's files dir before playing:
     # ConfigMap/Secret keys mounted by subPath. relative path -> (content, mode)
     files: dict[str, tuple[bytes, int]] = field(default_factory=dict)
@@ -435,10 +462,10 @@ def _set_env(container: dict[str, Any], name: str, value: str) -> None:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Paths:
-    """Host paths a plan may bind: podman's volume directory and the release's files dir."""
+    """Host paths a plan may bind: the release's files dir and its dir of subPath mounts."""
 
-    volume_path: str
     files_dir: str
+    mounts_dir: str
 
 
 def _prepare_pod(
@@ -453,9 +480,9 @@ def _prepare_pod(
     plan: Plan,
     release: _Release,
     paths: _Paths,
+    policy: NodePolicy,
     claims: Mapping[str, str] | None = None,
     job: bool = False,
-    harden: bool = False,
 ) -> dict[str, Any]:
     """One Pod document for podman from a pod template (or a Pod), injections done.
 
@@ -511,11 +538,24 @@ def _prepare_pod(
     inits = spec.get("initContainers") or []
     if not isinstance(inits, list):
         raise ManifestRejected(f"{where}: spec.initContainers must be a list")
+    ephemeral = _optional_list(spec.pop("ephemeralContainers", None), where, "spec.ephemeralContainers")
+    if ephemeral:
+        # Checked like the others (a name or path in them is as hostile), then
+        # dropped: they are added to running pods for debugging, never created with one.
+        for container in ephemeral:
+            _check_container_names(container, where)
+        plan.warnings.append(f"{where}: spec.ephemeralContainers not run (podman has no ephemeral containers)")
+    limits = policy.limits
+    refusal = limits.refusal("containersPerPod", len(inits) + len(containers), f"{where}: containers",
+                             policy.path)
+    if refusal:
+        raise ManifestRejected(refusal)
     seed = {ENV_NODE_NAME: node.node, ENV_NODE_POOL: node.pool}
     probes: list[Probe] = []
+    env_bytes = 0
+    pod_security = _optional_mapping(spec.get("securityContext"), where, "spec.securityContext")
     for container in [*inits, *containers]:
-        if not isinstance(container, dict) or not isinstance(container.get("name"), str):
-            raise ManifestRejected(f"{where}: every container needs a name")
+        _check_container_names(container, where)
         if not container.get("image"):
             raise ManifestRejected(f"{where}: container {container['name']!r} has no image")
         if any(container is c for c in containers):
@@ -524,18 +564,19 @@ def _prepare_pod(
             container.pop(key, None)  # podman 4.3 mistranslates them: the agent runs them
         _expand_container(container, seed, release)
         _rewrite_env_refs(container, ref, where, release)
-        if harden:
-            # Root is not allowed here (the policy checked every container runs
-            # as a non-zero user): a setuid binary in the image must not undo that.
-            security = container.setdefault("securityContext", {})
-            if isinstance(security, dict):
-                security.setdefault("allowPrivilegeEscalation", False)
+        if policy.hardens(ref.namespace):
+            _harden(container, pod_security, where)
         _set_env(container, ENV_NODE_NAME, node.node)
         _set_env(container, ENV_NODE_POOL, node.pool)
+        env_bytes += _env_bytes(container, release)
         _keep_host_ports(container, where=where, network=network, host_net=host_network, plan=plan)
 
-    empty_dirs = _rewrite_volumes(spec, [*inits, *containers], where=where, ref=ref, pod_name=pod_name,
-                                  plan=plan, release=release, paths=paths, claims=claims or {})
+    refusal = limits.refusal("envBytesPerPod", env_bytes, f"{where}: environment bytes", policy.path)
+    if refusal:
+        raise ManifestRejected(refusal)
+    empty_dirs, mounts = _rewrite_volumes(spec, [*inits, *containers], where=where, ref=ref, pod_name=pod_name,
+                                          plan=plan, release=release, paths=paths, claims=claims or {},
+                                          policy=policy)
 
     grace = spec.get("terminationGracePeriodSeconds")
     plan.pods[podman_name] = PlayedPod(
@@ -549,6 +590,7 @@ def _prepare_pod(
         host_network=host_network,
         host_pid=host_pid,
         empty_dirs=tuple(empty_dirs),
+        mounts=tuple(mounts),
         annotations=refused,
         job=job,
     )
@@ -558,6 +600,57 @@ def _prepare_pod(
         "metadata": {"name": podman_name, "labels": labels, "annotations": annotations},
         "spec": spec,
     }
+
+
+def _env_bytes(container: dict[str, Any], release: _Release) -> int:
+    """The bytes of ``container``'s environment: its names and values, and what envFrom brings in."""
+    total = sum(len(str(e.get("name", ""))) + len(str(e.get("value") or "")) for e in container.get("env") or ()
+                if isinstance(e, dict))
+    for source in container.get("envFrom") or ():
+        if not isinstance(source, dict):
+            continue
+        data: Mapping[str, str] = {}
+        if isinstance(source.get("configMapRef"), dict):
+            data = release.configmaps.get(str(source["configMapRef"].get("name")), {})
+        elif isinstance(source.get("secretRef"), dict):
+            data = release.secrets.get(str(source["secretRef"].get("name")), {})
+        total += sum(len(k) + len(v) for k, v in data.items())
+    return total
+
+
+def _check_container_names(container: Any, where: str) -> None:
+    """A container's name and its mounts' names and paths, as the API server would check them."""
+    if not isinstance(container, dict) or not isinstance(container.get("name"), str):
+        raise ManifestRejected(f"{where}: every container needs a name")
+    what = f"{where}: container {container['name']!r}"
+    check_dns_label(container["name"], f"{where}: container")
+    for mount in _optional_list(container.get("volumeMounts"), where, f"container {container['name']!r}: "
+                                "volumeMounts"):
+        if not isinstance(mount, dict):
+            raise ManifestRejected(f"{what}: volumeMounts must list mappings")
+        check_dns_label(mount.get("name"), f"{what}: volumeMounts")
+        for key in ("subPath", "subPathExpr"):
+            if mount.get(key) not in (None, ""):
+                check_relative_path(mount[key], f"{what}: volumeMounts {mount['name']}: {key}")
+
+
+def _harden(container: dict[str, Any], pod_security: Mapping[str, Any], where: str) -> None:
+    """What a container of a namespace not allowed root gets: no way up, and no root group.
+
+    The policy checked it runs as a non-zero user. A setuid binary in the
+    image must not undo that (no_new_privs), and without a group of its own
+    the container would run with group 0, writing root-group files into its
+    volumes: its group becomes its user's number, as the pod's
+    ``runAsGroup`` would say, unless the pod or the container set one.
+    """
+    security = container.setdefault("securityContext", {})
+    if not isinstance(security, dict):
+        raise ManifestRejected(f"{where}: container {container['name']!r}: securityContext must be a mapping")
+    security.setdefault("allowPrivilegeEscalation", False)
+    if security.get("runAsGroup") is None and pod_security.get("runAsGroup") is None:
+        user = security.get("runAsUser", pod_security.get("runAsUser"))
+        if isinstance(user, int) and not isinstance(user, bool) and user > 0:
+            security["runAsGroup"] = user
 
 
 def _warn_dropped_fields(spec: dict[str, Any], where: str, plan: Plan) -> None:
@@ -583,15 +676,23 @@ def _rewrite_volumes(
     release: _Release,
     paths: _Paths,
     claims: Mapping[str, str],
-) -> list[str]:
-    """Point the pod's volumes at their podman names and make subPath mounts work; its emptyDir volumes."""
+    policy: NodePolicy,
+) -> tuple[list[str], list[str]]:
+    """Point the pod's volumes at their podman names and make subPath mounts work.
+
+    Returns the pod's emptyDir volumes and the names of its subPath mounts.
+    """
     volumes = _optional_list(spec.get("volumes"), where, "spec.volumes")
     for name, claim in claims.items():
         volumes = [v for v in volumes if not (isinstance(v, dict) and v.get("name") == name)]
         volumes.append({"name": name, "persistentVolumeClaim": {"claimName": claim}})
+    refusal = policy.limits.refusal("volumesPerPod", len(volumes), f"{where}: volumes", policy.path)
+    if refusal:
+        raise ManifestRejected(refusal)
     if volumes:
         spec["volumes"] = volumes
     empty_dirs: list[str] = []
+    mounts: list[str] = []
     # What each pod volume became, for subPath mounts: ("named", podman volume)
     # or ("host", path) or ("files", podman cm volume name, key -> (bytes, mode)).
     sources: dict[str, tuple[Any, ...]] = {}
@@ -620,7 +721,8 @@ def _rewrite_volumes(
                     )
             else:
                 name = (_secret_volume if secret else _cm_volume)(ref, original)
-                items = _volume_items(body, known[original], release.binary.get(f"{kind.lower()}/{original}", {}))
+                items = _volume_items(body, known[original], release.binary.get(f"{kind.lower()}/{original}", {}),
+                                      f"{where}: volume {vname!r}")
                 if secret:
                     volume.pop("secret")
                     body.pop("secretName", None)
@@ -659,24 +761,25 @@ def _rewrite_volumes(
 
     extra: list[dict[str, Any]] = []
     for container in containers:
+        what = f"{where}: container {container['name']!r}"
+        env = {str(e["name"]): str(e["value"]) for e in container.get("env") or ()
+               if isinstance(e, dict) and isinstance(e.get("value"), str)}
         for mount in _optional_list(container.get("volumeMounts"), where, f"container {container['name']!r}: "
                                     "volumeMounts"):
-            if not isinstance(mount, dict) or not mount.get("subPath"):
+            sub = _sub_path(mount, env, what)
+            if sub is None:
                 continue
-            sub = str(mount.pop("subPath"))
-            if sub.startswith("/") or ".." in sub.split("/"):
-                raise ManifestRejected(f"{where}: container {container['name']!r}: subPath {sub!r} must be a "
-                                       "relative path without '..'")
             source = sources.get(str(mount.get("name")))
             if source is None:
-                raise ManifestRejected(f"{where}: container {container['name']!r}: subPath {sub!r} of volume "
-                                       f"{mount.get('name')!r}: podman 4.3 cannot mount a part of that volume kind")
-            if source[0] == "named":
-                plan.create_volumes.add(source[1])
-                host = f"{paths.volume_path}/{source[1]}/_data/{sub}"
-                plan.make_dirs.add(host)
-            elif source[0] == "host":
-                host = f"{source[1].rstrip('/')}/{sub}"
+                raise ManifestRejected(f"{what}: subPath {sub!r} of volume {mount.get('name')!r}: podman 4.3 cannot "
+                                       "mount a part of that volume kind")
+            if source[0] in ("named", "host"):
+                if source[0] == "named":
+                    plan.create_volumes.add(source[1])
+                part = SubpathMount(kind="volume" if source[0] == "named" else "host", root=source[1], path=sub)
+                plan.subpath_mounts[part.name] = part
+                mounts.append(part.name)
+                host = f"{paths.mounts_dir}/{part.name}"
             else:
                 _, cm_name, items = source
                 if sub not in items:
@@ -691,10 +794,28 @@ def _rewrite_volumes(
                 extra.append({"name": sub_volume, "hostPath": {"path": host}})
     if extra:
         spec["volumes"] = [*volumes, *extra]
-    return empty_dirs
+    return empty_dirs, list(dict.fromkeys(mounts))
 
 
-def _volume_items(body: Mapping[str, Any], data: Mapping[str, str], binary: Mapping[str, bytes]
+def _sub_path(mount: dict[str, Any], env: Mapping[str, str], what: str) -> str | None:
+    """The part of its volume ``mount`` asks for (``subPath``, or ``subPathExpr`` expanded from the container's
+    environment as the kubelet does), taken out of the mount: podman is never given either; None: the whole."""
+    sub = mount.pop("subPath", None)
+    expression = mount.pop("subPathExpr", None)
+    if sub and expression:
+        raise ManifestRejected(f"{what}: volumeMounts {mount.get('name')}: subPath and subPathExpr are mutually "
+                               "exclusive")
+    if expression:
+        sub = expand_refs(str(expression), env)
+        where = f"{what}: volumeMounts {mount.get('name')}: subPathExpr {expression!r} expands to"
+    else:
+        where = f"{what}: volumeMounts {mount.get('name')}: subPath"
+    if not sub:
+        return None
+    return check_relative_path(sub, where)
+
+
+def _volume_items(body: Mapping[str, Any], data: Mapping[str, str], binary: Mapping[str, bytes], where: str
                   ) -> dict[str, tuple[bytes, int]]:
     """The files a ConfigMap/Secret volume shows: path -> (content, mode), honouring items and modes."""
     default = body.get("defaultMode")
@@ -704,11 +825,14 @@ def _volume_items(body: Mapping[str, Any], data: Mapping[str, str], binary: Mapp
     if not isinstance(items, list):
         return {key: (value, default) for key, value in contents.items()}
     out: dict[str, tuple[bytes, int]] = {}
-    for item in items:
-        if isinstance(item, dict) and str(item.get("key")) in contents:
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ManifestRejected(f"{where}: items[{index}] must be a mapping")
+        key = check_config_key(item.get("key"), f"{where}: items[{index}].key")
+        path = check_relative_path(item.get("path"), f"{where}: items[{index}].path")
+        if key in contents:
             mode = item.get("mode")
-            out[str(item.get("path") or item["key"])] = (contents[str(item["key"])],
-                                                         mode if isinstance(mode, int) else default)
+            out[path] = (contents[key], mode if isinstance(mode, int) else default)
     return out
 
 
@@ -741,6 +865,18 @@ def _keep_host_ports(
         container.pop("ports", None)
 
 
+def _check_pod_count(plan: Plan, count: int, where: str, policy: NodePolicy) -> None:
+    """Refuse ``count`` more pods when the release would then be over the policy's podsPerRelease.
+
+    Checked before a single pod is planned: a 223-byte Deployment may ask
+    for 20,000 replicas.
+    """
+    refusal = policy.limits.refusal("podsPerRelease", len(plan.pods) + count, f"{where}: pods of the release",
+                                    policy.path)
+    if refusal:
+        raise ManifestRejected(refusal)
+
+
 def _replicas(doc: dict[str, Any], where: str) -> int:
     spec = _require_mapping(doc.get("spec"), where, "spec")
     replicas = spec.get("replicas", 1)
@@ -768,26 +904,28 @@ def build_plan(
     node: NodeContext,
     *,
     network: str | None = None,
-    volume_path: str = "/var/lib/containers/storage/volumes",
     files_dir: str | None = None,
+    mounts_dir: str | None = None,
     policy: NodePolicy | None = None,
 ) -> Plan:
     """Turn a release's rendered manifests into the file podman plays.
 
-    ``volume_path`` is podman's directory of named volumes (``podman info``'s
-    Store.VolumePath) and ``files_dir`` the directory the runtime writes the
-    release's subPath files into (``plan.files``); both only appear in the
-    played file when a mount has a subPath. Pure: reads nothing and runs
-    nothing, but takes a while on a large release (call it in a thread from
-    async code). Raises ManifestRejected naming the manifest at fault, and
-    for anything ``policy`` (the node's; None: the default, safe one) refuses,
-    hooks included. Helm hook documents are not played: they are returned in
+    ``files_dir`` is the directory the runtime writes the release's subPath
+    files into (``plan.files``) and ``mounts_dir`` the one it binds subPath
+    mounts onto (``plan.subpath_mounts``); both only appear in the played file
+    when a mount has a subPath. Pure: reads nothing and runs nothing, but
+    takes a while on a large release (call it in a thread from async code).
+    Raises ManifestRejected naming the manifest at fault: a name, key or path
+    Kubernetes would refuse, anything over the policy's limits, and anything
+    ``policy`` (the node's; None: the default, safe one) refuses, hooks
+    included. Helm hook documents are not played: they are returned in
     ``plan.hooks`` untouched.
     """
     policy, docs = release_documents(ref, manifests, policy)
 
     plan = Plan(text="")
-    paths = _Paths(volume_path=volume_path.rstrip("/"), files_dir=files_dir or f"/{ref.namespace}/{ref.release}.d")
+    paths = _Paths(files_dir=(files_dir or f"/{ref.namespace}/{ref.release}.d").rstrip("/"),
+                   mounts_dir=(mounts_dir or f"/{ref.namespace}/{ref.release}.mounts").rstrip("/"))
     release = _Release()
     for index, doc in enumerate(docs, start=1):
         where = _describe(doc, index)
@@ -815,7 +953,7 @@ def build_plan(
         where = _describe(doc, index)
         try:
             _add_object(doc, where, ref=ref, node=node, network=network, plan=plan, configmaps=configmaps,
-                        pods=pods, release=release, paths=paths, harden=policy.hardens(ref.namespace))
+                        pods=pods, release=release, paths=paths, policy=policy)
         except (AttributeError, KeyError, TypeError, ValueError, RecursionError) as exc:
             # A field of a type the checks did not foresee: still the
             # manifest's fault, and applying it again would fail the same way.
@@ -857,6 +995,8 @@ def _record(ref: ReleaseRef, plan: Plan) -> dict[str, Any]:
             entry["hostPID"] = True
         if pod.empty_dirs:
             entry["emptyDirs"] = list(pod.empty_dirs)
+        if pod.mounts:
+            entry["mounts"] = list(pod.mounts)
         if pod.job:
             entry["job"] = True
         pods[name] = entry
@@ -875,6 +1015,9 @@ def _collect(doc: dict[str, Any], where: str, release: _Release) -> None:
     if kind not in ("ConfigMap", "Secret"):
         return
     name = _object_name(doc, where)
+    for field_name in ("data", "binaryData", "stringData"):
+        for key in _optional_mapping(doc.get(field_name), where, field_name):
+            check_config_key(key, f"{where}: {field_name}")
     if kind == "ConfigMap":
         data = _optional_mapping(doc.get("data"), where, "data")
         release.configmaps[name] = {str(k): str(v) for k, v in data.items()}
@@ -905,7 +1048,7 @@ def _add_object(
     pods: list[dict[str, Any]],
     release: _Release,
     paths: _Paths,
-    harden: bool,
+    policy: NodePolicy,
 ) -> None:
     """Add what one manifest object becomes to ``configmaps``, ``pods`` and ``plan``."""
     kind = doc["kind"]
@@ -919,13 +1062,15 @@ def _add_object(
             f"{where}: namespace {own_ns!r} ignored, applied in the release's namespace {ref.namespace!r}"
         )
     common = {"source": where, "ref": ref, "node": node, "network": network, "plan": plan, "release": release,
-              "paths": paths, "harden": harden}
+              "paths": paths, "policy": policy}
     if kind in ("Pod", "Deployment", "DaemonSet"):
         if kind == "Pod":
+            _check_pod_count(plan, 1, where, policy)
             template, restart_always, instances = doc, False, [name]
         else:
             template, restart_always = _pod_template(doc, where), True
             count = _replicas(doc, where) if kind == "Deployment" else 1
+            _check_pod_count(plan, count, where, policy)
             instances = [f"{name}-pod-{i}" for i in range(count)]
         for pod_name in instances:
             pods.append(_prepare_pod(pod_name, template, restart_always=restart_always, **common))
@@ -933,7 +1078,9 @@ def _add_object(
         template = _pod_template(doc, where)
         templates = _optional_list(doc["spec"].get("volumeClaimTemplates"), where, "spec.volumeClaimTemplates")
         claim_names = [_object_name(t, f"{where}: volumeClaimTemplates") for t in templates]
-        for ordinal in range(_replicas(doc, where)):
+        count = _replicas(doc, where)
+        _check_pod_count(plan, count, where, policy)
+        for ordinal in range(count):
             pod_name = f"{name}-{ordinal}"
             claims = {claim: f"{claim}-{name}-{ordinal}" for claim in claim_names}
             pods.append(_prepare_pod(pod_name, template, restart_always=True, claims=claims, **common))
@@ -948,6 +1095,7 @@ def _add_object(
             count = doc["spec"].get(field_name)
             if isinstance(count, int) and count > 1:
                 plan.warnings.append(f"{where}: spec.{field_name} {count}: podman runs the Job's pod once")
+        _check_pod_count(plan, 1, where, policy)
         pods.append(_prepare_pod(f"{name}-pod-0", template, restart_always=False, job=True, **common))
     elif kind == "ConfigMap":
         cm = {
@@ -1010,6 +1158,7 @@ def parse_played(text: str, where: str) -> PlayedFile:
                 host_network=bool(extra.get("hostNetwork")),
                 host_pid=bool(extra.get("hostPID")),
                 empty_dirs=tuple(str(v) for v in extra.get("emptyDirs") or ()),
+                mounts=tuple(str(v) for v in extra.get("mounts") or ()),
                 annotations={str(k): str(v) for k, v in (extra.get("annotations") or {}).items()},
                 job=bool(extra.get("job")),
             )

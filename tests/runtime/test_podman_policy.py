@@ -136,7 +136,10 @@ def test_the_example_chart_runs_under_the_default_policy() -> None:
         ("namespaces: demo", r"namespaces must be a list of names"),
         ("namespaces: [Demo]", r"namespaces: namespace 'Demo' is not a valid name"),
         ("kinds: [CronJob]", r"kinds: 'CronJob' is not a kind the node runs"),
-        ("alow: {}", r"unknown key 'alow' \(known: namespaces, kinds, allow\)"),
+        ("alow: {}", r"unknown key 'alow' \(known: namespaces, kinds, allow, limits\)"),
+        ("limits: {podsPerNode: 0}", r"limits.podsPerNode 0 is not a whole number >= 1"),
+        ("limits: {pods: 3}", r"limits: unknown key 'pods' \(known: podsPerNode, podsPerRelease, "),
+        ("limits: [1]", r"limits must be a mapping of podsPerNode, "),
         ("allow: [root]", r"allow must map a namespace"),
         ("- a\n- b", r"must be a mapping"),
         ("a: [", r"not YAML"),
@@ -149,11 +152,15 @@ def test_a_bad_policy_file_is_refused_naming_the_key(text: str, message: str) ->
 
 def test_the_policy_reads_as_one_line() -> None:
     assert NodePolicy(path="/s/policy.yaml").summary() == (
-        "namespaces all; kinds all the runtime runs; allowed beyond the default: nothing (/s/policy.yaml)")
+        "namespaces all; kinds all the runtime runs; allowed beyond the default: nothing; limits: podsPerNode 50, "
+        "podsPerRelease 20, containersPerPod 10, volumesPerPod 32, envBytesPerPod 262144 (/s/policy.yaml)")
     policy = NodePolicy.parse('namespaces: [demo, monitoring]\nallow: {monitoring: [hostPID, hostNetwork], "*": []}',
                               path="/s/policy.yaml")
+    policy = NodePolicy.parse('namespaces: [demo, monitoring]\nallow: {monitoring: [hostPID, hostNetwork], "*": []}\n'
+                              "limits: {podsPerNode: 8}", path="/s/policy.yaml")
     assert policy.summary() == ("namespaces demo, monitoring; kinds all the runtime runs; allowed beyond the "
-                                "default: monitoring: hostNetwork, hostPID (/s/policy.yaml)")
+                                "default: monitoring: hostNetwork, hostPID; limits: podsPerNode 8, podsPerRelease 20, "
+                                "containersPerPod 10, volumesPerPod 32, envBytesPerPod 262144 (/s/policy.yaml)")
     assert set(PRIVILEGES) >= {"privileged", "capabilities", "hostPath", "hostNetwork", "hostPID", "hostIPC", "root"}
 
 
