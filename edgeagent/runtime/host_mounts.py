@@ -8,9 +8,9 @@ CVE-2017-1002101). So the runtime never hands podman such a path:
 1. ``open_beneath`` walks the path from the volume's root one component at a
    time, each opened relative to the last with ``O_NOFOLLOW`` (a link is
    refused, naming the path), creating missing directories with ``mkdirat``
-   (mode 0777, as before: without fsGroup a non-root container could not
-   write to them otherwise) and opening what it made again with
-   ``O_NOFOLLOW``, so a link swapped in meanwhile is refused too;
+   (the last one mode 0777: without fsGroup a non-root container could not
+   write to it otherwise; those on the way 0755) and opening what it made
+   again with ``O_NOFOLLOW``, so a link swapped in meanwhile is refused too;
 2. ``bind`` mounts what it opened, by its file descriptor
    (``/proc/self/fd/N``, which the kernel resolves to that very inode), onto
    a mount point in the release's mounts dir, which only the agent can reach;
@@ -86,7 +86,7 @@ def _open_component(parent: int, name: str, shown: str, *, what: str, directory:
         except FileNotFoundError:
             if attempt:
                 raise RuntimeApplyError(f"{what}: {shown} vanished while it was being made; refused") from None
-            _make_directory(parent, name, shown, what=what)
+            _make_directory(parent, name, shown, what=what, mode=0o755 if directory else 0o777)
             continue
         except OSError as exc:
             raise RuntimeApplyError(f"{what}: cannot open {shown}: {exc.strerror}") from exc
@@ -105,20 +105,20 @@ def _open_component(parent: int, name: str, shown: str, *, what: str, directory:
     raise AssertionError("unreachable")
 
 
-def _make_directory(parent: int, name: str, shown: str, *, what: str) -> None:
+def _make_directory(parent: int, name: str, shown: str, *, what: str, mode: int) -> None:
     try:
-        os.mkdir(name, 0o777, dir_fd=parent)
+        os.mkdir(name, mode, dir_fd=parent)
     except FileExistsError:
         return  # made meanwhile: opened (and checked) by the caller
     except OSError as exc:
         raise RuntimeApplyError(f"{what}: cannot make {shown}: {exc.strerror}") from exc
-    # The umask took bits off; set 0777 through a descriptor that cannot be a link.
+    # The umask took bits off; set the mode through a descriptor that cannot be a link.
     try:
         fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
     except OSError as exc:
         raise RuntimeApplyError(f"{what}: {shown} changed while it was being made: {exc.strerror}; refused") from exc
     try:
-        os.fchmod(fd, 0o777)
+        os.fchmod(fd, mode)
     finally:
         os.close(fd)
 

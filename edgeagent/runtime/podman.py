@@ -653,6 +653,7 @@ class PodmanRuntime:
         for warning in plan.warnings:
             logger.warning("Release %s: %s", ref, warning)
         path = self.played_file(ref)
+        await self._check(ref, plan)  # before a hook runs or a pod is stopped
         async with self._lock(ref):
             old = await self._read_played_or_empty(ref, "stopping its old pods without grace")
             old_pods, old_volumes = old.pods, old.volumes
@@ -711,7 +712,7 @@ class PodmanRuntime:
                 empty_dirs = {v for pod in [*old_pods.values(), *plan.pods.values()] for v in pod.empty_dirs}
                 if empty_dirs:
                     await self._remove_volumes(ref, empty_dirs)
-                await self._play(ref, plan)
+                await self._play(ref, plan, checked=True)
                 unused = old_volumes - plan.volumes
                 if unused:
                     await self._remove_volumes(ref, unused)
@@ -733,15 +734,17 @@ class PodmanRuntime:
                                        files_dir=str(self.files_dir(ref)), mounts_dir=str(self.mounts_dir(ref)),
                                        policy=self.settings.policy)
 
-    async def _play(self, ref: ReleaseRef, plan: Plan) -> None:
-        """Check what ``plan`` reaches, create what it mounts, then ``kube play`` each of its groups.
-
-        The check (``podman_confinement``) comes first and refuses the plan
-        before anything is created; host access decides the groups.
-        """
+    async def _check(self, ref: ReleaseRef, plan: Plan) -> None:
+        """Refuse (ManifestRejected) a plan that reaches past the release's confinement (``podman_confinement``)."""
         confinement = await self._confinement(ref)
         # A YAML parse of what will be played, and realpath on the host: in a thread.
         await asyncio.to_thread(check_confinement, plan, ref, confinement, self.settings.policy)
+
+    async def _play(self, ref: ReleaseRef, plan: Plan, *, checked: bool = False) -> None:
+        """Check what ``plan`` reaches (unless the caller just did), create what it mounts, then ``kube play``
+        each of its groups (host access decides the group). Nothing is created for a plan the check refuses."""
+        if not checked:
+            await self._check(ref, plan)
         await self._prepare_volumes(ref, plan)
         await asyncio.to_thread(_write_files, self.files_dir(ref), plan.files)  # file I/O off the loop
         if plan.subpath_mounts:
