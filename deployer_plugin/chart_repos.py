@@ -23,9 +23,23 @@ Both check that the archive is a gzipped tar whose ``Chart.yaml`` names the
 chart and version asked for. Every request has the fetcher's time bound
 (the whole fetch must finish within ``timeout_seconds``), every answer a size
 bound checked while it is read; redirects are followed but never from HTTPS
-to plain HTTP, and an ``Authorization`` header never follows a redirect to
-another host. Credentials are not supported (the spec refuses them in URLs);
+to plain HTTP (nor to anything but HTTP(S)), and an ``Authorization`` header
+never follows a redirect to another host. Credentials are not supported (the
+spec refuses them in URLs, and a redirect carrying some is not followed);
 proxies come from the usual environment variables (``https_proxy``, ...).
+
+Only public addresses are connected to, and those in the networks the
+fetcher is given (``allow``, the hub's ``chart_sources.allow``): every
+address of every host, redirects included, is checked after DNS and the
+connection made to the address checked (:mod:`deployer_plugin.chart_addresses`).
+
+Whoever can apply a component picks the URLs, so what a failure says must not
+make the hub a port scanner: every failure to get a proper answer (refused,
+reset, timed out, TLS, any HTTP status but the one expected, an address not
+allowed, an answer that is not a chart repository's or registry's) is the
+same :func:`unreachable_message` for the chart's URL, and the real cause is
+logged at the hub. What only a real repository or registry can have said (the
+chart or version it lacks, a digest mismatch, a size bound) is told as it is.
 
 A plain ``http://`` chart repository is fetched, with a warning unless it is
 on a loopback address: over plain HTTP the index's digest arrives by the same
@@ -63,6 +77,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
@@ -70,6 +85,7 @@ from typing import Any
 
 import yaml
 
+from .chart_addresses import AddressGuard, AddressRefused, IPNetwork, parse_network
 from .errors import ChartError
 from .spec import OciChart, RepoChart
 from .versions import highest_match
@@ -98,6 +114,14 @@ _USER_AGENT = "edgecollab-hub (chart fetcher)"
 
 class ChartUnavailable(ChartError):
     """A chart that could not be fetched: unreachable, not found, too large, a digest mismatch, not a chart."""
+
+
+def unreachable_message(ref: RepoChart | OciChart) -> str:
+    """The one refusal for every transport- or HTTP-level failure to fetch ``ref``: it must not tell a
+    closed port from a 403 or a TLS failure, nor an address not allowed from one where nothing answers."""
+    url = ref.repo if isinstance(ref, RepoChart) else ref.oci
+    return (f"spec.chart: {_shown_url(url)} could not be fetched (no chart repository answered there, "
+            "or the address is not allowed: see chart_sources.allow)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,8 +229,16 @@ class _Redirects(urllib.request.HTTPRedirectHandler):
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
         old, new = urllib.parse.urlsplit(req.full_url), urllib.parse.urlsplit(newurl)
-        if old.scheme == "https" and new.scheme != "https":
-            raise _Refused(f"{_shown_url(req.full_url)} redirects to {_shown_url(newurl)}, away from HTTPS")
+        problem = None
+        if new.scheme not in ("http", "https"):  # urllib itself would follow ftp://, past the address check
+            problem = "not to HTTP(S)"
+        elif old.scheme == "https" and new.scheme != "https":
+            problem = "away from HTTPS"
+        elif new.username is not None or new.password is not None:
+            problem = "with credentials in the URL"
+        if problem:
+            fp.close()
+            raise _Unreachable(f"{_shown_url(req.full_url)} redirects to {_shown_url(newurl)}, {problem}")
         redirected = super().redirect_request(req, fp, code, msg, headers, newurl)
         if redirected is not None and old.netloc != new.netloc:
             redirected.remove_header("Authorization")
@@ -214,7 +246,11 @@ class _Redirects(urllib.request.HTTPRedirectHandler):
 
 
 class _Refused(Exception):
-    """A problem found while talking to the server; the caller puts the field in front."""
+    """A problem with what a real repository or registry answered; the caller puts the field in front."""
+
+
+class _Unreachable(Exception):
+    """No proper answer (see the module's docstring): logged, and answered with unreachable_message alone."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,19 +262,23 @@ class _Answer:
 
 
 class _Http:
-    """GETs with one deadline for the whole fetch and a size bound for each answer."""
+    """GETs with one deadline for the whole fetch and a size bound for each answer, to allowed addresses only."""
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, allow: Iterable[IPNetwork] = ()) -> None:
         self.timeout = timeout
         self.deadline = time.monotonic() + timeout
-        self._opener = urllib.request.build_opener(
-            _Redirects(), urllib.request.HTTPSHandler(context=ssl.create_default_context())
-        )
+        guard = AddressGuard(allow, deadline=self.deadline)
+        # Built by hand rather than with build_opener, which adds ftp:, file: and data: handlers.
+        self._opener = urllib.request.OpenerDirector()
+        for handler in (urllib.request.ProxyHandler(), *guard.handlers(ssl.create_default_context()),
+                        urllib.request.HTTPDefaultErrorHandler(), _Redirects(),
+                        urllib.request.HTTPErrorProcessor(), urllib.request.UnknownHandler()):
+            self._opener.add_handler(handler)
 
     def _remaining(self) -> float:
         remaining = self.deadline - time.monotonic()
         if remaining <= 0:
-            raise _Refused(f"no answer within {self.timeout:g} s")
+            raise _Unreachable(f"no answer within {self.timeout:g} s")
         return remaining
 
     def get(self, url: str, *, limit: int, what: str, headers: dict[str, str] | None = None,
@@ -250,19 +290,24 @@ class _Http:
         except urllib.error.HTTPError as exc:
             with exc:
                 if exc.code in statuses:
-                    return _Answer(exc.code, self._read(exc, limit, what), exc.headers, exc.url)
-            raise _Refused(f"{_shown_url(url)} answered {exc.code} {exc.reason}") from exc
+                    try:
+                        return _Answer(exc.code, self._read(exc, limit, what), exc.headers, exc.url)
+                    except _Refused as refused:  # the size of an error page says nothing a repository said
+                        raise _Unreachable(f"{_shown_url(url)} answered {exc.code}: {refused}") from refused
+            raise _Unreachable(f"{_shown_url(exc.url or url)} answered {exc.code} {exc.reason}") from exc
         except urllib.error.URLError as exc:
-            raise _Refused(f"cannot reach {_shown_url(url)}: {self._reason(exc.reason)}") from exc
+            raise _Unreachable(f"cannot reach {_shown_url(url)}: {self._reason(exc.reason)}") from exc
         except TimeoutError as exc:
-            raise _Refused(f"{_shown_url(url)}: no answer within {self.timeout:g} s") from exc
+            raise _Unreachable(f"{_shown_url(url)}: no answer within {self.timeout:g} s") from exc
         except (OSError, ValueError, HTTPException) as exc:
-            raise _Refused(f"cannot fetch {_shown_url(url)}: {exc}") from exc
+            raise _Unreachable(f"cannot fetch {_shown_url(url)}: {exc}") from exc
         with response:
             return _Answer(response.status, self._read(response, limit, what), response.headers, response.url)
 
     @staticmethod
     def _reason(reason: Any) -> str:
+        if isinstance(reason, AddressRefused):
+            return f"address not allowed: {reason}"
         if isinstance(reason, ConnectionRefusedError):
             return "connection refused"
         if isinstance(reason, socket.gaierror):
@@ -288,9 +333,9 @@ class _Http:
                 if buffer.tell() > limit:
                     raise _Refused(f"{what} is larger than the limit of {limit} bytes")
         except TimeoutError as exc:
-            raise _Refused(f"{what}: no answer within {self.timeout:g} s") from exc
+            raise _Unreachable(f"{what}: no answer within {self.timeout:g} s") from exc
         except (OSError, HTTPException) as exc:
-            raise _Refused(f"{what}: the transfer failed ({exc})") from exc
+            raise _Unreachable(f"{what}: the transfer failed ({exc})") from exc
         return buffer.getvalue()
 
 
@@ -330,11 +375,17 @@ def _check_chart(data: bytes, name: str, version: str, where: str) -> None:
 
 
 class ChartFetcher:
-    """Fetches charts from repositories and registries; ``cache`` (optional) keeps archives by digest."""
+    """Fetches charts from repositories and registries; ``cache`` (optional) keeps archives by digest.
+
+    ``allow``: networks (``ipaddress`` networks, or CIDR strings) fetched from besides public addresses,
+    the hub's ``chart_sources.allow``; by default none, not even loopback.
+    """
 
     def __init__(self, *, cache: ChartCache | None = None, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
-                 max_index_bytes: int = MAX_INDEX_BYTES, max_archive_bytes: int = MAX_ARCHIVE_BYTES) -> None:
+                 max_index_bytes: int = MAX_INDEX_BYTES, max_archive_bytes: int = MAX_ARCHIVE_BYTES,
+                 allow: Iterable[IPNetwork | str] = ()) -> None:
         self.cache = cache
+        self.allow: tuple[IPNetwork, ...] = tuple(n if not isinstance(n, str) else parse_network(n) for n in allow)
         self.timeout_seconds = timeout_seconds
         self.max_index_bytes = max_index_bytes
         self.max_archive_bytes = max_archive_bytes
@@ -343,16 +394,22 @@ class ChartFetcher:
         """The chart archive ``ref`` names. Blocks on the network.
 
         Raises:
-            ChartUnavailable: naming the spec field at fault and the reason.
+            ChartUnavailable: naming the spec field at fault and the reason; for no proper answer, only
+                :func:`unreachable_message` (the cause is logged).
         """
-        if isinstance(ref, RepoChart):
-            return self._fetch_repo(ref)
-        return self._fetch_oci(ref)
+        try:
+            if isinstance(ref, RepoChart):
+                return self._fetch_repo(ref)
+            return self._fetch_oci(ref)
+        except _Unreachable as exc:
+            logger.warning("Chart %s could not be fetched: %s", ref, exc)
+            # Not chained: the cause is for the hub's log, never for the one who applied.
+            raise ChartUnavailable(unreachable_message(ref)) from None
 
     # ------------------------------------------------------------- chart repositories
 
     def _fetch_repo(self, ref: RepoChart) -> FetchedChart:
-        http = _Http(self.timeout_seconds)
+        http = _Http(self.timeout_seconds, self.allow)
         base = ref.repo.rstrip("/") + "/"
         warnings: list[str] = []
         if urllib.parse.urlsplit(base).scheme == "http" and not _is_loopback(urllib.parse.urlsplit(base).hostname):
@@ -363,7 +420,7 @@ class ChartFetcher:
             answer = http.get(index_url, limit=self.max_index_bytes, what=f"the index of {ref.repo}")
         except _Refused as exc:
             raise ChartUnavailable(f"spec.chart.repo: {exc}") from exc
-        index = self._parse_index(answer.body, ref)
+        index = self._parse_index(answer.body, index_url)
         entry, version = self._entry(index, ref)
 
         urls = entry.get("urls")
@@ -406,16 +463,16 @@ class ChartFetcher:
         logger.info("Fetched chart %s %s from %s (%d bytes, sha256 %s)", ref.name, version, url, len(data), actual)
         return FetchedChart(data, ref.name, version, url, actual, warnings=tuple(warnings))
 
-    def _parse_index(self, body: bytes, ref: RepoChart) -> dict[str, Any]:
+    def _parse_index(self, body: bytes, index_url: str) -> dict[str, Any]:
+        # What is not an index is no chart repository answering: said as a failure to fetch, since telling
+        # it apart would tell that some other server answers 200 there.
         loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
         try:
             index = yaml.load(body, Loader=loader)  # noqa: S506 - a safe loader
         except (yaml.YAMLError, ValueError, RecursionError) as exc:
-            raise ChartUnavailable(f"spec.chart.repo: the index of {ref.repo} is not YAML: "
-                                   f"{str(exc).splitlines()[0][:200]}") from exc
+            raise _Unreachable(f"{_shown_url(index_url)} is not YAML: {str(exc).splitlines()[0][:200]}") from exc
         if not isinstance(index, dict) or not isinstance(index.get("entries"), dict):
-            raise ChartUnavailable(f"spec.chart.repo: {ref.repo}/index.yaml is not a chart repository index "
-                                   "(no entries)")
+            raise _Unreachable(f"{_shown_url(index_url)} is not a chart repository index (no entries)")
         return index
 
     def _entry(self, index: dict[str, Any], ref: RepoChart) -> tuple[dict[str, Any], str]:
@@ -441,7 +498,7 @@ class ChartFetcher:
     # ------------------------------------------------------------- OCI registries
 
     def _fetch_oci(self, ref: OciChart) -> FetchedChart:
-        http = _Http(self.timeout_seconds)
+        http = _Http(self.timeout_seconds, self.allow)
         host = urllib.parse.urlsplit(ref.oci).hostname
         scheme = "http" if _is_loopback(host) else "https"
         registry = f"{scheme}://{ref.host}"
@@ -489,15 +546,15 @@ class ChartFetcher:
         challenge = answer.headers.get("WWW-Authenticate", "")
         scheme, _, params = challenge.partition(" ")
         if scheme.lower() != "bearer":
-            raise _Refused(f"the registry {ref.host} asks for credentials ({challenge[:80] or 'no challenge'}); "
-                           "only anonymous pulls are supported")
+            raise _Unreachable(f"the registry {ref.host} asks for credentials ({challenge[:80] or 'no challenge'}); "
+                               "only anonymous pulls are supported")
         fields = dict(re.findall(r'(\w+)="([^"]*)"', params))
         realm = fields.get("realm", "")
         realm_parts = urllib.parse.urlsplit(realm)
         if realm_parts.scheme not in ("http", "https") or not realm_parts.hostname:
-            raise _Refused(f"the registry {ref.host} names no usable token realm ({realm[:80]!r})")
+            raise _Unreachable(f"the registry {ref.host} names no usable token realm ({realm[:80]!r})")
         if urllib.parse.urlsplit(registry).scheme == "https" and realm_parts.scheme != "https":
-            raise _Refused(f"the registry {ref.host} sends for a token to {realm[:80]}, away from HTTPS")
+            raise _Unreachable(f"the registry {ref.host} sends for a token to {realm[:80]}, away from HTTPS")
         query = {"scope": fields.get("scope") or f"repository:{ref.repository}:pull"}
         if fields.get("service"):
             query["service"] = fields["service"]
@@ -505,25 +562,25 @@ class ChartFetcher:
         token_answer = http.get(realm + separator + urllib.parse.urlencode(query), limit=MAX_MANIFEST_BYTES,
                                 what="the registry's token answer", statuses=(401, 403))
         if token_answer.status in (401, 403):
-            raise _Refused(f"the registry {ref.host} refuses an anonymous pull of {ref.repository} "
-                           f"({token_answer.status}); only public charts can be fetched")
+            raise _Unreachable(f"the registry {ref.host} refuses an anonymous pull of {ref.repository} "
+                               f"({token_answer.status}); only public charts can be fetched")
         try:
             document = json.loads(token_answer.body)
             token = document.get("token") or document.get("access_token")
         except (ValueError, AttributeError) as exc:
-            raise _Refused(f"the registry's token answer is not JSON with a token ({exc})") from exc
+            raise _Unreachable(f"the registry's token answer is not JSON with a token ({exc})") from exc
         if not isinstance(token, str) or not token:
-            raise _Refused("the registry's token answer holds no token")
+            raise _Unreachable("the registry's token answer holds no token")
         return token
 
     def _chart_layer(self, body: bytes, ref: OciChart) -> dict[str, Any]:
         try:
             manifest = json.loads(body)
         except ValueError as exc:
-            raise _Refused(f"the manifest of {ref} is not JSON ({exc})") from exc
+            raise _Unreachable(f"the manifest of {ref} is not JSON ({exc})") from exc
         layers = manifest.get("layers") if isinstance(manifest, dict) else None
         if not isinstance(layers, list):
-            raise _Refused(f"the manifest of {ref} lists no layers: not an OCI image manifest")
+            raise _Unreachable(f"the manifest of {ref} lists no layers: not an OCI image manifest")
         charts = [layer for layer in layers if isinstance(layer, dict) and layer.get("mediaType") == HELM_CHART_LAYER]
         if len(charts) != 1:
             raise _Refused(f"{ref} is not a Helm chart: its manifest has {len(charts)} layers of {HELM_CHART_LAYER}")
@@ -537,14 +594,21 @@ class ChartFetcher:
         return layer
 
     def _missing_tag(self, http: _Http, ref: OciChart, registry: str, headers: dict[str, str]) -> str:
-        message = f"spec.chart: version {ref.version} of {ref.oci} is not in the registry"
+        # A 404 alone is what any web server says: the version is said to be missing only when the
+        # repository's tag list answers as a registry's does.
+        url = f"{registry}/v2/{ref.repository}/tags/list"
         try:
-            answer = http.get(f"{registry}/v2/{ref.repository}/tags/list", limit=MAX_MANIFEST_BYTES,
-                              what="the tag list", headers={k: v for k, v in headers.items() if k == "Authorization"})
-            tags = [str(t).replace("_", "+") for t in (json.loads(answer.body).get("tags") or [])]
-        except (_Refused, ValueError, AttributeError):
-            return message
+            answer = http.get(url, limit=MAX_MANIFEST_BYTES, what="the tag list",
+                              headers={k: v for k, v in headers.items() if k == "Authorization"})
+            document = json.loads(answer.body)
+            listed = document["tags"] if isinstance(document, dict) else None
+            if not isinstance(listed, list | None):
+                raise ValueError("no list of tags")
+        except (_Refused, ValueError, KeyError) as exc:
+            raise _Unreachable(f"the manifest of {ref} answered 404, and {url} is no tag list ({exc})") from exc
+        tags = [str(t).replace("_", "+") for t in listed or []]
         tags.sort(key=_version_order, reverse=True)
+        message = f"spec.chart: version {ref.version} of {ref.oci} is not in the registry"
         shown = ", ".join(tags[:SHOWN_VERSIONS]) + (", ..." if len(tags) > SHOWN_VERSIONS else "")
         return f"{message}; it has {shown or 'no tags'}"
 

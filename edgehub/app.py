@@ -100,7 +100,8 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
 
         app[DISPATCHER] = Dispatcher(store, app[IDENTITY].key, publish, on_published=app[METRICS].published)
         app[COMPONENTS] = Components(store, app[DISPATCHER], app[RENDERER],
-                                     ChartSources.in_state_dir(settings.state_dir))
+                                     ChartSources.in_state_dir(settings.state_dir,
+                                                               allow=settings.chart_sources.networks))
         async with BrokerAccess(publisher(app, retain=False), registry, enabled=settings.broker_identities) as access:
             app[BROKER_ACCESS] = access
             yield

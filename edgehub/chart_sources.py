@@ -10,18 +10,26 @@ keeps the archives in ``STATE/chart-cache/`` by SHA-256 (at most
 version then downloads only the repository's index (or the registry's
 manifest) again: the index may have moved a version constraint on.
 
+The hub fetches from public addresses only, and from the networks of the
+``chart_sources.allow`` setting (a lab repository on loopback or the LAN):
+whoever holds the operator token chooses the URL, and must not reach cloud
+metadata or the hub's own network through it (docs/charts.md).
+
 Refusals: a request whose archive does not fit its spec is a ``BadRequest``
 on ``chart_archive`` (400); a chart that cannot be fetched is a
 ``ChartUnavailable`` (a ``SpecError``: the components service answers it
-with 422, naming ``spec.chart``).
+with 422, naming ``spec.chart``), one and the same message for every way of
+not getting an answer (the cause is in the hub's log).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from pathlib import Path
 
 from deployer_plugin import Component
+from deployer_plugin.chart_addresses import IPNetwork
 from deployer_plugin.chart_repos import DEFAULT_TIMEOUT_SECONDS, ChartCache, ChartFetcher
 
 from .errors import BadRequest
@@ -39,9 +47,11 @@ class ChartSources:
         self._slots = asyncio.Semaphore(parallel)
 
     @classmethod
-    def in_state_dir(cls, state_dir: Path, *, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS) -> ChartSources:
+    def in_state_dir(cls, state_dir: Path, *, allow: Iterable[IPNetwork] = (),
+                     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS) -> ChartSources:
+        """Fetching into ``STATE/chart-cache``, from public addresses and the networks in ``allow``."""
         cache = ChartCache(state_dir / CACHE_DIRECTORY, max_bytes=CACHE_BYTES)
-        return cls(ChartFetcher(cache=cache, timeout_seconds=timeout_seconds))
+        return cls(ChartFetcher(cache=cache, timeout_seconds=timeout_seconds, allow=allow))
 
     async def archive_for(self, component: Component, archive: bytes | None) -> tuple[bytes, tuple[str, ...]]:
         """The chart archive of ``component`` and warnings about where it came from.

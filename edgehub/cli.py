@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from edgekit.sql import DriverMissing, StoreUnavailable, require_driver
 
-from .settings import TLS_MODES, HubSettings
+from .settings import TLS_MODES, HubSettings, chart_source_network
 
 # Seconds a thread may hold the GIL while another waits for it (Python's default is 0.005); see main().
 STORE_SWITCH_INTERVAL = 0.0005
@@ -26,6 +27,13 @@ def _host_port(text: str) -> tuple[str, int]:
     if not sep or not port.isdigit():
         raise argparse.ArgumentTypeError(f"{text!r} must look like HOST:PORT")
     return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _chart_source(text: str) -> str:
+    try:
+        return str(chart_source_network(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("chart_sources.allow: ")) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--allowed-host", action="append", metavar="NAME",
                        help="a host name the API answers to besides loopback and the listen host "
                             "(the name nodes and operators reach it by); repeat for more")
+    serve.add_argument("--allow-chart-source", action="append", type=_chart_source, metavar="CIDR",
+                       help="a network (10.1.0.0/16, 127.0.0.0/8, ::1/128) or address the hub may fetch charts "
+                            "from besides public addresses, added to the settings' chart_sources.allow; "
+                            "repeat for more (a chart repository on loopback or a private network needs it)")
     serve.add_argument("--ha-discovery", metavar="PREFIX",
                        help="publish Home Assistant MQTT discovery documents under PREFIX (usually homeassistant)")
     serve.add_argument("--tls", choices=TLS_MODES,
@@ -84,11 +96,13 @@ def mosquitto_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "mosquitto-config":
-        return mosquitto_config(args)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def settings_from_args(args: argparse.Namespace) -> HubSettings | None:
+    """The settings ``edgehub serve`` runs with: the settings file's, if any, with the flags over them.
+    None when neither --config nor --state says where the state is (said on stderr).
+
+    Raises:
+        ValueError, TypeError, OSError: a setting or the settings file, named in the message.
+    """
     overrides = {
         "listen_host": args.listen[0] if args.listen else None,
         "listen_port": args.listen[1] if args.listen else None,
@@ -100,14 +114,28 @@ def main(argv: list[str] | None = None) -> int:
         "tls": args.tls,
         "store_url": args.store,
     }
+    if args.config:
+        settings = HubSettings.from_file(args.config, **overrides)
+    elif args.state is None:
+        print("edgehub: --state (or --config with state_dir) is required", file=sys.stderr)
+        return None
+    else:
+        settings = HubSettings(**{k: v for k, v in overrides.items() if v is not None})
+    if args.allow_chart_source:  # added to the file's list, unlike the flags above, which replace
+        settings = dataclasses.replace(settings, chart_sources=settings.chart_sources.adding(
+            tuple(args.allow_chart_source)))
+    return settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "mosquitto-config":
+        return mosquitto_config(args)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        if args.config:
-            settings = HubSettings.from_file(args.config, **overrides)
-        elif args.state is None:
-            print("edgehub: --state (or --config with state_dir) is required", file=sys.stderr)
+        settings = settings_from_args(args)
+        if settings is None:
             return 2
-        else:
-            settings = HubSettings(**{k: v for k, v in overrides.items() if v is not None})
         require_driver(settings.store_location)
     except (ValueError, TypeError, OSError, DriverMissing) as exc:
         print(f"edgehub: {exc}", file=sys.stderr)

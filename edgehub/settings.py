@@ -79,6 +79,47 @@ def check_host_name(name: str) -> str:
     return text.rstrip(".")
 
 
+def chart_source_network(entry: object) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """An entry of ``chart_sources.allow`` (``10.1.0.0/16``, ``::1/128``, or one address) as a network;
+    ValueError naming the setting and the entry otherwise."""
+    example = "such as 10.1.0.0/16, 127.0.0.1 or ::1/128"
+    if not isinstance(entry, str) or not entry.strip():
+        raise ValueError(f"chart_sources.allow: {entry!r} is not a CIDR or an IP address ({example})")
+    try:
+        # strict: 10.1.2.3/16 is refused rather than read as 10.1.0.0/16, which may not be what was meant
+        return ipaddress.ip_network(entry.strip(), strict=True)
+    except ValueError as exc:
+        reason = example
+        if "host bits" in str(exc):
+            reason = f"{exc}: did you mean {ipaddress.ip_network(entry.strip(), strict=False)}?"
+        raise ValueError(f"chart_sources.allow: {entry!r} is not a CIDR or an IP address ({reason})") from None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChartSourceSettings:
+    """Where the hub may fetch charts from (spec.chart: {repo: URL} and oci:// references)."""
+
+    # Networks (CIDRs or single addresses) charts may be fetched from besides public addresses.
+    # Loopback, private (RFC 1918, fc00::/7), link-local (169.254.0.0/16, fe80::/10: cloud metadata),
+    # CGNAT, multicast and reserved addresses are refused by default: whoever may apply a component
+    # chooses the URL, and must not reach the hub's own network through it. A lab repository on
+    # loopback or the LAN is allowed by naming its network here (or with --allow-chart-source).
+    allow: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.allow, str) or not isinstance(self.allow, list | tuple):
+            raise ValueError(f"chart_sources.allow must be a list of CIDRs or addresses, not {self.allow!r}")
+        object.__setattr__(self, "allow", tuple(dict.fromkeys(str(chart_source_network(e)) for e in self.allow)))
+
+    @property
+    def networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(e) for e in self.allow)
+
+    def adding(self, entries: tuple[str, ...]) -> ChartSourceSettings:
+        """These sources and ``entries`` too (a repeated flag adds to the settings file's list)."""
+        return ChartSourceSettings(allow=(*self.allow, *entries))
+
+
 # Whether the API is served over HTTPS: "auto" (on unless the listen host is a
 # loopback address), "on" or "off".
 TLS_MODES = ("auto", "on", "off")
@@ -192,6 +233,8 @@ class HubSettings:
     rollout_tick_seconds: float = 1.0
     # Home Assistant MQTT discovery prefix ("homeassistant" is the usual one); empty: off.
     ha_discovery_prefix: str = ""
+    # Where charts may be fetched from besides public addresses (ChartSourceSettings; docs/charts.md).
+    chart_sources: ChartSourceSettings = field(default_factory=ChartSourceSettings)
 
     def __post_init__(self) -> None:
         broker = BrokerAddress.parse(self.mqtt_url)
@@ -221,6 +264,8 @@ class HubSettings:
         for name in ("join_rate_limit", "token_rate_limit", "renewal_rate_limit"):
             if not isinstance(getattr(self, name), RateLimit):
                 raise ValueError(f"{name} must be a RateLimit, not {getattr(self, name)!r}")
+        if not isinstance(self.chart_sources, ChartSourceSettings):
+            raise ValueError(f"chart_sources must be a ChartSourceSettings, not {self.chart_sources!r}")
         if not 1 <= self.rate_limit_sources <= 10_000_000:
             raise ValueError(f"rate_limit_sources {self.rate_limit_sources} must be from 1 to 10000000")
         if self.ha_discovery_prefix and not re.fullmatch(r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*", self.ha_discovery_prefix):
@@ -301,7 +346,27 @@ class HubSettings:
             if not isinstance(data["allowed_hosts"], list):
                 raise ValueError(f"{path}: allowed_hosts must be a list of host names")
             data["allowed_hosts"] = tuple(data["allowed_hosts"])
+        if "chart_sources" in data:
+            data["chart_sources"] = cls._chart_sources(path, data["chart_sources"])
         if "state_dir" in data:
             data["state_dir"] = (path.parent / data["state_dir"]).resolve()
         data.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**data)
+
+    @staticmethod
+    def _chart_sources(path: Path, value: object) -> ChartSourceSettings:
+        if value is None:  # "chart_sources:" with nothing under it
+            return ChartSourceSettings()
+        if not isinstance(value, dict):
+            raise ValueError(f"{path}: chart_sources must be a mapping such as {{allow: [10.1.0.0/16]}}, "
+                             f"not {value!r}")
+        unknown = set(value) - {"allow"}
+        if unknown:
+            raise ValueError(f"{path}: chart_sources: unknown keys {sorted(unknown)}; known: ['allow']")
+        allow = value.get("allow") or []
+        if not isinstance(allow, list):
+            raise ValueError(f"{path}: chart_sources.allow must be a list of CIDRs or addresses, not {allow!r}")
+        try:
+            return ChartSourceSettings(allow=tuple(allow))
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from exc

@@ -243,7 +243,7 @@ class Hub(ManagedProcess):
     wrote to its state directory, as a user given EDGECOLLAB_TOKEN_FILE does."""
 
     def __init__(self, workdir: Path, mqtt_url: str, port: int | None = None, *, tls: str | None = None,
-                 config: Path | None = None, store: str | None = None) -> None:
+                 config: Path | None = None, store: str | None = None, flags: tuple[str, ...] = ()) -> None:
         super().__init__("edgehub", workdir / "hub.log")
         self.workdir = workdir
         self.port = port or 0
@@ -253,6 +253,8 @@ class Hub(ManagedProcess):
         self.config = config
         # ``edgehub serve --store URL`` (None: the SQLite file in the state directory).
         self.store = store
+        # More flags of ``edgehub serve``, as given (``--allow-chart-source 127.0.0.0/8``, say).
+        self.flags = flags
         self.scheme = "http"
 
     @property
@@ -287,6 +289,7 @@ class Hub(ManagedProcess):
             argv += ["--config", str(self.config)]
         if self.store is not None:
             argv += ["--store", self.store]
+        argv += self.flags
         self._spawn(argv)
         wait_until(lambda: self._bound(starts_before), timeout=30, what="the hub to say where it listens")
         wait_until(self._healthy, timeout=30, what="the hub's /healthz")
@@ -477,11 +480,13 @@ class Fleet:
     hub: Hub | None = None
     nodes: dict[str, Node] = field(default_factory=dict)
     links: dict[str, LinkProxy] = field(default_factory=dict)
+    # More flags of ``edgehub serve`` (Hub.flags).
+    hub_flags: tuple[str, ...] = ()
 
     def start(self) -> Fleet:
         hub_dir = self.workdir / "hub"
         self.broker = Mosquitto(self.workdir / "broker", hub_state=Hub.state_dir_of(hub_dir)).start()
-        self.hub = Hub(hub_dir, self.broker.url).start()
+        self.hub = Hub(hub_dir, self.broker.url, flags=self.hub_flags).start()
         return self
 
     def add_node(self, name: str, pool: str, *, labels: dict[str, str] | None = None, token: str | None = None,

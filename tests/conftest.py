@@ -75,11 +75,19 @@ FAILED = pytest.StashKey[bool]()
 
 
 @pytest.fixture
-def fleet(request: pytest.FixtureRequest, tmp_path: Path, demo_image_tar: Path, containers_conf: Path | None):
+def hub_flags() -> tuple[str, ...]:
+    """More flags of the fleet's ``edgehub serve``; a test module overrides this fixture to give some."""
+    return ()
+
+
+@pytest.fixture
+def fleet(request: pytest.FixtureRequest, tmp_path: Path, demo_image_tar: Path, containers_conf: Path | None,
+          hub_flags: tuple[str, ...]):
     """A running broker and hub; tests add nodes with ``fleet.add_node``. All is stopped and removed after."""
     from edgesim.fleet import Fleet, NodeOptions
 
-    with Fleet(workdir=tmp_path, node_options=NodeOptions(containers_conf=containers_conf, image_tar=demo_image_tar)) as f:
+    with Fleet(workdir=tmp_path, node_options=NodeOptions(containers_conf=containers_conf, image_tar=demo_image_tar),
+               hub_flags=hub_flags) as f:
         yield f
         if request.node.stash.get(FAILED, False):
             for proc in [f.broker, f.hub, *f.nodes.values()]:

@@ -1,15 +1,24 @@
 """A component whose chart is in a Helm chart repository, deployed to a real node: the hub fetches the
-chart from a repository the test serves on 127.0.0.1 (tests/chart_server.py), the node runs it on podman."""
+chart from a repository the test serves on 127.0.0.1 (tests/chart_server.py), the node runs it on podman.
+
+Loopback is not a public address, so the hub is started as a user with a lab repository on loopback
+starts it: ``edgehub serve --allow-chart-source 127.0.0.0/8``."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 from chart_server import ChartServer
 from fleet_checks import EXAMPLE_CHART, wait_deployed
 
 from edgesim.fleet import Fleet
+
+
+@pytest.fixture
+def hub_flags() -> tuple[str, ...]:
+    return ("--allow-chart-source", "127.0.0.0/8")
 
 
 def test_a_chart_from_a_repository_is_deployed_and_upgraded_by_version(fleet: Fleet, tmp_path: Path):

@@ -1,6 +1,9 @@
 """Applying components whose spec.chart names a chart repository entry or an OCI reference: the hub
 fetches the chart itself (from a repository and a registry the test serves on 127.0.0.1, see
-tests/chart_server.py), through the API in-process and through ``edgectl apply`` in a subprocess."""
+tests/chart_server.py), through the API in-process and through ``edgectl apply`` in a subprocess.
+
+Loopback is not a public address: the hub here is allowed it by its settings file, as a hub with a lab
+repository on loopback must be (test_chart_sources_are_limited.py has the hub without it)."""
 
 from __future__ import annotations
 
@@ -24,9 +27,20 @@ from hub_api import answer, operator_token, refused
 from deployer_plugin import package_chart
 from edgehub.chart_sources import CACHE_DIRECTORY
 from edgehub.keys import SETTINGS, STORE
+from edgehub.settings import HubSettings
+from edgesim.fleet import Mosquitto
 
 REPO = Path(__file__).resolve().parents[2]
 GOOD = REPO / "tests" / "deployer" / "charts" / "good"
+
+
+@pytest.fixture
+def hub_settings(tmp_path: Path, broker: Mosquitto) -> HubSettings:
+    """The hub's settings file, allowing loopback as a source of charts."""
+    config = tmp_path / "hub.yaml"
+    config.write_text(yaml.safe_dump({"state_dir": "state", "mqtt_url": broker.url,
+                                      "chart_sources": {"allow": ["127.0.0.0/8"]}}))
+    return HubSettings.from_file(config)
 
 
 @pytest.fixture
@@ -135,8 +149,9 @@ async def test_an_unreachable_repository_is_refused_at_once(hub: TestClient):
     started = time.monotonic()
     response = await hub.post("/api/v1/components", json={"component": component(
         {"repo": repo, "name": "good", "version": "0.2.0"})})
-    assert await refused(response, 422) == (f"component demo/web: spec.chart.repo: cannot reach {repo}/index.yaml: "
-                                            "connection refused")
+    assert await refused(response, 422) == (f"component demo/web: spec.chart: {repo} could not be fetched (no chart "
+                                            "repository answered there, or the address is not allowed: see "
+                                            "chart_sources.allow)")
     assert time.monotonic() - started < 5
 
 
