@@ -55,11 +55,16 @@ anything else          not run, and reported in ``ApplyResult.warnings`` with
 
 Volumes: an emptyDir is the named volume ``NS.RELEASE.empty.POD.VOLUME``, private to
 its pod, removed whenever the pod is recreated (every apply) and with the
-release. ``subPath`` (ignored by podman 4.3 for every volume kind) becomes a
-hostPath bind: of ``VOLUMEPATH/NAME/_data/SUB`` for named volumes (created
-first, the directory made 0777), of ``PATH/SUB`` for hostPath, and of a file
-the runtime writes under ``WORK_DIR/NAMESPACE/RELEASE.d/`` for ConfigMap and
-Secret keys. A ConfigMap or Secret a pod needs that the release does not hold
+release. ``subPath`` and ``subPathExpr`` (ignored by podman 4.3 for every
+volume kind) become a hostPath bind: for named volumes and hostPaths of a
+mount point under ``WORK_DIR/NAMESPACE/RELEASE.mounts/`` onto which the
+runtime bound the part by file descriptor, never following a link
+(``host_mounts``), and of a file the runtime writes under
+``WORK_DIR/NAMESPACE/RELEASE.d/`` for ConfigMap and Secret keys. Before any
+play, ``podman_confinement.check_confinement`` checks the plan as a whole:
+nothing bound or written lies outside the release's own directories and
+volumes or an allowed hostPath, and nothing holds the node's state or
+podman's storage. A ConfigMap or Secret a pod needs that the release does not hold
 is refused (ManifestRejected) unless the reference is optional.
 ``$(VAR)`` in env values, command and args is expanded at plan time as the
 kubelet does, from the env (node identity and release ConfigMaps/Secrets

@@ -20,6 +20,7 @@ import pytest
 
 from edgeagent.policy import NodePolicy
 from edgeagent.runtime import ManifestRejected, PodmanRuntime, ReleaseRef, RuntimeApplyError
+from edgeagent.runtime.host_mounts import detach_all
 from edgeagent.runtime.podman_plan import build_plan
 
 from .helpers import DEMO_IMAGE, PodmanNode, eventually, render_web
@@ -273,3 +274,24 @@ spec:
     await runtime.apply(ReleaseRef("demo", "ids"), manifests, node.context)
     assert await node.podman("exec", "demo.ids-c", "id", "-u") == "4321\n"
     assert await node.podman("exec", "demo.ids-c", "id", "-g") == "4321\n"
+
+
+async def test_a_pod_whose_subpath_binds_are_gone_is_reported_dead_and_a_new_apply_binds_them_again(
+    node: PodmanNode, policy_file: Path
+) -> None:
+    """A reboot drops the runtime's binds while podman may start the pod again: observe must not count it."""
+    runtime = guarded(node, policy_file)
+    ref = ReleaseRef("demo", "parts")
+    manifests = PLANTER.replace("ln -s / /data/x/y", "true").replace("mountPath: /data", "mountPath: /data, "
+                                                                                      "subPath: part")
+    await runtime.apply(ref, manifests, node.context)
+    assert (await runtime.observe(ref)).ready == 1
+
+    detach_all(runtime.mounts_dir(ref))  # what a reboot does to them
+
+    observed = await runtime.observe(ref)
+    assert observed.ready == 0 and [p.phase for p in observed.pods] == ["Unmounted"]
+    assert "its subPath mounts are gone" in observed.message
+    await runtime.apply(ref, manifests, node.context)
+    assert (await runtime.observe(ref)).ready == 1
+    assert await node.podman("exec", "demo.planter-c", "sh", "-c", "touch /data/made && echo ok") == "ok\n"
