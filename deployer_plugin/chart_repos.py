@@ -89,6 +89,7 @@ from .chart_addresses import AddressGuard, AddressRefused, IPNetwork, parse_netw
 from .errors import ChartError
 from .spec import OciChart, RepoChart
 from .versions import highest_match
+from .yaml_aliases import ALIASES_REFUSED, first_alias_line
 
 logger = logging.getLogger(__name__)
 
@@ -355,7 +356,12 @@ def _chart_yaml(data: bytes, where: str) -> dict[str, Any]:
                         raise _Refused(f"{where} holds a Chart.yaml of {member.size} bytes")
                     extracted = tar.extractfile(member)
                     assert extracted is not None
-                    metadata = yaml.safe_load(extracted.read())
+                    text = extracted.read()
+                    # Helm writes no aliases; a Chart.yaml with one is a bomb for str() below.
+                    alias_line = first_alias_line(text, name=name)
+                    if alias_line is not None:
+                        raise _Refused(f"{where}: {name} line {alias_line}: {ALIASES_REFUSED}")
+                    metadata = yaml.safe_load(text)
                     if not isinstance(metadata, dict):
                         raise _Refused(f"{where} holds a Chart.yaml that is not a mapping")
                     return metadata
@@ -468,9 +474,14 @@ class ChartFetcher:
         # it apart would tell that some other server answers 200 there.
         loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
         try:
-            index = yaml.load(body, Loader=loader)  # noqa: S506 - a safe loader
+            # Helm writes no aliases; an index with one is refused before anything is built from it.
+            alias_line = first_alias_line(body, name="index.yaml")
+            if alias_line is None:
+                index = yaml.load(body, Loader=loader)  # noqa: S506 - a safe loader
         except (yaml.YAMLError, ValueError, RecursionError) as exc:
             raise _Unreachable(f"{_shown_url(index_url)} is not YAML: {str(exc).splitlines()[0][:200]}") from exc
+        if alias_line is not None:
+            raise _Unreachable(f"{_shown_url(index_url)} line {alias_line}: {ALIASES_REFUSED}")
         if not isinstance(index, dict) or not isinstance(index.get("entries"), dict):
             raise _Unreachable(f"{_shown_url(index_url)} is not a chart repository index (no entries)")
         return index

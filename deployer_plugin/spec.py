@@ -68,6 +68,7 @@ from edgeprotocol.topics import check_name
 
 from .errors import ChartError, SpecError
 from .versions import constraint_problem
+from .yaml_aliases import ALIASES_REFUSED, first_alias_line
 
 API_VERSION = "edgecollab.io/v1alpha1"
 KIND = "Component"
@@ -1124,11 +1125,16 @@ def read_component_document(text: str, *, source: str) -> dict[str, Any]:
     """The single YAML (or JSON) document of a spec file's text.
 
     Raises:
-        SpecError: if the text is not YAML, or holds no document or several.
+        SpecError: if the text is not YAML, holds an alias (refused before
+            anything is built: see :mod:`deployer_plugin.yaml_aliases`), or
+            holds no document or several.
     """
     stream = io.StringIO(text)
     stream.name = source  # so YAML errors name the file, not "<unicode string>"
     try:
+        alias_line = first_alias_line(text, name=source)
+        if alias_line is not None:
+            raise SpecError(ALIASES_REFUSED, source=f"{source} line {alias_line}")
         documents = [d for d in yaml.load_all(stream, Loader=_SpecLoader) if d is not None]  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:
         raise SpecError(f"not valid YAML: {exc}", source=source) from exc

@@ -137,6 +137,7 @@ _WORK_BOUNDS: tuple[tuple[str, float, float, bool], ...] = (
     ("render_timeout_seconds", 0, 3600, False),
     ("render_output_bytes", 1024, 2**31, True),
     ("render_parallel", 1, 64, True),
+    ("render_fast_seconds", 0, 3600, False),
     ("render_queue", 0, 10_000, True),
     ("summary_interval_seconds", 0.05, 3600, True),
     ("summary_max_per_pass", 1, 1_000_000, True),
@@ -212,11 +213,22 @@ class HubSettings:
     # Helm output of one apply, every render key together (agents accept 16
     # MiB a bundle): more is refused (422) before it is stored.
     render_output_bytes: int = 32 * 1024 * 1024
-    # Renders running at once, each in its own process (~100 MB): two keep one
-    # free for other applies while a slow chart renders on this 2-core class of host.
+    # Render slots in each of the two lanes (edgehub.renderer), each render in a
+    # process of its own (~100 MB): at most twice this many processes at once.
+    # Two per lane suit this 2-core class of host.
     render_parallel: int = 2
+    # How long a render may hold a slot of the fast lane, where every render
+    # starts: one still running then goes on in the slow lane (or, with that
+    # full, is stopped and runs again there), so a small apply waits behind slow
+    # renders for at most this long each. The example renders in well under a
+    # second and large charts in one or two; a longer bound makes applies wait
+    # longer behind slow charts, a shorter one sends more honest renders to the
+    # slow lane (and wastes up to this much work on each one stopped).
+    render_fast_seconds: float = 2.0
     # Applies waiting for a render slot; one more is refused (409, apply
-    # again) rather than queued, as each holds its chart in memory.
+    # again) rather than queued, as each holds its chart in memory. A render
+    # stopped in the fast lane still waits for the slow one (it was taken in),
+    # so up to render_parallel more may wait for a moment.
     render_queue: int = 16
     # --- status summaries on the bus (docs/dashboards.md) ---
     # Summaries are published at most this often (a change shows within about this long) ...

@@ -9,6 +9,9 @@ what happens without it.
 from __future__ import annotations
 
 import hashlib
+import io
+import shutil
+import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -234,3 +237,46 @@ def test_oci_refusals_name_the_reference(server: ChartServer):
         lab_fetcher().fetch(closed)
     assert str(caught.value) == (f"spec.chart: {closed.oci} could not be fetched (no chart repository answered "
                                  "there, or the address is not allowed: see chart_sources.allow)")
+
+
+# Nine levels of ten aliases: a few hundred bytes that stand for 10**9 strings.
+BOMB = "".join(f"{b}: &{b} [" + ",".join([f"*{a}"] * 10) + "]\n"
+               for a, b in zip("abcdefgh", "bcdefghi", strict=True))
+
+
+def test_an_index_or_a_chart_yaml_with_a_yaml_alias_is_refused_before_it_is_read(
+    server: ChartServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    index_text = (server.directory / "index.yaml").read_text()
+    (server.directory / "index.yaml").write_text("a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + BOMB
+                                                 + index_text)
+    ref = RepoChart(repo=server.repo_url, name="good", version="0.2.0")
+    started = time.monotonic()
+    with pytest.raises(ChartUnavailable) as caught:
+        lab_fetcher().fetch(ref)
+    # An index with an alias is no chart repository answering: the apply is told only that, the line is logged.
+    assert str(caught.value) == unreachable_message(ref)
+    assert (f"{server.repo_url}/index.yaml line 2: YAML aliases are not accepted (an alias bomb can expand a small "
+            "file to gigabytes)") in caplog.text
+    assert time.monotonic() - started < 5
+    (server.directory / "index.yaml").write_text(index_text)
+
+    # Helm never writes an alias in a Chart.yaml: a packaged chart with one is refused too.
+    chart = tmp_path / "aliased"
+    shutil.copytree(GOOD, chart)
+    chart_yaml = (chart / "Chart.yaml").read_text()
+    (chart / "Chart.yaml").write_text(chart_yaml + "keywords: &k [edge]\nannotations: {again: *k}\n")
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w:gz") as tar:
+        tar.add(chart, arcname="good")
+    (server.directory / "good-0.2.0.tgz").write_bytes(data.getvalue())
+    index = yaml.safe_load(index_text)
+    for entry in index["entries"]["good"]:
+        entry["digest"] = hashlib.sha256(data.getvalue()).hexdigest()
+    (server.directory / "index.yaml").write_text(yaml.safe_dump(index))
+    line = len(chart_yaml.splitlines()) + 2
+    with pytest.raises(ChartUnavailable) as caught:
+        lab_fetcher().fetch(ref)
+    assert str(caught.value) == (f"spec.chart: the archive at {server.repo_url}/good-0.2.0.tgz: good/Chart.yaml "
+                                 f"line {line}: YAML aliases are not accepted (an alias bomb can expand a small "
+                                 "file to gigabytes)")

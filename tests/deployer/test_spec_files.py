@@ -137,3 +137,41 @@ def test_a_date_in_values_stays_text_as_helm_would_read_it(tmp_path: Path, copy_
 
     assert component.values["released"] == "2024-01-01"
     assert yaml.safe_load(spec.read_text())["spec"]["values"]["released"] != "2024-01-01"  # PyYAML's default would not
+
+
+ALIASES_REFUSED = "YAML aliases are not accepted (an alias bomb can expand a small file to gigabytes)"
+
+
+# Nine levels of ten aliases under spec.values: 10**9 strings in about 500 bytes.
+BOMB = "    a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"    {b}: &{b} [" + ",".join([f"*{a}"] * 10) + "]\n" for a, b in zip("abcdefgh", "bcdefghi", strict=True))
+
+
+@pytest.mark.parametrize("values", [
+    BOMB,
+    "    base: &base {message: hi}\n    copy: *base\n",
+    "    base: &base {message: hi}\n    copy: {<<: *base, extra: 1}\n",  # a merge key is an alias too
+])
+def test_a_yaml_alias_is_refused_naming_its_line_before_anything_is_built(
+    tmp_path: Path, copy_chart: Callable[..., Path], values: str
+) -> None:
+    copy_chart("good", tmp_path / "chart")
+    spec = tmp_path / "web.yaml"
+    spec.write_text("apiVersion: edgecollab.io/v1alpha1\nkind: Component\nmetadata: {name: web, namespace: demo}\n"
+                    "spec:\n  chart: ./chart\n  values:\n" + values)
+
+    with pytest.raises(SpecError) as caught:
+        load_component_file(spec)
+
+    assert str(caught.value) == f"{spec} line 8: {ALIASES_REFUSED}"  # the first alias, on values' second line
+
+
+def test_stars_and_ampersands_in_text_are_not_aliases(tmp_path: Path, copy_chart: Callable[..., Path]) -> None:
+    copy_chart("good", tmp_path / "chart")
+    spec = write_spec(tmp_path / "web.yaml", "./chart", SPEC.replace(
+        "values: {{message: hi, released: 2024-01-01}}",
+        "values: {{message: '**bold** & *x', glob: \"*.log\", anchored: &kept {{a: 1}}}}"))
+
+    component, _ = load_component_file(spec)
+
+    assert component.values == {"message": "**bold** & *x", "glob": "*.log", "anchored": {"a": 1}}

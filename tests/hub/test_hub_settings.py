@@ -34,6 +34,7 @@ def test_a_settings_file_sets_the_token_defaults(tmp_path: Path):
 
 @pytest.mark.parametrize(("key", "value"), [
     ("render_parallel", 0), ("render_queue", -1), ("render_timeout_seconds", 0), ("render_output_bytes", 10),
+    ("render_fast_seconds", 0), ("render_fast_seconds", 7200),
     ("max_status_bytes", 10), ("max_seq_jump", 0), ("resync_interval_seconds", 7200),
 ])
 def test_a_settings_file_with_a_bound_out_of_range_is_refused_when_read_naming_the_key(
