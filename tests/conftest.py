@@ -38,6 +38,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.fleet)
 
 
+@pytest.fixture
+def victim() -> Iterator[Path]:
+    """A host directory anyone may write to, that an attack test asserts stays empty (``host_reach``)."""
+    from host_reach import victim_directory
+
+    with victim_directory() as path:
+        yield path
+
+
 @pytest.fixture(scope="session")
 def machine():
     """The demo image and podman settings for this machine, after proving a pod runs here.

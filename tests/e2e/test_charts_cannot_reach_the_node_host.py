@@ -9,30 +9,18 @@ A victim directory on the host, writable by anyone, must stay empty, and the nod
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from fleet_checks import write_spec
+from host_reach import CLAIM, PLANT_LINK, climb_to, digest, nobody_pod
 
 from edgesim.fleet import Fleet, Node, wait_until
 from edgesim.podman_setup import DEMO_IMAGE
 
 pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture
-def victim() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="ec-victim-", dir="/tmp"))
-    path.chmod(0o777)
-    yield path
-    for child in sorted(path.rglob("*"), reverse=True):
-        child.unlink() if not child.is_dir() or child.is_symlink() else child.rmdir()
-    path.rmdir()
 
 
 @pytest.fixture
@@ -52,14 +40,6 @@ def chart(directory: Path, *documents: dict[str, Any]) -> Path:
     return directory
 
 
-def pod(name: str, command: str, mounts: list[dict[str, Any]], volumes: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
-            "spec": {"securityContext": {"runAsUser": 65534},
-                     "containers": [{"name": "c", "image": DEMO_IMAGE, "command": ["sh", "-c", command],
-                                     "volumeMounts": mounts}],
-                     "volumes": volumes}}
-
-
 def release_on(fleet: Fleet, node: Node, name: str) -> dict[str, Any] | None:
     assert fleet.hub is not None
     return next((r for r in fleet.hub.api(f"/api/v1/nodes/{node.name}")["releases"] if r["release"] == name), None)
@@ -69,14 +49,6 @@ def wait_phase(fleet: Fleet, node: Node, name: str, phase: str, revision: int) -
     return wait_until(lambda: (r := release_on(fleet, node, name)) and r["phase"] == phase
                       and r["desired_revision"] == revision and r, timeout=120,
                       what=f"{name} {phase} at revision {revision} on {node.name}")
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def climb_to(target: Path) -> str:
-    return "../" * 24 + str(target).lstrip("/")
 
 
 def test_configmap_keys_aimed_at_the_policy_file_and_the_host_are_refused_and_write_nothing(
@@ -89,7 +61,7 @@ def test_configmap_keys_aimed_at_the_policy_file_and_the_host_are_refused_and_wr
                  {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "evil"},
                   "data": {climb_to(policy_file): 'allow: {"*": [privileged, hostPath, root, hostPID]}',
                            climb_to(victim / "x"): "owned"}},
-                 pod("reader", "sleep 3600", [{"name": "v", "mountPath": "/v"}],
+                 nobody_pod("reader", "sleep 3600", [{"name": "v", "mountPath": "/v"}],
                      [{"name": "v", "configMap": {"name": "evil"}}]))
     fleet.hub.ctl("apply", "-f", str(write_spec(tmp_path / "evil.yaml", name="evil", chart=evil)))
 
@@ -107,11 +79,9 @@ def test_a_subpath_through_a_link_the_last_revision_left_is_refused_and_the_host
     fleet: Fleet, guarded_node: Node, victim: Path, tmp_path: Path
 ) -> None:
     assert fleet.hub is not None
-    claim = [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}]
     spec = tmp_path / "cve.yaml"
     # Revision 1, as nobody, leaves x/y -> / in its claim.
-    chart(tmp_path / "cve", pod("planter", "mkdir -p /data/x && ln -s / /data/x/y; sleep 3600",
-                                [{"name": "data", "mountPath": "/data"}], claim))
+    chart(tmp_path / "cve", nobody_pod("planter", PLANT_LINK, [{"name": "data", "mountPath": "/data"}], CLAIM))
     fleet.hub.ctl("apply", "-f", str(write_spec(spec, name="cve", chart=tmp_path / "cve")))
     wait_phase(fleet, guarded_node, "cve", "Deployed", 1)
     wait_until(lambda: "y -> /" in guarded_node.podman("exec", "demo.planter-c", "ls", "-l", "/data/x",
@@ -119,8 +89,8 @@ def test_a_subpath_through_a_link_the_last_revision_left_is_refused_and_the_host
 
     # Revision 2 mounts the claim's x/y and writes into what it finds there.
     target = str(victim).lstrip("/")
-    chart(tmp_path / "cve", pod("mounter", f"touch /host/{target}/owned; sleep 3600",
-                                [{"name": "data", "mountPath": "/host", "subPath": "x/y"}], claim))
+    chart(tmp_path / "cve", nobody_pod("mounter", f"touch /host/{target}/owned; sleep 3600",
+                                       [{"name": "data", "mountPath": "/host", "subPath": "x/y"}], CLAIM))
     fleet.hub.ctl("apply", "-f", str(spec))
     failed = wait_phase(fleet, guarded_node, "cve", "Failed", 2)
 

@@ -9,14 +9,13 @@ by anyone, must stay empty, and a policy file must keep its digest.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
+from host_reach import CLAIM, PLANT_LINK, climb_to, digest, nobody_pod
 
 from edgeagent.policy import NodePolicy
 from edgeagent.runtime import ManifestRejected, PodmanRuntime, ReleaseRef, RuntimeApplyError
@@ -28,17 +27,6 @@ from .helpers import DEMO_IMAGE, PodmanNode, eventually, render_web
 pytestmark = pytest.mark.timeout(180)
 
 NOBODY = "securityContext: {runAsUser: 65534}"
-
-
-@pytest.fixture
-def victim() -> Iterator[Path]:
-    """A host directory anyone may write to: what a pod must never reach."""
-    path = Path(tempfile.mkdtemp(prefix="ec-victim-", dir="/tmp"))
-    path.chmod(0o777)
-    yield path
-    for child in sorted(path.rglob("*"), reverse=True):
-        child.unlink() if not child.is_dir() or child.is_symlink() else child.rmdir()
-    path.rmdir()
 
 
 @pytest.fixture
@@ -54,15 +42,6 @@ def guarded(node: PodmanNode, policy_file: Path) -> PodmanRuntime:
     settings = dataclasses.replace(node.settings, policy=NodePolicy.load(policy_file),
                                    protected_paths=(node.settings.work_dir.parent, policy_file))
     return PodmanRuntime(settings)
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def climb_to(target: Path) -> str:
-    """A relative path that leads from deep inside podman's volume directory to ``target``."""
-    return "../" * 24 + str(target).lstrip("/")
 
 
 async def pods(node: PodmanNode) -> list[str]:
@@ -119,19 +98,7 @@ async def test_configmap_and_secret_file_names_never_leave_their_volume(
     assert await pods(node) == []
 
 
-PLANTER = f"""
-apiVersion: v1
-kind: Pod
-metadata: {{name: planter}}
-spec:
-  securityContext: {{runAsUser: 65534}}
-  containers:
-  - name: c
-    image: {DEMO_IMAGE}
-    command: [sh, -c, 'mkdir -p /data/x && ln -s / /data/x/y; sleep 3600']
-    volumeMounts: [{{name: data, mountPath: /data}}]
-  volumes: [{{name: data, persistentVolumeClaim: {{claimName: data}}}}]
-"""
+PLANTER = yaml.safe_dump(nobody_pod("planter", PLANT_LINK, [{"name": "data", "mountPath": "/data"}], CLAIM))
 
 
 async def test_a_subpath_through_a_link_a_pod_made_is_refused_naming_it(
@@ -145,19 +112,8 @@ async def test_a_subpath_through_a_link_a_pod_made_is_refused_naming_it(
                      what="the pod made its link")
 
     # Revision 2 mounts the claim's x/y: bound by path, that was the host's /.
-    mounter = f"""
-apiVersion: v1
-kind: Pod
-metadata: {{name: mounter}}
-spec:
-  securityContext: {{runAsUser: 65534}}
-  containers:
-  - name: c
-    image: {DEMO_IMAGE}
-    command: [sh, -c, 'touch /host/{str(victim).lstrip("/")}/owned; sleep 3600']
-    volumeMounts: [{{name: data, mountPath: /host, subPath: x/y}}]
-  volumes: [{{name: data, persistentVolumeClaim: {{claimName: data}}}}]
-"""
+    mounter = yaml.safe_dump(nobody_pod("mounter", f"touch /host/{str(victim).lstrip('/')}/owned; sleep 3600",
+                                        [{"name": "data", "mountPath": "/host", "subPath": "x/y"}], CLAIM))
     with pytest.raises(RuntimeApplyError, match=r"subPath 'x/y' of volume demo\.cve\.pvc\.data: .*/x/y is a "
                                                 r"symbolic link; refused"):
         await runtime.apply(ref, mounter, node.context)
@@ -180,7 +136,7 @@ async def test_a_link_swapped_in_while_a_container_restarts_changes_nothing_it_s
     runtime = guarded(node, policy_file)
     ref = ReleaseRef("demo", "swap")
     # Revision 1, as nobody, makes x/y in its claim: a plain directory, its own.
-    await runtime.apply(ref, PLANTER.replace("ln -s / /data/x/y", "mkdir /data/x/y"), node.context)
+    await runtime.apply(ref, PLANTER.replace(PLANT_LINK, "mkdir -p /data/x/y; sleep 3600"), node.context)
     await eventually(lambda: _shows(node, "demo.planter-c", "ls /data/x", "y"), within=30, what="x/y made")
     manifests = f"""
 apiVersion: apps/v1
@@ -282,8 +238,8 @@ async def test_a_pod_whose_subpath_binds_are_gone_is_reported_dead_and_a_new_app
     """A reboot drops the runtime's binds while podman may start the pod again: observe must not count it."""
     runtime = guarded(node, policy_file)
     ref = ReleaseRef("demo", "parts")
-    manifests = PLANTER.replace("ln -s / /data/x/y", "true").replace("mountPath: /data", "mountPath: /data, "
-                                                                                      "subPath: part")
+    manifests = yaml.safe_dump(nobody_pod("planter", "sleep 3600",
+                                          [{"name": "data", "mountPath": "/data", "subPath": "part"}], CLAIM))
     await runtime.apply(ref, manifests, node.context)
     assert (await runtime.observe(ref)).ready == 1
 
