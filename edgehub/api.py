@@ -121,7 +121,18 @@ from .errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
-from .keys import BROKER_ACCESS, COMPONENTS, DISPATCHER, IDENTITY, METRICS, ROLLOUTS, SETTINGS, STORE, SUMMARIES
+from .keys import (
+    BROKER_ACCESS,
+    COMPONENTS,
+    DISPATCHER,
+    IDENTITY,
+    METRICS,
+    REVOCATIONS,
+    ROLLOUTS,
+    SETTINGS,
+    STORE,
+    SUMMARIES,
+)
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .settings import MAX_TOKEN_TTL_SECONDS, MAX_TOKEN_USES
 from .store import MAX_SEQ, AssignmentRecord, ComponentRecord, CredentialRecord, HubStore, NodeRecord, RevisionRecord
@@ -406,6 +417,10 @@ async def renew_certificate(request: web.Request) -> web.Response:
     except RenewalRefused as exc:
         logger.warning("Certificate renewal of %s refused: %s", node, exc)
         raise
+    # The replaced certificate is refused by the broker before the node holds the new one. Should this
+    # answer be lost, the node retries with a proof by its new key (the hub holds that key now) and gets
+    # its certificate again; until then its MQTT link waits, its workloads run on.
+    await app[REVOCATIONS].refresh()
     issued = x509.load_pem_x509_certificate(certificate.encode())
     logger.info("Node %s renewed its certificate (serial %x, valid until %s)", node, issued.serial_number,
                 issued.not_valid_after_utc.isoformat())
@@ -473,6 +488,9 @@ async def _shut_out(request: web.Request, change: Callable[[str], Awaitable[Node
         raise NotFound(f"node {name!r} not found")
     held = await request.app[DISPATCHER].withdraw_node(name)
     await request.app[BROKER_ACCESS].expel_node(name)
+    # The plugin refuses the name until it joins again; the revocation list refuses this certificate after
+    # that too (a reset node's old certificate would otherwise serve the next holder's name until it expires).
+    request.app[REVOCATIONS].changed()
     return name, node, held
 
 
