@@ -490,7 +490,7 @@ async def _shut_out(request: web.Request, change: Callable[[str], Awaitable[Node
     await request.app[BROKER_ACCESS].expel_node(name)
     # The plugin refuses the name until it joins again; the revocation list refuses this certificate after
     # that too (a reset node's old certificate would otherwise serve the next holder's name until it expires).
-    request.app[REVOCATIONS].changed()
+    await request.app[REVOCATIONS].refresh()
     return name, node, held
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import aiomqtt
 from aiohttp import web
 
-from edgekit.mqtt import PUBLISH_WINDOW, MqttSession, SessionSettings, TlsIdentity
+from edgekit.mqtt import PUBLISH_WINDOW, BrokerAddress, MqttSession, SessionSettings, TlsIdentity
 from edgekit.tasks import OwnedTask
 from edgeprotocol import topics
 from edgeprotocol.messages import now
@@ -110,7 +110,8 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
                            "so a node certificate replaced by a renewal, reset or revoke still connects until it "
                            "expires", settings.state_dir, BROKER_FILES)
         async with (BrokerAccess(publisher(app, retain=False), registry, enabled=settings.broker_identities) as access,
-                    BrokerRevocations(app[IDENTITY], store.void_certificates, files) as revocations):
+                    BrokerRevocations(app[IDENTITY], store.void_certificates, files,
+                                      broker=BrokerAddress.parse(settings.mqtt_url)) as revocations):
             app[BROKER_ACCESS] = access
             app[REVOCATIONS] = revocations
             yield

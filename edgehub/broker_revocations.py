@@ -27,7 +27,17 @@ What Mosquitto 2.0.11 does (tried against the real broker; the tests in
 - a list past its ``nextUpdate`` refuses every client, so the list's
   ``nextUpdate`` is the CA's own expiry (the hub rewrites it whenever it changes);
 - a file it cannot read at a reload leaves the listener checking no list at
-  all, so the file is only ever replaced whole (``write_atomic``).
+  all, so the file is only ever replaced whole (``write_atomic``);
+- it takes SIGHUP up to about 100 ms later (signals wait while it polls), and a
+  connection accepted meanwhile is checked against the list before.
+
+So the hub does not take a signal sent for a list in force: each list also
+revokes a probe certificate made for it alone (``PROBE_NAME``, minutes of
+life, its key only in memory), and after the signal the hub opens TLS
+handshakes with it until the broker refuses it. Only then is the renewal
+answered: once the node holds its new certificate, the old one is refused.
+A broker that does not take the list (unreadable file, no permission to
+signal) is logged as such instead of being assumed.
 
 Cost: the list holds the certificates replaced within the last third of a
 lifetime (renewals) and voided ones, not the fleet: at 10,000 nodes with 90-day
@@ -48,15 +58,22 @@ import json
 import logging
 import os
 import signal
+import socket
+import ssl
+import tempfile
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from edgekit.files import write_atomic
+from edgekit.mqtt import BrokerAddress
 from edgekit.tasks import OwnedTask
 
 from .identity import HubIdentity
@@ -79,7 +96,15 @@ MIN_INTERVAL_SECONDS = 1.0
 RECHECK_SECONDS = 60.0
 # A renewal waits at most this long for the list to reach the broker before it is answered anyway.
 REFRESH_WAIT_SECONDS = 10.0
+# The probe certificate's name: it holds a dot, so it is no node's (broker_roles), and the plugin does not
+# know it; it never gets as far as MQTT anyway.
+PROBE_NAME = "crl-probe.edgecollab"
+PROBE_LIFETIME = dt.timedelta(minutes=10)
+# How long the hub tries the probe after a signal (the broker takes it within about 100 ms), and how often.
+PROBE_SECONDS = 5.0
+PROBE_INTERVAL_SECONDS = 0.05
 
+Signalled = Literal["sent", "not running", "not sent"]
 # (serial number, when it was voided, UNIX seconds)
 Voided = tuple[int, float]
 VoidedList = Callable[[], Awaitable[list[Voided]]]
@@ -142,30 +167,82 @@ def ensure_crl(identity: HubIdentity, path: Path) -> None:
     write_crl(identity, path, [])
 
 
-def signal_broker(pid_file: Path) -> tuple[bool, str]:
-    """Send the broker SIGHUP, so it reads its CRL again: (False when the operator should hear of it, what
-    happened). Blocking (files)."""
+def signal_broker(pid_file: Path) -> tuple[Signalled, str]:
+    """Send the broker SIGHUP, so it reads its CRL again: whether it was sent ("not running": the broker reads
+    the list when it starts; "not sent": the operator should hear why), and what happened in words.
+    Blocking (files)."""
     try:
         pid = int(pid_file.read_text().strip())
     except FileNotFoundError:
-        return True, f"the broker is not running ({pid_file} does not exist): it reads the list when it starts"
+        return "not running", f"the broker is not running ({pid_file} does not exist): it reads the list when it starts"
     except (OSError, ValueError) as exc:
-        return False, f"the broker's pid file {pid_file} cannot be read ({exc}): it reads the list when it next starts"
+        return "not sent", f"the broker's pid file {pid_file} cannot be read ({exc}): it reads the list when it next starts"
     try:
         name = Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
-        return True, f"the broker is not running (no process {pid}): it reads the list when it starts"
+        return "not running", f"the broker is not running (no process {pid}): it reads the list when it starts"
     if name != BROKER_PROCESS:
-        return False, (f"process {pid} (from {pid_file}) is {name!r}, not the broker, so it was not signalled: the "
-                       "broker reads the list when it next starts")
+        return "not sent", (f"process {pid} (from {pid_file}) is {name!r}, not the broker, so it was not signalled: the "
+                            "broker reads the list when it next starts")
     try:
         os.kill(pid, signal.SIGHUP)
     except ProcessLookupError:
-        return True, f"the broker (process {pid}) has just ended: it reads the list when it starts"
+        return "not running", f"the broker (process {pid}) has just ended: it reads the list when it starts"
     except PermissionError:
-        return False, (f"the hub may not signal the broker (process {pid}), so the broker keeps accepting the "
-                       "replaced certificates until it restarts: run both as the same account, or the hub as root")
-    return True, f"the broker (process {pid}) was told to read it again"
+        return "not sent", (f"the hub may not signal the broker (process {pid}), so the broker keeps accepting the "
+                            "replaced certificates until it restarts: run both as the same account, or the hub as root")
+    return "sent", f"the broker (process {pid}) was told to read it again"
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """A client certificate the next list revokes: while the broker still completes a TLS handshake with
+    it, that list is not in force yet."""
+
+    serial: int
+    cert_pem: bytes
+    key_pem: bytes = b""
+
+    @classmethod
+    def make(cls, identity: HubIdentity) -> Probe:
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = identity.issue(key.public_key(), PROBE_NAME, usage="client", lifetime=PROBE_LIFETIME)
+        return cls(serial=cert.serial_number, cert_pem=cert.public_bytes(serialization.Encoding.PEM),
+                   key_pem=key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                             serialization.NoEncryption()))
+
+    def context(self, ca_pem: str) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=ca_pem)
+        # TLS 1.2: the server's verdict on the client certificate ends the handshake itself (in 1.3 it
+        # comes after the client has finished, on the first read).
+        context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1_2
+        with tempfile.TemporaryDirectory(prefix="edgehub-probe-") as folder:  # ssl loads keys from files only
+            cert, key = Path(folder) / "probe.crt", Path(folder) / "probe.key"
+            cert.write_bytes(self.cert_pem)
+            write_atomic(key, self.key_pem)
+            context.load_cert_chain(cert, key)
+        return context
+
+    def refused_by(self, broker: BrokerAddress, ca_pem: str, *, seconds: float = PROBE_SECONDS) -> tuple[bool, str]:
+        """Handshake with ``broker`` until it refuses this certificate: (whether it did within ``seconds``,
+        how it ended, in words). Blocking: call it from a thread."""
+        context = self.context(ca_pem)
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                with socket.create_connection((broker.host, broker.port), timeout=seconds) as raw, \
+                        context.wrap_socket(raw, server_hostname=broker.host):
+                    pass  # the handshake went through: the broker still reads the list before this one
+            except ssl.SSLError as exc:
+                if "revoked" in str(exc).lower():
+                    return True, "the broker refuses the certificates on it now"
+                return False, f"the broker's handshake with the probe certificate failed otherwise ({exc})"
+            except OSError as exc:
+                return False, f"the broker cannot be reached ({exc}): it reads the list when it starts"
+            if time.monotonic() >= deadline:
+                return False, (f"the broker still accepted a certificate on the list {seconds:.0f} s after it was "
+                               "signalled: does it run the configuration 'edgehub mosquitto-config' wrote?")
+            time.sleep(PROBE_INTERVAL_SECONDS)
 
 
 class BrokerRevocations:
@@ -173,10 +250,12 @@ class BrokerRevocations:
     task runs while entered. Without ``files`` (a broker not written by ``edgehub mosquitto-config`` for
     this hub, or an anonymous one) every call does nothing."""
 
-    def __init__(self, identity: HubIdentity, voided: VoidedList, files: BrokerFiles | None) -> None:
+    def __init__(self, identity: HubIdentity, voided: VoidedList, files: BrokerFiles | None, *,
+                 broker: BrokerAddress | None = None) -> None:
         self._identity = identity
         self._voided = voided
         self.files = files
+        self._broker = broker  # where the probe checks that a list is in force (None: not checked)
         self._task = OwnedTask("broker-revocations")
         self._wake = asyncio.Event()
         self._force = False
@@ -249,5 +328,11 @@ class BrokerRevocations:
 
     def _write_and_signal(self, voided: list[Voided]) -> tuple[bool, str]:
         assert self.files is not None
-        write_crl(self._identity, self.files.crl_file, voided)
-        return signal_broker(self.files.pid_file)
+        probe = Probe.make(self._identity) if self._broker is not None else None
+        listed = [*voided, (probe.serial, time.time())] if probe is not None else voided
+        write_crl(self._identity, self.files.crl_file, listed)
+        signalled, what = signal_broker(self.files.pid_file)
+        if signalled != "sent" or probe is None or self._broker is None:
+            return signalled != "not sent", what
+        in_force, how = probe.refused_by(self._broker, self._identity.ca_pem)
+        return in_force, f"{what}; {how}"
