@@ -45,7 +45,9 @@ node's current key's Ed25519 signature over
 certificate the hub holds for the node. The timestamp must be within
 ``RENEWAL_WINDOW_SECONDS`` of the hub's clock and the nonce new; the
 certificate held must not have expired. The answer is the new certificate;
-the node's generation and assignments stay.
+the node's generation and assignments stay. It is sent once the broker refuses
+the replaced certificate (``edgehub.broker_revocations``); a retry after a lost
+answer is proven by the new key, which the hub then holds.
 
 Secret values never leave the hub through a read: ``GET
 /api/v1/components/{namespace}/{name}`` answers the spec with ``spec.values``

@@ -176,14 +176,15 @@ def signal_broker(pid_file: Path) -> tuple[Signalled, str]:
     except FileNotFoundError:
         return "not running", f"the broker is not running ({pid_file} does not exist): it reads the list when it starts"
     except (OSError, ValueError) as exc:
-        return "not sent", f"the broker's pid file {pid_file} cannot be read ({exc}): it reads the list when it next starts"
+        return "not sent", (f"the broker's pid file {pid_file} cannot be read ({exc}): it reads the list when it next "
+                            "starts")
     try:
         name = Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
         return "not running", f"the broker is not running (no process {pid}): it reads the list when it starts"
     if name != BROKER_PROCESS:
-        return "not sent", (f"process {pid} (from {pid_file}) is {name!r}, not the broker, so it was not signalled: the "
-                            "broker reads the list when it next starts")
+        return "not sent", (f"process {pid} (from {pid_file}) is {name!r}, not the broker, so it was not signalled: "
+                            "the broker reads the list when it next starts")
     try:
         os.kill(pid, signal.SIGHUP)
     except ProcessLookupError:
