@@ -69,8 +69,10 @@ class Agent:
             await self._stack.enter_async_context(reconciler)
             await self._stack.enter_async_context(uplink)
             # The node certificate is renewed before it expires, checked now and on a timer.
+            # After a renewal the uplink reconnects with the new certificate (the broker refuses the old one).
             self._renewer = await self._stack.enter_async_context(
-                CertificateRenewer(self.settings.state_dir, self.identity, report=uplink.record_event))
+                CertificateRenewer(self.settings.state_dir, self.identity, report=uplink.record_event,
+                                   on_renewed=uplink.reconnect))
         except BaseException:
             await self.__aexit__(None, None, None)
             raise

@@ -23,6 +23,13 @@ If the hub took a renewal but its answer was lost, it holds a certificate of
 ``node.key.next`` and refuses a proof by the old key: the agent then proves
 the request with ``node.key.next`` instead and gets the certificate again.
 
+The hub puts the old certificate on the broker's revocation list when it
+issues the new one (``edgehub.broker_revocations``): from then on only the new
+one connects. So the agent reconnects its MQTT session right after a renewal
+(``on_renewed``), which also ends any session of its name still open with the
+old certificate; and a renewal whose answer was lost leaves the node off the
+broker (its workloads run on) until the retry above gets it the certificate.
+
 ``CertificateRenewer`` is the Agent's: it checks when the agent starts and
 then on a timer, retries a failed renewal with backoff, and reports
 ``CertificateRenewed`` and ``CertificateRenewalFailed`` events. A running
@@ -84,6 +91,7 @@ MIN_CHECK_SECONDS = 1.0
 RETRY_INITIAL_SECONDS = 2.0
 
 Report = Callable[[str, str], Awaitable[None]]
+Renewed = Callable[[], Awaitable[None]]
 
 
 class RenewalError(EdgeError):
@@ -249,13 +257,16 @@ class CertificateRenewer:
     """The Agent's certificate renewal: a check at start and on a timer, renewals in a thread.
 
     An async context manager: its task runs while entered and is cancelled and awaited on exit.
-    ``report(reason, message)`` records an event (the uplink's outbox).
+    ``report(reason, message)`` records an event (the uplink's outbox); ``on_renewed()`` is awaited once a
+    new certificate is in force (the agent reconnects to the broker with it).
     """
 
-    def __init__(self, state_dir: Path, identity: NodeIdentity, *, report: Report | None = None) -> None:
+    def __init__(self, state_dir: Path, identity: NodeIdentity, *, report: Report | None = None,
+                 on_renewed: Renewed | None = None) -> None:
         self.state_dir = state_dir
         self.identity = identity
         self._report = report
+        self._on_renewed = on_renewed
         self._task = OwnedTask(f"certificate renewal of {identity.node}")
         self.renewals = 0
         self.failures = 0
@@ -316,6 +327,13 @@ class CertificateRenewer:
                        f"{renewed.not_valid_after_utc.isoformat()} (was serial {current.serial_number:x}, "
                        f"until {current.not_valid_after_utc.isoformat()})")
             logger.info("Node %s %s", self.identity.node, message)
+            if self._on_renewed is not None:
+                # The broker refuses the old certificate from now on: a connection made with it would end at
+                # the next drop and not come back, so the new one is put to use at once.
+                try:
+                    await self._on_renewed()
+                except Exception:  # the renewal stands; the link reconnects by itself when it drops
+                    logger.exception("Could not reconnect to the broker with the renewed certificate")
             await self._event("CertificateRenewed", message)
             due, now = renew_after(renewed), dt.datetime.now(dt.UTC)
         return min(MAX_CHECK_SECONDS, max(MIN_CHECK_SECONDS, (due - now).total_seconds()))

@@ -112,6 +112,11 @@ class Uplink:
     def connected(self) -> bool:
         return self._session is not None and self._session.connected.is_set()
 
+    async def reconnect(self) -> None:
+        """Connect to the broker again now, with the certificate files as they are (after a renewal)."""
+        if self._session is not None:
+            await self._session.reconnect()
+
     # --- from the hub --------------------------------------------------------
 
     async def _on_connect(self, session: MqttSession) -> None:

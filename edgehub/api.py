@@ -45,7 +45,9 @@ node's current key's Ed25519 signature over
 certificate the hub holds for the node. The timestamp must be within
 ``RENEWAL_WINDOW_SECONDS`` of the hub's clock and the nonce new; the
 certificate held must not have expired. The answer is the new certificate;
-the node's generation and assignments stay.
+the node's generation and assignments stay. It is sent once the broker refuses
+the replaced certificate (``edgehub.broker_revocations``); a retry after a lost
+answer is proven by the new key, which the hub then holds.
 
 Secret values never leave the hub through a read: ``GET
 /api/v1/components/{namespace}/{name}`` answers the spec with ``spec.values``
@@ -121,7 +123,18 @@ from .errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
-from .keys import BROKER_ACCESS, COMPONENTS, DISPATCHER, IDENTITY, METRICS, ROLLOUTS, SETTINGS, STORE, SUMMARIES
+from .keys import (
+    BROKER_ACCESS,
+    COMPONENTS,
+    DISPATCHER,
+    IDENTITY,
+    METRICS,
+    REVOCATIONS,
+    ROLLOUTS,
+    SETTINGS,
+    STORE,
+    SUMMARIES,
+)
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .settings import MAX_TOKEN_TTL_SECONDS, MAX_TOKEN_USES
 from .store import MAX_SEQ, AssignmentRecord, ComponentRecord, CredentialRecord, HubStore, NodeRecord, RevisionRecord
@@ -406,6 +419,10 @@ async def renew_certificate(request: web.Request) -> web.Response:
     except RenewalRefused as exc:
         logger.warning("Certificate renewal of %s refused: %s", node, exc)
         raise
+    # The replaced certificate is refused by the broker before the node holds the new one. Should this
+    # answer be lost, the node retries with a proof by its new key (the hub holds that key now) and gets
+    # its certificate again; until then its MQTT link waits, its workloads run on.
+    await app[REVOCATIONS].refresh()
     issued = x509.load_pem_x509_certificate(certificate.encode())
     logger.info("Node %s renewed its certificate (serial %x, valid until %s)", node, issued.serial_number,
                 issued.not_valid_after_utc.isoformat())
@@ -473,6 +490,9 @@ async def _shut_out(request: web.Request, change: Callable[[str], Awaitable[Node
         raise NotFound(f"node {name!r} not found")
     held = await request.app[DISPATCHER].withdraw_node(name)
     await request.app[BROKER_ACCESS].expel_node(name)
+    # The plugin refuses the name until it joins again; the revocation list refuses this certificate after
+    # that too (a reset node's old certificate would otherwise serve the next holder's name until it expires).
+    await request.app[REVOCATIONS].refresh()
     return name, node, held
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import aiomqtt
 from aiohttp import web
 
-from edgekit.mqtt import PUBLISH_WINDOW, MqttSession, SessionSettings, TlsIdentity
+from edgekit.mqtt import PUBLISH_WINDOW, BrokerAddress, MqttSession, SessionSettings, TlsIdentity
 from edgekit.tasks import OwnedTask
 from edgeprotocol import topics
 from edgeprotocol.messages import now
@@ -20,6 +20,7 @@ from . import ha_discovery
 from .api import MAX_REQUEST_BYTES, add_routes, json_errors
 from .auth import HostAllowList, json_bodies_only, operator_only, operator_token_ctx, same_origin_only
 from .broker_access import ANONYMOUS_BROKER_WARNING, BrokerAccess
+from .broker_revocations import BROKER_FILES, BrokerFiles, BrokerRevocations
 from .broker_roles import CONTROL_RESPONSE_TOPIC, HUB_USER
 from .chart_sources import ChartSources
 from .components import Components
@@ -35,6 +36,7 @@ from .keys import (
     METRICS,
     MQTT,
     RENDERER,
+    REVOCATIONS,
     ROLLOUTS,
     SETTINGS,
     STORE,
@@ -102,8 +104,17 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         app[COMPONENTS] = Components(store, app[DISPATCHER], app[RENDERER],
                                      ChartSources.in_state_dir(settings.state_dir,
                                                                allow=settings.chart_sources.networks))
-        async with BrokerAccess(publisher(app, retain=False), registry, enabled=settings.broker_identities) as access:
+        files = await asyncio.to_thread(BrokerFiles.load, settings.state_dir) if settings.broker_identities else None
+        if settings.broker_identities and files is None:
+            logger.warning("Warning: the hub does not know the broker's certificate revocation list (%s/%s is "
+                           "missing: 'edgehub mosquitto-config' did not write this broker with this state directory), "
+                           "so a node certificate replaced by a renewal, reset or revoke still connects until it "
+                           "expires", settings.state_dir, BROKER_FILES)
+        async with (BrokerAccess(publisher(app, retain=False), registry, enabled=settings.broker_identities) as access,
+                    BrokerRevocations(app[IDENTITY], store.void_certificates, files,
+                                      broker=BrokerAddress.parse(settings.mqtt_url)) as revocations):
             app[BROKER_ACCESS] = access
+            app[REVOCATIONS] = revocations
             yield
 
 
@@ -138,7 +149,7 @@ async def summaries_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def mqtt_ctx(app: web.Application) -> AsyncIterator[None]:
-    settings, dispatcher, access = app[SETTINGS], app[DISPATCHER], app[BROKER_ACCESS]
+    settings, dispatcher, access, revocations = app[SETTINGS], app[DISPATCHER], app[BROKER_ACCESS], app[REVOCATIONS]
     messages = NodeMessages(app[STORE], dispatcher, IngestLimits.of(settings), metrics=app[METRICS])
 
     async def on_message(topic: str, payload: bytes) -> None:
@@ -161,6 +172,8 @@ async def mqtt_ctx(app: web.Application) -> AsyncIterator[None]:
 
     async def on_connect(session: MqttSession) -> None:
         access.on_connect()
+        # The broker may have started from an older list (a restored directory, a new configuration).
+        revocations.changed(force=True)
         # Retained, with the last will below saying the opposite: a dashboard tells a dead hub from a quiet fleet.
         await session.publish(HUB_STATE_TOPIC, json.dumps({"online": True, "since": hub_started,
                                                            "connected_at": now()}).encode(), retain=True)

@@ -11,7 +11,13 @@ Writes into one directory everything a Mosquitto 2 needs to serve the fleet:
 - ``dynamic-security.json``: the hub and the fixed roles. The hub adds and removes
   refused nodes and dashboards at run time over the plugin's control topic, and the
   broker keeps that file current, so an existing one is left alone;
-- ``nodes.acl``: patterns that give every node its own topics (``broker_roles``).
+- ``nodes.acl``: patterns that give every node its own topics (``broker_roles``);
+- ``revoked.crl``: the node certificates the hub no longer stands behind (replaced by a
+  renewal, or voided by a reset or revoke) until they expire. The hub rewrites it and
+  signals the broker (``pid_file``) to read it again: ``edgehub.broker_revocations``,
+  which finds both files through ``STATE/broker-files.json``, written here.
+
+The broker refuses MQTT packets larger than ``MAX_PACKET_BYTES`` (see there).
 """
 
 from __future__ import annotations
@@ -26,7 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit.files import write_atomic
+from edgeprotocol.messages import MAX_ASSIGNMENT_BYTES
 
+from .broker_revocations import CRL_FILE, PID_FILE, BrokerFiles, ensure_crl
 from .broker_roles import initial_document, node_acl_patterns
 from .identity import HubIdentity
 
@@ -43,6 +51,15 @@ PLUGIN_GLOBS = (
 )
 # The account Mosquitto switches to when started as root (Debian's package creates it).
 BROKER_ACCOUNT = "mosquitto"
+# Mosquitto's max_packet_size: a client that sends a larger packet is disconnected before the broker
+# reads it, so nothing of it is delivered or retained (without it a node could retain 30 MB on its own
+# status topic). Mosquitto 2.0 has one such limit for every client and listener (message_size_limit is
+# global too, and 2.0 recommends max_packet_size instead), so nodes cannot be held to a tighter one than
+# the hub: it must pass the largest assignment the hub sends, MAX_ASSIGNMENT_BYTES, derived from the
+# protocol's bundle bound. An eighth more covers the MQTT header and topic (under 64 KiB) and some
+# growth of the envelope: a hub whose publish were refused would be disconnected, and would republish
+# it on every reconnect.
+MAX_PACKET_BYTES = MAX_ASSIGNMENT_BYTES + MAX_ASSIGNMENT_BYTES // 8
 
 
 class BrokerConfigError(ValueError):
@@ -103,10 +120,15 @@ def write_mosquitto_config(state_dir: Path, listen_host: str, listen_port: int, 
     dynsec = out_dir / DYNSEC_FILE
     if not dynsec.exists():
         write_atomic(dynsec, json.dumps(initial_document(), indent=2).encode())
+    # The broker refuses every client without a CRL it can read: one is there before it starts (the
+    # hub's, kept if this CA signed it; the hub rewrites it on every start anyway).
+    ensure_crl(identity, out_dir / CRL_FILE)
     config = out_dir / CONFIG_FILE
     config.write_text("")  # owned with the rest before the text is known
     account, warning = _broker_account(out_dir, user)
     config.write_text(_config_text(listen_host, listen_port, out_dir, plugin, account))
+    # Where the hub finds the broker's CRL and process: it writes the one and signals the other.
+    BrokerFiles(crl_file=out_dir / CRL_FILE, pid_file=out_dir / PID_FILE).save(state_dir)
     dial_host = "127.0.0.1" if listen_host in ("0.0.0.0", "::") else listen_host
     host = f"[{dial_host}]" if ":" in dial_host else dial_host
     return BrokerConfig(out_dir=out_dir, url=f"mqtts://{host}:{listen_port}", warning=warning)
@@ -127,6 +149,12 @@ keyfile {out / "broker.key"}
 require_certificate true
 use_identity_as_username true
 use_username_as_clientid true
+# Node certificates replaced by a renewal (or voided by a reset or revoke) that
+# have not expired yet. The hub rewrites this file and sends the broker SIGHUP
+# (found by pid_file), on which Mosquitto reads it again; a connection made
+# before stays until the node reconnects with its new certificate (same client
+# ID), which the agent does right after a renewal.
+crlfile {out / CRL_FILE}
 
 plugin {plugin}
 plugin_opt_config_file {out / DYNSEC_FILE}
@@ -144,6 +172,13 @@ max_queued_messages 200000
 # command and its answer): without this, Nagle's algorithm and the client's
 # delayed ACK hold each answer back about 40 ms.
 set_tcp_nodelay true
+
+# Larger packets disconnect their sender, unread: above the largest assignment
+# the hub sends (a 16 MiB bundle, compressed, encrypted and signed), the one
+# limit Mosquitto 2.0 has for every client.
+max_packet_size {MAX_PACKET_BYTES}
+
+pid_file {out / PID_FILE}
 
 # Retained assignments and status survive a broker restart (the hub also
 # publishes everything again whenever it reconnects).

@@ -51,7 +51,7 @@ from edgekit.mqtt import PUBLISH_WINDOW
 from edgekit.tasks import each_within
 from edgeprotocol import bundle_crypto, topics
 from edgeprotocol.errors import ProtocolError
-from edgeprotocol.messages import Assignment, Bundle, NodeStatus, now
+from edgeprotocol.messages import MAX_ASSIGNMENT_BYTES, Assignment, Bundle, NodeStatus, now
 from edgeprotocol.signing import seal
 
 from .rollout import RolloutState, desired_revision
@@ -416,11 +416,18 @@ class Dispatcher:
         )
         try:
             bundle_to = self._bundle_to(rec.node, target, newly_plain) if bundle is not None else None
-            return seal(assignment, self._key, bundle_to=bundle_to)
+            sealed = seal(assignment, self._key, bundle_to=bundle_to)
         except ProtocolError as exc:  # a stored bundle key the hub cannot wrap to (checked at join)
             logger.error("Cannot encrypt %s/%s to node %s (%s); not publishing to it until it joins again",
                          rec.namespace, rec.release, rec.node, exc)
             return None
+        if len(sealed) > MAX_ASSIGNMENT_BYTES:
+            # Renders are bounded so that this cannot happen; were it to, the broker (max_packet_size) would
+            # disconnect the hub for it on every reconnect's republish.
+            logger.error("The assignment of %s/%s to node %s is %d bytes, over the %d the broker takes; not published",
+                         rec.namespace, rec.release, rec.node, len(sealed), MAX_ASSIGNMENT_BYTES)
+            return None
+        return sealed
 
     def _bundle_to(self, node: str, target: JoinedNode, newly_plain: list[str]) -> PublicKey | None:
         """The key ``node``'s bundles are encrypted to; None for a node without one (added to ``newly_plain``

@@ -7,6 +7,7 @@ from aiohttp import web
 from edgekit.mqtt import MqttSession
 
 from .broker_access import BrokerAccess
+from .broker_revocations import BrokerRevocations
 from .components import Components
 from .dispatch import Dispatcher
 from .identity import HubIdentity
@@ -25,6 +26,7 @@ MQTT = web.AppKey("mqtt", MqttSession)
 COMPONENTS = web.AppKey("components", Components)
 RENDERER = web.AppKey("renderer", Renderer)
 BROKER_ACCESS = web.AppKey("broker_access", BrokerAccess)
+REVOCATIONS = web.AppKey("revocations", BrokerRevocations)
 SUMMARIES = web.AppKey("summaries", SummaryPublisher)
 METRICS = web.AppKey("metrics", HubMetrics)
 ROLLOUTS = web.AppKey("rollouts", RolloutDriver)

@@ -29,6 +29,11 @@ a stored status that no longer decodes is shown as no status, never an error.
 The renders and chart of a deleted component are pruned once no node is
 assigned them, and the file gives the space back (incremental vacuum).
 
+Node certificates the hub no longer stands behind (``void_certificates``: the
+one a renewal replaced, the one a reset or revoke voided) are kept until they
+expire, by serial number; ``edgehub.broker_revocations`` makes the broker's
+certificate revocation list of them.
+
 A node name belongs to the key that joined it: a join with a name already
 registered is refused until an operator resets the name (``reset_node``),
 and a revoked name (``revoke_node``) is refused until then too. Each
@@ -54,6 +59,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, TypeVar
+
+from cryptography import x509
 
 from deployer_plugin.spec import DEFAULT_HISTORY_LIMIT
 from edgekit.group_commit import GroupCommit
@@ -170,6 +177,12 @@ CREATE TABLE IF NOT EXISTS renewal_nonces (
     nonce TEXT NOT NULL,
     at REAL NOT NULL,
     PRIMARY KEY (node, nonce)
+);
+CREATE TABLE IF NOT EXISTS void_certificates (
+    serial TEXT PRIMARY KEY,
+    node TEXT NOT NULL,
+    not_after REAL NOT NULL,
+    voided_at REAL NOT NULL
 );
 """
 # Columns added since the first hub: an older hub.db gets them on open.
@@ -493,12 +506,14 @@ class HubStore:
             pool = row["pool"]
             if requested_pool and requested_pool != pool:
                 raise JoinRefused(f"token is for pool {pool!r}, not {requested_pool!r}")
-            held = c.execute("SELECT generation, standing FROM nodes WHERE name = ?", (node,)).fetchone()
+            held = c.execute("SELECT generation, standing, certificate FROM nodes WHERE name = ?", (node,)).fetchone()
             if held is not None and held["standing"] != "reset":
                 why = "is revoked" if held["standing"] == "revoked" else "is already registered to another key"
                 raise JoinRefused(f"node {node!r} {why}; an operator can free the name with: edgectl node reset {node}")
             generation = held["generation"] + 1 if held is not None else 1
             certificate = sign(node)
+            if held is not None:
+                _void_certificate(c, node, held["certificate"])
             c.execute("UPDATE tokens SET uses_left = uses_left - 1 WHERE token_id = ?", (token.token_id,))
             c.execute(
                 """INSERT INTO nodes (name, pool, labels, certificate, registered_at, generation, bundle_key)
@@ -524,9 +539,11 @@ class HubStore:
         """
 
         def run(c: Connection) -> NodeRecord | None:
-            cur = c.execute("UPDATE nodes SET standing = 'reset', certificate = '' WHERE name = ?", (name,))
-            if cur.rowcount == 0:
+            held = c.execute("SELECT certificate FROM nodes WHERE name = ?", (name,)).fetchone()
+            if held is None:
                 return None
+            c.execute("UPDATE nodes SET standing = 'reset', certificate = '' WHERE name = ?", (name,))
+            _void_certificate(c, name, held["certificate"])
             return NodeRecord.from_row(c.execute("SELECT * FROM nodes WHERE name = ?", (name,)).fetchone())
 
         return await self._write(run, Touches.of(nodes=[name]))
@@ -536,9 +553,11 @@ class HubStore:
         name cannot join again until ``reset_node``. Its assignments are kept. None when there is no such node."""
 
         def run(c: Connection) -> NodeRecord | None:
-            cur = c.execute("UPDATE nodes SET standing = 'revoked', certificate = '' WHERE name = ?", (name,))
-            if cur.rowcount == 0:
+            held = c.execute("SELECT certificate FROM nodes WHERE name = ?", (name,)).fetchone()
+            if held is None:
                 return None
+            c.execute("UPDATE nodes SET standing = 'revoked', certificate = '' WHERE name = ?", (name,))
+            _void_certificate(c, name, held["certificate"])
             return NodeRecord.from_row(c.execute("SELECT * FROM nodes WHERE name = ?", (name,)).fetchone())
 
         return await self._write(run, Touches.of(nodes=[name]))
@@ -612,9 +631,20 @@ class HubStore:
             certificate = renew(row["certificate"])
             c.execute("INSERT INTO renewal_nonces VALUES (?, ?, ?)", (node, nonce, at))
             c.execute("UPDATE nodes SET certificate = ? WHERE name = ?", (certificate, node))
+            # In force from here: the broker refuses the replaced one once its list is written. A retry
+            # after a lost answer proves with the new key and replaces the certificate never received.
+            _void_certificate(c, node, row["certificate"])
             return certificate
 
         return await self._write(run, Touches.of(nodes=[node]))
+
+    async def void_certificates(self) -> list[tuple[int, float]]:
+        """The serial numbers of the node certificates the hub replaced or voided that have not expired yet,
+        each with the time it was voided."""
+        now = time.time()
+        rows = await self._db.read(lambda c: c.execute(
+            "SELECT serial, voided_at FROM void_certificates WHERE not_after > ? ORDER BY serial", (now,)).fetchall())
+        return [(int(r["serial"], 16), r["voided_at"]) for r in rows]
 
     # --- nodes ---------------------------------------------------------------
 
@@ -1305,6 +1335,23 @@ class SavedReports(NamedTuple):
     statuses: list[SaveOutcome]
     events: list[SaveOutcome]
     presences: list[bool]  # False: the node is not registered (or was reset, or revoked)
+
+
+def _void_certificate(c: Connection, node: str, pem: str) -> None:
+    """Keep the serial of ``node``'s certificate ``pem`` (none: "") until it expires, forgetting those that have."""
+    now = time.time()
+    c.execute("DELETE FROM void_certificates WHERE not_after <= ?", (now,))
+    if not pem:
+        return
+    try:
+        certificate = x509.load_pem_x509_certificate(pem.encode())
+    except ValueError:
+        logger.error("The stored certificate of node %s does not load; it cannot be revoked on the broker", node)
+        return
+    not_after = certificate.not_valid_after_utc.timestamp()
+    if not_after > now:
+        c.execute("INSERT INTO void_certificates (serial, node, not_after, voided_at) VALUES (?, ?, ?, ?) "
+                  "ON CONFLICT (serial) DO NOTHING", (format(certificate.serial_number, "x"), node, not_after, now))
 
 
 # A node's row without its status and certificate (each read only when needed).

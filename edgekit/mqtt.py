@@ -155,14 +155,15 @@ class MqttSession:
         self.connected = asyncio.Event()
         self.connections = 0  # how many times a connection was established
         self._stopping = False
+        self._exited = False  # left (a reconnect under way then starts nothing)
 
     async def __aenter__(self) -> MqttSession:
         self._task.start(self._run())
-        self._stopping = False
+        self._stopping = self._exited = False
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        self._stopping = True  # no reconnect from here on, whatever error the cancellation turns into
+        self._stopping = self._exited = True  # no reconnect from here on, whatever error the cancellation turns into
         await self._task.stop()
         self.connected.clear()
 
@@ -182,6 +183,21 @@ class MqttSession:
             logger.info("Publish to %s on %s failed (%s); the caller keeps it for later", topic, self.broker, exc)
             return False
         return True
+
+    async def reconnect(self) -> None:
+        """Drop the connection (or the wait before the next attempt) and connect again now: the client's
+        certificate files are read again, so a renewed certificate is used from here on."""
+        if self._stopping or not self._task.running:
+            return
+        # The old connection is closed and awaited first: its clean-up must not undo the new one's state.
+        self._stopping = True
+        try:
+            await self._task.stop()
+        finally:
+            self._stopping = self._exited
+        if not self._exited:
+            self.connected.clear()
+            self._task.start(self._run())
 
     async def wait_connected(self, timeout: float) -> None:
         await asyncio.wait_for(self.connected.wait(), timeout)

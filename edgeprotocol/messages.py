@@ -33,6 +33,14 @@ VERSION = 1
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 # A bundle that inflates past this is refused (a compression bomb).
 MAX_BUNDLE_BYTES = 16 * 1024 * 1024
+# The largest signed assignment the hub can publish, from the bundle bound: the broker's packet limit
+# (edgehub.broker_config) must let it through, since the broker disconnects a client that sends more.
+# The worst bundle does not compress at all: gzip then stores it (zlib's bound is about 5 bytes per
+# 16 KiB, 0.03%; a tenth of a percent is counted, plus the header and trailer), encryption adds a nonce
+# and a tag (28 bytes), base64 makes 4 bytes of every 3, and the rest of the body and the envelope (names,
+# chart reference, the wrapped content key, the signature) is well under the 64 KiB counted for it.
+_LARGEST_PACKED_BUNDLE = MAX_BUNDLE_BYTES + MAX_BUNDLE_BYTES // 1000 + 64
+MAX_ASSIGNMENT_BYTES = 4 * -(-(_LARGEST_PACKED_BUNDLE + 28) // 3) + 64 * 1024
 
 Phase = Literal["Pending", "Applying", "Deployed", "Failed", "Degraded", "Removing", "Removed"]
 PHASES: tuple[str, ...] = get_args(Phase)

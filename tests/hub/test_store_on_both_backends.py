@@ -7,13 +7,19 @@ runs are skipped where Debian's postgresql package is not installed.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
+import time
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from raw_store import execute
 
 from edgehub.errors import AlreadyExists, ConcurrentChange, JoinRefused, RenewalRefused
+from edgehub.identity import HubIdentity
 from edgehub.store import AssignmentRecord, HubStore, RolloutRow, chart_digest
 from edgehub.tokens import new_token
 from edgeprotocol.messages import Bundle, NodeStatus
@@ -196,6 +202,43 @@ async def test_credentials_and_certificate_renewals(store_location: Path | str):
         # Nonces older than forget_before are forgotten.
         assert await store.renew_certificate("n1", nonce="a", at=300.0, forget_before=200.0,
                                              renew=lambda c: "again") == "again"
+
+
+async def test_replaced_and_voided_certificates_are_kept_until_they_expire(store_location: Path | str,
+                                                                             tmp_path: Path):
+    """What the broker's revocation list is made of (edgehub.broker_revocations): the certificate a renewal
+    replaced and the one a reset or revoke voided, by serial, while they have not expired."""
+    ca = HubIdentity.load_or_create(tmp_path / "ca")
+
+    def issue(node: str, lifetime: dt.timedelta = dt.timedelta(days=1)) -> str:
+        key = Ed25519PrivateKey.generate()
+        return ca.issue(key.public_key(), node, usage="client", lifetime=lifetime).public_bytes(
+            serialization.Encoding.PEM).decode()
+
+    def serial(pem: str) -> int:
+        return x509.load_pem_x509_certificate(pem.encode()).serial_number
+
+    async with HubStore(store_location) as store:
+        for node in ("n1", "n2", "n3"):
+            token = new_token()
+            await store.create_token(token, pool="p", ttl_seconds=60, uses=1)
+            await store.register_node(token, node=node, requested_pool=None, labels={}, sign=issue)
+        first = {n.name: n.certificate for n in await store.list_nodes()}
+        assert await store.void_certificates() == []
+        renewed = await store.renew_certificate("n1", nonce="a", at=100.0, forget_before=0.0,
+                                                renew=lambda current: issue("n1"))
+        await store.revoke_node("n2")
+        await store.reset_node("n3")
+        voided = await store.void_certificates()
+        assert sorted(s for s, _ in voided) == sorted(serial(first[n]) for n in ("n1", "n2", "n3"))
+        assert all(abs(at - time.time()) < 60 for _, at in voided)
+        # A second renewal voids the first one's certificate too; one that has expired is left out.
+        await store.renew_certificate("n1", nonce="b", at=100.0, forget_before=0.0,
+                                      renew=lambda current: issue("n1", dt.timedelta(seconds=1)))
+        assert serial(renewed) in {s for s, _ in await store.void_certificates()}
+        await store.renew_certificate("n1", nonce="c", at=100.0, forget_before=0.0, renew=lambda current: issue("n1"))
+        await asyncio.sleep(1.1)
+        assert len(await store.void_certificates()) == 4  # n1's first two, n2's, n3's; not the expired one
 
 
 async def test_a_store_reopened_holds_what_was_written(store_location: Path | str):
