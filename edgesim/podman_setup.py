@@ -130,7 +130,9 @@ def remove_node_storage(settings: PodmanSettings, base: Path) -> None:
     """Remove everything a test node holds: pods, containers, volumes, then unmount and delete ``base``.
 
     ``base`` is the directory that holds all of the node's podman state (its
-    root, runroot and tmpdir).
+    root, runroot and tmpdir). The runtime's subPath binds under its work dir
+    (``settings.work_dir``, which may lie elsewhere) are unmounted too, so none
+    is left in the machine's mount table.
 
     Not ``podman system reset``: it also deletes the machine's shared network
     definitions, which other nodes use. podman 4.3 on hybrid cgroups also leaves
@@ -163,7 +165,7 @@ def remove_node_storage(settings: PodmanSettings, base: Path) -> None:
     mounts = [
         line.split()[4]
         for line in Path("/proc/self/mountinfo").read_text().splitlines()
-        if line.split()[4].startswith(f"{base}/")
+        if line.split()[4].startswith((f"{base}/", f"{settings.work_dir}/"))
     ]
     for mount in sorted(mounts, key=len, reverse=True):
         if subprocess.run(["umount", mount], capture_output=True, check=False).returncode != 0:
