@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from edgeprotocol.errors import EdgeError
-from edgeprotocol.messages import ConditionType
+from edgeprotocol.messages import ConditionType, ContainerStatus
 from edgeprotocol.topics import check_name
 
 __all__ = [
@@ -120,6 +120,9 @@ class PodState:
     ready: bool
     container_ids: tuple[str, ...]
     started_at: str
+    # Each app container as the kubelet would show it (restarts, state, reason,
+    # last exit code and log): what the release's health is judged by.
+    containers: tuple[ContainerStatus, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
