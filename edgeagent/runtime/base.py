@@ -50,7 +50,16 @@ class EdgeRuntimeError(EdgeError):
 
 
 class RuntimeApplyError(EdgeRuntimeError):
-    """The runtime refused or failed a manifest; the message names the object and why."""
+    """The runtime refused or failed a manifest; the message names the object and why.
+
+    ``reason`` is the kubelet's word for it when there is one (``ErrImagePull``:
+    an image is not on the node and cannot be pulled; ``CreateContainerError``:
+    the runtime refused to create a container); "" otherwise.
+    """
+
+    def __init__(self, message: str, *, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class ManifestRejected(RuntimeApplyError):
