@@ -353,10 +353,8 @@ class PodmanRuntime:
         # by observe after an agent restart); run by the _probes task while entered.
         self._prober = ProbeRunner(self._cli, settings.probes)
         self._probes = OwnedTask("podman probes")
-        # Restarts of Always pods' containers, with back-off, while entered; it leaves a release alone
-        # while an apply or removal holds its lock.
-        self._keeper = RestartKeeper(self._cli, settings.restarts,
-                                     busy=lambda ref: ref in self._locks and self._locks[ref].locked())
+        # Restarts of Always pods' containers, with back-off, while entered, under each release's lock.
+        self._keeper = RestartKeeper(self._cli, self._lock, settings.restarts)  # type: ignore[arg-type]
         self._restarts = OwnedTask("podman restarts")
         self._storage: tuple[str, ...] | None = None  # podman's volume path, graph root and run root, asked once
 

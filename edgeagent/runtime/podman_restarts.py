@@ -16,8 +16,9 @@ starts them again itself:
 
 The keeper is a background task owned by the runtime (started in
 ``PodmanRuntime.__aenter__``, cancelled and awaited in ``__aexit__``). It
-leaves a release alone while the runtime applies or removes it (``busy``),
-and keys what it knows by container ID, so a re-played container starts
+looks at and starts a release's containers holding the release's lock (the
+one the runtime's applies and removals hold), so it never starts a container
+an apply is stopping, and keys what it knows by container ID, so a re-played container starts
 counting from zero, as a recreated pod does in Kubernetes. Counts live in the
 agent's memory: an agent restart starts them over.
 
@@ -84,12 +85,11 @@ class Termination:
 class RestartKeeper:
     """Starts exited containers of ``Always`` pods again after their back-off (see the module docstring)."""
 
-    def __init__(self, cli: PodmanCli, settings: RestartSettings | None = None, *,
-                 busy: Callable[[object], bool] = lambda key: False,
-                 clock: Callable[[], float] | None = None) -> None:
+    def __init__(self, cli: PodmanCli, lock: Callable[[object], asyncio.Lock],
+                 settings: RestartSettings | None = None, *, clock: Callable[[], float] | None = None) -> None:
         self._cli = cli
         self.settings = settings or RestartSettings()
-        self._busy = busy
+        self._lock = lock
         self._clock = clock
         self._releases: dict[object, tuple[str, ...]] = {}  # release -> container names it keeps running
         self._known: dict[str, Termination] = {}  # container name -> what is known of its current ID
@@ -133,19 +133,23 @@ class RestartKeeper:
             await asyncio.sleep(self.settings.tick)
 
     async def tick(self) -> None:
-        """One pass: note new exits, start the containers whose back-off is over."""
-        names = [n for key, names in list(self._releases.items()) if not self._busy(key) for n in names]
-        if not names:
-            return
-        result = await self._cli.run("container", "inspect", "--format", "json", *names, check=False)
-        try:
-            infos = loads_json(result.stdout, "inspect containers") if result.stdout.strip() else []
-        except Exception:  # podman answered something unreadable: the next tick asks again
-            logger.debug("Unreadable container inspect: %r", result.stdout[:200])
-            return
-        for info in infos or ():
-            if isinstance(info, dict):
-                await self._keep(info)
+        """One pass: note new exits, start the containers whose back-off is over, release by release."""
+        for key, names in list(self._releases.items()):
+            lock = self._lock(key)
+            if lock.locked():
+                continue  # an apply or removal is at work on it: next tick
+            async with lock:
+                if self._releases.get(key) != names:
+                    continue  # forgotten or replaced while waiting
+                result = await self._cli.run("container", "inspect", "--format", "json", *names, check=False)
+                try:
+                    infos = loads_json(result.stdout, "inspect containers") if result.stdout.strip() else []
+                except Exception:  # podman answered something unreadable: the next tick asks again
+                    logger.debug("Unreadable container inspect: %r", result.stdout[:200])
+                    continue
+                for info in infos or ():
+                    if isinstance(info, dict):
+                        await self._keep(info)
 
     async def _keep(self, info: dict[str, Any]) -> None:
         name = str(info.get("Name") or "")
