@@ -185,7 +185,10 @@ class AgentStore:
         )
 
     async def fail_apply(self, rec: ReleaseRecord, *, message: str, reason: str = "") -> None:
-        await self._update(rec, "applying_digest = '', phase = 'Failed', message = ?, reason = ?", message, reason)
+        """The runtime failed the apply, maybe half-way (old pods stopped, new ones not started): what ran
+        before is not known to run any more, so even a revision with its manifests is applied again."""
+        await self._update(rec, "applying_digest = '', applied_digest = '', phase = 'Failed', message = ?, "
+                                "reason = ?", message, reason)
 
     async def reject_apply(self, rec: ReleaseRecord, *, message: str) -> None:
         """The runtime can never run these manifests: Failed, and not retried until the digest changes."""

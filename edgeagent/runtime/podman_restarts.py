@@ -33,7 +33,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .podman_cli import PodmanCli, loads_json
@@ -175,6 +175,7 @@ class RestartKeeper:
 
     async def _note_exit(self, name: str, known: Termination, state: dict[str, Any], finished: str,
                          now: float) -> None:
+        previous_end = known.finished_at
         known.finished_at = finished
         code = state.get("ExitCode")
         known.exit_code = code if isinstance(code, int) else None
@@ -182,8 +183,9 @@ class RestartKeeper:
         if _ran_seconds(state) >= self.settings.reset_after:
             known.consecutive = 0
         known.due = now + self.settings.delay(known.consecutive)
-        logs = await self._cli.run("logs", "--tail", str(self.settings.log_lines), name, check=False)
-        known.last_log = (logs.stdout + logs.stderr).strip()[-400:]
+        logs = await self._cli.run("logs", "--timestamps", "--tail", str(self.settings.log_lines * 4), name,
+                                   check=False)
+        known.last_log = "\n".join(_lines_since(logs.stdout, previous_end).splitlines()[-self.settings.log_lines:])
         logger.info("Container %s exited %s%s; starting it again in %.0f s", name, known.exit_code,
                     " (OOMKilled)" if known.oom_killed else "", known.due - now)
 
@@ -198,6 +200,27 @@ class RestartKeeper:
         known.restarts += 1
         known.consecutive += 1
         known.due = None
+
+
+def _lines_since(timestamped: str, previous_end: str) -> str:
+    """The lines of a ``podman logs --timestamps`` text written after the run that ended at ``previous_end``
+    ("": all of them),
+    without their stamps: only what the run that just ended wrote, as Kubernetes' ``previous=True`` gives.
+    podman's own ``--since`` rounds to the second, which takes in the last run's lines at a short back-off."""
+    # conmon stamps a line when it reads it, a few milliseconds after the run may have ended; the next run
+    # starts a back-off (a second at least) later: a quarter second past the end splits them.
+    after = _parse(previous_end) + timedelta(seconds=0.25) if previous_end else None
+    kept: list[str] = []
+    for line in timestamped.splitlines():
+        stamp, _, text = line.partition(" ")
+        try:
+            written = _parse(stamp)
+        except ValueError:
+            kept.append(line)  # not stamped: keep it as it is
+            continue
+        if after is None or written > after:
+            kept.append(text)
+    return "\n".join(kept).strip()
 
 
 def running_seconds(state: Mapping[str, Any]) -> float:
