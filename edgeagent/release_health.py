@@ -20,10 +20,10 @@ OOM-killed and restarted runs again, but the release is not healthy.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from edgeprotocol.health import describe, failing_reason, rank
 from edgeprotocol.messages import FAILING_REASONS, ContainerStatus, PodStatus
 
 from .runtime.base import PodState
@@ -46,42 +46,6 @@ class ReleaseHealth:
         return self.reason in FAILING_REASONS
 
 
-def _failing_reason(container: ContainerStatus) -> str:
-    """The ``FAILING_REASONS`` word of a container ("" for none): its waiting reason, or an OOM kill."""
-    if container.reason in FAILING_REASONS:
-        return container.reason
-    return "OOMKilled" if container.last_reason == "OOMKilled" else ""
-
-
-def _rank(container: ContainerStatus) -> int:
-    """How bad a container's state is: 3 a failing reason, 2 waiting, 1 restarted or not ready, 0 healthy."""
-    if _failing_reason(container):
-        return 3
-    if container.state == "waiting":
-        return 2
-    if container.restarts or not container.ready:
-        return 1
-    return 0
-
-
-def describe(pod: str, container: ContainerStatus) -> str:
-    """One container's trouble in a sentence ("" for a healthy one)."""
-    if not _rank(container):
-        return ""
-    text = f"pod {pod} container {container.name}: {_failing_reason(container) or container.reason or 'not ready'}"
-    details = []
-    if container.exit_code is not None:
-        how = container.last_reason or ("Completed" if container.exit_code == 0 else "Error")
-        details.append(f"exited {container.exit_code} ({how})")
-    if container.restarts:
-        details.append(f"restarted {container.restarts} time{'s' if container.restarts != 1 else ''}")
-    if details:
-        text += ": " + ", ".join(details)
-    if container.last_log.strip():
-        text += f"; last log: {json.dumps(container.last_log.strip(), ensure_ascii=False)}"
-    return text
-
-
 def release_health(pods: Iterable[PodState]) -> ReleaseHealth:
     """The release's health from its pods' containers."""
     detailed = tuple(PodStatus(name=p.name, containers=p.containers) for p in pods if p.containers)
@@ -89,11 +53,11 @@ def release_health(pods: Iterable[PodState]) -> ReleaseHealth:
     worst: tuple[int, str, ContainerStatus] | None = None
     for pod in detailed:
         for container in pod.containers:
-            rank = _rank(container)
-            if rank and (worst is None or rank > worst[0]):
-                worst = (rank, pod.name, container)
+            badness = rank(container)
+            if badness and (worst is None or badness > worst[0]):
+                worst = (badness, pod.name, container)
     if worst is None:
         return ReleaseHealth(restarts=restarts, pods=detailed)
     _, pod_name, container = worst
-    reason = _failing_reason(container) or (container.reason if container.state == "waiting" else "")
+    reason = failing_reason(container) or (container.reason if container.state == "waiting" else "")
     return ReleaseHealth(reason=reason, restarts=restarts, message=describe(pod_name, container), pods=detailed)

@@ -50,7 +50,8 @@ def describe(pod: str, container: ContainerStatus) -> str:
     ``pod web-0 container web: CrashLoopBackOff: exited 3 (Error), restarted 4 times; last log: "crashing"``."""
     if not rank(container):
         return ""
-    text = f"pod {pod} container {container.name}: {failing_reason(container) or container.reason or 'not ready'}"
+    word = failing_reason(container) or container.reason or ("running" if container.ready else "not ready")
+    text = f"pod {pod} container {container.name}: {word}"
     details = []
     if container.exit_code is not None:
         how = container.last_reason or ("Completed" if container.exit_code == 0 else "Error")
