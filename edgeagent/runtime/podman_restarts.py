@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from .base import EdgeRuntimeError
 from .podman_cli import PodmanCli, loads_json
 
 __all__ = ["RestartKeeper", "RestartSettings", "Termination", "running_seconds"]
@@ -143,9 +144,9 @@ class RestartKeeper:
                     continue  # forgotten or replaced while waiting
                 result = await self._cli.run("container", "inspect", "--format", "json", *names, check=False)
                 try:
-                    infos = loads_json(result.stdout, "inspect containers") if result.stdout.strip() else []
-                except Exception:  # podman answered something unreadable: the next tick asks again
-                    logger.debug("Unreadable container inspect: %r", result.stdout[:200])
+                    infos = loads_json(result.stdout, "inspect containers") or []
+                except EdgeRuntimeError as exc:  # podman answered something unreadable: the next tick asks again
+                    logger.debug("%s", exc)
                     continue
                 for info in infos or ():
                     if isinstance(info, dict):

@@ -3,8 +3,6 @@ prints about a container, which the agent puts in a release's message (edgeagent
 
 from __future__ import annotations
 
-import pytest
-
 from edgeprotocol.health import describe, failing_reason, release_failing
 from edgeprotocol.messages import FAILING_REASONS, ContainerStatus
 
