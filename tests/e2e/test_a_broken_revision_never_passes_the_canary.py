@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
-from fleet_checks import agent_status, container_starts, wait_deployed, write_spec
+from fleet_checks import agent_status, container_starts, node_events, wait_deployed, write_spec
 
 from edgesim.fleet import Fleet, Node, wait_until
 from edgesim.podman_setup import DEMO_IMAGE
@@ -102,6 +102,11 @@ def test_every_way_a_release_breaks_fails_the_canary_and_never_touches_the_later
             held = release_of(node)
             assert (held["applied_revision"], held["phase"]) == (1, "Deployed"), (what, node.name, held)
             assert container_starts(node) == before[node.name], (what, node.name)
+        if reason in ("CrashLoopBackOff", "OOMKilled"):
+            # One event when the release turned unhealthy, not one per restart.
+            unhealthy = [e for e in node_events(hub, "c1")
+                         if e["reason"] == "Unhealthy" and f"revision {bad}:" in e["message"]]
+            assert len(unhealthy) == 1 and reason in unhealthy[0]["message"], (what, unhealthy)
         described = hub.ctl("describe", "component", "acceptance/probe").stdout
         print(f"\n--- {what}: canary failed after {failed_after:.1f} s\n{said}\n{described}")
         good = rollback
