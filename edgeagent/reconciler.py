@@ -34,7 +34,16 @@ import time
 from typing import Protocol
 
 from .health import NodeHealth, summary
-from .runtime import EdgeRuntimeError, ManifestRejected, NodeContext, Observation, ReleaseRef, Runtime
+from .release_health import release_health
+from .runtime import (
+    EdgeRuntimeError,
+    ManifestRejected,
+    NodeContext,
+    Observation,
+    ReleaseRef,
+    Runtime,
+    RuntimeApplyError,
+)
 from .settings import AgentSettings
 from .store import AgentStore, ReleaseRecord
 
@@ -258,7 +267,10 @@ class Reconciler:
                             ref, rec.desired_revision, exc)
                 return False
             delay = self._retry.failed(key)
-            await self.store.fail_apply(rec, message=str(exc))
+            reason = exc.reason if isinstance(exc, RuntimeApplyError) else ""
+            if reason == "ErrImagePull" and rec.reason in ("ErrImagePull", "ImagePullBackOff"):
+                reason = "ImagePullBackOff"  # failed before: now waiting out the retry's back-off, as the kubelet says
+            await self.store.fail_apply(rec, message=f"{reason}: {exc}" if reason else str(exc), reason=reason)
             await self.reporter.record_event(
                 "ApplyFailed", f"revision {rec.desired_revision}: {exc}; retrying in {delay:.0f} s", rec)
             logger.warning("Applying %s revision %d failed: %s", ref, rec.desired_revision, exc)
@@ -296,13 +308,28 @@ class Reconciler:
                 fresh = await self.store.get(rec.namespace, rec.release)
                 if fresh is not None and fresh.desired_revision == rec.desired_revision:
                     rec, observation = fresh, await self.runtime.observe(ref)
-        if observation.ready >= observation.total:
+        health = release_health(observation.pods)
+        if health.failing:
+            phase = "Degraded"  # no waiting makes it right: said at once, not after ready_timeout
+        elif observation.ready >= observation.total:
             phase = "Deployed"
         elif time.time() - rec.applied_at < self.settings.ready_timeout:
             phase = "Applying"
         else:
             phase = "Degraded"
         # What the runtime could not do stays in the message whatever the pods do.
-        message = "; ".join(m for m in (observation.message if phase != "Deployed" else "", rec.warnings) if m)
-        if (phase, observation.ready, observation.total, message) != (rec.phase, rec.ready, rec.total, rec.message):
-            await self.store.observe(rec, phase=phase, ready=observation.ready, total=observation.total, message=message)
+        shortfall = (health.message, observation.message) if phase != "Deployed" else ()
+        message = "; ".join(m for m in (*shortfall, rec.warnings) if m)
+        if health.reason != rec.reason:
+            if health.reason:
+                await self.reporter.record_event("Unhealthy", f"revision {rec.desired_revision}: {health.message}",
+                                                 rec)
+            elif rec.reason and rec.phase != "Failed":
+                await self.reporter.record_event("Healthy", f"revision {rec.desired_revision}: no container "
+                                                 f"{rec.reason} any more", rec)
+        if (phase, observation.ready, observation.total, message, health.reason, health.restarts,
+                health.pods) != (rec.phase, rec.ready, rec.total, rec.message, rec.reason, rec.restarts,
+                                 rec.pod_statuses()):
+            await self.store.observe(rec, phase=phase, ready=observation.ready, total=observation.total,
+                                     message=message, reason=health.reason, restarts=health.restarts,
+                                     pods=health.pods)

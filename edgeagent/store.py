@@ -17,11 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit.sqlite import Database
-from edgeprotocol.messages import Assignment, AssignmentKind, Phase, now
+from edgeprotocol.errors import ProtocolError
+from edgeprotocol.messages import Assignment, AssignmentKind, Phase, PodStatus, now
 
 # Columns added after the first release of the agent: older agent.db files get them on open.
 ADDED_COLUMNS = (("releases", "rejected_digest", "TEXT NOT NULL DEFAULT ''"),
-                 ("releases", "warnings", "TEXT NOT NULL DEFAULT ''"))
+                 ("releases", "warnings", "TEXT NOT NULL DEFAULT ''"),
+                 ("releases", "reason", "TEXT NOT NULL DEFAULT ''"),
+                 ("releases", "restarts", "INTEGER NOT NULL DEFAULT 0"),
+                 ("releases", "pods", "TEXT NOT NULL DEFAULT '[]'"))
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS releases (
@@ -37,6 +41,9 @@ CREATE TABLE IF NOT EXISTS releases (
     applying_digest TEXT NOT NULL DEFAULT '',
     rejected_digest TEXT NOT NULL DEFAULT '',
     warnings TEXT NOT NULL DEFAULT '',
+    reason TEXT NOT NULL DEFAULT '',
+    restarts INTEGER NOT NULL DEFAULT 0,
+    pods TEXT NOT NULL DEFAULT '[]',
     phase TEXT NOT NULL DEFAULT 'Pending',
     message TEXT NOT NULL DEFAULT '',
     ready INTEGER NOT NULL DEFAULT 0,
@@ -81,12 +88,24 @@ class ReleaseRecord:
     total: int
     applied_at: float
     observed_at: str
+    # The release's health word (CrashLoopBackOff, ErrImagePull, ...; "" when healthy), its containers'
+    # restarts together, and each pod's containers as JSON (edgeprotocol's PodStatus): release_health's.
+    reason: str = ""
+    restarts: int = 0
+    pods: str = "[]"
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> ReleaseRecord:
         data = dict(row)
         data["chart"] = json.loads(data["chart"])
         return cls(**data)
+
+    def pod_statuses(self) -> tuple[PodStatus, ...]:
+        """``pods`` decoded; a damaged column reads as none (it is rewritten at the next observation)."""
+        try:
+            return tuple(PodStatus.from_dict(p, "pods") for p in json.loads(self.pods))
+        except (ValueError, TypeError, ProtocolError):
+            return ()
 
     @property
     def converged(self) -> bool:
@@ -156,7 +175,7 @@ class AgentStore:
 
     async def begin_apply(self, rec: ReleaseRecord) -> None:
         """Journal an apply before touching the runtime: a crash leaves ``applying_digest`` set."""
-        await self._update(rec, "applying_digest = ?, phase = 'Applying', message = ''", rec.digest)
+        await self._update(rec, "applying_digest = ?, phase = 'Applying', message = '', reason = ''", rec.digest)
 
     async def finish_apply(self, rec: ReleaseRecord, *, warnings: str) -> None:
         await self._update(
@@ -165,8 +184,11 @@ class AgentStore:
             rec.desired_revision, rec.digest, time.time(), warnings, warnings,
         )
 
-    async def fail_apply(self, rec: ReleaseRecord, *, message: str) -> None:
-        await self._update(rec, "applying_digest = '', phase = 'Failed', message = ?", message)
+    async def fail_apply(self, rec: ReleaseRecord, *, message: str, reason: str = "") -> None:
+        """The runtime failed the apply, maybe half-way (old pods stopped, new ones not started): what ran
+        before is not known to run any more, so even a revision with its manifests is applied again."""
+        await self._update(rec, "applying_digest = '', applied_digest = '', phase = 'Failed', message = ?, "
+                                "reason = ?", message, reason)
 
     async def reject_apply(self, rec: ReleaseRecord, *, message: str) -> None:
         """The runtime can never run these manifests: Failed, and not retried until the digest changes."""
@@ -183,9 +205,11 @@ class AgentStore:
             rec.desired_revision,
         )
 
-    async def observe(self, rec: ReleaseRecord, *, phase: Phase, ready: int, total: int, message: str | None = None) -> None:
-        sets = "phase = ?, ready = ?, total = ?, observed_at = ?"
-        args: list[object] = [phase, ready, total, now()]
+    async def observe(self, rec: ReleaseRecord, *, phase: Phase, ready: int, total: int, message: str | None = None,
+                      reason: str = "", restarts: int = 0, pods: tuple[PodStatus, ...] = ()) -> None:
+        sets = "phase = ?, ready = ?, total = ?, observed_at = ?, reason = ?, restarts = ?, pods = ?"
+        args: list[object] = [phase, ready, total, now(), reason, restarts,
+                              json.dumps([p.to_dict() for p in pods], separators=(",", ":"))]
         if message is not None:
             sets += ", message = ?"
             args.append(message)

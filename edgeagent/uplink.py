@@ -181,14 +181,15 @@ class Uplink:
             ReleaseStatus(
                 namespace=r.namespace, release=r.release, desired_revision=r.desired_revision,
                 applied_revision=r.applied_revision, phase=r.phase, message=r.message, ready=r.ready,
-                total=r.total, observed_at=r.observed_at,
+                total=r.total, observed_at=r.observed_at, reason=r.reason, restarts=r.restarts,
+                pods=r.pod_statuses(),
             )
             for r in await self.store.releases()
             if r.phase != "Removed"
         )
         conditions = self._health.conditions
         comparable = (tuple((r.namespace, r.release, r.desired_revision, r.applied_revision, r.phase, r.message,
-                             r.ready, r.total) for r in releases), conditions)
+                             r.ready, r.total, r.reason, r.restarts, r.pods) for r in releases), conditions)
         due = time.monotonic() - self._last_status_at >= self.settings.status_heartbeat
         if not force and not due and comparable == self._last_status:
             return

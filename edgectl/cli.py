@@ -81,7 +81,9 @@ from edgekit.files import write_atomic
 from edgekit.http import HttpError, JsonHttpClient, Unreachable, tls_context
 from edgekit.mqtt import BrokerAddress
 from edgekit.table import format_table
-from edgeprotocol.errors import EdgeError
+from edgeprotocol.errors import EdgeError, ProtocolError
+from edgeprotocol.health import describe as describe_container
+from edgeprotocol.messages import PodStatus
 from edgeprotocol.topics import check_name
 
 DEFAULT_HUB = "http://127.0.0.1:8470"
@@ -202,8 +204,13 @@ def say(text: Any, *, err: bool = False) -> None:
     print(sanitize(text), file=sys.stderr if err else sys.stdout, flush=True)
 
 
-def show_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
-    say(format_table([{c: one_line(row.get(c)) for c in columns} for row in rows], columns))
+def show_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str],
+               under: Sequence[Sequence[str]] = ()) -> None:
+    """A table of ``rows``; ``under``: for each row, lines printed indented below it (each one line)."""
+    header, *lines = format_table([{c: one_line(row.get(c)) for c in columns} for row in rows], columns).split("\n")
+    for i, line in enumerate(lines):
+        header += "\n" + line + "".join(f"\n    {one_line(text)}" for text in (under[i] if i < len(under) else ()))
+    say(header)
 
 
 def operator_token(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[str | None, str]:
@@ -493,7 +500,8 @@ def list_rows(kind: str, data: list[dict[str, Any]]) -> list[dict[str, Any]]:
     if kind == "nodes":
         return [{**n,
                  "releases": ", ".join(f"{r['namespace']}/{r['release']}@{r.get('applied_revision', 0)}:"
-                                       f"{r.get('phase', '?')}" for r in n["releases"]) or "-",
+                                       f"{r.get('phase', '?')}" + (f"({r['reason']})" if r.get("reason") else "")
+                                       for r in n["releases"]) or "-",
                  "labels": _counts(n["labels"]),
                  "conditions": conditions_column(n["conditions"]),
                  "agent_version": n.get("agent_version") or "-",
@@ -607,9 +615,10 @@ def cmd_describe(hub: JsonHttpClient, args: argparse.Namespace) -> None:
         else:
             say("  none reported yet")
         say("Releases:")
-        show_table(data["releases"], ["namespace", "release", "desired_revision", "applied_revision", "phase", "ready",
-                                      "total", "observed_at", "stale", "message"] if wide else
-                   ["namespace", "release", "applied_revision", "phase", "ready", "total", "message"])
+        show_table(data["releases"], ["namespace", "release", "desired_revision", "applied_revision", "phase", "reason",
+                                      "restarts", "ready", "total", "observed_at", "stale", "message"] if wide else
+                   ["namespace", "release", "applied_revision", "phase", "reason", "restarts", "ready", "total",
+                    "message"], under=[container_troubles(r) for r in data["releases"]])
         return
     namespace, name = _component_ref(args.name, args.namespace)
     data = hub.get(f"/api/v1/components/{namespace}/{name}")
@@ -622,8 +631,22 @@ def cmd_describe(hub: JsonHttpClient, args: argparse.Namespace) -> None:
     rows = [{**r, "ready": f"{r['ready']}/{r['total']}", "presence": r["presence"] + (" (stale)" if r.get("stale") else "")}
             for r in data["nodes"]]
     show_table(rows, ["node", "pool", "presence", "last_seen", "assigned_revision", "applied_revision", "phase",
-                      "ready", "observed_at", "message"] if wide else
-               ["node", "pool", "presence", "assigned_revision", "applied_revision", "phase", "ready", "message"])
+                      "reason", "restarts", "ready", "observed_at", "message"] if wide else
+               ["node", "pool", "presence", "assigned_revision", "applied_revision", "phase", "reason", "ready",
+                "message"])
+
+
+def container_troubles(release: Mapping[str, Any]) -> list[str]:
+    """A sentence per unhealthy container of a release as the hub shows it (none from a hub or an agent that
+    reports no pods)."""
+    lines = []
+    for pod in release.get("pods") or ():
+        try:
+            status = PodStatus.from_dict(pod, "pod")
+        except ProtocolError:
+            continue  # a hub newer than this edgectl may say more: what it cannot read it leaves out
+        lines += [text for text in (describe_container(status.name, c) for c in status.containers) if text]
+    return lines
 
 
 def cmd_delete(hub: JsonHttpClient, args: argparse.Namespace) -> None:

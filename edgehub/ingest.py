@@ -4,11 +4,15 @@ Anyone who can reach the broker can publish on a node's topics, so every
 message is bounded before the hub spends anything on it:
 
 - a **status** has its release and condition messages cut to
-  ``MAX_TEXT_CHARS``; it is dropped (with a warning) when it still encodes to
-  more than ``max_status_bytes`` or lists more than ``MAX_STATUS_RELEASES``
-  releases or ``MAX_STATUS_CONDITIONS`` conditions, and when its ``seq`` is
-  more than ``max_seq_jump`` past the node's last (see
-  :meth:`HubStore.save_status`, which also says what a re-join does);
+  ``MAX_TEXT_CHARS`` (the protocol's decoder already cut each release's pods,
+  containers and logs to ``MAX_PODS_DETAILED``, ``MAX_CONTAINERS_DETAILED``
+  and ``MAX_LAST_LOG``); one that still encodes to more than
+  ``max_status_bytes`` is stored without its pods' detail (each release's
+  reason, restarts and message kept); it is dropped (with a warning) when it
+  is over even so, lists more than ``MAX_STATUS_RELEASES`` releases or
+  ``MAX_STATUS_CONDITIONS`` conditions, or its ``seq`` is more than
+  ``max_seq_jump`` past the node's last (see :meth:`HubStore.save_status`,
+  which also says what a re-join does);
 - an **event** has its message cut likewise and is dropped past
   ``MAX_EVENT_BYTES`` or ``max_seq_jump`` (events are kept by count, in
   arrival order: :meth:`HubStore.add_event`);
@@ -272,6 +276,14 @@ class NodeMessages:
             conditions=tuple(dataclasses.replace(c, message=_cut(c.message)) for c in status.conditions),
         )
         encoded = status.encode()
+        if len(encoded) > self._limits.max_status_bytes and any(r.pods for r in status.releases):
+            # The pods' detail is what grows with a release's size; each release's reason, restarts and
+            # message already sum it up, so a node with many or large releases keeps being heard without it.
+            logger.debug("Status #%d of %s is %d bytes as stored, over %d: storing it without its pods' detail",
+                         status.seq, status.node, len(encoded), self._limits.max_status_bytes)
+            status = dataclasses.replace(status, releases=tuple(
+                dataclasses.replace(r, pods=()) for r in status.releases))
+            encoded = status.encode()
         if len(encoded) > self._limits.max_status_bytes:
             raise Dropped(f"status #{status.seq} is {len(encoded)} bytes as stored, over the bound of "
                           f"{self._limits.max_status_bytes} (max_status_bytes)")

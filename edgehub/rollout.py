@@ -8,9 +8,12 @@ restart) and ``step`` moves it on from what the nodes report and the time:
 - batches start in order; each selects targets not in an earlier batch (a
   list of pools, a percent of the remaining targets, rounded up, or a count);
 - a batch passes when each of its nodes reports the new revision Deployed
-  and ready within ``readyWithin`` of the batch's start and has stayed so for
-  ``minReadyTime``; a node fails when it reports Failed for the new revision
-  or misses the deadline; more failures than ``maxFailures`` fail the batch;
+  and ready within ``readyWithin`` of the batch's start and has stayed so,
+  with no container restart, for ``minReadyTime`` (a restart, or leaving
+  Deployed, starts that clock again); a node fails as soon as it reports
+  the new revision failing (``edgeprotocol.health.release_failing``: phase
+  Failed, or a crash loop, an image it cannot pull, an OOM kill) or misses
+  the deadline; more failures than ``maxFailures`` fail the batch;
 - a failed batch pauses the rollout (``onFailure: Pause``) or makes it roll
   back (``rolling back``: the driver makes a rollback revision, then the
   state is ``rolled back``);
@@ -36,6 +39,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from deployer_plugin import RolloutPolicy, parse_rollout_policy
+from edgeprotocol.health import release_failing
+from edgeprotocol.messages import ReleaseStatus
 
 from .store import RolloutRow
 
@@ -60,6 +65,14 @@ class Report:
     applied_revision: int
     phase: str
     message: str = ""
+    reason: str = ""  # the release's health word ("" when healthy, and from agents that send none)
+    restarts: int = 0  # its containers' restarts together
+
+    @classmethod
+    def of(cls, release: ReleaseStatus) -> Report:
+        """What the gate needs of the release as the node's stored status has it."""
+        return cls(desired_revision=release.desired_revision, applied_revision=release.applied_revision,
+                   phase=release.phase, message=release.message, reason=release.reason, restarts=release.restarts)
 
 
 @dataclass(slots=True)
@@ -74,6 +87,9 @@ class RolloutState:
     batches: list[list[str]] = field(default_factory=list)  # the nodes of each started batch
     batch_started_at: float = 0.0
     ready_since: dict[str, float] = field(default_factory=dict)
+    # Each ready node's restarts when its ready clock started: a restart since starts the clock again. (A row
+    # stored before restarts were reported has none: the node's next report fills it in.)
+    ready_restarts: dict[str, int] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)  # node -> why, in the current batch
     deferred: list[str] = field(default_factory=list)  # offline nodes waited for out of band (Defer)
     skipped: list[str] = field(default_factory=list)  # offline nodes left out for good (Skip)
@@ -101,7 +117,21 @@ class RolloutState:
 
     def copy(self) -> RolloutState:
         return dataclasses.replace(self, batches=[list(b) for b in self.batches], ready_since=dict(self.ready_since),
-                                   failed=dict(self.failed), deferred=list(self.deferred), skipped=list(self.skipped))
+                                   ready_restarts=dict(self.ready_restarts), failed=dict(self.failed),
+                                   deferred=list(self.deferred), skipped=list(self.skipped))
+
+    def not_ready(self, node: str) -> None:
+        """``node``'s ready clock stops: it starts afresh when the node is ready again."""
+        self.ready_since.pop(node, None)
+        self.ready_restarts.pop(node, None)
+
+    def ready_clock(self, node: str, restarts: int, now: float) -> float:
+        """Since when ``node`` has been ready without a restart, its clock started now if it was not running or
+        its containers' ``restarts`` changed since it started (a container that restarts is not healthy,
+        however soon it runs again)."""
+        if node not in self.ready_since or self.ready_restarts.setdefault(node, restarts) != restarts:
+            self.ready_since[node], self.ready_restarts[node] = now, restarts
+        return self.ready_since[node]
 
 
 def begin(namespace: str, name: str, revision: int, policy: RolloutPolicy, *, live_revision: int,
@@ -150,6 +180,29 @@ def _start_next(s: RolloutState, targets: Mapping[str, Target], now: float) -> N
     s.failed = {}
 
 
+def _failure(report: Report | None, revision: int) -> str:
+    """Why ``report`` fails a node of the rollout of ``revision`` at once ("" when it does not): the apply of the
+    revision Failed, or the revision's containers are in a ``FAILING_REASONS`` state. A reason counts only once
+    the node applied the revision: the containers it describes before that are the previous revision's (a
+    rollout that fixes a crash loop must not fail on the crash loop it fixes)."""
+    if report is None or not release_failing(report.phase, report.reason):
+        return ""
+    if report.phase == "Failed" and report.desired_revision >= revision:
+        what = report.phase if report.reason in ("", report.phase) else f"{report.reason} (phase Failed)"
+    elif report.phase != "Failed" and report.applied_revision >= revision:
+        what = f"{report.reason} (phase {report.phase})"
+    else:
+        return ""
+    return f"reported {what} for revision {revision}" + (f": {report.message}" if report.message else "")
+
+
+def _ready(report: Report | None, target: Target | None, revision: int) -> bool:
+    """Whether a node counts as ready at ``revision`` now: online, the revision applied and Deployed, and not
+    failing (a release that runs again after an OOM kill is Deployed, not healthy)."""
+    return (report is not None and target is not None and target.online and report.applied_revision >= revision
+            and report.phase == "Deployed" and not release_failing(report.phase, report.reason))
+
+
 def _gate(s: RolloutState, targets: Mapping[str, Target], reports: Mapping[str, Report], now: float) -> bool:
     """Check the current batch: True when it passed. Sets ``state`` when it failed."""
     policy = s.policy
@@ -160,24 +213,21 @@ def _gate(s: RolloutState, targets: Mapping[str, Target], reports: Mapping[str, 
     for node in nodes:
         report = reports.get(node)
         if not targets[node].online and policy.offline_nodes != "Block":
-            s.ready_since.pop(node, None)
+            s.not_ready(node)
             continue  # deferred, not a failure: it gets the revision the rollout settles on
         checked += 1
         if node in s.failed:
             continue
-        if report is not None and report.phase == "Failed" and report.desired_revision >= s.revision:
-            s.failed[node] = f"reported Failed for revision {s.revision}" + (
-                f": {report.message}" if report.message else "")
-            s.ready_since.pop(node, None)
+        failure = _failure(report, s.revision)
+        if failure:
+            s.failed[node] = failure
+            s.not_ready(node)
             continue
-        ready = (report is not None and targets[node].online and report.applied_revision >= s.revision
-                 and report.phase == "Deployed")
-        if ready:
-            since = s.ready_since.setdefault(node, now)
-            if now - since < policy.min_ready_time:
+        if report is not None and _ready(report, targets[node], s.revision):
+            if now - s.ready_clock(node, report.restarts, now) < policy.min_ready_time:
                 waiting = True
             continue
-        s.ready_since.pop(node, None)
+        s.not_ready(node)
         if now >= deadline:
             phase = "offline" if not targets[node].online else (
                 f"phase {report.phase} at revision {report.applied_revision}" if report else "no report")
@@ -261,6 +311,10 @@ def desired_revision(state: RolloutState, node: str, *, current: int, held: int)
     return state.previous or current
 
 
+# The target a view without targets takes each node for.
+_ONLINE = Target(pool="", online=True)
+
+
 def view(state: RolloutState, targets: Mapping[str, Target] | None = None,
          reports: Mapping[str, Report] | None = None) -> dict[str, Any]:
     """The rollout as the API answers it."""
@@ -268,8 +322,8 @@ def view(state: RolloutState, targets: Mapping[str, Target] | None = None,
     batches = []
     for i, spec in enumerate(policy.batches):
         nodes = state.batches[i] if i < len(state.batches) else []
-        ready = [n for n in nodes if reports and n in reports and reports[n].applied_revision >= state.revision
-                 and reports[n].phase == "Deployed" and (targets is None or (n in targets and targets[n].online))]
+        ready = [n for n in nodes if reports and _ready(reports.get(n), _ONLINE if targets is None else targets.get(n),
+                                                        state.revision)]
         if i < state.batch or state.state == "complete":
             phase = "passed" if i < len(state.batches) else "skipped"
         elif i == state.batch:

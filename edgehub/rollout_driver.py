@@ -88,8 +88,7 @@ class RolloutDriver:
             targets[a.node] = Target(pool=node.pool, online=node.presence == "online")
             for r in node.status.releases if node.status else ():
                 if (r.namespace, r.release) == (state.namespace, state.name):
-                    reports[a.node] = Report(desired_revision=r.desired_revision,
-                                             applied_revision=r.applied_revision, phase=r.phase, message=r.message)
+                    reports[a.node] = Report.of(r)
         return targets, reports
 
     async def evaluate(self) -> None:

@@ -196,7 +196,9 @@ class HubSettings:
     # --- bounds on what nodes send (anyone who can reach the broker can send it) ---
     # A status report as the hub stores it (encoded, release and condition
     # messages cut to 1000 characters): a node with 500 releases reports
-    # about 150 KiB, so 256 KiB is room to spare; a larger one is dropped.
+    # about 150 KiB, so 256 KiB is room to spare. A larger one is stored
+    # without its pods' detail (each release still says its reason, restarts
+    # and message), and dropped if it is larger even so.
     max_status_bytes: int = 256 * 1024
     # How far a status or event sequence number may jump past the last one
     # stored. A node counts up by one per report (a restarted agent keeps

@@ -17,9 +17,9 @@ current one) with their renders, except a render an assignment still names
 made before history existed gets one row per component on open, made from
 its current row. Statuses stored: ``current`` (the component's current
 revision; the API shows its live state instead), ``superseded``, ``failed``
-(its targets reported Failed when it was replaced), ``rolled back`` (replaced
-by a rollback to an earlier revision) and ``deleted`` (the revision that
-deleted the component).
+(a target reported it failing, ``edgeprotocol.health.release_failing``, when
+it was replaced), ``rolled back`` (replaced by a rollback to an earlier
+revision) and ``deleted`` (the revision that deleted the component).
 
 What nodes send is bounded here too, whoever sent it (the broker lets anyone
 publish on a node's topics): a status or event whose sequence number jumps
@@ -215,7 +215,7 @@ _COMPONENT_COLUMNS = ("namespace, name, chart_name, chart_version, fingerprint, 
                       "history_limit")
 # A revision's stored status; "current" is shown as the live state of its rollout.
 RevisionStatus = Literal["current", "superseded", "failed", "rolled back", "deleted"]
-# What a replaced revision becomes: superseded, or failed when its targets reported Failed.
+# What a replaced revision becomes: superseded, or failed when a target reported it failing.
 Replaced = Literal["superseded", "failed"]
 _REVISION_COLUMNS = ("revision, chart_digest, chart_name, chart_version, fingerprint, created_at, origin, status, "
                      "spec != '' AS has_spec")

@@ -40,6 +40,7 @@ from typing import Any, get_args
 from edgekit.mqtt import PUBLISH_WINDOW
 from edgekit.tasks import OwnedTask, each_within
 from edgeprotocol import topics
+from edgeprotocol.health import release_failing
 from edgeprotocol.messages import Phase, now
 
 from .store import AssignmentRecord, ComponentRecord, HubStore, NodeRecord, RolloutRow
@@ -86,16 +87,32 @@ class _Target:
     applied: int
     phase: str
     stale: bool
+    reason: str = ""  # the release's health word, "" when healthy
+
+    @property
+    def failing(self) -> bool:
+        return release_failing(self.phase, self.reason)
 
 
 def _rollout(targets: list[_Target], revision: int) -> dict[str, int]:
     return {
         "desired": len(targets),
         "updated": sum(1 for t in targets if t.applied == revision),
-        "ready": sum(1 for t in targets if t.applied == revision and t.phase == "Deployed" and not t.stale),
-        "failed": sum(1 for t in targets if t.phase == "Failed"),
+        "ready": sum(1 for t in targets if t.applied == revision and t.phase == "Deployed" and not t.stale
+                     and not t.failing),
+        "failed": sum(1 for t in targets if t.failing),
         "offline": sum(1 for t in targets if not t.online),
     }
+
+
+# The most reasons a component's summary counts: a reason is what an agent says, so a fleet could say many.
+MAX_SUMMARY_REASONS = 16
+
+
+def _reasons(targets: list[_Target]) -> dict[str, int]:
+    """How many targets report each health word (a release has one only while it is unhealthy), the most
+    common first, at most ``MAX_SUMMARY_REASONS``."""
+    return dict(Counter(t.reason for t in targets if t.reason).most_common(MAX_SUMMARY_REASONS))
 
 
 def _rollout_state(counts: dict[str, int]) -> str:
@@ -124,7 +141,8 @@ def _targets(comp: ComponentRecord, by_name: dict[str, NodeRecord],
         targets.append(_Target(pool=node.pool, online=online,
                                applied=reported.applied_revision if reported is not None else 0,
                                phase=reported.phase if reported is not None else "Pending",
-                               stale=reported is not None and not online))
+                               stale=reported is not None and not online,
+                               reason=reported.reason if reported is not None else ""))
     return targets
 
 
@@ -159,8 +177,11 @@ def staged_words(rows: list[RolloutRow], components: list[ComponentRecord]) -> d
 def node_summary(node: NodeRecord) -> dict[str, Any]:
     """The summary of one node, as its record says."""
     status = node.status
+    # With each release its health: the word ("" when healthy), its containers' restarts and its message (the
+    # worst container's trouble, or what the node could not do).
     releases = [{"release": f"{r.namespace}/{r.release}", "revision": r.applied_revision,
-                 "desired_revision": r.desired_revision, "phase": r.phase}
+                 "desired_revision": r.desired_revision, "phase": r.phase, "reason": r.reason,
+                 "restarts": r.restarts, "message": r.message}
                 for r in (status.releases if status else ())]
     conditions = {c.type: c.status for c in status.conditions} if status else {}
     return {
@@ -219,6 +240,7 @@ def build(nodes: list[NodeRecord], components: list[ComponentRecord],
             # The revision every target has reached (0 before any has): Home Assistant's "installed".
             "installed_revision": min((t.applied for t in targets), default=0),
             **total, "rollout": (staged or {}).get((comp.namespace, comp.name)) or _rollout_state(total),
+            "reasons": _reasons(targets),
             "pools": per_pool,
         }
 

@@ -15,6 +15,7 @@ from typing import Any
 from cryptography import x509
 
 from edgeprotocol.enrollment import renew_after
+from edgeprotocol.health import release_failing
 from edgeprotocol.messages import ReleaseStatus
 
 from .store import AssignmentRecord, ComponentRecord, NodeRecord
@@ -58,11 +59,16 @@ def release_view(node: NodeRecord, namespace: str, release: str) -> dict[str, An
         "desired_revision": r.desired_revision,
         "applied_revision": r.applied_revision,
         "phase": r.phase,
+        # The release's health word ("" when healthy, and from agents that report none), its containers'
+        # restarts together, and each pod's containers as the node reported them.
+        "reason": r.reason,
+        "restarts": r.restarts,
         "message": r.message,
         "ready": r.ready,
         "total": r.total,
         "observed_at": r.observed_at,
         "stale": node.presence != "online",
+        "pods": [p.to_dict() for p in r.pods],
     }
 
 
@@ -117,7 +123,8 @@ def component_view(
         reported = reported_release(node, comp.namespace, comp.name) if node is not None else None
         phase = reported.phase if reported is not None else "Pending"
         is_deployed = (reported is not None and phase == "Deployed" and reported.applied_revision == comp.revision
-                       and node is not None and node.presence == "online")
+                       and not release_failing(phase, reported.reason) and node is not None
+                       and node.presence == "online")
         deployed += is_deployed
         phases[phase] += 1
         counts = pools.setdefault(node.pool if node is not None else "", {"targets": 0, "deployed": 0})
@@ -148,8 +155,9 @@ def _target_row(a: AssignmentRecord, node: NodeRecord | None, comp: ComponentRec
         "presence": node.presence if node else "unknown",
         "last_seen": node.last_seen if node else "",
         "assigned_revision": a.revision,
-        **(reported or {"phase": "Pending", "applied_revision": 0, "message": "not reported yet",
-                        "ready": 0, "total": 0, "observed_at": "", "stale": False}),
+        **(reported or {"phase": "Pending", "applied_revision": 0, "reason": "", "restarts": 0,
+                        "message": "not reported yet", "ready": 0, "total": 0, "observed_at": "", "stale": False,
+                        "pods": []}),
     }
 
 

@@ -56,6 +56,24 @@ CONDITION_STATUSES: tuple[str, ...] = get_args(ConditionStatus)
 # error cannot bloat every status report.
 MAX_CONDITION_MESSAGE = 1000
 
+# A container's health in the kubelet's words. ``state`` is what it is doing
+# now; ``reason`` why it waits (CrashLoopBackOff: restarted again and again,
+# waiting out its back-off; ErrImagePull/ImagePullBackOff: its image is not on
+# the node and cannot be pulled; CreateContainerConfigError/CreateContainerError:
+# the runtime refused to create it) or, while it runs or once it terminated,
+# how it last terminated (Error, OOMKilled, Completed).
+ContainerState = Literal["running", "waiting", "terminated"]
+CONTAINER_STATES: tuple[str, ...] = get_args(ContainerState)
+# Reasons no waiting makes right: the health gate fails a node on them as soon as it hears them.
+FAILING_REASONS: tuple[str, ...] = ("CrashLoopBackOff", "ErrImagePull", "ImagePullBackOff", "OOMKilled",
+                                    "CreateContainerConfigError", "CreateContainerError")
+# The last lines of a container's log that a status carries, and how many
+# pods and containers of one release it details: enough to say why, bounded so
+# a chatty container or a large release cannot bloat every report.
+MAX_LAST_LOG = 200
+MAX_PODS_DETAILED = 50
+MAX_CONTAINERS_DETAILED = 16
+
 
 def now() -> str:
     """The current time as an RFC 3339 UTC string, the protocol's time format."""
@@ -315,8 +333,88 @@ class Assignment:
 
 
 @dataclass(frozen=True, slots=True)
+class ContainerStatus:
+    """One container of a pod, as the kubelet would show it (see ``ContainerState``).
+
+    ``reason`` is why it waits (``state`` waiting) or how it terminated
+    (``state`` terminated); ``last_reason``, ``exit_code`` and ``finished_at``
+    are of its last termination (Error, OOMKilled or Completed; "", None and ""
+    before one), as Kubernetes' ``lastState.terminated``. ``restarts`` counts
+    restarts since the pod was created (the runtime's and the agent's, liveness
+    probes included); ``last_log`` holds the last lines it wrote before it last
+    terminated, cut to ``MAX_LAST_LOG``.
+    """
+
+    name: str
+    ready: bool = False
+    restarts: int = 0
+    state: ContainerState = "running"
+    reason: str = ""
+    exit_code: int | None = None
+    last_reason: str = ""
+    finished_at: str = ""
+    last_log: str = ""
+
+    def __post_init__(self) -> None:
+        if self.state not in CONTAINER_STATES:
+            raise ValueError(f"container state {self.state!r} is not one of {CONTAINER_STATES}")
+        if len(self.last_log) > MAX_LAST_LOG:
+            object.__setattr__(self, "last_log", "…" + self.last_log[-(MAX_LAST_LOG - 1):])
+
+    def to_dict(self) -> dict[str, Any]:
+        return _flat(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> ContainerStatus:
+        if not isinstance(data, dict):
+            raise ProtocolError(f"{where}: each container status must be an object")
+        state = _optional_str(data, "state", where) or "running"
+        if state not in CONTAINER_STATES:
+            raise ProtocolError(f"{where}: state {state!r} is not one of {CONTAINER_STATES}")
+        exit_code = data.get("exit_code")
+        if exit_code is not None and (not isinstance(exit_code, int) or isinstance(exit_code, bool)):
+            raise ProtocolError(f"{where}: field 'exit_code' has the wrong type {type(exit_code).__name__}")
+        ready = data.get("ready", False)
+        if not isinstance(ready, bool):
+            raise ProtocolError(f"{where}: field 'ready' has the wrong type {type(ready).__name__}")
+        return cls(name=_require(data, "name", str, where)[:253], ready=ready, restarts=_count(data, "restarts", where),
+                   state=state,  # type: ignore[arg-type]
+                   reason=_optional_str(data, "reason", where)[:64], exit_code=exit_code,
+                   last_reason=_optional_str(data, "last_reason", where)[:64],
+                   finished_at=_optional_str(data, "finished_at", where)[:64],
+                   last_log=_optional_str(data, "last_log", where))
+
+
+@dataclass(frozen=True, slots=True)
+class PodStatus:
+    """One pod of a release and its containers (at most ``MAX_CONTAINERS_DETAILED``)."""
+
+    name: str
+    containers: tuple[ContainerStatus, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "containers": [c.to_dict() for c in self.containers]}
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> PodStatus:
+        if not isinstance(data, dict):
+            raise ProtocolError(f"{where}: each pod status must be an object")
+        containers = _optional_list(data, "containers", where)[:MAX_CONTAINERS_DETAILED]
+        return cls(name=_require(data, "name", str, where)[:253],
+                   containers=tuple(ContainerStatus.from_dict(c, f"{where}.containers[{i}]")
+                                    for i, c in enumerate(containers)))
+
+
+@dataclass(frozen=True, slots=True)
 class ReleaseStatus:
-    """What a node reports of one release."""
+    """What a node reports of one release.
+
+    ``reason`` is the release's health in one word when it is not healthy
+    (a container's ``FAILING_REASONS`` word, or another waiting reason), and
+    ``restarts`` the sum of its containers' restarts: the health gate restarts
+    a node's clock when it grows. ``pods`` details each pod's containers
+    (agents before this send none).
+    """
 
     namespace: str
     release: str
@@ -327,10 +425,18 @@ class ReleaseStatus:
     ready: int = 0
     total: int = 0
     observed_at: str = ""
+    reason: str = ""
+    restarts: int = 0
+    pods: tuple[PodStatus, ...] = ()
 
     def __post_init__(self) -> None:
         if self.phase not in PHASES:
             raise ValueError(f"phase {self.phase!r} is not one of {PHASES}")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = _flat(self)
+        data["pods"] = [p.to_dict() for p in self.pods]
+        return data
 
     @classmethod
     def from_dict(cls, data: Any, where: str) -> ReleaseStatus:
@@ -339,6 +445,7 @@ class ReleaseStatus:
         phase = _require(data, "phase", str, where)
         if phase not in PHASES:
             raise ProtocolError(f"{where}: phase {phase!r} is not one of {PHASES}")
+        pods = _optional_list(data, "pods", where)[:MAX_PODS_DETAILED]
         return cls(
             namespace=_name(data, "namespace", where),
             release=_name(data, "release", where),
@@ -349,6 +456,9 @@ class ReleaseStatus:
             ready=_optional_int(data, "ready", where),
             total=_optional_int(data, "total", where),
             observed_at=_optional_str(data, "observed_at", where),
+            reason=_optional_str(data, "reason", where)[:64],
+            restarts=_count(data, "restarts", where),
+            pods=tuple(PodStatus.from_dict(p, f"{where}.pods[{i}]") for i, p in enumerate(pods)),
         )
 
 
@@ -417,7 +527,7 @@ class NodeStatus:
     def encode(self) -> bytes:
         data = _flat(self)
         data["v"] = VERSION
-        data["releases"] = [_flat(r) for r in self.releases]
+        data["releases"] = [r.to_dict() for r in self.releases]
         data["conditions"] = [c.to_dict() for c in self.conditions]
         return encode_json(data)
 

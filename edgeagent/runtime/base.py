@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from edgeprotocol.errors import EdgeError
-from edgeprotocol.messages import ConditionType
+from edgeprotocol.messages import ConditionType, ContainerStatus
 from edgeprotocol.topics import check_name
 
 __all__ = [
@@ -50,7 +50,16 @@ class EdgeRuntimeError(EdgeError):
 
 
 class RuntimeApplyError(EdgeRuntimeError):
-    """The runtime refused or failed a manifest; the message names the object and why."""
+    """The runtime refused or failed a manifest; the message names the object and why.
+
+    ``reason`` is the kubelet's word for it when there is one (``ErrImagePull``:
+    an image is not on the node and cannot be pulled; ``CreateContainerError``:
+    the runtime refused to create a container); "" otherwise.
+    """
+
+    def __init__(self, message: str, *, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class ManifestRejected(RuntimeApplyError):
@@ -120,6 +129,9 @@ class PodState:
     ready: bool
     container_ids: tuple[str, ...]
     started_at: str
+    # Each app container as the kubelet would show it (restarts, state, reason,
+    # last exit code and log): what the release's health is judged by.
+    containers: tuple[ContainerStatus, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,19 @@ no hub needed (drift repair, also offline); the workloads' own status
 (Deployment, StatefulSet, DaemonSet, Job, Pod) then gives ``ready``/``total``
 and names the failing object.
 
+``observe`` also lists each workload's pods (through its label selector,
+kept only when the workload owns them: a Deployment through its
+ReplicaSets) and reports every container as the kubelet shows it
+(``kubernetes_plan.pod_state``): restarts, ready, the waiting reason
+(CrashLoopBackOff, ImagePullBackOff, ...), the last termination's exit code,
+reason and time, and the last lines of the log of a container that last
+terminated abnormally. That log is read once per termination (cached by pod
+UID, container, restart count and finish time), at most ``_LOG_READS_PER_OBSERVE``
+per observe, each bounded by ``log_timeout``; a log that cannot be read leaves
+``last_log`` empty and never fails observe. Pods that cannot be listed (an
+account without ``list pods``) leave the containers out and the workloads'
+status as it was.
+
 The ``kubernetes`` client is imported only when the runtime first talks to
 the cluster: a podman node never needs it. Every blocking client call runs in
 a thread (``asyncio.to_thread``), bounded by ``request_timeout``.
@@ -75,17 +88,27 @@ from .kubernetes_plan import (
     LABEL_MANAGED_BY,
     LABEL_RELEASE,
     LABEL_RELEASE_NAMESPACE,
+    LOG_BYTES,
+    LOG_LINES,
     MANAGED_BY,
+    WORKLOAD_KINDS,
     KubeObject,
     KubePlan,
+    LogRequest,
+    ObjectKey,
     build_kube_plan,
     drifted,
     hook_order,
+    label_selector,
+    last_lines,
+    log_requests,
     manifests_digest,
     observation_from,
     ownership_conflict,
+    pod_state,
     prune_plan,
     uninstall_sorted,
+    workload_pods,
     workload_status,
 )
 
@@ -97,6 +120,12 @@ T = TypeVar("T")
 # The permissions preflight asks the API server about (verb, group, resource).
 _NEEDED = (("patch", "apps", "deployments"), ("delete", "apps", "deployments"), ("patch", "", "configmaps"),
            ("patch", "", "secrets"), ("create", "", "namespaces"), ("get", "", "namespaces"))
+# What observe uses to report containers (verb, group, resource, subresource): without it releases still run
+# and report their workloads, so preflight warns rather than fails.
+_WANTED = (("list", "", "pods", ""), ("list", "apps", "replicasets", ""), ("get", "", "pods", "log"))
+# Logs observe reads at most at once: a release whose many pods crash at once must not hold its status up
+# (the others are read on the next passes: each termination's log only once).
+_LOG_READS_PER_OBSERVE = 4
 
 
 def client_missing_hint() -> str:
@@ -119,6 +148,9 @@ class KubernetesSettings:
     crd_timeout: float = 60.0
     # Seconds a Job or Pod hook may run (Helm's default timeout), unless its activeDeadlineSeconds says less.
     hook_timeout: float = 300.0
+    # Seconds reading the last lines of one container's log may take: the log only adds to a status, so a
+    # slow kubelet must not hold observe up for a full request timeout.
+    log_timeout: float = 5.0
     policy: NodePolicy = field(default_factory=NodePolicy)
 
     def __post_init__(self) -> None:
@@ -127,6 +159,8 @@ class KubernetesSettings:
             object.__setattr__(self, "kubeconfig", Path(self.kubeconfig).absolute())
         if not self.request_timeout > 0:
             raise ValueError("KubernetesSettings.request_timeout must be a positive number of seconds")
+        if not self.log_timeout > 0:
+            raise ValueError("KubernetesSettings.log_timeout must be a positive number of seconds")
 
 
 class KubernetesRuntime:
@@ -139,7 +173,12 @@ class KubernetesRuntime:
         self._locks: dict[ReleaseRef, asyncio.Lock] = {}
         self._dynamic: Any = None
         self._api: Any = None
+        self._core: Any = None  # CoreV1Api, for pod logs (the dynamic client has no text subresources)
         self._where = ""  # the API server's address, for messages
+        # Per release: the log lines read for each termination (LogRequest.key), kept while the pod reports it.
+        self._logs: dict[ReleaseRef, dict[tuple[str, str, int, str], str]] = {}
+        # Releases whose pods could not be listed, warned about once (then at debug level every pass).
+        self._pods_warned: set[ReleaseRef] = set()
 
     def __repr__(self) -> str:
         return f"KubernetesRuntime(kubeconfig={self.settings.kubeconfig}, work_dir={self.settings.work_dir})"
@@ -149,7 +188,7 @@ class KubernetesRuntime:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        api, self._api, self._dynamic = self._api, None, None
+        api, self._api, self._dynamic, self._core = self._api, None, None, None
         if api is not None:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(api.close)
@@ -261,6 +300,108 @@ class KubernetesRuntime:
         if self._get(namespace) is None:
             self._connect().resources.get(api_version="v1", kind="Namespace").create(
                 body=namespace.body, _request_timeout=self.settings.request_timeout)
+
+    # -- pods and their containers ----------------------------------------------------
+
+    def _list(self, api_version: str, kind: str, namespace: str | None, selector: str) -> list[dict[str, Any]]:
+        found = self._connect().resources.get(api_version=api_version, kind=kind).get(
+            namespace=namespace, label_selector=selector, _request_timeout=self.settings.request_timeout)
+        return [i for i in found.to_dict().get("items") or () if isinstance(i, dict)]
+
+    def _list_pods(self, workload: dict[str, Any]) -> list[Any]:
+        """The live pods of a live workload (blocking: one or two list calls, each bounded by the request
+        timeout)."""
+        if workload.get("kind") == "Pod":
+            return workload_pods(workload, ())
+        selector = label_selector((workload.get("spec") or {}).get("selector"))
+        if selector is None:
+            return []
+        namespace = (workload.get("metadata") or {}).get("namespace")
+        replicasets = (self._list("apps/v1", "ReplicaSet", namespace, selector)
+                       if workload.get("kind") == "Deployment" else [])
+        return workload_pods(workload, self._list("v1", "Pod", namespace, selector), replicasets)
+
+    async def _release_pods(self, ref: ReleaseRef, objects: Sequence[KubeObject],
+                            live: dict[Any, dict[str, Any] | None]) -> dict[ObjectKey, list[Any]]:
+        """Each live workload's pods as PodStates with their containers; {} for workloads whose pods cannot be
+        listed (their own status still counts)."""
+        raw: dict[ObjectKey, list[Any]] = {}
+        for obj in objects:
+            found = live.get(obj.key)
+            if obj.kind not in WORKLOAD_KINDS or found is None:
+                continue
+            try:
+                raw[obj.key] = await self._call(self._list_pods, found)
+            except Exception as exc:
+                if not isinstance(exc, EdgeRuntimeError) and not _is_api_error(exc):
+                    raise
+                level = logging.DEBUG if ref in self._pods_warned else logging.WARNING
+                self._pods_warned.add(ref)
+                logger.log(level, "Release %s: cannot list the pods of %s (%s); reporting its status without "
+                           "its containers", ref, obj.source, _why(exc))
+        logs = await self._last_logs(ref, [r for pods in raw.values() for p in pods for r in log_requests(p)])
+        states: dict[ObjectKey, list[Any]] = {}
+        for key, pods in raw.items():
+            states[key] = [pod_state(p, {r.container: logs.get(r.key, "") for r in log_requests(p)}) for p in pods]
+        return states
+
+    async def _last_logs(self, ref: ReleaseRef, wanted: Sequence[LogRequest]) -> dict[tuple[str, str, int, str], str]:
+        """The last log lines of each of ``wanted``: from the cache when this termination was read before,
+        else read now (at most ``_LOG_READS_PER_OBSERVE``, side by side, each bounded by ``log_timeout``)."""
+        known = self._logs.get(ref, {})
+        kept: dict[tuple[str, str, int, str], str] = {}
+        todo: list[LogRequest] = []
+        for request in wanted:
+            if request.key in known:
+                kept[request.key] = known[request.key]
+            elif len(todo) < _LOG_READS_PER_OBSERVE and all(t.key != request.key for t in todo):
+                todo.append(request)
+        results = await asyncio.gather(*(self._read_log(r) for r in todo))
+        shown = dict(kept)
+        for request, text in zip(todo, results, strict=True):
+            shown[request.key] = text or ""
+            if text is not None:  # None: not answered in time; try again on the next pass
+                kept[request.key] = text
+        # Only what the pods still report stays: a gone pod's or an older termination's lines are dropped.
+        self._logs[ref] = kept
+        return shown
+
+    async def _read_log(self, request: LogRequest) -> str | None:
+        """The last lines of one container's log; "" when the API says it has none, None when it did not answer
+        (in time). Never raises: the log only adds to a status."""
+        where = f"{request.namespace}/{request.pod} container {request.container}"
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(self._log_tail, request),
+                                          timeout=self.settings.log_timeout + 1)
+        except TimeoutError:
+            logger.info("The log of %s did not come within %.0f s; not shown", where, self.settings.log_timeout)
+            return None
+        # An API answer (400: no previous container; 403), a lost connection, ...: whatever it is, the log only
+        # adds to a status and must not fail it.
+        except Exception as exc:  # noqa: BLE001
+            logger.info("Cannot read the log of %s: %s", where, _why(exc))
+            return "" if _is_api_error(exc) else None
+
+    def _log_tail(self, request: LogRequest) -> str:
+        """Blocking: the last LOG_LINES lines of the container's log (its previous instance's when
+        ``request.previous``), at most LOG_BYTES, decoded leniently (a log may hold any bytes)."""
+        if self._core is None:
+            from kubernetes import client
+
+            self._connect()
+            self._core = client.CoreV1Api(self._api)
+        response = self._core.read_namespaced_pod_log(
+            request.pod, request.namespace, container=request.container, previous=request.previous,
+            tail_lines=LOG_LINES, limit_bytes=LOG_BYTES, _preload_content=False,
+            _request_timeout=self.settings.log_timeout)
+        if isinstance(response, str):
+            return last_lines(response)
+        try:
+            data = response.data
+        finally:
+            with contextlib.suppress(Exception):
+                response.release_conn()
+        return last_lines(data.decode("utf-8", errors="replace") if isinstance(data, bytes) else str(data or ""))
 
     # -- records --------------------------------------------------------------------
 
@@ -408,11 +549,14 @@ class KubernetesRuntime:
                         await self._call(self._delete_one, hook, ref)
                 logger.info("Release %s removed: %d objects deleted, %d hooks run", ref, len(deleted), len(ran))
             await asyncio.to_thread(_forget, self.record_file(ref))
+            self._logs.pop(ref, None)
+            self._pods_warned.discard(ref)
 
     async def observe(self, ref: ReleaseRef) -> Observation:
         async with self._lock(ref):
             record = await asyncio.to_thread(_read_record, self.record_file(ref))
             if not record.objects:
+                self._logs.pop(ref, None)
                 return Observation(ready=0, total=0, pods=(), message="")
             await self._call(self._connect)
             live: dict[Any, dict[str, Any] | None] = {}
@@ -437,7 +581,8 @@ class KubernetesRuntime:
                     except RuntimeApplyError as exc:
                         logger.warning("Release %s: repairing %s failed: %s", ref, obj.source, exc)
                 live[obj.key] = found
-            return observation_from(record.objects, live, repaired=repaired)
+            pods = await self._release_pods(ref, record.objects, live)
+            return observation_from(record.objects, live, repaired=repaired, pods=pods)
 
     async def releases(self) -> set[ReleaseRef]:
         found = await asyncio.to_thread(_releases_on_disk, self.settings.work_dir)
@@ -482,12 +627,20 @@ class KubernetesRuntime:
                 checks.append(PreflightCheck("permissions", False, f"cannot ask the API server: {_why(exc)}",
                                              "RuntimeReady", "KubernetesForbidden"))
             else:
-                if denied:
-                    checks.append(PreflightCheck("permissions", False, f"the agent's account may not {', '.join(denied)}",
+                needed, wanted = denied
+                if needed:
+                    checks.append(PreflightCheck("permissions", False,
+                                                 f"the agent's account may not {', '.join(needed)}",
                                                  "RuntimeReady", "KubernetesForbidden"))
+                elif wanted:
+                    checks.append(PreflightCheck(
+                        "permissions", True, f"may create, patch and delete workloads, but not {', '.join(wanted)}: "
+                        "releases report their workloads without their containers' restarts, reasons and logs",
+                        "RuntimeReady", warning=True))
                 else:
                     checks.append(PreflightCheck("permissions", True, "may create, patch and delete workloads, "
-                                                 "ConfigMaps, Secrets and namespaces", "RuntimeReady"))
+                                                 "ConfigMaps, Secrets and namespaces, and read pods and their logs",
+                                                 "RuntimeReady"))
         problem = await asyncio.to_thread(writable_work_dir, self.settings.work_dir)
         checks.append(PreflightCheck("storage", not problem, problem or f"{self.settings.work_dir} writable",
                                      "StorageReady", "StorageNotWritable" if problem else ""))
@@ -502,18 +655,23 @@ class KubernetesRuntime:
             raise EdgeRuntimeError(f"the Kubernetes API at {self._where} does not answer: {_why(exc)}") from exc
         return str(info.git_version)
 
-    def _denied(self) -> list[str]:
+    def _denied(self) -> tuple[list[str], list[str]]:
+        """What the account may not do, of ``_NEEDED`` and of ``_WANTED``."""
         resource = self._connect().resources.get(api_version="authorization.k8s.io/v1",
                                                  kind="SelfSubjectAccessReview")
-        denied = []
-        for verb, group, plural in _NEEDED:
+
+        def allowed(verb: str, group: str, plural: str, sub: str = "") -> bool:
+            attributes = {"verb": verb, "group": group, "resource": plural, **({"subresource": sub} if sub else {})}
             review = resource.create(body={
                 "apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
-                "spec": {"resourceAttributes": {"verb": verb, "group": group, "resource": plural}}},
+                "spec": {"resourceAttributes": attributes}},
                 _request_timeout=self.settings.request_timeout).to_dict()
-            if not (review.get("status") or {}).get("allowed"):
-                denied.append(f"{verb} {plural}")
-        return denied
+            return bool((review.get("status") or {}).get("allowed"))
+
+        needed = [f"{verb} {plural}" for verb, group, plural in _NEEDED if not allowed(verb, group, plural)]
+        wanted = [f"{verb} {plural}{'/' + sub if sub else ''}" for verb, group, plural, sub in _WANTED
+                  if not allowed(verb, group, plural, sub)]
+        return needed, wanted
 
 
 # ----------------------------------------------------------------------------

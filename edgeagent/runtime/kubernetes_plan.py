@@ -6,7 +6,10 @@ checks every object against the node's policy (the same checks the podman
 plan runs, ``NodePolicy.object_refusal``), labels every object, sets the
 namespace of namespaced objects that lack one, and sorts them in Helm's
 install order. ``prune_plan`` says what an apply removes, ``workload_status``
-and ``observation_from`` turn live objects into the runtime's ``Observation``.
+and ``observation_from`` turn live objects into the runtime's ``Observation``;
+``workload_pods``, ``pod_state`` and ``log_requests`` turn a workload's pods
+into what the kubelet says of each container (restarts, waiting reason, last
+termination), for ``edgeagent.release_health``.
 The runtime (``edgeagent.runtime.kubernetes``) calls them in a thread; tests
 call them directly over real rendered charts.
 
@@ -23,6 +26,8 @@ import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from edgeprotocol.messages import ContainerStatus
 
 from ..policy import NodePolicy
 from .base import ManifestRejected, NodeContext, Observation, PodState, ReleaseRef
@@ -41,19 +46,25 @@ __all__ = [
     "WORKLOAD_KINDS",
     "KubeObject",
     "KubePlan",
+    "LogRequest",
     "ObjectKey",
     "WorkloadStatus",
     "build_kube_plan",
     "drifted",
     "hook_order",
     "install_sorted",
+    "label_selector",
+    "last_lines",
+    "log_requests",
     "manifests_digest",
     "observation_from",
     "ownership_conflict",
+    "pod_state",
     "prune_plan",
     "release_labels",
     "release_selector",
     "uninstall_sorted",
+    "workload_pods",
     "workload_status",
 ]
 
@@ -473,13 +484,21 @@ def workload_status(obj: Mapping[str, Any]) -> WorkloadStatus:
 
 
 def observation_from(expected: Sequence[KubeObject], live: Mapping[ObjectKey, Mapping[str, Any] | None], *,
-                     repaired: Sequence[str] = ()) -> Observation:
-    """The release's Observation: one PodState per workload object it holds, named ``Kind/name``.
+                     repaired: Sequence[str] = (),
+                     pods: Mapping[ObjectKey, Sequence[PodState]] | None = None) -> Observation:
+    """The release's Observation: one PodState per workload object it holds, named ``Kind/name``, then its pods.
 
     ``live`` maps each expected object's key to its live JSON (None: missing).
-    ``ready`` counts the workloads whose own status says they run (a Job once
-    complete); the message names every one that does not, and why.
-    ``repaired`` names objects the runtime has just restored (drift repair).
+    ``ready`` and ``total`` count the workloads only, whose own status says
+    whether they run (a Job once complete); the message names every one that
+    does not, and why. ``repaired`` names objects the runtime has just restored
+    (drift repair).
+
+    ``pods`` maps a workload's key to its pods (``pod_state``): they follow the
+    workloads in ``Observation.pods``, named as the pod (``web-5d4f9c-x2x7k``),
+    with the pod's phase (Pending, Running, Failed) and each container as the
+    kubelet shows it. The workload entries carry no containers, so
+    ``release_health`` counts each container once and names the pod it is in.
     """
     states: list[PodState] = []
     lagging: list[str] = []
@@ -499,12 +518,222 @@ def observation_from(expected: Sequence[KubeObject], live: Mapping[ObjectKey, Ma
         if not verdict.ready:
             lagging.append(f"{name} ({verdict.phase}{': ' + verdict.message if verdict.message else ''})")
     ready = sum(1 for s in states if s.ready)
+    total = len(states)
     parts = []
     if lagging:
-        parts.append(f"{len(lagging)} of {len(states)} workloads not ready: {', '.join(lagging)}")
+        parts.append(f"{len(lagging)} of {total} workloads not ready: {', '.join(lagging)}")
     if repaired:
         parts.append(f"restored from the stored revision: {', '.join(repaired)}")
-    return Observation(ready=ready, total=len(states), pods=tuple(states), message="; ".join(parts))
+    for obj in expected:
+        states.extend((pods or {}).get(obj.key, ()))
+    return Observation(ready=ready, total=total, pods=tuple(states), message="; ".join(parts))
+
+
+# -- pods and containers ----------------------------------------------------------
+#
+# What the kubelet says of each container of a release's pods, in its own
+# fields: ``restartCount``, ``ready``, ``state.waiting.reason`` (CrashLoopBackOff,
+# ErrImagePull, ImagePullBackOff, CreateContainerConfigError, ...),
+# ``state.terminated`` and ``lastState.terminated`` (exit code, reason: Error,
+# OOMKilled, Completed; finishedAt). Pods are the API's JSON (camelCase, as the
+# dynamic client's ``to_dict()`` and ``ApiClient.sanitize_for_serialization``
+# give them).
+
+# The lines of a container's log a status carries (ContainerStatus cuts them to MAX_LAST_LOG characters).
+LOG_LINES = 3
+# What one log read may bring back at most: three lines of a chatty container must not cost megabytes.
+LOG_BYTES = 16 * 1024
+# An init container waiting with one of these has not had its turn yet: nothing is wrong with it.
+_NOT_STARTED = frozenset({"", "PodInitializing", "ContainerCreating"})
+
+
+@dataclass(frozen=True, slots=True)
+class LogRequest:
+    """The last lines of one container's log to read: its last abnormal termination.
+
+    ``previous`` is the kubelet's word: True reads the container of
+    ``lastState.terminated`` (the one before the current), False the current
+    one, for a container that is terminated now and was not restarted. ``key``
+    changes with every new termination (pod UID, container, restartCount,
+    finishedAt): the runtime reads each termination's log once.
+    """
+
+    namespace: str
+    pod: str
+    container: str
+    previous: bool
+    key: tuple[str, str, int, str]
+
+
+def label_selector(selector: Any) -> str | None:
+    """A LabelSelector (``spec.selector``: matchLabels, matchExpressions) as a ``label_selector`` string.
+
+    None when there is none or it cannot be written as one (an unknown
+    operator): an empty string would select every pod of the namespace.
+    """
+    if not isinstance(selector, Mapping):
+        return None
+    terms = [f"{key}={value}" for key, value in sorted((selector.get("matchLabels") or {}).items())]
+    for expression in selector.get("matchExpressions") or ():
+        if not isinstance(expression, Mapping) or not expression.get("key"):
+            return None
+        key, operator = str(expression["key"]), expression.get("operator")
+        values = ",".join(str(v) for v in expression.get("values") or ())
+        if operator == "In":
+            terms.append(f"{key} in ({values})")
+        elif operator == "NotIn":
+            terms.append(f"{key} notin ({values})")
+        elif operator == "Exists":
+            terms.append(key)
+        elif operator == "DoesNotExist":
+            terms.append(f"!{key}")
+        else:
+            return None
+    return ",".join(terms) or None
+
+
+def _owned_by(obj: Mapping[str, Any], owners: set[str]) -> bool:
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or ()
+    return any(isinstance(r, Mapping) and r.get("uid") in owners for r in refs)
+
+
+def _reported(pod: Mapping[str, Any]) -> bool:
+    """Whether a pod's containers say anything of the release's health now.
+
+    A pod being deleted (an old ReplicaSet's, during a rollout) stops with
+    exit codes that are no failure; a Succeeded pod (a Job's) did its work.
+    """
+    return not (pod.get("metadata") or {}).get("deletionTimestamp") and \
+        (pod.get("status") or {}).get("phase") != "Succeeded"
+
+
+def workload_pods(workload: Mapping[str, Any], pods: Iterable[Mapping[str, Any]],
+                  replicasets: Iterable[Mapping[str, Any]] = ()) -> list[Mapping[str, Any]]:
+    """The pods of ``pods`` that belong to the live ``workload``, by name; itself for a Pod.
+
+    ``pods`` (and a Deployment's ``replicasets``) are what its label selector
+    lists; selectors of different workloads may overlap, so a pod counts only
+    when its owner is the workload (a Deployment's: one of its ReplicaSets).
+    Pods being deleted and Succeeded pods are left out (``_reported``).
+    """
+    if workload.get("kind") == "Pod":
+        return [workload] if _reported(workload) else []
+    owners = {str((workload.get("metadata") or {}).get("uid") or "")} - {""}
+    if workload.get("kind") == "Deployment":
+        owners = {str((rs.get("metadata") or {}).get("uid")) for rs in replicasets if _owned_by(rs, owners)}
+    mine = [p for p in pods if owners and _owned_by(p, owners) and _reported(p)]
+    return sorted(mine, key=lambda p: str((p.get("metadata") or {}).get("name", "")))
+
+
+def _init_failing(raw: Mapping[str, Any]) -> bool:
+    """Whether an init container is failing: restarted, waiting for a reason of its own, or exited non-zero.
+
+    An init container that completed, runs now or has not had its turn says
+    nothing the app containers do not (they wait with PodInitializing); one
+    that fails is the only place the pod's trouble shows.
+    """
+    if _int(raw.get("restartCount")) > 0:
+        return True
+    state = raw.get("state") or {}
+    waiting, terminated = state.get("waiting"), state.get("terminated")
+    if waiting is not None and str(waiting.get("reason") or "") not in _NOT_STARTED:
+        return True
+    return terminated is not None and _int(terminated.get("exitCode")) != 0
+
+
+def _statuses(pod: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The container statuses a pod reports: failing init containers first (they block the rest), then its app
+    containers."""
+    status = pod.get("status") or {}
+    init = [c for c in status.get("initContainerStatuses") or () if isinstance(c, Mapping) and _init_failing(c)]
+    return [*init, *(c for c in status.get("containerStatuses") or () if isinstance(c, Mapping))]
+
+
+def _termination(raw: Mapping[str, Any]) -> tuple[Mapping[str, Any], bool]:
+    """The container's latest termination and whether it is the kubelet's ``previous`` container.
+
+    A container terminated now (not restarted, or not yet) is its own latest
+    termination; otherwise ``lastState.terminated``, the container before.
+    """
+    now = (raw.get("state") or {}).get("terminated")
+    if now is not None:
+        return now, False
+    return (raw.get("lastState") or {}).get("terminated") or {}, True
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
+
+
+def _container(raw: Mapping[str, Any], log: str) -> ContainerStatus:
+    state = raw.get("state") or {}
+    if state.get("running") is not None:
+        word, reason = "running", ""
+    elif state.get("terminated") is not None:
+        word, reason = "terminated", str(state["terminated"].get("reason") or "")
+    else:  # waiting, or no state yet: the kubelet has not started it
+        word, reason = "waiting", str((state.get("waiting") or {}).get("reason") or "")
+    terminated, _ = _termination(raw)
+    exit_code = terminated.get("exitCode")
+    return ContainerStatus(
+        name=str(raw.get("name") or "?"), ready=raw.get("ready") is True, restarts=_int(raw.get("restartCount")),
+        state=word, reason=reason,  # type: ignore[arg-type]
+        exit_code=exit_code if isinstance(exit_code, int) and not isinstance(exit_code, bool) else None,
+        last_reason=str(terminated.get("reason") or ""), finished_at=_text(terminated.get("finishedAt")),
+        last_log=log)
+
+
+def log_requests(pod: Mapping[str, Any]) -> list[LogRequest]:
+    """The logs worth reading for ``pod``: each reported container whose latest termination was abnormal.
+
+    Abnormal: a non-zero exit code or a reason other than Completed
+    (OOMKilled, Error, ContainerCannotRun), or any exit of a container in
+    CrashLoopBackOff (a Deployment's container that exits 0 restarts all the same).
+    """
+    meta = pod.get("metadata") or {}
+    wanted = []
+    for raw in _statuses(pod):
+        terminated, previous = _termination(raw)
+        if not terminated:
+            continue
+        waiting = ((raw.get("state") or {}).get("waiting") or {}).get("reason")
+        clean = _int(terminated.get("exitCode")) == 0 and str(terminated.get("reason") or "Completed") == "Completed"
+        if clean and waiting != "CrashLoopBackOff":
+            continue
+        name = str(raw.get("name") or "?")
+        wanted.append(LogRequest(
+            namespace=str(meta.get("namespace") or ""), pod=str(meta.get("name") or ""), container=name,
+            previous=previous,
+            key=(str(meta.get("uid") or ""), name, _int(raw.get("restartCount")), _text(terminated.get("finishedAt")))))
+    return wanted
+
+
+def last_lines(text: str, lines: int = LOG_LINES) -> str:
+    """The last ``lines`` non-empty lines of a log, as one string."""
+    kept = [line.rstrip() for line in text.splitlines() if line.strip()]
+    return "\n".join(kept[-lines:])
+
+
+def pod_state(pod: Mapping[str, Any], logs: Mapping[str, str] | None = None) -> PodState:
+    """One pod as the Observation holds it: its phase, Ready condition and containers (``ContainerStatus``).
+
+    ``logs`` maps a container's name to the last lines of its log when it last
+    terminated abnormally (``log_requests`` says which). ``container_ids``
+    change whenever a container is restarted; ``started_at`` is the latest
+    start of any of its containers.
+    """
+    meta = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    raws = _statuses(pod)
+    started = [_text(((r.get("state") or {}).get("running") or {}).get("startedAt")) for r in raws]
+    return PodState(
+        name=str(meta.get("name") or "?"), phase=str(status.get("phase") or "Pending"),
+        ready=(_conditions(pod).get("Ready") or {}).get("status") == "True",
+        container_ids=tuple(str(r["containerID"]) for r in raws if r.get("containerID")),
+        started_at=max(started, default=""),
+        containers=tuple(_container(r, (logs or {}).get(str(r.get("name") or "?"), "")) for r in raws))
 
 
 def drifted(desired: Mapping[str, Any], live: Any, path: str = "") -> str:

@@ -208,6 +208,7 @@ import yaml
 
 from edgekit.files import write_atomic
 from edgekit.tasks import OwnedTask
+from edgeprotocol.messages import ContainerStatus
 
 from ..policy import NodePolicy
 from .base import (
@@ -239,6 +240,7 @@ from .podman_plan import (
     release_label,
 )
 from .podman_probes import ProbeRunner, ProbeSettings
+from .podman_restarts import RestartKeeper, RestartSettings, running_seconds
 
 __all__ = ["PodmanRuntime", "PodmanSettings"]
 
@@ -291,6 +293,8 @@ class PodmanSettings:
     command_timeout: float = 120.0
     # How the agent runs the releases' probes (see podman_probes).
     probes: ProbeSettings = ProbeSettings()
+    # How the agent restarts the containers of Always pods (podman_restarts): the kubelet's back-off.
+    restarts: RestartSettings = RestartSettings()
     # What the node lets a release's pods do (edgeagent.policy); the default
     # refuses root, privileged containers and every host access.
     policy: NodePolicy = field(default_factory=NodePolicy)
@@ -349,6 +353,9 @@ class PodmanRuntime:
         # by observe after an agent restart); run by the _probes task while entered.
         self._prober = ProbeRunner(self._cli, settings.probes)
         self._probes = OwnedTask("podman probes")
+        # Restarts of Always pods' containers, with back-off, while entered, under each release's lock.
+        self._keeper = RestartKeeper(self._cli, self._lock, settings.restarts)  # type: ignore[arg-type]
+        self._restarts = OwnedTask("podman restarts")
         self._storage: tuple[str, ...] | None = None  # podman's volume path, graph root and run root, asked once
 
     def __repr__(self) -> str:
@@ -360,11 +367,13 @@ class PodmanRuntime:
             raise RuntimeError("this PodmanRuntime is already entered; use one `async with` at a time")
         self._entered = True
         self._probes.start(self._run_probes())
+        self._restarts.start(self._keeper.run())
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         """Cancel the probe loop and wait for it (and its in-flight checks); safe without a prior enter."""
         await self._probes.stop()
+        await self._restarts.stop()
         self._entered = False
 
     async def _run_probes(self) -> None:
@@ -392,10 +401,13 @@ class PodmanRuntime:
         if played is None:
             self._played.pop(ref, None)
             self._prober.forget(ref)
+            self._keeper.forget(ref)
         else:
             self._played[ref] = played
             grace = {c: pod.grace for pod in played.pods.values() for c in pod.containers}
             self._prober.track(ref, played.probes, grace)
+            self._keeper.track(ref, [c for pod in played.pods.values() if pod.restart_policy == "Always"
+                                     for c in pod.containers])
 
     # -- podman calls ---------------------------------------------------------
 
@@ -722,7 +734,7 @@ class PodmanRuntime:
                 if unused:
                     await self._remove_volumes(ref, unused)
             except PodmanFailed as exc:
-                raise RuntimeApplyError(_explain_play_failure(ref, plan, exc)) from exc
+                raise _play_failure(ref, plan, exc) from exc
             except RuntimeApplyError:
                 raise
             except EdgeRuntimeError as exc:  # podman answered something unreadable
@@ -857,6 +869,13 @@ class PodmanRuntime:
             members.sort(key=lambda c: c.get("Names", ""))
             infos = [details.get(c["Id"]) for c in members]
             phase = str(pod.get("Status", "Unknown"))
+            containers = tuple(self._container_status(pod_name, str(c.get("Names", "")), info)
+                               for c, info in zip(members, infos, strict=True))
+            if played is not None and played.restart_policy == "Always" and phase in _KEPT_PHASES and not any(
+                    self._keeper.start_failed(str(c.get("Names", ""))) for c in members):
+                # Its containers exited: the restart keeper starts them again after their back-off, so it is
+                # not dead (re-playing it would reset the back-off and restart the healthy ones).
+                phase = "Waiting"
             if pod_name in unmounted:
                 # Its subPath binds are gone (the node rebooted): what it shows
                 # there is not the volume's data; playing it again binds them.
@@ -886,6 +905,7 @@ class PodmanRuntime:
                     ready=ready,
                     container_ids=tuple(c["Id"] for c in members),
                     started_at=max(starts, key=_time_key) if starts else "",
+                    containers=containers,
                 )
             )
 
@@ -902,6 +922,43 @@ class PodmanRuntime:
         if extra:
             message = (message + "; " if message else "") + f"leftover pods: {', '.join(extra)}"
         return Observation(ready=ready, total=len(counted), pods=tuple(states), message=message)
+
+    def _container_status(self, pod: str, name: str, info: Mapping[str, Any] | None) -> ContainerStatus:
+        """Container ``name`` of ``pod`` as the kubelet would show it, from podman, the keeper and the probes."""
+        short = name.removeprefix(f"{pod}-")
+        if info is None:
+            return ContainerStatus(short, state="waiting", reason="ContainerCreating")
+        state = info.get("State") or {}
+        status = state.get("Status")
+        known = self._keeper.termination(name, str(info.get("Id", "")))
+        restarts = (known.restarts if known else 0) + int(info.get("RestartCount") or 0) + \
+            self._prober.restarts.get(name, 0)
+        finished = str(state.get("FinishedAt") or "")
+        ended = bool(finished) and not finished.startswith("0001-")
+        code = state.get("ExitCode")
+        exit_code = known.exit_code if known and known.finished_at else (code if ended and isinstance(code, int)
+                                                                         else None)
+        oom = (known.oom_killed if known and known.finished_at else bool(state.get("OOMKilled"))) or \
+            _killed_for_memory(info, exit_code)
+        last_reason = "" if exit_code is None else "OOMKilled" if oom else "Completed" if exit_code == 0 else "Error"
+        if status == "running":
+            current, reason = "running", ""
+            if known is not None and known.restarts and running_seconds(state) < self._keeper.settings.initial:
+                # Just started again out of a crash loop: still one until it has run a back-off's length,
+                # so a crash loop reads as one state, not a flip at every restart.
+                reason = "CrashLoopBackOff"
+        elif status in ("exited", "stopped") and known is not None and known.waiting:
+            current, reason = "waiting", "CrashLoopBackOff"
+        elif status in ("exited", "stopped"):
+            current, reason = "terminated", last_reason
+        elif state.get("Error"):
+            current, reason = "waiting", "CreateContainerError"
+        else:
+            current, reason = "waiting", "ContainerCreating"
+        ready = status == "running" and _is_running(info) and self._prober.verdict(name)[0]
+        return ContainerStatus(short, ready=ready, restarts=restarts, state=current, reason=reason,  # type: ignore[arg-type]
+                               exit_code=exit_code, last_reason=last_reason, finished_at=finished if ended else "",
+                               last_log=known.last_log if known else "")
 
     async def _unmounted(self, ref: ReleaseRef, pods: Sequence[PlayedPod]) -> set[str]:
         """The pods among ``pods`` one of whose subPath mounts is not bound."""
@@ -948,14 +1005,46 @@ def _job_outcome(infos: Sequence[Mapping[str, Any] | None]) -> tuple[str, bool, 
     return "Succeeded", True, ""
 
 
+# podman's words for a pod whose containers all or partly exited: for an Always pod the restart keeper's to
+# start again, not dead.
+_KEPT_PHASES = frozenset({"Exited", "Stopped", "Degraded"})
+
+
+def _killed_for_memory(info: Mapping[str, Any], exit_code: int | None) -> bool:
+    """Whether a container that ended with ``exit_code`` was killed for memory though podman did not say so.
+
+    podman 4.3 on cgroups v1 (cgroupfs) leaves ``OOMKilled`` false when the
+    kernel's OOM killer ends a container: a SIGKILL (137) of a container with a
+    memory limit is taken for one, as the kubelet's cgroup event would say.
+    """
+    limit = (info.get("HostConfig") or {}).get("Memory") or 0
+    return exit_code == 137 and isinstance(limit, int) and limit > 0
+
+
 def _is_running(info: Mapping[str, Any]) -> bool:
     state = info.get("State") or {}
     health = (state.get("Health") or {}).get("Status") or ""
     return state.get("Status") == "running" and health != "unhealthy"
 
 
+def _play_failure(ref: ReleaseRef, plan: Plan, exc: PodmanFailed) -> RuntimeApplyError:
+    """A RuntimeApplyError naming the manifest object podman choked on, with the kubelet's word for it."""
+    pulled = _PULL_FAILED.search(exc.stderr or "")
+    if pulled:
+        # No registry answered for an image the node does not hold: the kubelet's ErrImagePull.
+        return RuntimeApplyError(f"image {pulled.group(1)} is not on the node and cannot be pulled: "
+                                 f"{_explain_play_failure(ref, plan, exc)}", reason="ErrImagePull")
+    refused = "OCI runtime attempted to invoke a command that was not found" in (exc.stderr or "") or \
+        "runc create failed" in (exc.stderr or "")
+    return RuntimeApplyError(_explain_play_failure(ref, plan, exc), reason="CreateContainerError" if refused else "")
+
+
+# podman's words when an image is neither on the node nor pullable ("initializing source docker://IMAGE: ...").
+_PULL_FAILED = re.compile(r"initializing source (?:docker://)?(\S+?):\s")
+
+
 def _explain_play_failure(ref: ReleaseRef, plan: Plan, exc: PodmanFailed) -> str:
-    """A RuntimeApplyError message naming the manifest object podman choked on."""
+    """The message naming the manifest object podman choked on."""
     reason = last_error(exc.stderr) if exc.stderr else str(exc)
     if exc.returncode is None:
         return f"release {ref}: podman {exc.command} gave {reason}; killed"

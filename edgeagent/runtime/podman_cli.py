@@ -102,6 +102,9 @@ class PodmanCli:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 env=self._env if containers_conf is None else {**self._env, "CONTAINERS_CONF": containers_conf},
+                # conmon 2.1 (podman 4.3) leaves a file "oom" in its working directory when the kernel kills a
+                # container for memory: in the runtime's work dir, not wherever the agent was started.
+                cwd=self.settings.work_dir if self.settings.work_dir.is_dir() else None,
             )
         except OSError as exc:
             raise EdgeRuntimeError(f"cannot run {self.settings.binary!r}: {exc}") from exc

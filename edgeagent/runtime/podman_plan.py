@@ -143,6 +143,9 @@ class PlayedPod:
     # A Job's pod: runs to completion. Exited with code 0 it is done (ready),
     # not dead, so it is never "healed" by playing it again.
     job: bool = False
+    # The pod's own restartPolicy. "Always" pods are played with "Never" and
+    # their containers restarted by the agent with back-off (podman_restarts).
+    restart_policy: str = "Always"
 
 
 @dataclass(frozen=True, slots=True)
@@ -520,6 +523,12 @@ def _prepare_pod(
 
     if restart_always and not spec.get("restartPolicy"):
         spec["restartPolicy"] = "Always"
+    # Kubernetes' default for every pod but a Job's. podman would restart an
+    # Always container the instant it exits, for ever: the agent restarts it
+    # instead, with the kubelet's back-off (podman_restarts).
+    restart_policy = str(spec.get("restartPolicy") or "Always")
+    if restart_policy == "Always":
+        spec["restartPolicy"] = "Never"
     host_network, host_pid = spec.get("hostNetwork") is True, spec.get("hostPID") is True
     if not spec.get("hostname") and not host_network:
         # As in Kubernetes, the pod's hostname is its own name; podman would use
@@ -593,6 +602,7 @@ def _prepare_pod(
         mounts=tuple(mounts),
         annotations=refused,
         job=job,
+        restart_policy=restart_policy,
     )
     return {
         "apiVersion": "v1",
@@ -999,6 +1009,8 @@ def _record(ref: ReleaseRef, plan: Plan) -> dict[str, Any]:
             entry["mounts"] = list(pod.mounts)
         if pod.job:
             entry["job"] = True
+        if pod.restart_policy != "Always":
+            entry["restartPolicy"] = pod.restart_policy
         pods[name] = entry
     return {
         "apiVersion": "edgecollab.io/v1",
@@ -1161,6 +1173,7 @@ def parse_played(text: str, where: str) -> PlayedFile:
                 mounts=tuple(str(v) for v in extra.get("mounts") or ()),
                 annotations={str(k): str(v) for k, v in (extra.get("annotations") or {}).items()},
                 job=bool(extra.get("job")),
+                restart_policy=str(extra.get("restartPolicy") or "Always"),
             )
             for volume in spec.get("volumes") or ():
                 if not isinstance(volume, dict):

@@ -281,7 +281,7 @@
   function nodeMatches(n) {
     const words = state.filter.toLowerCase().split(/\s+/).filter(Boolean);
     const text = `${n.node} ${n.pool} ${n.presence} ${n.ready ? "ready" : "not-ready"} ` +
-      (n.releases || []).map((r) => `${r.release} ${r.phase}`).join(" ");
+      (n.releases || []).map((r) => `${r.release} ${r.phase} ${r.reason || ""}`).join(" ");
     return words.every((w) => text.toLowerCase().includes(w));
   }
 
@@ -292,9 +292,9 @@
       const why = `${n.node} is offline: this is what it reported before, last seen ${ageText(n.last_seen)}`;
       const conditions = Object.entries(n.conditions || {}).map(([type, status]) =>
         el("li", {}, badge(`${type}${status === "True" ? "" : `: ${status}`}`, status === "True" ? "ok" : "bad")));
-      const releases = (n.releases || []).map((r) => el("li", {},
+      const releases = (n.releases || []).map((r) => el("li", { title: r.message || null },
         badge(`${r.release} r${r.revision}${r.desired_revision !== r.revision ? `→${r.desired_revision}` : ""} ` +
-              r.phase, phaseKind(r.phase))));
+              r.phase + (r.reason ? `: ${r.reason}` : ""), phaseKind(r.phase))));
       return el("tr", { class: stale ? "node stale" : "node", "data-node": n.node, "data-presence": n.presence },
         cell("Node", {}, el("strong", { text: n.node })),
         cell("Pool", {}, n.pool),
@@ -359,7 +359,8 @@
           el("tbody", {}, reported.map((r) => el("tr", {
             class: r.online ? "" : "stale", "data-node": r.node, "data-release-phase": r.phase },
             el("td", {}, el("strong", { text: r.node }), el("span", { class: "muted", text: ` ${r.pool}` })),
-            el("td", {}, badge(r.phase, phaseKind(r.phase))),
+            el("td", {}, badge(r.phase + (r.reason ? `: ${r.reason}` : ""), phaseKind(r.phase)),
+               r.message ? el("div", { class: "muted small release-message", text: r.message }) : null),
             el("td", { text: `r${r.revision}${r.desired_revision !== r.revision ? ` → r${r.desired_revision}` : ""}` +
                              (r.desired_revision !== c.revision ? ` (hub: r${c.revision})` : "") }),
             el("td", {}, r.online ? badge("online", "online") : [badge("offline", "offline"), " ",
@@ -375,7 +376,9 @@
            el("h3", {}, c.component, el("span", { class: "muted", text: ` ${c.chart}-${c.chart_version}` })),
            age(c.observed_at, "changed ")),
         el("div", { class: "component-line" }, badge(`revision ${c.revision}`, "muted"), " ",
-           badge(c.rollout, rolloutKind(c.rollout))),
+           badge(c.rollout, rolloutKind(c.rollout)),
+           // What unhealthy targets report (CrashLoopBackOff, ImagePullBackOff, ...), counted.
+           Object.entries(c.reasons || {}).flatMap(([reason, count]) => [" ", badge(`${count} ${reason}`, "warn")])),
         progress(c, "all targets"),
         perPool,
         details);

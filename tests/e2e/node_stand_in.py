@@ -1,6 +1,7 @@
 """A joined node's MQTT side without an agent (so without podman): what the dashboard test's nodes run.
 
     python tests/e2e/node_stand_in.py --state-dir NODE_STATE --port BROKER_PORT [--release demo/web:1:Deployed]
+        [--release demo/web:1:Degraded:CrashLoopBackOff:MESSAGE]   (an unhealthy release: its reason and message)
 
 It connects to the broker with identities as the node (the certificate and key ``edgeagent join``
 wrote), with the agent's last will (presence offline, retained), says it is online, reports a status
@@ -25,11 +26,12 @@ from edgeprotocol.messages import Condition, Event, NodeStatus, Presence, Releas
 
 
 def release(text: str) -> ReleaseStatus:
-    ref, revision, phase = text.split(":")
+    ref, revision, phase, *health = text.split(":", 4)
+    reason, message = (*health, "", "")[:2]
     namespace, name = ref.split("/")
     return ReleaseStatus(namespace=namespace, release=name, desired_revision=int(revision),
-                         applied_revision=int(revision), phase=phase, ready=1, total=1,  # type: ignore[arg-type]
-                         observed_at=now())
+                         applied_revision=int(revision), phase=phase, ready=0 if reason else 1, total=1,  # type: ignore[arg-type]
+                         observed_at=now(), reason=reason, restarts=4 if reason else 0, message=message)
 
 
 async def main() -> None:

@@ -288,3 +288,36 @@ def test_the_dashboard_lists_the_fleet_and_shows_a_node_going_offline_without_a_
     page_wait(browser, "document.getElementById('connection').dataset.state === 'live'", "the stream with the pasted token")
     page_wait(browser, "document.querySelectorAll('#node-rows tr[data-node]').length === 3", "the nodes again")
     assert viewer not in browser.current_url
+
+
+CRASHING = 'pod web-0 container web: CrashLoopBackOff: exited 3 (Error), restarted 4 times; last log: "crashing"'
+
+
+def test_the_dashboard_shows_why_a_release_is_unhealthy_where_it_shows_its_phase(
+        dashboard_fleet: Fleet, browser: Any):
+    hub = dashboard_fleet.hub
+    assert hub is not None
+    nodes = dashboard_fleet.nodes
+    started = [StandIn(dashboard_fleet, nodes["sh-1"], ["demo/web:1:Deployed"]),
+               StandIn(dashboard_fleet, nodes["sh-2"], [f"demo/web:1:Degraded:CrashLoopBackOff:{CRASHING}"])]
+    try:
+        browser.get(f"{hub.url}/#token={(hub.state_dir / 'viewer-token').read_text().strip()}")
+        page_wait(browser, "document.querySelector('#node-rows tr[data-node=\"sh-2\"]')?.innerText"
+                           ".includes('CrashLoopBackOff')", "sh-2's release crash-looping")
+        assert "demo/web r1 Degraded: CrashLoopBackOff" in row(browser, "sh-2")["text"]
+        assert "demo/web r1 Deployed" in row(browser, "sh-1")["text"]
+        # The node's chip says why when pointed at; the component's per-node list says it in full.
+        assert browser.execute_script(
+            "return document.querySelector('#node-rows tr[data-node=\"sh-2\"] td[data-label=Releases] li').title") == CRASHING
+        page_wait(browser, "document.querySelector('[data-component=\"demo/web\"]')?.innerText"
+                           ".includes('1 failed')", "the component counting sh-2 failed")
+        card = browser.execute_script("return document.querySelector('[data-component=\"demo/web\"]').innerText")
+        assert "1 CrashLoopBackOff" in card and "failing" in card, card
+        line = browser.execute_script(
+            "return document.querySelector('[data-component=\"demo/web\"] tr[data-node=\"sh-2\"]').innerText")
+        assert "Degraded: CrashLoopBackOff" in line and CRASHING in line, line
+        errors = [entry for entry in console(browser) if entry.startswith("SEVERE") and "/api/v1/events?" not in entry]
+        assert not errors, errors
+    finally:
+        for stand_in in started:
+            stand_in.kill()

@@ -240,3 +240,52 @@ async def test_a_stored_status_that_does_not_decode_shows_the_node_without_statu
             assert (view["name"], view["releases"], view["status_observed_at"]) == (node, [], "")
     assert caplog.text.count(f"Stored status of node {node} does not decode") == 1
     assert hub.app[MQTT].connected.is_set()
+
+
+def status_with_pods(node: str, seq: int, *, pods: int, containers: int, name_chars: int = 8,
+                     log: str = "") -> bytes:
+    """A status of one crash-looping release whose pods' detail is as long as the sender likes."""
+    body = json.loads(status(node, seq, message="pod p0 container c0: CrashLoopBackOff").encode())
+    body["releases"][0].update(phase="Degraded", reason="CrashLoopBackOff", restarts=pods * containers, pods=[
+        {"name": f"p{p}".ljust(name_chars, "p"), "containers": [
+            {"name": f"c{c}".ljust(name_chars, "c"), "ready": False, "restarts": 1, "state": "waiting",
+             "reason": "CrashLoopBackOff", "exit_code": 3, "last_reason": "Error", "last_log": log}
+            for c in range(containers)]}
+        for p in range(pods)])
+    return json.dumps(body).encode()
+
+
+async def test_a_status_with_huge_pod_lists_is_cut_and_its_health_still_shown(hub: TestClient, broker: Mosquitto):
+    node = await joined(hub)
+    # 60 pods of 20 containers each, every log 2,500 characters: 3 MB, close to what a message may be.
+    huge = status_with_pods(node, 1, pods=60, containers=20, log="x" * 2500)
+    assert 3_000_000 < len(huge) < 4 * 1024 * 1024
+    await publish(broker, (topics.status(node), huge))
+    release = (await eventually(lambda: _with_status(hub, node)))["releases"][0]
+    assert (release["reason"], release["restarts"], release["message"]) == (
+        "CrashLoopBackOff", 1200, "pod p0 container c0: CrashLoopBackOff")
+    # Cut by the decoder to 50 pods of 16 containers, each log to its last 200 characters, that is still more than
+    # a status may be stored as (max_status_bytes): it is stored without the pods' detail, not dropped.
+    assert release["pods"] == []
+
+    # Huge lists of short entries: cut to what a status details.
+    await publish(broker, (topics.status(node), status_with_pods(node, 2, pods=300, containers=50)))
+    release = (await eventually(lambda: _pods_shown(hub, node)))["releases"][0]
+    assert len(release["pods"]) == 50 and {len(p["containers"]) for p in release["pods"]} == {16}
+
+    # Within the bound, long logs and names are kept as cut: the last 200 characters of a log.
+    await publish(broker, (topics.status(node), status_with_pods(node, 3, pods=2, containers=2, name_chars=400,
+                                                                 log="early " + "y" * 5000 + " last words")))
+    release = (await eventually(lambda: _pods_shown(hub, node, 2)))["releases"][0]
+    container = release["pods"][0]["containers"][0]
+    assert len(container["last_log"]) == 200 and container["last_log"].endswith("y last words")
+    assert len(release["pods"][0]["name"]) == 253 and len(container["name"]) == 253
+    stored = sqlite3.connect(hub.app[SETTINGS].db_path).execute(
+        "SELECT max(length(status)) FROM nodes WHERE name = ?", (node,)).fetchone()
+    assert stored[0] < 256 * 1024
+    await every_listing_answers(hub)
+
+
+async def _pods_shown(hub: TestClient, node: str, pods: int = 50) -> dict[str, Any] | None:
+    view = await shown(hub, node)
+    return view if view["releases"] and len(view["releases"][0]["pods"]) == pods else None

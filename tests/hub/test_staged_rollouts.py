@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from test_history_and_rollback import FakeNode, statuses, stored
 from edgectl.cli import main as run_edgectl
 from edgehub.settings import HubSettings
 from edgeprotocol import topics
-from edgeprotocol.messages import Presence, now
+from edgeprotocol.messages import ContainerStatus, NodeStatus, PodStatus, Presence, ReleaseStatus, now
 from edgesim.fleet import Mosquitto
 
 ROLLOUT = "/api/v1/components/demo/web/rollout"
@@ -217,3 +218,65 @@ async def test_edgectl_rollout_status_follows_and_exits_by_outcome(hub: TestClie
     printed = capsys.readouterr()
     assert "rolled back to revision 2 (as revision 4)" in printed.out and "c1 reported Failed" in printed.out
     assert assigned(hub) == {"c1": 4, "m1": 2, "m2": 2}
+
+
+CRASHING = 'pod web-0 container web: CrashLoopBackOff: exited 3 (Error), restarted 4 times; last log: "crashing"'
+
+
+async def report_crash_loop(broker: Mosquitto, node: str, revision: int, seq: int) -> None:
+    """What an agent reports of a release whose only container exits at once, over and over."""
+    web = ContainerStatus(name="web", ready=False, restarts=4, state="waiting", reason="CrashLoopBackOff",
+                          exit_code=3, last_reason="Error", finished_at=now(), last_log="crashing")
+    sidecar = ContainerStatus(name="sidecar", ready=True)
+    release = ReleaseStatus(namespace="demo", release="web", desired_revision=revision, applied_revision=revision,
+                            phase="Degraded", message=CRASHING, ready=0, total=1, observed_at=now(),
+                            reason="CrashLoopBackOff", restarts=4,
+                            pods=(PodStatus(name="web-0", containers=(web, sidecar)),))
+    status = NodeStatus(node=node, seq=seq, observed_at=now(), agent_version="test", runtime="podman",
+                        releases=(release,))
+    async with aiomqtt.Client("127.0.0.1", broker.port, identifier=unique("test")) as mqtt:
+        await mqtt.publish(topics.presence(node), Presence(node=node, state="online", at=now()).encode(), qos=1)
+        await mqtt.publish(topics.status(node), status.encode(), qos=1)
+
+
+async def test_a_crash_looping_canary_fails_at_once_and_edgectl_names_the_node_and_the_reason(
+        hub: TestClient, broker: Mosquitto, example: dict[str, Any], capsys: pytest.CaptureFixture[str]):
+    def edgectl(*args: str) -> Any:
+        return asyncio.to_thread(run_edgectl, ["--hub", str(hub.make_url("")), "--token", operator_token(hub),
+                                               *args])
+
+    c1, *_ = await fleet_at_revision_1(hub, broker, example)
+    # A minute to get ready: a crash loop must not wait it out.
+    patient = {**STAGED, "healthGate": {"readyWithin": "60s", "minReadyTime": "10s"}}
+    await answer(await hub.post("/api/v1/components", json=spec(example, "crash", patient)), 200)
+    await wait_for(lambda: assigned(hub)["c1"] == 2, "the canary batch")
+    following = edgectl("rollout", "status", "demo/web", "--interval", "0.5", "--timeout", "20")
+    heard = asyncio.get_running_loop().time()
+    await report_crash_loop(broker, "c1", 2, seq=c1.seq + 1)
+    assert await following == 1
+    assert asyncio.get_running_loop().time() - heard < 10  # well within readyWithin
+    printed = capsys.readouterr()
+    assert "c1 reported CrashLoopBackOff (phase Degraded) for revision 2: " + CRASHING in printed.out
+    assert "rolled back to revision 1 (as revision 3)" in printed.out
+    assert "edgectl: rollout of demo/web revision 2 rolled back" in printed.err and "CrashLoopBackOff" in printed.err
+    assert assigned(hub) == {"c1": 3, "m1": 1, "m2": 1}  # the later batch never got revision 2
+
+    # What the node reported, as edgectl shows it (c1 has not taken the rollback yet).
+    assert await edgectl("describe", "component", "demo/web") == 0
+    (row,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("c1 ")]
+    assert "Degraded" in row and "CrashLoopBackOff" in row and CRASHING in row
+    assert await edgectl("describe", "node", "c1") == 0
+    lines = capsys.readouterr().out.splitlines()
+    release = next(i for i, line in enumerate(lines) if line.startswith("demo "))
+    assert lines[release].split()[:6] == ["demo", "web", "2", "Degraded", "CrashLoopBackOff", "4"]
+    assert lines[release + 1:] == ["    " + CRASHING]  # one line per unhealthy container: not the ready sidecar
+    assert await edgectl("describe", "node", "c1", "-o", "json") == 0
+    (shown,) = json.loads(capsys.readouterr().out)["releases"]
+    assert (shown["reason"], shown["restarts"]) == ("CrashLoopBackOff", 4)
+    assert shown["pods"][0]["name"] == "web-0"
+    assert shown["pods"][0]["containers"][0] == {
+        "name": "web", "ready": False, "restarts": 4, "state": "waiting", "reason": "CrashLoopBackOff",
+        "exit_code": 3, "last_reason": "Error", "finished_at": shown["pods"][0]["containers"][0]["finished_at"],
+        "last_log": "crashing"}
+    assert await edgectl("get", "nodes") == 0
+    assert "demo/web@2:Degraded(CrashLoopBackOff)" in capsys.readouterr().out

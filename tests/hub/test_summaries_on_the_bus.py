@@ -33,11 +33,13 @@ def hub_settings(tmp_path: Path, fresh_broker: Mosquitto) -> HubSettings:
     return settings_for(tmp_path, fresh_broker)
 
 
-async def report(broker: Mosquitto, node: str, *, seq: int, phase: str = "Deployed", online: bool = True) -> None:
+async def report(broker: Mosquitto, node: str, *, seq: int, phase: str = "Deployed", online: bool = True,
+                 reason: str = "", restarts: int = 0, message: str = "") -> None:
     """What an agent sends: presence, then a status with the example release and its health."""
     status = NodeStatus(node=node, seq=seq, observed_at=now(), agent_version="test", runtime="podman",
                         releases=(ReleaseStatus(namespace="demo", release="web", desired_revision=1,
-                                                applied_revision=1, phase=phase, ready=1, total=1),),
+                                                applied_revision=1, phase=phase, ready=1, total=1, reason=reason,
+                                                restarts=restarts, message=message),),
                         conditions=(Condition(type="RuntimeReady", status="True", reason="Ok", message="",
                                               since=now()),))
     async with aiomqtt.Client("127.0.0.1", broker.port, identifier=unique("agent")) as mqtt:
@@ -61,18 +63,33 @@ async def test_a_plain_subscriber_sees_the_counts_follow_joins_deploys_failures_
     assert (component["component"], component["revision"], component["ready"], component["rollout"]) == \
         ("demo/web", 1, 0, "waiting for offline nodes")  # joined, never connected
     assert component["pools"] == {"shanghai": {"desired": 2, "updated": 0, "ready": 0, "failed": 0, "offline": 2}}
+    assert component["reasons"] == {}
 
     await report(fresh_broker, "sh-1", seq=1)
     await report(fresh_broker, "sh-2", seq=1, phase="Failed")
     node = await watcher.until(f"{SUMMARY}/nodes/sh-1", lambda s: s["online"] and s["releases_deployed"] == 1)
     assert node["node"] == "sh-1" and node["pool"] == "shanghai" and node["ready"] is True
-    assert node["releases"] == [{"release": "demo/web", "revision": 1, "desired_revision": 1, "phase": "Deployed"}]
+    assert node["releases"] == [{"release": "demo/web", "revision": 1, "desired_revision": 1, "phase": "Deployed",
+                                 "reason": "", "restarts": 0, "message": ""}]
     assert node["conditions"] == {"RuntimeReady": "True"} and node["last_seen"]
     pool = await watcher.until(f"{SUMMARY}/pools/shanghai", lambda s: s["releases_failed"] == 1)
     assert (pool["pool"], pool["nodes_online"], pool["releases_deployed"], pool["components"]) == \
         ("shanghai", 2, 1, ["demo/web"])
     component = await watcher.until(f"{SUMMARY}/components/demo/web", lambda s: s["failed"] == 1)
     assert (component["ready"], component["rollout"], component["installed_revision"]) == (1, "failing", 1)
+
+    # A crash loop is a failure too, with its reason on the component and the node.
+    crashing = 'pod web-0 container web: CrashLoopBackOff: exited 3 (Error), restarted 4 times; last log: "crashing"'
+    await report(fresh_broker, "sh-1", seq=2, phase="Degraded", reason="CrashLoopBackOff", restarts=4, message=crashing)
+    node = await watcher.until(f"{SUMMARY}/nodes/sh-1", lambda s: s["releases_degraded"] == 1)
+    assert node["releases"] == [{"release": "demo/web", "revision": 1, "desired_revision": 1, "phase": "Degraded",
+                                 "reason": "CrashLoopBackOff", "restarts": 4, "message": crashing}]
+    component = await watcher.until(f"{SUMMARY}/components/demo/web", lambda s: s["failed"] == 2)
+    assert (component["ready"], component["rollout"], component["reasons"]) == (0, "failing", {"CrashLoopBackOff": 1})
+    assert component["pools"]["shanghai"]["failed"] == 2
+    await report(fresh_broker, "sh-1", seq=3, restarts=4)  # running again: the restarts stay, the reason goes
+    component = await watcher.until(f"{SUMMARY}/components/demo/web", lambda s: s["failed"] == 1)
+    assert (component["ready"], component["reasons"]) == (1, {})
 
     await report(fresh_broker, "sh-2", seq=2, online=False)
     fleet_now = await watcher.until(fleet, lambda s: s["nodes_offline"] == 1)

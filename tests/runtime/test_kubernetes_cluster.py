@@ -1,5 +1,6 @@
 """KubernetesRuntime against a real cluster (a k3d cluster, say): apply, upgrade with pruning, drift repair of a
-deleted Deployment, uninstall, and the status of a failing Deployment.
+deleted Deployment, uninstall, the status of a failing Deployment, and what the kubelet says of the containers of
+a crash-looping one and of one whose image cannot be pulled.
 
 Runs only when KUBECONFIG names a cluster's kubeconfig; skipped with that reason otherwise. Every test works in
 a namespace of its own and removes it.
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from edgeagent.release_health import release_health
 from edgeagent.runtime import NodeContext, ReleaseRef
 from edgeagent.runtime.kubernetes import KubernetesRuntime, KubernetesSettings
 
@@ -29,13 +31,13 @@ NODE = NodeContext(node="edge-1", pool="shanghai")
 IMAGE = os.environ.get("EDGECOLLAB_K8S_TEST_IMAGE", "busybox:1.36")
 
 
-def deployment(name: str, *, image: str = IMAGE, deadline: int = 600) -> dict:
+def deployment(name: str, *, image: str = IMAGE, deadline: int = 600,
+               script: str = "trap 'exit 0' TERM; sleep 3600 & wait") -> dict:
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
             "spec": {"replicas": 1, "progressDeadlineSeconds": deadline, "selector": {"matchLabels": {"app": name}},
                      "template": {"metadata": {"labels": {"app": name}}, "spec": {
                          "securityContext": {"runAsUser": 65534},
-                         "containers": [{"name": "c", "image": image,
-                                         "command": ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]}]}}}}
+                         "containers": [{"name": "c", "image": image, "command": ["sh", "-c", script]}]}}}}
 
 
 def configmap(name: str) -> dict:
@@ -113,3 +115,33 @@ async def test_a_failing_deployment_is_named_in_the_status(cluster) -> None:
         await asyncio.sleep(1)
     assert (seen.ready, seen.total) == (0, 1)
     assert "Deployment/broken (Failed: ProgressDeadlineExceeded" in seen.message
+    # The pod says why, in the kubelet's words.
+    (pod,) = seen.pods[1:]
+    assert pod.name.startswith("broken-") and pod.phase == "Pending"
+    (container,) = pod.containers
+    assert (container.name, container.state, container.restarts) == ("c", "waiting", 0)
+    health = release_health(seen.pods)
+    assert health.reason in ("ErrImagePull", "ImagePullBackOff") and health.failing
+    assert health.message == f"pod {pod.name} container c: {health.reason}"
+
+
+async def test_a_crash_looping_deployment_reports_crashloopbackoff_with_restarts_exit_code_and_log(cluster) -> None:
+    runtime, ref = cluster
+    await runtime.apply(ref, manifests(deployment("crasher", script="echo crashing; exit 3")), NODE)
+    # The kubelet's back-off: restarts after 10 s, then 20 s, then 40 s.
+    for _ in range(180):
+        seen = await runtime.observe(ref)
+        health = release_health(seen.pods)
+        if health.reason == "CrashLoopBackOff" and health.restarts >= 2 and "last log" in health.message:
+            break
+        await asyncio.sleep(1)
+    assert seen.pods[0].name == "Deployment/crasher" and seen.total == 1
+    (pod,) = seen.pods[1:]
+    assert pod.name.startswith("crasher-") and not pod.ready
+    (container,) = pod.containers
+    assert (container.name, container.ready, container.exit_code, container.last_reason) == ("c", False, 3, "Error")
+    assert container.restarts >= 2 and container.finished_at
+    assert container.last_log == "crashing"
+    assert health.failing and health.restarts == container.restarts
+    assert health.message == (f"pod {pod.name} container c: CrashLoopBackOff: exited 3 (Error), restarted "
+                              f"{container.restarts} times; last log: \"crashing\"")

@@ -43,7 +43,9 @@ def test_every_pod_gets_a_namespaced_name_node_labels_and_node_env() -> None:
     env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
     assert env["EDGE_NODE_NAME"] == "edge-7"
     assert env["EDGE_NODE_POOL"] == "shanghai"
-    assert pod["spec"]["restartPolicy"] == "Always"
+    # A Deployment's pod is Always: podman is told Never, and the agent restarts its containers with back-off.
+    assert pod["spec"]["restartPolicy"] == "Never"
+    assert plan.pods["demo.web-pod-0"].restart_policy == "Always"
     assert list(plan.pods) == ["demo.web-pod-0"]
     assert plan.pods["demo.web-pod-0"].source == "Deployment/web"
 
