@@ -43,8 +43,6 @@ __all__ = ["RestartKeeper", "RestartSettings", "Termination", "running_seconds"]
 
 logger = logging.getLogger(__name__)
 
-_ZERO_TIME = "0001-01-01T00:00:00Z"
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RestartSettings:

@@ -88,9 +88,8 @@ class Counting:
 
 
 @contextmanager
-def counting(host: str) -> Iterator[Counting]:
-    sock = socket.create_server((host, 0))
-    seen = Counting(sock.getsockname()[1])
+def accepting(sock: socket.socket, on_connection: Callable[[socket.socket], None]) -> Iterator[None]:
+    """Hand every connection ``sock`` accepts to ``on_connection`` on a thread, until the block ends."""
 
     def serve() -> None:
         while True:
@@ -98,18 +97,30 @@ def counting(host: str) -> Iterator[Counting]:
                 conn, _ = sock.accept()
             except OSError:
                 return
-            seen.connections += 1
-            conn.close()
+            on_connection(conn)
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     try:
-        yield seen
+        yield
     finally:
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)  # wakes accept() on the other thread
         sock.close()
         thread.join(5)
+
+
+@contextmanager
+def counting(host: str) -> Iterator[Counting]:
+    sock = socket.create_server((host, 0))
+    seen = Counting(sock.getsockname()[1])
+
+    def count(conn: socket.socket) -> None:
+        seen.connections += 1
+        conn.close()
+
+    with accepting(sock, count):
+        yield seen
 
 
 Answer = tuple[int, dict[str, str], bytes]
@@ -153,24 +164,12 @@ def resetting(host: str, port: int) -> Iterator[None]:
     sock.bind((host, port))
     sock.listen()
 
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = sock.accept()
-            except OSError:
-                return
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            conn.close()
+    def reset(conn: socket.socket) -> None:
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
+    with accepting(sock, reset):
         yield
-    finally:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-        sock.close()
-        thread.join(5)
 
 
 def untrusted_tls(tmp_path: Path) -> ssl.SSLContext:
