@@ -62,7 +62,7 @@ def check_confinement(plan: Plan, ref: ReleaseRef, confinement: Confinement, pol
             if not mount.root.startswith(prefix):
                 raise ManifestRejected(f"{where}: subPath mount {name} is of podman volume {mount.root!r}, which is "
                                        "not the release's")
-        elif mount.kind == "host" and host_allowed:
+        elif mount.kind == "host" and host_allowed and mount.root.startswith("/") and "\0" not in mount.root:
             _require_apart(mount.root, confinement.protected, f"{where}: subPath mount {name} of hostPath")
         else:
             raise ManifestRejected(f"{where}: subPath mount {name} of {mount.kind} {mount.root!r} is not allowed")
@@ -93,7 +93,7 @@ def _check_pod(doc: Mapping[str, Any], prefix: str, confinement: Confinement, ho
         what = f"{pod} volume {volume.get('name')}"
         if "hostPath" in volume:
             path = str(_mapping(volume["hostPath"]).get("path", ""))
-            if not path.startswith("/") or any(p in (".", "..") for p in path.split("/")):
+            if not path.startswith("/") or any(p in (".", "..") for p in path.split("/")) or "\0" in path:
                 raise ManifestRejected(f"{what}: host path {path!r} is not an absolute, normal path")
             if _beneath(path, release_dirs):
                 continue

@@ -23,7 +23,7 @@ from edgesim.podman_setup import DEMO_IMAGE
 pytestmark = pytest.mark.timeout(900)
 
 ROLLOUT = {"batches": [{"pools": ["canary"]}, {"percent": 100}],
-           "healthGate": {"readyWithin": "40s", "minReadyTime": "15s"}, "maxFailures": 0, "onFailure": "Rollback"}
+           "healthGate": {"readyWithin": "20s", "minReadyTime": "12s"}, "maxFailures": 0, "onFailure": "Rollback"}
 EDGE = {"nodePools": ["canary", "prod"], "rollout": ROLLOUT}
 HEALTHY = {"command": "echo serving; sleep 3600"}
 # Each way a release breaks, the values that make it so, and the reason the canary must fail with.
@@ -33,7 +33,7 @@ BROKEN = [
     ("killed for memory", {"command": "echo filling; x=a; while true; do x=$x$x; done", "memory": "16Mi"},
      "OOMKilled"),
     ("image not on the node", {"image": "localhost/edgecollab-missing:1"}, "ErrImagePull"),
-    ("readiness probe never passes", {"readiness": ["false"]}, "not Deployed and ready within 40s"),
+    ("readiness probe never passes", {"readiness": ["false"]}, "not Deployed and ready within 20s"),
 ]
 
 TEMPLATE = """\

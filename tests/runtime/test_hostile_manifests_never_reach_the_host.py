@@ -250,6 +250,14 @@ spec:
             raise AssertionError(f"hostPath {path} was not refused")
     plan = build_plan(REF, manifests.replace("/var/lib/containers", "/srv/data"), NODE, policy=HOST_ALLOWED)
     check_confinement(plan, REF, CONFINEMENT, HOST_ALLOWED)  # elsewhere, allowed by the policy: fine
+    # A NUL byte (which hypothesis found made the check itself fail) is refused like any other odd path.
+    plan = build_plan(REF, manifests.replace("/var/lib/containers", '"/srv/\\0x"'), NODE, policy=HOST_ALLOWED)
+    try:
+        check_confinement(plan, REF, CONFINEMENT, HOST_ALLOWED)
+    except ManifestRejected as exc:
+        assert "is not an absolute, normal path" in str(exc)
+    else:
+        raise AssertionError("a host path with a NUL byte was not refused")
 
 
 # -- links planted in a volume ---------------------------------------------------------------------
