@@ -81,6 +81,11 @@ def agent_status(node: Node) -> dict[str, Any]:
     return json.loads(result.stdout)
 
 
+def agent_release(node: Node, name: str) -> dict[str, Any]:
+    """Release ``name`` as the node's own ``edgeagent status`` shows it, without the hub."""
+    return next(r for r in agent_status(node)["releases"] if r["release"] == name)
+
+
 def applied_revisions(events: list[dict[str, Any]], release: str = "web") -> list[int]:
     return [e["revision"] for e in events if e["reason"] == "Applied" and e["release"] == release]
 

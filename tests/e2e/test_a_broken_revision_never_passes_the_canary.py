@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
-from fleet_checks import agent_status, container_starts, node_events, wait_deployed, write_spec
+from fleet_checks import agent_release, container_starts, node_events, wait_deployed, write_spec
 
 from edgesim.fleet import Fleet, Node, wait_until
 from edgesim.podman_setup import DEMO_IMAGE
@@ -66,7 +66,7 @@ def probe_chart(directory: Path) -> Path:
 
 
 def release_of(node: Node) -> dict[str, Any]:
-    return next(r for r in agent_status(node)["releases"] if r["release"] == "probe")
+    return agent_release(node, "probe")
 
 
 def test_every_way_a_release_breaks_fails_the_canary_and_never_touches_the_later_batch(fleet: Fleet,

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fleet_checks import agent_status, wait_deployed, write_spec
+from fleet_checks import agent_release, wait_deployed, write_spec
 
 from edgesim.fleet import Fleet, wait_until
 
@@ -20,7 +20,7 @@ EDGE = {"nodePools": ["canary", "shanghai"], "rollout": ROLLOUT}
 
 
 def release_of(node, name: str = "web") -> dict:
-    return next(r for r in agent_status(node)["releases"] if r["release"] == name)
+    return agent_release(node, name)
 
 
 def test_a_revision_failing_on_the_canary_is_rolled_back_and_never_reaches_the_later_batch(fleet: Fleet,
