@@ -22,6 +22,7 @@ packages=(
     chromium                    # the dashboard test's browser (headless; tests/e2e/test_web_dashboard.py)
     chromium-driver             # chromedriver, through which Selenium drives that browser (nothing downloaded)
     postgresql                  # the hub store's PostgreSQL tests start its server binaries (initdb, pg_ctl)
+    faketime                    # the calendar tests move broker, hub and agents months ahead (libfaketime)
 )
 # The pyenv or system python3 running the venv must have venv and ensurepip.
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || packages+=(python3-venv)
