@@ -1,6 +1,8 @@
 """The hub's HTTP API (JSON), used by ``edgectl``, by agents at join, and by dashboards.
 
-    GET    /api/v1/ca                              the hub CA's certificate and its SHA-256 (open)
+    GET    /api/v1/ca                              the hub CA's certificate and its SHA-256, and every CA trusted (open)
+    GET    /api/v1/ca/rotation                     the hub's CAs, which issues, how many nodes hold certificates of each
+    POST   /api/v1/ca/rotation                     take a CA rotation step: {"step": "begin"|"switch"|"finish"}
     POST   /api/v1/tokens                          create a join token for a pool (it carries the CA's SHA-256)
     POST   /api/v1/join                            exchange a token, a CSR and a bundle key for a node identity (open)
     POST   /api/v1/nodes/{name}/certificate        renew a node's certificate: a CSR for a new key, proven by
@@ -107,6 +109,8 @@ from edgeprotocol.topics import check_name
 
 from .broker_access import ANONYMOUS_BROKER_WARNING
 from .broker_roles import DASHBOARD_TOPICS, dashboard_user
+from .ca_rotation import CA_ROTATION
+from .ca_rotation import STEPS as CA_STEPS
 from .components import ApplyOutcome
 from .errors import (
     AlreadyExists,
@@ -119,6 +123,7 @@ from .errors import (
     NotFound,
     RateLimited,
     RenewalRefused,
+    RotationRefused,
     SpecRefused,
     Unauthorized,
     UnsupportedMediaType,
@@ -172,6 +177,7 @@ STATUS: dict[type[HubError], int] = {
     ForeignOrigin: 403,
     NotFound: 404,
     ConcurrentChange: 409,
+    RotationRefused: 409,
     AlreadyExists: 409,
     UnsupportedMediaType: 415,
     MisdirectedHost: 421,
@@ -302,9 +308,28 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def ca_certificate(request: web.Request) -> web.Response:
-    """The hub CA's certificate: an agent fetches it before its join and checks it against its token's pin."""
+    """The hub CA's certificate: an agent fetches it before its join and checks it against its token's pin.
+    ``ca_certificate`` is the CA that issues now (what new tokens pin); ``ca_bundle`` every CA trusted now."""
     identity = request.app[IDENTITY]
-    return web.json_response({"ca_certificate": identity.ca_pem, "sha256": identity.ca_fingerprint})
+    return web.json_response({"ca_certificate": identity.ca_pem, "sha256": identity.ca_fingerprint,
+                              "ca_bundle": identity.trust_bundle_pem})
+
+
+async def ca_rotation_status(request: web.Request) -> web.Response:
+    """The hub's CAs, which issues, and how many joined nodes hold a certificate of each (edgehub.ca_rotation)."""
+    return web.json_response(await request.app[CA_ROTATION].status())
+
+
+async def ca_rotation_step(request: web.Request) -> web.Response:
+    """Take a CA rotation step: ``{"step": "begin"|"switch"|"finish", "force": false}``."""
+    body = await _json_body(request)
+    step = _field(body, "step", str)
+    if step not in CA_STEPS:
+        raise BadRequest(f"must be one of {', '.join(CA_STEPS)}, not {_shown(step)}", field="step")
+    force = body.get("force", False)
+    if not isinstance(force, bool):
+        raise BadRequest(f"must be true or false, not {_shown(force)}", field="force")
+    return web.json_response(await request.app[CA_ROTATION].step(step, force=force))
 
 
 async def create_token(request: web.Request) -> web.Response:
@@ -368,6 +393,9 @@ async def join(request: web.Request) -> web.Response:
             "generation": joined.generation,
             "certificate": joined.certificate,
             "ca_certificate": identity.ca_pem,
+            # Every CA the node must trust (two during a CA rotation), and which one issues now.
+            "ca_bundle": identity.trust_bundle_pem,
+            "issuing_ca": identity.issuing_ca_fingerprint,
             "hub_public_key": identity.public_key_pem,
             "mqtt_url": app[SETTINGS].advertised_mqtt_url,
         },
@@ -427,6 +455,7 @@ async def renew_certificate(request: web.Request) -> web.Response:
     logger.info("Node %s renewed its certificate (serial %x, valid until %s)", node, issued.serial_number,
                 issued.not_valid_after_utc.isoformat())
     return web.json_response({"node": node, "certificate": certificate, "ca_certificate": identity.ca_pem,
+                              "ca_bundle": identity.trust_bundle_pem, "issuing_ca": identity.issuing_ca_fingerprint,
                               "not_after": _iso(issued.not_valid_after_utc)})
 
 
@@ -807,6 +836,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/v1/stream", stream)
     app.router.add_get("/api/v1/ca", ca_certificate)
+    app.router.add_get("/api/v1/ca/rotation", ca_rotation_status)
+    app.router.add_post("/api/v1/ca/rotation", ca_rotation_step)
     app.router.add_post("/api/v1/tokens", create_token)
     app.router.add_post("/api/v1/join", join)
     app.router.add_post("/api/v1/nodes/{name}/certificate", renew_certificate)

@@ -22,6 +22,7 @@ from .auth import HostAllowList, json_bodies_only, operator_only, operator_token
 from .broker_access import ANONYMOUS_BROKER_WARNING, BrokerAccess
 from .broker_revocations import BROKER_FILES, BrokerFiles, BrokerRevocations
 from .broker_roles import CONTROL_RESPONSE_TOPIC, HUB_USER
+from .ca_rotation import CA_ROTATION, CaRotation
 from .chart_sources import ChartSources
 from .components import Components
 from .dashboard import add_dashboard_routes
@@ -118,6 +119,13 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
             yield
 
 
+async def ca_rotation_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The CA rotation's steps (edgehub.ca_rotation): the running hub takes them and puts them in force."""
+    app[CA_ROTATION] = CaRotation(app[SETTINGS].state_dir, app[IDENTITY], app[STORE], app[REVOCATIONS],
+                                  publish=publisher(app, retain=False))
+    yield
+
+
 async def rollouts_ctx(app: web.Application) -> AsyncIterator[None]:
     """Staged rollouts move on from status changes and the clock; the driver stops (cancelled, awaited) first."""
     store = app[STORE]
@@ -187,7 +195,9 @@ async def mqtt_ctx(app: web.Application) -> AsyncIterator[None]:
     tls = None
     if settings.broker_identities:
         subscriptions += (CONTROL_RESPONSE_TOPIC,)
-        tls = TlsIdentity(app[IDENTITY].ca_pem, settings.mqtt_cert_path, settings.mqtt_key_path)
+        # The trust bundle is read at each connect: after a CA rotation step the broker may present a
+        # certificate of the new CA (edgehub.ca_rotation).
+        tls = TlsIdentity("", settings.mqtt_cert_path, settings.mqtt_key_path, ca_file=settings.ca_certificate_path)
     else:
         logger.warning("Warning: %s", ANONYMOUS_BROKER_WARNING)
     session_settings = SessionSettings(
@@ -235,7 +245,8 @@ def create_app(settings: HubSettings) -> web.Application:
     # The operator token first: it creates the state directory owner-only.
     # The renderer before the store: the component service takes it. The
     # server certificate (when the API is served over HTTPS) needs the CA.
-    app.cleanup_ctx.extend([operator_token_ctx, identity_ctx, tls_ctx, renderer_ctx, store_ctx, rollouts_ctx,
+    app.cleanup_ctx.extend([operator_token_ctx, identity_ctx, tls_ctx, renderer_ctx, store_ctx, ca_rotation_ctx,
+                            rollouts_ctx,
                             summaries_ctx,
                             mqtt_ctx])
     add_routes(app)

@@ -6,7 +6,7 @@ Writes into one directory everything a Mosquitto 2 needs to serve the fleet:
   hub's CA, takes the certificate's common name as user name and client ID, and
   leaves permissions to the dynamic security plugin and, for the clients the
   plugin does not know (joined nodes), to ``nodes.acl``;
-- ``ca.crt`` (the hub CA), ``broker.crt`` and ``broker.key`` (the broker's server
+- ``ca.crt`` (the hub's CAs: its trust bundle), ``broker.crt`` and ``broker.key`` (the broker's server
   certificate, issued by the hub CA for the listen address and the given names);
 - ``dynamic-security.json``: the hub and the fixed roles. The hub adds and removes
   refused nodes and dashboards at run time over the plugin's control topic, and the
@@ -34,7 +34,7 @@ from pathlib import Path
 from edgekit.files import write_atomic
 from edgeprotocol.messages import MAX_ASSIGNMENT_BYTES
 
-from .broker_revocations import CRL_FILE, PID_FILE, BrokerFiles, ensure_crl
+from .broker_revocations import CA_FILE, CRL_FILE, PID_FILE, BrokerFiles, ensure_crl, write_trust
 from .broker_roles import initial_document, node_acl_patterns
 from .identity import HubIdentity
 
@@ -113,7 +113,8 @@ def write_mosquitto_config(state_dir: Path, listen_host: str, listen_port: int, 
     out_dir = out_dir.resolve()
     out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     out_dir.chmod(0o700)
-    (out_dir / "ca.crt").write_text(identity.ca_pem)
+    # Every CA the hub trusts (two during a CA rotation: edgehub.ca_rotation), so clients of either connect.
+    write_trust(identity, out_dir / CA_FILE)
     identity.ensure_certificate(out_dir / "broker.key", out_dir / "broker.crt", "edgecollab broker",
                                 usage="server", names=server_names(listen_host, names))
     write_atomic(out_dir / NODE_ACL_FILE, node_acl_patterns().encode())
@@ -143,7 +144,7 @@ per_listener_settings false
 allow_anonymous false
 {user}
 listener {port} {host}
-cafile {out / "ca.crt"}
+cafile {out / CA_FILE}
 certfile {out / "broker.crt"}
 keyfile {out / "broker.key"}
 require_certificate true

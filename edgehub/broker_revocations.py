@@ -11,7 +11,7 @@ checks every client certificate against the listener's ``crlfile``.
 So every node certificate the hub no longer stands behind (replaced by a
 renewal, voided by ``node reset`` or ``node revoke``) stays in the store's
 ``void_certificates`` until it expires, and ``BrokerRevocations`` writes them
-as a CRL signed by the hub CA into the broker's directory and sends the broker
+as a CRL signed by each hub CA into the broker's directory and sends the broker
 SIGHUP, on which Mosquitto reads the file again. ``edgehub mosquitto-config``
 puts both into ``mosquitto.conf`` (``crlfile``, ``pid_file``) and tells the
 hub where they are (``STATE/broker-files.json``).
@@ -29,7 +29,14 @@ What Mosquitto 2.0.11 does (tried against the real broker; the tests in
 - a file it cannot read at a reload leaves the listener checking no list at
   all, so the file is only ever replaced whole (``write_atomic``);
 - it takes SIGHUP up to about 100 ms later (signals wait while it polls), and a
-  connection accepted meanwhile is checked against the list before.
+  connection accepted meanwhile is checked against the list before;
+- on SIGHUP it builds the listener's TLS context again: ``cafile``, ``certfile``
+  and ``keyfile`` are read again too (the CA rotation relies on it);
+- it refuses a client whose CA has no list in ``crlfile`` (the handshake ends
+  "unknown ca"), and ignores a list of a CA its ``cafile`` does not hold: with
+  two CAs trusted (``edgehub.ca_rotation``) the file holds a list signed by
+  each, one after the other, and ``cafile`` the hub's trust bundle
+  (``write_trust``), written here too.
 
 So the hub does not take a signal sent for a list in force: each list also
 revokes a probe certificate made for it alone (``PROBE_NAME``, minutes of
@@ -76,12 +83,15 @@ from edgekit.files import write_atomic
 from edgekit.mqtt import BrokerAddress
 from edgekit.tasks import OwnedTask
 
+from .hub_cas import HubCa
 from .identity import HubIdentity
 
 logger = logging.getLogger(__name__)
 
 CRL_FILE = "revoked.crl"
 PID_FILE = "mosquitto.pid"
+# The broker's cafile, beside the CRL: the hub's trust bundle (``write_trust``).
+CA_FILE = "ca.crt"
 # In the hub's state directory: where ``edgehub mosquitto-config`` put the two files above.
 BROKER_FILES = "broker-files.json"
 # The broker's process name, checked before it is signalled: a stale pid file may name another process,
@@ -117,6 +127,11 @@ class BrokerFiles:
     crl_file: Path
     pid_file: Path
 
+    @property
+    def ca_file(self) -> Path:
+        """The broker's ``cafile``: ``edgehub mosquitto-config`` writes it beside the CRL."""
+        return self.crl_file.with_name(CA_FILE)
+
     def save(self, state_dir: Path) -> None:
         write_atomic(state_dir / BROKER_FILES, json.dumps(
             {"crl_file": str(self.crl_file), "pid_file": str(self.pid_file)}, indent=2).encode())
@@ -135,36 +150,76 @@ class BrokerFiles:
             raise ValueError(f"{path} cannot be read ({exc}); run 'edgehub mosquitto-config' again") from exc
 
 
-def build_crl(identity: HubIdentity, voided: Iterable[Voided], *, now: dt.datetime | None = None) -> bytes:
-    """The CRL (PEM) of ``voided`` certificates, signed by the hub CA."""
+def build_crl(ca: HubCa, voided: Iterable[Voided], *, now: dt.datetime | None = None) -> bytes:
+    """The CRL (PEM) of ``voided`` certificates, signed by ``ca``."""
     now = now or dt.datetime.now(dt.UTC)
     revoked = [x509.RevokedCertificateBuilder().serial_number(serial)
                .revocation_date(dt.datetime.fromtimestamp(at, dt.UTC)).build()
                for serial, at in sorted(voided)]
     # The revoked list given at once: adding entries one by one copies the list each time.
     builder = x509.CertificateRevocationListBuilder(
-        issuer_name=identity.ca_certificate.subject, last_update=now - BACKDATE,
+        issuer_name=ca.certificate.subject, last_update=now - BACKDATE,
         # Past nextUpdate the broker refuses every client: the list lasts as long as the CA it speaks for.
-        next_update=identity.ca_certificate.not_valid_after_utc, revoked_certificates=revoked)
-    return builder.sign(identity.key, algorithm=None).public_bytes(serialization.Encoding.PEM)
+        next_update=ca.certificate.not_valid_after_utc, revoked_certificates=revoked)
+    return builder.sign(ca.key, algorithm=None).public_bytes(serialization.Encoding.PEM)
+
+
+def build_crls(identity: HubIdentity, voided: Iterable[Voided], *, now: dt.datetime | None = None) -> bytes:
+    """One CRL per CA the hub trusts, each listing every voided serial, PEM one after the other.
+
+    Mosquitto 2.0.11 (OpenSSL) refuses a client whose CA has no CRL in ``crlfile`` (the handshake fails
+    with "unknown ca"), so while two CAs are trusted (a rotation) the file holds a list of each. Serial
+    numbers are 159 random bits, so listing every voided serial under both CAs revokes nothing else, and
+    a certificate the hub voided is refused whichever CA issued it. A list of a CA the broker does not
+    trust (any more) is ignored by it."""
+    voided = list(voided)
+    return b"".join(build_crl(ca, voided, now=now) for ca in identity.cas.trusted)
 
 
 def write_crl(identity: HubIdentity, path: Path, voided: Iterable[Voided]) -> None:
-    """Replace the CRL at ``path`` whole. World-readable (a CRL is public): the broker reads it again on
-    SIGHUP as the account it switched to. Blocking: call it from a thread."""
-    write_atomic(path, build_crl(identity, voided), mode=0o644)
+    """Replace the CRL file at ``path`` whole (``build_crls``). World-readable (a CRL is public): the broker
+    reads it again on SIGHUP as the account it switched to. Blocking: call it from a thread."""
+    write_atomic(path, build_crls(identity, voided), mode=0o644)
 
 
 def ensure_crl(identity: HubIdentity, path: Path) -> None:
-    """Keep the CRL at ``path`` if this CA signed it, else write an empty one: the broker refuses every
-    client while it has none to read."""
+    """Keep the CRL file at ``path`` if it holds a list signed by each CA the hub trusts, else write empty ones:
+    the broker refuses every client while it has none to read (and a client of a CA without a list)."""
     try:
-        crl = x509.load_pem_x509_crl(path.read_bytes())
-        if crl.is_signature_valid(identity.key.public_key()) and crl.issuer == identity.ca_certificate.subject:
+        crls = [x509.load_pem_x509_crl(block) for block in _pem_blocks(path.read_bytes(), b"X509 CRL")]
+        if all(any(crl.issuer == ca.certificate.subject and crl.is_signature_valid(ca.key.public_key())
+                   for crl in crls) for ca in identity.cas.trusted):
             return
     except (OSError, ValueError, TypeError, InvalidSignature):
         pass
     write_crl(identity, path, [])
+
+
+def write_trust(identity: HubIdentity, path: Path) -> bool:
+    """Write the broker's ``cafile`` at ``path`` as the hub's trust bundle (every CA trusted now) if it holds
+    anything else; whether it was written. The broker reads it at start and on SIGHUP (Mosquitto 2.0.11
+    rebuilds a listener's TLS context then: its cafile, certfile, keyfile and crlfile). Blocking."""
+    wanted = identity.trust_bundle_pem.encode()
+    try:
+        if path.read_bytes() == wanted:
+            return False
+    except FileNotFoundError:
+        pass
+    write_atomic(path, wanted, mode=0o644)
+    return True
+
+
+def _pem_blocks(data: bytes, label: bytes) -> list[bytes]:
+    """Each ``-----BEGIN label-----`` ... ``-----END label-----`` block of ``data``."""
+    begin, end = b"-----BEGIN " + label + b"-----", b"-----END " + label + b"-----"
+    blocks, at = [], 0
+    while (start := data.find(begin, at)) != -1:
+        stop = data.find(end, start)
+        if stop == -1:
+            break
+        blocks.append(data[start:stop + len(end)] + b"\n")
+        at = stop + len(end)
+    return blocks
 
 
 def signal_broker(pid_file: Path) -> tuple[Signalled, str]:
@@ -283,12 +338,13 @@ class BrokerRevocations:
         self._asked += 1
         self._wake.set()
 
-    async def refresh(self) -> None:
+    async def refresh(self, *, force: bool = False) -> None:
         """Write the list as the store now holds it and signal the broker, then return (at most
-        ``REFRESH_WAIT_SECONDS``: a slow write is logged and finishes in the background)."""
+        ``REFRESH_WAIT_SECONDS``: a slow write is logged and finishes in the background). ``force``: even if
+        the store's list has not changed (the hub's CAs have: the cafile and a list per CA follow them)."""
         if self.files is None:
             return
-        self.changed()
+        self.changed(force=force)
         ticket = self._asked
         try:
             async with asyncio.timeout(REFRESH_WAIT_SECONDS), self._progress:
@@ -331,9 +387,12 @@ class BrokerRevocations:
         assert self.files is not None
         probe = Probe.make(self._identity) if self._broker is not None else None
         listed = [*voided, (probe.serial, time.time())] if probe is not None else voided
+        # The lists first: a CA new to the cafile must have one when the broker reads both (else its clients
+        # are refused); a CA gone from the cafile leaves a list the broker ignores.
         write_crl(self._identity, self.files.crl_file, listed)
+        write_trust(self._identity, self.files.ca_file)
         signalled, what = signal_broker(self.files.pid_file)
         if signalled != "sent" or probe is None or self._broker is None:
             return signalled != "not sent", what
-        in_force, how = probe.refused_by(self._broker, self._identity.ca_pem)
+        in_force, how = probe.refused_by(self._broker, self._identity.trust_bundle_pem)
         return in_force, f"{what}; {how}"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from edgekit.sql import DriverMissing, StoreUnavailable, require_driver
 
+from . import ca_cli
 from .settings import TLS_MODES, HubSettings, chart_source_network
 
 # Seconds a thread may hold the GIL while another waits for it (Python's default is 0.005); see main().
@@ -75,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     broker.add_argument("--plugin", type=Path, help="path of mosquitto_dynamic_security.so (found by default)")
     broker.add_argument("--user", help="the account the broker runs as when started as root (default: mosquitto, "
                                        "if it can reach --out)")
+    ca_cli.add_parser(sub)
     return parser
 
 
@@ -131,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "mosquitto-config":
         return mosquitto_config(args)
+    if args.command == "ca":
+        return ca_cli.run(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = settings_from_args(args)
@@ -177,6 +181,9 @@ async def serve(settings: HubSettings) -> None:
         host, port = runner.addresses[0][:2]
         url = f"{'https' if context else 'http'}://{_url_host(host)}:{port}"
         print(f"edgehub listening on {url}", flush=True)
+        # Where 'edgehub ca' on this machine finds the hub (a file write: off the loop).
+        await asyncio.to_thread(ca_cli.write_hub_api, settings.state_dir,
+                                ca_cli.local_url("https" if context else "http", settings.listen_host, port))
         print(f"edgehub operator token in {settings.admin_token_path} (edgectl reads it with "
               f"EDGECOLLAB_TOKEN_FILE={settings.admin_token_path})", flush=True)
         # The token goes in the URL's fragment, which the browser keeps to itself: never in a request or a log.

@@ -72,6 +72,11 @@ class RenewalRefused(HubError):
     """A node certificate renewal that the hub refuses; the message says why."""
 
 
+class RotationRefused(HubError):
+    """409: a CA rotation step that cannot be taken now (another is due first, or nodes still hold
+    certificates of the CA it would retire); the message says why and what to run."""
+
+
 class NotFound(HubError):
     """The node or component a request names does not exist."""
 

@@ -1,9 +1,11 @@
-"""The hub's own key: it signs every assignment and every node certificate.
+"""The hub's own key and its CAs: it signs every assignment, its CA every certificate.
 
 One Ed25519 key, kept in the state directory with owner-only permissions, is
-both the assignment-signing key agents pin at join and the key of the small CA
-that signs node certificate requests (the kubelet TLS-bootstrap pattern: the
-node keeps its private key and only sends a CSR).
+the assignment-signing key agents pin at join, and the key of the hub's first
+CA, which signs node certificate requests (the kubelet TLS-bootstrap pattern:
+the node keeps its private key and only sends a CSR). A CA rotation
+(``edgehub.hub_cas``, ``edgehub.ca_rotation``) brings in CAs with keys of
+their own; the signing key stays.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import datetime as dt
 import ipaddress
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -25,15 +26,14 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPub
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edgekit.files import write_atomic
-from edgeprotocol.enrollment import certificate_fingerprint
 from edgeprotocol.signing import public_key_pem
 
 from .errors import CsrError
+from .hub_cas import FIRST_CA_NAME, CaSet, HubCa, load_ca_set, self_signed_ca
 
 # The default lifetime of a node certificate (HubSettings.node_certificate_days):
 # the agent renews it once less than a third is left.
 NODE_CERT_DAYS = 90
-CA_CERT_DAYS = 3650
 # Certificates the hub issues for services it runs or configures (the broker,
 # its own MQTT client, dashboards); re-issued when a third of the life is left.
 SERVICE_CERT_DAYS = 365
@@ -45,43 +45,78 @@ _USAGE_OIDS = {"client": ExtendedKeyUsageOID.CLIENT_AUTH, "server": ExtendedKeyU
 BACKDATE = dt.timedelta(minutes=5)
 
 
-@dataclass(frozen=True, slots=True)
 class HubIdentity:
-    key: Ed25519PrivateKey
-    ca_certificate: x509.Certificate
+    """The hub's signing key and its CAs (``edgehub.hub_cas``).
+
+    ``key`` never changes. The CA set does, when a rotation step is taken
+    (``replace_cas``): everything that issues, checks or hands out certificates
+    reads it from here at the time, so the running hub follows at once. A step
+    replaces the whole set in one assignment, and each method reads it once.
+    """
+
+    __slots__ = ("_cas", "key")
+
+    def __init__(self, key: Ed25519PrivateKey, cas: CaSet) -> None:
+        self.key = key
+        self._cas = cas
+
+    @property
+    def cas(self) -> CaSet:
+        return self._cas
+
+    def replace_cas(self, cas: CaSet) -> None:
+        self._cas = cas
 
     @property
     def public_key_pem(self) -> str:
         return public_key_pem(self.key.public_key())
 
     @property
+    def ca_certificate(self) -> x509.Certificate:
+        """The certificate of the CA that issues now."""
+        return self._cas.issuing.certificate
+
+    @property
     def ca_pem(self) -> str:
-        return self.ca_certificate.public_bytes(serialization.Encoding.PEM).decode()
+        """The issuing CA's certificate, PEM."""
+        return self._cas.issuing.pem
 
     @property
     def ca_fingerprint(self) -> str:
-        """The SHA-256 of the CA certificate (DER), hex: the pin a join token carries."""
-        return certificate_fingerprint(self.ca_certificate)
+        """The SHA-256 of the issuing CA's certificate (DER), hex: the pin a join token carries."""
+        return self._cas.issuing.fingerprint
+
+    @property
+    def trust_bundle_pem(self) -> str:
+        """The PEM of every CA trusted now, oldest first (one, but during a rotation)."""
+        return self._cas.bundle_pem
+
+    @property
+    def issuing_ca_fingerprint(self) -> str:
+        """The SHA-256 (hex, of the DER) of the CA that issues now."""
+        return self._cas.issuing.fingerprint
 
     @classmethod
     def load_or_create(cls, state_dir: Path) -> HubIdentity:
-        """Load the hub key and CA certificate, creating them on first start."""
+        """Load the hub key and its CAs, creating the key and the first CA on first start.
+
+        Raises ValueError (``CaSetError``) naming a file that cannot be used. Blocking (files)."""
         key_path, ca_path = state_dir / "hub.key", state_dir / "hub-ca.crt"
         state_dir.mkdir(parents=True, exist_ok=True)
         if key_path.exists():
             key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
             if not isinstance(key, Ed25519PrivateKey):
                 raise ValueError(f"{key_path} is not an Ed25519 private key")
-            ca = x509.load_pem_x509_certificate(ca_path.read_bytes())
-            return cls(key=key, ca_certificate=ca)
+            return cls(key=key, cas=load_ca_set(state_dir, key))
         key = Ed25519PrivateKey.generate()
-        ca = _self_signed_ca(key)
+        ca = self_signed_ca(key, FIRST_CA_NAME)
         pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
         fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(pem)
         ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-        return cls(key=key, ca_certificate=ca)
+        first = HubCa(certificate=ca, key=key, key_file="hub.key")
+        return cls(key=key, cas=CaSet(trusted=(first,), issuing=first))
 
     def sign_node_csr(self, csr_pem: str, *, node: str, lifetime: dt.timedelta = dt.timedelta(days=NODE_CERT_DAYS),
                       ) -> str:
@@ -111,7 +146,7 @@ class HubIdentity:
 
     def issue(self, public_key: CertificateIssuerPublicKeyTypes, common_name: str, *, usage: Usage,
               lifetime: dt.timedelta, names: Sequence[str] = ()) -> x509.Certificate:
-        """A certificate for ``common_name`` signed by the hub CA.
+        """A certificate for ``common_name`` signed by the hub's issuing CA.
 
         On the broker with identities the common name is the MQTT user name
         (Mosquitto's use_identity_as_username), so it decides what the holder may
@@ -119,10 +154,11 @@ class HubIdentity:
         addresses or DNS names) for a server.
         """
         now = dt.datetime.now(dt.UTC)
+        issuing = self._cas.issuing
         builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-            .issuer_name(self.ca_certificate.subject)
+            .issuer_name(issuing.certificate.subject)
             .public_key(public_key)
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - min(BACKDATE, lifetime / 20))
@@ -136,7 +172,7 @@ class HubIdentity:
         if names:
             builder = builder.add_extension(x509.SubjectAlternativeName([_general_name(n) for n in names]),
                                             critical=False)
-        return builder.sign(self.key, algorithm=None)
+        return builder.sign(issuing.key, algorithm=None)
 
     def ensure_certificate(self, key_path: Path, cert_path: Path, common_name: str, *, usage: Usage,
                            names: Sequence[str] = (), days: float = SERVICE_CERT_DAYS,
@@ -195,20 +231,3 @@ def _why_reissue(identity: HubIdentity, key_path: Path, cert_path: Path, common_
     if now >= end - (end - start) / 3:
         return f"it expires on {end:%Y-%m-%d}"
     return None
-
-
-
-def _self_signed_ca(key: Ed25519PrivateKey) -> x509.Certificate:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edgecollab hub CA")])
-    now = dt.datetime.now(dt.UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=CA_CERT_DAYS))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(key, algorithm=None)
-    )

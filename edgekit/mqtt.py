@@ -81,17 +81,21 @@ class BrokerAddress:
 
 @dataclass(frozen=True, slots=True)
 class TlsIdentity:
-    """What a client needs for a broker with identities: the CA that signed the broker's certificate,
-    and this client's own certificate and key files (read again on every connect, so a renewed
-    certificate is used from the next connection on)."""
+    """What a client needs for a broker with identities: the CAs the broker's certificate may chain to
+    (PEM, one or more), and this client's own certificate and key files (read again on every connect, so a
+    renewed certificate is used from the next connection on)."""
 
     ca_pem: str
     cert_file: Path
     key_file: Path
+    # When given, the CAs are read from this file on every connect instead (``ca_pem`` is then unused): a
+    # trust bundle that changes while the client runs, as the hub's does during a CA rotation.
+    ca_file: Path | None = None
 
     def context(self) -> ssl.SSLContext:
-        """A client TLS context: the broker's certificate must chain to the CA and name the host dialled."""
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=self.ca_pem)
+        """A client TLS context: the broker's certificate must chain to a CA given and name the host dialled."""
+        cadata = self.ca_file.read_text() if self.ca_file is not None else self.ca_pem
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=cadata)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.load_cert_chain(self.cert_file, self.key_file)
         return context
