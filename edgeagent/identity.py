@@ -13,8 +13,10 @@ The token goes to the hub only over a connection the node trusts: HTTPS
 verified against the hub's CA (host name checked), which the node first
 fetches unverified and checks against the CA fingerprint the token carries
 (or takes from ``--ca-file``); or plain HTTP to this machine's loopback. The
-CA is kept in ``identity.json`` and verifies every later HTTPS call
-(certificate renewal, :mod:`edgeagent.renewal`).
+CAs the hub's answer names (two during a CA rotation, the pinned one among
+them) are kept in ``identity.json`` and verify every later HTTPS call
+(certificate renewal, :mod:`edgeagent.renewal`) and the broker; they follow
+the hub's CA rotations (:mod:`edgeagent.trust`).
 """
 
 from __future__ import annotations
@@ -67,10 +69,14 @@ class NodeIdentity:
     hub_url: str
     mqtt_url: str
     hub_public_key: str
+    # The PEM of every hub CA this node trusts: one, or two during a CA rotation (edgeagent.trust).
     ca_certificate: str
     # The hub's count of accepted joins of this name, this one included; 0 in
     # an identity.json written before generations existed (and by such a hub).
     generation: int = 0
+    # The SHA-256 of the hub CA that issues certificates now, as the hub last said ("" before it said:
+    # an older hub). A node certificate of another CA is renewed at once (edgeagent.renewal).
+    issuing_ca: str = ""
 
     @classmethod
     def load(cls, state_dir: Path) -> NodeIdentity:
@@ -256,11 +262,24 @@ def join(
     except ValueError as exc:
         raise JoinError(f"the hub answered the join with no readable certificate ({exc}): nothing was stored; ask "
                         "the hub's operator") from exc
+    # Every CA the hub trusts now (a hub from before CA rotations answers its one CA only). It came over the
+    # connection checked above, and must hold the CA checked.
+    bundle, issuing = answer.get("ca_bundle") or answer["ca_certificate"], answer.get("issuing_ca") or answered
+    from .trust import TrustError, checked
+
+    try:
+        trusted = checked(bundle, issuing)
+    except TrustError as exc:
+        raise JoinError(f"the hub answered the join with CAs that cannot be used ({exc}): nothing was stored; ask "
+                        "the hub's operator") from exc
+    if answered not in trusted:
+        raise JoinError(f"the hub answered the join with CAs that do not hold its CA {answered}: nothing was stored; "
+                        "ask the hub's operator")
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     write_atomic(state_dir / KEY_FILE, key_pem, mode=0o600)
     write_atomic(state_dir / BUNDLE_KEY_FILE, bundle_crypto.private_key_pem(bundle_key), mode=0o600)
     write_atomic(state_dir / CERT_FILE, answer["certificate"].encode(), mode=0o644)
-    certificate.record(state_dir)  # checked above: it parses
+    certificate.record(state_dir, trusted=bundle)  # checked above: it parses
     identity = NodeIdentity(
         node=answer["node"],
         pool=answer["pool"],
@@ -268,8 +287,9 @@ def join(
         hub_url=hub_url,
         mqtt_url=answer["mqtt_url"],
         hub_public_key=answer["hub_public_key"],
-        ca_certificate=answer["ca_certificate"],
+        ca_certificate=bundle,
         generation=answer.get("generation", 0),
+        issuing_ca=issuing,
     )
     identity.save(state_dir)
     return identity
