@@ -88,7 +88,8 @@ class HubIdentity:
 
     @property
     def trust_bundle_pem(self) -> str:
-        """The PEM of every CA trusted now, oldest first (one, but during a rotation)."""
+        """The PEM of every CA trusted now, oldest first (one, but during a rotation): what ``GET /api/v1/time``
+        signs for nodes."""
         return self._cas.bundle_pem
 
     @property

@@ -127,6 +127,9 @@ TLS_MODES = ("auto", "on", "off")
 # for tests (a node renews after two thirds of it, so shorter only makes load).
 MAX_NODE_CERT_DAYS = 3650.0
 MIN_NODE_CERT_SECONDS = 30.0
+# How long after its certificate expired a node may still renew it (offline_horizon_days): at most the CA's
+# own life; 0 refuses every expired certificate.
+MAX_OFFLINE_HORIZON_DAYS = 3650.0
 
 
 # (field, lowest, highest, lowest allowed) for the bounds on work nodes and charts cause.
@@ -193,6 +196,12 @@ class HubSettings:
     # least once in the last 30 days of its certificate or be reset and join
     # again. Fractions are allowed, down to MIN_NODE_CERT_SECONDS (tests).
     node_certificate_days: float = 90.0
+    # The offline horizon: a node whose certificate expired less than this many days ago still renews it
+    # with a proof by its key (edgehub.renewal_rules), so a node switched off for up to this long (plus what
+    # was left of its certificate) comes back by itself, with no operator and no new token. Past it the node
+    # is reset and joins again. 400: a node off for a whole year between two visits comes back. A longer
+    # horizon lets a stolen key (not a stolen certificate) come back later; revocation shuts it out at any age.
+    offline_horizon_days: float = 400.0
     # --- bounds on what nodes send (anyone who can reach the broker can send it) ---
     # A status report as the hub stores it (encoded, release and condition
     # messages cut to 1000 characters): a node with 500 releases reports
@@ -275,6 +284,11 @@ class HubSettings:
                 MIN_NODE_CERT_SECONDS / 86400 <= days <= MAX_NODE_CERT_DAYS):
             raise ValueError(f"node_certificate_days {days!r} must be from {MIN_NODE_CERT_SECONDS / 86400:.6f} "
                              f"({MIN_NODE_CERT_SECONDS:.0f} seconds) to {MAX_NODE_CERT_DAYS:.0f}")
+        horizon = self.offline_horizon_days
+        if isinstance(horizon, bool) or not isinstance(horizon, int | float) or not (
+                0 <= horizon <= MAX_OFFLINE_HORIZON_DAYS):
+            raise ValueError(f"offline_horizon_days {horizon!r} must be from 0 (an expired node certificate is never "
+                             f"renewed) to {MAX_OFFLINE_HORIZON_DAYS:.0f}")
         for name in ("join_rate_limit", "token_rate_limit", "renewal_rate_limit"):
             if not isinstance(getattr(self, name), RateLimit):
                 raise ValueError(f"{name} must be a RateLimit, not {getattr(self, name)!r}")
