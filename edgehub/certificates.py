@@ -114,7 +114,7 @@ def utc_now() -> dt.datetime:
 
 
 def _iso(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+    return moment.astimezone(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def renewal_due(certificate: x509.Certificate, now: dt.datetime) -> bool:
