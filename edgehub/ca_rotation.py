@@ -93,20 +93,19 @@ class CaRotation:
     what it did in words."""
 
     def __init__(self, state_dir: Path, identity: HubIdentity, store: HubStore, revocations: BrokerRevocations, *,
-                 publish: Publish, after_step: Sequence[AfterStep] = ()) -> None:
+                 publish: Publish, after_step: Sequence[AfterStep] = (),
+                 before_notices: Callable[[], Awaitable[None]] | None = None) -> None:
         self._state_dir = state_dir
         self._identity = identity
         self._store = store
         self._revocations = revocations
         self._publish = publish
         self._after_step = list(after_step)
+        self._before_notices = before_notices
         self._lock = asyncio.Lock()
         # The issuer of each node certificate already looked at, by the certificate's digest: a status of a
         # large fleet parses only what changed since the last one.
         self._issuers: dict[str, str] = {}
-
-    def add_after_step(self, callback: AfterStep) -> None:
-        self._after_step.append(callback)
 
     # --- the fleet ---
 
@@ -204,6 +203,8 @@ class CaRotation:
                 continue
             if what:
                 did.append(what)
+        if self._before_notices is not None:
+            await self._before_notices()
         told, nodes = await self.notify_nodes(cas)
         did.append(f"told {told} of {nodes} joined node(s) to check their certificate and the hub's CAs now"
                    + (" (the others check when they connect)" if told < nodes else ""))
