@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 
 from edgekit.mqtt import MqttSession
+from edgeprotocol.notices import CaNotice
 
 from .clock import HubClock
 from .health import NodeHealth
@@ -31,6 +33,7 @@ from .renewal import CertificateRenewer
 from .runtime import NodeContext, Runtime
 from .settings import AgentSettings
 from .store import AgentStore, ReleaseRecord
+from .trust import NodeTrust
 from .uplink import Uplink
 
 __all__ = ["Agent", "AgentSettings"]
@@ -67,11 +70,22 @@ class Agent:
             health = NodeHealth(self.runtime)
             assignment_arrived = asyncio.Event()
             clock = HubClock(self.settings.state_dir)
-            # The node certificate is renewed before it expires, checked now and on a timer, by the hub's time.
-            renewer = CertificateRenewer(self.settings.state_dir, self.identity, clock=clock)
+            # The hub CAs the node trusts and the one that issues: they change with the hub's CA rotations.
+            trust = NodeTrust(self.settings.state_dir, self.identity)
+            # The node certificate is renewed before it expires, checked now and on a timer, by the hub's time
+            # (and at once when its CA no longer issues).
+            renewer = CertificateRenewer(self.settings.state_dir, self.identity, clock=clock, trust=trust)
+
+            def notice(ca: CaNotice) -> None:
+                # A CA rotation step: a round within the hub's spread (a large fleet does not come at once).
+                renewer.wake(random.uniform(0, ca.spread_seconds))
+
             uplink = Uplink(self.settings, self.identity, store, runtime_name=self.runtime.name, health=health,
                             on_assignment=assignment_arrived.set, clock=clock,
-                            before_connect=renewer.ready_to_connect)
+                            before_connect=renewer.ready_to_connect, on_notice=notice,
+                            on_tls_failure=renewer.trust_failed)
+            # New CAs are used from the next broker connection on (and one that failed is tried again at once).
+            trust.on_change(uplink.trust_changed)
             # Its events go to the uplink's outbox; after a renewal the uplink reconnects with the new
             # certificate (the broker refuses the old one).
             renewer.report, renewer.on_renewed = uplink.record_event, uplink.reconnect

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import hashlib
 import ssl
 import stat
 from collections.abc import Sequence
@@ -69,6 +70,14 @@ def _iso(moment: dt.datetime) -> str:
     return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+def _issued_by(certificate: x509.Certificate, ca: x509.Certificate) -> bool:
+    try:
+        certificate.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
 def certificate_check(state_dir: Path, identity: NodeIdentity | None, *,
                       now: dt.datetime | None = None) -> PreflightCheck:
     """The node certificate: for the node's key, from the pinned CA, not expired (warned once renewal is overdue);
@@ -89,12 +98,17 @@ def certificate_check(state_dir: Path, identity: NodeIdentity | None, *,
     if not matches:
         return PreflightCheck("node-cert", False,
                               f"{path} is not the certificate of {state_dir / KEY_FILE}: join again")
+    other_ca = False
     if identity is not None and identity.ca_certificate:
-        try:
-            cert.verify_directly_issued_by(x509.load_pem_x509_certificate(identity.ca_certificate.encode()))
-        except (ValueError, TypeError, InvalidSignature):
-            return PreflightCheck("node-cert", False, f"{path} is not issued by the hub CA in {IDENTITY_FILE}: "
-                                                      "join again")
+        # The hub's CAs: one, or two during a CA rotation (edgeagent.trust).
+        issuer = next((ca for ca in x509.load_pem_x509_certificates(identity.ca_certificate.encode())
+                       if _issued_by(cert, ca)), None)
+        if issuer is None:
+            return PreflightCheck("node-cert", False, f"{path} is not issued by a hub CA in {IDENTITY_FILE}: if the "
+                                                      "hub retired its CA (edgehub ca rotate finish --force), "
+                                                      "'edgeagent run' renews it by itself; else join again")
+        fingerprint = hashlib.sha256(issuer.public_bytes(serialization.Encoding.DER)).hexdigest()
+        other_ca = bool(identity.issuing_ca) and fingerprint != identity.issuing_ca
     expires, due = cert.not_valid_after_utc, renew_after(cert)
     name = identity.node if identity else "NAME"
     if now >= expires:
@@ -104,6 +118,9 @@ def certificate_check(state_dir: Path, identity: NodeIdentity | None, *,
                                                   "expiry; past that an operator frees the name (edgectl node reset "
                                                   f"{name}) and the node joins again")
     serial = f"serial {cert.serial_number:x}"
+    if other_ca:
+        return PreflightCheck("node-cert", True, f"issued by a hub CA that no longer issues (a CA rotation); "
+                                                 f"'edgeagent run' renews it at its next check ({serial})", warning=True)
     if now >= due:
         return PreflightCheck("node-cert", True,
                               f"renewal overdue since {_iso(due)}; expires {_iso(expires)} ({serial}): "

@@ -51,9 +51,11 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import secrets
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -68,6 +70,7 @@ from edgeprotocol.errors import EdgeError
 from . import certificate as node_certificate
 from .clock import ClockError, HubClock
 from .identity import CERT_FILE, KEY_FILE, NodeIdentity, make_csr
+from .trust import NodeTrust, TrustError
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -88,6 +91,10 @@ RENEW_PROCESS_TIMEOUT_SECONDS = 2 * RENEW_TIMEOUT_SECONDS + 30.0
 # a certificate replaced by a new join), and never more often than the minimum.
 MAX_CHECK_SECONDS = 3600.0
 MIN_CHECK_SECONDS = 1.0
+# A failed TLS handshake with the broker starts a round (the hub's CAs fetched) at most this often, the gap
+# doubling up to the maximum while the rounds change nothing (edgeagent.trust).
+TLS_WAKE_MIN_SECONDS = 10.0
+TLS_WAKE_MAX_SECONDS = 600.0
 # A failed renewal is retried after this, doubling up to a tenth of the
 # certificate's lifetime (at most MAX_CHECK_SECONDS) ...
 RETRY_INITIAL_SECONDS = 2.0
@@ -215,9 +222,20 @@ def _request(client: JsonHttpClient, node: str, csr: str, prover: Ed25519Private
     return answer
 
 
+def answered_trust(answer: dict[str, object], identity: NodeIdentity) -> tuple[str, str]:
+    """The CAs (PEM) and the issuing CA's SHA-256 a renewal answer names; the node's own when it names none (a hub
+    from before CA rotations). The answer came over HTTPS verified against the CAs the node trusts (or plain HTTP
+    on loopback, as the join): the hub's word."""
+    bundle, issuing = answer.get("ca_bundle"), answer.get("issuing_ca")
+    if not isinstance(bundle, str) or not bundle.strip():
+        return identity.ca_certificate, identity.issuing_ca
+    return bundle, issuing if isinstance(issuing, str) else ""
+
+
 def _checked(answer: dict[str, object], identity: NodeIdentity, key: Ed25519PrivateKey, clock: HubClock
              ) -> x509.Certificate:
-    """The certificate the hub answered, after checking it is for this node and ``key``, from the pinned CA."""
+    """The certificate the hub answered, after checking it is for this node and ``key``, issued directly by a CA
+    the node trusts or the answer names (a CA rotation's new CA: ``edgeagent.trust``)."""
     from cryptography import x509
     from cryptography.exceptions import InvalidSignature
     from cryptography.x509.oid import NameOID
@@ -234,17 +252,33 @@ def _checked(answer: dict[str, object], identity: NodeIdentity, key: Ed25519Priv
     if _public(certificate.public_key()) != _public(key.public_key()):
         raise RenewalError("the hub answered a certificate for another key than the one this node asked for")
     if identity.ca_certificate:
+        trusted = identity.ca_certificate + answered_trust(answer, identity)[0]
         try:
-            certificate.verify_directly_issued_by(x509.load_pem_x509_certificate(identity.ca_certificate.encode()))
-        except (ValueError, TypeError, InvalidSignature) as exc:
-            raise RenewalError("the certificate the hub answered is not issued by the hub CA pinned at join") from exc
+            cas = x509.load_pem_x509_certificates(trusted.encode())
+        except ValueError as exc:
+            raise RenewalError(f"the hub answered the renewal with CAs that cannot be read ({exc})") from exc
+        for ca in cas:
+            try:
+                certificate.verify_directly_issued_by(ca)
+                break
+            except (ValueError, TypeError, InvalidSignature):
+                continue
+        else:
+            raise RenewalError("the certificate the hub answered is not issued by a hub CA this node trusts")
     if certificate.not_valid_after_utc <= clock.now_utc():
         raise RenewalError(f"the hub answered a certificate that expired at {certificate.not_valid_after_utc}")
     return certificate
 
 
 def renew(state_dir: Path, identity: NodeIdentity, clock: HubClock | None = None) -> x509.Certificate:
-    """Renew the node's certificate now: a new key, the hub's certificate for it, both put in force.
+    """``renew_and_trust``'s certificate."""
+    return renew_and_trust(state_dir, identity, clock)[0]
+
+
+def renew_and_trust(state_dir: Path, identity: NodeIdentity, clock: HubClock | None = None
+                    ) -> tuple[x509.Certificate, str, str]:
+    """Renew the node's certificate now: a new key, the hub's certificate for it, both put in force; with the CAs
+    (PEM) and the issuing CA's SHA-256 the hub's answer named, for the running agent's ``NodeTrust`` to keep.
 
     Blocking (HTTP, key generation, files): call it from a thread. RenewalError when it cannot be
     done now; the key and certificate in force are then unchanged. ``clock``: the hub's time as the node
@@ -287,8 +321,10 @@ def renew(state_dir: Path, identity: NodeIdentity, clock: HubClock | None = None
     os.replace(pending_path, state_dir / KEY_FILE)
     os.replace(state_dir / PENDING_CERT_FILE, state_dir / CERT_FILE)
     _fsync_dir(state_dir)
-    node_certificate.record(state_dir)
-    return certificate
+    bundle, issuing = answered_trust(answer, identity)
+    # The issuer is named among the CAs the hub answered (its new CA after a rotation's switch).
+    node_certificate.record(state_dir, trusted=bundle)
+    return certificate, bundle, issuing
 
 
 class CertificateRenewer:
@@ -303,9 +339,11 @@ class CertificateRenewer:
     """
 
     def __init__(self, state_dir: Path, identity: NodeIdentity, *, report: Report | None = None,
-                 on_renewed: Renewed | None = None, clock: HubClock | None = None) -> None:
+                 on_renewed: Renewed | None = None, clock: HubClock | None = None,
+                 trust: NodeTrust | None = None) -> None:
         self.state_dir = state_dir
-        self.identity = identity
+        # The node's identity as its trusted CAs change (edgeagent.trust): read from here at every use.
+        self.trust = trust or NodeTrust(state_dir, identity)
         self.report = report
         self.on_renewed = on_renewed
         self.clock = clock or HubClock(state_dir)
@@ -318,6 +356,53 @@ class CertificateRenewer:
         self._round = asyncio.Event()
         # Why the hub could not be asked for its time in this round, when it could not be reached at all.
         self._unreachable: ClockError | None = None
+        # An early next round: ``wake`` sets when (monotonic seconds) and the event.
+        self._wake_at: float | None = None
+        self._woken = asyncio.Event()
+        # TLS failures wake a round at most this often (doubling while they change nothing: see trust_failed).
+        self._tls_wake_gap = TLS_WAKE_MIN_SECONDS
+        self._tls_woken_at = -math.inf
+        # The issuing CA a renewal was made for because the certificate's CA did not issue: one such renewal
+        # per issuing CA, so a hub that answers a certificate of another CA cannot make the node renew in a loop.
+        self._renewed_for_issuer = ""
+
+    @property
+    def identity(self) -> NodeIdentity:
+        return self.trust.identity
+
+    def wake(self, after: float = 0.0) -> None:
+        """Start the next round (the clock measured, the hub's CAs taken, the certificate checked) within ``after``
+        seconds instead of at its time: the hub's notice of a CA rotation step (``edgeprotocol.notices``)."""
+        at = time.monotonic() + max(0.0, after)
+        self._wake_at = at if self._wake_at is None else min(self._wake_at, at)
+        self._woken.set()
+
+    def trust_failed(self, why: BaseException) -> None:
+        """A TLS handshake with the broker failed (``why``): the hub's CAs may have changed while this node was
+        away or cut off, so a round starts now. At most every ``TLS_WAKE_MIN_SECONDS``, doubling up to
+        ``TLS_WAKE_MAX_SECONDS`` while rounds change nothing (a broker misconfigured for the whole fleet must
+        not turn into a storm of requests to the hub); back to the minimum once the hub's CAs changed."""
+        now = time.monotonic()
+        if now - self._tls_woken_at < self._tls_wake_gap:
+            return
+        logger.warning("The TLS handshake with the broker failed (%s): asking the hub for its CAs now", why)
+        self._tls_woken_at = now
+        self._tls_wake_gap = min(TLS_WAKE_MAX_SECONDS, self._tls_wake_gap * 2)
+        self.wake()
+
+    async def _sleep(self, delay: float) -> None:
+        """Until the next round: ``delay`` seconds, or sooner when woken."""
+        deadline = time.monotonic() + delay
+        while True:
+            target = deadline if self._wake_at is None else min(deadline, self._wake_at)
+            remaining = target - time.monotonic()
+            if remaining <= 0:
+                break
+            self._woken.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self._woken.wait()
+        self._wake_at = None
 
     async def __aenter__(self) -> CertificateRenewer:
         self._task.start(self._run())
@@ -356,12 +441,12 @@ class CertificateRenewer:
             self._first_round.set()
             done, self._round = self._round, asyncio.Event()
             done.set()
-            await asyncio.sleep(delay)
+            await self._sleep(delay)
 
     async def _measure_clock(self) -> None:
         """Measure the clock's offset from the hub; a failure is logged (the last offset taken stays in use)."""
         try:
-            await self.clock.refresh(self.identity)
+            measurement = await self.clock.refresh(self.identity)
             self._unreachable = None
         except (ClockError, TimeoutError) as exc:
             reachable = isinstance(exc, ClockError) and not isinstance(exc.__cause__, Unreachable)
@@ -371,6 +456,18 @@ class CertificateRenewer:
                            if self.clock.record else "the node's own clock")
         except Exception:  # a bug: the renewal still runs, by the last offset taken
             logger.exception("Measuring the clock's offset from the hub failed unexpectedly")
+        else:
+            # The same signed answer names the CAs the hub trusts and the one that issues: a node that was away
+            # during a CA rotation, or that no longer verifies the hub or the broker, learns them here.
+            await self._take_trust(measurement.facts.ca_bundle, measurement.facts.issuing_ca,
+                                   "the hub's signed facts")
+
+    async def _take_trust(self, bundle: str, issuing: str, source: str) -> None:
+        try:
+            if await self.trust.take(bundle, issuing, source=source):
+                self._tls_wake_gap = TLS_WAKE_MIN_SECONDS
+        except TrustError as exc:
+            logger.warning("Not taking the hub's CAs from %s: %s", source, exc)
 
     def _retry_delay(self, failures: int, *, refused: bool = False) -> float:
         try:
@@ -392,17 +489,28 @@ class CertificateRenewer:
         current = await asyncio.to_thread(load_validity, self.state_dir)
         due = renew_after(current)
         now = self.clock.now_utc()
-        if now >= due:
+        # A CA rotation: the certificate's CA no longer issues (the hub switched to its new CA, or retired the
+        # old one), so it is renewed now, whatever its dates, once per issuing CA.
+        issuing = self.identity.issuing_ca
+        other_ca = bool(issuing) and current.issuer_sha256 != issuing and self._renewed_for_issuer != issuing
+        if now >= due or other_ca:
             if self._unreachable is not None:
                 # The renewal would go to the same hub: no process started for a request that cannot arrive.
                 raise RenewalError(f"{self._unreachable}; the renewal waits until the hub can be reached")
-            await self._renew_in_a_process()
+            if other_ca:
+                logger.warning("The node certificate (serial %x) is of the CA %s, but the hub's CA %s issues now: "
+                               "renewing it", current.serial_number, (current.issuer_sha256 or "unknown")[:16],
+                               issuing[:16])
+            await self._take_trust(*await self._renew_in_a_process(), "the hub's renewal answer")
             renewed = await asyncio.to_thread(load_validity, self.state_dir)
+            if other_ca:
+                self._renewed_for_issuer = issuing
             self.renewals += 1
             message = (f"certificate renewed: serial {renewed.serial_number:x}, valid until "
                        f"{renewed.not_valid_after_utc.isoformat()} (was serial {current.serial_number:x}, "
                        f"until {current.not_valid_after_utc.isoformat()}"
-                       f"{', expired' if now >= current.not_valid_after_utc else ''})")
+                       f"{', expired' if now >= current.not_valid_after_utc else ''}"
+                       f"{', of a CA that no longer issues' if other_ca else ''})")
             logger.info("Node %s %s", self.identity.node, message)
             await asyncio.to_thread(_note, self.state_dir, self.clock, message)
             if self.on_renewed is not None:
@@ -440,7 +548,7 @@ class CertificateRenewer:
                 said = True
             await self._round.wait()
 
-    async def _renew_in_a_process(self) -> None:
+    async def _renew_in_a_process(self) -> tuple[str, str]:
         """``renew`` in ``python -m edgeagent.renewal``, which the module's docstring explains; RenewalError with
         its reason (and the hub's status, when it refused) when it failed. Killed when it takes too long or the
         agent stops: ``renew`` is made to be interrupted at any point (``finish_interrupted``, ``node.key.next``).
@@ -460,7 +568,12 @@ class CertificateRenewer:
         finally:
             await reap(proc)
         if proc.returncode == 0:
-            return
+            try:
+                said = json.loads(out)
+                return str(said["ca_bundle"]), str(said["issuing_ca"])
+            except (ValueError, KeyError, TypeError):  # renewed; the next round's signed facts name the CAs
+                logger.warning("The renewal process named no CAs: the hub's are taken at the next check")
+                return self.identity.ca_certificate, self.identity.issuing_ca
         status = 0
         try:
             said = json.loads(out)
@@ -479,7 +592,8 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m edgeagent.renewal STATE_DIR``, the node's identity as JSON on stdin: ``renew`` now.
 
     Exit 0 once the new key and certificate are in force (and recorded,
-    ``edgeagent.certificate``); else 1, with ``{"error": reason}`` on stdout.
+    ``edgeagent.certificate``), with ``{"ca_bundle": PEM, "issuing_ca": SHA256}`` on stdout (the hub's CAs, as its
+    answer named them); else 1, with ``{"error": reason}`` on stdout.
     """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = sys.argv[1:] if argv is None else argv
@@ -487,13 +601,14 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"error": "usage: python -m edgeagent.renewal STATE_DIR < identity.json"}))
         return 1
     try:
-        renew(Path(args[0]), NodeIdentity(**json.load(sys.stdin)))
+        _, bundle, issuing = renew_and_trust(Path(args[0]), NodeIdentity(**json.load(sys.stdin)))
     except RenewalError as exc:
         print(json.dumps({"error": str(exc), "status": exc.status}))
         return 1
     except (ValueError, TypeError) as exc:  # the identity on stdin
         print(json.dumps({"error": str(exc)}))
         return 1
+    print(json.dumps({"ca_bundle": bundle, "issuing_ca": issuing}))
     return 0
 
 

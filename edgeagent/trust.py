@@ -44,6 +44,18 @@ MAX_CAS = 8
 Listener = Callable[[NodeIdentity], None]
 
 
+# What a failed TLS handshake says (Python's ssl, through paho and aiomqtt) when the CAs may be the cause: the
+# broker's certificate does not verify, or the broker does not take the node's (a CA it no longer trusts).
+_TLS_TROUBLE = ("certificate verify failed", "unknown ca", "bad certificate", "certificate unknown",
+                "certificate revoked", "certificate expired")
+
+
+def tls_trouble(exc: BaseException) -> bool:
+    """Whether a failed connection looks like a TLS handshake refused over certificates."""
+    text = f"{exc} {exc.__cause__ or ''}".lower().replace("_", " ")
+    return isinstance(exc, ssl.SSLError) or any(words in text for words in _TLS_TROUBLE)
+
+
 class TrustError(EdgeError):
     """CAs that cannot be taken as they are; the message says why."""
 
@@ -101,10 +113,11 @@ class NodeTrust:
             if bundle == before.ca_certificate and (not issuing or issuing == before.issuing_ca):
                 return False
             fingerprints = checked(bundle, issuing)
-            after = dataclasses.replace(before, ca_certificate=bundle, issuing_ca=issuing or before.issuing_ca)
-            # Saved before it is used: a restart finds what the node was told.
-            await asyncio.to_thread(after.save, self.state_dir)
-            self._identity = after
+            changes = {"ca_certificate": bundle, "issuing_ca": issuing or before.issuing_ca}
+            # Saved before it is used, so a restart finds what the node was told; into identity.json as it is on
+            # disk (the running identity may hold a flag's override, ``edgeagent run --mqtt``, never saved).
+            await asyncio.to_thread(self._save, changes)
+            after = self._identity = dataclasses.replace(before, **changes)
         try:
             was = bundle_fingerprints(before.ca_certificate) if before.ca_certificate else []
         except TrustError:
@@ -118,3 +131,10 @@ class NodeTrust:
         for listener in self._listeners:
             listener(after)
         return True
+
+    def _save(self, changes: dict[str, str]) -> None:
+        try:
+            on_disk = NodeIdentity.load(self.state_dir)
+        except EdgeError as exc:
+            raise TrustError(f"the hub's CAs cannot be kept: {exc}") from exc
+        dataclasses.replace(on_disk, **changes).save(self.state_dir)

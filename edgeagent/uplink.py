@@ -26,6 +26,7 @@ from edgekit.tasks import OwnedTask
 from edgeprotocol import topics
 from edgeprotocol.errors import ProtocolError
 from edgeprotocol.messages import Event, NodeStatus, Presence, ReleaseStatus, Resync, now
+from edgeprotocol.notices import NOTICE_NAMESPACE, CaNotice, open_notice
 from edgeprotocol.signing import load_public_key, open_sealed
 
 from . import __version__
@@ -34,6 +35,7 @@ from .health import NodeHealth
 from .identity import BUNDLE_KEY_FILE, NodeIdentity, load_bundle_key
 from .settings import AgentSettings
 from .store import AgentStore, ReleaseRecord
+from .trust import tls_trouble
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +49,9 @@ class Uplink:
 
     def __init__(self, settings: AgentSettings, identity: NodeIdentity, store: AgentStore, *, runtime_name: str,
                  health: NodeHealth, on_assignment: Callable[[], None], clock: HubClock | None = None,
-                 before_connect: Callable[[], Awaitable[None]] | None = None) -> None:
+                 before_connect: Callable[[], Awaitable[None]] | None = None,
+                 on_notice: Callable[[CaNotice], None] | None = None,
+                 on_tls_failure: Callable[[BaseException], None] | None = None) -> None:
         self.settings = settings
         self.identity = identity
         self.node = identity.node
@@ -60,6 +64,11 @@ class Uplink:
         self._clock = clock or HubClock(settings.state_dir)
         # Awaited before each connection attempt (the certificate renewer's gate, edgeagent.renewal).
         self._before_connect = before_connect
+        # The hub's signed notice of a CA rotation step (the renewer checks at once), and a TLS handshake with
+        # the broker that failed (the renewer asks the hub whether its CAs changed): edgeagent.trust.
+        self._on_notice = on_notice
+        self._on_tls_failure = on_tls_failure
+        self._reconnecting = OwnedTask(f"reconnect-{self.node}")
         self._hub_key = load_public_key(identity.hub_public_key)
         self._bundle_key = load_bundle_key(settings.state_dir)
         if self._bundle_key is None:
@@ -91,6 +100,7 @@ class Uplink:
                 extra={"bind_address": self.settings.mqtt_bind_address} if self.settings.mqtt_bind_address else {},
             ),
             on_message=self._on_message, on_connect=self._on_connect, before_connect=self._before_connect,
+            on_connect_failed=self._connect_failed,
         )
         await session.__aenter__()
         self._session = session
@@ -99,6 +109,7 @@ class Uplink:
     async def __aexit__(self, *exc_info: object) -> None:
         # A status still waiting is rebuilt from the store and sent on the next connect.
         await self._coalescing.stop()
+        await self._reconnecting.stop()
         session, self._session = self._session, None
         if session is None:
             return
@@ -124,6 +135,23 @@ class Uplink:
         if self._session is not None:
             await self._session.reconnect()
 
+    def trust_changed(self, identity: NodeIdentity) -> None:
+        """The node's trusted CAs changed (``edgeagent.trust``): the next connection checks the broker by them.
+        A link that is up stays; one that is down (its handshake failed on a CA the node did not trust yet) is
+        tried again now."""
+        self.identity = identity
+        if self._session is None:
+            return
+        tls = identity.broker_tls(self.settings.state_dir, identity.mqtt_url, adjust=self._clock.adjust_tls)
+        if tls is not None:
+            self._session.use_tls(tls)
+        if not self.connected:
+            self._reconnecting.restart(self.reconnect())
+
+    def _connect_failed(self, exc: BaseException) -> None:
+        if self._on_tls_failure is not None and tls_trouble(exc):
+            self._on_tls_failure(exc)
+
     # --- from the hub --------------------------------------------------------
 
     async def _on_connect(self, session: MqttSession) -> None:
@@ -141,6 +169,9 @@ class Uplink:
             return  # the hub cleared a retained assignment
         try:
             parsed = topics.NodeTopic.parse(topic)
+            if parsed.namespace == NOTICE_NAMESPACE:
+                await self._take_notice(topic, payload)
+                return
             assignment = open_sealed(payload, self._hub_key, node=self.node, generation=self.identity.generation,
                                      bundle_key=self._bundle_key)
             if (parsed.namespace, parsed.release) != assignment.key:
@@ -157,6 +188,19 @@ class Uplink:
             await self.store.bump("assignments_ignored")
             logger.debug("Ignored %s/%s revision %d: not newer than what the node holds",
                          assignment.namespace, assignment.release, assignment.revision)
+
+    async def _take_notice(self, topic: str, payload: bytes) -> None:
+        """A signed notice of the hub's (``edgeprotocol.notices``): a CA rotation step to act on."""
+        try:
+            notice = open_notice(payload, self._hub_key, node=self.node, generation=self.identity.generation)
+        except ProtocolError as exc:
+            logger.warning("Rejected a message on %s: %s", topic, exc)
+            await self.record_event("Rejected", f"message on {topic} rejected: {exc}")
+            return
+        logger.info("The hub's CAs changed (CA set generation %d): checking the node's certificate and CAs within "
+                    "%.1f s", notice.ca_generation, notice.spread_seconds)
+        if self._on_notice is not None:
+            self._on_notice(notice)
 
     # --- to the hub ----------------------------------------------------------
 

@@ -10,6 +10,7 @@ connection has been established.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import logging
 import random
@@ -166,11 +167,15 @@ class MqttSession:
         on_message: MessageHandler,
         on_connect: ConnectHook | None = None,
         before_connect: Callable[[], Awaitable[None]] | None = None,
+        on_connect_failed: Callable[[BaseException], None] | None = None,
     ) -> None:
         self.settings = settings
         self.broker = BrokerAddress.parse(settings.url)
         self._on_message = on_message
         self._on_connect = on_connect
+        # Told (on the loop; it must not block) why each connection attempt failed, before the wait for the next:
+        # an agent whose TLS handshake failed asks the hub whether its CAs changed (edgeagent.trust).
+        self._on_connect_failed = on_connect_failed
         # Awaited before every connection attempt: it returns once an attempt makes sense (an agent whose
         # certificate expired renews it first, instead of showing the broker a certificate it refuses).
         self._before_connect = before_connect
@@ -283,6 +288,16 @@ class MqttSession:
         delay = state.next_action.sleep if state.next_action else 0.0
         exc = state.outcome.exception() if state.outcome else None
         logger.info("Connecting to %s failed (attempt #%d: %s); will retry in %.1f s", self.broker, state.attempt_number, exc, delay)
+        if exc is not None and self._on_connect_failed is not None:
+            try:
+                self._on_connect_failed(exc)
+            except Exception:  # a bug in the listener must not end the session
+                logger.exception("The connection failure listener of %s failed", self.settings.client_id)
+
+    def use_tls(self, tls: TlsIdentity) -> None:
+        """Show the broker ``tls`` from the next connection on (a node's trusted CAs changed); the connection up
+        now, if any, stays."""
+        self.settings = dataclasses.replace(self.settings, tls=tls)
 
     async def _tls_context(self) -> ssl.SSLContext | None:
         tls = self.settings.tls
