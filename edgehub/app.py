@@ -24,7 +24,7 @@ from .broker_access import ANONYMOUS_BROKER_WARNING, BrokerAccess
 from .broker_revocations import BROKER_FILES, BrokerFiles, BrokerRevocations
 from .broker_roles import CONTROL_RESPONSE_TOPIC
 from .ca_rotation import CA_ROTATION, CaRotation
-from .certificates import HUB_SESSION_EXPIRY_SECONDS, CertificateKeeper, KeeperHooks
+from .certificates import CertificateKeeper, KeeperHooks
 from .chart_sources import ChartSources
 from .components import Components
 from .dashboard import add_dashboard_routes
@@ -251,9 +251,10 @@ async def mqtt_ctx(app: web.Application) -> AsyncIterator[None]:
         max_inflight=PUBLISH_WINDOW,
         # One client, not a fleet: back soon after a broker restart (the nodes' backoff spreads theirs).
         backoff_max=5.0,
-        # The broker keeps the hub's session (subscriptions, and the messages it holds for the hub) across a
-        # reconnect, as after the keeper renews the hub's certificate: nothing sent meanwhile is lost.
-        session_expiry=HUB_SESSION_EXPIRY_SECONDS,
+        # A clean session (no session_expiry): Mosquitto 2.0.11 corrupts its memory (and then crashes) when it is
+        # sent SIGHUP while it holds an MQTT 5 session for a client that is away, and the hub signals it
+        # whenever its revocation list, certificate or CAs change, whether or not the hub is connected at that
+        # moment (tests/broker/test_the_broker_outlives_reloads_while_the_hub_is_away.py).
     )
     async with messages, MqttSession(session_settings, on_message=on_message, on_connect=on_connect) as session:
         app[MQTT] = session

@@ -5,9 +5,9 @@ the timer. Each certificate it keeps is issued again once less than a third of i
 or more before it ends), so an hourly check is never late:
 
 - ``hub_mqtt``: the hub's own MQTT client certificate (``STATE/hub-mqtt.crt``, user ``hub.edgecollab``,
-  365 days). The hub's MQTT session then reconnects with it. The broker keeps that session across the
-  reconnect (``HUB_SESSION_EXPIRY_SECONDS``), so every message it holds for the hub (QoS 1, sent and not
-  yet acknowledged, or queued behind them, or published meanwhile) is delivered on the new connection.
+  365 days). The hub's MQTT session then reconnects with it. (It does not ask the broker to keep its
+  session across the reconnect (an MQTT 5 session expiry): Mosquitto 2.0.11 corrupts its memory when
+  it is sent SIGHUP while it holds a session for a client that is away; see ``edgehub.app``.)
 - ``hub_https``: the API's server certificate (``STATE/hub-server.crt``, 90 days, see ``edgehub.tls``)
   when the API is served over HTTPS. The server's TLS context loads the new pair: new connections get it,
   connections already open keep theirs, no request is dropped.
@@ -87,11 +87,6 @@ logger = logging.getLogger(__name__)
 # Warnings start this long before a certificate ends (the hub renews its own and the broker's a third of
 # their life before, 30 days or more, so a warning means something is wrong, or is the operator's to do).
 WARN_DAYS = 30
-# How long the broker's MQTT session for the hub outlives a connection (MQTT 5 session expiry): long
-# enough for a reconnect (a renewed certificate, a dropped link, a restart by a service manager) to get
-# every message held for it; a hub away for longer starts afresh (and re-publishes everything, as always).
-# Meanwhile the broker holds at most max_queued_messages for it (edgehub.broker_config).
-HUB_SESSION_EXPIRY_SECONDS = 600
 # A TLS handshake with the broker (reading the certificate it serves) waits at most this long.
 PROBE_TIMEOUT_SECONDS = 5.0
 # After a signal, how long the keeper waits for the broker to serve its new certificate (it takes the
