@@ -205,15 +205,17 @@ class CaRotation:
                 did.append(what)
         if self._before_notices is not None:
             await self._before_notices()
-        told, nodes = await self.notify_nodes(cas)
-        did.append(f"told {told} of {nodes} joined node(s) to check their certificate and the hub's CAs now"
-                   + (" (the others check when they connect)" if told < nodes else ""))
+        sent, online, nodes = await self.notify_nodes(cas)
+        did.append(f"sent {sent} of {nodes} joined node(s) a notice to check their certificate and the hub's CAs "
+                   f"now ({online} online; a node that is not checks when it comes back)")
         return did
 
-    async def notify_nodes(self, cas: CaSet) -> tuple[int, int]:
-        """Publish a signed notice to every joined node; (how many the broker took, how many nodes)."""
+    async def notify_nodes(self, cas: CaSet) -> tuple[int, int, int]:
+        """Publish a signed notice to every joined node; (how many the broker took, how many are online, how many
+        nodes). The broker takes a notice for a node that is away too, and drops it (not retained)."""
         nodes = [n for n in await self._store.list_nodes(with_status=False, with_certificate=False)
                  if n.standing == "joined"]
+        online = sum(1 for n in nodes if n.presence == "online")
         spread = round(len(nodes) / NOTICE_RATE_PER_SECOND, 1)
         at = now_text()
 
@@ -222,8 +224,8 @@ class CaRotation:
                               spread_seconds=spread, at=at)
             return await self._publish(notice_topic(node.name), seal_notice(notice, self._identity.key))
 
-        told = await each_within(nodes, tell, at_once=PUBLISH_WINDOW)
-        return told, len(nodes)
+        sent = await each_within(nodes, tell, at_once=PUBLISH_WINDOW)
+        return sent, online, len(nodes)
 
 
 def _step_words(step: str, old: CaSet, new: CaSet) -> str:

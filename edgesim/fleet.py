@@ -210,7 +210,7 @@ class Mosquitto(ManagedProcess):
         folder.mkdir(parents=True, exist_ok=True)
         key, cert = folder / f"{common_name}.key", folder / f"{common_name}.crt"
         hub.ensure_certificate(key, cert, common_name, usage="client")
-        return TlsIdentity(ca_pem=hub.ca_pem, cert_file=cert, key_file=key)
+        return TlsIdentity(ca_pem=hub.trust_bundle_pem, cert_file=cert, key_file=key)
 
     def _check_alive(self) -> bool:
         if not self.running:

@@ -120,7 +120,7 @@ async def test_begin_switch_finish_through_the_api(hub: TestClient, broker: Mosq
         began = await step(hub, "begin")
         await wait_for_notices(seen, 1)
     assert began["did"][0].startswith("began: the new CA 'edgecollab hub CA 20")
-    assert any(line.startswith("told 1 of 1 joined node(s)") for line in began["did"]), began["did"]
+    assert any(line.startswith("sent 1 of 1 joined node(s) a notice") for line in began["did"]), began["did"]
     assert began["phase"] == "begun" and began["next"] == "the next step is 'edgehub ca rotate switch'"
     new = began["cas"][1]["sha256"]
     assert [ca["issuing"] for ca in began["cas"]] == [True, False] and began["issuing"] == old
@@ -206,7 +206,7 @@ async def test_edgehub_ca_asks_the_hub_running_on_the_state_directory(hub: TestC
     code, out, err = await asyncio.to_thread(run_cli, ["ca", "rotate", "begin", "--state", str(state)], capsys)
     assert code == 0, err
     lines = out.splitlines()
-    assert lines[0].startswith("began: the new CA") and "  - told 1 of 1 joined node(s)" in out
+    assert lines[0].startswith("began: the new CA") and "  - sent 1 of 1 joined node(s) a notice" in out
     assert "phase begun (CA set generation 1): the next step is 'edgehub ca rotate switch'" in out
     code, out, err = await asyncio.to_thread(run_cli, ["ca", "rotate", "begin", "--state", str(state)], capsys)
     assert code == 1 and "the hub refused: a rotation is under way already" in err
