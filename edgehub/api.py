@@ -846,7 +846,10 @@ async def create_credential(request: web.Request) -> web.Response:
     await app[BROKER_ACCESS].admit_dashboard(name)
     logger.info("Broker credential %s (role %s) issued", username, role)
     return web.json_response({**_credential_view(record), "certificate": record.certificate,
-                              "ca_certificate": identity.ca_pem, "mqtt_url": app[SETTINGS].advertised_mqtt_url,
+                              # Every CA the hub trusts, as the dashboard's ca.crt: during a CA rotation the broker
+                              # may present a certificate of either.
+                              "ca_certificate": identity.trust_bundle_pem,
+                              "mqtt_url": app[SETTINGS].advertised_mqtt_url,
                               "topics": list(DASHBOARD_TOPICS)}, status=201)
 
 

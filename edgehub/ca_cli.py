@@ -132,4 +132,7 @@ def status_text(status: dict[str, Any]) -> str:
         more = status["nodes_to_renew"] - len(status.get("nodes_to_renew_named", []))
         lines.append(f"{status['nodes_to_renew']} joined node(s) hold a certificate of a CA that does not issue: "
                      f"{named}{f' and {more} more' if more > 0 else ''}")
+    if status.get("dashboards_to_renew"):
+        lines.append(f"dashboard credential(s) of a CA that does not issue: {', '.join(status['dashboards_to_renew'])}"
+                     " (edgectl credentials revoke NAME, then create)")
     return "\n".join(lines)

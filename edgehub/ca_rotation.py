@@ -39,7 +39,7 @@ import datetime as dt
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,10 +72,12 @@ AfterStep = Callable[[CaSet], Awaitable[str | None]]
 
 @dataclass(frozen=True, slots=True)
 class FleetByCa:
-    """Which CA issued the certificate the store holds of each joined node."""
+    """Which CA issued the certificate the store holds of each joined node (and of each dashboard credential)."""
 
     by_ca: dict[str, list[str]]  # CA fingerprint -> node names
     other: list[str]  # from no trusted CA (a retired one), or unreadable
+    # Dashboard credentials (edgectl credentials create) whose certificate is not from the issuing CA.
+    dashboards_behind: list[str] = field(default_factory=list)
 
     def not_from(self, fingerprint: str) -> list[str]:
         """The nodes whose certificate is not from the CA ``fingerprint``, by name."""
@@ -113,7 +115,12 @@ class CaRotation:
         """Which trusted CA issued each joined node's certificate, as the store holds it."""
         nodes = [(n.name, n.certificate) for n in await self._store.list_nodes(with_status=False)
                  if n.standing == "joined" and n.certificate]
-        return await asyncio.to_thread(self._classify, self._identity.cas, nodes)
+        dashboards = [(c.name, c.certificate) for c in await self._store.list_credentials()]
+        cas = self._identity.cas
+        fleet = await asyncio.to_thread(self._classify, cas, nodes)
+        held = await asyncio.to_thread(_issuers_of, cas, dashboards)
+        behind = sorted(name for name, issuer in held.items() if issuer != cas.issuing.fingerprint)
+        return FleetByCa(by_ca=fleet.by_ca, other=fleet.other, dashboards_behind=behind)
 
     def _classify(self, cas: CaSet, nodes: list[tuple[str, str]]) -> FleetByCa:
         by_ca: dict[str, list[str]] = {ca.fingerprint: [] for ca in cas.trusted}
@@ -203,6 +210,10 @@ class CaRotation:
                 continue
             if what:
                 did.append(what)
+        if cas.phase != "begun":  # from the switch on, the dashboards' own certificates are of the old CA
+            dashboards = (await self.fleet()).dashboards_behind
+            if dashboards:
+                did.append(_dashboards_words(dashboards))
         if self._before_notices is not None:
             await self._before_notices()
         sent, online, nodes = await self.notify_nodes(cas)
@@ -226,6 +237,25 @@ class CaRotation:
 
         sent = await each_within(nodes, tell, at_once=PUBLISH_WINDOW)
         return sent, online, len(nodes)
+
+
+def _issuers_of(cas: CaSet, held: list[tuple[str, str]]) -> dict[str, str]:
+    """The fingerprint of the trusted CA that issued each (name, PEM) ("" for none). Blocking (parsing)."""
+    issuers = {}
+    for name, pem in held:
+        try:
+            ca = cas.issuer_of(x509.load_pem_x509_certificate(pem.encode()))
+        except ValueError:
+            ca = None
+        issuers[name] = ca.fingerprint if ca is not None else ""
+    return issuers
+
+
+def _dashboards_words(names: list[str]) -> str:
+    return (f"{len(names)} dashboard credential(s) hold a certificate of a CA that does not issue: {_named(names)}. "
+            "The broker refuses them once that CA is retired: issue each a new one (edgectl credentials revoke "
+            "NAME, then edgectl credentials create --role dashboard --name NAME), whose ca.crt trusts every CA "
+            "the hub does")
 
 
 def _step_words(step: str, old: CaSet, new: CaSet) -> str:
@@ -261,6 +291,7 @@ def ca_status(cas: CaSet, fleet: FleetByCa | None) -> dict[str, Any]:
         answer["nodes_to_renew"] = len(behind)
         answer["nodes_to_renew_named"] = behind[:NAMED_NODES]
         answer["nodes_of_no_trusted_ca"] = len(fleet.other)
+        answer["dashboards_to_renew"] = fleet.dashboards_behind
     return answer
 
 

@@ -76,6 +76,20 @@ def broker_certificate(broker: Mosquitto) -> x509.Certificate:
     return x509.load_der_x509_certificate(der)
 
 
+def handshake(broker: Mosquitto, cert: Path, key: Path, cas: str) -> str:
+    """How a TLS handshake with the broker showing ``cert`` ends: "" when it is taken, else the error. TLS 1.2,
+    where the broker's verdict on the client's certificate ends the handshake itself."""
+    context = ssl.create_default_context(cadata=cas)
+    context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    try:
+        with socket.create_connection(("127.0.0.1", broker.port), timeout=5) as raw, \
+                context.wrap_socket(raw, server_hostname="127.0.0.1"):
+            return ""
+    except ssl.SSLError as exc:
+        return str(exc)
+
+
 def generations(hub: Hub) -> dict[str, int]:
     return {n["name"]: n["generation"] for n in hub.ctl_json("get", "nodes")}
 
@@ -103,6 +117,12 @@ def test_the_ca_is_rolled_over_with_the_nodes_online(fleet: Fleet, tmp_path: Pat
         wait_until(lambda n=node: node_trusts(n) == both, timeout=STEP_SECONDS, what=f"{node.name} to trust both CAs")
         assert issuer(node_certificate(node), [old, new]) == old.fingerprint
 
+    kept = tmp_path / "kept"  # a copy of sh-1's certificate of the old CA, as a thief would keep it
+    kept.mkdir()
+    for name in ("node.crt", "node.key"):
+        (kept / name).write_bytes((nodes[0].state_dir / name).read_bytes())
+    assert handshake(broker, kept / "node.crt", kept / "node.key", old.pem + new.pem) == ""
+
     switched = rotate(hub, "switch")
     assert switched.returncode == 0, switched.stderr
     assert "issued again from the CA that issues now: broker, hub_https, hub_mqtt" in switched.stdout, switched.stdout
@@ -110,6 +130,10 @@ def test_the_ca_is_rolled_over_with_the_nodes_online(fleet: Fleet, tmp_path: Pat
     for node in nodes:  # and each node renews its certificate from the new CA by itself
         wait_until(lambda n=node: issuer(node_certificate(n), [old, new]) == new.fingerprint, timeout=STEP_SECONDS,
                    what=f"{node.name} to renew its certificate from the new CA")
+
+    # The broker checks each CA's revocation list: the certificate sh-1 replaced is refused, though its CA is
+    # still trusted.
+    assert "revoked" in handshake(broker, kept / "node.crt", kept / "node.key", old.pem + new.pem)
 
     finished = rotate(hub, "finish")
     assert finished.returncode == 0, finished.stderr

@@ -13,6 +13,7 @@ import base64
 import contextlib
 import json
 import secrets
+import ssl
 import time
 from pathlib import Path
 from typing import Any
@@ -22,12 +23,19 @@ import aiomqtt
 import pytest
 from aiohttp.test_utils import TestClient
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.x509.oid import NameOID
 from hub_api import answer, create_token, refused, unique
 
-from edgeagent.identity import make_csr
+from edgeagent import certificate
+from edgeagent.identity import NodeIdentity, make_csr
+from edgeagent.identity import join as agent_join
+from edgeagent.renewal import TLS_WAKE_MIN_SECONDS, CertificateRenewer
 from edgehub import cli as hub_cli
 from edgehub.ca_cli import HUB_API_FILE
+from edgehub.identity import HubIdentity
 from edgehub.keys import IDENTITY, SETTINGS
 from edgeprotocol.enrollment import certificate_fingerprint, parse_join_token, renewal_payload
 from edgeprotocol.notices import CaNotice, open_notice
@@ -223,3 +231,82 @@ async def test_edgehub_ca_asks_the_hub_running_on_the_state_directory(hub: TestC
     (state / HUB_API_FILE).write_text(json.dumps({"url": "http://127.0.0.1:9"}))
     code, _, err = await asyncio.to_thread(run_cli, ["ca", "status", "--state", str(state)], capsys)
     assert code == 3 and "a CA rotation needs the hub running" in err
+
+
+def dashboard_csr(name: str) -> str:
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"dashboard.{name}")])).sign(key, hashes.SHA256()))
+    return csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+async def test_dashboard_credentials_are_named_until_they_are_issued_again(hub: TestClient) -> None:
+    await answer(await hub.post("/api/v1/credentials", json={"role": "dashboard", "name": "grafana",
+                                                               "csr": dashboard_csr("grafana")}), 201)
+    began = await step(hub, "begin")
+    assert began["dashboards_to_renew"] == [], "the old CA still issues"
+    during = await answer(await hub.post("/api/v1/credentials", json={"role": "dashboard", "name": "nodered",
+                                                                       "csr": dashboard_csr("nodered")}), 201)
+    assert fingerprints(during["ca_certificate"]) == [ca["sha256"] for ca in began["cas"]], \
+        "a dashboard's ca.crt trusts both CAs: the broker may present either's certificate"
+    switched = await step(hub, "switch")
+    assert switched["dashboards_to_renew"] == ["grafana", "nodered"]
+    assert any(line.startswith("2 dashboard credential(s) hold a certificate of a CA that does not issue: grafana, "
+                               "nodered") for line in switched["did"]), switched["did"]
+    await answer(await hub.delete("/api/v1/credentials/grafana"), 200)
+    await answer(await hub.post("/api/v1/credentials", json={"role": "dashboard", "name": "grafana",
+                                                               "csr": dashboard_csr("grafana")}), 201)
+    assert (await answer(await hub.get("/api/v1/ca/rotation"), 200))["dashboards_to_renew"] == ["nodered"]
+
+
+async def test_the_agents_renewer_follows_each_step_by_itself(hub: TestClient, tmp_path: Path) -> None:
+    """The agent's own renewer against the hub, round by round (a round is what a notice or a failed TLS
+    handshake starts): it takes the hub's CAs from the signed facts and renews when its CA no longer issues."""
+    node = unique("sh")
+    state = tmp_path / node
+    identity = await asyncio.to_thread(agent_join, hub_url=str(hub.make_url("")), token=await create_token(hub),
+                                       state_dir=state, node=node)
+    renewer = CertificateRenewer(state, identity)
+
+    async def round_() -> float:
+        await renewer._measure_clock()
+        return await renewer.check()
+
+    old = hub.app[IDENTITY].issuing_ca_fingerprint
+    assert NodeIdentity.load(state).issuing_ca == old and certificate.validity(state).issuer_sha256 == old
+    await step(hub, "begin")
+    assert await round_() > 1 and renewer.renewals == 0, "nothing to renew: the old CA still issues"
+    new = hub.app[IDENTITY].cas.trusted[-1].fingerprint
+    assert fingerprints(NodeIdentity.load(state).ca_certificate) == [old, new]
+
+    await step(hub, "switch")
+    await round_()
+    assert renewer.renewals == 1 and certificate.validity(state).issuer_sha256 == new
+    assert NodeIdentity.load(state).issuing_ca == new
+    await round_()
+    assert renewer.renewals == 1, "renewed once: the new certificate is of the CA that issues"
+
+    await step(hub, "finish")
+    await round_()
+    saved = NodeIdentity.load(state)
+    assert fingerprints(saved.ca_certificate) == [new] and saved.hub_url == identity.hub_url
+    assert renewer.renewals == 1
+
+
+async def test_failed_handshakes_ask_the_hub_at_most_so_often(tmp_path: Path) -> None:
+    hub_identity = HubIdentity.load_or_create(tmp_path / "hub")
+    identity = NodeIdentity(node="n1", pool="p", labels={}, hub_url="http://127.0.0.1:9", mqtt_url="mqtt://127.0.0.1:9",
+                            hub_public_key=hub_identity.public_key_pem, ca_certificate=hub_identity.ca_pem)
+    renewer = CertificateRenewer(tmp_path, identity)
+    woken: list[float] = []
+    renewer.wake = lambda after=0.0: woken.append(after)  # type: ignore[method-assign]
+    failure = ssl.SSLCertVerificationError("certificate verify failed")
+    renewer.trust_failed(failure)
+    renewer.trust_failed(failure)
+    assert len(woken) == 1, "a second failure right after the first asks nothing"
+    renewer._tls_woken_at -= TLS_WAKE_MIN_SECONDS  # as if the minimum gap had passed: the gap has doubled
+    renewer.trust_failed(failure)
+    assert len(woken) == 1
+    renewer._tls_woken_at -= TLS_WAKE_MIN_SECONDS
+    renewer.trust_failed(failure)
+    assert len(woken) == 2
