@@ -5,10 +5,21 @@ The hub issues node certificates for a limited time (``node_certificate_days``,
 (``edgeprotocol.enrollment.renew_after``), the agent makes a new key, sends a
 certificate request for it to ``POST /api/v1/nodes/NAME/certificate`` with a
 proof signed by its current key (``renewal_payload``: the request, a
-timestamp and a random nonce), checks what the hub answers (issued by the CA
-pinned at join, for this node and the new key) and only then puts the new key
-and certificate in place of the old ones. Over HTTPS the hub is verified
-against that CA.
+timestamp and a random nonce), checks what the hub answers (issued by a hub
+CA the node trusts, for this node and the new key) and only then puts the new
+key and certificate in place of the old ones. Over HTTPS the hub is verified
+against those CAs.
+
+**CA rotations** (``edgehub.ca_rotation``). Each round first asks the hub for
+its signed facts (``edgeagent.clock``), which name the CAs the hub trusts and
+the one that issues; the node keeps them (``edgeagent.trust``). A certificate
+whose CA is not the one that issues (``node.crt.json`` names its CA) is
+renewed at once, whatever its dates, once per issuing CA. A round starts on
+the timer, when the hub's notice of a rotation step arrives (``wake``, after a
+random part of the hub's spread), and when a TLS handshake with the broker
+fails (``trust_failed``, at most every ``TLS_WAKE_MIN_SECONDS``, the gap
+doubling while rounds change nothing): a node that was away during a
+rotation, or cut off, comes back by itself.
 
 Files, in the state directory:
 

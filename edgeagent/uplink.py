@@ -3,7 +3,10 @@
 Assignments are verified (signed by the hub key pinned at join, addressed to
 this node at its join generation, on their own topic), their bundles
 decrypted with the node's bundle key, and recorded in the local store when
-newer than what the node holds; the reconciler is then woken. Events go to
+newer than what the node holds; the reconciler is then woken. The hub's
+signed notices (``edgeprotocol.notices``: a CA rotation step) arrive on the
+same subscription and go to the renewer; the broker's CAs follow the node's
+(``trust_changed``), and a failed TLS handshake is reported (``on_tls_failure``). Events go to
 the persisted, bounded outbox first and are sent in order whenever the link is up. Status is
 rebuilt from the store, so the latest one is sent on every connect, whatever
 was missed while offline; a change waits ``status_coalesce`` (0.25 s) for
