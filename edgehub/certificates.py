@@ -88,10 +88,12 @@ logger = logging.getLogger(__name__)
 # their life before, 30 days or more, so a warning means something is wrong, or is the operator's to do).
 WARN_DAYS = 30
 # How long the broker's MQTT session for the hub outlives a connection (MQTT 5 session expiry): long
-# enough for a reconnect (a renewed certificate, a dropped link, a restart by a service manager) to get
-# every message held for it; a hub away for longer starts afresh (and re-publishes everything, as always).
-# Meanwhile the broker holds at most max_queued_messages for it (edgehub.broker_config).
-HUB_SESSION_EXPIRY_SECONDS = 600
+# enough for a reconnect (a renewed certificate: milliseconds; a dropped link; a restart by a service
+# manager: seconds) to get every message held for it. Meanwhile the broker queues what nodes send for the
+# hub (at most max_queued_messages, edgehub.broker_config): two minutes of a 10,000-node fleet's reports
+# is memory a broker can spare, ten would not be. A hub away for longer starts afresh and re-publishes
+# everything, as it always did.
+HUB_SESSION_EXPIRY_SECONDS = 120
 # A TLS handshake with the broker (reading the certificate it serves) waits at most this long.
 PROBE_TIMEOUT_SECONDS = 5.0
 # After a signal, how long the keeper waits for the broker to serve its new certificate (it takes the
