@@ -8,6 +8,10 @@ new revision from an earlier one, as ``helm rollback`` does.
 assignments are kept for the node that joins); ``edgectl node revoke NAME``
 refuses the node until it is reset.
 
+``edgectl describe hub`` lists every certificate in the chain (the hub's CA,
+the broker's, the hub's own, each node's) with its end, days left and what
+renews it, then the hub's warnings.
+
 The hub URL comes from ``--hub`` or the ``EDGECOLLAB_HUB`` environment variable.
 A hub served over HTTPS (the default off loopback) has a certificate from its
 own CA: ``--ca-file`` or ``EDGECOLLAB_CA_FILE`` names that CA's certificate
@@ -286,12 +290,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_polling(events, "--follow")
     events.set_defaults(polling_parser=events)
 
-    describe = sub.add_parser("describe", help="show one component with its per-node status")
-    describe.add_argument("kind", choices=["component", "node"])
-    describe.add_argument("name", help="NAME or NAMESPACE/NAME")
+    describe = sub.add_parser("describe", help="show one component or node, or the hub (its certificates and "
+                                                "when each ends)")
+    describe.add_argument("kind", choices=["component", "node", "hub"])
+    describe.add_argument("name", nargs="?", help="NAME or NAMESPACE/NAME (none for the hub)")
     describe.add_argument("-n", "--namespace", default="default")
     describe.add_argument("-o", "--output", choices=DESCRIBE_OUTPUTS, default="text",
                           help="text (default), wide (more columns in its tables), json or yaml")
+    describe.set_defaults(describe_parser=describe)
 
     delete = sub.add_parser("delete", help="delete a component from every node")
     delete.add_argument("kind", choices=["component"])
@@ -367,7 +373,10 @@ def streaming(args: argparse.Namespace) -> bool:
 
 
 def check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """What argparse cannot say: --interval and --timeout mean something only with -w or --follow."""
+    """What argparse cannot say: a component or node to describe needs its name; --interval and --timeout
+    mean something only with -w or --follow."""
+    if args.command == "describe" and args.kind != "hub" and not args.name:
+        args.describe_parser.error(f"describe {args.kind} needs the {args.kind}'s name")
     if args.command == "rollout" or (getattr(args, "interval", None) is None
                                      and getattr(args, "timeout", None) is None):
         return
@@ -594,6 +603,9 @@ def conditions_column(conditions: list[dict[str, str]]) -> str:
 
 def cmd_describe(hub: JsonHttpClient, args: argparse.Namespace) -> None:
     wide = args.output == "wide"
+    if args.kind == "hub":
+        describe_hub(hub.get("/api/v1/hub"), args.output)
+        return
     if args.kind == "node":
         data = hub.get(f"/api/v1/nodes/{args.name}")
         if args.output in DATA_OUTPUTS:
@@ -634,6 +646,44 @@ def cmd_describe(hub: JsonHttpClient, args: argparse.Namespace) -> None:
                       "reason", "restarts", "ready", "observed_at", "message"] if wide else
                ["node", "pool", "presence", "assigned_revision", "applied_revision", "phase", "reason", "ready",
                 "message"])
+
+
+HUB_CERTIFICATE_COLUMNS = ["name", "subject", "not_after", "days_left", "renewed_by"]
+HUB_CERTIFICATE_WIDE_COLUMNS = ["name", "subject", "serial", "not_before", "not_after", "days_left", "renewed_by",
+                                "source"]
+# Node certificates ``describe hub`` lists as text (the soonest first); -o wide, json and yaml list all.
+HUB_NODES_SHOWN = 10
+
+
+def describe_hub(data: Mapping[str, Any], output: str) -> None:
+    """``describe hub``: every certificate in the chain with its end and what renews it, then the warnings."""
+    if output in DATA_OUTPUTS:
+        print_data(data, output)
+        return
+    wide = output == "wide"
+    certificates = data.get("certificates") or []
+    nodes = [c for c in certificates if str(c.get("name", "")).startswith("node/")]
+    shown = [c for c in certificates if c not in nodes] + (nodes if wide else nodes[:HUB_NODES_SHOWN])
+    interval = data.get("check_interval_seconds")
+    every = f"{interval:g}" if isinstance(interval, int | float) else one_line(interval)
+    say(f"Checked:   {one_line(data.get('checked_at') or '-')} (every {every} s)")
+    say("Certificates:")
+    show_table(shown, HUB_CERTIFICATE_WIDE_COLUMNS if wide else HUB_CERTIFICATE_COLUMNS)
+    summary = data.get("nodes") or {}
+    soonest = summary.get("soonest") or {}
+    line = f"Nodes:     {one_line(summary.get('certificates', 0))} certificate(s)"
+    if soonest:
+        line += (f"; the soonest ends {one_line(soonest.get('not_after'))} ({one_line(soonest.get('name'))}, "
+                 f"{one_line(soonest.get('days_left'))} days)")
+    expiring = next((v for k, v in summary.items() if k.startswith("expiring_within_")), 0)
+    line += f"; {one_line(expiring)} end within 30 days, {one_line(summary.get('expired', 0))} ended"
+    if not wide and len(nodes) > HUB_NODES_SHOWN:
+        line += f" ({len(nodes) - HUB_NODES_SHOWN} more with -o wide)"
+    say(line)
+    warnings = data.get("warnings") or []
+    say("Warnings:" + ("" if warnings else " none"))
+    for warning in warnings:
+        say(f"  {one_line(warning)}")
 
 
 def container_troubles(release: Mapping[str, Any]) -> list[str]:

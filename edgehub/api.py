@@ -25,6 +25,8 @@
     GET    /api/v1/components/{namespace}/{name}/rollout   its staged rollout (batches, failed node, deferred)
     POST   /api/v1/components/{namespace}/{name}/rollout/pause   no new batch starts
     POST   /api/v1/components/{namespace}/{name}/rollout/resume  a paused rollout goes on
+    GET    /api/v1/hub                             the hub itself: every certificate in the chain (CA, broker, the
+                                                   hub's own, each node's) with its end, and the warnings
     GET    /healthz
     GET    /metrics                                Prometheus metrics (operator or viewer token)
     GET    /api/v1/stream                          server-sent events: summaries, then each change
@@ -125,6 +127,7 @@ from .errors import (
 )
 from .keys import (
     BROKER_ACCESS,
+    CERTIFICATES,
     COMPONENTS,
     DISPATCHER,
     IDENTITY,
@@ -296,9 +299,19 @@ def _bundle_key(text: str) -> str:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """Up, with what an operator should know about how it runs (``edgectl get nodes`` prints the warnings)."""
+    """Up, with what an operator should know about how it runs (``edgectl get nodes`` prints the warnings):
+    an anonymous broker, and certificates that end within 30 days unless someone acts (edgehub.certificates)."""
     warnings = [] if request.app[SETTINGS].broker_identities else [ANONYMOUS_BROKER_WARNING]
-    return web.json_response({"ok": True, "warnings": warnings})
+    keeper = request.app.get(CERTIFICATES)
+    return web.json_response({"ok": True, "warnings": warnings + (keeper.warnings if keeper is not None else [])})
+
+
+async def describe_hub(request: web.Request) -> web.Response:
+    """``edgectl describe hub``: every certificate in the chain with ``not_after``, ``days_left`` and what
+    renews it (``renewed_by``), the node certificates summed up, and the warnings."""
+    view = await request.app[CERTIFICATES].describe_now()
+    warnings = [] if request.app[SETTINGS].broker_identities else [ANONYMOUS_BROKER_WARNING]
+    return web.json_response({**view, "warnings": warnings + view["warnings"]})
 
 
 async def ca_certificate(request: web.Request) -> web.Response:
@@ -807,6 +820,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/v1/stream", stream)
     app.router.add_get("/api/v1/ca", ca_certificate)
+    app.router.add_get("/api/v1/hub", describe_hub)
     app.router.add_post("/api/v1/tokens", create_token)
     app.router.add_post("/api/v1/join", join)
     app.router.add_post("/api/v1/nodes/{name}/certificate", renew_certificate)

@@ -21,7 +21,8 @@ from .api import MAX_REQUEST_BYTES, add_routes, json_errors
 from .auth import HostAllowList, json_bodies_only, operator_only, operator_token_ctx, same_origin_only
 from .broker_access import ANONYMOUS_BROKER_WARNING, BrokerAccess
 from .broker_revocations import BROKER_FILES, BrokerFiles, BrokerRevocations
-from .broker_roles import CONTROL_RESPONSE_TOPIC, HUB_USER
+from .broker_roles import CONTROL_RESPONSE_TOPIC
+from .certificates import HUB_SESSION_EXPIRY_SECONDS, CertificateKeeper, KeeperHooks
 from .chart_sources import ChartSources
 from .components import Components
 from .dashboard import add_dashboard_routes
@@ -30,6 +31,7 @@ from .identity import HubIdentity
 from .ingest import IngestLimits, NodeMessages
 from .keys import (
     BROKER_ACCESS,
+    CERTIFICATES,
     COMPONENTS,
     DISPATCHER,
     IDENTITY,
@@ -49,7 +51,7 @@ from .rollout_driver import RolloutDriver
 from .settings import HubSettings
 from .store import HubStore
 from .summaries import HUB_STATE_TOPIC, SummaryPublisher, SummarySettings
-from .tls import tls_ctx
+from .tls import TLS, serves_tls, tls_ctx
 
 logger = logging.getLogger(__name__)
 
@@ -67,17 +69,34 @@ def publisher(app: web.Application, *, retain: bool) -> Callable[[str, bytes], A
 
 
 async def identity_ctx(app: web.Application) -> AsyncIterator[None]:
-    settings = app[SETTINGS]
-
-    def load() -> HubIdentity:
-        identity = HubIdentity.load_or_create(settings.state_dir)
-        if settings.broker_identities:
-            identity.ensure_certificate(settings.mqtt_key_path, settings.mqtt_cert_path, HUB_USER, usage="client")
-        return identity
-
-    # Key generation and file writes: a thread keeps the loop free.
-    app[IDENTITY] = await asyncio.to_thread(load)
+    # Key generation and file writes: a thread keeps the loop free. The hub's own certificates are the
+    # certificate keeper's (certificates_ctx).
+    app[IDENTITY] = await asyncio.to_thread(HubIdentity.load_or_create, app[SETTINGS].state_dir)
     yield
+
+
+async def certificates_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The certificate keeper: the hub's MQTT client certificate, the API's (``app[TLS]`` when served over
+    HTTPS) and the broker's, issued at start and renewed on a timer (edgehub.certificates)."""
+    settings, store, revocations = app[SETTINGS], app[STORE], app[REVOCATIONS]
+
+    async def node_certificates() -> list[tuple[str, str]]:
+        return [(n.name, n.certificate) for n in await store.list_nodes(with_status=False)]
+
+    async def hub_mqtt_renewed() -> None:
+        session = app.get(MQTT)
+        if session is not None:  # none yet: it reads the new files when it first connects
+            await session.reconnect()
+
+    hooks = KeeperHooks(node_certificates=node_certificates, hub_mqtt_renewed=hub_mqtt_renewed,
+                        reload_lock=revocations.reload_lock)
+    async with CertificateKeeper(settings, app[IDENTITY], broker_files=revocations.files,
+                                 serve_https=serves_tls(settings), hooks=hooks) as keeper:
+        app[CERTIFICATES] = keeper
+        if keeper.tls_context is not None:
+            app[TLS] = keeper.tls_context
+        app[METRICS].watch_certificates(keeper.gauges)
+        yield
 
 
 async def renderer_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -202,6 +221,9 @@ async def mqtt_ctx(app: web.Application) -> AsyncIterator[None]:
         max_inflight=PUBLISH_WINDOW,
         # One client, not a fleet: back soon after a broker restart (the nodes' backoff spreads theirs).
         backoff_max=5.0,
+        # The broker keeps the hub's session (subscriptions, and the messages it holds for the hub) across a
+        # reconnect, as after the keeper renews the hub's certificate: nothing sent meanwhile is lost.
+        session_expiry=HUB_SESSION_EXPIRY_SECONDS,
     )
     async with messages, MqttSession(session_settings, on_message=on_message, on_connect=on_connect) as session:
         app[MQTT] = session
@@ -234,10 +256,10 @@ def create_app(settings: HubSettings) -> web.Application:
     app[METRICS] = HubMetrics()
     # The operator token first: it creates the state directory owner-only.
     # The renderer before the store: the component service takes it. The
-    # server certificate (when the API is served over HTTPS) needs the CA.
-    app.cleanup_ctx.extend([operator_token_ctx, identity_ctx, tls_ctx, renderer_ctx, store_ctx, rollouts_ctx,
-                            summaries_ctx,
-                            mqtt_ctx])
+    # certificate keeper after the store (node certificates, the broker's
+    # files) and before the MQTT session, which needs the hub's certificate.
+    app.cleanup_ctx.extend([operator_token_ctx, identity_ctx, tls_ctx, renderer_ctx, store_ctx, certificates_ctx,
+                            rollouts_ctx, summaries_ctx, mqtt_ctx])
     add_routes(app)
     add_dashboard_routes(app)
     return app

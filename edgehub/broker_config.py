@@ -7,7 +7,9 @@ Writes into one directory everything a Mosquitto 2 needs to serve the fleet:
   leaves permissions to the dynamic security plugin and, for the clients the
   plugin does not know (joined nodes), to ``nodes.acl``;
 - ``ca.crt`` (the hub CA), ``broker.crt`` and ``broker.key`` (the broker's server
-  certificate, issued by the hub CA for the listen address and the given names);
+  certificate, issued by the hub CA for the listen address and the given names; the running
+  hub issues them again once less than a third of their life is left, keeping the files' owner
+  and mode, and signals the broker: ``edgehub.certificates``);
 - ``dynamic-security.json``: the hub and the fixed roles. The hub adds and removes
   refused nodes and dashboards at run time over the plugin's control topic, and the
   broker keeps that file current, so an existing one is left alone;
@@ -15,7 +17,8 @@ Writes into one directory everything a Mosquitto 2 needs to serve the fleet:
 - ``revoked.crl``: the node certificates the hub no longer stands behind (replaced by a
   renewal, or voided by a reset or revoke) until they expire. The hub rewrites it and
   signals the broker (``pid_file``) to read it again: ``edgehub.broker_revocations``,
-  which finds both files through ``STATE/broker-files.json``, written here.
+  which finds both files (and ``edgehub.certificates`` the certificate and key) through
+  ``STATE/broker-files.json``, written here.
 
 The broker refuses MQTT packets larger than ``MAX_PACKET_BYTES`` (see there).
 """
@@ -34,11 +37,19 @@ from pathlib import Path
 from edgekit.files import write_atomic
 from edgeprotocol.messages import MAX_ASSIGNMENT_BYTES
 
-from .broker_revocations import CRL_FILE, PID_FILE, BrokerFiles, ensure_crl
+from .broker_revocations import (
+    BROKER_CERT_FILE,
+    BROKER_KEY_FILE,
+    CRL_FILE,
+    PID_FILE,
+    BrokerFiles,
+    ensure_crl,
+)
 from .broker_roles import initial_document, node_acl_patterns
 from .identity import HubIdentity
 
 CONFIG_FILE = "mosquitto.conf"
+BROKER_COMMON_NAME = "edgecollab broker"
 DYNSEC_FILE = "dynamic-security.json"
 NODE_ACL_FILE = "nodes.acl"
 # Where Debian, Fedora and source builds put the plugin (Mosquitto 2.0 and later).
@@ -114,7 +125,7 @@ def write_mosquitto_config(state_dir: Path, listen_host: str, listen_port: int, 
     out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     out_dir.chmod(0o700)
     (out_dir / "ca.crt").write_text(identity.ca_pem)
-    identity.ensure_certificate(out_dir / "broker.key", out_dir / "broker.crt", "edgecollab broker",
+    identity.ensure_certificate(out_dir / BROKER_KEY_FILE, out_dir / BROKER_CERT_FILE, BROKER_COMMON_NAME,
                                 usage="server", names=server_names(listen_host, names))
     write_atomic(out_dir / NODE_ACL_FILE, node_acl_patterns().encode())
     dynsec = out_dir / DYNSEC_FILE
@@ -127,8 +138,10 @@ def write_mosquitto_config(state_dir: Path, listen_host: str, listen_port: int, 
     config.write_text("")  # owned with the rest before the text is known
     account, warning = _broker_account(out_dir, user)
     config.write_text(_config_text(listen_host, listen_port, out_dir, plugin, account))
-    # Where the hub finds the broker's CRL and process: it writes the one and signals the other.
-    BrokerFiles(crl_file=out_dir / CRL_FILE, pid_file=out_dir / PID_FILE).save(state_dir)
+    # Where the hub finds the broker's CRL, process and certificate: it writes the list, renews the
+    # certificate (edgehub.certificates) and signals the broker to read both.
+    BrokerFiles(crl_file=out_dir / CRL_FILE, pid_file=out_dir / PID_FILE, cert_file=out_dir / BROKER_CERT_FILE,
+                key_file=out_dir / BROKER_KEY_FILE).save(state_dir)
     dial_host = "127.0.0.1" if listen_host in ("0.0.0.0", "::") else listen_host
     host = f"[{dial_host}]" if ":" in dial_host else dial_host
     return BrokerConfig(out_dir=out_dir, url=f"mqtts://{host}:{listen_port}", warning=warning)
@@ -144,8 +157,11 @@ allow_anonymous false
 {user}
 listener {port} {host}
 cafile {out / "ca.crt"}
-certfile {out / "broker.crt"}
-keyfile {out / "broker.key"}
+# The hub issues these again once less than a third of their life is left, keeping
+# the key's owner and mode, and sends SIGHUP, on which Mosquitto reads them again
+# for new connections (edgehub.certificates).
+certfile {out / BROKER_CERT_FILE}
+keyfile {out / BROKER_KEY_FILE}
 require_certificate true
 use_identity_as_username true
 use_username_as_clientid true

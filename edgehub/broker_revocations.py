@@ -82,6 +82,9 @@ logger = logging.getLogger(__name__)
 
 CRL_FILE = "revoked.crl"
 PID_FILE = "mosquitto.pid"
+# The broker's TLS listener's certificate and key (``certfile``, ``keyfile``), beside the CRL.
+BROKER_CERT_FILE = "broker.crt"
+BROKER_KEY_FILE = "broker.key"
 # In the hub's state directory: where ``edgehub mosquitto-config`` put the two files above.
 BROKER_FILES = "broker-files.json"
 # The broker's process name, checked before it is signalled: a stale pid file may name another process,
@@ -112,14 +115,31 @@ VoidedList = Callable[[], Awaitable[list[Voided]]]
 
 @dataclass(frozen=True, slots=True)
 class BrokerFiles:
-    """The broker's CRL, which the hub writes, and its pid file, which names the process to signal."""
+    """The broker's CRL, which the hub writes, its pid file, which names the process to signal, and its
+    certificate and key, which the hub renews (``edgehub.certificates``)."""
 
     crl_file: Path
     pid_file: Path
+    # A broker-files.json from before the hub renewed the broker's certificate names neither: the
+    # command always wrote them beside the CRL, under these names, and they are taken from there.
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @property
+    def directory(self) -> Path:
+        """The directory ``edgehub mosquitto-config --out`` wrote."""
+        return self.crl_file.parent
+
+    @property
+    def certificate_pair(self) -> tuple[Path, Path]:
+        """(certificate, key) of the broker's TLS listener."""
+        return (self.cert_file or self.directory / BROKER_CERT_FILE, self.key_file or self.directory / BROKER_KEY_FILE)
 
     def save(self, state_dir: Path) -> None:
+        cert, key = self.certificate_pair
         write_atomic(state_dir / BROKER_FILES, json.dumps(
-            {"crl_file": str(self.crl_file), "pid_file": str(self.pid_file)}, indent=2).encode())
+            {"crl_file": str(self.crl_file), "pid_file": str(self.pid_file), "cert_file": str(cert),
+             "key_file": str(key)}, indent=2).encode())
 
     @classmethod
     def load(cls, state_dir: Path) -> BrokerFiles | None:
@@ -128,7 +148,9 @@ class BrokerFiles:
         path = state_dir / BROKER_FILES
         try:
             data = json.loads(path.read_text())
-            return cls(crl_file=Path(data["crl_file"]), pid_file=Path(data["pid_file"]))
+            return cls(crl_file=Path(data["crl_file"]), pid_file=Path(data["pid_file"]),
+                       cert_file=Path(data["cert_file"]) if data.get("cert_file") else None,
+                       key_file=Path(data["key_file"]) if data.get("key_file") else None)
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -264,6 +286,10 @@ class BrokerRevocations:
         self._done = 0  # of those, how many a finished write covers
         self._progress = asyncio.Condition()
         self.writes = 0  # lists written (tests and logs)
+        # Held while the broker's files are changed and it is signalled: Mosquitto reads its CRL, its
+        # certificate and key (and CA) again on every SIGHUP, so a signal sent for the list must not find
+        # a new key beside the old certificate (edgehub.certificates takes it while it replaces the two).
+        self.reload_lock = asyncio.Lock()
 
     async def __aenter__(self) -> BrokerRevocations:
         if self.files is not None:
@@ -312,7 +338,8 @@ class BrokerRevocations:
                 voided = await self._voided()
                 serials = frozenset(serial for serial, _ in voided)
                 if force or serials != written:
-                    fine, what = await asyncio.to_thread(self._write_and_signal, voided)
+                    async with self.reload_lock:
+                        fine, what = await asyncio.to_thread(self._write_and_signal, voided)
                     written = serials
                     self.writes += 1
                     logger.log(logging.INFO if fine else logging.WARNING,

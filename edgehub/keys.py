@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from aiohttp import web
 
 from edgekit.mqtt import MqttSession
@@ -18,6 +20,9 @@ from .settings import HubSettings
 from .store import HubStore
 from .summaries import SummaryPublisher
 
+if TYPE_CHECKING:
+    from .certificates import CertificateKeeper
+
 SETTINGS = web.AppKey("settings", HubSettings)
 STORE = web.AppKey("store", HubStore)
 IDENTITY = web.AppKey("identity", HubIdentity)
@@ -30,3 +35,5 @@ REVOCATIONS = web.AppKey("revocations", BrokerRevocations)
 SUMMARIES = web.AppKey("summaries", SummaryPublisher)
 METRICS = web.AppKey("metrics", HubMetrics)
 ROLLOUTS = web.AppKey("rollouts", RolloutDriver)
+# Typed by annotation only: the keeper's module imports edgehub.tls, which imports this one.
+CERTIFICATES: web.AppKey[CertificateKeeper] = web.AppKey("certificates")

@@ -11,13 +11,22 @@ the summaries the hub already computes, so a scrape costs no database read.
     edgecollab_mqtt_connections_total                   broker connections the hub made (reconnects: this - 1)
     edgecollab_apply_failures_total{reason}             applies refused (spec/render) and releases turned Failed
     edgecollab_agent_outbox_messages{stat}              events waiting in agents' outboxes: sum and max
+    edgecollab_certificate_expiry_timestamp_seconds{certificate}
+                                                        when each certificate ends (UNIX seconds): ca, broker,
+                                                        hub_mqtt, hub_https, and node_soonest (the soonest
+                                                        node certificate: one series, not one per node)
+    edgecollab_node_certificates_expiring               node certificates ending within 30 days
+    edgecollab_node_certificates_expired                node certificates the store holds that have ended
+
+The certificate gauges are the certificate keeper's (``edgehub.certificates``), as of its last check
+(hourly by default; node certificates change as agents renew them).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -26,6 +35,9 @@ from prometheus_client.registry import Collector
 from edgeprotocol.messages import NodeStatus
 
 from .summaries import PHASES, fleet_topic
+
+if TYPE_CHECKING:
+    from .certificates import NodeExpiries
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Seconds: a node on a good link deploys a small chart in a few seconds; an offline one in hours.
@@ -63,6 +75,26 @@ class _FleetState(Collector):
         yield outbox
 
 
+class _CertificateExpiries(Collector):
+    def __init__(self, gauges: Callable[[], tuple[dict[str, float], NodeExpiries]]) -> None:
+        self._gauges = gauges
+
+    def collect(self) -> Iterator[Metric]:
+        ends, nodes = self._gauges()
+        expiry = GaugeMetricFamily("edgecollab_certificate_expiry_timestamp_seconds",
+                                   "When each certificate the hub keeps ends, UNIX seconds (node_soonest: the "
+                                   "soonest of the node certificates)", labels=["certificate"])
+        for name, timestamp in ends.items():
+            expiry.add_metric([name], timestamp)
+        if nodes.soonest is not None:
+            expiry.add_metric(["node_soonest"], nodes.soonest.not_after.timestamp())
+        yield expiry
+        yield GaugeMetricFamily("edgecollab_node_certificates_expiring",
+                                "Node certificates that end within 30 days and have not ended", value=nodes.expiring)
+        yield GaugeMetricFamily("edgecollab_node_certificates_expired",
+                                "Node certificates the hub holds that have ended", value=nodes.expired)
+
+
 class HubMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -81,6 +113,10 @@ class HubMetrics:
 
     def watch(self, summaries: Callable[[], dict[str, dict[str, Any]]], connections: Callable[[], int]) -> None:
         self.registry.register(_FleetState(summaries, connections, lambda: self._outboxes))
+
+    def watch_certificates(self, gauges: Callable[[], tuple[dict[str, float], NodeExpiries]]) -> None:
+        """Certificate expiries from ``gauges`` (CertificateKeeper.gauges), read at scrape time."""
+        self.registry.register(_CertificateExpiries(gauges))
 
     def published(self, node: str, namespace: str, release: str, revision: int) -> None:
         key = (node, namespace, release)

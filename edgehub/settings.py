@@ -143,6 +143,7 @@ _WORK_BOUNDS: tuple[tuple[str, float, float, bool], ...] = (
     ("summary_max_per_pass", 1, 1_000_000, True),
     ("summary_refresh_seconds", 1, 86_400, True),
     ("rollout_tick_seconds", 0.05, 60, True),
+    ("certificate_check_seconds", 1, 86_400, True),
 )
 
 
@@ -193,6 +194,11 @@ class HubSettings:
     # least once in the last 30 days of its certificate or be reset and join
     # again. Fractions are allowed, down to MIN_NODE_CERT_SECONDS (tests).
     node_certificate_days: float = 90.0
+    # How often the hub checks the certificates it keeps for services (its MQTT client's, the API's,
+    # the broker's; edgehub.certificates): each is renewed once less than a third of its life is left,
+    # 30 days or more before it ends, so an hour is never late; a check costs a few file reads and
+    # one TLS handshake with the broker.
+    certificate_check_seconds: float = 3600.0
     # --- bounds on what nodes send (anyone who can reach the broker can send it) ---
     # A status report as the hub stores it (encoded, release and condition
     # messages cut to 1000 characters): a node with 500 releases reports

@@ -11,16 +11,15 @@ loopback names and addresses, the listen host (unless a wildcard address) and
 every ``allowed_hosts`` name.
 
 The key and certificate live in the state directory (``hub-server.key``, mode
-0600, and ``hub-server.crt``) and are issued again at start, and by a check
-every hour while the hub runs, when those names change, when the CA is another,
-or when less than a third of the certificate's life is left; the running
-server then takes the new one for every new connection.
+0600, and ``hub-server.crt``) and are issued again, when those names change,
+when the CA is another, or when less than a third of the certificate's life is
+left, by the hub's certificate keeper (``edgehub.certificates``) at start and on
+its timer while the hub runs; the running server then takes the new one for
+every new connection.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
 import ipaddress
 import logging
@@ -35,17 +34,15 @@ from cryptography import x509
 from edgekit.http import is_loopback_host
 
 from .identity import HubIdentity
-from .keys import IDENTITY, SETTINGS
+from .keys import SETTINGS
 from .settings import HubSettings, check_host_name
 
 logger = logging.getLogger(__name__)
 
 SERVER_KEY_FILE = "hub-server.key"
 SERVER_CERT_FILE = "hub-server.crt"
-# Issued again once less than a third is left: every 60 days, by a hub that
-# checks at start and every CHECK_INTERVAL_SECONDS.
+# Issued again once less than a third is left: every 60 days (edgehub.certificates).
 SERVER_CERT_DAYS = 90
-CHECK_INTERVAL_SECONDS = 3600.0
 WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
 LOOPBACK_ADDRESSES = ("127.0.0.1", "::1")
 TLS = web.AppKey("tls", ssl.SSLContext)
@@ -117,35 +114,11 @@ def server_context(state_dir: Path) -> ssl.SSLContext:
 
 
 async def tls_ctx(app: web.Application) -> AsyncIterator[None]:
-    """When the API is served over HTTPS: the server certificate, its context (``app[TLS]``) and its renewal."""
+    """Says so when the API is served over plain HTTP off loopback. When it is served over HTTPS, the
+    certificate keeper (``edgehub.certificates``) issues the server certificate and makes ``app[TLS]``."""
     settings = app[SETTINGS]
-    if not serves_tls(settings):
-        if not is_loopback_host(settings.listen_host):
-            logger.warning("Serving the API over plain HTTP on %s (tls: off): join tokens and the operator token "
-                           "cross the network in clear; nodes refuse to join over it. Use tls: auto unless a "
-                           "proxy in front of the hub serves HTTPS.", settings.listen_host or "every address")
-        yield
-        return
-    identity = app[IDENTITY]
-    await asyncio.to_thread(ensure_server_certificate, settings, identity)
-    context = app[TLS] = await asyncio.to_thread(server_context, settings.state_dir)
-    renewal = asyncio.create_task(_keep_current(settings, identity, context), name="server certificate renewal")
-    try:
-        yield
-    finally:
-        renewal.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await renewal
-
-
-async def _keep_current(settings: HubSettings, identity: HubIdentity, context: ssl.SSLContext) -> None:
-    while True:
-        await asyncio.sleep(CHECK_INTERVAL_SECONDS)
-        try:
-            if await asyncio.to_thread(ensure_server_certificate, settings, identity):
-                # New connections get the new certificate; open ones keep theirs.
-                await asyncio.to_thread(context.load_cert_chain, settings.state_dir / SERVER_CERT_FILE,
-                                        settings.state_dir / SERVER_KEY_FILE)
-        except (OSError, ValueError, ssl.SSLError):
-            logger.exception("Could not renew the API's server certificate; trying again in %.0f s",
-                             CHECK_INTERVAL_SECONDS)
+    if not serves_tls(settings) and not is_loopback_host(settings.listen_host):
+        logger.warning("Serving the API over plain HTTP on %s (tls: off): join tokens and the operator token "
+                       "cross the network in clear; nodes refuse to join over it. Use tls: auto unless a "
+                       "proxy in front of the hub serves HTTPS.", settings.listen_host or "every address")
+    yield

@@ -21,6 +21,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_random_exponential
 
 from .tasks import OwnedTask
@@ -125,9 +127,18 @@ class SessionSettings:
     max_inflight: int | None = None
     # Required for an mqtts:// URL: the CA and this client's certificate.
     tls: TlsIdentity | None = None
+    # None: a clean session per connection (MQTT 3.1.1), and whatever the broker held for this client
+    # (QoS 1 messages sent and not acknowledged yet, or queued behind them, and any published while it
+    # was away) ends with the connection. Seconds: the broker keeps the session that long after a
+    # connection ends, and a connection within that time takes it up again with every one of those
+    # messages (MQTT 5's session expiry, so the session is MQTT 5): a reconnect (a renewed certificate,
+    # a link that dropped, a quick restart) loses nothing, a client away for longer starts afresh.
+    session_expiry: int | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.session_expiry is not None and not 0 < self.session_expiry < 2**32 - 1:
+            raise ValueError(f"session_expiry {self.session_expiry!r} must be from 1 to {2**32 - 2} seconds, or None")
         if BrokerAddress.parse(self.url).tls and self.tls is None:
             raise ValueError(f"{self.url} is a TLS broker: the session needs a CA and a client certificate")
 
@@ -204,6 +215,14 @@ class MqttSession:
 
     def _client_args(self, tls_context: ssl.SSLContext | None) -> dict[str, object]:
         s = self.settings
+        session: dict[str, object] = {"clean_session": True}
+        if s.session_expiry is not None:
+            connect = Properties(PacketTypes.CONNECT)
+            connect.SessionExpiryInterval = s.session_expiry
+            # Every connection asks for the session kept (aiomqtt's default cleans the first one, and each
+            # connection is a new client there).
+            session = {"protocol": aiomqtt.ProtocolVersion.V5, "clean_session": None, "clean_start": False,
+                       "properties": connect}
         return {
             "tls_context": tls_context,
             "hostname": self.broker.host,
@@ -212,7 +231,7 @@ class MqttSession:
             "will": s.will,
             "keepalive": s.keepalive,
             "timeout": s.timeout,
-            "clean_session": True,
+            **session,
             # 0: unbounded; with manual acknowledgement the broker's in-flight window bounds it.
             "max_queued_incoming_messages": 0 if s.manual_ack else s.max_queued_incoming,
             "max_inflight_messages": s.max_inflight,

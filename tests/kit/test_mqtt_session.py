@@ -82,3 +82,41 @@ async def test_messages_arrive_and_the_session_reconnects_and_resubscribes_after
         assert await sender.publish("t/two", b"2", retain=False)
         assert await asyncio.wait_for(received.get(), 10) == ("t/two", b"2")
     assert received.empty()  # nothing else arrived
+
+
+@pytest.mark.parametrize("session_expiry", [None, 60], ids=["clean session", "session kept"])
+async def test_a_reconnect_loses_no_qos1_message_only_when_the_broker_keeps_the_session(
+        broker: Mosquitto, session_expiry: int | None):
+    """The hub's session (manual acknowledgement) reconnects after its certificate is renewed while nodes
+    publish. With a clean session the broker drops what it held for the client (sent and not acknowledged,
+    queued behind, published in the gap) with the connection; with the session kept (MQTT 5 session
+    expiry, what the hub asks for) every message arrives on the new connection."""
+    received: list[int] = []
+
+    async def slow(topic: str, payload: bytes) -> None:
+        received.append(int(payload))
+        await asyncio.sleep(0.001)  # a handler that takes a moment: a backlog builds at the broker
+
+    listening = SessionSettings(url=broker.url, client_id="test-kept", subscriptions=("kept/#",), manual_ack=True,
+                                max_inflight=200, backoff_initial=0.1, backoff_max=0.5, session_expiry=session_expiry)
+    count = 2000
+    async with MqttSession(listening, on_message=slow) as listener, \
+            MqttSession(settings(broker.url), on_message=ignore) as sender:
+        await listener.wait_connected(10)
+        await sender.wait_connected(10)
+        for i in range(count):
+            assert await sender.publish("kept/x", str(i).encode(), retain=False)
+            if i == count // 3:
+                await listener.reconnect()
+        await listener.wait_connected(10)
+        async with asyncio.timeout(20):
+            # The last one was published after the reconnect, so it arrives either way; in order (one
+            # publisher, QoS 1), so whatever is missing then is lost. A kept session's redelivery comes first.
+            while count - 1 not in received:
+                await asyncio.sleep(0.05)
+    missing = set(range(count)) - set(received)
+    if session_expiry is None:
+        assert missing, "a clean session lost nothing: the test no longer shows why the hub keeps its session"
+    else:
+        assert not missing, f"{len(missing)} message(s) lost across the reconnect, e.g. {sorted(missing)[:5]}"
+        assert len(received) - count <= 5  # the message in hand at the reconnect may come again (not acknowledged)
