@@ -7,7 +7,9 @@ Writes into one directory everything a Mosquitto 2 needs to serve the fleet:
   leaves permissions to the dynamic security plugin and, for the clients the
   plugin does not know (joined nodes), to ``nodes.acl``;
 - ``ca.crt`` (the hub's CAs: its trust bundle), ``broker.crt`` and ``broker.key`` (the broker's server
-  certificate, issued by the hub CA for the listen address and the given names);
+  certificate, issued by the hub CA for the listen address and the given names; the running
+  hub issues them again once less than a third of their life is left, keeping the files' owner
+  and mode, and signals the broker: ``edgehub.certificates``);
 - ``dynamic-security.json``: the hub and the fixed roles. The hub adds and removes
   refused nodes and dashboards at run time over the plugin's control topic, and the
   broker keeps that file current, so an existing one is left alone;
@@ -15,7 +17,8 @@ Writes into one directory everything a Mosquitto 2 needs to serve the fleet:
 - ``revoked.crl``: the node certificates the hub no longer stands behind (replaced by a
   renewal, or voided by a reset or revoke) until they expire. The hub rewrites it and
   signals the broker (``pid_file``) to read it again: ``edgehub.broker_revocations``,
-  which finds both files through ``STATE/broker-files.json``, written here.
+  which finds both files (and ``edgehub.certificates`` the certificate and key) through
+  ``STATE/broker-files.json``, written here.
 
 The broker refuses MQTT packets larger than ``MAX_PACKET_BYTES`` (see there).
 """

@@ -18,6 +18,8 @@
   const BACKOFF_FIRST_MS = 1000;
   const BACKOFF_MAX_MS = 30000;
   const EVENTS_EVERY_MS = 5000;
+  // The hub's warnings (GET /healthz) change at most once per certificate check (hourly by default).
+  const HEALTH_EVERY_MS = 60000;
   const EVENTS_SHOWN = 50;
   // Without GET /api/v1/events: the most recently seen nodes' own events, this many nodes at most.
   const EVENTS_NODES_POLLED = 25;
@@ -623,6 +625,28 @@
     }
   }
 
+  // --- the hub's warnings (polled) ---------------------------------------------------------
+
+  async function pollHealth() {
+    for (;;) {
+      if (!document.hidden) {
+        try {
+          const body = await getJson("/healthz");
+          renderHubWarnings(Array.isArray(body.warnings) ? body.warnings : []);
+        } catch {
+          // The hub is unreachable: the connection banner says so; the warnings shown stay.
+        }
+      }
+      await sleep(HEALTH_EVERY_MS);
+    }
+  }
+
+  function renderHubWarnings(warnings) {
+    const list = $("hub-warnings");
+    list.replaceChildren(...warnings.map((text) => el("li", { text: String(text) })));
+    list.hidden = warnings.length === 0;
+  }
+
   // --- start ------------------------------------------------------------------------------
 
   function start() {
@@ -652,6 +676,7 @@
     });
     setInterval(tick, 1000);
     pollEvents();
+    pollHealth();
     if (getToken()) {
       showDashboard();
       streamForever();

@@ -29,7 +29,8 @@ from typing import Any
 import pytest
 from fleet_checks import write_spec
 
-from edgesim.fleet import Fleet, Node, wait_until
+from edgehub.broker_access import ANONYMOUS_BROKER_WARNING
+from edgesim.fleet import Fleet, Hub, Mosquitto, Node, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 STAND_IN = Path(__file__).with_name("node_stand_in.py")
@@ -201,6 +202,8 @@ def test_the_dashboard_lists_the_fleet_and_shows_a_node_going_offline_without_a_
     assert "pool shanghai" in card and "complete" in card, card
     page_wait(browser, "[...document.querySelectorAll('#event-list li[data-node]')].length >= 3",
               "the nodes' events")
+    # The hub has nothing to warn about (a broker with identities, no certificate near its end).
+    assert browser.execute_script("return document.getElementById('hub-warnings').hidden")
     # Ages tick in the browser, second by second, with no message from the hub.
     before = row(browser, "bj-1")["lastSeen"]
     time.sleep(2.2)
@@ -321,3 +324,25 @@ def test_the_dashboard_shows_why_a_release_is_unhealthy_where_it_shows_its_phase
     finally:
         for stand_in in started:
             stand_in.kill()
+
+
+def test_the_dashboard_shows_what_the_hub_warns_about(tmp_path: Path, browser: Any):
+    """The warnings of ``/healthz`` (``edgectl get nodes`` prints them too) are on the page: here the one
+    an anonymous broker gets; a certificate near its end (edgehub.certificates) is shown the same way."""
+    broker = Mosquitto(tmp_path / "broker").start()
+    hub = Hub(tmp_path / "hub", broker.url)
+    try:
+        hub.start()
+        assert hub.api("/healthz")["warnings"] == [ANONYMOUS_BROKER_WARNING]
+        viewer = (hub.state_dir / "viewer-token").read_text().strip()
+        browser.get(f"{hub.url}/#token={viewer}")
+        page_wait(browser, "!document.getElementById('hub-warnings').hidden", "the hub's warnings")
+        shown = browser.execute_script(
+            "return [...document.querySelectorAll('#hub-warnings li')].map(li => li.textContent)")
+        assert shown == [ANONYMOUS_BROKER_WARNING]
+        style = browser.execute_script("const s = getComputedStyle(document.getElementById('hub-warnings'));"
+                                       "return [s.color, s.backgroundColor]")
+        assert style[0] != style[1], style
+    finally:
+        hub.stop()
+        broker.stop()
