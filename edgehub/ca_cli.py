@@ -43,7 +43,8 @@ def add_parser(sub: Any) -> None:
         "rotate", parents=[common],
         help="roll the CA over, one step at a time: begin (a new CA is trusted beside the old one), switch (the "
              "new one issues; nodes renew by themselves), finish (the old one is retired)")
-    rotate.add_argument("step", choices=("begin", "switch", "finish"))
+    rotate.add_argument("step", nargs="?", choices=("begin", "switch", "finish"),
+                        help="the step to take (none: the status, and which step is next)")
     rotate.add_argument("--force", action="store_true",
                         help="finish even while joined nodes hold certificates of the old CA: the broker refuses "
                              "them until they renew (agents of this version renew by themselves; older ones must "
@@ -95,7 +96,7 @@ def _client(args: argparse.Namespace, timeout: float) -> JsonHttpClient:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        if args.ca_command == "status":
+        if args.ca_command == "status" or args.step is None:
             answer = _client(args, timeout=60.0).get("/api/v1/ca/rotation")
         else:
             answer = _client(args, timeout=STEP_TIMEOUT_SECONDS).post(
@@ -110,6 +111,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"edgehub: {exc}; a CA rotation needs the hub running (is 'edgehub serve --state {args.state}' up?)",
               file=sys.stderr)
         return 3
+    if args.ca_command == "rotate" and args.step is None:
+        # A step is never taken unnamed: each changes what the whole fleet trusts.
+        print(status_text(answer))
+        print("edgehub: name the step to take: edgehub ca rotate begin|switch|finish --state "
+              f"{args.state} ({answer['next']})", file=sys.stderr)
+        return 2
     if args.output == "json":
         print(json.dumps(answer, indent=2))
         return 0

@@ -211,6 +211,9 @@ async def test_edgehub_ca_asks_the_hub_running_on_the_state_directory(hub: TestC
     assert code == 2 and f"{state / HUB_API_FILE} is missing: is 'edgehub serve --state {state}' running?" in err
 
     (state / HUB_API_FILE).write_text(json.dumps({"url": str(hub.make_url("")).rstrip("/")}))
+    code, out, err = await asyncio.to_thread(run_cli, ["ca", "rotate", "--state", str(state)], capsys)
+    assert code == 2 and out.startswith("phase steady (CA set generation 0)")
+    assert "name the step to take" in err and "'edgehub ca rotate begin' starts one" in err
     code, out, err = await asyncio.to_thread(run_cli, ["ca", "rotate", "begin", "--state", str(state)], capsys)
     assert code == 0, err
     lines = out.splitlines()

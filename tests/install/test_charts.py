@@ -412,6 +412,24 @@ def test_ca_init_creates_the_ca_and_stores_it_in_the_secret(tmp_path: Path, fake
     assert (state / "hub.key").read_bytes() == before
 
 
+def test_ca_init_leaves_the_bundle_of_a_rotated_hub_alone(tmp_path: Path) -> None:
+    from edgehub.hub_cas import begun
+    from edgehub.identity import HubIdentity
+
+    state, secret_dir = tmp_path / "state", tmp_path / "secret"
+    assert run_ca_init("--state", str(state)).returncode == 0
+    secret_dir.mkdir()
+    for name in ("hub.key", "hub-ca.crt"):  # the Secret as the first start stored it
+        (secret_dir / name).write_bytes((state / name).read_bytes())
+    identity = HubIdentity.load_or_create(state)
+    begun(state, identity.cas)  # edgehub ca rotate begin
+    bundle = (state / "hub-ca.crt").read_bytes()
+    done = run_ca_init("--state", str(state), "--secret-dir", str(secret_dir))
+    assert done.returncode == 0, done.stderr
+    assert (state / "hub-ca.crt").read_bytes() == bundle and not list(state.glob("*.replaced-*"))
+    assert HubIdentity.load_or_create(state).cas.phase == "begun"
+
+
 def test_ca_init_restores_the_secret_onto_a_new_volume(tmp_path: Path) -> None:
     made = tmp_path / "made"
     assert run_ca_init("--state", str(made)).returncode == 0  # PVC only: creates, stores nothing

@@ -4,7 +4,9 @@ Run by the edgehub chart's ca-init container before the hub starts. Helm's templ
 make an Ed25519 key, so the chart renders an empty Secret and this fills it once:
 
 1. The Secret (mounted at --secret-dir) holds hub.key and hub-ca.crt: they are written into the
-   state directory (a different key already there is kept beside it as hub.key.replaced-TIME).
+   state directory (a different key already there is kept beside it as hub.key.replaced-TIME). After
+   a CA rotation (edgehub ca rotate; STATE/ca-set.json) hub-ca.crt is the hub's own, the bundle of the
+   CAs it trusts: only hub.key is restored then.
 2. Else the state directory's CA is used, or created there (edgehub.identity.HubIdentity), and, with
    --store-secret NAME, stored in that Secret through the Kubernetes API (the pod's service account may
    get and patch that one Secret).
@@ -23,6 +25,8 @@ import urllib.request
 from pathlib import Path
 
 FILES = ("hub.key", "hub-ca.crt")
+# Written by a hub whose CA was rolled over (edgehub.hub_cas).
+CA_SET = "ca-set.json"
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
@@ -32,6 +36,10 @@ def restore(secret_dir: Path, state: Path) -> bool:
     if not all(path.is_file() and path.stat().st_size for path in held.values()):
         return False
     state.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if (state / CA_SET).exists():
+        # The CAs of a rotated hub are on the volume (ca-set.json and cas/); hub-ca.crt is their bundle,
+        # written by the hub from ca-set.json, so the Secret's copy of the first CA would only be undone.
+        held.pop("hub-ca.crt")
     for name, source in held.items():
         target = state / name
         data = source.read_bytes()
