@@ -101,8 +101,12 @@ def certificate_check(state_dir: Path, identity: NodeIdentity | None, *,
     other_ca = False
     if identity is not None and identity.ca_certificate:
         # The hub's CAs: one, or two during a CA rotation (edgeagent.trust).
-        issuer = next((ca for ca in x509.load_pem_x509_certificates(identity.ca_certificate.encode())
-                       if _issued_by(cert, ca)), None)
+        try:
+            cas = x509.load_pem_x509_certificates(identity.ca_certificate.encode())
+        except ValueError as exc:
+            return PreflightCheck("node-cert", False, f"the hub CAs in {IDENTITY_FILE} cannot be read ({exc}): "
+                                                      "join again")
+        issuer = next((ca for ca in cas if _issued_by(cert, ca)), None)
         if issuer is None:
             return PreflightCheck("node-cert", False, f"{path} is not issued by a hub CA in {IDENTITY_FILE}: if the "
                                                       "hub retired its CA (edgehub ca rotate finish --force), "

@@ -180,11 +180,27 @@ def fetch_hub_ca(hub_url: str, pin: str) -> str:
     if not isinstance(pem, str):
         raise JoinError(f"{hub_url} answered GET /api/v1/ca without a CA certificate: is it an edgecollab hub?")
     found = _fingerprint(pem, f"the CA certificate {hub_url} answered")
+    if found != pin and _still_trusted(answer.get("ca_bundle"), pin):
+        # Said by an answer nothing verified, so only ever a reason not to send the token.
+        raise JoinError(
+            f"the hub at {hub_url} says the CA the token pins ({pin}) no longer issues (its CA was rolled over "
+            f"since the token was made; it issues with {found} now): make a new token with 'edgectl token create'; "
+            "the token was not sent")
     if found != pin:
         raise JoinError(
             f"the hub at {hub_url} presented a CA certificate with SHA-256 {found}, but the token pins {pin}: it is "
             "not the hub that created the token (or someone is in between); the token was not sent")
     return pem
+
+
+def _still_trusted(bundle: object, pin: str) -> bool:
+    """Whether ``bundle`` (PEM, as a hub answers ``ca_bundle``) holds the CA of SHA-256 ``pin``."""
+    from .trust import TrustError, bundle_fingerprints
+
+    try:
+        return isinstance(bundle, str) and pin in bundle_fingerprints(bundle)
+    except TrustError:
+        return False
 
 
 def trust_for_join(hub_url: str, pin: str | None, ca_file: Path | None) -> tuple[ssl.SSLContext | None, str | None]:

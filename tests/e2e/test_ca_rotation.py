@@ -117,6 +117,7 @@ def test_the_ca_is_rolled_over_with_the_nodes_online(fleet: Fleet, tmp_path: Pat
         wait_until(lambda n=node: node_trusts(n) == both, timeout=STEP_SECONDS, what=f"{node.name} to trust both CAs")
         assert issuer(node_certificate(node), [old, new]) == old.fingerprint
 
+    early_token = hub.token("beijing")  # pins the CA that issues now, the old one
     kept = tmp_path / "kept"  # a copy of sh-1's certificate of the old CA, as a thief would keep it
     kept.mkdir()
     for name in ("node.crt", "node.key"):
@@ -130,6 +131,16 @@ def test_the_ca_is_rolled_over_with_the_nodes_online(fleet: Fleet, tmp_path: Pat
     for node in nodes:  # and each node renews its certificate from the new CA by itself
         wait_until(lambda n=node: issuer(node_certificate(n), [old, new]) == new.fingerprint, timeout=STEP_SECONDS,
                    what=f"{node.name} to renew its certificate from the new CA")
+
+    # A token made before the switch pins a CA that no longer issues: the joining agent says so and sends
+    # nothing; one made now joins over HTTPS verified against the new CA.
+    late = Node("bj-1", tmp_path / "nodes", hub, fleet.node_options)
+    refused_join = late.join(early_token)
+    assert refused_join.returncode != 0
+    assert "no longer issues" in refused_join.stderr and "make a new token" in refused_join.stderr, refused_join.stderr
+    joined_late = late.join(hub.token("beijing"))
+    assert joined_late.returncode == 0, joined_late.stderr
+    assert issuer(node_certificate(late), [old, new]) == new.fingerprint and node_trusts(late) == both
 
     # The broker checks each CA's revocation list: the certificate sh-1 replaced is refused, though its CA is
     # still trusted.
@@ -148,16 +159,16 @@ def test_the_ca_is_rolled_over_with_the_nodes_online(fleet: Fleet, tmp_path: Pat
     hub.ctl("apply", "-f", str(write_spec(tmp_path / "web.yaml", values={"message": "after"})))
     view = wait_deployed(hub, "demo/web", revision=2, nodes=2)
     assert {r["node"] for r in view["nodes"]} == {"sh-1", "sh-2"}
-    assert all(n["presence"] == "online" for n in hub.ctl_json("get", "nodes"))
+    assert all(n["presence"] == "online" for n in hub.ctl_json("get", "nodes") if n["name"] in joined)
     # Nobody joined again: the same join generations, the same hub key pinned.
-    assert generations(hub) == joined == {"sh-1": 1, "sh-2": 1}
+    assert generations(hub) == {**joined, "bj-1": 1} and joined == {"sh-1": 1, "sh-2": 1}
     assert all(json.loads((n.state_dir / "identity.json").read_text())["hub_public_key"] == signing_key
                for n in nodes)
     status = json.loads(subprocess.run(
         [sys.executable, "-m", "edgehub.cli", "ca", "status", "--state", str(hub.state_dir), "-o", "json"],
         capture_output=True, text=True, timeout=60, check=True).stdout)
     assert status["phase"] == "steady" and status["nodes_to_renew"] == 0
-    assert [(ca["state"], ca["nodes"]) for ca in status["cas"]] == [("trusted", 2), ("retired", None)]
+    assert [(ca["state"], ca["nodes"]) for ca in status["cas"]] == [("trusted", 3), ("retired", None)]
 
 
 def test_a_node_off_during_the_whole_rotation_comes_back_by_itself(fleet: Fleet, tmp_path: Path) -> None:

@@ -65,7 +65,8 @@ async def state_of(hub: TestClient) -> tuple[Any, Any, int]:
 
 
 def test_the_route_table_has_every_endpoint_the_api_documents():
-    assert len(PROTECTED) == 23
+    assert len(PROTECTED) == 25
+    assert ("GET", "/api/v1/ca/rotation") in PROTECTED and ("POST", "/api/v1/ca/rotation") in PROTECTED
     assert ("GET", "/api/v1/hub") in PROTECTED  # its certificates' paths and the warnings: the operator's
     assert ("GET", "/api/v1/components/demo/web/rollout") in PROTECTED
     assert ("POST", "/api/v1/components/demo/web/rollout/pause") in PROTECTED
