@@ -53,7 +53,7 @@ from edgeprotocol.notices import CaNotice, notice_topic, seal_notice
 
 from .broker_revocations import BrokerRevocations
 from .errors import RotationRefused
-from .hub_cas import CaSet, StepRefused, begun, finished, next_step, switched
+from .hub_cas import CaSet, StepRefused, begun, finished, load_ca_set, next_step, switched
 from .identity import HubIdentity
 from .store import HubStore
 
@@ -182,6 +182,8 @@ class CaRotation:
                     new = await asyncio.to_thread(finished, self._state_dir, cas)
             except StepRefused as exc:
                 raise RotationRefused(str(exc)) from exc
+            except OSError as exc:
+                new = await self._after_failed_write(step, cas, exc)
             self._identity.replace_cas(new)
             did.insert(0, _step_words(step, cas, new))
             logger.warning("CA rotation: %s", did[0])
@@ -189,6 +191,22 @@ class CaRotation:
         answer = await self.status()
         answer["did"] = did
         return answer
+
+    async def _after_failed_write(self, step: str, before: CaSet, error: OSError) -> CaSet:
+        """A step's files could not all be written (a full disk, a permission): the CA set on disk is the truth.
+        If its commit (ca-set.json) was written, the step was taken and is put in force (the bundle is written
+        again at the next start); else the hub runs on as before and RotationRefused says why."""
+        logger.error("CA rotation: writing the %s step failed: %s", step, error)
+        try:
+            on_disk = await asyncio.to_thread(load_ca_set, self._state_dir, self._identity.key)
+        except (OSError, ValueError) as exc:
+            raise RotationRefused(f"the {step} step could not be written ({error}), and the CA files cannot be read "
+                                  f"back ({exc}): the hub runs on with the CAs it has; fix the state directory "
+                                  "and restart it") from exc
+        if on_disk.generation > before.generation:
+            return on_disk
+        raise RotationRefused(f"the {step} step could not be written ({error}); nothing changed: fix the cause and "
+                              "run it again") from error
 
     async def _put_in_force(self, cas: CaSet) -> list[str]:
         did = []

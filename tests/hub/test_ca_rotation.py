@@ -33,6 +33,7 @@ from edgeagent import certificate
 from edgeagent.identity import NodeIdentity, make_csr
 from edgeagent.identity import join as agent_join
 from edgeagent.renewal import TLS_WAKE_MIN_SECONDS, CertificateRenewer
+from edgehub import ca_rotation, hub_cas
 from edgehub import cli as hub_cli
 from edgehub.ca_cli import HUB_API_FILE
 from edgehub.identity import HubIdentity
@@ -313,3 +314,32 @@ async def test_failed_handshakes_ask_the_hub_at_most_so_often(tmp_path: Path) ->
     renewer._tls_woken_at -= TLS_WAKE_MIN_SECONDS
     renewer.trust_failed(failure)
     assert len(woken) == 2
+
+
+async def test_a_step_whose_files_cannot_all_be_written_leaves_the_hub_on_what_the_disk_holds(
+        hub: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    def disk_full(*_: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ca_rotation, "begun", disk_full)
+    error = await refused(await hub.post("/api/v1/ca/rotation", json={"step": "begin"}), 409)
+    assert error.startswith("the begin step could not be written ([Errno 28] No space left on device); nothing "
+                            "changed"), error
+    assert (await answer(await hub.get("/api/v1/ca/rotation"), 200))["phase"] == "steady"
+    monkeypatch.undo()
+
+    await step(hub, "begin")
+    # The commit (ca-set.json) is written, the bundle after it is not: the step was taken.
+    real_write_bundle, calls = hub_cas.write_bundle, []
+
+    def bundle_once(*args: Any) -> bool:
+        calls.append(args)
+        if len(calls) == 1:
+            raise OSError(28, "No space left on device")
+        return real_write_bundle(*args)
+
+    monkeypatch.setattr(hub_cas, "write_bundle", bundle_once)
+    switched = await step(hub, "switch")
+    assert switched["phase"] == "switched" and hub.app[IDENTITY].cas.phase == "switched"
+    assert fingerprints((hub.app[SETTINGS].state_dir / "hub-ca.crt").read_text()) == [
+        ca.fingerprint for ca in hub.app[IDENTITY].cas.trusted], "written again as the set was read back"
