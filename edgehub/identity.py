@@ -56,7 +56,14 @@ class HubIdentity:
 
     __slots__ = ("_cas", "key")
 
-    def __init__(self, key: Ed25519PrivateKey, cas: CaSet) -> None:
+    def __init__(self, key: Ed25519PrivateKey, cas: CaSet | None = None, *,
+                 ca_certificate: x509.Certificate | None = None) -> None:
+        """``cas``; or ``ca_certificate`` alone: one CA whose key is ``key`` (a hub that never rotated)."""
+        if cas is None:
+            if ca_certificate is None:
+                raise TypeError("HubIdentity needs cas or ca_certificate")
+            first = HubCa(certificate=ca_certificate, key=key, key_file="hub.key")
+            cas = CaSet(trusted=(first,), issuing=first)
         self.key = key
         self._cas = cas
 

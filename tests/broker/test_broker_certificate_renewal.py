@@ -34,7 +34,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
-from edgehub.broker_revocations import CRL_FILE, PID_FILE, BrokerFiles, build_crl
+from edgehub.broker_revocations import CRL_FILE, PID_FILE, BrokerFiles, build_crls
 from edgehub.broker_roles import HUB_USER
 from edgehub.certificates import CertificateKeeper, served_certificate
 from edgehub.identity import HubIdentity
@@ -157,7 +157,7 @@ def test_mosquitto_reads_its_ca_file_again_on_sighup(broker: Mosquitto, tmp_path
     assert "unknown ca" in handshake()
     ca_file, crl_file = broker.config_dir / "ca.crt", broker.config_dir / CRL_FILE
     ca_file.write_text(first.ca_pem + second.ca_pem)
-    crl_file.write_bytes(crl_file.read_bytes() + build_crl(second, []))
+    crl_file.write_bytes(crl_file.read_bytes() + build_crls(second, []))
     time.sleep(0.2)
     assert "unknown ca" in handshake()  # not before it is told
     os.kill(int((broker.config_dir / PID_FILE).read_text()), signal.SIGHUP)
