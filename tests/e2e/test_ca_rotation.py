@@ -113,6 +113,10 @@ def test_the_ca_is_rolled_over_with_the_nodes_online(fleet: Fleet, tmp_path: Pat
     both = [old.fingerprint, new.fingerprint]
     assert [certificate_fingerprint(c) for c in x509.load_pem_x509_certificates(
         (broker.config_dir / "ca.crt").read_bytes())] == both, "the broker trusts both CAs"
+    described = hub.ctl("describe", "hub").stdout
+    assert "CA rotation: begun: the next step is 'edgehub ca rotate switch'; 0 node(s) hold a certificate of a CA " \
+           "that does not issue" in described, described
+    assert {c["name"] for c in hub.ctl_json("describe", "hub")["certificates"]} >= {"ca", "ca_trusted"}
     for node in nodes:  # told by the hub's notice, each node takes both CAs at once
         wait_until(lambda n=node: node_trusts(n) == both, timeout=STEP_SECONDS, what=f"{node.name} to trust both CAs")
         assert issuer(node_certificate(node), [old, new]) == old.fingerprint
