@@ -1,6 +1,7 @@
 """The hub's HTTP API (JSON), used by ``edgectl``, by agents at join, and by dashboards.
 
     GET    /api/v1/ca                              the hub CA's certificate and its SHA-256 (open)
+    GET    /api/v1/time?nonce=HEX                  the hub's time and trust bundle, signed over the nonce (open)
     POST   /api/v1/tokens                          create a join token for a pool (it carries the CA's SHA-256)
     POST   /api/v1/join                            exchange a token, a CSR and a bundle key for a node identity (open)
     POST   /api/v1/nodes/{name}/certificate        renew a node's certificate: a CSR for a new key, proven by
@@ -32,12 +33,12 @@
     GET    /api/v1/stream                          server-sent events: summaries, then each change
     GET    /  and  /ui/{file}                      the web dashboard's page and files (open; edgehub.dashboard)
 
-Every endpoint but the open ones (join, certificate renewal, the CA and
-``GET /healthz``) needs the operator token as ``Authorization: Bearer
+Every endpoint but the open ones (join, certificate renewal, the CA, the
+hub's time and ``GET /healthz``) needs the operator token as ``Authorization: Bearer
 <token>`` (the hub writes it to ``STATE/admin-token``). Every request must
 name a Host the hub answers to and come from no foreign web origin; a body
-must be ``application/json``; joins, renewals and token creations are
-rate-limited per source address. See :mod:`edgehub.auth` and
+must be ``application/json``; joins, renewals, time requests and token
+creations are rate-limited per source address. See :mod:`edgehub.auth` and
 :mod:`edgehub.ratelimit`.
 
 A renewal (``POST /api/v1/nodes/{name}/certificate``) is ``{"csr": PEM,
@@ -46,7 +47,8 @@ node's current key's Ed25519 signature over
 ``edgeprotocol.enrollment.renewal_payload``, checked against the key of the
 certificate the hub holds for the node. The timestamp must be within
 ``RENEWAL_WINDOW_SECONDS`` of the hub's clock and the nonce new; the
-certificate held must not have expired. The answer is the new certificate;
+certificate held must not have expired longer than ``offline_horizon_days``
+ago (``edgehub.renewal_rules``). The answer is the new certificate;
 the node's generation and assignments stay. It is sent once the broker refuses
 the replaced certificate (``edgehub.broker_revocations``); a retry after a lost
 answer is proven by the new key, which the hub then holds.
@@ -104,6 +106,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from edgeprotocol import bundle_crypto
 from edgeprotocol.enrollment import RENEWAL_WINDOW_SECONDS, renewal_payload
 from edgeprotocol.errors import ProtocolError
+from edgeprotocol.hub_facts import NONCE, TIME_PATH, facts_answer, facts_payload
 from edgeprotocol.messages import Event
 from edgeprotocol.topics import check_name
 
@@ -139,6 +142,7 @@ from .keys import (
     SUMMARIES,
 )
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .renewal_rules import check_certificate_age, check_timestamp
 from .settings import MAX_TOKEN_TTL_SECONDS, MAX_TOKEN_USES
 from .store import MAX_SEQ, AssignmentRecord, ComponentRecord, CredentialRecord, HubStore, NodeRecord, RevisionRecord
 from .summaries import rollout
@@ -320,6 +324,20 @@ async def ca_certificate(request: web.Request) -> web.Response:
     return web.json_response({"ca_certificate": identity.ca_pem, "sha256": identity.ca_fingerprint})
 
 
+async def hub_time(request: web.Request) -> web.Response:
+    """The hub's time and trust bundle, signed with the hub key over the caller's nonce (edgeprotocol.hub_facts):
+    a node measures its clock's offset from it, whatever its clock and whatever certificates it can check."""
+    nonce = request.query.get("nonce", "")
+    if not NONCE.match(nonce):
+        raise BadRequest("must be 32 to 64 lower-case hex digits", field="nonce")
+    identity = request.app[IDENTITY]
+    facts = {"time": time.time(), "nonce": nonce, "ca_bundle": identity.trust_bundle_pem,
+             "issuing_ca": identity.issuing_ca_fingerprint}
+    signature = identity.key.sign(facts_payload(**facts))
+    # No cache may keep an answer: it is for this nonce, now.
+    return web.json_response(facts_answer(**facts, signature=signature), headers={"Cache-Control": "no-store"})
+
+
 async def create_token(request: web.Request) -> web.Response:
     body = await _json_body(request)
     defaults = request.app[SETTINGS].tokens
@@ -403,18 +421,14 @@ async def renew_certificate(request: web.Request) -> web.Response:
     except (ValueError, binascii.Error) as exc:
         raise BadRequest(f"is not valid base64 ({exc})", field="proof") from exc
     now = time.time()
-    # Compared before any arithmetic: an integer too large for a float fails the comparison instead of raising.
-    if not now - RENEWAL_WINDOW_SECONDS <= timestamp <= now + RENEWAL_WINDOW_SECONDS:
-        raise RenewalRefused(f"the request's time {_shown(timestamp)} is more than {RENEWAL_WINDOW_SECONDS} s from the "
-                             f"hub's ({now:.0f}): a replay, or the node's clock is wrong")
-    identity, lifetime = app[IDENTITY], app[SETTINGS].node_certificate_lifetime
+    check_timestamp(timestamp, now=now)
+    settings = app[SETTINGS]
+    identity, lifetime, horizon = app[IDENTITY], settings.node_certificate_lifetime, settings.offline_horizon_days
+    notes: list[str] = []
 
     def renew(current_pem: str) -> str:
+        # Called by the store only for a node that is joined: a revoked or reset one is refused before, at any age.
         current = x509.load_pem_x509_certificate(current_pem.encode())
-        if current.not_valid_after_utc.timestamp() <= now:
-            raise RenewalRefused(
-                f"the certificate of node {node!r} expired at {current.not_valid_after_utc.isoformat()}; an operator "
-                f"can free the name with: edgectl node reset {node}, and the node join again")
         key = current.public_key()
         payload = renewal_payload(node=node, csr=csr, timestamp=timestamp, nonce=nonce)
         try:
@@ -424,6 +438,11 @@ async def renew_certificate(request: web.Request) -> web.Response:
         except InvalidSignature as exc:
             raise RenewalRefused(f"the proof does not verify against the current certificate of node {node!r} "
                                  f"(serial {current.serial_number:x}): only the node's own key can renew it") from exc
+        # After the proof: only the node itself learns how its certificate stands.
+        note = check_certificate_age(node, current.not_valid_after_utc, now=dt.datetime.fromtimestamp(now, dt.UTC),
+                                     horizon_days=horizon)
+        if note:
+            notes.append(note)
         return identity.sign_node_csr(csr, node=node, lifetime=lifetime)
 
     try:
@@ -437,8 +456,8 @@ async def renew_certificate(request: web.Request) -> web.Response:
     # its certificate again; until then its MQTT link waits, its workloads run on.
     await app[REVOCATIONS].refresh()
     issued = x509.load_pem_x509_certificate(certificate.encode())
-    logger.info("Node %s renewed its certificate (serial %x, valid until %s)", node, issued.serial_number,
-                issued.not_valid_after_utc.isoformat())
+    logger.info("Node %s renewed its certificate (serial %x, valid until %s)%s", node, issued.serial_number,
+                issued.not_valid_after_utc.isoformat(), f"; {notes[0]}" if notes else "")
     return web.json_response({"node": node, "certificate": certificate, "ca_certificate": identity.ca_pem,
                               "not_after": _iso(issued.not_valid_after_utc)})
 
@@ -821,6 +840,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/stream", stream)
     app.router.add_get("/api/v1/ca", ca_certificate)
     app.router.add_get("/api/v1/hub", describe_hub)
+    app.router.add_get(TIME_PATH, hub_time, allow_head=False)  # GET only: it is open and rate-limited as such
     app.router.add_post("/api/v1/tokens", create_token)
     app.router.add_post("/api/v1/join", join)
     app.router.add_post("/api/v1/nodes/{name}/certificate", renew_certificate)

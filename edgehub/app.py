@@ -244,6 +244,10 @@ def create_app(settings: HubSettings) -> web.Application:
                                                       max_sources=settings.rate_limit_sources),
         ("POST", "/api/v1/nodes/{name}/certificate"): SourceRateLimiter(
             settings.renewal_rate_limit, what="certificate renewal", max_sources=settings.rate_limit_sources),
+        # Each answer costs a signature; nodes ask once before a renewal or connect and then hourly at most,
+        # as often as they renew, so the renewals' limit (a bucket of its own).
+        ("GET", "/api/v1/time"): SourceRateLimiter(
+            settings.renewal_rate_limit, what="hub time", max_sources=settings.rate_limit_sources),
     }
     # In this order: errors as JSON around everything; a foreign Host or Origin
     # refused before anything else is looked at; rate limits before the token

@@ -59,10 +59,12 @@ MIN_TOKEN_CHARS = 32
 # (method, route path as registered) that answer without the operator token:
 # a node's join (it has a join token) and certificate renewal (it proves its
 # key), the hub's CA certificate (public; an agent checks it against its
-# token's pin), the health check, and the web dashboard's page and files
+# token's pin), the hub's signed time (public; a node checks the signature),
+# the health check, and the web dashboard's page and files
 # (they hold no data: the page reads the fleet with the viewer token).
 OPEN_ROUTES = frozenset({("POST", "/api/v1/join"), ("POST", "/api/v1/nodes/{name}/certificate"),
-                         ("GET", "/api/v1/ca"), ("HEAD", "/api/v1/ca"), ("GET", "/healthz"), ("HEAD", "/healthz"),
+                         ("GET", "/api/v1/ca"), ("HEAD", "/api/v1/ca"), ("GET", "/api/v1/time"),
+                         ("GET", "/healthz"), ("HEAD", "/healthz"),
                          ("GET", "/"), ("HEAD", "/"), ("GET", "/ui/{file}"), ("HEAD", "/ui/{file}")})
 # (method, route path as registered) the viewer token may read too: status, never specs' secrets or tokens.
 VIEWER_ROUTES = frozenset({("GET", path) for path in (

@@ -63,6 +63,16 @@ class HubIdentity:
         """The SHA-256 of the CA certificate (DER), hex: the pin a join token carries."""
         return certificate_fingerprint(self.ca_certificate)
 
+    @property
+    def trust_bundle_pem(self) -> str:
+        """The PEM of every CA the hub trusts (what ``GET /api/v1/time`` signs for nodes): the one CA, for now."""
+        return self.ca_pem
+
+    @property
+    def issuing_ca_fingerprint(self) -> str:
+        """The SHA-256 (hex, of the DER) of the CA that issues certificates now."""
+        return self.ca_fingerprint
+
     @classmethod
     def load_or_create(cls, state_dir: Path) -> HubIdentity:
         """Load the hub key and CA certificate, creating them on first start."""

@@ -155,24 +155,7 @@ async def test_a_revoked_or_reset_node_cannot_renew(
     assert (state / KEY_FILE).read_bytes() == before
 
 
-async def test_an_expired_certificate_cannot_be_renewed(
-        hub: TestClient, stranger: aiohttp.ClientSession, tmp_path: Path):
-    node, _, state = await joined(hub, tmp_path)
-    # The hub's CA issued this node a certificate that has run out.
-    ca_key = serialization.load_pem_private_key((hub.app[SETTINGS].state_dir / "hub.key").read_bytes(), None)
-    ca = x509.load_pem_x509_certificate((hub.app[SETTINGS].state_dir / "hub-ca.crt").read_bytes())
-    now = dt.datetime.now(dt.UTC)
-    expired = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node)]))
-               .issuer_name(ca.subject).public_key(key_of(state).public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - dt.timedelta(days=2)).not_valid_after(now - dt.timedelta(days=1))
-               .sign(ca_key, algorithm=None)).public_bytes(serialization.Encoding.PEM).decode()
-    db = hub.app[SETTINGS].db_path
-    with contextlib.closing(sqlite3.connect(db)) as connection, connection:
-        connection.execute("UPDATE nodes SET certificate = ? WHERE name = ?", (expired, node))
-    error = await refused(await stranger.post(f"/api/v1/nodes/{node}/certificate", json=renewal(node, key_of(state))),
-                          403)
-    assert "expired at" in error and f"edgectl node reset {node}" in error
-    assert stored_certificate(hub, node) == expired
+# An expired certificate: renewed within the hub's offline horizon, refused beyond it (test_offline_horizon.py).
 
 
 @pytest.mark.parametrize(("change", "status", "field"), [
