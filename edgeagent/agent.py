@@ -9,7 +9,11 @@ node and survives restarts.
 
 Beside them, the certificate renewer (``renewal.py``) keeps the node's key and
 certificate files current: it renews the certificate with the hub before it
-expires, on a timer of its own.
+expires, on a timer of its own, judging time by the hub's (``clock.py``: the
+offset of the node's clock, measured at each check). The uplink connects only
+once the renewer's first check is done, and never with an expired
+certificate: a node back from months off renews over HTTPS first, while its
+workloads run on.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import contextlib
 
 from edgekit.mqtt import MqttSession
 
+from .clock import HubClock
 from .health import NodeHealth
 from .identity import NodeIdentity
 from .reconciler import Reconciler
@@ -61,18 +66,23 @@ class Agent:
             # the hub, so a node that reboots offline brings its workloads back.
             health = NodeHealth(self.runtime)
             assignment_arrived = asyncio.Event()
+            clock = HubClock(self.settings.state_dir)
+            # The node certificate is renewed before it expires, checked now and on a timer, by the hub's time.
+            renewer = CertificateRenewer(self.settings.state_dir, self.identity, clock=clock)
             uplink = Uplink(self.settings, self.identity, store, runtime_name=self.runtime.name, health=health,
-                            on_assignment=assignment_arrived.set)
+                            on_assignment=assignment_arrived.set, clock=clock,
+                            before_connect=renewer.ready_to_connect)
+            # Its events go to the uplink's outbox; after a renewal the uplink reconnects with the new
+            # certificate (the broker refuses the old one).
+            renewer.report, renewer.on_renewed = uplink.record_event, uplink.reconnect
             reconciler = Reconciler(self.settings, store, self.runtime, self._context, reporter=uplink,
                                     health=health, wake=assignment_arrived)
             self._uplink, self._reconciler = uplink, reconciler
             await self._stack.enter_async_context(reconciler)
+            # The renewer before the uplink: its first check (the clock measured, a due or expired
+            # certificate renewed) is under way when the uplink's first connection waits for it.
+            self._renewer = await self._stack.enter_async_context(renewer)
             await self._stack.enter_async_context(uplink)
-            # The node certificate is renewed before it expires, checked now and on a timer.
-            # After a renewal the uplink reconnects with the new certificate (the broker refuses the old one).
-            self._renewer = await self._stack.enter_async_context(
-                CertificateRenewer(self.settings.state_dir, self.identity, report=uplink.record_event,
-                                   on_renewed=uplink.reconnect))
         except BaseException:
             await self.__aexit__(None, None, None)
             raise

@@ -22,9 +22,11 @@ from edgeprotocol.enrollment import renew_after
 
 from . import certificate as node_certificate
 from .agent import Agent, AgentSettings
+from .clock import HubClock
 from .identity import CERT_FILE, JoinError, NodeIdentity, join, make_private_dir
 from .memory import ProcessMemory
 from .policy import POLICY_FILE, NodePolicy, PolicyError
+from .renewal import last_note
 from .runtime import PodmanRuntime, PodmanSettings, PreflightCheck
 from .store import AgentStore
 
@@ -244,6 +246,8 @@ async def _status(args: argparse.Namespace) -> int:
         outbox = await store.outbox_size()
         counters = await store.counters()
     certificate = certificate_summary(args.state_dir)
+    clock = clock_summary(args.state_dir)
+    renewal = last_note(args.state_dir)
     last_sync = counters.pop("last_sync", 0)
     last_sync_text = datetime.fromtimestamp(last_sync, UTC).isoformat().replace("+00:00", "Z") if last_sync else "never"
     rows = [
@@ -254,33 +258,55 @@ async def _status(args: argparse.Namespace) -> int:
     ]
     if args.output == "json":
         print(json.dumps({"node": identity.node, "pool": identity.pool, "outbox": outbox, "last_sync": last_sync_text,
-                          "counters": counters, "certificate": certificate,
-                          "releases": rows}, indent=2))
+                          "counters": counters, "certificate": certificate, "clock": clock,
+                          "last_renewal": renewal, "releases": rows}, indent=2))
         return 0
     print(f"node {identity.node}  pool {identity.pool}  last sync {last_sync_text}  outbox {outbox} event(s)  "
           + "  ".join(f"{name} {value}" for name, value in counters.items()))
     if certificate:
-        print(f"certificate serial {certificate['serial']}  expires {certificate['not_after']}  "
+        print(f"certificate serial {certificate['serial']}  {certificate['state']} {certificate['not_after']}  "
               f"renewal from {certificate['renew_after']}")
     else:
         print(f"certificate: none readable in {args.state_dir / CERT_FILE}")
+    if renewal:
+        print(f"last renewal ({renewal['at']}): {renewal['message']}")
+    if clock:
+        print(f"clock: {clock['message']}")
     print_table(rows, ["namespace", "release", "desired_revision", "applied_revision", "phase", "ready",
                        "observed_at", "message"])
     return 0
 
 
+def _iso(moment: datetime) -> str:
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
 def certificate_summary(state_dir: Path) -> dict[str, str] | None:
-    """The node certificate's serial (hex), expiry and renewal time; None when it cannot be read."""
+    """The node certificate's serial (hex), expiry and renewal time, and whether it has expired by the hub's time
+    (``state``: ``expires`` or ``expired``); None when it cannot be read."""
     try:
         cert = node_certificate.validity(state_dir, save=False)  # status only looks: it writes nothing
     except (OSError, ValueError):
         return None
+    expired = HubClock(state_dir).now_utc() >= cert.not_valid_after_utc
+    return {"serial": format(cert.serial_number, "x"), "not_before": _iso(cert.not_valid_before_utc),
+            "not_after": _iso(cert.not_valid_after_utc), "renew_after": _iso(renew_after(cert)),
+            "state": "expired" if expired else "expires"}
 
-    def iso(moment: datetime) -> str:
-        return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
-    return {"serial": format(cert.serial_number, "x"), "not_before": iso(cert.not_valid_before_utc),
-            "not_after": iso(cert.not_valid_after_utc), "renew_after": iso(renew_after(cert))}
+def clock_summary(state_dir: Path) -> dict[str, object] | None:
+    """The clock's offset from the hub as last measured (``STATE/clock.json``); None before a measurement."""
+    clock = HubClock(state_dir)
+    record = clock.record
+    if record is None:
+        return None
+    measured = datetime.fromtimestamp(record.hub_time, UTC)
+    if clock.conditions:
+        message = clock.conditions[0].message
+    else:
+        message = (f"within {clock.threshold:.0f} s of the hub's (offset {record.offset_seconds:+.1f} s, "
+                   f"measured {_iso(measured)})")
+    return {"offset_seconds": round(record.offset_seconds, 3), "measured_at": _iso(measured), "message": message}
 
 
 def main(argv: list[str] | None = None) -> int:

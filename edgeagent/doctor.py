@@ -1,9 +1,12 @@
 """``edgeagent doctor``: is this node able to run the agent? One line per check.
 
 The checks: the identity files from join are readable and the node's keys are
-private; the node's certificate is for that key, from the hub's CA, and not
-expired (a warning once its renewal is overdue: the agent renews it when less
-than a third of its lifetime is left); the broker the agent would use accepts connections; then the
+private; the node's clock against the hub's (its offset measured as the agent
+measures it, ``edgeagent.clock``; a warning when it is off by more than a
+minute, which the agent corrects for); the node's certificate is for that key,
+from the hub's CA, and not expired by the hub's time (a warning once its
+renewal is overdue: the agent renews it when less than a third of its lifetime
+is left); the broker the agent would use accepts connections; then the
 runtime's own preflight (for podman: podman answers, its storage root is
 writable, its OCI runtime is there, and a pod can be created, started and
 removed). The runtime part is exactly what the agent runs at start and after a
@@ -27,6 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from edgekit.mqtt import BrokerAddress, TlsIdentity
 from edgeprotocol.enrollment import renew_after
 
+from .clock import ClockError, HubClock
 from .identity import BUNDLE_KEY_FILE, CERT_FILE, IDENTITY_FILE, KEY_FILE, JoinError, NodeIdentity
 from .runtime import PreflightCheck, Runtime
 
@@ -35,8 +39,10 @@ from .runtime import PreflightCheck, Runtime
 CONNECT_TIMEOUT_SECONDS = 5.0
 
 
-def identity_checks(state_dir: Path) -> tuple[tuple[PreflightCheck, ...], NodeIdentity | None]:
-    """Checks of the files join wrote, and the identity when it loads."""
+def identity_checks(state_dir: Path, *, clock: HubClock | None = None
+                    ) -> tuple[tuple[PreflightCheck, ...], NodeIdentity | None]:
+    """Checks of the files join wrote, and the identity when it loads; dates by ``clock`` (default: as
+    ``STATE/clock.json`` says)."""
     checks: list[PreflightCheck] = []
     identity: NodeIdentity | None = None
     try:
@@ -55,7 +61,7 @@ def identity_checks(state_dir: Path) -> tuple[tuple[PreflightCheck, ...], NodeId
         checks.append(PreflightCheck("bundle-key", True, f"none ({bundle_key}): the node joined before bundles were "
                                                          "encrypted, so they arrive unencrypted; join again to "
                                                          "encrypt them"))
-    checks.append(certificate_check(state_dir, identity))
+    checks.append(certificate_check(state_dir, identity, now=(clock or HubClock(state_dir)).now_utc()))
     return tuple(checks), identity
 
 
@@ -65,9 +71,10 @@ def _iso(moment: dt.datetime) -> str:
 
 def certificate_check(state_dir: Path, identity: NodeIdentity | None, *,
                       now: dt.datetime | None = None) -> PreflightCheck:
-    """The node certificate: for the node's key, from the pinned CA, not expired (warned once renewal is overdue)."""
+    """The node certificate: for the node's key, from the pinned CA, not expired (warned once renewal is overdue);
+    ``now`` by default the hub's time as this node last measured it."""
     path = state_dir / CERT_FILE
-    now = now or dt.datetime.now(dt.UTC)
+    now = now or HubClock(state_dir).now_utc()
     try:
         cert = x509.load_pem_x509_certificate(path.read_bytes())
     except FileNotFoundError:
@@ -91,9 +98,11 @@ def certificate_check(state_dir: Path, identity: NodeIdentity | None, *,
     expires, due = cert.not_valid_after_utc, renew_after(cert)
     name = identity.node if identity else "NAME"
     if now >= expires:
-        return PreflightCheck("node-cert", False, f"expired at {_iso(expires)}: the hub refuses it and will not renew "
-                                                  f"it; an operator frees the name (edgectl node reset {name}) and "
-                                                  "the node joins again")
+        return PreflightCheck("node-cert", False, f"expired at {_iso(expires)}: the broker refuses it; 'edgeagent run' "
+                                                  "renews it before it connects, which the hub takes until its "
+                                                  "offline horizon (offline_horizon_days, 400 by default) after the "
+                                                  "expiry; past that an operator frees the name (edgectl node reset "
+                                                  f"{name}) and the node joins again")
     serial = f"serial {cert.serial_number:x}"
     if now >= due:
         return PreflightCheck("node-cert", True,
@@ -152,15 +161,41 @@ async def broker_check(mqtt_url: str, tls: TlsIdentity | None) -> PreflightCheck
     return PreflightCheck("mqtt", True, f"{where} accepts connections: {how} ({mqtt_url})")
 
 
+async def clock_check(state_dir: Path, clock: HubClock) -> PreflightCheck | None:
+    """The node's clock against the hub's, measured now as the agent measures it (and kept, as the agent keeps
+    it); None when there is no identity to ask the hub with (the identity check says why)."""
+    try:
+        identity = NodeIdentity.load(state_dir)
+    except (JoinError, TypeError, OSError):
+        return None
+    try:
+        await clock.refresh(identity)
+    except (ClockError, TimeoutError) as exc:
+        record = clock.record
+        measured_at = _iso(dt.datetime.fromtimestamp(record.hub_time, dt.UTC)) if record else ""
+        using = (f"the offset of {record.offset_seconds:+.1f} s measured at {measured_at}"
+                 if record else "the node's own clock")
+        return PreflightCheck("clock", True, f"could not ask the hub for its time ({exc or 'timed out'}); the agent "
+                                             f"uses {using}", warning=True)
+    if clock.conditions:
+        return PreflightCheck("clock", True, clock.conditions[0].message, warning=True)
+    return PreflightCheck("clock", True, f"within {clock.threshold:.0f} s of the hub's "
+                                         f"(offset {clock.offset:+.1f} s)")
+
+
 async def diagnose(state_dir: Path, runtime: Runtime, *, mqtt_url: str | None = None) -> tuple[PreflightCheck, ...]:
-    """Every check, in order: identity files, broker, then the runtime's preflight."""
-    checks, identity = identity_checks(state_dir)
+    """Every check, in order: identity files, the clock, broker, then the runtime's preflight."""
+    clock = HubClock(state_dir)
+    measured = await clock_check(state_dir, clock)  # first: the certificate's dates are judged by its time
+    checks, identity = identity_checks(state_dir, clock=clock)
+    if measured is not None:
+        checks = (*checks, measured)
     url = mqtt_url or (identity.mqtt_url if identity else None)
     if url is None:
         broker = PreflightCheck("mqtt", False, "no broker URL: join first, or pass --mqtt")
     else:
         try:
-            tls = identity.broker_tls(state_dir, url) if identity else None
+            tls = identity.broker_tls(state_dir, url, adjust=clock.adjust_tls) if identity else None
         except ValueError:
             tls = None  # broker_check names what is wrong with the URL
         broker = await broker_check(url, tls)

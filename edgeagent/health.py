@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from edgeprotocol.messages import CONDITION_TYPES, Condition, now
+from edgeprotocol.messages import READINESS_CONDITIONS, Condition, now
 
 from .runtime import PreflightCheck, Runtime
 
@@ -33,7 +33,7 @@ def conditions_from(checks: Iterable[PreflightCheck], previous: Iterable[Conditi
     before = {c.type: c for c in previous}
     stamp = at or now()
     out: list[Condition] = []
-    for kind in CONDITION_TYPES:
+    for kind in READINESS_CONDITIONS:  # the runtime's; the clock's come from edgeagent.clock
         relevant = [c for c in checks if c.condition == kind]
         failing = [c for c in relevant if not c.ok]
         if not relevant:

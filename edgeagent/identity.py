@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -89,23 +90,29 @@ class NodeIdentity:
             raise JoinError(f"{path} is corrupt (generation {identity.generation!r} is not a whole number); join again")
         return identity
 
-    def broker_tls(self, state_dir: Path, mqtt_url: str | None = None) -> TlsIdentity | None:
+    def broker_tls(self, state_dir: Path, mqtt_url: str | None = None, *,
+                   adjust: Callable[[ssl.SSLContext], None] | None = None) -> TlsIdentity | None:
         """What the node shows a broker with identities (mqtts://): the hub CA to check the broker by, and
-        the certificate and key from join (its name is its MQTT user). None for a plain broker."""
+        the certificate and key from join (its name is its MQTT user). None for a plain broker. ``adjust``:
+        the node's clock correction (``edgeagent.clock.HubClock.adjust_tls``), applied to every context."""
         if not BrokerAddress.parse(mqtt_url or self.mqtt_url).tls:
             return None
-        return TlsIdentity(ca_pem=self.ca_certificate, cert_file=state_dir / CERT_FILE, key_file=state_dir / KEY_FILE)
+        return TlsIdentity(ca_pem=self.ca_certificate, cert_file=state_dir / CERT_FILE, key_file=state_dir / KEY_FILE,
+                           adjust=adjust)
 
     def save(self, state_dir: Path) -> None:
         write_atomic(state_dir / IDENTITY_FILE, json.dumps(asdict(self), indent=2).encode(), mode=0o644)
 
-    def hub_client(self, *, timeout: float) -> JsonHttpClient:
-        """A client of the hub this node joined: over HTTPS, trusting only the hub CA kept at join."""
+    def hub_client(self, *, timeout: float, adjust: Callable[[ssl.SSLContext], None] | None = None) -> JsonHttpClient:
+        """A client of the hub this node joined: over HTTPS, trusting only the hub CA kept at join. ``adjust``:
+        the node's clock correction, as for ``broker_tls``."""
         context = None
         if urlsplit(self.hub_url).scheme == "https":
             if not self.ca_certificate:
                 raise JoinError(f"identity.json holds no hub CA to verify {self.hub_url} with; join again")
             context = tls_context(ca_pem=self.ca_certificate)
+            if adjust is not None:
+                adjust(context)
         return JsonHttpClient(self.hub_url, timeout=timeout, ssl_context=context)
 
 

@@ -47,26 +47,26 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
-import datetime as dt
 import json
 import logging
 import os
 import secrets
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgekit.files import write_atomic
-from edgekit.http import HttpError, JsonHttpClient
+from edgekit.http import HttpError, JsonHttpClient, Unreachable
 from edgekit.processes import reap
 from edgekit.tasks import OwnedTask
 from edgeprotocol.enrollment import renew_after, renewal_payload
 from edgeprotocol.errors import EdgeError
 
 from . import certificate as node_certificate
+from .clock import ClockError, HubClock
 from .identity import CERT_FILE, KEY_FILE, NodeIdentity, make_csr
 
 if TYPE_CHECKING:
@@ -78,6 +78,8 @@ logger = logging.getLogger(__name__)
 
 PENDING_KEY_FILE = "node.key.next"
 PENDING_CERT_FILE = "node.crt.next"
+# The outcome of the last renewal or renewal attempt, for ``edgeagent status`` (what a person at a dark node sees).
+NOTE_FILE = "renewal.json"
 # A renewal is one small request; a hub that does not answer in this time is retried later.
 RENEW_TIMEOUT_SECONDS = 30.0
 # The renewal process: at most two requests (the second proven by the pending key) and an interpreter's start.
@@ -87,15 +89,26 @@ RENEW_PROCESS_TIMEOUT_SECONDS = 2 * RENEW_TIMEOUT_SECONDS + 30.0
 MAX_CHECK_SECONDS = 3600.0
 MIN_CHECK_SECONDS = 1.0
 # A failed renewal is retried after this, doubling up to a tenth of the
-# certificate's lifetime (at most MAX_CHECK_SECONDS).
+# certificate's lifetime (at most MAX_CHECK_SECONDS) ...
 RETRY_INITIAL_SECONDS = 2.0
+# ... or up to this while the certificate has expired (the node is off the broker until it renews) and the
+# hub has not refused it: a node back from months off reaches the broker within a minute of the hub.
+EXPIRED_RETRY_MAX_SECONDS = 60.0
+# How long a broker connection waits, when the agent starts, for the first check: the clock measured (at
+# most 25 s) and a renewal that is due run to its end; past it, a certificate still in force is used.
+FIRST_ROUND_WAIT_SECONDS = 25.0 + RENEW_PROCESS_TIMEOUT_SECONDS + 5.0
 
 Report = Callable[[str, str], Awaitable[None]]
 Renewed = Callable[[], Awaitable[None]]
 
 
 class RenewalError(EdgeError):
-    """The certificate could not be renewed now; the message says why."""
+    """The certificate could not be renewed now; the message says why. ``status``: the HTTP status of the hub's
+    refusal (403: it will not renew this certificate until an operator acts), 0 when the hub did not refuse."""
+
+    def __init__(self, message: str, *, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class _NoCertificate(RenewalError):
@@ -131,6 +144,26 @@ def _public(key: PublicKeyTypes) -> bytes:
     from cryptography.hazmat.primitives import serialization
 
     return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _note(state_dir: Path, clock: HubClock, message: str) -> None:
+    """Keep ``message`` as the last renewal's outcome (``STATE/renewal.json``); blocking (a file)."""
+    data = {"at": clock.now_utc().isoformat(timespec="seconds").replace("+00:00", "Z"), "message": message}
+    try:
+        write_atomic(state_dir / NOTE_FILE, json.dumps(data, indent=2) + "\n", mode=0o644)
+    except OSError as exc:
+        logger.warning("Could not keep the renewal's outcome in %s: %s", state_dir / NOTE_FILE, exc)
+
+
+def last_note(state_dir: Path) -> dict[str, str] | None:
+    """The last renewal's outcome as ``_note`` kept it (``at``, ``message``); None when there is none readable."""
+    try:
+        data = json.loads((state_dir / NOTE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), str) for k in ("at", "message")):
+        return None
+    return {"at": data["at"], "message": data["message"]}
 
 
 def _fsync_dir(path: Path) -> None:
@@ -170,8 +203,10 @@ def finish_interrupted(state_dir: Path) -> bool:
     return True
 
 
-def _request(client: JsonHttpClient, node: str, csr: str, prover: Ed25519PrivateKey) -> dict[str, object]:
-    timestamp, nonce = int(time.time()), secrets.token_hex(16)
+def _request(client: JsonHttpClient, node: str, csr: str, prover: Ed25519PrivateKey, clock: HubClock
+             ) -> dict[str, object]:
+    # The hub's time, as measured: the hub refuses a timestamp more than 300 s from its clock.
+    timestamp, nonce = int(clock.now()), secrets.token_hex(16)
     proof = prover.sign(renewal_payload(node=node, csr=csr, timestamp=timestamp, nonce=nonce))
     answer = client.post(f"/api/v1/nodes/{node}/certificate", {
         "csr": csr, "timestamp": timestamp, "nonce": nonce, "proof": base64.b64encode(proof).decode()})
@@ -180,7 +215,8 @@ def _request(client: JsonHttpClient, node: str, csr: str, prover: Ed25519Private
     return answer
 
 
-def _checked(answer: dict[str, object], identity: NodeIdentity, key: Ed25519PrivateKey) -> x509.Certificate:
+def _checked(answer: dict[str, object], identity: NodeIdentity, key: Ed25519PrivateKey, clock: HubClock
+             ) -> x509.Certificate:
     """The certificate the hub answered, after checking it is for this node and ``key``, from the pinned CA."""
     from cryptography import x509
     from cryptography.exceptions import InvalidSignature
@@ -202,17 +238,19 @@ def _checked(answer: dict[str, object], identity: NodeIdentity, key: Ed25519Priv
             certificate.verify_directly_issued_by(x509.load_pem_x509_certificate(identity.ca_certificate.encode()))
         except (ValueError, TypeError, InvalidSignature) as exc:
             raise RenewalError("the certificate the hub answered is not issued by the hub CA pinned at join") from exc
-    if certificate.not_valid_after_utc <= dt.datetime.now(dt.UTC):
+    if certificate.not_valid_after_utc <= clock.now_utc():
         raise RenewalError(f"the hub answered a certificate that expired at {certificate.not_valid_after_utc}")
     return certificate
 
 
-def renew(state_dir: Path, identity: NodeIdentity) -> x509.Certificate:
+def renew(state_dir: Path, identity: NodeIdentity, clock: HubClock | None = None) -> x509.Certificate:
     """Renew the node's certificate now: a new key, the hub's certificate for it, both put in force.
 
     Blocking (HTTP, key generation, files): call it from a thread. RenewalError when it cannot be
-    done now; the key and certificate in force are then unchanged.
+    done now; the key and certificate in force are then unchanged. ``clock``: the hub's time as the node
+    measured it (default: as ``STATE/clock.json`` says), for the proof's timestamp and certificate dates.
     """
+    clock = clock or HubClock(state_dir)
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -228,23 +266,23 @@ def renew(state_dir: Path, identity: NodeIdentity) -> x509.Certificate:
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()), mode=0o600)
     csr = make_csr(pending, identity.node)
     try:
-        client = identity.hub_client(timeout=RENEW_TIMEOUT_SECONDS)
+        client = identity.hub_client(timeout=RENEW_TIMEOUT_SECONDS, adjust=clock.adjust_tls)
         try:
-            answer = _request(client, identity.node, csr, current)
+            answer = _request(client, identity.node, csr, current, clock)
         except HttpError as exc:
             if not (retried and exc.status == 403):
                 raise
             # An earlier renewal may have been taken with its answer lost: the hub then holds the new key.
             try:
-                answer = _request(client, identity.node, csr, pending)
+                answer = _request(client, identity.node, csr, pending, clock)
             except HttpError:
                 raise exc from None
     except HttpError as exc:
         prefix = "the hub refused the renewal: " if exc.status else ""
-        raise RenewalError(f"{prefix}{exc}") from exc
+        raise RenewalError(f"{prefix}{exc}", status=exc.status) from exc
     except EdgeError as exc:  # JoinError: no CA to verify the hub with
         raise RenewalError(str(exc)) from exc
-    certificate = _checked(answer, identity, pending)
+    certificate = _checked(answer, identity, pending, clock)
     write_atomic(state_dir / PENDING_CERT_FILE, certificate.public_bytes(serialization.Encoding.PEM), mode=0o644)
     os.replace(pending_path, state_dir / KEY_FILE)
     os.replace(state_dir / PENDING_CERT_FILE, state_dir / CERT_FILE)
@@ -254,22 +292,32 @@ def renew(state_dir: Path, identity: NodeIdentity) -> x509.Certificate:
 
 
 class CertificateRenewer:
-    """The Agent's certificate renewal: a check at start and on a timer, renewals in a thread.
+    """The Agent's certificate renewal: a check at start and on a timer, renewals in a process of their own.
 
     An async context manager: its task runs while entered and is cancelled and awaited on exit.
     ``report(reason, message)`` records an event (the uplink's outbox); ``on_renewed()`` is awaited once a
-    new certificate is in force (the agent reconnects to the broker with it).
+    new certificate is in force (the agent reconnects to the broker with it). Each round first measures the
+    clock's offset from the hub (``clock``, ``edgeagent.clock``), then checks the certificate by the hub's
+    time. ``ready_to_connect`` is the uplink's gate: a broker connection waits for the first round (the
+    certificate renewed if it was due) and never goes out with a certificate that has expired.
     """
 
     def __init__(self, state_dir: Path, identity: NodeIdentity, *, report: Report | None = None,
-                 on_renewed: Renewed | None = None) -> None:
+                 on_renewed: Renewed | None = None, clock: HubClock | None = None) -> None:
         self.state_dir = state_dir
         self.identity = identity
-        self._report = report
-        self._on_renewed = on_renewed
+        self.report = report
+        self.on_renewed = on_renewed
+        self.clock = clock or HubClock(state_dir)
         self._task = OwnedTask(f"certificate renewal of {identity.node}")
         self.renewals = 0
         self.failures = 0
+        # Set once the first round (clock measured, certificate renewed if due) is over, failed or not.
+        self._first_round = asyncio.Event()
+        # Set (and replaced) at the end of every round: what the gate waits for while the certificate is expired.
+        self._round = asyncio.Event()
+        # Why the hub could not be asked for its time in this round, when it could not be reached at all.
+        self._unreachable: ClockError | None = None
 
     async def __aenter__(self) -> CertificateRenewer:
         self._task.start(self._run())
@@ -281,6 +329,7 @@ class CertificateRenewer:
     async def _run(self) -> None:
         failures_in_a_row = 0
         while True:
+            await self._measure_clock()
             try:
                 delay = await self.check()
                 failures_in_a_row = 0
@@ -293,9 +342,10 @@ class CertificateRenewer:
             except RenewalError as exc:
                 failures_in_a_row += 1
                 self.failures += 1
-                delay = self._retry_delay(failures_in_a_row)
+                delay = self._retry_delay(failures_in_a_row, refused=exc.status == 403)
                 logger.warning("Could not renew the node certificate (try %d; again in %.0f s): %s",
                                failures_in_a_row, delay, exc)
+                await asyncio.to_thread(_note, self.state_dir, self.clock, f"renewal failed: {exc}")
                 if failures_in_a_row == 1:
                     await self._event("CertificateRenewalFailed", f"{exc}; retrying")
             except Exception:  # a full disk, a bug: the timer must outlive it
@@ -303,45 +353,98 @@ class CertificateRenewer:
                 self.failures += 1
                 delay = self._retry_delay(failures_in_a_row)
                 logger.exception("Certificate renewal failed unexpectedly; trying again in %.0f s", delay)
+            self._first_round.set()
+            done, self._round = self._round, asyncio.Event()
+            done.set()
             await asyncio.sleep(delay)
 
-    def _retry_delay(self, failures: int) -> float:
+    async def _measure_clock(self) -> None:
+        """Measure the clock's offset from the hub; a failure is logged (the last offset taken stays in use)."""
         try:
-            cap = load_validity(self.state_dir).lifetime_seconds / 10
+            await self.clock.refresh(self.identity)
+            self._unreachable = None
+        except (ClockError, TimeoutError) as exc:
+            reachable = isinstance(exc, ClockError) and not isinstance(exc.__cause__, Unreachable)
+            self._unreachable = None if reachable else ClockError(str(exc) or "the hub did not answer in time")
+            logger.warning("Could not measure the clock's offset from the hub (%s); using %s", exc or "timed out",
+                           f"the offset of {self.clock.record.offset_seconds:+.1f} s measured before"
+                           if self.clock.record else "the node's own clock")
+        except Exception:  # a bug: the renewal still runs, by the last offset taken
+            logger.exception("Measuring the clock's offset from the hub failed unexpectedly")
+
+    def _retry_delay(self, failures: int, *, refused: bool = False) -> float:
+        try:
+            validity = load_validity(self.state_dir)
+            cap = validity.lifetime_seconds / 10
+            # A node whose certificate expired is off the broker until it renews: it asks again soon (a
+            # cheap request for the hub's time while the hub cannot be reached), unless the hub refused it.
+            if not refused and self.clock.now_utc() >= validity.not_valid_after_utc:
+                cap = min(cap, EXPIRED_RETRY_MAX_SECONDS)
         except RenewalError:
             cap = MAX_CHECK_SECONDS
         cap = min(MAX_CHECK_SECONDS, max(MIN_CHECK_SECONDS, cap))
         return min(cap, RETRY_INITIAL_SECONDS * 2 ** min(failures - 1, 30))
 
     async def check(self) -> float:
-        """Renew the certificate if it is due; the seconds until the next check. RenewalError if it failed."""
+        """Renew the certificate if it is due by the hub's time; the seconds until the next check. RenewalError
+        if it failed."""
         await asyncio.to_thread(finish_interrupted, self.state_dir)
         current = await asyncio.to_thread(load_validity, self.state_dir)
         due = renew_after(current)
-        now = dt.datetime.now(dt.UTC)
+        now = self.clock.now_utc()
         if now >= due:
+            if self._unreachable is not None:
+                # The renewal would go to the same hub: no process started for a request that cannot arrive.
+                raise RenewalError(f"{self._unreachable}; the renewal waits until the hub can be reached")
             await self._renew_in_a_process()
             renewed = await asyncio.to_thread(load_validity, self.state_dir)
             self.renewals += 1
             message = (f"certificate renewed: serial {renewed.serial_number:x}, valid until "
                        f"{renewed.not_valid_after_utc.isoformat()} (was serial {current.serial_number:x}, "
-                       f"until {current.not_valid_after_utc.isoformat()})")
+                       f"until {current.not_valid_after_utc.isoformat()}"
+                       f"{', expired' if now >= current.not_valid_after_utc else ''})")
             logger.info("Node %s %s", self.identity.node, message)
-            if self._on_renewed is not None:
+            await asyncio.to_thread(_note, self.state_dir, self.clock, message)
+            if self.on_renewed is not None:
                 # The broker refuses the old certificate from now on: a connection made with it would end at
                 # the next drop and not come back, so the new one is put to use at once.
                 try:
-                    await self._on_renewed()
+                    await self.on_renewed()
                 except Exception:  # the renewal stands; the link reconnects by itself when it drops
                     logger.exception("Could not reconnect to the broker with the renewed certificate")
             await self._event("CertificateRenewed", message)
-            due, now = renew_after(renewed), dt.datetime.now(dt.UTC)
+            due, now = renew_after(renewed), self.clock.now_utc()
         return min(MAX_CHECK_SECONDS, max(MIN_CHECK_SECONDS, (due - now).total_seconds()))
+
+    async def ready_to_connect(self) -> None:
+        """Return once the node may connect to the broker (the uplink's ``MqttSession`` awaits it before each
+        attempt): after the first round, at most ``FIRST_ROUND_WAIT_SECONDS`` (so a certificate that was due is
+        renewed first), and while the certificate in force has expired by the hub's time, after each later
+        round until one renewed it: the broker refuses an expired certificate, and retrying it would only
+        hammer the broker. The workloads run on meanwhile (the reconciler never waits for this)."""
+        if not self._first_round.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._first_round.wait(), FIRST_ROUND_WAIT_SECONDS)
+        said = False
+        while True:
+            try:
+                validity = await asyncio.to_thread(load_validity, self.state_dir)
+            except RenewalError:
+                return  # nothing to renew: the connection says what is wrong
+            if self.clock.now_utc() < validity.not_valid_after_utc:
+                return
+            if not said:
+                logger.warning("The node certificate (serial %x) expired at %s by the hub's time: not connecting to "
+                               "the broker, which refuses it, until it is renewed", validity.serial_number,
+                               validity.not_valid_after_utc.isoformat())
+                said = True
+            await self._round.wait()
 
     async def _renew_in_a_process(self) -> None:
         """``renew`` in ``python -m edgeagent.renewal``, which the module's docstring explains; RenewalError with
-        its reason when it failed. Killed when it takes too long or the agent stops: ``renew`` is made to be
-        interrupted at any point (``finish_interrupted``, ``node.key.next``)."""
+        its reason (and the hub's status, when it refused) when it failed. Killed when it takes too long or the
+        agent stops: ``renew`` is made to be interrupted at any point (``finish_interrupted``, ``node.key.next``).
+        It reads the offset this round measured from ``STATE/clock.json``."""
         try:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", __name__, str(self.state_dir), stdin=asyncio.subprocess.PIPE,
@@ -358,16 +461,18 @@ class CertificateRenewer:
             await reap(proc)
         if proc.returncode == 0:
             return
+        status = 0
         try:
-            reason = json.loads(out)["error"]
-        except (ValueError, KeyError, TypeError):  # it died before it could say: its last words, then
+            said = json.loads(out)
+            reason, status = said["error"], int(said.get("status", 0))
+        except (ValueError, KeyError, TypeError, AttributeError):  # it died before it could say: its last words
             lines = err.decode(errors="replace").strip().splitlines()
             reason = f"the renewal process exited with {proc.returncode}: {lines[-1] if lines else 'no output'}"
-        raise RenewalError(reason)
+        raise RenewalError(reason, status=status)
 
     async def _event(self, reason: str, message: str) -> None:
-        if self._report is not None:
-            await self._report(reason, message)
+        if self.report is not None:
+            await self.report(reason, message)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -383,7 +488,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         renew(Path(args[0]), NodeIdentity(**json.load(sys.stdin)))
-    except (RenewalError, ValueError, TypeError) as exc:  # ValueError, TypeError: the identity on stdin
+    except RenewalError as exc:
+        print(json.dumps({"error": str(exc), "status": exc.status}))
+        return 1
+    except (ValueError, TypeError) as exc:  # the identity on stdin
         print(json.dumps({"error": str(exc)}))
         return 1
     return 0

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import aiomqtt
 
@@ -29,6 +29,7 @@ from edgeprotocol.messages import Event, NodeStatus, Presence, ReleaseStatus, Re
 from edgeprotocol.signing import load_public_key, open_sealed
 
 from . import __version__
+from .clock import HubClock
 from .health import NodeHealth
 from .identity import BUNDLE_KEY_FILE, NodeIdentity, load_bundle_key
 from .settings import AgentSettings
@@ -45,7 +46,8 @@ class Uplink:
     """
 
     def __init__(self, settings: AgentSettings, identity: NodeIdentity, store: AgentStore, *, runtime_name: str,
-                 health: NodeHealth, on_assignment: Callable[[], None]) -> None:
+                 health: NodeHealth, on_assignment: Callable[[], None], clock: HubClock | None = None,
+                 before_connect: Callable[[], Awaitable[None]] | None = None) -> None:
         self.settings = settings
         self.identity = identity
         self.node = identity.node
@@ -53,6 +55,11 @@ class Uplink:
         self._runtime_name = runtime_name
         self._health = health  # its conditions go out with every status
         self._on_assignment = on_assignment
+        # The node's clock as corrected by the hub's: its condition goes out with every status, and the
+        # broker's certificate is checked by its time.
+        self._clock = clock or HubClock(settings.state_dir)
+        # Awaited before each connection attempt (the certificate renewer's gate, edgeagent.renewal).
+        self._before_connect = before_connect
         self._hub_key = load_public_key(identity.hub_public_key)
         self._bundle_key = load_bundle_key(settings.state_dir)
         if self._bundle_key is None:
@@ -80,10 +87,10 @@ class Uplink:
                 will=aiomqtt.Will(topics.presence(self.node), offline, qos=1, retain=True),
                 keepalive=self.settings.keepalive,
                 timeout=self.settings.mqtt_timeout,
-                tls=self.identity.broker_tls(self.settings.state_dir),
+                tls=self.identity.broker_tls(self.settings.state_dir, adjust=self._clock.adjust_tls),
                 extra={"bind_address": self.settings.mqtt_bind_address} if self.settings.mqtt_bind_address else {},
             ),
-            on_message=self._on_message, on_connect=self._on_connect,
+            on_message=self._on_message, on_connect=self._on_connect, before_connect=self._before_connect,
         )
         await session.__aenter__()
         self._session = session
@@ -187,7 +194,7 @@ class Uplink:
             for r in await self.store.releases()
             if r.phase != "Removed"
         )
-        conditions = self._health.conditions
+        conditions = self._health.conditions + self._clock.conditions
         comparable = (tuple((r.namespace, r.release, r.desired_revision, r.applied_revision, r.phase, r.message,
                              r.ready, r.total, r.reason, r.restarts, r.pods) for r in releases), conditions)
         due = time.monotonic() - self._last_status_at >= self.settings.status_heartbeat

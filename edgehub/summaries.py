@@ -41,7 +41,7 @@ from edgekit.mqtt import PUBLISH_WINDOW
 from edgekit.tasks import OwnedTask, each_within
 from edgeprotocol import topics
 from edgeprotocol.health import release_failing
-from edgeprotocol.messages import Phase, now
+from edgeprotocol.messages import READINESS_CONDITIONS, Phase, now
 
 from .store import AssignmentRecord, ComponentRecord, HubStore, NodeRecord, RolloutRow
 from .views import release_targets, reported_release
@@ -184,9 +184,12 @@ def node_summary(node: NodeRecord) -> dict[str, Any]:
                  "restarts": r.restarts, "message": r.message}
                 for r in (status.releases if status else ())]
     conditions = {c.type: c.status for c in status.conditions} if status else {}
+    readiness = {k: v for k, v in conditions.items() if k in READINESS_CONDITIONS}
     return {
         "node": node.name, "pool": node.pool, "online": node.presence == "online", "presence": node.presence,
-        "last_seen": node.last_seen, "ready": bool(conditions) and all(v == "True" for v in conditions.values()),
+        # Ready: the runtime can run pods. A wrong clock (ClockSynchronized=False) is shown, but the agent
+        # corrects for it: it does not make the node not ready.
+        "last_seen": node.last_seen, "ready": bool(readiness) and all(v == "True" for v in readiness.values()),
         "conditions": conditions, "agent_version": status.agent_version if status else "",
         "releases_total": len(releases), **_phase_counts(Counter(r["phase"] for r in releases)),
         "releases": releases,

@@ -90,12 +90,17 @@ class TlsIdentity:
     ca_pem: str
     cert_file: Path
     key_file: Path
+    # Called with every new context, last: a node whose clock is wrong has certificate dates checked against
+    # the hub's time instead of its own (edgeagent.clock, edgekit.tls_time).
+    adjust: Callable[[ssl.SSLContext], None] | None = field(default=None, compare=False)
 
     def context(self) -> ssl.SSLContext:
         """A client TLS context: the broker's certificate must chain to the CA and name the host dialled."""
         context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=self.ca_pem)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.load_cert_chain(self.cert_file, self.key_file)
+        if self.adjust is not None:
+            self.adjust(context)
         return context
 
 
@@ -156,11 +161,15 @@ class MqttSession:
         *,
         on_message: MessageHandler,
         on_connect: ConnectHook | None = None,
+        before_connect: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
         self.broker = BrokerAddress.parse(settings.url)
         self._on_message = on_message
         self._on_connect = on_connect
+        # Awaited before every connection attempt: it returns once an attempt makes sense (an agent whose
+        # certificate expired renews it first, instead of showing the broker a certificate it refuses).
+        self._before_connect = before_connect
         self._client: aiomqtt.Client | None = None
         self._task = OwnedTask(f"mqtt-session-{settings.client_id}")
         self.connected = asyncio.Event()
@@ -251,6 +260,8 @@ class MqttSession:
             try:
                 async for attempt in retrying:
                     with attempt:
+                        if self._before_connect is not None:
+                            await self._before_connect()
                         await self._serve_one_connection()
             except SessionLost:
                 # The link was up and dropped: start a fresh backoff, but

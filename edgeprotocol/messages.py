@@ -47,9 +47,15 @@ PHASES: tuple[str, ...] = get_args(Phase)
 AssignmentKind = Literal["release", "tombstone"]
 PresenceState = Literal["online", "offline"]
 # A node's own health, as Kubernetes node conditions: RuntimeReady (the
-# container runtime can run pods) and StorageReady (its storage is writable).
-ConditionType = Literal["RuntimeReady", "StorageReady"]
+# container runtime can run pods) and StorageReady (its storage is writable),
+# which together say whether the node is ready; and ClockSynchronized, reported
+# False (with the offset) only when the node's clock is off from the hub's by
+# more than a minute: the agent corrects for it, so it is a warning, not a
+# reason the node cannot run pods.
+ConditionType = Literal["RuntimeReady", "StorageReady", "ClockSynchronized"]
 CONDITION_TYPES: tuple[str, ...] = get_args(ConditionType)
+# The conditions that say whether a node can run pods (its "ready").
+READINESS_CONDITIONS: tuple[str, ...] = ("RuntimeReady", "StorageReady")
 ConditionStatus = Literal["True", "False", "Unknown"]
 CONDITION_STATUSES: tuple[str, ...] = get_args(ConditionStatus)
 # A condition's message is for people; longer ones are cut so a verbose tool
