@@ -60,6 +60,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from edgekit.files import write_atomic
@@ -70,7 +71,8 @@ from edgeprotocol.hub_facts import TIME_PATH, HubFacts, open_facts
 from edgeprotocol.messages import Condition
 from edgeprotocol.signing import load_public_key
 
-from .identity import NodeIdentity
+if TYPE_CHECKING:  # identity.py imports this module (the join measures the hub's time too)
+    from .identity import NodeIdentity
 
 logger = logging.getLogger(__name__)
 
@@ -156,36 +158,73 @@ def describe_offset(offset: float) -> str:
     return f"{amount} {'behind' if offset > 0 else 'ahead of'}"
 
 
-def measure(identity: NodeIdentity, *, timeout: float = MEASURE_TIMEOUT_SECONDS,
-            wall: Callable[[], float] = time.time, ticks: Callable[[], float] = _boottime) -> Measurement:
-    """Ask the hub for its signed time and time the answer. Blocking (HTTP): call it from a thread.
+@dataclass(frozen=True, slots=True)
+class Asked:
+    """The hub's answer to one time request, timed, not verified yet (a joining node learns the hub's key from
+    the join's answer, after it asked)."""
 
-    ClockError when the hub cannot be asked, the answer does not verify, or it took too long to be useful.
-    """
+    answer: Any
+    nonce: str
+    started_wall: float
+    started_ticks: float
+    round_trip: float
+    ticks: Callable[[], float]
+
+    @property
+    def hub_time(self) -> float:
+        """The time the hub answered, unverified; ClockError when the answer holds no time."""
+        moment = self.answer.get("time") if isinstance(self.answer, dict) else None
+        if isinstance(moment, bool) or not isinstance(moment, int | float) or not math.isfinite(moment):
+            raise ClockError("the hub's time answer holds no time")
+        return float(moment)
+
+    @property
+    def offset(self) -> float:
+        return self.hub_time - (self.started_wall + self.round_trip / 2)
+
+    def now(self) -> float:
+        """The hub's time now, by this answer: for checking certificate dates before the answer can be verified."""
+        return self.hub_time + (self.ticks() - (self.started_ticks + self.round_trip / 2))
+
+    def verified(self, hub_public_key: str) -> Measurement:
+        """The measurement, once the answer verifies with ``hub_public_key`` (PEM) and came back in time."""
+        try:
+            facts = open_facts(self.answer, load_public_key(hub_public_key), nonce=self.nonce)
+        except ProtocolError as exc:
+            raise ClockError(f"the hub's time was refused: {exc}") from exc
+        if self.round_trip > MAX_ROUND_TRIP_SECONDS:
+            raise ClockError(f"the hub's time took {self.round_trip:.1f} s to arrive (more than "
+                             f"{MAX_ROUND_TRIP_SECONDS:.0f} s): too late to tell the time by; asked again later")
+        middle = self.started_wall + self.round_trip / 2
+        return Measurement(offset=facts.time - middle, hub_time=facts.time, local_time=middle,
+                           round_trip=self.round_trip, ticks=self.started_ticks + self.round_trip / 2, facts=facts)
+
+
+def ask(hub_url: str, *, timeout: float = MEASURE_TIMEOUT_SECONDS, wall: Callable[[], float] = time.time,
+        ticks: Callable[[], float] = _boottime) -> Asked:
+    """Ask the hub at ``hub_url`` for its signed time, with a fresh nonce, and time the answer. Blocking (HTTP):
+    call it from a thread. ClockError when the hub cannot be asked."""
     nonce = secrets.token_hex(16)
-    https = urlsplit(identity.hub_url).scheme == "https"
+    https = urlsplit(hub_url).scheme == "https"
     # Unverified on purpose: see the module's docstring. The signature and the nonce are what is trusted.
-    client = JsonHttpClient(identity.hub_url, timeout=timeout, ssl_context=unverified_tls_context() if https else None)
-    try:
-        key = load_public_key(identity.hub_public_key)
-    except ProtocolError as exc:
-        raise ClockError(f"identity.json holds no usable hub key ({exc}); join again") from exc
+    client = JsonHttpClient(hub_url, timeout=timeout, ssl_context=unverified_tls_context() if https else None)
     started, started_wall = ticks(), wall()
     try:
         answer = client.get(f"{TIME_PATH}?nonce={nonce}")
     except HttpError as exc:
         raise ClockError(f"cannot ask the hub for its time: {exc}") from exc
-    round_trip = ticks() - started
-    try:
-        facts = open_facts(answer, key, nonce=nonce)
-    except ProtocolError as exc:
-        raise ClockError(f"the hub's time was refused: {exc}") from exc
-    if round_trip > MAX_ROUND_TRIP_SECONDS:
-        raise ClockError(f"the hub's time took {round_trip:.1f} s to arrive (more than "
-                         f"{MAX_ROUND_TRIP_SECONDS:.0f} s): too late to tell the time by; asked again later")
-    middle = started_wall + round_trip / 2
-    return Measurement(offset=facts.time - middle, hub_time=facts.time, local_time=middle, round_trip=round_trip,
-                       ticks=started + round_trip / 2, facts=facts)
+    return Asked(answer=answer, nonce=nonce, started_wall=started_wall, started_ticks=started,
+                 round_trip=ticks() - started, ticks=ticks)
+
+
+def measure(identity: NodeIdentity, *, timeout: float = MEASURE_TIMEOUT_SECONDS,
+            wall: Callable[[], float] = time.time, ticks: Callable[[], float] = _boottime) -> Measurement:
+    """Ask the hub this node joined for its signed time and check it with the hub key pinned at join. Blocking
+    (HTTP): call it from a thread.
+
+    ClockError when the hub cannot be asked, the answer does not verify, or it took too long to be useful.
+    """
+    return ask(identity.hub_url, timeout=timeout, wall=wall, ticks=ticks).verified(identity.hub_public_key)
 
 
 class HubClock:

@@ -14,11 +14,15 @@ verified against the hub's CA (host name checked), which the node first
 fetches unverified and checks against the CA fingerprint the token carries
 (or takes from ``--ca-file``); or plain HTTP to this machine's loopback. The
 CA is kept in ``identity.json`` and verifies every later HTTPS call
-(certificate renewal, :mod:`edgeagent.renewal`).
+(certificate renewal, :mod:`edgeagent.renewal`). The join asks the hub's time
+first (:mod:`edgeagent.clock`): a node whose clock is far off checks the
+dates of the hub's certificate by it, and keeps the offset once the join's
+answer gives the key that signed it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import ssl
@@ -31,12 +35,13 @@ from urllib.parse import urlsplit
 from edgekit.files import write_atomic
 from edgekit.http import HttpError, JsonHttpClient, is_loopback_host, tls_context, unverified_tls_context
 from edgekit.mqtt import BrokerAddress, TlsIdentity
+from edgekit.tls_time import check_time_against
 from edgeprotocol import bundle_crypto
 from edgeprotocol.enrollment import TokenFormatError, parse_join_token, pem_fingerprint
 from edgeprotocol.errors import EdgeError
 from edgeprotocol.topics import check_name
 
-from . import certificate
+from . import certificate, clock
 from .certificate import CERT_FILE
 
 if TYPE_CHECKING:
@@ -212,6 +217,36 @@ def trust_for_join(hub_url: str, pin: str | None, ca_file: Path | None) -> tuple
     return tls_context(ca_pem=expected), expected
 
 
+def _time_for_join(hub_url: str, context: ssl.SSLContext | None) -> clock.Asked | None:
+    """The hub's time, asked before the join (None when the hub cannot say: a hub older than its time
+    endpoint). A node whose clock is far off checks the dates of the hub's HTTPS certificate by it (chain and
+    host name still verified against the pinned CA): its own clock would refuse a certificate that is right.
+    The answer is verified once the join's answer gives the hub's key (``_verified_time``)."""
+    try:
+        asked = clock.ask(hub_url, timeout=JOIN_TIMEOUT_SECONDS)
+        offset = asked.offset
+    except clock.ClockError:
+        return None  # the join goes on by the node's own clock, as before the hub had a time endpoint
+    if context is not None and abs(offset) > clock.SIGNIFICANT_OFFSET_SECONDS:
+        check_time_against(context, asked.now)
+    return asked
+
+
+def _verified_time(asked: clock.Asked | None, hub_public_key: object, context: ssl.SSLContext | None
+                   ) -> clock.Measurement | None:
+    """The time asked before the join, verified with the hub key the join answered. A time the join's TLS
+    relied on (a clock far off) that does not verify refuses the join: nothing is stored."""
+    if asked is None:
+        return None
+    try:
+        return asked.verified(str(hub_public_key))
+    except clock.ClockError as exc:
+        if context is not None and abs(asked.offset) > clock.SIGNIFICANT_OFFSET_SECONDS:
+            raise JoinError(f"the hub's certificate was checked by a time the hub did not sign ({exc}): nothing "
+                            "was stored; set this node's clock right and join again") from exc
+        return None  # not relied on: the agent measures again when it runs
+
+
 def join(
     *,
     hub_url: str,
@@ -236,6 +271,7 @@ def join(
     except TokenFormatError as exc:
         raise JoinError(str(exc)) from exc
     context, expected_ca = trust_for_join(hub_url, parsed.ca_pin, ca_file)
+    asked = _time_for_join(hub_url, context)
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -266,8 +302,14 @@ def join(
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     write_atomic(state_dir / KEY_FILE, key_pem, mode=0o600)
     write_atomic(state_dir / BUNDLE_KEY_FILE, bundle_crypto.private_key_pem(bundle_key), mode=0o600)
+    measurement = _verified_time(asked, answer.get("hub_public_key"), context)
     write_atomic(state_dir / CERT_FILE, answer["certificate"].encode(), mode=0o644)
     certificate.record(state_dir)  # checked above: it parses
+    if measurement is not None:
+        # The first offset, kept as the agent keeps it. A state directory that saw a later hub time (a join
+        # again) keeps its high-water mark and its offset: the agent measures again when it runs.
+        with contextlib.suppress(clock.ClockError):
+            clock.HubClock(state_dir).take(measurement)
     identity = NodeIdentity(
         node=answer["node"],
         pool=answer["pool"],

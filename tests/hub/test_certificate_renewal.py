@@ -214,7 +214,8 @@ async def test_the_agent_renews_and_keeps_nothing_but_the_new_key_and_certificat
     assert cert.public_key() == key_of(state).public_key()
     assert stored_certificate(hub, node) == cert.public_bytes(serialization.Encoding.PEM).decode()
     assert not (state / PENDING_KEY_FILE).exists() and not (state / PENDING_CERT_FILE).exists()
-    assert sorted(p.name for p in state.iterdir()) == ["identity.json", "node-bundle.key", "node.crt",
+    # (clock.json: the offset from the hub's time the join measured.)
+    assert sorted(p.name for p in state.iterdir()) == ["clock.json", "identity.json", "node-bundle.key", "node.crt",
                                                       "node.crt.json", "node.key"]
     # The record a running agent reads its renewal time from is the new certificate's.
     recorded = json.loads((state / VALIDITY_FILE).read_text())
