@@ -289,11 +289,14 @@ class HubClock:
         self._record, self._anchor = record, (measurement.hub_time, measurement.ticks)
         was = self._condition
         self._update_condition()
-        if self._condition is not None and (was is None or was.message != self._condition.message):
+        moved = before is None or abs(measurement.offset - before.offset_seconds) > self.threshold
+        if self._condition is not None and (was is None or moved):  # said when it starts or changes, not hourly
             logger.warning("Clock: %s", self._condition.message)
         elif self._condition is None and was is not None:
             logger.info("Clock: the node's clock is within %.0f s of the hub's again (offset %+.1f s)",
                         self.threshold, measurement.offset)
+        else:
+            logger.debug("Clock: offset %+.3f s (round trip %.3f s)", measurement.offset, measurement.round_trip)
 
     async def refresh(self, identity: NodeIdentity) -> Measurement:
         """Measure the offset now and take it (``measure`` and ``take``, off the event loop); ClockError."""
