@@ -77,6 +77,8 @@ if TYPE_CHECKING:  # identity.py imports this module (the join measures the hub'
 logger = logging.getLogger(__name__)
 
 CLOCK_FILE = "clock.json"
+# Beyond this the clock is reported and TLS dates are checked by the corrected time (the module's docstring
+# says why 60 s: far above a measurement's error and a day's drift, far below the hub's 300 s margins).
 SIGNIFICANT_OFFSET_SECONDS = 60.0
 # An answer slower than this is not taken: its time may be off by up to half of it.
 MAX_ROUND_TRIP_SECONDS = 10.0
