@@ -245,6 +245,7 @@ class HubClock:
         # (hub time, boot clock) of the last measurement made in this process: time runs on from it.
         self._anchor: tuple[float, float] | None = None
         self._condition: Condition | None = None
+        self._said = False  # whether this process has logged the condition
         self._update_condition()
 
     @property
@@ -292,8 +293,10 @@ class HubClock:
         was = self._condition
         self._update_condition()
         moved = before is None or abs(measurement.offset - before.offset_seconds) > self.threshold
-        if self._condition is not None and (was is None or moved):  # said when it starts or changes, not hourly
+        if self._condition is not None and (not self._said or was is None or moved):
+            # Said once by each process that measures, and when the offset changes: not at every measurement.
             logger.warning("Clock: %s", self._condition.message)
+            self._said = True
         elif self._condition is None and was is not None:
             logger.info("Clock: the node's clock is within %.0f s of the hub's again (offset %+.1f s)",
                         self.threshold, measurement.offset)

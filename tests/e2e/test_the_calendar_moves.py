@@ -284,6 +284,9 @@ def test_a_fleet_off_from_day_0_to_day_150_comes_back_by_itself_whatever_its_clo
         assert len(node.running_pods()) == 1
         # A clock a year off made no renewal: the certificate is judged by the hub's time.
         assert not any("renewed" in line for line in lines_of(agents[node.name])), node.name
+    for node, word in ((behind, "behind"), (ahead, "ahead of")):
+        assert any(f"Clock: the node's clock is 365.0 days {word} the hub's" in line
+                   for line in lines_of(agents[node.name])), node.name
     serials = {node.name: serial(site, node.name) for node in fleet}
     assert "revoked" in site.ok(["edgectl", "node", "revoke", "revoked"])
     site.stop_all()  # the whole site goes dark; the pods keep running on their nodes
