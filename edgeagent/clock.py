@@ -77,6 +77,8 @@ if TYPE_CHECKING:  # identity.py imports this module (the join measures the hub'
 logger = logging.getLogger(__name__)
 
 CLOCK_FILE = "clock.json"
+# Beyond this the clock is reported and TLS dates are checked by the corrected time (the module's docstring
+# says why 60 s: far above a measurement's error and a day's drift, far below the hub's 300 s margins).
 SIGNIFICANT_OFFSET_SECONDS = 60.0
 # An answer slower than this is not taken: its time may be off by up to half of it.
 MAX_ROUND_TRIP_SECONDS = 10.0
@@ -243,6 +245,7 @@ class HubClock:
         # (hub time, boot clock) of the last measurement made in this process: time runs on from it.
         self._anchor: tuple[float, float] | None = None
         self._condition: Condition | None = None
+        self._said = False  # whether this process has logged the condition
         self._update_condition()
 
     @property
@@ -289,11 +292,16 @@ class HubClock:
         self._record, self._anchor = record, (measurement.hub_time, measurement.ticks)
         was = self._condition
         self._update_condition()
-        if self._condition is not None and (was is None or was.message != self._condition.message):
+        moved = before is None or abs(measurement.offset - before.offset_seconds) > self.threshold
+        if self._condition is not None and (not self._said or was is None or moved):
+            # Said once by each process that measures, and when the offset changes: not at every measurement.
             logger.warning("Clock: %s", self._condition.message)
+            self._said = True
         elif self._condition is None and was is not None:
             logger.info("Clock: the node's clock is within %.0f s of the hub's again (offset %+.1f s)",
                         self.threshold, measurement.offset)
+        else:
+            logger.debug("Clock: offset %+.3f s (round trip %.3f s)", measurement.offset, measurement.round_trip)
 
     async def refresh(self, identity: NodeIdentity) -> Measurement:
         """Measure the offset now and take it (``measure`` and ``take``, off the event loop); ClockError."""

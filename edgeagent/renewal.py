@@ -43,7 +43,13 @@ broker (its workloads run on) until the retry above gets it the certificate.
 
 ``CertificateRenewer`` is the Agent's: it checks when the agent starts and
 then on a timer, retries a failed renewal with backoff, and reports
-``CertificateRenewed`` and ``CertificateRenewalFailed`` events. A running
+``CertificateRenewed`` and ``CertificateRenewalFailed`` events. Every check
+first measures the clock's offset from the hub (``edgeagent.clock``) and
+judges the certificate by the hub's time, not the node's. It is also the
+uplink's gate (``ready_to_connect``): the broker connection waits for the
+first check, and never goes out with a certificate that has expired, so a
+node back from months off renews over HTTPS first (the hub takes that within
+its offline horizon, ``edgehub.renewal_rules``) and then connects. A running
 agent keeps ``cryptography`` out of its memory (about 7 MiB of a 34 MiB agent,
 bench/README.md, "Agent footprint"): its checks read the certificate's dates
 from the record beside it (``edgeagent.certificate``, written with every
@@ -438,7 +444,7 @@ class CertificateRenewer:
             except RenewalError as exc:
                 failures_in_a_row += 1
                 self.failures += 1
-                delay = self._retry_delay(failures_in_a_row, refused=exc.status == 403)
+                delay = await asyncio.to_thread(self._retry_delay, failures_in_a_row, refused=exc.status == 403)
                 logger.warning("Could not renew the node certificate (try %d; again in %.0f s): %s",
                                failures_in_a_row, delay, exc)
                 await asyncio.to_thread(_note, self.state_dir, self.clock, f"renewal failed: {exc}")
@@ -447,7 +453,7 @@ class CertificateRenewer:
             except Exception:  # a full disk, a bug: the timer must outlive it
                 failures_in_a_row += 1
                 self.failures += 1
-                delay = self._retry_delay(failures_in_a_row)
+                delay = await asyncio.to_thread(self._retry_delay, failures_in_a_row)
                 logger.exception("Certificate renewal failed unexpectedly; trying again in %.0f s", delay)
             self._first_round.set()
             done, self._round = self._round, asyncio.Event()

@@ -193,21 +193,22 @@ class HubSettings:
     # sooner, and past the bound the least recently seen one is.
     rate_limit_sources: int = 10_000
     # Days a node certificate is valid for; the agent renews it once less than
-    # a third is left (after 60 of 90 days), so a node must reach the hub at
-    # least once in the last 30 days of its certificate or be reset and join
-    # again. Fractions are allowed, down to MIN_NODE_CERT_SECONDS (tests).
+    # a third is left (after 60 of 90 days); a node that did not reach the hub
+    # before it expired renews it when it comes back, within
+    # offline_horizon_days. Fractions are allowed, down to
+    # MIN_NODE_CERT_SECONDS (tests).
     node_certificate_days: float = 90.0
+    # How often the hub checks the certificates it keeps for services (its MQTT client's, the API's,
+    # the broker's; edgehub.certificates): each is renewed once less than a third of its life is left,
+    # 30 days or more before it ends, so an hour is never late; a check costs a few file reads and
+    # one TLS handshake with the broker.
+    certificate_check_seconds: float = 3600.0
     # The offline horizon: a node whose certificate expired less than this many days ago still renews it
     # with a proof by its key (edgehub.renewal_rules), so a node switched off for up to this long (plus what
     # was left of its certificate) comes back by itself, with no operator and no new token. Past it the node
     # is reset and joins again. 400: a node off for a whole year between two visits comes back. A longer
     # horizon lets a stolen key (not a stolen certificate) come back later; revocation shuts it out at any age.
     offline_horizon_days: float = 400.0
-    # How often the hub checks the certificates it keeps for services (its MQTT client's, the API's,
-    # the broker's; edgehub.certificates): each is renewed once less than a third of its life is left,
-    # 30 days or more before it ends, so an hour is never late; a check costs a few file reads and
-    # one TLS handshake with the broker.
-    certificate_check_seconds: float = 3600.0
     # --- bounds on what nodes send (anyone who can reach the broker can send it) ---
     # A status report as the hub stores it (encoded, release and condition
     # messages cut to 1000 characters): a node with 500 releases reports

@@ -18,6 +18,13 @@ is starting them again with the same commands under ``FAKETIME=+150d``.
   hub shows ``ClockSynchronized=False`` with the offset for them, nothing for
   the node whose clock is right. A revoked node is refused at day 10 and at
   day 150.
+- A fleet restarted every 90 days to day 400 (days 0, 90, 180, 270, 360,
+  400; off between): every return finds the nodes' 90-day certificates
+  ended, and the hub's own MQTT certificate and the broker's (365 days) come
+  due on day 244, which the hub renews while it runs (the broker takes its new
+  pair on the hub's SIGHUP). Every epoch delivers a new revision to every
+  node, and on day 400 nothing the hub lists is expired or due within 30
+  days, and no warning stands.
 - A node off longer than the hub's offline horizon (a settings file with
   ``offline_horizon_days: 300``, the node back at day 400) is refused with
   the message naming the horizon and the cure, on the node and in the hub's
@@ -28,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import os
 import re
@@ -41,9 +49,12 @@ from typing import Any
 
 import pytest
 import yaml
+from cryptography import x509
 from fleet_checks import EXAMPLE_CHART, REPO
 
 from edgeagent.runtime import PodmanSettings
+from edgehub.certificates import served_certificate
+from edgekit.mqtt import BrokerAddress
 from edgesim.fleet import ManagedProcess, wait_until
 from edgesim.net import free_port
 from edgesim.podman_setup import DEMO_IMAGE, MachineSetup, import_image, remove_node_storage
@@ -284,6 +295,9 @@ def test_a_fleet_off_from_day_0_to_day_150_comes_back_by_itself_whatever_its_clo
         assert len(node.running_pods()) == 1
         # A clock a year off made no renewal: the certificate is judged by the hub's time.
         assert not any("renewed" in line for line in lines_of(agents[node.name])), node.name
+    for node, word in ((behind, "behind"), (ahead, "ahead of")):
+        assert any(f"Clock: the node's clock is 365.0 days {word} the hub's" in line
+                   for line in lines_of(agents[node.name])), node.name
     serials = {node.name: serial(site, node.name) for node in fleet}
     assert "revoked" in site.ok(["edgectl", "node", "revoke", "revoked"])
     site.stop_all()  # the whole site goes dark; the pods keep running on their nodes
@@ -331,6 +345,65 @@ def test_a_fleet_off_from_day_0_to_day_150_comes_back_by_itself_whatever_its_clo
     assert not any("Connected to mqtts://" in line for line in lines_of(shut_out))
     assert refusal in revoked.status(day=150)
     assert "Certificate renewal of revoked refused: node 'revoked' is revoked" in hub.log_path.read_text()
+
+
+YEARS_OF_RETURNS = (0, 90, 180, 270, 360, 400)
+
+
+def served_broker_certificate(site: Site) -> x509.Certificate:
+    """The certificate the broker serves to a new connection now."""
+    return served_certificate(BrokerAddress.parse(f"mqtts://127.0.0.1:{site.broker_port}"))
+
+
+def test_a_fleet_restarted_every_90_days_to_day_400_takes_every_revision_with_nothing_renewed_by_hand(site: Site):
+    nodes = (site.node("north"), site.node("south"))
+    site.mosquitto_config()
+    first_broker_end = None
+    serials: dict[str, set[str]] = {node.name: set() for node in nodes}
+    previous_day = 0
+    for epoch, day in enumerate(YEARS_OF_RETURNS, start=1):
+        site.broker_and_hub(day)
+        if day == 0:
+            token = site.token()
+            for node in nodes:
+                node.join(token, day=0)
+            first_broker_end = served_broker_certificate(site).not_valid_after_utc
+        agents = [node.run(day=day) for node in nodes]
+        assert f"configured (revision {epoch}" in site.ok(
+            ["edgectl", "apply", "-f", str(site.component(f"day {day}"))])
+        wait_until(lambda epoch=epoch: deployed(site, epoch, len(nodes)), timeout=CONVERGE_SECONDS,
+                   what=f"revision {epoch} on every node on day {day}")
+        for node, agent in zip(nodes, agents, strict=True):
+            serials[node.name].add(site.ctl_json("describe", "node", node.name)["certificate"]["serial"])
+            assert [p["Status"] for p in node.running_pods()] == ["Running"], node.name
+            # A return 90 days on finds the 90-day certificate ended: the agent renewed it before it connected.
+            # One 40 days on finds more than a third of it left, and keeps it.
+            renewed = [line for line in lines_of(agent) if "certificate renewed" in line]
+            assert len(renewed) == (1 if day - previous_day >= 60 else 0), (node.name, day, renewed)
+            if renewed and day - previous_day >= 90:
+                assert renewed[0].endswith(", expired)"), renewed
+        site.stop_all()
+        previous_day = day
+
+    # Day 400 again, to read what the hub says of its certificates with the fleet online.
+    site.broker_and_hub(400)
+    agents = [node.run(day=400) for node in nodes]
+    wait_until(lambda: all(n["presence"] == "online" for n in site.ctl_json("get", "nodes")), timeout=CONVERGE_SECONDS,
+               what="every node online on day 400")
+    for node in nodes:
+        # One from the join, one from each return after 90 days (days 90 to 360); day 400 kept day 360's.
+        assert len(serials[node.name]) == 5, f"{node.name}: {serials}"
+    # The broker's first certificate (365 days) has ended; what it serves now was issued by the hub.
+    served = served_broker_certificate(site)
+    assert first_broker_end is not None and served.not_valid_after_utc > first_broker_end
+    assert served.not_valid_after_utc > dt.datetime.now(dt.UTC) + dt.timedelta(days=400 + 30)
+    described = site.ctl_json("describe", "hub")
+    assert described["warnings"] == [], described["warnings"]
+    for certificate in described["certificates"]:
+        assert certificate["days_left"] > 30, certificate
+    assert "warning" not in site.ok(["edgectl", "get", "nodes"]).lower()
+    for agent in agents:
+        assert not any("CertificateRenewalFailed" in line for line in lines_of(agent))
 
 
 @pytest.fixture

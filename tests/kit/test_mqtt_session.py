@@ -120,3 +120,29 @@ async def test_a_reconnect_loses_no_qos1_message_only_when_the_broker_keeps_the_
     else:
         assert not missing, f"{len(missing)} message(s) lost across the reconnect, e.g. {sorted(missing)[:5]}"
         assert len(received) - count <= 5  # the message in hand at the reconnect may come again (not acknowledged)
+
+
+async def test_every_connection_attempt_waits_for_the_gate_first_and_a_closed_gate_holds_the_session_off(
+        broker: Mosquitto):
+    """``before_connect`` (an agent's certificate renewer) is awaited before every attempt: the first, and each
+    one after the link drops, so a closed gate keeps the session off the broker however often it would retry."""
+    opened = asyncio.Event()
+    opened.set()
+    calls = 0
+
+    async def gate() -> None:
+        nonlocal calls
+        calls += 1
+        await opened.wait()
+
+    session = MqttSession(settings(broker.url), on_message=ignore, before_connect=gate)
+    async with session:
+        await session.wait_connected(10)
+        assert (calls, session.connections) == (1, 1)
+        opened.clear()  # a certificate that expired while the link was up
+        await asyncio.to_thread(broker.restart)
+        await asyncio.sleep(2.0)  # the session's backoff is at most 0.5 s: several attempts' worth
+        assert (calls, session.connections, session.connected.is_set()) == (2, 1, False)
+        opened.set()  # renewed
+        await session.wait_connected(10)
+        assert (calls, session.connections) == (2, 2)
