@@ -869,10 +869,11 @@ class PodmanRuntime:
             members.sort(key=lambda c: c.get("Names", ""))
             infos = [details.get(c["Id"]) for c in members]
             phase = str(pod.get("Status", "Unknown"))
-            containers = tuple(self._container_status(pod_name, str(c.get("Names", "")), info)
+            kept = played is not None and played.restart_policy == "Always" and not any(
+                self._keeper.start_failed(str(c.get("Names", ""))) for c in members)
+            containers = tuple(self._container_status(pod_name, str(c.get("Names", "")), info, kept=kept)
                                for c, info in zip(members, infos, strict=True))
-            if played is not None and played.restart_policy == "Always" and phase in _KEPT_PHASES and not any(
-                    self._keeper.start_failed(str(c.get("Names", ""))) for c in members):
+            if kept and phase in _KEPT_PHASES:
                 # Its containers exited: the restart keeper starts them again after their back-off, so it is
                 # not dead (re-playing it would reset the back-off and restart the healthy ones).
                 phase = "Waiting"
@@ -923,8 +924,12 @@ class PodmanRuntime:
             message = (message + "; " if message else "") + f"leftover pods: {', '.join(extra)}"
         return Observation(ready=ready, total=len(counted), pods=tuple(states), message=message)
 
-    def _container_status(self, pod: str, name: str, info: Mapping[str, Any] | None) -> ContainerStatus:
-        """Container ``name`` of ``pod`` as the kubelet would show it, from podman, the keeper and the probes."""
+    def _container_status(self, pod: str, name: str, info: Mapping[str, Any] | None, *,
+                          kept: bool = False) -> ContainerStatus:
+        """Container ``name`` of ``pod`` as the kubelet would show it, from podman, the keeper and the probes.
+
+        ``kept``: the restart keeper starts the pod's exited containers again, so an exited one is waiting
+        out its back-off even before the keeper's next pass has noted the exit."""
         short = name.removeprefix(f"{pod}-")
         if info is None:
             return ContainerStatus(short, state="waiting", reason="ContainerCreating")
@@ -947,7 +952,7 @@ class PodmanRuntime:
                 # Just started again out of a crash loop: still one until it has run a back-off's length,
                 # so a crash loop reads as one state, not a flip at every restart.
                 reason = "CrashLoopBackOff"
-        elif status in ("exited", "stopped") and known is not None and known.waiting:
+        elif status in ("exited", "stopped") and (kept or (known is not None and known.waiting)):
             current, reason = "waiting", "CrashLoopBackOff"
         elif status in ("exited", "stopped"):
             current, reason = "terminated", last_reason

@@ -85,8 +85,11 @@ async def test_the_default_back_off_keeps_a_crash_loop_from_burning_the_node(nod
 
 
 async def _waiting(runtime: PodmanRuntime, ref: ReleaseRef):
+    """The container waiting out its back-off, with its last log lines noted (the keeper's pass after the exit;
+    the waiting state shows from the exit on). Every container these tests wait on prints something."""
     _, status = await container(runtime, ref)
-    return status if status.state == "waiting" and status.reason == "CrashLoopBackOff" else None
+    waiting = status.state == "waiting" and status.reason == "CrashLoopBackOff"
+    return status if waiting and status.last_log else None
 
 
 async def test_a_container_killed_for_memory_is_reported_oom_killed(node: PodmanNode) -> None:
