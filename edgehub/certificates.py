@@ -30,7 +30,7 @@ Where the hub cannot renew the broker's certificate (no ``broker-files.json``: a
 another machine or in another container; a directory it cannot write; a key whose owner it cannot give a
 new file) it warns, from ``WARN_DAYS`` before the certificate the broker serves ends, in ``/healthz``
 (so ``edgectl get nodes``), ``edgectl describe hub`` and the web dashboard, naming the command to run.
-The hub's CA (ten years) gets the same warning, naming ``edgehub ca rotate``. A certificate the hub
+The hub's CA (ten years) gets the same warning ``CA_WARN_DAYS`` (a year) ahead, naming ``edgehub ca rotate``. A certificate the hub
 renews that is within ``WARN_DAYS`` of its end anyway (a renewal that keeps failing, a broker that does
 not take its new one) is warned about too, with the reason.
 
@@ -87,6 +87,9 @@ logger = logging.getLogger(__name__)
 # Warnings start this long before a certificate ends (the hub renews its own and the broker's a third of
 # their life before, 30 days or more, so a warning means something is wrong, or is the operator's to do).
 WARN_DAYS = 30
+# The CA's warning starts a year ahead: rolling it over is planned work (three steps, docs/security.md), and
+# what it signed stops working with it.
+CA_WARN_DAYS = 365
 # A TLS handshake with the broker (reading the certificate it serves) waits at most this long.
 PROBE_TIMEOUT_SECONDS = 5.0
 # After a signal, how long the keeper waits for the broker to serve its new certificate (it takes the
@@ -682,7 +685,8 @@ class CertificateKeeper:
                             f"it: {self._restart_hint()}")
         for held in self.held():
             said = self._broker.refused or self._broker.unreadable
-            if not warn_due(held.not_after, now) or (held.name == "broker" and said):
+            ahead = CA_WARN_DAYS if held.name in ("ca", TRUSTED_CA) else WARN_DAYS
+            if not warn_due(held.not_after, now, days=ahead) or (held.name == "broker" and said):
                 continue
             days = held.days_left(now)
             whole = int(days)  # days left, counted as a calendar does: 29.5 days are 29 full days

@@ -297,18 +297,18 @@ async def test_the_https_certificate_is_renewed_for_new_connections_while_open_o
             w.close()
 
 
-async def test_the_ca_is_warned_about_30_days_before_its_end_naming_the_rotation(tmp_path: Path):
+async def test_the_ca_is_warned_about_a_year_before_its_end_naming_the_rotation(tmp_path: Path):
     settings = HubSettings(state_dir=tmp_path)  # an anonymous broker: only the CA to look at
     identity = HubIdentity.load_or_create(tmp_path)
     end = identity.ca_certificate.not_valid_after_utc
-    clock = Clock(end - dt.timedelta(days=31))
+    clock = Clock(end - dt.timedelta(days=366))
     keeper = CertificateKeeper(settings, identity, broker_files=None, serve_https=False, clock=clock, interval=3600)
     await keeper.start()
     assert keeper.warnings == []
-    clock.now = end - dt.timedelta(days=29, hours=12)
+    clock.now = end - dt.timedelta(days=364, hours=12)
     await keeper.check()
     (warning,) = keeper.warnings
-    assert "The hub's CA certificate" in warning and "in 29 days" in warning and "'edgehub ca rotate'" in warning
+    assert "The hub's CA certificate" in warning and "in 364 days" in warning and "'edgehub ca rotate'" in warning
     (ca,) = keeper.describe()["certificates"]
     assert ca["name"] == "ca" and ca["renewed_by"] == "operator: edgehub ca rotate"
 
