@@ -83,6 +83,7 @@ from edgekit.processes import reap
 from edgekit.tasks import OwnedTask
 from edgeprotocol.enrollment import renew_after, renewal_payload
 from edgeprotocol.errors import EdgeError
+from edgeprotocol.signing import load_private_key
 
 from . import certificate as node_certificate
 from .clock import ClockError, HubClock
@@ -151,16 +152,10 @@ def load_validity(state_dir: Path) -> node_certificate.Validity:
 
 
 def _load_key(path: Path) -> Ed25519PrivateKey:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except (OSError, ValueError) as exc:
-        raise RenewalError(f"{path} cannot be read ({exc})") from exc
-    if not isinstance(key, Ed25519PrivateKey):
-        raise RenewalError(f"{path} is not an Ed25519 private key")
-    return key
+        return load_private_key(path)
+    except ValueError as exc:
+        raise RenewalError(str(exc)) from exc
 
 
 def _public(key: PublicKeyTypes) -> bytes:

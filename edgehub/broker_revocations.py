@@ -79,7 +79,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from edgekit.files import write_atomic
+from edgekit.files import write_atomic, write_if_changed
 from edgekit.mqtt import BrokerAddress
 from edgekit.tasks import OwnedTask
 
@@ -221,14 +221,7 @@ def write_trust(identity: HubIdentity, path: Path) -> bool:
     """Write the broker's ``cafile`` at ``path`` as the hub's trust bundle (every CA trusted now) if it holds
     anything else; whether it was written. The broker reads it at start and on SIGHUP (Mosquitto 2.0.11
     rebuilds a listener's TLS context then: its cafile, certfile, keyfile and crlfile). Blocking."""
-    wanted = identity.trust_bundle_pem.encode()
-    try:
-        if path.read_bytes() == wanted:
-            return False
-    except FileNotFoundError:
-        pass
-    write_atomic(path, wanted, mode=0o644)
-    return True
+    return write_if_changed(path, identity.trust_bundle_pem.encode(), mode=0o644)
 
 
 def _pem_blocks(data: bytes, label: bytes) -> list[bytes]:

@@ -45,8 +45,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
-from edgekit.files import write_atomic
+from edgekit.files import write_atomic, write_if_changed
 from edgeprotocol.enrollment import certificate_fingerprint
+from edgeprotocol.signing import load_private_key
 
 logger = logging.getLogger(__name__)
 
@@ -182,16 +183,8 @@ def load_ca_set(state_dir: Path, hub_key: Ed25519PrivateKey) -> CaSet:
 
 def write_bundle(state_dir: Path, cas: CaSet) -> bool:
     """Write ``hub-ca.crt`` as ``cas``'s trust bundle if it holds anything else; whether it was written."""
-    path = state_dir / BUNDLE_FILE
-    wanted = cas.bundle_pem.encode()
-    try:
-        if path.read_bytes() == wanted:
-            return False
-    except FileNotFoundError:
-        pass
     # World-readable, as before: a certificate is public, and edgectl runs as whoever operates the hub.
-    write_atomic(path, wanted, mode=0o644)
-    return True
+    return write_if_changed(state_dir / BUNDLE_FILE, cas.bundle_pem.encode(), mode=0o644)
 
 
 def save_ca_set(state_dir: Path, cas: CaSet) -> None:
@@ -231,14 +224,10 @@ def _load_ca(state_dir: Path, entry: dict[str, str], hub_key: Ed25519PrivateKey)
     if key_name == HUB_KEY_FILE:
         key = hub_key
     else:
-        key_path = state_dir / key_name
         try:
-            loaded = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-        except (OSError, ValueError) as exc:
-            raise CaSetError(f"{key_path} (the key of CA {cert_path.name}) cannot be read ({exc})") from exc
-        if not isinstance(loaded, Ed25519PrivateKey):
-            raise CaSetError(f"{key_path} is not an Ed25519 private key")
-        key = loaded
+            key = load_private_key(state_dir / key_name)
+        except ValueError as exc:
+            raise CaSetError(f"{exc}: the key of CA {cert_path.name}") from exc
     ca = HubCa(certificate=certificate, key=key, key_file=key_name)
     if ca.fingerprint != entry["sha256"]:
         raise CaSetError(f"{cert_path} has SHA-256 {ca.fingerprint}, but {state_dir / CA_SET_FILE} names "

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPub
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edgekit.files import write_atomic
-from edgeprotocol.signing import public_key_pem
+from edgeprotocol.signing import load_private_key, public_key_pem
 
 from .errors import CsrError
 from .hub_cas import FIRST_CA_NAME, CaSet, HubCa, load_ca_set, self_signed_ca
@@ -112,9 +112,7 @@ class HubIdentity:
         key_path, ca_path = state_dir / "hub.key", state_dir / "hub-ca.crt"
         state_dir.mkdir(parents=True, exist_ok=True)
         if key_path.exists():
-            key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-            if not isinstance(key, Ed25519PrivateKey):
-                raise ValueError(f"{key_path} is not an Ed25519 private key")
+            key = load_private_key(key_path)
             return cls(key=key, cas=load_ca_set(state_dir, key))
         key = Ed25519PrivateKey.generate()
         ca = self_signed_ca(key, FIRST_CA_NAME)

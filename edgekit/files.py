@@ -21,3 +21,15 @@ def write_atomic(path: Path, data: bytes | str, *, mode: int = 0o600) -> None:
         os.fsync(f.fileno())
     os.chmod(tmp, mode)  # O_CREAT's mode applies only to a new file
     os.replace(tmp, path)
+
+
+def write_if_changed(path: Path, data: bytes, *, mode: int = 0o600) -> bool:
+    """``write_atomic`` unless ``path`` holds ``data`` already; whether it was written (so a reader that must
+    be told, a broker to signal, is told only of a change)."""
+    try:
+        if path.read_bytes() == data:
+            return False
+    except FileNotFoundError:
+        pass
+    write_atomic(path, data, mode=mode)
+    return True

@@ -16,6 +16,7 @@ running agent (bench/README.md, "Agent footprint"). Both are Ed25519 of RFC
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nacl.exceptions import BadSignatureError
@@ -28,6 +29,22 @@ from .messages import VERSION, Assignment, decode_json, encode_json
 
 if TYPE_CHECKING:  # the hub's key types: the hub signs with cryptography (edgehub.identity)
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+
+def load_private_key(path: Path) -> Ed25519PrivateKey:
+    """The Ed25519 private key in the PEM file ``path`` (the hub's, a CA's, a node's); ValueError naming the
+    file when it cannot be read or holds another kind of key. ``cryptography`` is imported for this call only:
+    a running agent keeps it out of its memory (``edgeagent.renewal``)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path} cannot be read ({exc})") from exc
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"{path} is not an Ed25519 private key")
+    return key
 
 
 def public_key_pem(key: Ed25519PublicKey) -> str:

@@ -15,7 +15,7 @@ from bus_watch import Watcher
 from hub_api import running_hub, unique
 
 from deployer_plugin import load_component_file
-from edgehub.settings import HubSettings
+from edgehub.settings import HubSettings, RateLimit
 from edgesim.fleet import Mosquitto
 
 REPO = Path(__file__).resolve().parents[2]
@@ -79,3 +79,13 @@ def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str
     if request.param == "sqlite":
         return tmp_path / "hub.db"
     return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+async def renewals_limited(tmp_path: Path, broker: Mosquitto) -> AsyncIterator[TestClient]:
+    """A hub that takes two renewals and time requests (one limit) per source address at once, then four a
+    second."""
+    settings = HubSettings(state_dir=tmp_path / "limited", mqtt_url=broker.url,
+                           renewal_rate_limit=RateLimit(per_second=4, burst=2))
+    async with running_hub(settings) as client:
+        yield client

@@ -29,16 +29,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
-from hub_api import answer, create_token, refused, running_hub, unique
+from hub_api import answer, create_token, refused, unique
 
 from edgeagent.certificate import VALIDITY_FILE
 from edgeagent.identity import KEY_FILE, NodeIdentity, make_csr
 from edgeagent.identity import join as agent_join
 from edgeagent.renewal import PENDING_CERT_FILE, PENDING_KEY_FILE, RenewalError, finish_interrupted, renew
 from edgehub.keys import SETTINGS
-from edgehub.settings import HubSettings, RateLimit
 from edgeprotocol.enrollment import RENEWAL_WINDOW_SECONDS, renewal_payload
-from edgesim.fleet import Mosquitto
 
 
 def stored_certificate(hub: TestClient, node: str) -> str:
@@ -179,25 +177,16 @@ async def test_a_malformed_renewal_is_refused_by_field(
         await stranger.post("/api/v1/nodes/nobody/certificate", json=unknown), 403)
 
 
-@pytest.fixture
-async def limited(tmp_path: Path, broker: Mosquitto) -> AsyncIterator[TestClient]:
-    """A hub that takes two renewals per source address at once, then four a second."""
-    settings = HubSettings(state_dir=tmp_path / "limited", mqtt_url=broker.url,
-                           renewal_rate_limit=RateLimit(per_second=4, burst=2))
-    async with running_hub(settings) as client:
-        yield client
-
-
-async def test_renewals_over_the_rate_limit_are_refused_with_429(limited: TestClient, tmp_path: Path):
-    node, _, state = await joined(limited, tmp_path)
-    held = stored_certificate(limited, node)
-    async with aiohttp.ClientSession(base_url=limited.make_url("")) as stranger:
+async def test_renewals_over_the_rate_limit_are_refused_with_429(renewals_limited: TestClient, tmp_path: Path):
+    node, _, state = await joined(renewals_limited, tmp_path)
+    held = stored_certificate(renewals_limited, node)
+    async with aiohttp.ClientSession(base_url=renewals_limited.make_url("")) as stranger:
         for _ in range(2):
             await refused(await stranger.post(f"/api/v1/nodes/{node}/certificate",
                                               json=renewal(node, Ed25519PrivateKey.generate())), 403)
         response = await stranger.post(f"/api/v1/nodes/{node}/certificate", json=renewal(node, key_of(state)))
         assert "too many certificate renewal requests" in await refused(response, 429)
-        assert stored_certificate(limited, node) == held
+        assert stored_certificate(renewals_limited, node) == held
         await asyncio.sleep(0.3)
         await answer(await stranger.post(f"/api/v1/nodes/{node}/certificate", json=renewal(node, key_of(state))), 200)
 

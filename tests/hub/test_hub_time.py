@@ -9,22 +9,18 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from hub_api import answer, refused, running_hub
+from hub_api import answer, refused
 
 from edgehub.identity import HubIdentity
 from edgehub.keys import IDENTITY
-from edgehub.settings import HubSettings, RateLimit
 from edgeprotocol.errors import ProtocolError, SignatureError
 from edgeprotocol.hub_facts import facts_answer, facts_payload, open_facts
 from edgeprotocol.signing import load_public_key, public_key_pem
-from edgesim.fleet import Mosquitto
 
 
 async def test_anyone_gets_the_hubs_time_and_trust_signed_over_their_nonce(
@@ -93,17 +89,8 @@ def test_a_malformed_answer_is_refused_naming_the_field(change: dict[str, object
         open_facts(["time"], load_public_key(public_key_pem(hub_key.public_key())), nonce=nonce)
 
 
-@pytest.fixture
-async def limited(tmp_path: Path, broker: Mosquitto) -> AsyncIterator[TestClient]:
-    """A hub that answers two time requests per source address at once, then four a second."""
-    settings = HubSettings(state_dir=tmp_path / "limited", mqtt_url=broker.url,
-                           renewal_rate_limit=RateLimit(per_second=4, burst=2))
-    async with running_hub(settings) as client:
-        yield client
-
-
-async def test_time_requests_over_the_rate_limit_are_refused_with_429(limited: TestClient):
-    async with aiohttp.ClientSession(base_url=limited.make_url("")) as stranger:
+async def test_time_requests_over_the_rate_limit_are_refused_with_429(renewals_limited: TestClient):
+    async with aiohttp.ClientSession(base_url=renewals_limited.make_url("")) as stranger:
         for _ in range(2):
             await answer(await stranger.get(f"/api/v1/time?nonce={secrets.token_hex(16)}"), 200)
         response = await stranger.get(f"/api/v1/time?nonce={secrets.token_hex(16)}")
