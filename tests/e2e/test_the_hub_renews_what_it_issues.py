@@ -154,7 +154,9 @@ def test_the_hub_renews_its_own_and_the_brokers_certificates_and_warns_where_it_
     assert certificate(hub.state_dir / "hub-mqtt.crt") == first_hub, (
         "the hub's MQTT certificate was due when the hub started: it took longer than "
         f"{LEAD_SECONDS} s to start, so this test no longer sees a renewal while it runs")
-    connections_before = hub.metric("edgecollab_mqtt_connections_total")
+    # Its API answers before its MQTT session is up (a loaded machine shows it): counted from its first connect.
+    connections_before = wait_until(lambda: hub.metric("edgecollab_mqtt_connections_total"), timeout=15,
+                                    what="the hub's first connection to the broker on the moved calendar")
 
     def renewed() -> dict[str, Any] | None:
         view = hub.describe()
