@@ -126,6 +126,21 @@ def containers_conf_for_this_machine(build_dir: Path) -> Path | None:
     return conf if conf.exists() else None
 
 
+def second_node(name: str, work_dir: Path, machine: MachineSetup) -> tuple[PodmanSettings, Path, list[str]]:
+    """What one more node on this machine needs of podman, as a user gives it to ``edgeagent run``/``doctor``:
+    its own storage (root, runroot, tmpdir) under a new short directory in /tmp (podman's socket paths have a
+    length limit), no pod network, and the machine's containers.conf. Returns the settings, that directory
+    (``remove_node_storage`` takes both) and the flags."""
+    base = Path(tempfile.mkdtemp(prefix=f"ec-{name}-", dir="/tmp"))
+    settings = PodmanSettings(work_dir=work_dir, root=base / "root", runroot=base / "run", tmpdir=base / "tmp",
+                              containers_conf=machine.containers_conf, network="none")
+    flags = ["--podman-root", str(settings.root), "--podman-runroot", str(settings.runroot),
+             "--podman-tmpdir", str(settings.tmpdir), "--podman-network", "none"]
+    if machine.containers_conf:
+        flags += ["--containers-conf", str(machine.containers_conf)]
+    return settings, base, flags
+
+
 def remove_node_storage(settings: PodmanSettings, base: Path) -> None:
     """Remove everything a test node holds: pods, containers, volumes, then unmount and delete ``base``.
 

@@ -19,17 +19,15 @@ import shlex
 import socket
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from fleet_checks import REPO
 
-from edgeagent.runtime import PodmanSettings
 from edgesim.fleet import ManagedProcess, listening_ports, wait_until
 from edgesim.net import free_port
-from edgesim.podman_setup import DEMO_IMAGE, MachineSetup, import_image, remove_node_storage
+from edgesim.podman_setup import DEMO_IMAGE, MachineSetup, import_image, remove_node_storage, second_node
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -60,15 +58,8 @@ class ReadmeSession:
         # The user's shell starts without the hub's address or operator token: the README's exports set them.
         for name in ("EDGECOLLAB_HUB", "EDGECOLLAB_TOKEN", "EDGECOLLAB_TOKEN_FILE"):
             self.env.pop(name, None)
-        base = Path(tempfile.mkdtemp(prefix="ec-readme-", dir="/tmp"))  # short: podman socket paths
-        self.podman = PodmanSettings(work_dir=workdir / "edgeagent" / "podman", root=base / "root",
-                                     runroot=base / "run", tmpdir=base / "tmp",
-                                     containers_conf=machine.containers_conf, network="none")
-        self.podman_base = base
-        self.second_node_flags = ["--podman-root", str(base / "root"), "--podman-runroot", str(base / "run"),
-                                  "--podman-tmpdir", str(base / "tmp"), "--podman-network", "none"]
-        if machine.containers_conf:
-            self.second_node_flags += ["--containers-conf", str(machine.containers_conf)]
+        self.podman, self.podman_base, self.second_node_flags = second_node("readme", workdir / "edgeagent" / "podman",
+                                                                            machine)
         self.background: list[ManagedProcess] = []
 
     def words(self, words: list[str]) -> list[str]:

@@ -42,7 +42,6 @@ import re
 import socket
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -57,7 +56,7 @@ from edgehub.certificates import served_certificate
 from edgekit.mqtt import BrokerAddress
 from edgesim.fleet import ManagedProcess, wait_until
 from edgesim.net import free_port
-from edgesim.podman_setup import DEMO_IMAGE, MachineSetup, import_image, remove_node_storage
+from edgesim.podman_setup import DEMO_IMAGE, MachineSetup, import_image, remove_node_storage, second_node
 
 LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 VENV_BIN = Path(sys.executable).parent
@@ -184,14 +183,7 @@ class SiteNode:
         self.podman: PodmanSettings | None = None
         self.base: Path | None = None
         if podman:
-            self.base = Path(tempfile.mkdtemp(prefix=f"ec-{name}-", dir="/tmp"))  # short: podman socket paths
-            self.podman = PodmanSettings(work_dir=self.state_dir / "podman", root=self.base / "root",
-                                         runroot=self.base / "run", tmpdir=self.base / "tmp",
-                                         containers_conf=site.machine.containers_conf, network="none")
-            self.flags = ["--podman-root", str(self.base / "root"), "--podman-runroot", str(self.base / "run"),
-                          "--podman-tmpdir", str(self.base / "tmp"), "--podman-network", "none"]
-            if site.machine.containers_conf:
-                self.flags += ["--containers-conf", str(site.machine.containers_conf)]
+            self.podman, self.base, self.flags = second_node(name, self.state_dir / "podman", site.machine)
 
     def join(self, token: str, *, day: float) -> None:
         words = ["edgeagent", "join", "--hub", self.site.hub_url, "--token", token, "--name", self.name,
