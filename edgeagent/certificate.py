@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit.files import write_atomic
+from edgeprotocol.enrollment import certificate_fingerprint, issuer_among
 
 logger = logging.getLogger(__name__)
 
@@ -98,8 +99,6 @@ def _trusted(state_dir: Path) -> str:
 
 def _parsed(pem: bytes, trusted: str) -> Validity:
     from cryptography import x509  # only here: see the module's docstring
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives import serialization
 
     certificate = x509.load_pem_x509_certificate(pem)
     issuer = ""
@@ -107,13 +106,9 @@ def _parsed(pem: bytes, trusted: str) -> Validity:
         cas = x509.load_pem_x509_certificates(trusted.encode()) if trusted.strip() else []
     except ValueError:
         cas = []
-    for ca in cas:
-        try:
-            certificate.verify_directly_issued_by(ca)
-        except (ValueError, TypeError, InvalidSignature):
-            continue
-        issuer = hashlib.sha256(ca.public_bytes(serialization.Encoding.DER)).hexdigest()
-        break
+    ca = issuer_among(certificate, cas)
+    if ca is not None:
+        issuer = certificate_fingerprint(ca)
     return Validity(serial_number=certificate.serial_number, not_valid_before_utc=certificate.not_valid_before_utc,
                     not_valid_after_utc=certificate.not_valid_after_utc, issuer_sha256=issuer)
 

@@ -25,11 +25,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
 from edgekit.mqtt import BrokerAddress, TlsIdentity
-from edgeprotocol.enrollment import renew_after
+from edgeprotocol.enrollment import issuer_among, renew_after
 
 from .clock import ClockError, HubClock
 from .identity import BUNDLE_KEY_FILE, CERT_FILE, IDENTITY_FILE, KEY_FILE, JoinError, NodeIdentity
@@ -70,14 +69,6 @@ def _iso(moment: dt.datetime) -> str:
     return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def _issued_by(certificate: x509.Certificate, ca: x509.Certificate) -> bool:
-    try:
-        certificate.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
-
-
 def certificate_check(state_dir: Path, identity: NodeIdentity | None, *,
                       now: dt.datetime | None = None) -> PreflightCheck:
     """The node certificate: for the node's key, from the pinned CA, not expired (warned once renewal is overdue);
@@ -106,7 +97,7 @@ def certificate_check(state_dir: Path, identity: NodeIdentity | None, *,
         except ValueError as exc:
             return PreflightCheck("node-cert", False, f"the hub CAs in {IDENTITY_FILE} cannot be read ({exc}): "
                                                       "join again")
-        issuer = next((ca for ca in cas if _issued_by(cert, ca)), None)
+        issuer = issuer_among(cert, cas)
         if issuer is None:
             return PreflightCheck("node-cert", False, f"{path} is not issued by a hub CA in {IDENTITY_FILE}: if the "
                                                       "hub retired its CA (edgehub ca rotate finish --force), "

@@ -81,7 +81,7 @@ from edgekit.files import write_atomic
 from edgekit.http import HttpError, JsonHttpClient, Unreachable
 from edgekit.processes import reap
 from edgekit.tasks import OwnedTask
-from edgeprotocol.enrollment import renew_after, renewal_payload
+from edgeprotocol.enrollment import issuer_among, renew_after, renewal_payload
 from edgeprotocol.errors import EdgeError
 from edgeprotocol.signing import load_private_key
 
@@ -249,7 +249,6 @@ def _checked(answer: dict[str, object], identity: NodeIdentity, key: Ed25519Priv
     """The certificate the hub answered, after checking it is for this node and ``key``, issued directly by a CA
     the node trusts or the answer names (a CA rotation's new CA: ``edgeagent.trust``)."""
     from cryptography import x509
-    from cryptography.exceptions import InvalidSignature
     from cryptography.x509.oid import NameOID
 
     pem = answer.get("certificate")
@@ -269,13 +268,7 @@ def _checked(answer: dict[str, object], identity: NodeIdentity, key: Ed25519Priv
             cas = x509.load_pem_x509_certificates(trusted.encode())
         except ValueError as exc:
             raise RenewalError(f"the hub answered the renewal with CAs that cannot be read ({exc})") from exc
-        for ca in cas:
-            try:
-                certificate.verify_directly_issued_by(ca)
-                break
-            except (ValueError, TypeError, InvalidSignature):
-                continue
-        else:
+        if issuer_among(certificate, cas) is None:
             raise RenewalError("the certificate the hub answered is not issued by a hub CA this node trusts")
     if certificate.not_valid_after_utc <= clock.now_utc():
         raise RenewalError(f"the hub answered a certificate that expired at {certificate.not_valid_after_utc}")

@@ -40,13 +40,12 @@ from pathlib import Path
 from typing import Literal
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
 from edgekit.files import write_atomic, write_if_changed
-from edgeprotocol.enrollment import certificate_fingerprint
+from edgeprotocol.enrollment import certificate_fingerprint, issuer_among
 from edgeprotocol.signing import load_private_key
 
 logger = logging.getLogger(__name__)
@@ -95,13 +94,7 @@ class HubCa:
 
     def issued(self, certificate: x509.Certificate) -> bool:
         """Whether this CA signed ``certificate`` (its issuer name is this CA's and the signature verifies)."""
-        if certificate.issuer != self.certificate.subject:
-            return False
-        try:
-            certificate.verify_directly_issued_by(self.certificate)
-        except (ValueError, TypeError, InvalidSignature):
-            return False
-        return True
+        return issuer_among(certificate, (self.certificate,)) is not None
 
 
 @dataclass(frozen=True, slots=True)

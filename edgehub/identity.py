@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -220,10 +220,8 @@ def _why_reissue(identity: HubIdentity, key_path: Path, cert_path: Path, common_
         return f"the stored one does not load ({exc})"
     if key.public_key() != cert.public_key():
         return "the stored key and certificate do not match"
-    try:
-        cert.verify_directly_issued_by(identity.ca_certificate)
-    except (ValueError, TypeError, InvalidSignature) as exc:
-        return f"the stored one is not issued by this hub's CA ({type(exc).__name__})"
+    if not identity.cas.issuing.issued(cert):
+        return "the stored one is not issued by this hub's CA (the one that issues now)"
     held = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     if not held or held[0].value != common_name:
         return f"the stored one is not for {common_name!r}"

@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
 
@@ -97,6 +98,22 @@ def certificate_fingerprint(certificate: x509.Certificate) -> str:
     from cryptography.hazmat.primitives import serialization
 
     return hashlib.sha256(certificate.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def issuer_among(certificate: x509.Certificate, cas: Iterable[x509.Certificate]) -> x509.Certificate | None:
+    """The CA of ``cas`` that signed ``certificate`` (its issuer name is the CA's and the signature verifies);
+    None when none did."""
+    from cryptography.exceptions import InvalidSignature
+
+    for ca in cas:
+        if certificate.issuer != ca.subject:
+            continue
+        try:
+            certificate.verify_directly_issued_by(ca)
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        return ca
+    return None
 
 
 def pem_fingerprint(pem: str) -> str:
