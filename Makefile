@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test deps venv clean bench-rollout bench-reconnect
+.PHONY: demo test deps venv control-plane clean bench-rollout bench-reconnect
 
 AGENTS ?= 100
 
@@ -26,7 +26,12 @@ venv: deps $(STAMP)
 demo: venv
 	$(PY) examples/demo/run_demo.py $(ARGS)
 
-test: venv
+# Kubernetes' own binaries (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok), built from
+# their Go modules once per machine into ~/.cache/edgecollab; later runs find them and build nothing.
+control-plane: venv
+	$(PY) -m edgesim.k8s_build
+
+test: venv control-plane
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Printed figures, never a timed test; BENCH_ARGS passes more flags (--timeout, --full-agents, --window).

@@ -129,3 +129,29 @@ def postgres_url(postgres_server) -> Iterator[str]:
     url = postgres_server.create_database()
     yield url
     postgres_server.drop_database(url)
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory):
+    """A real Kubernetes control plane for the session (etcd, kube-apiserver, kube-controller-manager,
+    kube-scheduler and a kwok node, all on loopback): ``.kubeconfig`` is an administrator's kubeconfig.
+
+    Built from Kubernetes' Go modules once per machine (``make test`` builds it first, with progress);
+    a control plane that does not start fails the tests that need it, with the components' logs.
+    """
+    from edgesim.control_plane import ControlPlane, ControlPlaneError
+    from edgesim.k8s_build import BuildError
+
+    plane = ControlPlane(tmp_path_factory.mktemp("control-plane"))
+    try:
+        plane.start()
+    except (BuildError, ControlPlaneError) as exc:
+        pytest.fail(f"the Kubernetes control plane did not start: {exc}", pytrace=False)
+    yield plane
+    plane.stop()
+
+
+@pytest.fixture
+def kubeconfig(control_plane) -> Path:
+    """The administrator's kubeconfig of the session's control plane."""
+    return control_plane.kubeconfig
