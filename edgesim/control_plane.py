@@ -20,6 +20,7 @@ drives other processes and is never imported by the product.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import datetime as dt
 import ipaddress
 import json
@@ -62,6 +63,14 @@ class ControlPlaneError(RuntimeError):
     pass
 
 
+def _terminate_with_parent() -> None:
+    """In the child before exec: SIGKILL when the process that started it dies (Linux prctl PR_SET_PDEATHSIG).
+
+    Not SIGTERM: an API server whose etcd went at the same moment waits on it to shut down gracefully.
+    """
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+
+
 @dataclass
 class Identity:
     user: str
@@ -97,8 +106,10 @@ def _certificate(subject: str, key: ec.EllipticCurvePrivateKey, issuer: tuple[x5
 class ControlPlane:
     """The five processes, their files in ``work_dir``, and a kubeconfig to reach the API server."""
 
-    def __init__(self, work_dir: Path, toolset: Toolset | None = None) -> None:
+    def __init__(self, work_dir: Path, toolset: Toolset | None = None, *, die_with_parent: bool = True) -> None:
         self.work_dir = Path(work_dir)
+        # A test session that is killed must not leave an API server behind; the CLI's start outlives itself.
+        self.die_with_parent = die_with_parent
         self.toolset = toolset or Toolset.default()
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.ports: dict[str, int] = {}
@@ -212,7 +223,8 @@ class ControlPlane:
     def _spawn(self, name: str) -> None:
         log = open(self.work_dir / f"{name}.log", "ab")  # noqa: SIM115 - the child holds it; closed on stop
         self.processes[name] = subprocess.Popen(self._argv(name), stdout=log, stderr=subprocess.STDOUT,
-                                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                                stdin=subprocess.DEVNULL, start_new_session=True,
+                                                preexec_fn=_terminate_with_parent if self.die_with_parent else None)
         log.close()
         self._write_pids()
 
@@ -389,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     if (args.dir / "pids.json").is_file():
         print(f"error: {args.dir} has a running control plane (pids.json); stop it first", file=sys.stderr)
         return 1
-    plane = ControlPlane(args.dir)
+    plane = ControlPlane(args.dir, die_with_parent=False)
     try:
         plane.start()
     except ControlPlaneError as exc:
