@@ -1,5 +1,5 @@
-# The two commands of the README: `make demo` and `make test`; the benchmarks: `make bench-rollout` and
-# `make bench-reconnect`, AGENTS=N for another fleet size (bench/README.md).
+# The two commands of the README: `make demo` (RUNTIME=kubernetes for its Kubernetes variant) and `make test`;
+# the benchmarks: `make bench-rollout` and `make bench-reconnect`, AGENTS=N for another fleet size (bench/README.md).
 # Each installs what it needs: Debian packages when missing, a virtualenv.
 
 PYTHON ?= python3
@@ -23,8 +23,11 @@ $(STAMP): pyproject.toml
 venv: deps $(STAMP)
 
 # make demo ARGS=--keep-running: leave the fleet and its web dashboard up until Ctrl-C.
+# make demo RUNTIME=kubernetes: the same path on a Kubernetes control plane started on this machine (its
+# binaries built first when this machine has not built them: see control-plane).
+RUNTIME ?= podman
 demo: venv
-	$(PY) examples/demo/run_demo.py $(ARGS)
+	$(PY) examples/demo/run_demo.py --runtime $(RUNTIME) $(ARGS)
 
 # Kubernetes' own binaries (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok), built from
 # their Go modules once per machine into ~/.cache/edgecollab; later runs find them and build nothing.

@@ -6,7 +6,8 @@
 #   KEEP=1 examples/k3d/run.sh     # leaves the clusters up
 #
 # Not run on the project's CI machines (no Docker there): tests/e2e/test_k3d.py runs it where docker and k3d
-# exist and skips with that reason elsewhere.
+# exist and skips with that reason elsewhere. Without Docker, `make demo RUNTIME=kubernetes` runs an agent's
+# kubernetes runtime against a control plane built on the machine itself (one node; no containers run).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 

@@ -1,0 +1,147 @@
+"""The demo's Kubernetes node: a real control plane on this machine and one agent joined to it as a k3s node.
+
+``run_demo.py --runtime kubernetes`` (``make demo RUNTIME=kubernetes``) uses it. The control plane is
+:class:`edgesim.control_plane.ControlPlane` (etcd, kube-apiserver, kube-controller-manager, kube-scheduler
+and a kwok node, built from Kubernetes' Go modules once per machine). The agent is joined and run with the
+README's commands for a k3s node: ``edgeagent join --runtime kubernetes --kubeconfig FILE``, ``edgeagent
+doctor``, ``edgeagent run``. What runs is read back from the API server with the ``kubernetes`` client, not
+taken from the hub's word.
+
+One node only: a node's releases live in its cluster under the component's namespace, and an agent counts
+every object labelled as edgecollab's in its cluster as one of its releases. A second node on this one
+cluster would apply ``demo/web`` into the same namespace ``demo`` and remove the other's objects as not its
+own; each edge node has a cluster of its own (``examples/k3d/run.sh`` makes two where Docker runs).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from edgesim.control_plane import NODE_NAME, ControlPlane
+from edgesim.fleet import Fleet, FleetError, ManagedProcess, wait_until
+
+# The kubernetes client is imported where it is used: `make demo` on podman never needs it.
+
+WHY_ONE_NODE = ("one Kubernetes node: this machine has one cluster, and a node's releases live in it under the "
+                "component's namespace (demo), so a second node here would apply demo/web into the same namespace "
+                "and take the other's objects for its own; each real edge node has its own k3s")
+ROLLOUT_SECONDS = 60
+
+
+class KubeNode(ManagedProcess):
+    """An edge node whose runtime is a Kubernetes cluster: ``edgeagent join/doctor/run`` as the README shows."""
+
+    def __init__(self, name: str, workdir: Path, fleet: Fleet, kubeconfig: Path) -> None:
+        super().__init__(f"edgeagent {name}", workdir / name / "agent.log")
+        assert fleet.hub is not None
+        self.name = name
+        self.hub = fleet.hub
+        self.kubeconfig = kubeconfig
+        self.state_dir = workdir / name / "state"
+
+    def _agent(self, *args: str) -> subprocess.CompletedProcess[str]:
+        print(f"$ edgeagent {' '.join(args)}", flush=True)
+        return subprocess.run([sys.executable, "-m", "edgeagent.cli", *args], capture_output=True, text=True,
+                              timeout=60)
+
+    def join(self, token: str) -> None:
+        done = self._agent("join", "--hub", self.hub.url, "--token", token, "--name", self.name,
+                           "--runtime", "kubernetes", "--kubeconfig", str(self.kubeconfig),
+                           "--state-dir", str(self.state_dir))
+        if done.returncode != 0:
+            raise FleetError(f"join of {self.name} failed: {done.stderr.strip()}")
+        print(done.stdout.rstrip(), flush=True)
+
+    def doctor(self) -> None:
+        done = self._agent("doctor", "--state-dir", str(self.state_dir))
+        print(done.stdout.rstrip(), flush=True)
+        if done.returncode != 0:
+            raise FleetError(f"edgeagent doctor on {self.name} failed ({done.returncode}): {done.stderr.strip()}")
+
+    def start(self) -> KubeNode:
+        print(f"$ edgeagent run --state-dir {self.state_dir}   (in the background; log {self.log_path})", flush=True)
+        self._spawn([sys.executable, "-m", "edgeagent.cli", "run", "--state-dir", str(self.state_dir)])
+        return self
+
+
+class ClusterView:
+    """What the API server holds for one release, read with the official ``kubernetes`` client."""
+
+    def __init__(self, plane: ControlPlane, namespace: str, release: str) -> None:
+        from kubernetes import client, config
+
+        api = config.new_client_from_config(config_file=str(plane.kubeconfig))
+        self.apps, self.core = client.AppsV1Api(api), client.CoreV1Api(api)
+        self.server = plane.server
+        self.namespace, self.release = namespace, release
+        self.selector = f"edgecollab.io/release={release},edgecollab.io/release-namespace={namespace}"
+        # The pod selectors of the Deployments seen: their pods outlive the Deployment until the garbage
+        # collector has removed them, and are not labelled as the release's themselves.
+        self.pod_selectors: set[str] = set()
+
+    def deployments(self) -> list[Any]:
+        return self.apps.list_namespaced_deployment(self.namespace, label_selector=self.selector,
+                                                    _request_timeout=10).items
+
+    def config_maps(self) -> list[Any]:
+        return self.core.list_namespaced_config_map(self.namespace, label_selector=self.selector,
+                                                    _request_timeout=10).items
+
+    def _pods(self, selector: str) -> list[Any]:
+        return self.core.list_namespaced_pod(self.namespace, label_selector=selector, _request_timeout=10).items
+
+    def pods(self, deployment: Any) -> list[Any]:
+        selector = ",".join(f"{k}={v}" for k, v in sorted((deployment.spec.selector.match_labels or {}).items()))
+        self.pod_selectors.add(selector)
+        return self._pods(selector)
+
+    def objects(self) -> list[str]:
+        return ([f"Deployment {d.metadata.name}" for d in self.deployments()]
+                + [f"ConfigMap {c.metadata.name}" for c in self.config_maps()]
+                + [f"Pod {p.metadata.name}" for selector in sorted(self.pod_selectors) for p in self._pods(selector)])
+
+    @staticmethod
+    def rolled_out(deployment: Any) -> bool:
+        """As ``kubectl rollout status`` decides: the controller saw this spec, and every replica is new and ready."""
+        status, wanted = deployment.status, deployment.spec.replicas or 0
+        return ((status.observed_generation or 0) >= deployment.metadata.generation
+                and (status.updated_replicas or 0) == wanted == (status.ready_replicas or 0)
+                and (status.replicas or 0) == wanted)
+
+    def wait_rolled_out(self, revision: int) -> None:
+        def done() -> bool:
+            deployments = self.deployments()
+            return bool(deployments) and all(
+                self.rolled_out(d) and d.metadata.labels.get("edgecollab.io/revision") == str(revision)
+                for d in deployments)
+
+        wait_until(done, timeout=ROLLOUT_SECONDS,
+                   what=f"the Deployment of {self.namespace}/{self.release} at revision {revision} rolled out")
+
+    def show(self) -> None:
+        print(f"  API server {self.server}, namespace {self.namespace}, objects of release {self.release}:")
+        for deployment in self.deployments():
+            labels, status = deployment.metadata.labels, deployment.status
+            print(f"    Deployment {deployment.metadata.name}: {status.ready_replicas or 0}/{deployment.spec.replicas} "
+                  f"ready, edgecollab.io/revision={labels.get('edgecollab.io/revision')}, "
+                  f"managed by {labels.get('app.kubernetes.io/managed-by')}")
+            for pod in self.pods(deployment):
+                if pod.metadata.deletion_timestamp:  # an old revision's pod on its way out
+                    continue
+                ready = all(c.ready for c in pod.status.container_statuses or ())
+                print(f"      Pod {pod.metadata.name} on {pod.spec.node_name}: {pod.status.phase}"
+                      f"{', ready' if ready else ''}")
+        for config_map in self.config_maps():
+            print(f"    ConfigMap {config_map.metadata.name}: index.html = {config_map.data.get('index.html')!r}")
+        if self.objects():
+            print(f"  (pods run on {NODE_NAME}, a kwok node: the control plane schedules them and kwok reports them "
+                  "Running and ready; no container runs and no image is pulled)", flush=True)
+        else:
+            print("    none: no Deployment, ConfigMap or pod left", flush=True)
+
+    def wait_removed(self) -> None:
+        wait_until(lambda: self.objects() == [], timeout=ROLLOUT_SECONDS,
+                   what=f"every object of {self.namespace}/{self.release} deleted from the API server")
