@@ -2,7 +2,10 @@
 
 Every rendered object is validated against the Kubernetes OpenAPI schemas kubernetes-validate ships
 (strict: unknown fields are refused). ``lookup`` returns nothing offline, so the CA Secret's "kept on
-upgrade" logic is tested through its helper with a fake lookup result in a temporary copy of the chart.
+upgrade" logic is tested here through its helper with a given lookup result in a temporary copy of the
+chart, and ``ca-init.py`` only where it needs no API server. test_charts_in_a_cluster.py installs both
+charts into a real API server: ca-init storing the CA in the chart's Secret, and ``lookup`` keeping it
+on upgrade, are tested there.
 """
 
 from __future__ import annotations
@@ -13,8 +16,6 @@ import json
 import shutil
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import helm_python
 import kubernetes_validate
 import pytest
 import yaml
+from chart_server import closed_port
 
 from edgehub.settings import HubSettings
 
@@ -359,59 +361,6 @@ def run_ca_init(*args: str) -> subprocess.CompletedProcess[str]:
                           cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
 
 
-class _FakeApi(BaseHTTPRequestHandler):
-    patches: list[tuple[str, dict[str, str], dict[str, Any]]] = []
-
-    def do_PATCH(self) -> None:  # noqa: N802 - http.server's name
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.patches.append((self.path, dict(self.headers), body))
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        self.wfile.write(b"{}")
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def fake_api() -> Any:
-    _FakeApi.patches = []
-    server = HTTPServer(("127.0.0.1", 0), _FakeApi)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}", _FakeApi.patches
-    server.shutdown()
-    thread.join()
-
-
-def test_ca_init_creates_the_ca_and_stores_it_in_the_secret(tmp_path: Path, fake_api: Any) -> None:
-    api, patches = fake_api
-    state, secret_dir, token = tmp_path / "state", tmp_path / "secret", tmp_path / "token"
-    secret_dir.mkdir()  # the chart's Secret, mounted while still empty
-    token.write_text("sa-token\n")
-    done = run_ca_init("--state", str(state), "--secret-dir", str(secret_dir), "--store-secret", "ec-edgehub-ca",
-                       "--namespace", "edge", "--api", api, "--token-file", str(token))
-    assert done.returncode == 0, done.stderr
-    assert (state / "hub.key").stat().st_mode & 0o777 == 0o600
-    assert state.stat().st_mode & 0o777 == 0o700
-    [(path, headers, body)] = patches
-    assert path == "/api/v1/namespaces/edge/secrets/ec-edgehub-ca"
-    assert headers["Authorization"] == "Bearer sa-token"
-    assert headers["Content-Type"] == "application/merge-patch+json"
-    assert base64.b64decode(body["data"]["hub.key"]) == (state / "hub.key").read_bytes()
-    assert base64.b64decode(body["data"]["hub-ca.crt"]) == (state / "hub-ca.crt").read_bytes()
-    # The next start (the Secret filled): restored, nothing stored, the same key.
-    for name in ("hub.key", "hub-ca.crt"):
-        (secret_dir / name).write_bytes((state / name).read_bytes())
-    before = (state / "hub.key").read_bytes()
-    again = run_ca_init("--state", str(state), "--secret-dir", str(secret_dir), "--store-secret", "ec-edgehub-ca",
-                        "--namespace", "edge", "--api", api, "--token-file", str(token))
-    assert again.returncode == 0, again.stderr
-    assert len(patches) == 1
-    assert (state / "hub.key").read_bytes() == before
-
-
 def test_ca_init_leaves_the_bundle_of_a_rotated_hub_alone(tmp_path: Path) -> None:
     from edgehub.hub_cas import begun
     from edgehub.identity import HubIdentity
@@ -446,11 +395,11 @@ def test_ca_init_restores_the_secret_onto_a_new_volume(tmp_path: Path) -> None:
     assert [p.read_bytes() for p in state.glob("hub.key.replaced-*")] == [b"another key"]
 
 
-def test_ca_init_fails_when_the_secret_cannot_be_written(tmp_path: Path) -> None:
+def test_ca_init_fails_when_the_api_server_cannot_be_reached(tmp_path: Path) -> None:
     token = tmp_path / "token"
     token.write_text("t")
     done = run_ca_init("--state", str(tmp_path / "state"), "--store-secret", "s", "--namespace", "n",
-                       "--api", "http://127.0.0.1:9", "--token-file", str(token))
+                       "--api", f"http://127.0.0.1:{closed_port()}", "--token-file", str(token))
     assert done.returncode == 1
     assert "could not store the hub CA in the Secret n/s" in done.stderr
 
