@@ -34,8 +34,11 @@ demo: venv
 control-plane: venv
 	$(PY) -m edgesim.k8s_build
 
+# Two workers, each taking whole test files (module fixtures stay with their tests): most tests wait on
+# brokers, hubs, pods and API servers rather than on the CPU. TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
 test: venv control-plane
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # Printed figures, never a timed test; BENCH_ARGS passes more flags (--timeout, --full-agents, --window).
 bench-rollout: venv

@@ -354,7 +354,8 @@ class PodmanRuntime:
         self._prober = ProbeRunner(self._cli, settings.probes)
         self._probes = OwnedTask("podman probes")
         # Restarts of Always pods' containers, with back-off, while entered, under each release's lock.
-        self._keeper = RestartKeeper(self._cli, self._lock, settings.restarts)  # type: ignore[arg-type]
+        self._keeper = RestartKeeper(self._cli, self._lock, settings.restarts,  # type: ignore[arg-type]
+                                     restarting=self._prober.restarting)
         self._restarts = OwnedTask("podman restarts")
         self._storage: tuple[str, ...] | None = None  # podman's volume path, graph root and run root, asked once
 

@@ -268,6 +268,8 @@ class ProbeRunner:
         self._cli = cli
         self.settings = settings or ProbeSettings()
         self._clock = clock
+        # Containers a failed liveness probe is restarting right now (the restart keeper leaves them alone).
+        self.restarting: set[str] = set()
         self._releases: dict[Any, _Release] = {}
         self._states: dict[tuple[str, str], _State] = {}  # (container, kind) -> state
         self._checks: set[asyncio.Task[None]] = set()
@@ -430,13 +432,17 @@ class ProbeRunner:
         logger.warning("%s probe of %s failed %d times (%s); restarting the container",
                        probe.kind.capitalize(), probe.container, probe.failure_threshold, detail)
         self.restarts[probe.container] = self.restarts.get(probe.container, 0) + 1
-        result = await self._cli.run("restart", "--time", str(target.grace), probe.container, check=False,
-                                     timeout=target.grace + 30)
-        if result.returncode != 0 and target.pod and "namespace path" in result.stderr:
-            # The pod's only container stopped, and with it (podman's pod exit
-            # policy) the pod's infra container whose namespaces it joins:
-            # starting the pod brings both back.
-            result = await self._cli.run("pod", "start", target.pod, check=False, timeout=30)
+        self.restarting.add(probe.container)
+        try:
+            result = await self._cli.run("restart", "--time", str(target.grace), probe.container, check=False,
+                                         timeout=target.grace + 30)
+            if result.returncode != 0 and target.pod and "namespace path" in result.stderr:
+                # The pod's only container stopped, and with it (podman's pod exit
+                # policy) the pod's infra container whose namespaces it joins:
+                # starting the pod brings both back.
+                result = await self._cli.run("pod", "start", target.pod, check=False, timeout=30)
+        finally:
+            self.restarting.discard(probe.container)
         if result.returncode != 0:
             logger.warning("Could not restart %s: %s; the next failures will try again",
                            probe.container, result.stderr.strip())

@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -85,8 +85,11 @@ class RestartKeeper:
     """Starts exited containers of ``Always`` pods again after their back-off (see the module docstring)."""
 
     def __init__(self, cli: PodmanCli, lock: Callable[[object], asyncio.Lock],
-                 settings: RestartSettings | None = None, *, clock: Callable[[], float] | None = None) -> None:
+                 settings: RestartSettings | None = None, *, clock: Callable[[], float] | None = None,
+                 restarting: Collection[str] = frozenset()) -> None:
         self._cli = cli
+        # Containers someone else (a failed liveness probe) is restarting: their stop is not an exit to count.
+        self._restarting = restarting
         self.settings = settings or RestartSettings()
         self._lock = lock
         self._clock = clock
@@ -154,6 +157,8 @@ class RestartKeeper:
         name = str(info.get("Name") or "")
         container_id = str(info.get("Id") or "")
         if not name or name not in {n for names in self._releases.values() for n in names}:
+            return
+        if name in self._restarting:
             return
         known = self._known.get(name)
         if known is None or known.container_id != container_id:

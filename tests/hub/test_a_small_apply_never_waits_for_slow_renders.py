@@ -133,9 +133,9 @@ async def test_stopping_the_renderer_stops_renders_in_both_lanes_and_sends_the_o
         second = asyncio.create_task(renderer.render(component, archive, revision=2, previous={}, upgrade=False))
         third = asyncio.create_task(renderer.render(component, archive, revision=3, previous={}, upgrade=False))
         # The first goes on in the slow lane, the second is stopped after 1 s and waits there; the third
-        # holds the fast lane.
+        # holds the fast lane (its worker process is counted started a moment before it exists).
         async with asyncio.timeout(10):
-            while renderer._slow.waiting < 1 or renderer.counts.started < 3:
+            while renderer._slow.waiting < 1 or renderer.counts.started < 3 or len(WorkerCount.workers()) < 2:
                 await asyncio.sleep(0.05)
         assert (renderer.counts.moved, renderer.counts.stopped) == (1, 1)
         assert len(WorkerCount.workers()) == 2
