@@ -9,36 +9,20 @@ from __future__ import annotations
 
 import json
 import secrets
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from deployer_plugin.controller import FINALIZER, GROUP, PLURAL, VERSION
+from edgesim.fleet import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / "charts" / "edgehub" / "crds" / "components.edgecollab.io.yaml"
 # What `kubectl get` asks for: the API server's Table with the CRD's printer columns.
 TABLE = "application/json;as=Table;v=v1;g=meta.k8s.io"
-T = TypeVar("T")
-
-
-def wait_for(check: Callable[[], T], *, timeout: float, what: str, interval: float = 0.25) -> T:
-    """Poll ``check`` until it returns something truthy; an AssertionError naming ``what`` (and the last
-    value) after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        last = check()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:.0f} s: {what} (last: {last!r})")
-        time.sleep(interval)
 
 
 def api_client(kubeconfig: Path) -> client.ApiClient:
@@ -68,7 +52,7 @@ def install_crd(api: client.ApiClient) -> dict[str, Any]:
         conditions = {c["type"]: c["status"] for c in held.get("status", {}).get("conditions") or []}
         return held if conditions.get("Established") == "True" else None
 
-    return wait_for(established, timeout=30, what=f"the CRD {name} Established")
+    return wait_until(established, timeout=30, what=f"the CRD {name} Established")
 
 
 def create_namespace(api: client.ApiClient, prefix: str) -> str:
