@@ -1,9 +1,10 @@
 """The Component controller: Component objects in a Kubernetes cluster, deployed through the hub.
 
-    python -m deployer_plugin.controller --hub https://HUB:8470 [--namespace NS] [--resync 60]
+    python -m deployer_plugin.controller --hub https://HUB:8470 [--namespace NS] [--resync 60] [--poll 5]
 
 It watches ``components.edgecollab.io`` objects with the official ``kubernetes`` client (list, then
-watch from the list's resourceVersion; a 410 Gone lists again), and for each one:
+watch from the list's resourceVersion; a 410 Gone lists again, and so does an API server that could
+not be reached, after a pause), and for each one:
 
 1. decides what to do with :func:`decide` (pure: the object and the hub's view of its release);
 2. does it through the edge deployer (:class:`~deployer_plugin.deployer.EdgeDeployer`), the same
@@ -11,7 +12,8 @@ watch from the list's resourceVersion; a 410 Gone lists again), and for each one
    edgecollab-controller``); a deleted object is uninstalled before its finalizer goes;
 3. writes the status subresource from :func:`status_from` (pure): observedGeneration,
    currentRevision, targetRevision, the counts (desired, updated, ready, failed, offline) in all and
-   per pool, and the conditions Progressing, Available and RolledBack.
+   per pool, and the conditions Progressing, Available and RolledBack. A Component whose rollout is
+   under way, or whose hub could not be reached, is looked at again every ``--poll`` seconds.
 
 The hub's operator token comes as for edgectl: ``EDGECOLLAB_TOKEN``, else the file
 ``EDGECOLLAB_TOKEN_FILE`` names (in a cluster: a Secret mounted as a file). The cluster comes from
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
+import signal
 import sys
 import time
 from collections.abc import Mapping
@@ -44,9 +47,20 @@ PLURAL = "components"
 FINALIZER = "edgecollab.io/hub-release"
 CLIENT_NAME = "edgecollab-controller"
 DEFAULT_RESYNC_SECONDS = 60
+DEFAULT_POLL_SECONDS = 5
+# Seconds (connect, read) a request to the API server may take; a watch's read gets its window more.
+API_TIMEOUT = (5, 30)
+# The longest pause before listing again while the API server cannot be reached (1 s, doubling to this).
+MAX_PAUSE_SECONDS = 8.0
 
 # Refusal reasons that a retry cannot cure until the spec changes (a new generation).
 FINAL_REFUSALS = ("LocalChart", "SpecRejected")
+# Refusal reasons that are retried every poll period: the hub could not be asked, or failed.
+RETRIED_REFUSALS = ("HubUnreachable", "HubError")
+CONDITIONS = ("Progressing", "Available", "RolledBack")
+# The status fields that describe the rollout (kept as they were while the hub cannot be asked).
+_ROLLOUT_FIELDS = ("currentRevision", "targetRevision", "readyNodes", "rollout", "desired", "updated", "ready",
+                   "failed", "offline", "pools")
 
 ActionKind = Literal["add_finalizer", "apply", "observe", "refuse", "uninstall", "remove_finalizer", "nothing"]
 
@@ -82,7 +96,7 @@ def decide(obj: Mapping[str, Any], release: ReleaseStatus | None) -> Action:
     - no finalizer yet: add it (nothing else happens before a deletion can be caught);
     - a local chart: refuse (a cluster object must name a chart repository or OCI chart);
     - a generation not yet acted on, or a release the hub lost: apply; but a generation the hub
-      refused for its spec stays refused until the spec changes;
+      refused for its spec stays refused (the refusal as it was) until the spec changes;
     - otherwise: observe (refresh the status from the hub).
     """
     metadata = obj.get("metadata") or {}
@@ -104,7 +118,7 @@ def decide(obj: Mapping[str, Any], release: ReleaseStatus | None) -> Action:
     acted = status.get("observedGeneration") == generation
     progressing = _condition(status, "Progressing")
     if acted and progressing is not None and progressing.get("reason") in FINAL_REFUSALS:
-        return Action("observe")
+        return Action("refuse", progressing["reason"], str(progressing.get("message", "")))
     if not acted or release is None:
         return Action("apply")
     return Action("observe")
@@ -140,15 +154,25 @@ def _rollout_conditions(release: ReleaseStatus) -> list[tuple[str, str, str, str
     return [("Progressing", *progressing), ("Available", *available), ("RolledBack", *rolled)]
 
 
+def is_final(refusal: Action | None) -> bool:
+    """Whether ``refusal`` stands until the spec changes (True) or is retried (a hub that could not be asked)."""
+    return refusal is not None and refusal.reason in FINAL_REFUSALS
+
+
 def status_from(obj: Mapping[str, Any], release: ReleaseStatus | None, *, refusal: Action | None = None,
                 now: str | None = None) -> dict[str, Any]:
-    """The status subresource for ``obj`` from the hub's ``release`` (None: the hub has none) and a
-    ``refusal`` (an Action with reason and message) if this pass was refused. Pure; a condition keeps
-    its lastTransitionTime while its status stays the same."""
+    """The status subresource for ``obj`` from the hub's ``release`` (None: the hub has none, or could not
+    be asked) and a ``refusal`` (an Action with reason and message) if this pass was refused. Pure; a
+    condition keeps its lastTransitionTime while its status stays the same.
+
+    A refusal that is retried (the hub unreachable or failing) leaves ``observedGeneration`` where it was,
+    so the generation is applied once the hub answers, and keeps what was known of the rollout (the
+    nodes go on running it) when the hub could not even be asked."""
     stamp = now or _now()
     generation = (obj.get("metadata") or {}).get("generation")
     previous = obj.get("status") or {}
-    status: dict[str, Any] = {"observedGeneration": generation}
+    retried = refusal is not None and not is_final(refusal)
+    status: dict[str, Any] = {}
     rows: list[tuple[str, str, str, str]]
     if release is not None:
         counts = release.counts
@@ -156,17 +180,26 @@ def status_from(obj: Mapping[str, Any], release: ReleaseStatus | None, *, refusa
                       readyNodes=f"{counts.ready}/{counts.desired}", rollout=release.rollout, **counts.to_dict(),
                       pools={pool: c.to_dict() for pool, c in release.pools.items()})
         rows = _rollout_conditions(release)
+    elif retried and previous.get("targetRevision"):
+        status.update({k: v for k, v in previous.items() if k in _ROLLOUT_FIELDS})
+        rows = [(c["type"], c["status"], c.get("reason", ""), c.get("message", ""))
+                for c in previous.get("conditions") or [] if isinstance(c, Mapping) and c.get("type") in CONDITIONS]
     else:
         status.update(currentRevision=0, targetRevision=0, readyNodes="0/0", rollout="not deployed", desired=0,
                       updated=0, ready=0, failed=0, offline=0, pools={})
         rows = [("Progressing", "True", "Pending", "not applied to the hub yet"),
                 ("Available", "False", "NotDeployed", "the hub has no release of this component"),
                 ("RolledBack", "False", "NotRolledBack", "no revision yet")]
+    observed = previous.get("observedGeneration") if retried else generation
+    if observed is not None:
+        status["observedGeneration"] = observed
     if refusal is not None:
-        status["rollout"] = "refused"
-        rows = [("Progressing", "False", refusal.reason, refusal.message), *rows[1:]]
+        if not retried:
+            status["rollout"] = "refused"
+        rows = [("Progressing", "False", refusal.reason, refusal.message),
+                *(row for row in rows if row[0] != "Progressing")]
     conditions = []
-    for kind, state, reason, message in rows:
+    for kind, state, reason, message in sorted(rows, key=lambda row: CONDITIONS.index(row[0])):
         before = _condition(previous, kind)
         since = before.get("lastTransitionTime") if before and before.get("status") == state else None
         conditions.append({"type": kind, "status": state, "reason": reason, "message": message,
@@ -188,14 +221,21 @@ def refusal_of(exc: DeployerError) -> Action:
 
 
 class Controller:
-    """Reconciles Component objects through ``deployer``; ``api`` is a ``kubernetes.client.CustomObjectsApi``."""
+    """Reconciles Component objects through ``deployer``; ``api`` is a ``kubernetes.client.CustomObjectsApi``.
+
+    One thread does everything, so one Component is never reconciled twice at once. Components whose
+    rollout is under way (Progressing=True) or whose hub call is retried are looked at again every
+    ``poll_seconds``, so their status follows the nodes without waiting for the next full resync."""
 
     def __init__(self, deployer: Deployer, api: Any, *, namespace: str | None = None,
-                 resync_seconds: int = DEFAULT_RESYNC_SECONDS) -> None:
+                 resync_seconds: int = DEFAULT_RESYNC_SECONDS, poll_seconds: int = DEFAULT_POLL_SECONDS) -> None:
         self.deployer = deployer
         self.api = api
         self.namespace = namespace
         self.resync_seconds = resync_seconds
+        self.poll_seconds = poll_seconds
+        # (namespace, name) of the Components looked at again every poll_seconds.
+        self.following: set[tuple[str, str]] = set()
 
     def reconcile(self, obj: Mapping[str, Any]) -> Action:
         """One pass over one Component: decide, act, write status. Returns what it decided."""
@@ -205,8 +245,10 @@ class Controller:
         try:
             release = self.deployer.status(namespace, name)
         except DeployerError as exc:
-            self._write_status(obj, status_from(obj, None, refusal=refusal_of(exc)))
-            return refusal_of(exc)
+            refusal = refusal_of(exc)
+            logger.warning("Component %s/%s: %s", namespace, name, refusal.message)
+            self._write_status(obj, status_from(obj, None, refusal=refusal))
+            return refusal
         action = decide(obj, release)
         logger.debug("Component %s/%s: %s", namespace, name, action.kind)
         if action.kind == "nothing":
@@ -236,65 +278,175 @@ class Controller:
         self._write_status(obj, status_from(obj, release, refusal=refusal))
         return action
 
+    # ----- writing to the cluster
+
     def _set_finalizers(self, obj: Mapping[str, Any], finalizers: list[str]) -> None:
         metadata = obj["metadata"]
+        # A merge patch carrying the resourceVersion the list was read at: the API server refuses it (409)
+        # if the object changed since, so another writer's finalizer is never dropped; the event of that
+        # change brings the object back here.
         self.api.patch_namespaced_custom_object(
             GROUP, VERSION, metadata.get("namespace") or "default", PLURAL, metadata["name"],
-            {"metadata": {"finalizers": finalizers, "resourceVersion": metadata.get("resourceVersion")}})
+            {"metadata": {"finalizers": finalizers, "resourceVersion": metadata.get("resourceVersion")}},
+            _request_timeout=API_TIMEOUT)
+        if FINALIZER not in finalizers:
+            self.following.discard(_key(obj))
 
     def _write_status(self, obj: Mapping[str, Any], status: dict[str, Any]) -> None:
         metadata = obj["metadata"]
+        self._follow(obj, status)
         if (obj.get("status") or {}) == status:
             return
         try:
+            # A JSON patch replacing the whole status: a merge patch would keep the pools no longer targeted.
             self.api.patch_namespaced_custom_object_status(
-                GROUP, VERSION, metadata.get("namespace") or "default", PLURAL, metadata["name"], {"status": status})
-        except Exception as exc:  # a 404 (deleted meanwhile) or a conflict: the next event or resync retries
-            logger.warning("Could not write the status of %s/%s: %s", metadata.get("namespace"), metadata["name"], exc)
+                GROUP, VERSION, metadata.get("namespace") or "default", PLURAL, metadata["name"],
+                [{"op": "add", "path": "/status", "value": status}],
+                _content_type="application/json-patch+json", _request_timeout=API_TIMEOUT)
+        except _api_exception() as exc:  # a 404 (deleted meanwhile): nothing to write to
+            if exc.status != 404:
+                raise
+            self.following.discard(_key(obj))
+
+    def _follow(self, obj: Mapping[str, Any], status: Mapping[str, Any]) -> None:
+        progressing = _condition(status, "Progressing") or {}
+        if progressing.get("status") == "True" or progressing.get("reason") in RETRIED_REFUSALS:
+            self.following.add(_key(obj))
+        else:
+            self.following.discard(_key(obj))
+
+    # ----- reading from the cluster
 
     def _list(self) -> dict[str, Any]:
         if self.namespace:
-            return self.api.list_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL)
-        return self.api.list_cluster_custom_object(GROUP, VERSION, PLURAL)
+            return self.api.list_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL,
+                                                          _request_timeout=API_TIMEOUT)
+        return self.api.list_cluster_custom_object(GROUP, VERSION, PLURAL, _request_timeout=API_TIMEOUT)
 
     def resync(self) -> str:
         """Reconcile every Component once; returns the list's resourceVersion to watch from."""
         listed = self._list()
+        self.following.clear()
         for obj in listed.get("items", []):
             self._safely(obj)
         return listed["metadata"]["resourceVersion"]
 
+    def look_again(self) -> None:
+        """Reconcile the followed Components once more, each as the API server has it now."""
+        for namespace, name in sorted(self.following):
+            try:
+                obj = self.api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name,
+                                                            _request_timeout=API_TIMEOUT)
+            except _api_exception() as exc:
+                if exc.status != 404:
+                    raise
+                self.following.discard((namespace, name))
+                continue
+            self._safely(obj)
+
     def _safely(self, obj: Mapping[str, Any]) -> None:
+        name = (obj.get("metadata") or {}).get("name")
         try:
             self.reconcile(obj)
+        except _api_exception() as exc:
+            if exc.status in (404, 409):  # deleted or changed meanwhile: its own event brings it back
+                logger.info("Component %s changed while reconciled (%s); taking it up again", name, exc.status)
+                return
+            logger.warning("Reconciling %s failed; the next resync retries: %s", name, _short(exc))
+        except _unreachable():
+            raise  # the API server is away: run() pauses and lists again, rather than trying every object
         except Exception:  # one bad object must not stop the others
-            logger.exception("Reconciling %s failed; the next resync retries", (obj.get("metadata") or {}).get("name"))
+            logger.exception("Reconciling %s failed; the next resync retries", name)
 
-    def run(self, *, stop_after: float | None = None) -> None:
-        """List, then watch from the list's resourceVersion; list again on 410 Gone and every resync period.
-        ``stop_after`` (seconds) ends the loop, for tests."""
+    def _watch(self, version: str, seconds: int) -> str:
+        """Reconcile what changes for ``seconds`` from ``version``; returns the last version seen."""
         from kubernetes import watch  # noqa: PLC0415 - the cluster client only where a cluster is used
-        from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
 
-        deadline = None if stop_after is None else time.monotonic() + stop_after
-        version = self.resync()
-        while deadline is None or time.monotonic() < deadline:
-            timeout = self.resync_seconds if deadline is None else max(1, min(self.resync_seconds,
-                                                                              int(deadline - time.monotonic())))
-            lister = (self.api.list_namespaced_custom_object, (GROUP, VERSION, self.namespace, PLURAL)) \
-                if self.namespace else (self.api.list_cluster_custom_object, (GROUP, VERSION, PLURAL))
-            stream = watch.Watch()
+        if self.namespace:
+            lister, args = self.api.list_namespaced_custom_object, (GROUP, VERSION, self.namespace, PLURAL)
+        else:
+            lister, args = self.api.list_cluster_custom_object, (GROUP, VERSION, PLURAL)
+        # The server ends the watch after timeout_seconds; the read timeout only catches a server gone silent.
+        for event in watch.Watch().stream(lister, *args, resource_version=version, timeout_seconds=seconds,
+                                          _request_timeout=(API_TIMEOUT[0], seconds + API_TIMEOUT[1])):
+            obj = event["object"]
+            version = obj.get("metadata", {}).get("resourceVersion", version)
+            if event["type"] == "DELETED":
+                self.following.discard(_key(obj))
+            else:
+                self._safely(obj)
+        return version
+
+    def run(self) -> None:
+        """List, then watch from the list's resourceVersion; list again every resync period and after a
+        410 Gone; look again at followed Components every poll period. When the API server cannot be
+        reached (restarting, say) or refuses, it says so and lists again after a pause (1 s, doubling to
+        8 s): it runs until stopped."""
+        ApiException = _api_exception()  # noqa: N806
+        version: str | None = None
+        resync_at = 0.0
+        pause = 1.0
+        while True:
             try:
-                for event in stream.stream(lister[0], *lister[1], resource_version=version, timeout_seconds=timeout):
-                    obj = event["object"]
-                    version = obj.get("metadata", {}).get("resourceVersion", version)
-                    if event["type"] != "DELETED":
-                        self._safely(obj)
+                if version is None or time.monotonic() >= resync_at:
+                    version = self.resync()
+                    resync_at = time.monotonic() + self.resync_seconds
+                elif self.following:
+                    self.look_again()
+                left = max(1, int(resync_at - time.monotonic()))
+                version = self._watch(version, min(left, self.poll_seconds) if self.following else left)
+                pause = 1.0
             except ApiException as exc:
-                if exc.status != 410:
-                    raise
-                logger.info("The watch's resourceVersion expired (410 Gone); listing again")
-            version = self.resync()  # each period, and after a 410: every object once more
+                version = None
+                if exc.status == 410:
+                    logger.info("The watch's resourceVersion expired (410 Gone); listing again")
+                    continue
+                logger.warning("The API server refused: %s; listing again in %.0f s", _hint(exc), pause)
+                time.sleep(pause)
+                pause = min(pause * 2, MAX_PAUSE_SECONDS)
+            except Exception as exc:  # noqa: BLE001 - urllib3's and the socket's errors: the server is away
+                version = None
+                logger.warning("The API server cannot be reached (%s); listing again in %.0f s", _short(exc), pause)
+                time.sleep(pause)
+                pause = min(pause * 2, MAX_PAUSE_SECONDS)
+
+
+def _key(obj: Mapping[str, Any]) -> tuple[str, str]:
+    metadata = obj.get("metadata") or {}
+    return metadata.get("namespace") or "default", str(metadata.get("name"))
+
+
+def _api_exception() -> type[Exception]:
+    from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
+
+    return ApiException
+
+
+def _unreachable() -> tuple[type[Exception], ...]:
+    """What the kubernetes client raises when the API server does not answer (urllib3's errors)."""
+    from urllib3.exceptions import HTTPError  # noqa: PLC0415
+
+    return (HTTPError, OSError)
+
+
+def _short(exc: Exception) -> str:
+    status = getattr(exc, "status", None)
+    reason = getattr(exc, "reason", None)
+    if status:
+        return f"{status} {reason or ''}".strip()
+    return str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+
+
+def _hint(exc: Any) -> str:
+    """What an error of the API server means for the controller."""
+    if exc.status == 404:
+        return (f"404: no {PLURAL}.{GROUP} resource: install the Component CRD "
+                "(kubectl apply -f charts/edgehub/crds/components.edgecollab.io.yaml)")
+    if exc.status in (401, 403):
+        # Also for a moment after an API server starts, before its authorization caches are filled.
+        return (f"{exc.status} {exc.reason}: if this lasts, the controller's account needs get, list, watch and "
+                f"patch on {PLURAL}.{GROUP} and patch on {PLURAL}/status (docs/deployer.md)")
+    return _short(exc)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -303,9 +455,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ca-file", help="the CA an https:// hub is trusted by (default: $EDGECOLLAB_CA_FILE)")
     parser.add_argument("--namespace", help="watch this namespace only (default: every namespace)")
     parser.add_argument("--kubeconfig", help="the cluster (default: $KUBECONFIG, else in-cluster)")
-    parser.add_argument("--resync", type=int, default=DEFAULT_RESYNC_SECONDS, help="seconds between full resyncs")
+    parser.add_argument("--resync", type=_seconds, default=DEFAULT_RESYNC_SECONDS,
+                        help=f"seconds between full resyncs (default {DEFAULT_RESYNC_SECONDS})")
+    parser.add_argument("--poll", type=_seconds, default=DEFAULT_POLL_SECONDS,
+                        help="seconds between looks at a Component whose rollout is under way or whose hub call "
+                             f"is retried (default {DEFAULT_POLL_SECONDS})")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
+
+
+def _seconds(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 second, not {value}")
+    return value
+
+
+def _stop(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM (a pod stopping) ends the controller as Ctrl-C does
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -314,6 +484,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # each of urllib3's quick retries of a refused connection, which run() reports once
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     try:
         from kubernetes import client, config  # noqa: PLC0415
     except ImportError as exc:
@@ -330,7 +502,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     controller = Controller(deployer, client.CustomObjectsApi(), namespace=args.namespace,
-                            resync_seconds=args.resync)
+                            resync_seconds=args.resync, poll_seconds=args.poll)
+    signal.signal(signal.SIGTERM, _stop)
     logger.info("Watching %s.%s/%s in %s; deploying through the hub at %s", PLURAL, GROUP, VERSION,
                 args.namespace or "every namespace", deployer.hub_url)
     try:

@@ -55,6 +55,9 @@ NODE_NAME = "kwok-node-0"
 KWOK_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
 READY_TIMEOUT_SECONDS = 90.0
 STOP_TIMEOUT_SECONDS = 15.0
+# kube-apiserver stops listening and drains its requests at once on SIGTERM, then its process lingers
+# (15 s here) before it exits: killed after this, a restart loses nothing and takes 5 s, not 20.
+APISERVER_STOP_SECONDS = 3.0
 # The order they start in; stopped in reverse.
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 
@@ -346,7 +349,7 @@ class ControlPlane:
         if proc.poll() is None:
             proc.terminate()
             try:
-                proc.wait(STOP_TIMEOUT_SECONDS)
+                proc.wait(APISERVER_STOP_SECONDS if name == "kube-apiserver" else STOP_TIMEOUT_SECONDS)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(STOP_TIMEOUT_SECONDS)

@@ -1,8 +1,7 @@
-"""The Component controller's decisions and status, without a cluster.
+"""The Component controller's decisions and status: ``decide`` and ``status_from`` are pure.
 
-``decide`` and ``status_from`` are pure; ``Controller.reconcile`` is driven here with an in-memory
-deployer and an in-memory stand-in for the cluster's CustomObjectsApi that records each patch.
-The same controller against a real cluster: tests/deployer/test_controller_cluster.py.
+The controller itself (``python -m deployer_plugin.controller``) against the session's real API server,
+a real hub and real nodes: tests/deployer/test_controller_cluster.py.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ import pytest
 from deployer_plugin.controller import (
     FINALIZER,
     Action,
-    Controller,
     component_document,
     decide,
     refusal_of,
@@ -23,7 +21,6 @@ from deployer_plugin.controller import (
 )
 from deployer_plugin.deployer import (
     DeployerError,
-    DeployOutcome,
     HubUnavailable,
     ReleaseStatus,
     RolloutCounts,
@@ -98,7 +95,11 @@ def test_repository_and_oci_charts_are_applied(chart: Any) -> None:
 def test_a_spec_the_hub_refused_stays_refused_until_it_changes() -> None:
     refused = {"observedGeneration": 4, "conditions": [{"type": "Progressing", "status": "False",
                                                          "reason": "SpecRejected", "message": "x"}]}
-    assert decide(component(generation=4, status=refused), None).kind == "observe"
+    kept = decide(component(generation=4, status=refused), None)
+    assert (kept.kind, kept.reason, kept.message) == ("refuse", "SpecRejected", "x")
+    # ... so the status written keeps saying so (not "not applied yet", which would apply it again).
+    assert conditions(status_from(component(generation=4, status=refused), None, refusal=kept))["Progressing"] == (
+        "False", "SpecRejected")
     assert decide(component(generation=5, status=refused), None).kind == "apply"
     unreachable = copy.deepcopy(refused)
     unreachable["conditions"][0]["reason"] = "HubUnreachable"
@@ -169,6 +170,31 @@ def test_a_condition_keeps_its_transition_time_while_its_status_holds() -> None:
         "Progressing": "T3", "Available": "T3", "RolledBack": "T1"}
 
 
+def test_an_unreachable_hub_keeps_the_generation_unapplied_and_the_rollout_as_known() -> None:
+    deployed = status_from(component(generation=2), release(revision=2), now="T1")
+    # The spec changed (generation 3) while the hub is down: nothing was applied, so the status says
+    # generation 2 still, the nodes' rollout as last known, and why.
+    obj = component(generation=3, status=deployed)
+    down = status_from(obj, None, refusal=refusal_of(HubUnavailable("cannot reach the hub")), now="T2")
+
+    assert down["observedGeneration"] == 2
+    assert (down["targetRevision"], down["readyNodes"], down["rollout"]) == (2, "2/2", "complete")
+    assert conditions(down) == {"Progressing": ("False", "HubUnreachable"), "Available": ("True", "AllNodesReady"),
+                                "RolledBack": ("False", "NotRolledBack")}
+    # ... so once the hub answers, the generation is applied.
+    assert decide(component(generation=3, status=down), release(revision=2)).kind == "apply"
+
+
+def test_a_failed_apply_leaves_the_generation_unapplied_but_a_refused_spec_does_not() -> None:
+    before = status_from(component(generation=1), release(revision=1), now="T1")
+    obj = component(generation=2, status=before)
+    failed = status_from(obj, release(revision=1), refusal=refusal_of(DeployerError("boom", 500)))
+    assert failed["observedGeneration"] == 1 and conditions(failed)["Progressing"] == ("False", "HubError")
+    refused = status_from(obj, release(revision=1), refusal=refusal_of(SpecRejected("spec.chart: no 9.9.9", 422)))
+    assert refused["observedGeneration"] == 2 and refused["rollout"] == "refused"
+    assert decide(component(generation=2, status=refused), release(revision=1)).kind == "refuse"
+
+
 def test_hub_failures_become_refusal_reasons() -> None:
     assert refusal_of(HubUnavailable("cannot reach")).reason == "HubUnreachable"
     assert refusal_of(SpecRejected("spec.edge: selects no node", 422)).reason == "SpecRejected"
@@ -193,99 +219,3 @@ def test_release_status_from_the_hubs_views() -> None:
     assert status.pools["sh"] == RolloutCounts(desired=2, updated=1, ready=1, failed=0, offline=1)
     assert status.pools["bj"] == RolloutCounts(desired=1, updated=0, ready=0, failed=1, offline=0)
     assert (status.current_revision, status.rolled_back_to, status.rollout) == (2, 1, "failing")
-
-
-# --------------------------------------------------------------------------- reconcile, with in-memory stand-ins
-
-
-class MemoryDeployer:
-    """A Deployer that keeps releases in a dict; ``fail`` makes the next apply raise it."""
-
-    def __init__(self) -> None:
-        self.releases: dict[tuple[str, str], ReleaseStatus] = {}
-        self.applied: list[dict[str, Any]] = []
-        self.fail: DeployerError | None = None
-
-    def status(self, namespace: str, name: str) -> ReleaseStatus | None:
-        return self.releases.get((namespace, name))
-
-    def upgrade(self, document: dict[str, Any], *, chart_archive: bytes | None = None,
-                install: bool = False) -> DeployOutcome:
-        if self.fail is not None:
-            raise self.fail
-        self.applied.append(document)
-        key = (document["metadata"]["namespace"], document["metadata"]["name"])
-        revision = self.releases[key].revision + 1 if key in self.releases else 1
-        self.releases[key] = release(revision=revision, ready=0, updated=0)
-        return DeployOutcome(component="/".join(key), revision=revision, changed=True)
-
-    def uninstall(self, namespace: str, name: str) -> int:
-        return self.releases.pop((namespace, name)).revision + 1
-
-
-class MemoryApi:
-    """Records the patches the controller sends to the cluster."""
-
-    def __init__(self) -> None:
-        self.patches: list[tuple[str, dict[str, Any]]] = []
-
-    def patch_namespaced_custom_object(self, group: str, version: str, namespace: str, plural: str, name: str,
-                                       body: dict[str, Any]) -> None:
-        self.patches.append(("object", body))
-
-    def patch_namespaced_custom_object_status(self, group: str, version: str, namespace: str, plural: str,
-                                              name: str, body: dict[str, Any]) -> None:
-        self.patches.append(("status", body))
-
-
-@pytest.fixture
-def stand_ins() -> tuple[Controller, MemoryDeployer, MemoryApi]:
-    deployer, api = MemoryDeployer(), MemoryApi()
-    return Controller(deployer, api), deployer, api  # type: ignore[arg-type]
-
-
-def test_reconcile_adds_the_finalizer_then_applies_then_writes_status(
-        stand_ins: tuple[Controller, MemoryDeployer, MemoryApi]) -> None:
-    controller, deployer, api = stand_ins
-
-    assert controller.reconcile(component(finalizers=())).kind == "add_finalizer"
-    assert api.patches == [("object", {"metadata": {"finalizers": [FINALIZER], "resourceVersion": "7"}})]
-
-    assert controller.reconcile(component()).kind == "apply"
-    assert deployer.applied == [component_document(component())]
-    kind, body = api.patches[-1]
-    assert kind == "status" and body["status"]["targetRevision"] == 1 and body["status"]["observedGeneration"] == 1
-    assert conditions(body["status"])["Progressing"] == ("True", "RollingOut")
-
-    # the same generation again: observed, no new apply; the status already says it: no patch
-    patches = len(api.patches)
-    assert controller.reconcile(component(status=body["status"])).kind == "observe"
-    assert len(deployer.applied) == 1 and len(api.patches) == patches
-
-
-def test_reconcile_writes_the_hubs_refusal(stand_ins: tuple[Controller, MemoryDeployer, MemoryApi]) -> None:
-    controller, deployer, api = stand_ins
-    deployer.fail = SpecRejected("spec.edge.nodePools: must list at least one pool", 422)
-
-    controller.reconcile(component())
-
-    status = api.patches[-1][1]["status"]
-    assert conditions(status)["Progressing"] == ("False", "SpecRejected")
-    assert "nodePools" in status["conditions"][0]["message"]
-
-
-def test_reconcile_refuses_a_local_chart_without_calling_the_hub(
-        stand_ins: tuple[Controller, MemoryDeployer, MemoryApi]) -> None:
-    controller, deployer, api = stand_ins
-    controller.reconcile(component(chart="./chart"))
-    assert deployer.applied == []
-    assert conditions(api.patches[-1][1]["status"])["Progressing"] == ("False", "LocalChart")
-
-
-def test_reconcile_uninstalls_then_releases_the_finalizer(
-        stand_ins: tuple[Controller, MemoryDeployer, MemoryApi]) -> None:
-    controller, deployer, api = stand_ins
-    controller.reconcile(component())
-    assert controller.reconcile(component(deleting=True)).kind == "uninstall"
-    assert deployer.releases == {}
-    assert api.patches[-1] == ("object", {"metadata": {"finalizers": [], "resourceVersion": "7"}})
