@@ -135,7 +135,10 @@ class DryRunRuntime:
     def _lock(self, ref: ReleaseRef) -> asyncio.Lock:
         return self._locks.setdefault(ref, asyncio.Lock())
 
-    async def apply(self, ref: ReleaseRef, manifests: str, node: NodeContext) -> ApplyResult:
+    async def apply(self, ref: ReleaseRef, manifests: str, node: NodeContext, *,
+                    revision: int | None = None) -> ApplyResult:
+        """Record ``manifests`` for ``ref`` (at the node's own count: see the module docstring; ``revision``, the
+        hub's, is not used)."""
         async with self._lock(ref):
             # Parsing, planning and the synced writes block: a thread, as the other runtimes plan in one.
             revision, warnings = await asyncio.to_thread(self._record, ref, manifests, node)
