@@ -48,7 +48,8 @@ def resource(kubeconfig: Path, api_version: str, kind: str) -> Any:
     return client(kubeconfig).resources.get(api_version=api_version, kind=kind)
 
 
-def live(kubeconfig: Path, api_version: str, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+def live(kubeconfig: Path, api_version: str, kind: str, name: str,
+         namespace: str | None = None) -> dict[str, Any] | None:
     """The object as the API server holds it now; None when it does not exist (or its kind is not served)."""
     from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
 
