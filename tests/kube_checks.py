@@ -61,6 +61,11 @@ def live(kubeconfig: Path, api_version: str, kind: str, name: str,
     return found.to_dict()
 
 
+def deleted(obj: dict[str, Any] | None) -> bool:
+    """Gone, or being deleted: a CustomResourceDefinition, say, stays until its custom resources are gone."""
+    return obj is None or bool((obj.get("metadata") or {}).get("deletionTimestamp"))
+
+
 def labels(obj: dict[str, Any] | None) -> dict[str, str]:
     return dict(((obj or {}).get("metadata") or {}).get("labels") or {})
 

@@ -10,6 +10,8 @@ hub. Every test works in a namespace and a CRD group of its own and removes them
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -126,7 +128,8 @@ def names(writes: list[Write], *verbs: str) -> list[str]:
     return [str(w) for w in writes if w.verb in verbs]
 
 
-def test_a_node_joined_with_the_kubernetes_runtime_reports_it(k8s_fleet: Fleet) -> None:
+def test_a_node_joined_with_the_kubernetes_runtime_reports_it_and_passes_doctor(k8s_fleet: Fleet,
+                                                                                 control_plane: Any) -> None:
     assert k8s_fleet.hub is not None
     # The conditions come with the first status after the runtime's preflight.
     view = converge(k8s_fleet, "the node online with its runtime's checks", lambda: (
@@ -134,6 +137,15 @@ def test_a_node_joined_with_the_kubernetes_runtime_reports_it(k8s_fleet: Fleet) 
     assert view["runtime"] == "kubernetes"
     assert [(c["type"], c["status"]) for c in view["conditions"]] == [("RuntimeReady", "True"),
                                                                      ("StorageReady", "True")]
+    # As the README's k3s section checks a node: doctor with the runtime chosen at join.
+    node = k8s_fleet.nodes[NODE]
+    doctor = subprocess.run([sys.executable, "-m", "edgeagent.cli", "doctor", "--state-dir", str(node.state_dir)],
+                            capture_output=True, text=True, timeout=60)
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    checks = {line.split()[1]: line for line in doctor.stdout.splitlines() if line.startswith(("ok", "WARN"))}
+    assert checks["kubernetes"].startswith("ok") and f"Kubernetes v1.36.3 at {control_plane.server}" \
+        in checks["kubernetes"]
+    assert checks["permissions"].startswith("ok") and "read pods and their logs" in checks["permissions"]
 
 
 def test_releases_are_applied_upgraded_rolled_back_and_uninstalled_in_helms_order_with_the_hubs_revision(

@@ -25,6 +25,7 @@ from kube_checks import (
     AuditLog,
     client,
     delete,
+    deleted,
     labels,
     live,
     remove_test_objects,
@@ -174,7 +175,7 @@ async def test_a_release_is_applied_in_helms_order_upgraded_with_pruning_repaire
     for api, kind, name, ns in (("apps/v1", "Deployment", "shop-web", namespace),
                                 ("v1", "ConfigMap", "shop-config", namespace),
                                 ("apiextensions.k8s.io/v1", "CustomResourceDefinition", crd, None)):
-        assert live(kubeconfig, api, kind, name, ns) is None, f"{kind}/{name} left behind"
+        assert deleted(live(kubeconfig, api, kind, name, ns)), f"{kind}/{name} left behind"
     assert live(kubeconfig, "v1", "Namespace", namespace) is not None
     assert not runtime.record_file(ref).exists()
     assert (await runtime.observe(ref)).total == 0
