@@ -250,7 +250,7 @@ class Reconciler:
         await self.store.begin_apply(rec)
         await self.reporter.publish_status()
         try:
-            result = await self.runtime.apply(ref, rec.manifests, self.node)
+            result = await self.runtime.apply(ref, rec.manifests, self.node, revision=rec.desired_revision)
         except ManifestRejected as exc:
             # The same manifests can never run: say so once and wait for a new revision.
             await self.store.reject_apply(rec, message=f"rejected: {exc}; waiting for a new revision")
@@ -309,7 +309,7 @@ class Reconciler:
                 if fresh is not None and fresh.desired_revision == rec.desired_revision:
                     rec, observation = fresh, await self.runtime.observe(ref)
         health = release_health(observation.pods)
-        if health.failing:
+        if health.failing or observation.failed:
             phase = "Degraded"  # no waiting makes it right: said at once, not after ready_timeout
         elif observation.ready >= observation.total:
             phase = "Deployed"

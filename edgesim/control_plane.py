@@ -9,8 +9,9 @@ and the in-cluster names), a service-account signing key, a static token file wi
 (``system:masters``) and one identity per component (kube-controller-manager and kube-scheduler as the
 users Kubernetes' bootstrap RBAC already binds), authorization by RBAC, a kubeconfig per identity
 (``DIR/kubeconfig`` is the administrator's), and one kwok-managed node (``kwok-node-0``) on which pods
-run as kwok says: Deployments, StatefulSets and DaemonSets become ready, Jobs complete. Every port is a
-free loopback port. ``stop`` ends what ``start`` started (their pids are in ``DIR/pids.json``).
+run as kwok says: Deployments, StatefulSets and DaemonSets become ready, Jobs complete, and the API
+server's audit log of what clients (not the control plane's own components) created, patched and deleted
+(``DIR/audit.log``). Every port is a free loopback port. ``stop`` ends what ``start`` started (their pids are in ``DIR/pids.json``).
 
 The tests use :class:`ControlPlane` directly (``tests/conftest.py``: one per session); a test can stop
 and start the API server alone (:meth:`ControlPlane.restart_apiserver`). Synchronous and blocking: it
@@ -60,6 +61,20 @@ STOP_TIMEOUT_SECONDS = 15.0
 APISERVER_STOP_SECONDS = 3.0
 # The order they start in; stopped in reverse.
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+
+
+# What the API server's audit log keeps (ControlPlane.audit_log): the writes of clients other than the control
+# plane's own components, at the Metadata level (who, what, which object; no bodies).
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived"],
+    "rules": [
+        {"level": "None", "users": ["system:kube-controller-manager", "system:kube-scheduler", "kwok-controller",
+                                    "system:apiserver"]},
+        {"level": "None", "userGroups": ["system:serviceaccounts:kube-system", "system:nodes"]},
+        {"level": "None", "verbs": ["get", "list", "watch"]},
+        {"level": "Metadata"},
+    ],
+}
 
 
 class ControlPlaneError(RuntimeError):
@@ -138,6 +153,13 @@ class ControlPlane:
     def ca_file(self) -> Path:
         return self.work_dir / "pki" / "ca.crt"
 
+    @property
+    def audit_log(self) -> Path:
+        """What the API server was asked to change, one JSON event per line, in the order it answered
+        (``AUDIT_POLICY``: writes by anyone but the control plane's own components): a test reads from it
+        the order in which a client created, patched and deleted objects."""
+        return self.work_dir / "audit.log"
+
     def _write_pki(self) -> None:
         pki = self.work_dir / "pki"
         pki.mkdir(parents=True, exist_ok=True)
@@ -199,6 +221,8 @@ class ControlPlane:
                     "--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
                     "--service-account-key-file", str(pki / "sa.pub"),
                     "--service-account-signing-key-file", str(pki / "sa.key"),
+                    "--audit-policy-file", str(self._write_audit_policy()), "--audit-log-path", str(self.audit_log),
+                    "--audit-log-format", "json", "--audit-log-mode", "blocking",
                     "--enable-priority-and-fairness=false", "--v=1"]
         if name == "kube-controller-manager":
             return [binary, "--kubeconfig", str(self.kubeconfig_for(name)),
@@ -222,6 +246,11 @@ class ControlPlane:
                     f"--manage-nodes-with-annotation-selector={key}={value}", "--cidr", POD_CIDR,
                     "--node-ip", "127.0.0.1", "--node-lease-duration-seconds", "40"]
         raise ValueError(name)
+
+    def _write_audit_policy(self) -> Path:
+        path = self.work_dir / "audit-policy.yaml"
+        path.write_text(yaml.safe_dump(AUDIT_POLICY), encoding="utf-8")
+        return path
 
     def _spawn(self, name: str) -> None:
         log = open(self.work_dir / f"{name}.log", "ab")  # noqa: SIM115 - the child holds it; closed on stop

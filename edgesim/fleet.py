@@ -3,7 +3,9 @@
 Used by the demo and by the end-to-end tests, so both run the real commands a
 user runs (``edgehub serve``, ``edgeagent join``/``run``, ``edgectl``) as
 separate processes against a real broker and real podman. Every simulated node
-gets its own state directory and podman storage (``--root``/``--runroot``).
+gets its own state directory and podman storage (``--root``/``--runroot``); a
+node joined with ``NodeOptions(runtime="kubernetes", kubeconfig=...)`` applies
+to that cluster instead (a k3s node, as the README joins one).
 Addresses are loopback only.
 
 Everything here is synchronous and blocking: it drives other processes and is
@@ -365,6 +367,16 @@ class NodeOptions:
     # A node policy file given to ``edgeagent join --policy`` (kept in the
     # node's state dir, read by ``run``); None: the agent's default policy.
     policy: Path | None = None
+    # ``edgeagent join --runtime``: "podman", or "kubernetes" with the
+    # cluster's ``kubeconfig`` (``join --kubeconfig``), as the README joins a
+    # k3s node. ``run`` takes the runtime chosen at join; a kubernetes node
+    # has no podman storage and no image to load.
+    runtime: str = "podman"
+    kubeconfig: Path | None = None
+
+    @property
+    def uses_podman(self) -> bool:
+        return self.runtime == "podman"
 
 
 class Node(ManagedProcess):
@@ -401,26 +413,31 @@ class Node(ManagedProcess):
             args += ["--pool", pool]
         if self.options.policy is not None:
             args += ["--policy", str(self.options.policy)]
+        if not self.options.uses_podman:
+            args += ["--runtime", self.options.runtime]
+            if self.options.kubeconfig is not None:
+                args += ["--kubeconfig", str(self.options.kubeconfig)]
         return subprocess.run(args, capture_output=True, text=True, timeout=60)
 
     def load_image(self) -> None:
-        if self.options.image_tar is not None:
+        if self.options.image_tar is not None and self.options.uses_podman:
             asyncio.run(import_image(self.podman_settings, self.options.image_tar, DEMO_IMAGE))
 
     def start(self) -> Node:
         o = self.options
-        argv = [sys.executable, "-m", "edgeagent.cli", "run", "--state-dir", str(self.state_dir),
-                "--podman-root", str(self.podman_settings.root), "--podman-runroot", str(self.podman_settings.runroot),
-                "--podman-tmpdir", str(self.podman_settings.tmpdir), *o.extra_args]
+        argv = [sys.executable, "-m", "edgeagent.cli", "run", "--state-dir", str(self.state_dir), *o.extra_args]
+        if o.uses_podman:
+            argv += ["--podman-root", str(self.podman_settings.root), "--podman-runroot",
+                     str(self.podman_settings.runroot), "--podman-tmpdir", str(self.podman_settings.tmpdir)]
         if o.reconcile_interval is not None:
             argv += ["--reconcile-interval", str(o.reconcile_interval)]
         if o.keepalive is not None:
             argv += ["--keepalive", str(o.keepalive)]
-        if o.network:
+        if o.network and o.uses_podman:
             argv += ["--podman-network", o.network]
         if self.mqtt_url:
             argv += ["--mqtt", self.mqtt_url]
-        if o.containers_conf:
+        if o.containers_conf and o.uses_podman:
             argv += ["--containers-conf", str(o.containers_conf)]
         self._spawn(argv, env=dict(o.env))
         return self
@@ -465,9 +482,13 @@ class Node(ManagedProcess):
         return dict(item.split("=", 1) for item in json.loads(out))
 
     def cleanup(self) -> None:
-        """Stop the agent and remove every pod and the podman storage of this node."""
+        """Stop the agent and remove every pod and the podman storage of this node (a kubernetes node's
+        objects stay in its cluster: the test that made them removes them)."""
         self.stop()
-        remove_node_storage(self.podman_settings, self.podman_base)
+        if self.options.uses_podman:
+            remove_node_storage(self.podman_settings, self.podman_base)
+        else:
+            shutil.rmtree(self.podman_base, ignore_errors=True)
 
 
 @dataclass

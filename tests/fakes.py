@@ -43,7 +43,8 @@ class FakeRuntime:
     async def __aexit__(self, *exc_info: object) -> None:
         return None
 
-    async def apply(self, ref: ReleaseRef, manifests: str, node: NodeContext) -> ApplyResult:
+    async def apply(self, ref: ReleaseRef, manifests: str, node: NodeContext, *,
+                    revision: int | None = None) -> ApplyResult:
         self.applies.append((ref.release, manifests))
         if ref.release in self.blocked:
             await self.blocked[ref.release].wait()

@@ -142,12 +142,17 @@ class Observation:
     how many of those have all their containers running; ``pods`` holds one
     state per pod asked for (missing ones included) plus any leftover pod the
     runtime still holds for the release. ``message`` explains a shortfall.
+    ``failed`` names the workloads whose own controller has given up on them
+    (a Deployment past its ``progressDeadlineSeconds``, a Job out of retries):
+    no waiting makes those ready, so the release is Degraded at once rather
+    than after the agent's ready timeout.
     """
 
     ready: int
     total: int
     pods: tuple[PodState, ...]
     message: str = ""
+    failed: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,11 +189,15 @@ class Runtime(Protocol):
 
     async def __aexit__(self, *exc_info: object) -> None: ...
 
-    async def apply(self, ref: ReleaseRef, manifests: str, node: NodeContext) -> ApplyResult:
+    async def apply(self, ref: ReleaseRef, manifests: str, node: NodeContext, *,
+                    revision: int | None = None) -> ApplyResult:
         """Make the node run exactly ``manifests`` (multi-document YAML) for ``ref``.
 
         Objects the previous apply of ``ref`` created and ``manifests`` no longer
         holds are removed. Raises RuntimeApplyError naming the object at fault.
+        ``revision`` is the hub's revision number of ``manifests`` (the agent
+        always gives it): a runtime that labels what it applies with the
+        revision (kubernetes) uses this one, never a count of its own.
         """
         ...
 

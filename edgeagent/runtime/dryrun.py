@@ -17,9 +17,10 @@ another runtime would start containers is the same:
       WORK_DIR/NAMESPACE/RELEASE/release.json      the record: revision, digest, objects, workloads
 
   each written atomically (``edgekit.files.write_atomic``). ``N`` is the
-  node's count of distinct manifests applied for the release (as the
-  Kubernetes runtime counts it: applying the same manifests again keeps it),
-  not the hub's revision. The newest ``history`` revisions are kept.
+  node's count of distinct manifests applied for the release (applying the
+  same manifests again keeps it), not the hub's revision (which the
+  Kubernetes runtime labels its objects with). The newest ``history``
+  revisions are kept.
 
 ``observe`` reports every workload recorded (Deployment, StatefulSet,
 DaemonSet, Job, Pod) as ready with the phase ``Recorded``, so the agent
@@ -135,7 +136,10 @@ class DryRunRuntime:
     def _lock(self, ref: ReleaseRef) -> asyncio.Lock:
         return self._locks.setdefault(ref, asyncio.Lock())
 
-    async def apply(self, ref: ReleaseRef, manifests: str, node: NodeContext) -> ApplyResult:
+    async def apply(self, ref: ReleaseRef, manifests: str, node: NodeContext, *,
+                    revision: int | None = None) -> ApplyResult:
+        """Record ``manifests`` for ``ref`` (at the node's own count: see the module docstring; ``revision``, the
+        hub's, is not used)."""
         async with self._lock(ref):
             # Parsing, planning and the synced writes block: a thread, as the other runtimes plan in one.
             revision, warnings = await asyncio.to_thread(self._record, ref, manifests, node)

@@ -6,15 +6,16 @@ How a release is applied
 node policy, labels, namespaces, Helm's install order), then, under the
 release's lock:
 
-1. runs the ``pre-install`` (first apply on this node) or ``pre-upgrade`` hooks;
-2. journals the release's record ``WORK_DIR/NAMESPACE/RELEASE.json`` (mode
+1. creates the namespaces the objects and hooks go into when missing
+   (labelled ``app.kubernetes.io/managed-by=edgecollab``; never deleted:
+   other releases may share them, as with ``helm --create-namespace``);
+2. refuses, before changing anything else, an object or hook that exists and
+   is not the release's (another release's, or not edgecollab's):
+   RuntimeApplyError;
+3. runs the ``pre-install`` (first apply on this node) or ``pre-upgrade`` hooks;
+4. journals the release's record ``WORK_DIR/NAMESPACE/RELEASE.json`` (mode
    0600: it holds Secrets): the new objects, and the old ones still to prune,
    so an agent killed mid-apply prunes them on its next apply or removal;
-3. creates the namespaces the objects go into when missing (labelled
-   ``app.kubernetes.io/managed-by=edgecollab``; never deleted: other releases
-   may share them, as with ``helm --create-namespace``);
-4. refuses, before changing anything, an object that exists and is not the
-   release's (another release's, or not edgecollab's): RuntimeApplyError;
 5. server-side applies every object in install order (PATCH with
    ``application/apply-patch+yaml``, field manager ``edgecollab``, conflicts
    forced), waiting for each CustomResourceDefinition to be Established
@@ -25,8 +26,13 @@ release's lock:
 
 Every object carries ``edgecollab.io/release``, ``edgecollab.io/release-namespace``,
 ``edgecollab.io/revision`` and ``app.kubernetes.io/managed-by: edgecollab``.
-The revision is the node's count of distinct manifests applied for the
-release (re-applying the same manifests keeps it).
+The revision is the hub's revision number of the manifests (``apply``'s
+``revision``, which the agent takes from the assignment): rolled back at the
+hub to an earlier revision's manifests, the objects say the new revision; an
+agent with a fresh work directory given revision 5 labels 5. A revision the
+agent adopts without applying (its manifests equal the running ones, see
+``edgeagent.reconciler``) leaves the objects as they were, labelled with the
+revision that applied them.
 
 ``remove`` runs ``pre-delete`` hooks, deletes every recorded object in
 uninstall order (only those still labelled as the release's), runs
@@ -106,6 +112,7 @@ from .kubernetes_plan import (
     observation_from,
     ownership_conflict,
     pod_state,
+    pod_waiting,
     prune_plan,
     uninstall_sorted,
     workload_pods,
@@ -123,6 +130,9 @@ _NEEDED = (("patch", "apps", "deployments"), ("delete", "apps", "deployments"), 
 # What observe uses to report containers (verb, group, resource, subresource): without it releases still run
 # and report their workloads, so preflight warns rather than fails.
 _WANTED = (("list", "", "pods", ""), ("list", "apps", "replicasets", ""), ("get", "", "pods", "log"))
+# How the API server words a server-side apply of an object its kind's schema does not describe (an unknown
+# field, a value of the wrong type), which it answers with 500.
+_TYPED_PATCH_REFUSED = "failed to create typed patch object"
 # Logs observe reads at most at once: a release whose many pods crash at once must not hold its status up
 # (the others are read on the next passes: each termination's log only once).
 _LOG_READS_PER_OBSERVE = 4
@@ -179,6 +189,9 @@ class KubernetesRuntime:
         self._logs: dict[ReleaseRef, dict[tuple[str, str, int, str], str]] = {}
         # Releases whose pods could not be listed, warned about once (then at debug level every pass).
         self._pods_warned: set[ReleaseRef] = set()
+        # Per object: the resourceVersion at which the API server said applying the stored body again would
+        # change nothing (``_confirm_drift``): not asked again until the object changes.
+        self._unchanged_at: dict[ObjectKey, str] = {}
 
     def __repr__(self) -> str:
         return f"KubernetesRuntime(kubeconfig={self.settings.kubeconfig}, work_dir={self.settings.work_dir})"
@@ -250,8 +263,8 @@ class KubernetesRuntime:
         try:
             return dynamic.resources.get(api_version=obj.api_version, kind=obj.kind)
         except ResourceNotFoundError as exc:
-            raise RuntimeApplyError(f"{obj.source}: the cluster does not serve {obj.kind} in {obj.api_version} "
-                                    "(a missing CustomResourceDefinition?)") from exc
+            raise _KindNotServed(f"{obj.source}: the cluster does not serve {obj.kind} in {obj.api_version} "
+                                 "(a missing CustomResourceDefinition?)") from exc
 
     def _scope(self, api_version: str, kind: str) -> bool | None:
         """Whether the cluster serves ``kind`` as namespaced (None: it does not serve it)."""
@@ -263,9 +276,14 @@ class KubernetesRuntime:
             return None
 
     def _get(self, obj: KubeObject) -> dict[str, Any] | None:
+        """The live object; None when it does not exist, also when the cluster does not serve its kind (its
+        CustomResourceDefinition may come with the same release, or was deleted: then neither can it)."""
         from kubernetes.dynamic.exceptions import NotFoundError
 
-        resource = self._resource(obj)
+        try:
+            resource = self._resource(obj)
+        except _KindNotServed:
+            return None
         try:
             found = resource.get(name=obj.name, namespace=obj.namespace,
                                  _request_timeout=self.settings.request_timeout)
@@ -279,6 +297,35 @@ class KubernetesRuntime:
             resource, body=obj.body, name=obj.name, namespace=obj.namespace, field_manager=FIELD_MANAGER,
             force_conflicts=True, _request_timeout=self.settings.request_timeout)
         return result.to_dict()
+
+    def _confirm_drift(self, obj: KubeObject, live: dict[str, Any], field_name: str) -> str:
+        """Whether applying ``obj`` again would change the live object: the first field it would ("" if none).
+
+        ``drifted`` compares the stored body with the live object as text, and the API server spells some
+        values its own way (a quantity: ``0.5`` CPU is ``500m``, ``1024Mi`` is ``1Gi``), so what it finds is
+        asked of the server itself: the stored body applied in a dry run, compared with the live object.
+        When the server cannot be asked, ``field_name`` (the text comparison's finding) stands, and the
+        repair's apply says why it fails. An object found unchanged is not asked about again until its
+        resourceVersion moves.
+        """
+        version = str((live.get("metadata") or {}).get("resourceVersion") or "")
+        if version and self._unchanged_at.get(obj.key) == version:
+            return ""
+        try:
+            would_be = self._connect().server_side_apply(
+                self._resource(obj), body=obj.body, name=obj.name, namespace=obj.namespace,
+                field_manager=FIELD_MANAGER, force_conflicts=True, dry_run="All",
+                _request_timeout=self.settings.request_timeout).to_dict()
+        except Exception as exc:  # noqa: BLE001 - any failure leaves the text comparison's finding
+            logger.debug("Dry run of %s failed (%s); taking %s as changed", obj.source, _why(exc), field_name)
+            return field_name
+        metadata = dict(would_be.get("metadata") or {})
+        for bookkeeping in ("managedFields", "resourceVersion", "generation"):
+            metadata.pop(bookkeeping, None)
+        changed = drifted({**would_be, "metadata": metadata}, live)
+        if not changed and version:
+            self._unchanged_at[obj.key] = version
+        return changed
 
     def _delete_one(self, obj: KubeObject, ref: ReleaseRef) -> bool:
         """Delete ``obj`` if it is still ``ref``'s; whether it was."""
@@ -321,10 +368,12 @@ class KubernetesRuntime:
                        if workload.get("kind") == "Deployment" else [])
         return workload_pods(workload, self._list("v1", "Pod", namespace, selector), replicasets)
 
-    async def _release_pods(self, ref: ReleaseRef, objects: Sequence[KubeObject],
-                            live: dict[Any, dict[str, Any] | None]) -> dict[ObjectKey, list[Any]]:
-        """Each live workload's pods as PodStates with their containers; {} for workloads whose pods cannot be
-        listed (their own status still counts)."""
+    async def _release_pods(
+        self, ref: ReleaseRef, objects: Sequence[KubeObject], live: dict[Any, dict[str, Any] | None],
+    ) -> tuple[dict[ObjectKey, list[Any]], dict[ObjectKey, str]]:
+        """Each live workload's pods as PodStates with their containers, and why its pods wait when the scheduler
+        could not place them (``pod_waiting``); nothing for workloads whose pods cannot be listed (their own
+        status still counts)."""
         raw: dict[ObjectKey, list[Any]] = {}
         for obj in objects:
             found = live.get(obj.key)
@@ -343,7 +392,8 @@ class KubernetesRuntime:
         states: dict[ObjectKey, list[Any]] = {}
         for key, pods in raw.items():
             states[key] = [pod_state(p, {r.container: logs.get(r.key, "") for r in log_requests(p)}) for p in pods]
-        return states
+        waiting = {key: why for key, pods in raw.items() if (why := pod_waiting(pods))}
+        return states, waiting
 
     async def _last_logs(self, ref: ReleaseRef, wanted: Sequence[LogRequest]) -> dict[tuple[str, str, int, str], str]:
         """The last log lines of each of ``wanted``: from the cache when this termination was read before,
@@ -413,31 +463,39 @@ class KubernetesRuntime:
 
     # -- the Runtime interface --------------------------------------------------------
 
-    async def apply(self, ref: ReleaseRef, manifests: str, node: NodeContext) -> ApplyResult:
+    async def apply(self, ref: ReleaseRef, manifests: str, node: NodeContext, *,
+                    revision: int | None = None) -> ApplyResult:
+        """Apply ``manifests`` for ``ref``, labelled with the hub's ``revision`` (see the module docstring)."""
+        if isinstance(revision, bool) or not isinstance(revision, int) or revision < 1:
+            raise ValueError(f"KubernetesRuntime.apply labels objects with the hub's revision: a whole number of at "
+                             f"least 1 is needed, not {revision!r}")
         async with self._lock(ref):
             record = await asyncio.to_thread(_read_record, self.record_file(ref))
             digest = manifests_digest(manifests, node)
-            revision = record.revision if record.digest == digest and record.revision else record.revision + 1
             await self._call(self._connect)
             plan: KubePlan = await self._call(build_kube_plan, ref, manifests, node, revision=revision,
                                               policy=self.settings.policy, scope=self._scope)
             for warning in plan.warnings:
                 logger.warning("Release %s: %s", ref, warning)
             stage = "install" if not record.objects and not record.pending else "upgrade"
+            with _as_apply_error(ref):
+                # The hooks run in these namespaces too (helm --create-namespace makes them before its hooks).
+                for namespace in plan.namespaces:
+                    await self._call(self._ensure_namespace, namespace)
+                for obj in [*plan.objects, *plan.hooks]:
+                    conflict = ownership_conflict(await self._call(self._get, obj), ref)
+                    if conflict:
+                        raise RuntimeApplyError(f"{obj.source} ({obj.key}) of release {ref}: {conflict}; not "
+                                                "replaced")
             ran = await self._run_hooks(ref, plan.hooks, f"pre-{stage}")
             old = [*record.objects, *record.pending]
             doomed = prune_plan(old, plan.objects)
             journal = _Record(revision=record.revision, digest=record.digest, objects=plan.objects,
                               pending=doomed, hooks=plan.hooks)
             await asyncio.to_thread(_write_record, self.record_file(ref), journal)
+            for obj in old:  # what the server said of the old bodies says nothing of the new ones
+                self._unchanged_at.pop(obj.key, None)
             with _as_apply_error(ref):
-                for namespace in plan.namespaces:
-                    await self._call(self._ensure_namespace, namespace)
-                for obj in plan.objects:
-                    conflict = ownership_conflict(await self._call(self._get, obj), ref)
-                    if conflict:
-                        raise RuntimeApplyError(f"{obj.source} ({obj.key}) of release {ref}: {conflict}; not "
-                                                "replaced")
                 crds = []
                 for obj in plan.objects:
                     if crds and obj.kind != "CustomResourceDefinition":
@@ -465,7 +523,10 @@ class KubernetesRuntime:
             return await self._call(self._apply_one, obj)
         except DynamicApiError as exc:
             message = f"{obj.source} ({obj.key}) of release {ref}: the API server refused it: {_why(exc)}"
-            if exc.status in (400, 422):  # the object itself is invalid: applying it again fails the same way
+            # The object itself is invalid: applying it again fails the same way. A field the kind's schema
+            # does not have, or a value of the wrong type, the API server answers with 500 on a server-side
+            # apply (it cannot build the typed patch) rather than 400.
+            if exc.status in (400, 422) or (exc.status == 500 and _TYPED_PATCH_REFUSED in str(exc)):
                 raise ManifestRejected(message) from exc
             raise RuntimeApplyError(message) from exc
         except RuntimeApplyError:
@@ -549,6 +610,8 @@ class KubernetesRuntime:
                         await self._call(self._delete_one, hook, ref)
                 logger.info("Release %s removed: %d objects deleted, %d hooks run", ref, len(deleted), len(ran))
             await asyncio.to_thread(_forget, self.record_file(ref))
+            for obj in record.objects:
+                self._unchanged_at.pop(obj.key, None)
             self._logs.pop(ref, None)
             self._pods_warned.discard(ref)
 
@@ -571,6 +634,8 @@ class KubernetesRuntime:
                 why = "deleted" if found is None else ""
                 if found is not None and not ownership_conflict(found, ref):
                     field_name = drifted(obj.body, found)
+                    if field_name:
+                        field_name = await self._call(self._confirm_drift, obj, found, field_name)
                     why = f"{field_name} changed" if field_name else ""
                 if why:
                     logger.warning("Release %s: %s %s; applying it again from the stored revision", ref,
@@ -581,8 +646,8 @@ class KubernetesRuntime:
                     except RuntimeApplyError as exc:
                         logger.warning("Release %s: repairing %s failed: %s", ref, obj.source, exc)
                 live[obj.key] = found
-            pods = await self._release_pods(ref, record.objects, live)
-            return observation_from(record.objects, live, repaired=repaired, pods=pods)
+            pods, waiting = await self._release_pods(ref, record.objects, live)
+            return observation_from(record.objects, live, repaired=repaired, pods=pods, waiting=waiting)
 
     async def releases(self) -> set[ReleaseRef]:
         found = await asyncio.to_thread(_releases_on_disk, self.settings.work_dir)
@@ -676,6 +741,10 @@ class KubernetesRuntime:
 
 # ----------------------------------------------------------------------------
 # Helpers
+
+
+class _KindNotServed(RuntimeApplyError):
+    """The cluster's discovery does not list the object's kind (a CustomResourceDefinition not applied yet)."""
 
 
 @dataclass(slots=True)

@@ -60,6 +60,7 @@ __all__ = [
     "observation_from",
     "ownership_conflict",
     "pod_state",
+    "pod_waiting",
     "prune_plan",
     "release_labels",
     "release_selector",
@@ -485,7 +486,8 @@ def workload_status(obj: Mapping[str, Any]) -> WorkloadStatus:
 
 def observation_from(expected: Sequence[KubeObject], live: Mapping[ObjectKey, Mapping[str, Any] | None], *,
                      repaired: Sequence[str] = (),
-                     pods: Mapping[ObjectKey, Sequence[PodState]] | None = None) -> Observation:
+                     pods: Mapping[ObjectKey, Sequence[PodState]] | None = None,
+                     waiting: Mapping[ObjectKey, str] | None = None) -> Observation:
     """The release's Observation: one PodState per workload object it holds, named ``Kind/name``, then its pods.
 
     ``live`` maps each expected object's key to its live JSON (None: missing).
@@ -499,9 +501,15 @@ def observation_from(expected: Sequence[KubeObject], live: Mapping[ObjectKey, Ma
     with the pod's phase (Pending, Running, Failed) and each container as the
     kubelet shows it. The workload entries carry no containers, so
     ``release_health`` counts each container once and names the pod it is in.
+
+    ``waiting`` maps a workload's key to why its pods wait (``pod_waiting``:
+    the scheduler's word, ``Unschedulable``), added to its entry in the
+    message when it is not ready. A workload whose own status says it
+    ``Failed`` (``workload_status``) is named in ``Observation.failed``.
     """
     states: list[PodState] = []
     lagging: list[str] = []
+    failed: list[str] = []
     for obj in expected:
         if obj.kind not in WORKLOAD_KINDS:
             continue
@@ -516,7 +524,10 @@ def observation_from(expected: Sequence[KubeObject], live: Mapping[ObjectKey, Ma
         states.append(PodState(name, verdict.phase, verdict.ready, (str(meta.get("uid", "")),),
                                str(meta.get("creationTimestamp", ""))))
         if not verdict.ready:
-            lagging.append(f"{name} ({verdict.phase}{': ' + verdict.message if verdict.message else ''})")
+            why = "; ".join(w for w in (verdict.message, (waiting or {}).get(obj.key, "")) if w)
+            lagging.append(f"{name} ({verdict.phase}{': ' + why if why else ''})")
+            if verdict.phase == "Failed":
+                failed.append(name)
     ready = sum(1 for s in states if s.ready)
     total = len(states)
     parts = []
@@ -526,7 +537,7 @@ def observation_from(expected: Sequence[KubeObject], live: Mapping[ObjectKey, Ma
         parts.append(f"restored from the stored revision: {', '.join(repaired)}")
     for obj in expected:
         states.extend((pods or {}).get(obj.key, ()))
-    return Observation(ready=ready, total=total, pods=tuple(states), message="; ".join(parts))
+    return Observation(ready=ready, total=total, pods=tuple(states), message="; ".join(parts), failed=tuple(failed))
 
 
 # -- pods and containers ----------------------------------------------------------
@@ -623,6 +634,19 @@ def workload_pods(workload: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]
         owners = {str((rs.get("metadata") or {}).get("uid")) for rs in replicasets if _owned_by(rs, owners)}
     mine = [p for p in pods if owners and _owned_by(p, owners) and _reported(p)]
     return sorted(mine, key=lambda p: str((p.get("metadata") or {}).get("name", "")))
+
+
+def pod_waiting(pods: Iterable[Mapping[str, Any]]) -> str:
+    """Why the first of ``pods`` the scheduler could not place waits, in its words ("" when every one was placed):
+    ``pod web-5d4f9c-x2x7k Unschedulable: 0/1 nodes are available: 1 node(s) didn't match Pod's node
+    affinity/selector. ...``. Such a pod has no containers yet, so nothing else says why."""
+    for pod in pods:
+        scheduled = _conditions(pod).get("PodScheduled") or {}
+        if scheduled.get("status") == "False":
+            name = (pod.get("metadata") or {}).get("name", "?")
+            message = str(scheduled.get("message") or "").strip()
+            return f"pod {name} {scheduled.get('reason') or 'not scheduled'}{': ' + message if message else ''}"
+    return ""
 
 
 def _init_failing(raw: Mapping[str, Any]) -> bool:

@@ -662,8 +662,10 @@ class PodmanRuntime:
 
     # -- the Runtime interface --------------------------------------------------
 
-    async def apply(self, ref: ReleaseRef, manifests: str, node: NodeContext) -> ApplyResult:
-        """Play ``manifests`` for ``ref`` (see the module docstring for what that means)."""
+    async def apply(self, ref: ReleaseRef, manifests: str, node: NodeContext, *,
+                    revision: int | None = None) -> ApplyResult:
+        """Play ``manifests`` for ``ref`` (see the module docstring for what that means). Podman labels no
+        revision: ``revision`` is not used."""
         # Parsing and dumping a large release's YAML takes a while: in a
         # thread, so the loop keeps serving MQTT and the other releases.
         plan = await self._build_plan(ref, manifests, node)

@@ -445,7 +445,7 @@ async def _a_release_through_the_runtime(account: Account, work_dir: Path, ref: 
         manifests = join_manifests(chart.render({}, name=ref.release, namespace=ref.namespace))
     async with KubernetesRuntime(KubernetesSettings(work_dir=work_dir, kubeconfig=account.kubeconfig)) as runtime:
         checks = await runtime.preflight()
-        await runtime.apply(ref, manifests, node)
+        await runtime.apply(ref, manifests, node, revision=1)  # the hub's first revision of the release
         seen = await runtime.observe(ref)
         for _ in range(WAIT_SECONDS * 2):
             if seen.total and seen.ready == seen.total:
