@@ -48,7 +48,10 @@ Bundle contents and order
     by kind; unknown kinds last, alphabetically; template path, then order
     within the template, among equals). Helm hooks follow, annotations
     intact, in the order Helm runs them (weight, then name, then kind), for
-    the node to run. Left out: NOTES.txt (returned apart as
+    the node to run. The chart's ``crds/`` files (its subcharts' too) are
+    documents like the templates' (not templated, as in Helm), in every
+    revision: Helm installs them only at install, but a node may join at
+    any revision. Left out: NOTES.txt (returned apart as
     :attr:`RenderedRelease.notes`), partials, empty output, hooks whose
     only events are ``test`` (edge nodes do not run ``helm test``), and
     hooks naming no Helm event (Helm skips those too); the last two are
@@ -223,14 +226,19 @@ def _render(
             except HelmError as exc:
                 raise RenderError(**where, detail=str(exc), what="values do not match the chart's values.schema.json") from exc
         try:
-            return chart.render(
+            rendered = chart.render(
                 values, name=component.name, namespace=component.namespace, revision=revision,
                 is_install=not upgrade, is_upgrade=upgrade,
             )
+            # After the render, which drops the subcharts the values disable, as Helm's install does.
+            crds = chart.crds
         except HelmValuesError as exc:
             raise RenderError(**where, detail=str(exc), what="Helm refused the values") from exc
         except HelmError as exc:
             raise RenderError(**where, detail=str(exc), what="template error") from exc
+    # Every revision carries them, not only an install as with Helm: a node joining at revision 3 has
+    # never seen revision 1, and its custom resources need their definitions.
+    return {**{crd["filename"]: crd["data"] for crd in crds}, **rendered}
 
 
 def _check_output(rendered: Mapping[str, str], where: dict[str, str], *, already: int, bound: int | None) -> int:

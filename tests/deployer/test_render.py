@@ -280,3 +280,16 @@ def test_a_pool_can_enable_a_subchart_that_the_base_values_disable(doc: dict[str
 
     assert "web-present" not in bundles[""].manifests
     assert "web-present" in bundles["shanghai"].manifests
+
+
+def test_the_charts_crds_directory_reaches_the_node_before_its_custom_resources_at_every_revision(
+    doc: dict[str, Any], copy_chart
+) -> None:
+    # Public operator charts keep their CustomResourceDefinitions in crds/, which Helm installs untemplated.
+    archive = package_chart(copy_chart("with-crds"))
+    component = parse_component({**doc, "spec": {**doc["spec"], "values": {}, "edge": {"nodePools": ["shanghai"]}}})
+    for revision in (1, 3):  # an install, and an upgrade a node joining late receives first
+        bundle = render_component(component, archive, revision=revision)[""]
+        assert [(o["kind"], o["metadata"]["name"]) for o in objects(bundle)] == [
+            ("CustomResourceDefinition", "gadgets.example.com"), ("Gadget", "web")]
+        assert "# Source: with-crds/crds/gadgets.yaml" in bundle.manifests
