@@ -32,7 +32,8 @@ BROKEN = [
     ("runs 8 s then exits", {"command": "echo up; sleep 8; exit 1"}, "CrashLoopBackOff"),
     ("killed for memory", {"command": "echo filling; x=a; while true; do x=$x$x; done", "memory": "16Mi"},
      "OOMKilled"),
-    ("image not on the node", {"image": "localhost/edgecollab-missing:1"}, "ErrImagePull"),
+    # The kubelet's words for it: ErrImagePull at the first attempt, ImagePullBackOff between the next ones.
+    ("image not on the node", {"image": "localhost/edgecollab-missing:1"}, "ImagePull"),
     ("readiness probe never passes", {"readiness": ["false"]}, "not Deployed and ready within 20s"),
 ]
 

@@ -96,7 +96,7 @@ async def test_a_failing_liveness_probe_restarts_the_container_after_its_failure
         seen = await node.runtime.observe(REF)
         return seen if seen.ready and seen.pods[0].started_at != before.pods[0].started_at else None
 
-    after = await eventually(restarted, within=15, what="the container restarted by its liveness probe")
+    after = await eventually(restarted, within=40, what="the container restarted by its liveness probe")
     assert node.runtime.probe_restarts == {"demo.web-pod-0-httpd": 1}
     assert after.pods[0].container_ids == before.pods[0].container_ids  # restarted, not recreated
     # The status counts the probe's restart as the kubelet would: the health gate restarts its clock on it.
