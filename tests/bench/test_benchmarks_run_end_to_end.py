@@ -1,4 +1,4 @@
-"""The benchmarks run end to end at a small size, as the README says, and print their figures as JSON.
+"""The benchmarks run end to end at a small size, as docs/scaling.md shows them, and print their figures as JSON.
 
 Not a timed test: only that every node got there, nothing was re-applied, and the figures are sane.
 """
@@ -22,7 +22,7 @@ def last_json(*command: str) -> dict:
     return json.loads([line for line in result.stdout.splitlines() if line.startswith("{")][-1])
 
 
-def test_make_bench_rollout_as_the_readme_shows_reports_every_figure_for_100_nodes() -> None:
+def test_make_bench_rollout_as_documented_reports_every_figure_for_100_nodes() -> None:
     figures = last_json("make", "bench-rollout")
 
     assert figures["agents"] == 100 and figures["full_agents"] >= 1 and figures["light_agents"] >= 1
@@ -39,7 +39,7 @@ def test_make_bench_rollout_as_the_readme_shows_reports_every_figure_for_100_nod
     assert figures["assignment_bytes"] == pytest.approx(figures["raw_payload_bytes"][0], rel=0.05)
 
 
-def test_make_bench_reconnect_as_the_readme_shows_reapplies_nothing() -> None:
+def test_make_bench_reconnect_as_documented_reapplies_nothing() -> None:
     figures = last_json("make", "bench-reconnect")
 
     assert figures["agents"] == 100

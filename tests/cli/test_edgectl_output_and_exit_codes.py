@@ -1,6 +1,6 @@
 """``edgectl``'s output formats and exit codes without a hub: YAML that reads back as the data, a watch
 table that lines up with the list, usage errors (2) and a hub that is not there (3), documented alike in
-``--help``, the module docstring and the README. The codes against a real hub are in
+``--help``, the module docstring and docs/cli.md. The codes against a real hub are in
 ``tests/hub/test_edgectl_watch_and_events.py``."""
 
 from __future__ import annotations
@@ -63,15 +63,15 @@ def test_a_hub_that_is_not_there_exits_with_3(argv: list[str], capsys: pytest.Ca
     assert printed.out == "" and printed.err.startswith("edgectl: cannot reach the hub at http://127.0.0.1:")
 
 
-def test_every_exit_code_is_documented_in_help_the_docstring_and_the_readme():
+def test_every_exit_code_is_documented_in_help_the_docstring_and_the_cli_doc():
     help_text = subprocess.run([sys.executable, "-m", "edgectl.cli", "--help"], capture_output=True, text=True,
                                cwd=REPO, timeout=60).stdout
-    readme = (REPO / "README.md").read_text()
+    cli_doc = (REPO / "docs" / "cli.md").read_text(encoding="utf-8")
     assert EXIT_CODES in help_text
     for code in ("0", "1", "2", "3", "4", "130"):
         assert re.search(rf"^\s+{code}\s", EXIT_CODES, re.M), code
         assert re.search(rf"^\s+{code}\s", edgectl.cli.__doc__ or "", re.M), code
-        assert re.search(rf"^\| `?{code}`? \|", readme, re.M), code
+        assert re.search(rf"^\| `?{code}`? \|", cli_doc, re.M), code
 
 
 def test_every_command_that_prints_data_takes_json_and_yaml_and_lists_take_wide():

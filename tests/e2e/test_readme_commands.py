@@ -1,12 +1,12 @@
-"""The README's commands, run as written: the installed console scripts with their default flags.
+"""The documented session, run as written: the installed console scripts with their default flags.
 
-Every command line of the README's "Using it" block runs here in order. Only
-addresses, paths and the join token are swapped for this test's own (the
-operator token file the README exports is the one this hub wrote), and the agent
-(``run``, ``doctor``) gets what a second node on this machine needs: its own
-podman storage paths, ``--podman-network none`` and the machine's
-containers.conf. No timing flag is passed. A command the README gains without a
-check here fails the test.
+Every command line of the session block in docs/operating.md ("A session from scratch") runs here in
+order, and the README's "Using it" block must be a part of it, line for line and in the same order, so
+every command either shows is run. Only addresses, paths and the join token are swapped for this test's
+own (the operator token file the session exports is the one this hub wrote), and the agent (``run``,
+``doctor``) gets what a second node on this machine needs: its own podman storage paths, ``--podman-network
+none`` and the machine's containers.conf. No timing flag is passed. A command either gains without a check
+here fails the test.
 """
 
 from __future__ import annotations
@@ -32,15 +32,31 @@ from edgesim.podman_setup import DEMO_IMAGE, MachineSetup, import_image, remove_
 VENV_BIN = Path(sys.executable).parent
 
 
-def readme_commands() -> list[list[str]]:
-    """The command lines of the README's "Using it" block, split as a shell would, comments dropped."""
-    text = (REPO / "README.md").read_text()
-    block = text.split("## Using it", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+SESSION_DOC = REPO / "docs" / "operating.md"
+
+
+def shell_block(path: Path, heading: str) -> list[list[str]]:
+    """The command lines of the first ``sh`` block under ``heading`` in ``path``, split as a shell would,
+    comments dropped."""
+    text = path.read_text(encoding="utf-8")
+    assert f"\n{heading}\n" in text, f"{path.relative_to(REPO)} has no section {heading!r}"
+    section = text.split(f"\n{heading}\n", 1)[1].split("\n## ", 1)[0]
+    assert "```sh\n" in section, f"{path.relative_to(REPO)}'s {heading!r} has no ```sh block"
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
     return [words for line in block.splitlines() if (words := shlex.split(line, comments=True))]
 
 
-class ReadmeSession:
-    """A user's shell: the README's environment, addresses and paths, with this test's own swapped in."""
+def session_commands() -> list[list[str]]:
+    """The documented session: docs/operating.md's block, of which the README's is a part."""
+    return shell_block(SESSION_DOC, "## A session from scratch")
+
+
+def readme_commands() -> list[list[str]]:
+    return shell_block(REPO / "README.md", "## Using it")
+
+
+class SessionShell:
+    """A user's shell: the session's environment, addresses and paths, with this test's own swapped in."""
 
     def __init__(self, workdir: Path, machine: MachineSetup) -> None:
         self.workdir = workdir
@@ -55,7 +71,7 @@ class ReadmeSession:
             "/var/lib/edgeagent": str(workdir / "edgeagent"),
         }
         self.env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-        # The user's shell starts without the hub's address or operator token: the README's exports set them.
+        # The user's shell starts without the hub's address or operator token: the session's exports set them.
         for name in ("EDGECOLLAB_HUB", "EDGECOLLAB_TOKEN", "EDGECOLLAB_TOKEN_FILE"):
             self.env.pop(name, None)
         self.podman, self.podman_base, self.second_node_flags = second_node("readme", workdir / "edgeagent" / "podman",
@@ -92,16 +108,25 @@ class ReadmeSession:
 
 
 @pytest.fixture
-def session(tmp_path: Path, machine: MachineSetup) -> Iterator[ReadmeSession]:
-    shell = ReadmeSession(tmp_path, machine)
+def session(tmp_path: Path, machine: MachineSetup) -> Iterator[SessionShell]:
+    shell = SessionShell(tmp_path, machine)
     try:
         yield shell
     finally:
         shell.close()
 
 
-def test_every_command_the_readme_shows_works_as_written_with_its_defaults(session: ReadmeSession):
-    commands = readme_commands()
+def test_the_readme_session_is_a_part_of_the_documented_session_in_order():
+    readme, documented = readme_commands(), session_commands()
+    assert len(readme) >= 5
+    remaining = iter(documented)
+    for words in readme:
+        assert any(words == later for later in remaining), (
+            f"the README shows {shlex.join(words)!r}, which docs/operating.md's session does not run at this point")
+
+
+def test_every_command_the_docs_show_works_as_written_with_its_defaults(session: SessionShell):
+    commands = session_commands()
     seen: list[str] = []
 
     def node_pods() -> list[dict[str, object]]:
@@ -121,7 +146,7 @@ def test_every_command_the_readme_shows_works_as_written_with_its_defaults(sessi
         assert f"mosquitto -c {out / 'mosquitto.conf'}" in result.stdout
 
     def mosquitto(words: list[str]) -> None:
-        assert words[-1] == "&", "the README starts the broker in the background"
+        assert words[-1] == "&", "the session starts the broker in the background"
         broker = session.start("mosquitto", words[:-1])
 
         def listening() -> bool:
@@ -130,7 +155,7 @@ def test_every_command_the_readme_shows_works_as_written_with_its_defaults(sessi
                 return True
             return False
 
-        wait_until(listening, timeout=30, what="mosquitto started as the README says")
+        wait_until(listening, timeout=30, what="mosquitto started as the session says")
 
     def hub_serve(words: list[str]) -> None:
         hub = session.start("edgehub", words)
@@ -144,11 +169,11 @@ def test_every_command_the_readme_shows_works_as_written_with_its_defaults(sessi
         token_file = str(session.workdir / "hub-state" / "admin-token")
         wait_until(lambda: session.run(["edgectl", "--hub", f"http://127.0.0.1:{session.hub_port}", "get", "pools"],
                                        EDGECOLLAB_TOKEN_FILE=token_file).returncode == 0,
-                   timeout=30, what="the hub started as the README says")
+                   timeout=30, what="the hub started as the session says")
 
     def export(words: list[str]) -> None:
         name, _, value = words[1].partition("=")
-        assert name in {"EDGECOLLAB_HUB", "EDGECOLLAB_TOKEN_FILE"}, f"the README exports {name}, which edgectl ignores"
+        assert name in {"EDGECOLLAB_HUB", "EDGECOLLAB_TOKEN_FILE"}, f"the session exports {name}, which edgectl ignores"
         if name == "EDGECOLLAB_TOKEN_FILE":
             # Before the export edgectl says what it misses; the file is the hub's, owner-only.
             hub = f"http://127.0.0.1:{session.hub_port}"
@@ -188,7 +213,7 @@ def test_every_command_the_readme_shows_works_as_written_with_its_defaults(sessi
             return any(n["name"] == "store-17" and n["presence"] == "online" and n["conditions"] for n in nodes)
 
         # Default keepalive and reconcile interval: the node must still come online and report its health.
-        wait_until(online, timeout=60, what="store-17 online with its conditions, started as the README says")
+        wait_until(online, timeout=60, what="store-17 online with its conditions, started as the session says")
 
     def apply(words: list[str]) -> None:
         result = session.run(words)
@@ -279,7 +304,7 @@ def test_every_command_the_readme_shows_works_as_written_with_its_defaults(sessi
     }
     for words in commands:
         key = (words[0], "" if words[0] == "export" else words[1])
-        assert key in checks, f"the README shows {shlex.join(words)!r}, which this test does not check yet"
+        assert key in checks, f"docs/operating.md shows {shlex.join(words)!r}, which this test does not check yet"
         checks[key](session.words(words))
         seen.append(words[0])
     assert len(seen) == len(commands) >= 17

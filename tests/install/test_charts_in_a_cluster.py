@@ -1,11 +1,11 @@
-"""The Helm charts installed into a real Kubernetes API server, the way the README's "Installing with Helm" says.
+"""The Helm charts installed into a real Kubernetes API server, the way docs/helm.md says.
 
 The session's control plane (tests/conftest.py: etcd, kube-apiserver with RBAC, kube-controller-manager,
 kube-scheduler and a kwok node, on which pods become Running and Ready without any container running)
 takes both charts through Helm's own engine (``helm_python``: install, upgrade, uninstall, ``lookup``
-against the live API). Release names, charts, namespaces and ``--set`` flags are read from the README's
+against the live API). Release names, charts, namespaces and ``--set`` flags are read from docs/helm.md's
 own commands, so this installs what a user copies; only the namespaces get a suffix of their own (the
-control plane is shared by the session) and the agent's join token replaces the README's ``ec1.…``
+control plane is shared by the session) and the agent's join token replaces the doc's ``ec1.…``
 placeholder. Each chart is installed once for the module.
 
 The control plane has no storage provisioner, so the hub's PersistentVolumeClaim binds to a hostPath
@@ -53,21 +53,21 @@ from edgesim.fleet import Fleet, wait_until
 pytestmark = pytest.mark.timeout(180)
 
 ROOT = Path(__file__).resolve().parents[2]
-README = ROOT / "README.md"
+HELM_DOC = ROOT / "docs" / "helm.md"
 EXAMPLE_CHART = ROOT / "examples" / "web" / "chart"
-# The README's placeholder for the token `edgectl token create` prints, and a token of that form.
-README_TOKEN_PLACEHOLDER = "ec1.…"
+# The doc's placeholder for the token `edgectl token create` prints, and a token of that form.
+DOC_TOKEN_PLACEHOLDER = "ec1.…"
 JOIN_TOKEN = "ec1.abc.def.0123"
 HELM_SECONDS = 90  # Helm's own timeout for an install or upgrade to become ready
 WAIT_SECONDS = 60
 CA_FILES = ("hub.key", "hub-ca.crt")
 
 
-# --------------------------------------------------------------------------- the README's commands
+# --------------------------------------------------------------------------- the doc's commands
 
 @dataclass(frozen=True)
-class ReadmeInstall:
-    """One ``helm install`` of the README, as Helm reads its flags."""
+class DocumentedInstall:
+    """One ``helm install`` of docs/helm.md, as Helm reads its flags."""
 
     release: str
     chart: Path
@@ -76,14 +76,11 @@ class ReadmeInstall:
     values: dict[str, Any]
 
 
-def readme_installs() -> dict[str, ReadmeInstall]:
-    """The ``helm install`` commands of the README's "Installing with Helm", by chart name."""
-    text = README.read_text(encoding="utf-8")
-    heading = "\n## Installing with Helm\n"
-    assert heading in text, f"{README} has no section {heading.strip()!r}"
-    section = text.split(heading, 1)[1].split("\n## ", 1)[0]
-    assert "```sh\n" in section, f"the README's {heading.strip()!r} has no ```sh block"
-    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+def documented_installs() -> dict[str, DocumentedInstall]:
+    """The ``helm install`` commands of docs/helm.md's first ``sh`` block, by chart name."""
+    text = HELM_DOC.read_text(encoding="utf-8")
+    assert "```sh\n" in text, f"{HELM_DOC} has no ```sh block"
+    block = text.split("```sh\n", 1)[1].split("```", 1)[0]
     found = {}
     for line in block.replace("\\\n", " ").splitlines():
         argv = shlex.split(line, comments=True)
@@ -100,14 +97,14 @@ def readme_installs() -> dict[str, ReadmeInstall]:
             elif flag == "--set":  # several --set are merged in order, as Helm does
                 values = deep_merge(values, helm_python.parse_set_string(next(given)))
             else:
-                raise AssertionError(f"the README's `helm install {release}` has a flag this test does not "
+                raise AssertionError(f"docs/helm.md's `helm install {release}` has a flag this test does not "
                                      f"pass to Helm yet: {flag}")
-        found[Path(chart).name] = ReadmeInstall(release, ROOT / chart, namespace, create_namespace, values)
-    assert set(found) == {"edgehub", "edgeagent"}, f"the README's helm install commands install {sorted(found)}"
+        found[Path(chart).name] = DocumentedInstall(release, ROOT / chart, namespace, create_namespace, values)
+    assert set(found) == {"edgehub", "edgeagent"}, f"docs/helm.md's helm install commands install {sorted(found)}"
     return found
 
 
-README_INSTALLS = readme_installs()
+DOCUMENTED_INSTALLS = documented_installs()
 
 
 # --------------------------------------------------------------------------- the cluster
@@ -116,7 +113,7 @@ README_INSTALLS = readme_installs()
 class Installed:
     """A chart the module installed: where, with which values, and the Helm configuration that did it."""
 
-    spec: ReadmeInstall
+    spec: DocumentedInstall
     namespace: str
     values: dict[str, Any]
     helm: helm_python.Config
@@ -172,7 +169,7 @@ def delete_namespace(kube: Any, name: str) -> None:
 
 
 @contextlib.contextmanager
-def installed(control_plane: ControlPlane, kube: Any, spec: ReadmeInstall, namespace: str,
+def installed(control_plane: ControlPlane, kube: Any, spec: DocumentedInstall, namespace: str,
               values: dict[str, Any]) -> Iterator[Installed]:
     """``spec`` installed into ``namespace`` with ``values``; uninstalled and its namespace deleted after."""
     helm = helm_python.Config(kubeconfig_path=control_plane.kubeconfig, namespace=namespace)
@@ -190,10 +187,10 @@ def installed(control_plane: ControlPlane, kube: Any, spec: ReadmeInstall, names
 
 @pytest.fixture(scope="module")
 def hub(control_plane: ControlPlane, kube: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
-    """charts/edgehub installed as the README says, its PVC bound to a hostPath PersistentVolume made for it."""
+    """charts/edgehub installed as docs/helm.md says, its PVC bound to a hostPath PersistentVolume made for it."""
     kubernetes, admin = kube
     core = kubernetes.client.CoreV1Api(admin)
-    spec = README_INSTALLS["edgehub"]
+    spec = DOCUMENTED_INSTALLS["edgehub"]
     namespace = unique(spec.namespace)
     volume = unique("edgehub-data")
     claim = f"{spec.release}-edgehub"  # the chart's PVC: FULLNAME
@@ -212,9 +209,9 @@ def hub(control_plane: ControlPlane, kube: Any, tmp_path_factory: pytest.TempPat
 
 @pytest.fixture(scope="module")
 def agent(control_plane: ControlPlane, kube: Any) -> Iterator[Installed]:
-    """charts/edgeagent installed as the README says, with a token in place of its placeholder."""
-    spec = README_INSTALLS["edgeagent"]
-    assert spec.values["joinToken"]["value"] == README_TOKEN_PLACEHOLDER
+    """charts/edgeagent installed as docs/helm.md says, with a token in place of its placeholder."""
+    spec = DOCUMENTED_INSTALLS["edgeagent"]
+    assert spec.values["joinToken"]["value"] == DOC_TOKEN_PLACEHOLDER
     values = deep_merge(spec.values, {"joinToken": {"value": JOIN_TOKEN}})
     with installed(control_plane, kube, spec, unique(spec.namespace), values) as chart:
         yield chart
@@ -330,7 +327,7 @@ def test_every_object_of_the_hub_chart_is_live_and_its_pod_runs_on_the_node(hub:
     assert service.spec.type == "LoadBalancer"
     assert {p.name: (p.port, bool(p.node_port)) for p in service.spec.ports} == {
         "api": (8470, True), "mqtts": (8883, True)}
-    # The README's values reached the hub's settings file.
+    # The doc's values reached the hub's settings file.
     settings = yaml.safe_load(core.read_namespaced_config_map(hub.fullname, hub.namespace).data["hub.json"])
     assert "hub.example.com" in settings["allowed_hosts"]
     assert settings["mqtt_advertise_url"] == "mqtts://hub.example.com:8883"
@@ -530,7 +527,7 @@ def test_ca_init_stores_the_ca_in_the_charts_secret_and_upgrade_uninstall_and_re
     init = container(pod, "ca-init", init=True)
     (ca_volume,) = [v for v in pod.volumes if v.name == "ca-secret"]
     secret_name = ca_volume.secret.secret_name
-    assert secret_name == f"{hub.fullname}-ca"  # the README's hub-edgehub-ca
+    assert secret_name == f"{hub.fullname}-ca"  # docs/helm.md's hub-edgehub-ca
     config = as_kubelet_mounts(core.read_namespaced_config_map(hub.fullname, hub.namespace).data, tmp_path / "config",
                                encoded=False)
 
