@@ -157,7 +157,7 @@ def _build_kubernetes(src: Path, out: Path) -> None:
     replaces = staging_replacements(_kubernetes_go_mod(src), KUBERNETES_VERSION)
     _write_module(work, "kubernetes-build", f"k8s.io/kubernetes {KUBERNETES_VERSION}", replaces)
     _progress(f"building {', '.join(KUBE_COMMANDS)} from k8s.io/kubernetes {KUBERNETES_VERSION} "
-              "(the longest step: 15-40 min on two cores, once per machine)")
+              "(the longest step: about 10 CPU-minutes, once per machine)")
     _run_go(work, "build", "-trimpath", "-ldflags", _kube_ldflags(), "-o", f"{out}/",
             *(f"k8s.io/kubernetes/cmd/{command}" for command in KUBE_COMMANDS), what="kube-* build")
 
