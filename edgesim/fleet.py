@@ -5,7 +5,7 @@ user runs (``edgehub serve``, ``edgeagent join``/``run``, ``edgectl``) as
 separate processes against a real broker and real podman. Every simulated node
 gets its own state directory and podman storage (``--root``/``--runroot``); a
 node joined with ``NodeOptions(runtime="kubernetes", kubeconfig=...)`` applies
-to that cluster instead (a k3s node, as the README joins one).
+to that cluster instead (a k3s node, as docs/edge-nodes.md joins one).
 Addresses are loopback only.
 
 Everything here is synchronous and blocking: it drives other processes and is
@@ -346,7 +346,7 @@ class Hub(ManagedProcess):
 
 @dataclass(frozen=True)
 class NodeOptions:
-    """What a simulated node's ``edgeagent run`` gets beyond the README's command.
+    """What a simulated node's ``edgeagent run`` gets beyond the documented command (docs/operating.md).
 
     Only what a second node on the same machine needs is set by default
     (storage paths come from the node itself): timing flags stay the agent's
@@ -368,7 +368,7 @@ class NodeOptions:
     # node's state dir, read by ``run``); None: the agent's default policy.
     policy: Path | None = None
     # ``edgeagent join --runtime``: "podman", or "kubernetes" with the
-    # cluster's ``kubeconfig`` (``join --kubeconfig``), as the README joins a
+    # cluster's ``kubeconfig`` (``join --kubeconfig``), as docs/edge-nodes.md joins a
     # k3s node. ``run`` takes the runtime chosen at join; a kubernetes node
     # has no podman storage and no image to load.
     runtime: str = "podman"

@@ -42,9 +42,9 @@ _HINTS: tuple[tuple[str, str], ...] = (
     ("catatonit", "podman builds its pause image from catatonit: install it (Debian: apt-get install catatonit)"),
     ("error setting rlimit", "this machine refuses podman's default ulimits: give the agent a containers.conf "
                              "with runtime = \"runc\" and default_ulimits at the host's (--containers-conf; "
-                             "see the README)"),
+                             "see docs/edge-nodes.md)"),
     ("cgroups in hybrid mode", "crun cannot run on hybrid cgroups: select runc in a containers.conf "
-                               "(--containers-conf; see the README)"),
+                               "(--containers-conf; see docs/edge-nodes.md)"),
 )
 
 

@@ -3,7 +3,7 @@
 ``run_demo.py --runtime kubernetes`` (``make demo RUNTIME=kubernetes``) uses it. The control plane is
 :class:`edgesim.control_plane.ControlPlane` (etcd, kube-apiserver, kube-controller-manager, kube-scheduler
 and a kwok node, built from Kubernetes' Go modules once per machine). The agent is joined and run with the
-README's commands for a k3s node: ``edgeagent join --runtime kubernetes --kubeconfig FILE``, ``edgeagent
+commands of docs/edge-nodes.md for a k3s node: ``edgeagent join --runtime kubernetes --kubeconfig FILE``, ``edgeagent
 doctor``, ``edgeagent run``. What runs is read back from the API server with the ``kubernetes`` client, not
 taken from the hub's word.
 
@@ -32,7 +32,7 @@ ROLLOUT_SECONDS = 60
 
 
 class KubeNode(ManagedProcess):
-    """An edge node whose runtime is a Kubernetes cluster: ``edgeagent join/doctor/run`` as the README shows."""
+    """An edge node whose runtime is a Kubernetes cluster: ``edgeagent join/doctor/run`` as docs/edge-nodes.md shows."""
 
     def __init__(self, name: str, workdir: Path, fleet: Fleet, kubeconfig: Path) -> None:
         super().__init__(f"edgeagent {name}", workdir / name / "agent.log")

@@ -13,7 +13,7 @@ values to revision 2, deletes it, and stops and removes everything it started
 
 With ``--runtime kubernetes`` the same steps run against a real API server: the
 demo starts the control plane of :mod:`edgesim.control_plane` (building it once
-per machine first, with progress), joins one node with the README's commands for
+per machine first, with progress), joins one node with docs/edge-nodes.md's commands for
 a k3s node (``edgeagent join --runtime kubernetes --kubeconfig FILE``, ``doctor``,
 ``run``), and shows what the API server holds for the component (its Deployment's
 ready replicas and revision, its pods, its ConfigMap) next to what the hub says.
