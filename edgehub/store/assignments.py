@@ -55,7 +55,7 @@ class AssignmentStore:
             return {name: tuple(sorted(held, key=lambda a: (a.namespace, a.release))) for name, held in found.items()}
 
         return self._listed.refresh(
-            lambda _held: by_node(c.execute("SELECT * FROM assignments")),
+            lambda _held: by_node(c.execute("SELECT * FROM assignments").fetchall()),
             lambda names: by_node(rows_named(c, "SELECT * FROM assignments", names, column="node")))
 
     async def update_assignments(

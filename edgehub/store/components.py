@@ -75,7 +75,8 @@ class ComponentRecord:
     def spec(self) -> dict[str, Any]:
         if self.spec_json is None:
             raise RuntimeError(f"component {self.namespace}/{self.name} was read without its spec")
-        return json.loads(self.spec_json)
+        spec: dict[str, Any] = json.loads(self.spec_json)
+        return spec
 
     @classmethod
     def from_row(cls, row: Row) -> ComponentRecord:
@@ -115,7 +116,8 @@ class RevisionRecord:
     def spec(self) -> dict[str, Any]:
         if not self.spec_json:
             raise RuntimeError(f"revision {self.revision} of {self.namespace}/{self.name} has no spec here")
-        return json.loads(self.spec_json)
+        spec: dict[str, Any] = json.loads(self.spec_json)
+        return spec
 
     @classmethod
     def from_row(cls, namespace: str, name: str, row: Row) -> RevisionRecord:
@@ -328,7 +330,7 @@ class ComponentStore:
             ).fetchone()
             if row is None or row["deleted"]:
                 return None
-            revision = row["revision"] + 1
+            revision: int = row["revision"] + 1
             now = time.time()
             c.execute(
                 "UPDATE components SET deleted = 1, revision = ?, fingerprint = '', updated_at = ? "

@@ -225,14 +225,20 @@ class EnrollmentStore:
         """Every registered node by name, each ``status`` None (``ReportStore.list_nodes`` has them);
         ``with_certificate=False`` leaves every ``certificate`` "", and is cheaper."""
         columns = NODE_COLUMNS + (", certificate" if with_certificate else "")
-        return await self._database.read(
-            lambda c: [NodeRecord.from_row(r) for r in c.execute(f"SELECT {columns} FROM nodes ORDER BY name")])
+
+        def run(c: Connection) -> list[NodeRecord]:
+            return [NodeRecord.from_row(r) for r in c.execute(f"SELECT {columns} FROM nodes ORDER BY name").fetchall()]
+
+        return await self._database.read(run)
 
     async def get_node(self, name: str) -> NodeRecord | None:
         """One registered node with its certificate, its ``status`` None (``ReportStore.get_node`` has it)."""
-        row = await self._database.read(
-            lambda c: c.execute(f"SELECT {NODE_COLUMNS}, certificate FROM nodes WHERE name = ?", (name,)).fetchone())
-        return NodeRecord.from_row(row) if row is not None else None
+
+        def run(c: Connection) -> NodeRecord | None:
+            row = c.execute(f"SELECT {NODE_COLUMNS}, certificate FROM nodes WHERE name = ?", (name,)).fetchone()
+            return NodeRecord.from_row(row) if row is not None else None
+
+        return await self._database.read(run)
 
     async def joined_nodes(self, names: Iterable[str] | None = None) -> dict[str, JoinedNode]:
         """Every node in standing ``joined`` (the nodes assignments are published to), by name; with

@@ -24,7 +24,7 @@ from typing import Any, Literal, NamedTuple, TypeVar
 
 from edgekit.sql import Connection, Row
 from edgeprotocol.errors import ProtocolError
-from edgeprotocol.messages import Event, NodeStatus, Presence
+from edgeprotocol.messages import Event, NodeStatus, Presence, PresenceState
 
 from .database import HubDatabase, rows_named
 from .enrollment import JOINED, NODE_COLUMNS, NodeRecord
@@ -124,7 +124,8 @@ class ReportStore:
         thread: a status may be a few hundred KiB of JSON) only when they changed since last decoded."""
         changed = [r["name"] for r in rows
                    if r["status_length"] and not self._decoded_holds(r["name"], r["status_seq"], r["status_length"])]
-        texts: dict[str, str] = dict(rows_named(c, "SELECT name, status FROM nodes", changed))
+        texts: dict[str, str] = {r["name"]: r["status"]
+                                 for r in rows_named(c, "SELECT name, status FROM nodes", changed)}
         records = {}
         for r in rows:
             name, values = r["name"], tuple(r)
@@ -163,7 +164,7 @@ class ReportStore:
 
     # --- storing reports ---------------------------------------------------------
 
-    async def set_presence(self, node: str, state: str, at: str) -> bool:
+    async def set_presence(self, node: str, state: PresenceState, at: str) -> bool:
         """Record presence; returns False when the node is not registered (or reset, or revoked)."""
         saved = await self.save_reports(presences=[Presence(node=node, state=state, at=at)])
         return saved.presences[0]
@@ -228,7 +229,7 @@ class ReportStore:
                     self._listed.revise(p.node, _with_report(presence=p.state, presence_at=p.at, **seen))
 
             # The statements for a batch leave the range check to this.
-            in_range = all(0 <= report.seq <= MAX_SEQ for report, _ in (*texts, *bodies))
+            in_range = all(0 <= s.seq <= MAX_SEQ for s, _ in texts) and all(0 <= e.seq <= MAX_SEQ for e, _ in bodies)
             if in_range and _all_at_once(c, "statuses", texts, [s.node for s, _ in texts],
                                          lambda rows: _store_next_statuses(c, rows, received_at, max_seq_jump)):
                 status_outcomes: list[SaveOutcome] = ["stored"] * len(texts)
