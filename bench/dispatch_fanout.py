@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 from deployer_plugin import ChartArchive, component_fingerprint, load_component_file, render_component  # noqa: E402
 from edgehub.dispatch import Dispatcher  # noqa: E402
 from edgehub.identity import HubIdentity  # noqa: E402
-from edgehub.store import HubStore  # noqa: E402
+from edgehub.store import HubStores  # noqa: E402
 from edgehub.tokens import new_token  # noqa: E402
 from edgekit.mqtt import MqttSession, SessionSettings  # noqa: E402
 from edgeprotocol import bundle_crypto  # noqa: E402
@@ -41,18 +41,19 @@ async def run(n: int, workdir: Path, broker_url: str) -> str:
     async def ignore(topic: str, payload: bytes) -> None:
         return None
 
-    async with HubStore(workdir / "hub.db") as store, MqttSession(
+    async with HubStores(workdir / "hub.db") as stores, MqttSession(
         SessionSettings(url=broker_url, client_id=f"bench-{n}"), on_message=ignore
     ) as session:
         await session.wait_connected(10)
         token = new_token()
-        await store.create_token(token, pool="shanghai", ttl_seconds=600, uses=n)
+        await stores.enrollment.create_token(token, pool="shanghai", ttl_seconds=600, uses=n)
         started = time.perf_counter()
         for i in range(n):
-            await store.register_node(token, node=f"n{i}", requested_pool=None, labels={}, sign=lambda _: "cert",
-                                      bundle_key=bundle_crypto.public_key_text(bundle_crypto.new_node_key()))
+            await stores.enrollment.register_node(
+                token, node=f"n{i}", requested_pool=None, labels={}, sign=lambda _: "cert",
+                bundle_key=bundle_crypto.public_key_text(bundle_crypto.new_node_key()))
         register_s = time.perf_counter() - started
-        await store.save_component(
+        await stores.components.save_component(
             namespace=component.namespace, name=component.name, spec=component.to_document(), chart_archive=archive,
             chart_name=chart.name, chart_version=chart.version,
             fingerprint=component_fingerprint(component, chart.fingerprint), revision=1, renders=renders,
@@ -61,7 +62,7 @@ async def run(n: int, workdir: Path, broker_url: str) -> str:
         async def publish(topic: str, payload: bytes, retain: bool) -> bool:
             return await session.publish(topic, payload, retain=retain)
 
-        dispatcher = Dispatcher(store, identity.key, publish)
+        dispatcher = Dispatcher(stores.enrollment, stores.components, stores.assignments, identity.key, publish)
         started = time.perf_counter()
         report = await dispatcher.sync()
         sync_s = time.perf_counter() - started

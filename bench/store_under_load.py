@@ -12,7 +12,7 @@ joined nodes, each assigned one release and holding one status, then prints:
   ``GET /api/v1/components`` shows);
 - storing 2,000 statuses and 2,000 events, one ``save_status``/``add_event``
   call each (all at once, as the hub's ingest did) and in batches of 1,000
-  (``HubStore.save_reports``, as it does now), each with the event loop
+  (``ReportStore.save_reports``, as it does now), each with the event loop
   idle and with it busy (a task that computes for 2 ms between yields,
   standing in for a rollout's publishing).
 
@@ -38,7 +38,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from edgehub.cli import STORE_SWITCH_INTERVAL  # noqa: E402
-from edgehub.store import AssignmentRecord, ComponentRecord, HubStore  # noqa: E402
+from edgehub.store import HubStores  # noqa: E402
+from edgehub.store.assignments import AssignmentRecord  # noqa: E402
+from edgehub.store.components import ComponentRecord  # noqa: E402
 from edgehub.tokens import new_token  # noqa: E402
 from edgehub.views import component_view, release_targets  # noqa: E402
 from edgeprotocol.messages import Event, NodeStatus, ReleaseStatus  # noqa: E402
@@ -95,27 +97,29 @@ async def with_busy_loop(busy: bool, work: Callable[[], Awaitable[object]]) -> f
 
 async def run(nodes: int, folder: Path) -> dict[str, float]:
     figures: dict[str, float] = {}
-    async with HubStore(folder / "hub.db") as store:
+    async with HubStores(folder / "hub.db") as stores:
+        enrollment, reports, assignments = stores.enrollment, stores.reports, stores.assignments
         token = new_token()
-        await store.create_token(token, pool="p", ttl_seconds=3600, uses=nodes)
-        await asyncio.gather(*(store.register_node(token, node=name(i), requested_pool=None, labels={},
-                                                   sign=lambda n: "certificate", bundle_key="") for i in range(nodes)))
-        await store.update_assignments([AssignmentRecord(node=name(i), namespace="default", release="web", revision=1,
-                                                         kind="release") for i in range(nodes)])
+        await enrollment.create_token(token, pool="p", ttl_seconds=3600, uses=nodes)
+        await asyncio.gather(*(enrollment.register_node(token, node=name(i), requested_pool=None, labels={},
+                                                        sign=lambda n: "certificate", bundle_key="")
+                               for i in range(nodes)))
+        await assignments.update_assignments([AssignmentRecord(node=name(i), namespace="default", release="web",
+                                                               revision=1, kind="release") for i in range(nodes)])
         for start in range(0, nodes, 1000):
-            await store.save_reports([status(i, 1) for i in range(start, min(nodes, start + 1000))],
-                                     received_at="t", max_seq_jump=1000)
+            await reports.save_reports([status(i, 1) for i in range(start, min(nodes, start + 1000))],
+                                       received_at="t", max_seq_jump=1000)
 
         async def listing() -> None:
-            await store.list_nodes(with_certificate=False)
-            await store.list_assignments()
+            await reports.list_nodes(with_certificate=False)
+            await assignments.list_assignments()
 
         figures["listing_first_s"] = (await timed(listing))[1]
         figures["listing_unchanged_s"] = (await timed(listing))[1]
-        await store.save_reports([status(i, 2) for i in range(0, nodes, 10)], received_at="t", max_seq_jump=1000)
+        await reports.save_reports([status(i, 2) for i in range(0, nodes, 10)], received_at="t", max_seq_jump=1000)
         figures["listing_after_tenth_reported_s"] = (await timed(listing))[1]
-        by_name = {n.name: n for n in await store.list_nodes(with_certificate=False)}
-        targets = release_targets(await store.list_assignments())[("default", "web")]
+        by_name = {n.name: n for n in await reports.list_nodes(with_certificate=False)}
+        targets = release_targets(await assignments.list_assignments())[("default", "web")]
         cpu = time.process_time()
         component_view(COMPONENT, by_name, targets, detail=False)
         figures["rollout_count_s"] = time.process_time() - cpu
@@ -126,9 +130,9 @@ async def run(nodes: int, folder: Path) -> dict[str, float]:
 
             async def one_by_one(seq: int = seq) -> None:
                 statuses, events = [status(i, seq) for i in range(count)], [event(i, seq) for i in range(count)]
-                await asyncio.gather(*(store.save_status(s, encoded=e, received_at="t", max_seq_jump=1000)
+                await asyncio.gather(*(reports.save_status(s, encoded=e, received_at="t", max_seq_jump=1000)
                                        for s, e in statuses),
-                                     *(store.add_event(s, encoded=e, max_seq_jump=1000) for s, e in events))
+                                     *(reports.add_event(s, encoded=e, max_seq_jump=1000) for s, e in events))
 
             figures[f"one_by_one_{'busy' if busy else 'idle'}_s"] = await with_busy_loop(busy, one_by_one)
             seq += 1
@@ -136,8 +140,8 @@ async def run(nodes: int, folder: Path) -> dict[str, float]:
             async def in_batches(seq: int = seq) -> None:
                 for start in range(0, count, 1000):
                     part = range(start, min(count, start + 1000))
-                    saved = await store.save_reports([status(i, seq) for i in part], [event(i, seq) for i in part],
-                                                     received_at="t", max_seq_jump=1000)
+                    saved = await reports.save_reports([status(i, seq) for i in part], [event(i, seq) for i in part],
+                                                       received_at="t", max_seq_jump=1000)
                     assert set(saved.statuses) == set(saved.events) == {"stored"}, saved
 
             figures[f"in_batches_{'busy' if busy else 'idle'}_s"] = await with_busy_loop(busy, in_batches)

@@ -134,22 +134,29 @@ from .errors import (
     UnsupportedMediaType,
 )
 from .keys import (
+    ASSIGNMENT_STORE,
     BROKER_ACCESS,
     CERTIFICATES,
+    COMPONENT_STORE,
     COMPONENTS,
     DISPATCHER,
+    ENROLLMENT_STORE,
     IDENTITY,
     METRICS,
+    REPORT_STORE,
     REVOCATIONS,
     ROLLOUTS,
     SETTINGS,
-    STORE,
     SUMMARIES,
 )
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .renewal_rules import check_certificate_age, check_timestamp
 from .settings import MAX_TOKEN_TTL_SECONDS, MAX_TOKEN_USES
-from .store import MAX_SEQ, AssignmentRecord, ComponentRecord, CredentialRecord, HubStore, NodeRecord, RevisionRecord
+from .store.assignments import AssignmentRecord, AssignmentStore
+from .store.components import ComponentRecord, RevisionRecord
+from .store.enrollment import CredentialRecord, NodeRecord
+from .store.reports import ReportStore
+from .store.schema import MAX_SEQ
 from .summaries import rollout
 from .tokens import new_token, parse_token
 from .views import component_view, node_view, pool_views, release_targets
@@ -382,7 +389,7 @@ async def create_token(request: web.Request) -> web.Response:
         raise BadRequest(f"must be from 1 to {MAX_TOKEN_USES}, not {_shown(uses)}", field="uses")
     ttl = float(ttl)
     token = new_token()
-    expires_at = await request.app[STORE].create_token(token, pool=pool, ttl_seconds=ttl, uses=uses)
+    expires_at = await request.app[ENROLLMENT_STORE].create_token(token, pool=pool, ttl_seconds=ttl, uses=uses)
     logger.info("Join token %s created for pool %s (%d use(s), %.0f s)", token.token_id, pool, uses, ttl)
     # The printed token pins the CA, so the agent can check the hub before it sends the token.
     pin = request.app[IDENTITY].ca_fingerprint
@@ -401,7 +408,7 @@ async def join(request: web.Request) -> web.Response:
     bundle_key = _bundle_key(_field(body, "bundle_key", str, required=False, default=""))
     identity = app[IDENTITY]
     try:
-        joined = await app[STORE].register_node(
+        joined = await app[ENROLLMENT_STORE].register_node(
             token, node=node, requested_pool=requested_pool, labels=labels,
             sign=lambda name: identity.sign_node_csr(csr, node=name, lifetime=app[SETTINGS].node_certificate_lifetime),
             bundle_key=bundle_key,
@@ -476,7 +483,7 @@ async def renew_certificate(request: web.Request) -> web.Response:
         return identity.sign_node_csr(csr, node=node, lifetime=lifetime)
 
     try:
-        certificate = await app[STORE].renew_certificate(node, nonce=nonce, at=float(timestamp),
+        certificate = await app[ENROLLMENT_STORE].renew_certificate(node, nonce=nonce, at=float(timestamp),
                                                          forget_before=now - RENEWAL_WINDOW_SECONDS, renew=renew)
     except RenewalRefused as exc:
         logger.warning("Certificate renewal of %s refused: %s", node, exc)
@@ -498,13 +505,13 @@ def _iso(moment: dt.datetime) -> str:
 
 
 async def list_nodes(request: web.Request) -> web.Response:
-    nodes = await request.app[STORE].list_nodes()
+    nodes = await request.app[REPORT_STORE].list_nodes()
     return web.json_response([node_view(n) for n in nodes])
 
 
 async def get_node(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    node = await request.app[STORE].get_node(name)
+    node = await request.app[REPORT_STORE].get_node(name)
     if node is None:
         raise NotFound(f"node {name!r} not found")
     return web.json_response(node_view(node))
@@ -518,9 +525,9 @@ def _event_view(e: Event) -> dict[str, Any]:
 async def node_events(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     limit = _query_int(request, "limit", default=DEFAULT_EVENTS_LIMIT, low=1, high=MAX_EVENTS_LIMIT)
-    if await request.app[STORE].get_node(name) is None:
+    if await request.app[REPORT_STORE].get_node(name) is None:
         raise NotFound(f"node {name!r} not found")
-    events = await request.app[STORE].list_events(name, limit=limit)
+    events = await request.app[REPORT_STORE].list_events(name, limit=limit)
     return web.json_response([_event_view(e) for e in events])
 
 
@@ -537,9 +544,9 @@ async def list_events(request: web.Request) -> web.Response:
     node = request.query.get("node")
     if node is not None:
         node = _name(node, "node")
-        if await request.app[STORE].get_node(node) is None:
+        if await request.app[REPORT_STORE].get_node(node) is None:
             raise NotFound(f"node {node!r} not found")
-    logged = await request.app[STORE].list_event_log(node=node, after=after, limit=limit)
+    logged = await request.app[REPORT_STORE].list_event_log(node=node, after=after, limit=limit)
     return web.json_response([{"node": e.event.node, "cursor": e.cursor, **_event_view(e.event)} for e in logged])
 
 
@@ -562,7 +569,7 @@ async def _shut_out(request: web.Request, change: Callable[[str], Awaitable[Node
 async def reset_node(request: web.Request) -> web.Response:
     """Free a node's name: the next join with it is accepted (at the next generation) and gets the
     node's assignments, which are kept; until then nothing is published to the name and nothing it sends is taken."""
-    name, node, kept = await _shut_out(request, request.app[STORE].reset_node)
+    name, node, kept = await _shut_out(request, request.app[ENROLLMENT_STORE].reset_node)
     logger.warning("Node %s reset by the operator: its name is free for the next join; %d assignment(s) kept",
                    name, kept)
     return web.json_response({"node": name, "standing": node.standing, "generation": node.generation,
@@ -573,7 +580,7 @@ async def reset_node(request: web.Request) -> web.Response:
 async def revoke_node(request: web.Request) -> web.Response:
     """Refuse a node: its messages are ignored, its retained assignments cleared and nothing more
     published to it, and its name cannot join until ``reset``. Its assignments are kept in the store."""
-    name, node, withheld = await _shut_out(request, request.app[STORE].revoke_node)
+    name, node, withheld = await _shut_out(request, request.app[ENROLLMENT_STORE].revoke_node)
     logger.warning("Node %s revoked by the operator: %d assignment(s) withheld; it is refused until reset",
                    name, withheld)
     return web.json_response({"node": name, "standing": node.standing, "generation": node.generation,
@@ -582,30 +589,28 @@ async def revoke_node(request: web.Request) -> web.Response:
 
 
 async def list_pools(request: web.Request) -> web.Response:
-    return web.json_response(pool_views(await request.app[STORE].list_nodes(with_certificate=False)))
+    return web.json_response(pool_views(await request.app[REPORT_STORE].list_nodes(with_certificate=False)))
 
 
 async def list_components(request: web.Request) -> web.Response:
-    store = request.app[STORE]
-    by_name, targets = await _fleet_targets(store)
+    by_name, targets = await _fleet_targets(request.app[REPORT_STORE], request.app[ASSIGNMENT_STORE])
     return web.json_response([component_view(c, by_name, targets.get((c.namespace, c.name), []), detail=False)
-                              for c in await store.list_components()])
+                              for c in await request.app[COMPONENT_STORE].list_components()])
 
 
-async def _fleet_targets(store: HubStore
+async def _fleet_targets(reports: ReportStore, assignments: AssignmentStore
                          ) -> tuple[dict[str, NodeRecord], dict[tuple[str, str], list[AssignmentRecord]]]:
     """Every node by name, and each component's release assignments: what its rollout is counted over."""
-    return ({n.name: n for n in await store.list_nodes(with_certificate=False)},
-            release_targets(await store.list_assignments()))
+    return ({n.name: n for n in await reports.list_nodes(with_certificate=False)},
+            release_targets(await assignments.list_assignments()))
 
 
 async def get_component(request: web.Request) -> web.Response:
-    store = request.app[STORE]
     namespace, name = request.match_info["namespace"], request.match_info["name"]
-    comp = await store.get_component(namespace, name)
+    comp = await request.app[COMPONENT_STORE].get_component(namespace, name)
     if comp is None or comp.deleted:
         raise NotFound(f"component {namespace}/{name} not found")
-    by_name, targets = await _fleet_targets(store)
+    by_name, targets = await _fleet_targets(request.app[REPORT_STORE], request.app[ASSIGNMENT_STORE])
     view = component_view(comp, by_name, targets.get((namespace, name), []), detail=True)
     view["spec"] = without_values(view["spec"], _values_digest_key(request.app))
     return web.json_response(view)
@@ -746,15 +751,16 @@ def history_view(comp: ComponentRecord, revisions: list[RevisionRecord], counts:
 
 async def component_history(request: web.Request) -> web.Response:
     """The component's kept revisions, newest first; a deleted component's too (its last is the deletion)."""
-    store = request.app[STORE]
+    component_store = request.app[COMPONENT_STORE]
     namespace, name = request.match_info["namespace"], request.match_info["name"]
-    comp = await store.get_component(namespace, name)
+    comp = await component_store.get_component(namespace, name)
     if comp is None:
         raise NotFound(f"component {namespace}/{name} not found")
-    revisions = await store.list_revisions(namespace, name)
+    revisions = await component_store.list_revisions(namespace, name)
     counts = None
     if not comp.deleted:
-        counts = rollout(comp, await store.list_nodes(with_certificate=False), await store.list_assignments())
+        counts = rollout(comp, await request.app[REPORT_STORE].list_nodes(with_certificate=False),
+                         await request.app[ASSIGNMENT_STORE].list_assignments())
     key = _values_digest_key(request.app)
     return web.json_response(await asyncio.to_thread(history_view, comp, revisions, counts, key))
 
@@ -842,7 +848,8 @@ async def create_credential(request: web.Request) -> web.Response:
     csr = _field(body, "csr", str)
     username = dashboard_user(name)
     identity = app[IDENTITY]
-    record = await app[STORE].add_credential(name, role, lambda: identity.sign_csr(csr, common_name=username))
+    record = await app[ENROLLMENT_STORE].add_credential(name, role,
+                                                        lambda: identity.sign_csr(csr, common_name=username))
     await app[BROKER_ACCESS].admit_dashboard(name)
     logger.info("Broker credential %s (role %s) issued", username, role)
     return web.json_response({**_credential_view(record), "certificate": record.certificate,
@@ -854,12 +861,12 @@ async def create_credential(request: web.Request) -> web.Response:
 
 
 async def list_credentials(request: web.Request) -> web.Response:
-    return web.json_response([_credential_view(r) for r in await request.app[STORE].list_credentials()])
+    return web.json_response([_credential_view(r) for r in await request.app[ENROLLMENT_STORE].list_credentials()])
 
 
 async def delete_credential(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    if not await request.app[STORE].delete_credential(name):
+    if not await request.app[ENROLLMENT_STORE].delete_credential(name):
         raise NotFound(f"credential {name!r} not found")
     await request.app[BROKER_ACCESS].expel_dashboard(name)
     logger.warning("Broker credential %s revoked", dashboard_user(name))

@@ -32,18 +32,22 @@ from .dispatch import Dispatcher
 from .identity import HubIdentity
 from .ingest import IngestLimits, NodeMessages
 from .keys import (
+    ASSIGNMENT_STORE,
     BROKER_ACCESS,
     CERTIFICATES,
+    COMPONENT_STORE,
     COMPONENTS,
     DISPATCHER,
+    ENROLLMENT_STORE,
     IDENTITY,
     METRICS,
     MQTT,
     RENDERER,
+    REPORT_STORE,
     REVOCATIONS,
     ROLLOUTS,
     SETTINGS,
-    STORE,
+    STORES,
     SUMMARIES,
 )
 from .metrics import HubMetrics
@@ -51,7 +55,7 @@ from .ratelimit import SourceRateLimiter, rate_limits
 from .renderer import Renderer, RenderLimits
 from .rollout_driver import RolloutDriver
 from .settings import HubSettings
-from .store import HubStore
+from .store import HubStores
 from .summaries import HUB_STATE_TOPIC, SummaryPublisher, SummarySettings
 from .tls import TLS, serves_tls, tls_ctx
 
@@ -83,10 +87,10 @@ async def identity_ctx(app: web.Application) -> AsyncIterator[None]:
 async def certificates_ctx(app: web.Application) -> AsyncIterator[None]:
     """The certificate keeper: the hub's MQTT client certificate, the API's (``app[TLS]`` when served over
     HTTPS) and the broker's, issued at start and renewed on a timer (edgehub.certificates)."""
-    settings, store, revocations = app[SETTINGS], app[STORE], app[REVOCATIONS]
+    settings, enrollment, revocations = app[SETTINGS], app[ENROLLMENT_STORE], app[REVOCATIONS]
 
     async def node_certificates() -> list[tuple[str, str]]:
-        return [(n.name, n.certificate) for n in await store.list_nodes(with_status=False)]
+        return [(n.name, n.certificate) for n in await enrollment.list_nodes()]
 
     async def hub_mqtt_renewed() -> None:
         session = app.get(MQTT)
@@ -113,19 +117,26 @@ async def renderer_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def store_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    async with HubStore(settings.store_location, events_kept_per_node=settings.events_kept_per_node) as store:
-        app[STORE] = store
+    async with HubStores(settings.store_location, events_kept_per_node=settings.events_kept_per_node) as stores:
+        app[STORES] = stores
+        enrollment = stores.enrollment
+        app[ENROLLMENT_STORE] = enrollment
+        app[REPORT_STORE] = stores.reports
+        app[COMPONENT_STORE] = stores.components
+        app[ASSIGNMENT_STORE] = stores.assignments
 
         async def publish(topic: str, payload: bytes, retain: bool) -> bool:
             return await publisher(app, retain=retain)(topic, payload)
 
         async def registry() -> tuple[set[str], set[str]]:
-            refused = {n.name for n in await store.list_nodes(with_status=False, with_certificate=False)
+            refused = {n.name for n in await enrollment.list_nodes(with_certificate=False)
                        if n.standing != "joined"}
-            return refused, {c.name for c in await store.list_credentials()}
+            return refused, {c.name for c in await enrollment.list_credentials()}
 
-        app[DISPATCHER] = Dispatcher(store, app[IDENTITY].key, publish, on_published=app[METRICS].published)
-        app[COMPONENTS] = Components(store, app[DISPATCHER], app[RENDERER],
+        app[DISPATCHER] = Dispatcher(enrollment, stores.components, stores.assignments, app[IDENTITY].key, publish,
+                                     on_published=app[METRICS].published)
+        app[COMPONENTS] = Components(enrollment, stores.reports, stores.components, stores.assignments,
+                                     app[DISPATCHER], app[RENDERER],
                                      ChartSources.in_state_dir(settings.state_dir,
                                                                allow=settings.chart_sources.networks))
         files = await asyncio.to_thread(BrokerFiles.load, settings.state_dir) if settings.broker_identities else None
@@ -135,7 +146,7 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
                            "so a node certificate replaced by a renewal, reset or revoke still connects until it "
                            "expires", settings.state_dir, BROKER_FILES)
         async with (BrokerAccess(publisher(app, retain=False), registry, enabled=settings.broker_identities) as access,
-                    BrokerRevocations(app[IDENTITY], store.void_certificates, files,
+                    BrokerRevocations(app[IDENTITY], enrollment.void_certificates, files,
                                       broker=BrokerAddress.parse(settings.mqtt_url)) as revocations):
             app[BROKER_ACCESS] = access
             app[REVOCATIONS] = revocations
@@ -159,7 +170,7 @@ async def ca_rotation_ctx(app: web.Application) -> AsyncIterator[None]:
             with contextlib.suppress(TimeoutError):
                 await session.wait_connected(NOTICE_CONNECT_WAIT_SECONDS)
 
-    app[CA_ROTATION] = CaRotation(app[SETTINGS].state_dir, app[IDENTITY], app[STORE], app[REVOCATIONS],
+    app[CA_ROTATION] = CaRotation(app[SETTINGS].state_dir, app[IDENTITY], app[ENROLLMENT_STORE], app[REVOCATIONS],
                                   publish=publisher(app, retain=False), after_step=[keep_certificates],
                                   before_notices=connected)
     yield
@@ -167,16 +178,17 @@ async def ca_rotation_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def rollouts_ctx(app: web.Application) -> AsyncIterator[None]:
     """Staged rollouts move on from status changes and the clock; the driver stops (cancelled, awaited) first."""
-    store = app[STORE]
-    driver = RolloutDriver(store, app[DISPATCHER], app[COMPONENTS], tick=app[SETTINGS].rollout_tick_seconds)
-    store.on_change(driver.changed)
+    stores = app[STORES]
+    driver = RolloutDriver(stores.reports, stores.components, stores.assignments, app[DISPATCHER], app[COMPONENTS],
+                           tick=app[SETTINGS].rollout_tick_seconds)
+    stores.on_change(driver.changed)
     async with driver:
         app[ROLLOUTS] = driver
         yield
 
 
 async def summaries_ctx(app: web.Application) -> AsyncIterator[None]:
-    settings, store = app[SETTINGS], app[STORE]
+    settings, stores = app[SETTINGS], app[STORES]
     refresh = settings.summary_refresh_seconds
     extra = None
     if settings.ha_discovery_prefix:
@@ -185,11 +197,11 @@ async def summaries_ctx(app: web.Application) -> AsyncIterator[None]:
         def extra(summaries: dict[str, dict[str, Any]]) -> dict[str, bytes]:
             return ha_discovery.documents(prefix, summaries, expire_after=int(3 * refresh))
 
-    summaries = SummaryPublisher(store, publisher(app, retain=True),
+    summaries = SummaryPublisher(stores.reports, stores.components, stores.assignments, publisher(app, retain=True),
                                  SummarySettings(interval=settings.summary_interval_seconds,
                                                  max_per_pass=settings.summary_max_per_pass, refresh=refresh),
                                  extra=extra)
-    store.on_change(summaries.changed)
+    stores.on_change(summaries.changed)
     async with summaries:
         app[SUMMARIES] = summaries
         yield
@@ -197,7 +209,7 @@ async def summaries_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def mqtt_ctx(app: web.Application) -> AsyncIterator[None]:
     settings, dispatcher, access, revocations = app[SETTINGS], app[DISPATCHER], app[BROKER_ACCESS], app[REVOCATIONS]
-    messages = NodeMessages(app[STORE], dispatcher, IngestLimits.of(settings), metrics=app[METRICS])
+    messages = NodeMessages(app[REPORT_STORE], dispatcher, IngestLimits.of(settings), metrics=app[METRICS])
 
     async def on_message(topic: str, payload: bytes) -> None:
         if topic == CONTROL_RESPONSE_TOPIC:

@@ -55,7 +55,7 @@ from .broker_revocations import BrokerRevocations
 from .errors import RotationRefused
 from .hub_cas import CaSet, StepRefused, begun, finished, load_ca_set, next_step, switched
 from .identity import HubIdentity
-from .store import HubStore
+from .store.enrollment import EnrollmentStore
 
 logger = logging.getLogger(__name__)
 
@@ -94,12 +94,13 @@ class CaRotation:
     step is committed and the hub's identity holds the new set (the certificate keeper's check); each may say
     what it did in words."""
 
-    def __init__(self, state_dir: Path, identity: HubIdentity, store: HubStore, revocations: BrokerRevocations, *,
+    def __init__(self, state_dir: Path, identity: HubIdentity, enrollment: EnrollmentStore,
+                 revocations: BrokerRevocations, *,
                  publish: Publish, after_step: Sequence[AfterStep] = (),
                  before_notices: Callable[[], Awaitable[None]] | None = None) -> None:
         self._state_dir = state_dir
         self._identity = identity
-        self._store = store
+        self._enrollment = enrollment
         self._revocations = revocations
         self._publish = publish
         self._after_step = list(after_step)
@@ -113,9 +114,9 @@ class CaRotation:
 
     async def fleet(self) -> FleetByCa:
         """Which trusted CA issued each joined node's certificate, as the store holds it."""
-        nodes = [(n.name, n.certificate) for n in await self._store.list_nodes(with_status=False)
+        nodes = [(n.name, n.certificate) for n in await self._enrollment.list_nodes()
                  if n.standing == "joined" and n.certificate]
-        dashboards = [(c.name, c.certificate) for c in await self._store.list_credentials()]
+        dashboards = [(c.name, c.certificate) for c in await self._enrollment.list_credentials()]
         cas = self._identity.cas
         fleet = await asyncio.to_thread(self._classify, cas, nodes)
         held = await asyncio.to_thread(_issuers_of, cas, dashboards)
@@ -242,7 +243,7 @@ class CaRotation:
     async def notify_nodes(self, cas: CaSet) -> tuple[int, int, int]:
         """Publish a signed notice to every joined node; (how many the broker took, how many are online, how many
         nodes). The broker takes a notice for a node that is away too, and drops it (not retained)."""
-        nodes = [n for n in await self._store.list_nodes(with_status=False, with_certificate=False)
+        nodes = [n for n in await self._enrollment.list_nodes(with_certificate=False)
                  if n.standing == "joined"]
         online = sum(1 for n in nodes if n.presence == "online")
         spread = round(len(nodes) / NOTICE_RATE_PER_SECOND, 1)

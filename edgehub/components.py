@@ -41,7 +41,10 @@ from .chart_sources import ChartSources
 from .dispatch import Dispatcher
 from .errors import ConcurrentChange, NotFound, SpecRefused
 from .rollout import RolloutState, begin
-from .store import ComponentRecord, HubStore, Replaced
+from .store.assignments import AssignmentStore
+from .store.components import ComponentRecord, ComponentStore, Replaced
+from .store.enrollment import EnrollmentStore
+from .store.reports import ReportStore
 from .summaries import rollout
 
 if TYPE_CHECKING:
@@ -71,9 +74,13 @@ class ApplyOutcome:
 class Components:
     """The hub's component service, shared by every request."""
 
-    def __init__(self, store: HubStore, dispatcher: Dispatcher, renderer: Renderer,
+    def __init__(self, enrollment: EnrollmentStore, reports: ReportStore, component_store: ComponentStore,
+                 assignments: AssignmentStore, dispatcher: Dispatcher, renderer: Renderer,
                  charts: ChartSources | None = None) -> None:
-        self._store = store
+        self._enrollment = enrollment
+        self._reports = reports
+        self._component_store = component_store
+        self._assignments = assignments
         self._dispatcher = dispatcher
         self._renderer = renderer
         self._charts = charts or ChartSources(ChartFetcher())
@@ -97,14 +104,14 @@ class Components:
             raise SpecRefused(exc, context=f"component {component.namespace}/{component.name}") from exc
         chart = await self._open_chart(component, archive)
         fingerprint = await asyncio.to_thread(component_fingerprint, component, chart.fingerprint)
-        existing = await self._store.get_component(component.namespace, component.name)
+        existing = await self._component_store.get_component(component.namespace, component.name)
         live = existing is not None and not existing.deleted
         if existing is not None and live and existing.fingerprint == fingerprint:
             stored_policy = (existing.spec.get("spec", {}).get("edge", {}).get("rollout")
                              if existing.spec_json else None)
             new_policy = component.edge.rollout.to_document() if component.edge.rollout else None
             if existing.history_limit != component.history_limit or stored_policy != new_policy:
-                await self._store.set_history_limit(
+                await self._component_store.set_history_limit(
                     component.namespace, component.name, spec=await asyncio.to_thread(component.to_document),
                     history_limit=component.history_limit, revision=existing.revision)
                 logger.info("Component %s/%s keeps %d revision(s) now", component.namespace, component.name,
@@ -135,7 +142,7 @@ class Components:
         ConcurrentChange (the current revision, a deletion, or a revision whose spec was dropped).
         """
         ident = f"{namespace}/{name}"
-        existing = await self._store.get_component(namespace, name)
+        existing = await self._component_store.get_component(namespace, name)
         if existing is None:
             raise NotFound(f"component {ident} not found")
         if existing.deleted:
@@ -146,18 +153,18 @@ class Components:
             raise ConcurrentChange(f"revision {target} is the current revision of {ident}; nothing to roll back to")
         if target < 1 and to_revision is None:
             raise ConcurrentChange(f"component {ident} is at its first revision; nothing to roll back to")
-        window = await self._store.revision_window(namespace, name)
+        window = await self._component_store.revision_window(namespace, name)
         if target < 1 or target > existing.revision:
             raise NotFound(f"revision {target} of component {ident} not found: it has revisions "
                            f"{window.oldest} to {existing.revision}")
-        record = await self._store.get_revision(namespace, name, target)
+        record = await self._component_store.get_revision(namespace, name, target)
         if record is None:
             raise NotFound(f"revision {target} of component {ident} was pruned: spec.historyLimit keeps "
                            f"{existing.history_limit} revision(s), now {window.oldest} to {existing.revision}")
         if record.status == "deleted":
             raise ConcurrentChange(f"revision {target} of {ident} is the deletion of the component; nothing to "
                                    "roll back to (give --to-revision an earlier one)")
-        archive = await self._store.get_chart(record.chart_digest) if record.has_spec else None
+        archive = await self._component_store.get_chart(record.chart_digest) if record.has_spec else None
         if archive is None or record.spec_json is None:
             raise ConcurrentChange(f"revision {target} of {ident} has no spec and chart any more: they were dropped "
                                    "when the component was deleted")
@@ -187,7 +194,8 @@ class Components:
     async def _replaced_status(self, existing: ComponentRecord) -> Replaced:
         """What the current revision becomes when it is replaced: failed when a target reports it failing (Failed,
         or a crash loop, an image it cannot pull, an OOM kill: the summary's ``failed`` count)."""
-        counts = rollout(existing, await self._store.list_nodes(with_certificate=False), await self._store.list_assignments())
+        counts = rollout(existing, await self._reports.list_nodes(with_certificate=False),
+                         await self._assignments.list_assignments())
         return "failed" if counts["failed"] else "superseded"
 
     async def _store_revision(self, component: Component, chart: ChartArchive, archive: bytes, fingerprint: str,
@@ -207,7 +215,7 @@ class Components:
         previous: dict[str, Bundle] = {}
         replaced: Replaced = "superseded"
         if existing is not None and live:
-            previous = await self._store.get_renders(component.namespace, component.name, existing.revision)
+            previous = await self._component_store.get_renders(component.namespace, component.name, existing.revision)
             replaced = await self._replaced_status(existing)
         try:
             # A worker process, killed past the time bound (see edgehub.renderer).
@@ -223,13 +231,13 @@ class Components:
             staged.state, staged.rollback_revision, staged.updated_at = "rolled back", revision, time.time()
         elif live and component.edge.rollout is not None:
             assert existing is not None
-            prior_row = await self._store.get_rollout(component.namespace, component.name)
+            prior_row = await self._component_store.get_rollout(component.namespace, component.name)
             staged = begin(component.namespace, component.name, revision, component.edge.rollout,
                            live_revision=existing.revision,
                            prior=RolloutState.from_row(prior_row) if prior_row else None, now=time.time())
         else:
             staged = None  # no policy, or a first revision (nothing to go back to): every target at once
-        await self._store.save_component(
+        await self._component_store.save_component(
             namespace=component.namespace, name=component.name, spec=await asyncio.to_thread(component.to_document),
             chart_archive=archive, chart_name=chart.name, chart_version=chart.version,
             fingerprint=fingerprint, revision=revision, renders=renders, origin=origin,
@@ -239,9 +247,9 @@ class Components:
         logger.info("Component %s is now at revision %d (%s)", ident, revision, origin)
         self._dispatcher.remember(component, revision=revision, fingerprint=fingerprint)
         await self._dispatcher.sync()
-        targets = sum(1 for a in await self._store.list_assignments()
+        targets = sum(1 for a in await self._assignments.list_assignments()
                       if (a.namespace, a.release) == (component.namespace, component.name) and a.kind == "release")
-        pools = {n.pool for n in await self._store.list_nodes(with_status=False, with_certificate=False)}
+        pools = {n.pool for n in await self._enrollment.list_nodes(with_certificate=False)}
         return ApplyOutcome(
             component=ident, revision=revision, changed=True, created=not live, targets=targets,
             warnings=(*chart_warnings, *rendered.warnings,
@@ -251,11 +259,11 @@ class Components:
 
     async def delete(self, namespace: str, name: str) -> int:
         """Mark a component deleted and tombstone it on every node; returns the deleting revision."""
-        existing = await self._store.get_component(namespace, name)
+        existing = await self._component_store.get_component(namespace, name)
         replaced: Replaced = "superseded"
         if existing is not None and not existing.deleted:
             replaced = await self._replaced_status(existing)
-        revision = await self._store.delete_component(namespace, name, replaced=replaced)
+        revision = await self._component_store.delete_component(namespace, name, replaced=replaced)
         if revision is None:
             raise NotFound(f"component {namespace}/{name} not found")
         logger.info("Component %s/%s deleted (revision %d)", namespace, name, revision)

@@ -55,7 +55,9 @@ from edgeprotocol.messages import MAX_ASSIGNMENT_BYTES, Assignment, Bundle, Node
 from edgeprotocol.signing import seal
 
 from .rollout import RolloutState, desired_revision
-from .store import AssignmentRecord, ComponentRecord, HubStore, JoinedNode
+from .store.assignments import AssignmentRecord, AssignmentStore
+from .store.components import ComponentRecord, ComponentStore
+from .store.enrollment import EnrollmentStore, JoinedNode
 
 logger = logging.getLogger(__name__)
 
@@ -165,9 +167,12 @@ class SyncReport:
 
 
 class Dispatcher:
-    def __init__(self, store: HubStore, key: Ed25519PrivateKey, publish: Publish,
+    def __init__(self, enrollment: EnrollmentStore, component_store: ComponentStore, assignments: AssignmentStore,
+                 key: Ed25519PrivateKey, publish: Publish,
                  on_published: Callable[[str, str, str, int], None] | None = None) -> None:
-        self._store = store
+        self._enrollment = enrollment
+        self._component_store = component_store
+        self._assignments = assignments
         self._key = key
         self._publish = publish
         # Told (node, namespace, release, revision) of every release assignment published (metrics).
@@ -189,7 +194,7 @@ class Dispatcher:
         found = self._placements.get(comp)
         if found is not None:
             return found
-        record = await self._store.get_component(comp.namespace, comp.name)
+        record = await self._component_store.get_component(comp.namespace, comp.name)
         if record is None or record.spec_json is None or (record.revision, record.fingerprint) != (
                 comp.revision, comp.fingerprint):
             return None  # changed since it was listed: the sync that change makes places it
@@ -207,19 +212,19 @@ class Dispatcher:
         """Bring the assignment table (and the broker) in line with components and nodes; with ``node``,
         only that node's assignments (a join changes no other node's placement)."""
         async with self._lock:
-            components = await self._store.list_components(include_deleted=True, with_spec=False)
+            components = await self._component_store.list_components(include_deleted=True, with_spec=False)
             if node is None:
-                records = await self._store.list_nodes(with_status=False, with_certificate=False)
+                records = await self._enrollment.list_nodes(with_certificate=False)
             else:
-                record = await self._store.get_node(node, with_status=False)
+                record = await self._enrollment.get_node(node)
                 records = [record] if record is not None else []
             nodes = [NodeInfo(name=n.name, pool=n.pool, labels=n.labels) for n in records]
-            current = {(a.node, a.namespace, a.release): a for a in await self._store.list_assignments(node=node)}
+            current = {(a.node, a.namespace, a.release): a for a in await self._assignments.list_assignments(node=node)}
             by_release = {(c.namespace, c.name): c for c in components}
             live = {(c.namespace, c.name) for c in components if not c.deleted}
             self._placements.keep_only(live)
 
-            rollouts = {(r.namespace, r.name): r for r in await self._store.list_rollouts()}
+            rollouts = {(r.namespace, r.name): r for r in await self._component_store.list_rollouts()}
 
             desired: dict[tuple[str, str, str], AssignmentRecord] = {}
             unplaced: set[tuple[str, str]] = set()
@@ -245,7 +250,7 @@ class Dispatcher:
                             continue
                         if revision != comp.revision:
                             if revision not in kept:
-                                kept[revision] = set(await self._store.get_renders(
+                                kept[revision] = set(await self._component_store.get_renders(
                                     comp.namespace, comp.name, revision))
                             if key not in kept[revision]:
                                 key = key if not kept[revision] else min(kept[revision])
@@ -268,14 +273,14 @@ class Dispatcher:
                 desired.setdefault(ident, held)
 
             changed = [a for ident, a in desired.items() if current.get(ident) != a]
-            await self._store.update_assignments(changed)
+            await self._assignments.update_assignments(changed)
             published = await self._publish_records(changed, by_release)
             if changed:
                 logger.info("Dispatch: %d assignments changed, %d published", len(changed), published)
             # Cheap when there is nothing to prune (one query over deleted components, one over renders).
-            await self._store.prune_deleted()
+            await self._component_store.prune_deleted()
             # Renders of revisions pruned by spec.historyLimit that a node was still assigned until now.
-            await self._store.prune_history()
+            await self._component_store.prune_history()
             return SyncReport(changed=len(changed), published=published)
 
     def _rollout_state(self, row: object) -> RolloutState | None:
@@ -289,27 +294,27 @@ class Dispatcher:
     async def publish_all(self) -> int:
         """Re-publish every assignment (the broker may have lost its retained messages)."""
         async with self._lock:
-            components = {(c.namespace, c.name): c
-                          for c in await self._store.list_components(include_deleted=True, with_spec=False)}
-            return await self._publish_records(await self._store.list_assignments(), components)
+            components = {(c.namespace, c.name): c for c in await self._component_store.list_components(
+                include_deleted=True, with_spec=False)}
+            return await self._publish_records(await self._assignments.list_assignments(), components)
 
     async def publish_node(self, node: str, *, held: Mapping[str, int] | None = None) -> int:
         """Re-publish the node's assignments; with ``held`` ("namespace/release" -> revision, as a
         Resync says), only those it lacks or holds an older revision of."""
         async with self._lock:
-            records = await self._store.list_assignments(node=node)
+            records = await self._assignments.list_assignments(node=node)
             if held is not None:
                 records = [a for a in records if held.get(f"{a.namespace}/{a.release}", 0) < a.revision]
             if not records:
                 return 0
-            components = {(c.namespace, c.name): c
-                          for c in await self._store.list_components(include_deleted=True, with_spec=False)}
+            components = {(c.namespace, c.name): c for c in await self._component_store.list_components(
+                include_deleted=True, with_spec=False)}
             return await self._publish_records(records, components)
 
     async def publish_nodes(self, requests: Mapping[str, Mapping[str, int]]) -> dict[str, int]:
         """Answer many resyncs (node -> what it holds, as in ``publish_node``): one read, no lock, finds the
         nodes that lack anything (after a broker restart, usually none); what each was sent, by node."""
-        lacking = {a.node for a in await self._store.list_assignments(nodes=requests)
+        lacking = {a.node for a in await self._assignments.list_assignments(nodes=requests)
                    if requests[a.node].get(f"{a.namespace}/{a.release}", 0) < a.revision}
         return {node: await self.publish_node(node, held=requests[node]) if node in lacking else 0
                 for node in sorted(requests)}
@@ -317,7 +322,7 @@ class Dispatcher:
     async def withdraw_node(self, node: str) -> int:
         """Clear the broker's retained assignments of ``node`` (reset or revoked); its table rows stay."""
         async with self._lock:
-            records = await self._store.list_assignments(node=node)
+            records = await self._assignments.list_assignments(node=node)
             for a in records:
                 await self._publish(topics.assignment(a.node, a.namespace, a.release), b"", True)
             return len(records)
@@ -326,7 +331,7 @@ class Dispatcher:
         """``on_status`` for many reports: one read, no lock, tells which nodes need anything (few do)."""
         latest = {status.node: status for status in statuses}
         held: dict[str, list[AssignmentRecord]] = {node: [] for node in latest}
-        for a in await self._store.list_assignments(nodes=latest):
+        for a in await self._assignments.list_assignments(nodes=latest):
             held[a.node].append(a)
         for node, status in latest.items():
             done, unassigned = _status_follow_up(status, held[node])
@@ -337,18 +342,18 @@ class Dispatcher:
         """Forget tombstones the node has carried out (it no longer reports the release), and tombstone
         what it reports but was not assigned (``_status_follow_up``)."""
         async with self._lock:
-            done, unassigned = _status_follow_up(status, await self._store.list_assignments(node=status.node))
+            done, unassigned = _status_follow_up(status, await self._assignments.list_assignments(node=status.node))
             if not done and not unassigned:
                 return
-            await self._store.update_assignments(unassigned, [(a.node, a.namespace, a.release) for a in done])
+            await self._assignments.update_assignments(unassigned, [(a.node, a.namespace, a.release) for a in done])
             for a in done:
                 # An empty retained message clears the broker's copy.
                 await self._publish(topics.assignment(a.node, a.namespace, a.release), b"", True)
             if done:
                 logger.info("Node %s removed %d release(s); cleared their tombstones", status.node, len(done))
             if unassigned:
-                components = {(c.namespace, c.name): c
-                              for c in await self._store.list_components(include_deleted=True, with_spec=False)}
+                components = {(c.namespace, c.name): c for c in await self._component_store.list_components(
+                    include_deleted=True, with_spec=False)}
                 await self._publish_records(unassigned, components)
                 logger.warning("Node %s reports %d release(s) the hub did not assign to it (%s); sent tombstones",
                                status.node, len(unassigned),
@@ -362,7 +367,7 @@ class Dispatcher:
         (one at a time, each waiting for its acknowledgement, a fleet's rollout is a fleet of round trips)."""
         # Read under the dispatcher's lock, like the records: a node reset or
         # revoked meanwhile is withdrawn (under the lock) after this publish.
-        joined = await self._store.joined_nodes(names={r.node for r in records}) if records else {}
+        joined = await self._enrollment.joined_nodes(names={r.node for r in records}) if records else {}
         newly_plain: list[str] = []  # nodes without a bundle key not warned about before
         ready: list[tuple[AssignmentRecord, JoinedNode, Bundle | None]] = []
         for rec in records:
@@ -444,7 +449,7 @@ class Dispatcher:
         """The stored render, compressed once for every node and publish that needs it."""
         bundle = self._wire.get(render)
         if bundle is None:
-            bundle = await self._store.get_render(*render)
+            bundle = await self._component_store.get_render(*render)
             if bundle is not None:
                 self._wire.put(render, bundle)  # put() compresses it
         return bundle

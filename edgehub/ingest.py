@@ -11,11 +11,11 @@ message is bounded before the hub spends anything on it:
   reason, restarts and message kept); it is dropped (with a warning) when it
   is over even so, lists more than ``MAX_STATUS_RELEASES`` releases or
   ``MAX_STATUS_CONDITIONS`` conditions, or its ``seq`` is more than
-  ``max_seq_jump`` past the node's last (see :meth:`HubStore.save_status`,
+  ``max_seq_jump`` past the node's last (see :meth:`ReportStore.save_status`,
   which also says what a re-join does);
 - an **event** has its message cut likewise and is dropped past
   ``MAX_EVENT_BYTES`` or ``max_seq_jump`` (events are kept by count, in
-  arrival order: :meth:`HubStore.add_event`);
+  arrival order: :meth:`ReportStore.add_event`);
 - a **presence** is dropped unless its time is an RFC 3339 time of at most
   ``MAX_TIME_CHARS`` characters;
 - a **resync** is answered at most once per node every
@@ -30,7 +30,7 @@ are taken in batches: the MQTT session hands each to ``take``, which only
 queues it, and one worker handles up to ``INGEST_BATCH`` queued messages
 together, at most one batch every ``INGEST_INTERVAL`` while they keep
 coming. A batch's statuses, events and presences are stored in one write
-(``HubStore.save_reports``: usually one statement per kind, since every
+(``ReportStore.save_reports``: usually one statement per kind, since every
 statement the store's thread runs must win the GIL back from a busy event
 loop), and what follows a stored status
 or a resync (tombstones, re-publishing) is first checked for the whole batch
@@ -68,7 +68,7 @@ from edgeprotocol.topics import NodeTopic
 from .dispatch import Dispatcher
 from .metrics import HubMetrics
 from .settings import HubSettings
-from .store import HubStore
+from .store.reports import ReportStore
 
 logger = logging.getLogger(__name__)
 
@@ -160,9 +160,9 @@ def _cut(text: str) -> str:
 
 
 class NodeMessages:
-    def __init__(self, store: HubStore, dispatcher: Dispatcher, limits: IngestLimits | None = None,
+    def __init__(self, reports: ReportStore, dispatcher: Dispatcher, limits: IngestLimits | None = None,
                  metrics: HubMetrics | None = None) -> None:
-        self._store = store
+        self._reports = reports
         self._dispatcher = dispatcher
         self._metrics = metrics
         self._limits = limits or IngestLimits()
@@ -302,7 +302,7 @@ class NodeMessages:
         """Store a batch's statuses, events and presences in one write; each one refused is dropped as such,
         each status stored is followed up."""
         jump = self._limits.max_seq_jump
-        status_outcomes, event_outcomes, presence_outcomes = await self._store.save_reports(
+        status_outcomes, event_outcomes, presence_outcomes = await self._reports.save_reports(
             reports.statuses, reports.events, reports.presences, received_at=now(), max_seq_jump=jump)
         for presence, known in zip(reports.presences, presence_outcomes, strict=True):
             if not known:

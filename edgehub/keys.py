@@ -17,14 +17,23 @@ from .metrics import HubMetrics
 from .renderer import Renderer
 from .rollout_driver import RolloutDriver
 from .settings import HubSettings
-from .store import HubStore
+from .store import HubStores
+from .store.assignments import AssignmentStore
+from .store.components import ComponentStore
+from .store.enrollment import EnrollmentStore
+from .store.reports import ReportStore
 from .summaries import SummaryPublisher
 
 if TYPE_CHECKING:
     from .certificates import CertificateKeeper
 
 SETTINGS = web.AppKey("settings", HubSettings)
-STORE = web.AppKey("store", HubStore)
+# The part stores, each for the handlers that use it; the whole (``STORES``) is for the app's wiring alone.
+STORES = web.AppKey("stores", HubStores)
+ENROLLMENT_STORE = web.AppKey("enrollment_store", EnrollmentStore)
+REPORT_STORE = web.AppKey("report_store", ReportStore)
+COMPONENT_STORE = web.AppKey("component_store", ComponentStore)
+ASSIGNMENT_STORE = web.AppKey("assignment_store", AssignmentStore)
 IDENTITY = web.AppKey("identity", HubIdentity)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 MQTT = web.AppKey("mqtt", MqttSession)

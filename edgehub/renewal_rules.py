@@ -16,7 +16,7 @@ The node's key is its identity: the horizon lets that key prove a renewal for
 longer, it does not make a certificate valid for longer (the broker refuses an
 expired certificate whatever the horizon). A node that was revoked or reset is
 refused by the store before these rules are asked, at any age
-(``HubStore.renew_certificate``). docs/security.md, "Certificates expire and
+(``EnrollmentStore.renew_certificate``). docs/security.md, "Certificates expire and
 the agent renews them", says why this is safe and what the horizon trades.
 """
 

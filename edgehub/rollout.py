@@ -42,7 +42,7 @@ from deployer_plugin import RolloutPolicy, parse_rollout_policy
 from edgeprotocol.health import release_failing
 from edgeprotocol.messages import ReleaseStatus
 
-from .store import RolloutRow
+from .store.components import RolloutRow
 
 State = Literal["progressing", "paused", "rolling back", "rolled back", "complete", "failed"]
 # States in which the driver has nothing more to do.

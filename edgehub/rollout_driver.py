@@ -26,15 +26,21 @@ from .components import Components
 from .dispatch import Dispatcher
 from .errors import ConcurrentChange, HubError, NotFound
 from .rollout import SETTLED, Report, RolloutState, Target, pause, resume, step, summary, view
-from .store import HubStore, NodeRecord, RolloutRow
+from .store.assignments import AssignmentStore
+from .store.components import ComponentStore, RolloutRow
+from .store.enrollment import NodeRecord
+from .store.reports import ReportStore
 
 logger = logging.getLogger(__name__)
 
 
 class RolloutDriver:
-    def __init__(self, store: HubStore, dispatcher: Dispatcher, components: Components, *, tick: float = 1.0,
+    def __init__(self, reports: ReportStore, component_store: ComponentStore, assignments: AssignmentStore,
+                 dispatcher: Dispatcher, components: Components, *, tick: float = 1.0,
                  clock: Callable[[], float] = time.time) -> None:
-        self._store = store
+        self._reports = reports
+        self._component_store = component_store
+        self._assignments = assignments
         self._dispatcher = dispatcher
         self._components = components
         self._tick = tick
@@ -76,10 +82,11 @@ class RolloutDriver:
 
     async def _observe(self, state: RolloutState) -> tuple[dict[str, Target], dict[str, Report]]:
         """The component's targets (the nodes assigned a release of it) and what each reported of it."""
-        nodes: dict[str, NodeRecord] = {n.name: n for n in await self._store.list_nodes(with_certificate=False) if n.standing == "joined"}
+        nodes: dict[str, NodeRecord] = {n.name: n for n in await self._reports.list_nodes(with_certificate=False)
+                                        if n.standing == "joined"}
         targets: dict[str, Target] = {}
         reports: dict[str, Report] = {}
-        for a in await self._store.list_assignments():
+        for a in await self._assignments.list_assignments():
             if (a.namespace, a.release) != (state.namespace, state.name) or a.kind != "release":
                 continue
             node = nodes.get(a.node)
@@ -94,14 +101,15 @@ class RolloutDriver:
     async def evaluate(self) -> None:
         """Move every unsettled rollout on; dispatch when one started a batch or settled."""
         async with self._lock:
-            rows = await self._store.list_rollouts()
+            rows = await self._component_store.list_rollouts()
             for row in rows:
                 if row.state in SETTLED:
                     self.summaries[(row.namespace, row.name)] = row.state
             active = [r for r in rows if r.state not in SETTLED]
             if not active:
                 return
-            components = {(c.namespace, c.name): c for c in await self._store.list_components(with_spec=False)}
+            components = {(c.namespace, c.name): c
+                          for c in await self._component_store.list_components(with_spec=False)}
             dispatch = False
             for row in active:
                 state = RolloutState.from_row(row)
@@ -112,7 +120,7 @@ class RolloutDriver:
                 new = step(state, targets, reports, self._clock())
                 self.summaries[(row.namespace, row.name)] = summary(new)
                 if new is not state:
-                    if not await self._store.save_rollout(new.to_row(), expect=row):
+                    if not await self._component_store.save_rollout(new.to_row(), expect=row):
                         continue
                     row = new.to_row()
                     if new.batches != state.batches or new.state != state.state:
@@ -153,11 +161,11 @@ class RolloutDriver:
         failed.state = "failed"
         failed.reason = f"{state.reason}; the rollback to revision {state.previous} failed: {exc}"
         logger.error("Rollout of %s/%s: %s", state.namespace, state.name, failed.reason)
-        await self._store.save_rollout(failed.to_row(), expect=row)
+        await self._component_store.save_rollout(failed.to_row(), expect=row)
 
     async def _state(self, namespace: str, name: str) -> tuple[RolloutState, RolloutRow]:
-        row = await self._store.get_rollout(namespace, name)
-        comp = await self._store.get_component(namespace, name)
+        row = await self._component_store.get_rollout(namespace, name)
+        comp = await self._component_store.get_component(namespace, name)
         if row is None or comp is None or comp.deleted:
             what = "not found" if comp is None or comp.deleted else "has no staged rollout (no spec.edge.rollout " \
                 "in the revision that changed it last)"
@@ -186,7 +194,7 @@ class RolloutDriver:
                 raise ConcurrentChange(f"the rollout of {namespace}/{name} revision {state.revision} is "
                                        f"{state.state}; only a {wanted} rollout can {what}")
             new = pause(state, self._clock()) if what == "pause" else resume(state, self._clock())
-            if not await self._store.save_rollout(new.to_row(), expect=row):
+            if not await self._component_store.save_rollout(new.to_row(), expect=row):
                 raise ConcurrentChange(f"the rollout of {namespace}/{name} changed meanwhile; try again")
             logger.info("Rollout of %s/%s revision %d: %s by an operator", namespace, name, new.revision,
                         "paused" if what == "pause" else "resumed")

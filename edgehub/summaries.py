@@ -43,7 +43,10 @@ from edgeprotocol import topics
 from edgeprotocol.health import release_failing
 from edgeprotocol.messages import READINESS_CONDITIONS, Phase, now
 
-from .store import AssignmentRecord, ComponentRecord, HubStore, NodeRecord, RolloutRow
+from .store.assignments import AssignmentRecord, AssignmentStore
+from .store.components import ComponentRecord, ComponentStore, RolloutRow
+from .store.enrollment import NodeRecord
+from .store.reports import ReportStore
 from .views import release_targets, reported_release
 
 logger = logging.getLogger(__name__)
@@ -288,9 +291,12 @@ class SummaryPublisher:
     """Keeps the retained summaries in step with the store. Entered for the hub's life; ``changed()``
     schedules a pass."""
 
-    def __init__(self, store: HubStore, publish: Publish, settings: SummarySettings = SummarySettings(),
+    def __init__(self, reports: ReportStore, component_store: ComponentStore, assignments: AssignmentStore,
+                 publish: Publish, settings: SummarySettings = SummarySettings(),
                  *, extra: Callable[[dict[str, dict[str, Any]]], dict[str, bytes]] | None = None) -> None:
-        self._store = store
+        self._reports = reports
+        self._component_store = component_store
+        self._assignments = assignments
         self._publish = publish
         self.settings = settings
         # More retained documents made from the same summaries (Home Assistant discovery), by topic.
@@ -371,11 +377,11 @@ class SummaryPublisher:
 
     async def publish_pass(self) -> bool:
         """Compute every summary and publish what changed; True if some wait for the next pass."""
-        nodes = await self._store.list_nodes(with_certificate=False)
-        components = await self._store.list_components(with_spec=False)
-        assignments = await self._store.list_assignments()
+        nodes = await self._reports.list_nodes(with_certificate=False)
+        components = await self._component_store.list_components(with_spec=False)
+        assignments = await self._assignments.list_assignments()
         summaries = build(nodes, components, assignments,
-                          staged_words(await self._store.list_rollouts(), components), self._node_memo)
+                          staged_words(await self._component_store.list_rollouts(), components), self._node_memo)
         self.latest = summaries
         self.passes += 1
         force, self._force = self._force, False

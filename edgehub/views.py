@@ -18,7 +18,9 @@ from edgeprotocol.enrollment import renew_after
 from edgeprotocol.health import release_failing
 from edgeprotocol.messages import ReleaseStatus
 
-from .store import AssignmentRecord, ComponentRecord, NodeRecord
+from .store.assignments import AssignmentRecord
+from .store.components import ComponentRecord
+from .store.enrollment import NodeRecord
 
 
 def certificate_view(pem: str) -> dict[str, str] | None:

@@ -75,7 +75,7 @@ async def watcher(fresh_broker: Mosquitto) -> AsyncIterator[Watcher]:
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
-    """Where a ``HubStore`` lives, once per backend: a SQLite file, then a fresh PostgreSQL database."""
+    """Where the hub's stores live, once per backend: a SQLite file, then a fresh PostgreSQL database."""
     if request.param == "sqlite":
         return tmp_path / "hub.db"
     return request.getfixturevalue("postgres_url")

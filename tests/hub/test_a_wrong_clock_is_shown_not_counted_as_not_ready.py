@@ -4,7 +4,7 @@ runtime runs pods."""
 
 from __future__ import annotations
 
-from edgehub.store import NodeRecord
+from edgehub.store.enrollment import NodeRecord
 from edgehub.summaries import node_summary
 from edgehub.views import node_view
 from edgeprotocol.messages import Condition, NodeStatus

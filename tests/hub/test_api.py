@@ -39,7 +39,7 @@ from edgehub.errors import (
     SpecRefused,
     TokenFormatError,
 )
-from edgehub.keys import STORE
+from edgehub.keys import COMPONENT_STORE, REPORT_STORE
 from edgeprotocol import topics
 from edgeprotocol.messages import Event
 from edgeprotocol.signing import load_public_key, open_sealed
@@ -294,7 +294,7 @@ async def test_an_apply_that_loses_a_race_with_another_is_a_409_that_says_to_app
     async def read_before_the_other_apply_committed(namespace: str, name: str) -> None:
         return None
 
-    monkeypatch.setattr(hub.app[STORE], "get_component", read_before_the_other_apply_committed)
+    monkeypatch.setattr(hub.app[COMPONENT_STORE], "get_component", read_before_the_other_apply_committed)
     changed = copy.deepcopy(example)
     changed["component"]["spec"]["values"]["message"] = "changed"
     assert "apply again" in await refused(await hub.post("/api/v1/components", json=changed), 409)
@@ -359,10 +359,10 @@ async def test_an_apply_answers_the_charts_notes_and_warns_of_the_test_hooks_it_
 
 
 async def test_a_generated_password_is_kept_across_revisions_and_generated_anew_after_a_delete(hub: TestClient):
-    store = hub.app[STORE]
+    components = hub.app[COMPONENT_STORE]
 
     async def secret(revision: int) -> dict[str, str]:
-        bundle = await store.get_render("demo", "web", revision, "")
+        bundle = await components.get_render("demo", "web", revision, "")
         assert bundle is not None
         (found,) = [d for d in yaml.safe_load_all(bundle.manifests) if d and d["kind"] == "Secret"]
         return found["data"]
@@ -432,7 +432,7 @@ async def test_an_unexpected_error_is_a_json_500_with_the_traceback_in_the_log(
     async def broken(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(hub.app[STORE], "list_nodes", broken)
+    monkeypatch.setattr(hub.app[REPORT_STORE], "list_nodes", broken)
     with caplog.at_level(logging.ERROR, logger="edgehub.api"):
         body = await answer(await hub.get("/api/v1/pools"), 500)
     assert body == {"error": INTERNAL_ERROR}

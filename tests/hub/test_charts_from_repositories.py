@@ -26,7 +26,7 @@ from hub_api import answer, operator_token, refused
 
 from deployer_plugin import package_chart
 from edgehub.chart_sources import CACHE_DIRECTORY
-from edgehub.keys import SETTINGS, STORE
+from edgehub.keys import COMPONENT_STORE, SETTINGS
 from edgehub.settings import HubSettings
 from edgesim.fleet import Mosquitto
 
@@ -59,7 +59,7 @@ def component(chart: Any, values: dict[str, Any] | None = None) -> dict[str, Any
 
 
 async def configmap(hub: TestClient, revision: int) -> dict[str, str]:
-    bundle = await hub.app[STORE].get_render("demo", "web", revision, "")
+    bundle = await hub.app[COMPONENT_STORE].get_render("demo", "web", revision, "")
     assert bundle is not None
     (found,) = [d for d in yaml.safe_load_all(bundle.manifests) if d and d["kind"] == "ConfigMap"]
     return found["data"]

@@ -18,7 +18,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from deployer_plugin import ChartArchive, component_fingerprint, load_component_file, parse_component, render_component
 from edgehub.dispatch import Dispatcher, WireBundles, wire_bytes
-from edgehub.store import HubStore
+from edgehub.store import HubStores
+from edgehub.store.components import ComponentStore
 from edgehub.tokens import new_token
 from edgeprotocol import Assignment, DecryptionError, bundle_crypto, messages, topics
 from edgeprotocol.messages import Bundle
@@ -28,7 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 SHANGHAI, BEIJING = 20, 10
 
 
-async def _store_revision(store: HubStore, revision: int, message: str) -> None:
+async def _store_revision(components: ComponentStore, revision: int, message: str) -> None:
     """The example at ``revision``, for shanghai (its own poolValues) and beijing (the base values)."""
     component, archive = load_component_file(REPO / "examples" / "web" / "component.yaml")
     document = component.to_document()
@@ -36,7 +37,7 @@ async def _store_revision(store: HubStore, revision: int, message: str) -> None:
     document["spec"]["values"]["message"] = message
     component = parse_component(document)
     chart = ChartArchive.from_bytes(archive)
-    await store.save_component(
+    await components.save_component(
         namespace=component.namespace, name=component.name, spec=component.to_document(), chart_archive=archive,
         chart_name=chart.name, chart_version=chart.version, fingerprint=component_fingerprint(component, chart.fingerprint),
         revision=revision, renders=render_component(component, archive, revision=revision),
@@ -62,15 +63,15 @@ async def test_a_publish_to_many_nodes_compresses_each_render_once_and_later_pub
 
     key = Ed25519PrivateKey.generate()
     pinned = load_public_key(public_key_pem(key.public_key()))  # the hub's key as its nodes hold it
-    async with HubStore(tmp_path / "hub.db") as store:
+    async with HubStores(tmp_path / "hub.db") as stores:
         for pool, count in (("shanghai", SHANGHAI), ("beijing", BEIJING)):
             token = new_token()
-            await store.create_token(token, pool=pool, ttl_seconds=60, uses=count)
+            await stores.enrollment.create_token(token, pool=pool, ttl_seconds=60, uses=count)
             for i in range(count):
-                await store.register_node(token, node=f"{pool[:2]}-{i}", requested_pool=None, labels={},
-                                          sign=lambda _: "cert")
-        await _store_revision(store, 1, "first")
-        dispatcher = Dispatcher(store, key, publish)
+                await stores.enrollment.register_node(token, node=f"{pool[:2]}-{i}", requested_pool=None,
+                                                      labels={}, sign=lambda _: "cert")
+        await _store_revision(stores.components, 1, "first")
+        dispatcher = Dispatcher(stores.enrollment, stores.components, stores.assignments, key, publish)
 
         report = await dispatcher.sync()
         assert report.published == SHANGHAI + BEIJING
@@ -94,7 +95,7 @@ async def test_a_publish_to_many_nodes_compresses_each_render_once_and_later_pub
         assert len(compressed) == 2
 
         # A new revision is compressed once per render too.
-        await _store_revision(store, 2, "second")
+        await _store_revision(stores.components, 2, "second")
         assert (await dispatcher.sync()).published == SHANGHAI + BEIJING
         assert len(compressed) == 4
 
@@ -123,14 +124,15 @@ async def test_nodes_with_bundle_keys_share_one_encryption_of_a_render_and_each_
     key = Ed25519PrivateKey.generate()
     pinned = load_public_key(public_key_pem(key.public_key()))  # the hub's key as its nodes hold it
     nodes = {f"sh-{i}": bundle_crypto.new_node_key() for i in range(SHANGHAI)}
-    async with HubStore(tmp_path / "hub.db") as store:
+    async with HubStores(tmp_path / "hub.db") as stores:
         token = new_token()
-        await store.create_token(token, pool="shanghai", ttl_seconds=60, uses=SHANGHAI)
+        await stores.enrollment.create_token(token, pool="shanghai", ttl_seconds=60, uses=SHANGHAI)
         for name, node_key in nodes.items():
-            await store.register_node(token, node=name, requested_pool=None, labels={}, sign=lambda _: "cert",
-                                      bundle_key=bundle_crypto.public_key_text(node_key))
-        await _store_revision(store, 1, "first")
-        dispatcher = Dispatcher(store, key, publish)
+            await stores.enrollment.register_node(token, node=name, requested_pool=None, labels={},
+                                                  sign=lambda _: "cert",
+                                                  bundle_key=bundle_crypto.public_key_text(node_key))
+        await _store_revision(stores.components, 1, "first")
+        dispatcher = Dispatcher(stores.enrollment, stores.components, stores.assignments, key, publish)
         assert (await dispatcher.sync()).published == SHANGHAI
         assert len(encrypted) == 1
 

@@ -17,7 +17,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from deployer_plugin import ChartArchive, component_fingerprint, load_component_file, parse_component
 from edgehub import dispatch
 from edgehub.dispatch import Dispatcher
-from edgehub.store import HubStore
+from edgehub.store import HubStores
+from edgehub.store.components import ComponentStore
 from edgehub.tokens import new_token
 from edgeprotocol.messages import Bundle
 
@@ -25,7 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 COMPONENTS = 5
 
 
-async def store_big_components(store: HubStore, items: int = 100_000) -> list[str]:
+async def store_big_components(components: ComponentStore, items: int = 100_000) -> list[str]:
     component, archive = load_component_file(REPO / "examples" / "web" / "component.yaml")
     chart = ChartArchive.from_bytes(archive)
     names = []
@@ -34,7 +35,7 @@ async def store_big_components(store: HubStore, items: int = 100_000) -> list[st
         document["metadata"]["name"] = f"big{i}"
         document["spec"]["values"]["blob"] = [f"{i}-{n:07d}" + "x" * 50 for n in range(items)]  # ~6 MB by default
         parsed = parse_component(document)
-        await store.save_component(
+        await components.save_component(
             namespace="demo", name=parsed.name, spec=parsed.to_document(), chart_archive=archive,
             chart_name=chart.name, chart_version=chart.version,
             fingerprint=component_fingerprint(parsed, chart.fingerprint), revision=1,
@@ -73,13 +74,15 @@ async def test_sync_parses_each_spec_once_off_the_event_loop_and_then_not_at_all
         published.append(topic)
         return True
 
-    async with HubStore(tmp_path / "hub.db") as store:
+    async with HubStores(tmp_path / "hub.db") as stores:
         token = new_token()
-        await store.create_token(token, pool="shanghai", ttl_seconds=60, uses=3)
+        await stores.enrollment.create_token(token, pool="shanghai", ttl_seconds=60, uses=3)
         for node in ("sh-1", "sh-2"):
-            await store.register_node(token, node=node, requested_pool=None, labels={}, sign=lambda _: "cert")
-        names = await store_big_components(store)
-        dispatcher = Dispatcher(store, Ed25519PrivateKey.generate(), publish)
+            await stores.enrollment.register_node(token, node=node, requested_pool=None, labels={},
+                                                  sign=lambda _: "cert")
+        names = await store_big_components(stores.components)
+        dispatcher = Dispatcher(stores.enrollment, stores.components, stores.assignments, Ed25519PrivateKey.generate(),
+                                publish)
 
         first = asyncio.create_task(dispatcher.sync())
         assert await longest_stall(first) < 0.5  # the loop kept answering (it stalled for seconds before)
@@ -91,7 +94,7 @@ async def test_sync_parses_each_spec_once_off_the_event_loop_and_then_not_at_all
         assert time.monotonic() - started < 1.0 and len(parsed) == COMPONENTS  # nothing parsed again
 
         # A new revision is parsed once more; a join places every component without parsing any.
-        await store.register_node(token, node="sh-3", requested_pool=None, labels={}, sign=lambda _: "cert")
+        await stores.enrollment.register_node(token, node="sh-3", requested_pool=None, labels={}, sign=lambda _: "cert")
         assert (await dispatcher.sync()).changed == COMPONENTS and len(parsed) == COMPONENTS
 
 
@@ -102,14 +105,16 @@ async def test_a_dispatcher_reuses_what_an_apply_remembered(tmp_path: Path, monk
     async def publish(topic: str, payload: bytes, retain: bool) -> bool:
         return True
 
-    async with HubStore(tmp_path / "hub.db") as store:
+    async with HubStores(tmp_path / "hub.db") as stores:
         component, archive = load_component_file(REPO / "examples" / "web" / "component.yaml")
         chart = ChartArchive.from_bytes(archive)
         fingerprint = component_fingerprint(component, chart.fingerprint)
-        await store.save_component(namespace="demo", name="web", spec=component.to_document(), chart_archive=archive,
-                                   chart_name=chart.name, chart_version=chart.version, fingerprint=fingerprint,
-                                   revision=1, renders={"": Bundle.of("kind: ConfigMap\n")})
-        dispatcher = Dispatcher(store, Ed25519PrivateKey.generate(), publish)
+        await stores.components.save_component(
+            namespace="demo", name="web", spec=component.to_document(), chart_archive=archive,
+            chart_name=chart.name, chart_version=chart.version, fingerprint=fingerprint,
+            revision=1, renders={"": Bundle.of("kind: ConfigMap\n")})
+        dispatcher = Dispatcher(stores.enrollment, stores.components, stores.assignments, Ed25519PrivateKey.generate(),
+                                publish)
         dispatcher.remember(component, revision=1, fingerprint=fingerprint)
         await dispatcher.sync()
         assert calls == []
@@ -122,12 +127,13 @@ async def test_a_resync_re_publishes_only_what_the_node_lacks_or_holds_older(tmp
         published.append(topic)
         return True
 
-    async with HubStore(tmp_path / "hub.db") as store:
+    async with HubStores(tmp_path / "hub.db") as stores:
         token = new_token()
-        await store.create_token(token, pool="shanghai", ttl_seconds=60, uses=1)
-        await store.register_node(token, node="sh-1", requested_pool=None, labels={}, sign=lambda _: "cert")
-        await store_big_components(store, items=10)
-        dispatcher = Dispatcher(store, Ed25519PrivateKey.generate(), publish)
+        await stores.enrollment.create_token(token, pool="shanghai", ttl_seconds=60, uses=1)
+        await stores.enrollment.register_node(token, node="sh-1", requested_pool=None, labels={}, sign=lambda _: "cert")
+        await store_big_components(stores.components, items=10)
+        dispatcher = Dispatcher(stores.enrollment, stores.components, stores.assignments, Ed25519PrivateKey.generate(),
+                                publish)
         await dispatcher.sync()
         published.clear()
         held = {"demo/big0": 1, "demo/big1": 1, "demo/big2": 0, "other/thing": 7}

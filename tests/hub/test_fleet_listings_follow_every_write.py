@@ -1,6 +1,6 @@
-"""The fleet's listings read only the nodes written since the last one (edgehub.listed), and still show
-exactly what the database holds: after every kind of write, a listing equals what a store opened afresh
-on the same database lists. On both backends; on PostgreSQL a listing also shows another hub's writes.
+"""The fleet's listings read only the nodes written since the last one (edgehub.store.listed), and still
+show exactly what the database holds: after every kind of write, a listing equals what stores opened afresh
+on the same database list. On both backends; on PostgreSQL a listing also shows another hub's writes.
 """
 
 from __future__ import annotations
@@ -11,17 +11,18 @@ from typing import Any
 
 from test_store_on_both_backends import join
 
-from edgehub.store import AssignmentRecord, HubStore
+from edgehub.store import HubStores
+from edgehub.store.assignments import AssignmentRecord
 from edgeprotocol.messages import NodeStatus, ReleaseStatus
 
 
-async def listing(store: HubStore) -> tuple[list[Any], list[AssignmentRecord]]:
-    return await store.list_nodes(with_certificate=False), await store.list_assignments()
+async def listing(stores: HubStores) -> tuple[list[Any], list[AssignmentRecord]]:
+    return await stores.reports.list_nodes(with_certificate=False), await stores.assignments.list_assignments()
 
 
 async def afresh(location: Path | str) -> tuple[list[Any], list[AssignmentRecord]]:
-    """What a store that never listed before lists: every row read from the database."""
-    async with HubStore(location) as fresh:
+    """What stores that never listed before list: every row read from the database."""
+    async with HubStores(location) as fresh:
         return await listing(fresh)
 
 
@@ -31,8 +32,9 @@ def report(node: str, seq: int, phase: str = "Deployed") -> NodeStatus:
                       ready=1, total=1),))
 
 
-async def save(store: HubStore, status: NodeStatus) -> str:
-    return await store.save_status(status, encoded=status.encode(), received_at=f"t{status.seq}", max_seq_jump=100)
+async def save(stores: HubStores, status: NodeStatus) -> str:
+    return await stores.reports.save_status(status, encoded=status.encode(), received_at=f"t{status.seq}",
+                                            max_seq_jump=100)
 
 
 def release(node: str, revision: int) -> AssignmentRecord:
@@ -40,32 +42,33 @@ def release(node: str, revision: int) -> AssignmentRecord:
 
 
 async def test_a_listing_shows_every_kind_of_write(store_location: Path | str):
-    async with HubStore(store_location) as store:
+    async with HubStores(store_location) as stores:
         names = [f"n{i}" for i in range(1, 9)]
         for name in names:
-            await join(store, name)
-        assert [n.name for n in (await listing(store))[0]] == names
+            await join(stores.enrollment, name)
+        assert [n.name for n in (await listing(stores))[0]] == names
 
         steps = [
-            lambda: save(store, report("n2", 1)),
-            lambda: store.set_presence("n1", "online", "2024-01-01T00:00:01Z"),
-            lambda: store.set_presence("n1", "offline", "2024-01-01T00:00:02Z"),
-            lambda: store.update_assignments([release(n, 1) for n in names]),
-            lambda: store.update_assignments([release("n3", 2)], deletes=[("n4", "default", "web")]),
-            lambda: save(store, report("n2", 2, phase="Failed")),
-            lambda: store.reset_node("n5"),
-            lambda: store.revoke_node("n6"),
-            lambda: join(store, "n5"),
-            lambda: join(store, "n0"),  # a new name, listed first
-            lambda: store.renew_certificate("n1", nonce="x", at=1.0, forget_before=0.0, renew=lambda c: c + "!"),
+            lambda: save(stores, report("n2", 1)),
+            lambda: stores.reports.set_presence("n1", "online", "2024-01-01T00:00:01Z"),
+            lambda: stores.reports.set_presence("n1", "offline", "2024-01-01T00:00:02Z"),
+            lambda: stores.assignments.update_assignments([release(n, 1) for n in names]),
+            lambda: stores.assignments.update_assignments([release("n3", 2)], deletes=[("n4", "default", "web")]),
+            lambda: save(stores, report("n2", 2, phase="Failed")),
+            lambda: stores.enrollment.reset_node("n5"),
+            lambda: stores.enrollment.revoke_node("n6"),
+            lambda: join(stores.enrollment, "n5"),
+            lambda: join(stores.enrollment, "n0"),  # a new name, listed first
+            lambda: stores.enrollment.renew_certificate("n1", nonce="x", at=1.0, forget_before=0.0,
+                                                        renew=lambda c: c + "!"),
             # Most of the fleet at once: read as a whole rather than by name.
-            lambda: asyncio.gather(*(save(store, report(n, 5)) for n in names)),
-            lambda: store.update_assignments([], deletes=[(n, "default", "web") for n in names]),
+            lambda: asyncio.gather(*(save(stores, report(n, 5)) for n in names)),
+            lambda: stores.assignments.update_assignments([], deletes=[(n, "default", "web") for n in names]),
         ]
         for number, step in enumerate(steps):
             await step()
-            assert await listing(store) == await afresh(store_location), f"after step {number}"
-        nodes, assignments = await listing(store)
+            assert await listing(stores) == await afresh(store_location), f"after step {number}"
+        nodes, assignments = await listing(stores)
         assert nodes[0].name == "n0" and assignments == []
         # The revoked node's report was refused; every other one's is listed.
         assert {n.name: n.status.releases[0].phase for n in nodes if n.status} == {
@@ -73,41 +76,42 @@ async def test_a_listing_shows_every_kind_of_write(store_location: Path | str):
 
 
 async def test_a_write_whose_caller_gave_up_is_listed_once_it_commits(store_location: Path | str):
-    async with HubStore(store_location) as store:
-        await join(store, "n1")
-        await listing(store)
-        writes = [asyncio.ensure_future(save(store, report("n1", seq))) for seq in range(1, 4)]
+    async with HubStores(store_location) as stores:
+        await join(stores.enrollment, "n1")
+        await listing(stores)
+        writes = [asyncio.ensure_future(save(stores, report("n1", seq))) for seq in range(1, 4)]
         await asyncio.sleep(0)
         writes[-1].cancel()  # the caller stops waiting; its write may still commit with the others
         await asyncio.gather(*writes, return_exceptions=True)
         await asyncio.sleep(0.2)  # whatever was going to commit has
-        assert await listing(store) == await afresh(store_location)
+        assert await listing(stores) == await afresh(store_location)
 
 
 async def test_an_unchanged_node_is_the_same_record_in_the_next_listing(store_location: Path | str):
-    async with HubStore(store_location) as store:
+    async with HubStores(store_location) as stores:
         for name in ("n1", "n2"):
-            await join(store, name)
-        first = {n.name: n for n in await store.list_nodes(with_certificate=False)}
-        await save(store, report("n2", 1))
-        second = {n.name: n for n in await store.list_nodes(with_certificate=False)}
+            await join(stores.enrollment, name)
+        first = {n.name: n for n in await stores.reports.list_nodes(with_certificate=False)}
+        await save(stores, report("n2", 1))
+        second = {n.name: n for n in await stores.reports.list_nodes(with_certificate=False)}
         assert second["n1"] is first["n1"] and second["n2"] is not first["n2"]
         # Writes to most of the fleet make the next listing read every row: rows whose listed columns did not
         # change (a renewal changes only the certificate, which this listing leaves out) keep their records.
         listings = []
         for nonce in ("a", "b"):
             for name in ("n1", "n2"):
-                await store.renew_certificate(name, nonce=nonce, at=1.0, forget_before=0.0, renew=lambda c: c + "!")
-            listings.append({n.name: n for n in await store.list_nodes(with_certificate=False)})
+                await stores.enrollment.renew_certificate(name, nonce=nonce, at=1.0, forget_before=0.0,
+                                                          renew=lambda c: c + "!")
+            listings.append({n.name: n for n in await stores.reports.list_nodes(with_certificate=False)})
         third, fourth = listings
         assert fourth["n1"] is third["n1"] is first["n1"] and fourth["n2"] is third["n2"]
 
 
 async def test_on_postgresql_a_listing_shows_what_another_hub_wrote(postgres_url: str):
-    async with HubStore(postgres_url) as one, HubStore(postgres_url) as two:
-        await join(one, "n1")
-        assert [n.name for n in await two.list_nodes(with_certificate=False)] == ["n1"]
+    async with HubStores(postgres_url) as one, HubStores(postgres_url) as two:
+        await join(one.enrollment, "n1")
+        assert [n.name for n in await two.reports.list_nodes(with_certificate=False)] == ["n1"]
         await save(one, report("n1", 1))
-        await one.update_assignments([release("n1", 1)])
+        await one.assignments.update_assignments([release("n1", 1)])
         nodes, assignments = await listing(two)
         assert nodes[0].status == report("n1", 1) and assignments == [release("n1", 1)]

@@ -233,7 +233,7 @@ async def test_a_stored_status_that_does_not_decode_shows_the_node_without_statu
     node = await joined(hub)
     with sqlite3.connect(hub.app[SETTINGS].db_path) as db:  # as an older hub's store may hold it
         db.execute("UPDATE nodes SET status = ?, status_seq = 7 WHERE name = ?", (json.dumps({"v": 1}), node))
-    with caplog.at_level(logging.WARNING, logger="edgehub.store"):
+    with caplog.at_level(logging.WARNING, logger="edgehub.store.reports"):
         for _ in range(3):
             await every_listing_answers(hub)
             view = await shown(hub, node)

@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestClient
 from hub_api import answer, create_token, join, operator_token, refused, running_hub, unique
 
 from edgectl.cli import main as run_edgectl
-from edgehub.keys import SETTINGS, STORE
+from edgehub.keys import ASSIGNMENT_STORE, COMPONENT_STORE, SETTINGS
 from edgehub.settings import HubSettings
 from edgeprotocol import topics
 from edgeprotocol.messages import NodeStatus, Presence, ReleaseStatus, now
@@ -147,7 +147,7 @@ async def test_a_rollback_makes_a_new_revision_from_the_old_one_and_marks_those_
                                       (1, "superseded")])
     assert shown[0]["values"] == shown[4]["values"]
     # The node is assigned revision 5, rendered as an upgrade with revision 1's values.
-    render = await hub.app[STORE].get_renders("demo", "web", 5)
+    render = await hub.app[COMPONENT_STORE].get_renders("demo", "web", 5)
     assert render and all("A" in b.manifests for b in render.values())
     view = await answer(await hub.get("/api/v1/components/demo/web"), 200)
     assert view["revision"] == 5 and view["nodes"][0]["assigned_revision"] == 5
@@ -197,18 +197,18 @@ async def test_a_render_a_node_is_still_assigned_is_kept_until_the_node_is_assig
 ):
     await answer(await join(hub, await create_token(hub), "sh-1"), 201)
     await answer(await hub.post("/api/v1/components", json=with_values(example, "A", historyLimit=1)), 201)
-    store = hub.app[STORE]
+    components = hub.app[COMPONENT_STORE]
     assert stored(hub, "SELECT render_key FROM renders ORDER BY render_key") == [("",), ("shanghai",)]
     # Revision 2 stored, not dispatched yet: the node is still assigned revision 1's shanghai render,
     # so pruning revision 1 (historyLimit 1) keeps that render and drops the base one.
-    await store.save_component(namespace="demo", name="web", spec=with_values(example, "B")["component"],
-                               chart_archive=b"chart", chart_name="web", chart_version="0.1.0", fingerprint="x",
-                               revision=2, renders={}, history_limit=1)
+    await components.save_component(namespace="demo", name="web", spec=with_values(example, "B")["component"],
+                                    chart_archive=b"chart", chart_name="web", chart_version="0.1.0", fingerprint="x",
+                                    revision=2, renders={}, history_limit=1)
     assert stored(hub, "SELECT revision FROM revisions") == [(2,)]
     assert stored(hub, "SELECT revision, render_key FROM renders") == [(1, "shanghai")]
-    assert await store.prune_history() == 0  # still assigned
-    await store.update_assignments([], [("sh-1", "demo", "web")])
-    assert await store.prune_history() == 1
+    assert await components.prune_history() == 0  # still assigned
+    await hub.app[ASSIGNMENT_STORE].update_assignments([], [("sh-1", "demo", "web")])
+    assert await components.prune_history() == 1
     assert stored(hub, "SELECT COUNT(*) FROM renders") == [(0,)]
 
 
@@ -232,7 +232,7 @@ async def test_a_store_from_before_history_gets_a_revision_for_each_component_on
     async with running_hub(hub_settings) as hub:
         await answer(await hub.post("/api/v1/components", json=with_values(example, "A")), 201)
         await answer(await hub.post("/api/v1/components", json=with_values(example, "B")), 200)
-        archive = await hub.app[STORE].get_chart_archive("demo", "web")
+        archive = await hub.app[COMPONENT_STORE].get_chart_archive("demo", "web")
         assert archive
     # What an older hub left: no revisions table, the chart archive in the components row.
     db = sqlite3.connect(hub_settings.db_path)
@@ -244,7 +244,7 @@ async def test_a_store_from_before_history_gets_a_revision_for_each_component_on
     async with running_hub(hub_settings) as hub:
         shown = await history(hub)
         assert [(r["revision"], r["origin"], r["status"]) for r in shown] == [(2, "stored before history", "no targets")]
-        assert await hub.app[STORE].get_chart_archive("demo", "web") == archive
+        assert await hub.app[COMPONENT_STORE].get_chart_archive("demo", "web") == archive
         assert stored(hub, "SELECT length(chart_archive) FROM components") == [(0,)]
         # Revision 1's render, which no history row holds, goes at the next dispatch.
         await answer(await hub.post("/api/v1/components", json=with_values(example, "C")), 200)

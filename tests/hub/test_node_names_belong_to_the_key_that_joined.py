@@ -31,7 +31,7 @@ from edgeagent.identity import JoinError, NodeIdentity, load_bundle_key
 from edgeagent.identity import join as agent_join
 from edgeagent.store import AgentStore
 from edgeagent.uplink import Uplink
-from edgehub.keys import SETTINGS, STORE
+from edgehub.keys import ASSIGNMENT_STORE, SETTINGS
 from edgeprotocol import Assignment, Event, topics
 from edgeprotocol.messages import NodeStatus, Presence, ReleaseStatus, now
 from edgeprotocol.signing import load_public_key, open_sealed
@@ -179,7 +179,7 @@ async def test_a_status_reporting_a_release_the_hub_did_not_assign_gets_a_tombst
     # Once the node no longer reports it, the tombstone is cleared like any other.
     await publish(broker, (topics.status(node), report(node, 2, ("web", 1)).encode()))
     await eventually(lambda: _none(retained(broker, ghost)))
-    assert [a.release for a in await hub.app[STORE].list_assignments(node=node)] == ["web"]
+    assert [a.release for a in await hub.app[ASSIGNMENT_STORE].list_assignments(node=node)] == ["web"]
 
 
 async def _none(value: Awaitable[Any]) -> bool:

@@ -22,7 +22,7 @@ from hub_api import answer, create_token, join, refused, unique
 
 from deployer_plugin import RenderError, load_component_file, package_chart
 from edgehub.errors import RendererBusy
-from edgehub.keys import SETTINGS, STORE
+from edgehub.keys import COMPONENT_STORE, SETTINGS
 from edgehub.renderer import Renderer, RenderLimits
 from edgehub.settings import HubSettings
 from edgesim.fleet import Mosquitto
@@ -124,7 +124,7 @@ async def test_renders_of_a_deleted_component_are_gone_from_the_store_and_the_fi
     assert pages_after < pages_before - 150  # ~800 KB of renders given back, not kept as free pages
     # The component comes back at the next revision, rendered afresh.
     assert (await answer(await hub.post("/api/v1/components", json=body(big)), 201))["revision"] == 4
-    assert stored()[0] == 1 and await hub.app[STORE].get_renders("demo", "web", 4)
+    assert stored()[0] == 1 and await hub.app[COMPONENT_STORE].get_renders("demo", "web", 4)
 
 
 # --- the renderer on its own ----------------------------------------------------

@@ -181,7 +181,7 @@ def test_refused_policies_say_why(doc: dict[str, Any], message: str) -> None:
 
 
 def test_the_component_summary_says_where_a_staged_rollout_is() -> None:
-    from edgehub.store import ComponentRecord
+    from edgehub.store.components import ComponentRecord
     from edgehub.summaries import staged_words
 
     comp = ComponentRecord(namespace="demo", name="web", chart_name="web", chart_version="1", fingerprint="x",

@@ -34,7 +34,7 @@ from edgeagent.agent import Agent, AgentSettings
 from edgeagent.identity import BUNDLE_KEY_FILE, load_bundle_key
 from edgeagent.identity import join as agent_join
 from edgeagent.runtime import ReleaseRef
-from edgehub.keys import DISPATCHER, STORE
+from edgehub.keys import DISPATCHER, ENROLLMENT_STORE, REPORT_STORE
 from edgeprotocol import Assignment, DecryptionError, bundle_crypto, topics
 from edgeprotocol.messages import NodeStatus
 from edgesim.fleet import Mosquitto
@@ -128,7 +128,7 @@ async def test_a_subscriber_to_everything_does_not_read_a_secret_that_the_node_i
             await until(lambda: ref in runtime.running)
 
             async def deployed() -> bool:
-                record = await hub.app[STORE].get_node(node)
+                record = await hub.app[REPORT_STORE].get_node(node)
                 status: NodeStatus | None = record.status if record else None
                 return status is not None and [(r.release, r.phase) for r in status.releases] == [
                     ("shopdb", "Deployed")]
@@ -193,7 +193,7 @@ async def test_every_join_replaces_the_bundle_key_so_a_key_from_before_a_reset_n
     await answer(await hub.post(f"/api/v1/nodes/{node}/reset", json={}), 200)
     second = await asyncio.to_thread(agent_join, hub_url=url, token=await create_token(hub), state_dir=tmp_path / "b",
                                      node=node)
-    stored = (await hub.app[STORE].joined_nodes())[node]
+    stored = (await hub.app[ENROLLMENT_STORE].joined_nodes())[node]
     assert stored.generation == 2 == second.generation and first.generation == 1
     assert stored.bundle_key == bundle_crypto.public_key_text(load_bundle_key(tmp_path / "b"))
     assert stored.bundle_key != bundle_crypto.public_key_text(load_bundle_key(tmp_path / "a"))

@@ -1,6 +1,6 @@
 """A summary pass on a big fleet re-makes only the summaries of nodes whose record changed.
 
-The store hands out one record object per unchanged row (``HubStore.list_nodes``), and ``build`` keeps each
+The store hands out one record object per unchanged row (``ReportStore.list_nodes``), and ``build`` keeps each
 node's summary by that record, so the publisher finds an unchanged node without encoding it again.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from edgehub.store import NodeRecord
+from edgehub.store.enrollment import NodeRecord
 from edgehub.summaries import build, node_topic
 from edgeprotocol.messages import NodeStatus, ReleaseStatus
 
