@@ -272,7 +272,6 @@ class ProbeRunner:
         self.restarting: set[str] = set()
         self._releases: dict[Any, _Release] = {}
         self._states: dict[tuple[str, str], _State] = {}  # (container, kind) -> state
-        self._checks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(self.settings.max_concurrent)
         self._nsenter = shutil.which("nsenter")
         self.restarts: dict[str, int] = {}  # container -> restarts the runner made (for logs and tests)
@@ -308,23 +307,19 @@ class ProbeRunner:
         return self._clock() if self._clock else asyncio.get_running_loop().time()
 
     async def run(self) -> None:
-        """The probe loop; runs until cancelled, cancelling its in-flight checks on the way out."""
-        try:
+        """The probe loop; runs until cancelled, cancelling its in-flight checks on the way out (the task
+        group's exit: a check catches its own errors, so only a cancellation ends the group)."""
+        async with asyncio.TaskGroup() as checks:
             while True:
                 try:
-                    await self._tick()
+                    await self._tick(checks)
                 except asyncio.CancelledError:
                     raise
                 except Exception:
                     logger.exception("Probe loop pass failed; trying again in %.2f s", self.settings.tick)
                 await asyncio.sleep(self.settings.tick)
-        finally:
-            for task in list(self._checks):
-                task.cancel()
-            if self._checks:
-                await asyncio.gather(*self._checks, return_exceptions=True)
 
-    async def _tick(self) -> None:
+    async def _tick(self, checks: asyncio.TaskGroup) -> None:
         probes = [(p, r.grace.get(p.container, 0)) for r in list(self._releases.values()) for p in r.probes]
         if not probes:
             return
@@ -349,9 +344,7 @@ class ProbeRunner:
                 continue
             target.grace = grace
             state.running = True
-            task = asyncio.create_task(self._check(probe, state, target), name=f"probe {probe.kind} {probe.container}")
-            self._checks.add(task)
-            task.add_done_callback(self._checks.discard)
+            checks.create_task(self._check(probe, state, target), name=f"probe {probe.kind} {probe.container}")
 
     def _gate_open(self, probe: Probe) -> bool:
         """Liveness and readiness wait for a startup probe to pass, as in the kubelet."""
