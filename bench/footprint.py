@@ -96,7 +96,8 @@ def web_component(path: Path) -> Path:
 
 
 def node_ready(hub: Hub) -> bool:
-    return any(n["name"] == NODE and n["presence"] == "online" and n["conditions"] for n in hub.ctl_json("get", "nodes"))
+    nodes = hub.ctl_json("get", "nodes")
+    return any(n["name"] == NODE and n["presence"] == "online" and n["conditions"] for n in nodes)
 
 
 def deployed(hub: Hub) -> bool:

@@ -630,7 +630,7 @@ def _exact(version: str) -> bool:
 
 def _version_order(text: str) -> tuple[int, Any]:
     """Sort key: semver versions by precedence above anything else (by text)."""
-    import semantic_version  # noqa: PLC0415
+    import semantic_version
 
     try:
         return (1, semantic_version.Version.coerce(text.lstrip("vV")))

@@ -360,7 +360,7 @@ class Controller:
 
     def _watch(self, version: str, seconds: int) -> str:
         """Reconcile what changes for ``seconds`` from ``version``; returns the last version seen."""
-        from kubernetes import watch  # noqa: PLC0415 - the cluster client only where a cluster is used
+        from kubernetes import watch  # the cluster client only where a cluster is used
 
         if self.namespace:
             lister, args = self.api.list_namespaced_custom_object, (GROUP, VERSION, self.namespace, PLURAL)
@@ -417,14 +417,14 @@ def _key(obj: Mapping[str, Any]) -> tuple[str, str]:
 
 
 def _api_exception() -> type[Exception]:
-    from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
+    from kubernetes.client.exceptions import ApiException
 
     return ApiException
 
 
 def _unreachable() -> tuple[type[Exception], ...]:
     """What the kubernetes client raises when the API server does not answer (urllib3's errors)."""
-    from urllib3.exceptions import HTTPError  # noqa: PLC0415
+    from urllib3.exceptions import HTTPError
 
     return (HTTPError, OSError)
 
@@ -479,7 +479,7 @@ def _stop(signum: int, frame: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .deployer import EdgeDeployer  # noqa: PLC0415
+    from .deployer import EdgeDeployer
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -487,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:  # each of urllib3's quick retries of a refused connection, which run() reports once
         logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     try:
-        from kubernetes import client, config  # noqa: PLC0415
+        from kubernetes import client, config
     except ImportError as exc:
         print(f"the controller needs the kubernetes client ({exc}): pip install 'edgecollab[controller]'",
               file=sys.stderr)
@@ -514,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _in_cluster() -> bool:
-    import os  # noqa: PLC0415
+    import os
 
     return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and not os.environ.get("KUBECONFIG")
 

@@ -207,7 +207,8 @@ def _headers_of(exc: HubError) -> dict[str, str] | None:
 
 
 @web.middleware
-async def json_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+async def json_errors(request: web.Request,
+                      handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     """Answer every error as ``{"error": ...}`` JSON, never aiohttp's HTML or text pages."""
     try:
         return await handler(request)

@@ -30,9 +30,9 @@ Where the hub cannot renew the broker's certificate (no ``broker-files.json``: a
 another machine or in another container; a directory it cannot write; a key whose owner it cannot give a
 new file) it warns, from ``WARN_DAYS`` before the certificate the broker serves ends, in ``/healthz``
 (so ``edgectl get nodes``), ``edgectl describe hub`` and the web dashboard, naming the command to run.
-The hub's CA (ten years) gets the same warning ``CA_WARN_DAYS`` (a year) ahead, naming ``edgehub ca rotate``. A certificate the hub
-renews that is within ``WARN_DAYS`` of its end anyway (a renewal that keeps failing, a broker that does
-not take its new one) is warned about too, with the reason.
+The hub's CA (ten years) gets the same warning ``CA_WARN_DAYS`` (a year) ahead, naming ``edgehub ca rotate``.
+A certificate the hub renews that is within ``WARN_DAYS`` of its end anyway (a renewal that keeps failing, a
+broker that does not take its new one) is warned about too, with the reason.
 
 ``describe()`` is the inventory behind ``GET /api/v1/hub``: every certificate in the chain (CA, broker,
 the hub's two, each node's) with its end and days left; ``gauges()`` feeds ``/metrics`` (as of the last

@@ -187,7 +187,8 @@ class Components:
     async def _replaced_status(self, existing: ComponentRecord) -> Replaced:
         """What the current revision becomes when it is replaced: failed when a target reports it failing (Failed,
         or a crash loop, an image it cannot pull, an OOM kill: the summary's ``failed`` count)."""
-        counts = rollout(existing, await self._store.list_nodes(with_certificate=False), await self._store.list_assignments())
+        counts = rollout(existing, await self._store.list_nodes(with_certificate=False),
+                         await self._store.list_assignments())
         return "failed" if counts["failed"] else "superseded"
 
     async def _store_revision(self, component: Component, chart: ChartArchive, archive: bytes, fingerprint: str,

@@ -116,7 +116,8 @@ class HubIdentity:
             return cls(key=key, cas=load_ca_set(state_dir, key))
         key = Ed25519PrivateKey.generate()
         ca = self_signed_ca(key, FIRST_CA_NAME)
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
         fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(pem)

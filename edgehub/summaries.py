@@ -166,7 +166,7 @@ def staged_words(rows: list[RolloutRow], components: list[ComponentRecord]) -> d
     for row in rows:
         try:
             state = RolloutState.from_row(row)
-        except Exception:  # a row that does not parse is the dispatcher's to report
+        except Exception:  # noqa: BLE001 - a row that does not parse is the dispatcher's to report
             continue
         current = revisions.get((row.namespace, row.name))
         if state.state != "complete" and current in (state.revision, state.rollback_revision):
@@ -349,10 +349,8 @@ class SummaryPublisher:
 
     async def _run(self) -> None:
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):  # the periodic refresh
                 await asyncio.wait_for(self._wake.wait(), timeout=self.settings.refresh)
-            except TimeoutError:
-                pass  # the periodic refresh
             self._wake.clear()
             started = time.monotonic()
             try:

@@ -63,14 +63,15 @@ class GroupCommit(Generic[C]):
         return await done
 
 
-def _run_each(conn: Executes, *, batch: list[tuple[Callable[[Any], Any], asyncio.Future[Any]]]) -> list[tuple[bool, Any]]:
+def _run_each(conn: Executes, *,
+              batch: list[tuple[Callable[[Any], Any], asyncio.Future[Any]]]) -> list[tuple[bool, Any]]:
     """Run each write in a savepoint of its own (on the database's thread); (ok, result or exception) each."""
     outcomes: list[tuple[bool, Any]] = []
     for fn, _ in batch:
         conn.execute("SAVEPOINT one_write")
         try:
             result = fn(conn)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the write's own error, handed to the caller that queued it
             conn.execute("ROLLBACK TO one_write")
             conn.execute("RELEASE one_write")
             outcomes.append((False, exc))

@@ -262,7 +262,8 @@ class MqttSession:
                 wait=wait_random_exponential(multiplier=self.settings.backoff_initial, max=self.settings.backoff_max),
                 # aiomqtt may turn a cancellation into its own error (a disconnect that timed out while the
                 # session stops): never retry then.
-                retry=retry_if_exception(lambda exc: isinstance(exc, (aiomqtt.MqttError, OSError)) and not self._stopping),
+                retry=retry_if_exception(
+                    lambda exc: isinstance(exc, (aiomqtt.MqttError, OSError)) and not self._stopping),
                 before_sleep=self._log_retry,
                 reraise=True,
             )
@@ -281,13 +282,15 @@ class MqttSession:
             except Exception:  # a bug, not a network fault: log loudly, keep serving
                 if self._stopping:
                     return
-                logger.exception("MQTT session with %s crashed; restarting it in %.1f s", self.broker, self.settings.backoff_max)
+                logger.exception("MQTT session with %s crashed; restarting it in %.1f s", self.broker,
+                                 self.settings.backoff_max)
                 await asyncio.sleep(self.settings.backoff_max)
 
     def _log_retry(self, state: RetryCallState) -> None:
         delay = state.next_action.sleep if state.next_action else 0.0
         exc = state.outcome.exception() if state.outcome else None
-        logger.info("Connecting to %s failed (attempt #%d: %s); will retry in %.1f s", self.broker, state.attempt_number, exc, delay)
+        logger.info("Connecting to %s failed (attempt #%d: %s); will retry in %.1f s", self.broker,
+                    state.attempt_number, exc, delay)
         if exc is not None and self._on_connect_failed is not None:
             try:
                 self._on_connect_failed(exc)

@@ -249,7 +249,7 @@ class ControlPlane:
         request = urllib.request.Request(self.server + path,
                                          headers={"Authorization": f"Bearer {self.identities['admin'].token}"})
         try:
-            with urllib.request.urlopen(request, context=context, timeout=timeout) as response:  # noqa: S310
+            with urllib.request.urlopen(request, context=context, timeout=timeout) as response:
                 return response.status, response.read().decode()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode(errors="replace")
@@ -301,7 +301,7 @@ class ControlPlane:
                                          headers={"Authorization": f"Bearer {self.identities['admin'].token}",
                                                   "Content-Type": "application/json"})
         try:
-            urllib.request.urlopen(request, context=context, timeout=10).close()  # noqa: S310
+            urllib.request.urlopen(request, context=context, timeout=10).close()
         except urllib.error.HTTPError as exc:
             if exc.code != 409:
                 raise ControlPlaneError(f"registering node {NODE_NAME}: {exc.code} {exc.read().decode()}") from exc

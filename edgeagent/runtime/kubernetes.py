@@ -623,7 +623,7 @@ class KubernetesRuntime:
                                          "RuntimeReady"))
             try:
                 denied = await self._call(self._denied)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any failure of the question is the check's answer
                 checks.append(PreflightCheck("permissions", False, f"cannot ask the API server: {_why(exc)}",
                                              "RuntimeReady", "KubernetesForbidden"))
             else:

@@ -652,7 +652,8 @@ class PodmanRuntime:
         return played
 
     async def _read_played_or_empty(self, ref: ReleaseRef, fallback: str) -> PlayedFile:
-        """The played file of ``ref``, or an empty one when there is none or it is damaged (logged with ``fallback``)."""
+        """The played file of ``ref``, or an empty one when there is none or it is damaged (logged with
+        ``fallback``)."""
         try:
             played = await self._read_played(ref)
         except EdgeRuntimeError as exc:

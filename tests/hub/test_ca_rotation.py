@@ -187,7 +187,8 @@ async def test_a_forced_finish_says_whom_it_shuts_out(hub: TestClient) -> None:
     assert issuer(hub, behind.certificate) == finished["issuing"]
 
 
-async def test_steps_out_of_order_and_bad_requests_are_refused(hub: TestClient, stranger: aiohttp.ClientSession) -> None:
+async def test_steps_out_of_order_and_bad_requests_are_refused(hub: TestClient,
+                                                               stranger: aiohttp.ClientSession) -> None:
     error = await refused(await hub.post("/api/v1/ca/rotation", json={"step": "switch"}), 409)
     assert "no new CA to switch to" in error and "'edgehub ca rotate begin' starts one" in error
     await refused(await hub.post("/api/v1/ca/rotation", json={"step": "rotate"}), 400, field="step")
@@ -240,7 +241,8 @@ async def test_edgehub_ca_asks_the_hub_running_on_the_state_directory(hub: TestC
 def dashboard_csr(name: str) -> str:
     key = ec.generate_private_key(ec.SECP256R1())
     csr = (x509.CertificateSigningRequestBuilder()
-           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"dashboard.{name}")])).sign(key, hashes.SHA256()))
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"dashboard.{name}")]))
+           .sign(key, hashes.SHA256()))
     return csr.public_bytes(serialization.Encoding.PEM).decode()
 
 

@@ -38,7 +38,8 @@ async def _store_revision(store: HubStore, revision: int, message: str) -> None:
     chart = ChartArchive.from_bytes(archive)
     await store.save_component(
         namespace=component.namespace, name=component.name, spec=component.to_document(), chart_archive=archive,
-        chart_name=chart.name, chart_version=chart.version, fingerprint=component_fingerprint(component, chart.fingerprint),
+        chart_name=chart.name, chart_version=chart.version,
+        fingerprint=component_fingerprint(component, chart.fingerprint),
         revision=revision, renders=render_component(component, archive, revision=revision),
     )
 

@@ -55,7 +55,8 @@ def test_a_node_certificate_lifetime_out_of_bounds_is_refused(days: object):
 def test_node_certificates_live_90_days_unless_the_file_says_otherwise(tmp_path: Path):
     assert HubSettings(state_dir=tmp_path).node_certificate_lifetime.days == 90
     config = tmp_path / "hub.yaml"
-    config.write_text("state_dir: state\nnode_certificate_days: 0.00035\nrenewal_rate_limit: {per_second: 1, burst: 3}\n")
+    config.write_text("state_dir: state\nnode_certificate_days: 0.00035\n"
+                      "renewal_rate_limit: {per_second: 1, burst: 3}\n")
     settings = HubSettings.from_file(config)
     assert settings.node_certificate_lifetime.total_seconds() == pytest.approx(30.24)
     assert (settings.renewal_rate_limit.per_second, settings.renewal_rate_limit.burst) == (1, 3)

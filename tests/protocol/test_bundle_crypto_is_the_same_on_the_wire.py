@@ -138,7 +138,8 @@ def test_a_key_file_laid_out_otherwise_loads_to_the_same_key():
     # Text before it (as openssl pkcs12 writes), CRLF line ends, a body cut at 16 characters.
     odd = "Bag Attributes\r\n-----BEGIN PRIVATE KEY-----\r\n" + \
         "\r\n".join(text[i:i + 16] for i in range(0, len(text), 16)) + "\r\n-----END PRIVATE KEY-----\r\n"
-    assert serialization.load_pem_private_key(odd.encode(), password=None).private_bytes_raw() == key.private_bytes_raw()
+    loaded = serialization.load_pem_private_key(odd.encode(), password=None)
+    assert loaded.private_bytes_raw() == key.private_bytes_raw()
     assert bytes(bundle_crypto.load_private_key_pem(odd.encode())) == key.private_bytes_raw()
 
 
@@ -156,7 +157,8 @@ def test_a_key_file_that_holds_no_x25519_private_key_is_refused_with_the_reason(
 def test_a_hub_key_that_is_not_an_ed25519_public_key_is_refused_with_the_reason():
     p256 = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-    with pytest.raises(ProtocolError, match="hub public key is not a PEM Ed25519 public key .*not an Ed25519 public key"):
+    with pytest.raises(ProtocolError,
+                       match="hub public key is not a PEM Ed25519 public key .*not an Ed25519 public key"):
         load_public_key(p256)
     with pytest.raises(ProtocolError, match="hub public key is not a PEM Ed25519 public key"):
         load_public_key("")

@@ -52,7 +52,8 @@ def manifests(*docs: dict) -> str:
 async def cluster(tmp_path: Path) -> AsyncIterator[tuple[KubernetesRuntime, ReleaseRef]]:
     pytest.importorskip("kubernetes", reason="the kubernetes client (pip install 'edgecollab[k8s]')")
     ref = ReleaseRef(f"ec-test-{uuid.uuid4().hex[:8]}", "web")
-    runtime = KubernetesRuntime(KubernetesSettings(work_dir=tmp_path / "k8s", kubeconfig=Path(os.environ["KUBECONFIG"])))
+    runtime = KubernetesRuntime(KubernetesSettings(work_dir=tmp_path / "k8s",
+                                                   kubeconfig=Path(os.environ["KUBECONFIG"])))
     async with runtime:
         checks = await runtime.preflight()
         assert all(c.ok for c in checks), checks

@@ -18,8 +18,8 @@ from edgeagent.runtime import ManifestRejected, NodeContext, ReleaseRef, Runtime
 from edgeagent.runtime.kubernetes import KubernetesRuntime, KubernetesSettings
 
 pytest.importorskip("kubernetes", reason="the kubernetes client (the k8s extra) raises the API's errors")
-from kubernetes.client.exceptions import ApiException  # noqa: E402
-from kubernetes.dynamic.exceptions import ForbiddenError, NotFoundError, UnprocessibleEntityError  # noqa: E402
+from kubernetes.client.exceptions import ApiException
+from kubernetes.dynamic.exceptions import ForbiddenError, NotFoundError, UnprocessibleEntityError
 
 NODE = NodeContext(node="edge-1", pool="shanghai")
 REF = ReleaseRef("demo", "web")
