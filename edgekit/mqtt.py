@@ -26,6 +26,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_random_exponential
 
+from .aiomqtt_private import acknowledge, paho_client, take_queued
 from .tasks import OwnedTask
 
 logger = logging.getLogger(__name__)
@@ -338,7 +339,7 @@ class MqttSession:
                     # and a busy loop (a rollout's publishing) makes each turn long: what is queued already is
                     # taken now, or the broker holds a fleet's reports until the publishing is done.
                     while len(client.messages):
-                        await self._handle_and_ack(client, client._queue.get_nowait())  # noqa: SLF001
+                        await self._handle_and_ack(client, take_queued(client))
             except aiomqtt.MqttError as exc:
                 raise SessionLost(str(exc)) from exc
             finally:
@@ -348,7 +349,7 @@ class MqttSession:
 
     def _tune(self, client: aiomqtt.Client) -> None:
         """Per-connection settings aiomqtt does not take as arguments (so reach paho's client)."""
-        paho = client._client  # noqa: SLF001
+        paho = paho_client(client)
         paho.manual_ack_set(self.settings.manual_ack)
         # Windows of publishes (assignments, summaries) are pending on purpose: aiomqtt would warn on every
         # publish past 10.
@@ -365,8 +366,7 @@ class MqttSession:
     async def _handle_and_ack(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
         await self._handle(message)
         if self.settings.manual_ack and message.qos > 0:
-            # aiomqtt has no acknowledgement of its own yet (aiomqtt issue #345): paho's.
-            client._client.ack(message.mid, message.qos)  # noqa: SLF001
+            acknowledge(client, message)
 
     async def _handle(self, message: aiomqtt.Message) -> None:
         payload = message.payload if isinstance(message.payload, bytes) else str(message.payload or "").encode()
