@@ -174,7 +174,7 @@ _NONCE = re.compile(r"^[0-9a-f]{32,64}$")
 
 # The one place that maps a refusal to its HTTP status. A type not listed
 # answers the status of its nearest listed base: CsrError is a BadRequest
-# (400), TokenFormatError a JoinRefused (403).
+# (400).
 STATUS: dict[type[HubError], int] = {
     HubError: 400,
     BadRequest: 400,

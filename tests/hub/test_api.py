@@ -37,7 +37,6 @@ from edgehub.errors import (
     JoinRefused,
     NotFound,
     SpecRefused,
-    TokenFormatError,
 )
 from edgehub.keys import STORE
 from edgeprotocol import topics
@@ -454,7 +453,6 @@ async def test_a_body_over_the_size_limit_is_a_json_413(hub: TestClient):
     (BadRequest("must be a string", field="pool"), 400),
     (CsrError("signature does not verify"), 400),
     (JoinRefused("token is unknown"), 403),
-    (TokenFormatError("token is malformed"), 403),
     (NotFound("node 'x' not found"), 404),
     (ConcurrentChange("component demo/web changed meanwhile"), 409),
     (SpecRefused(SpecError("spec.chart: missing")), 422),
