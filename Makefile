@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test deps venv control-plane clean bench-rollout bench-reconnect
+.PHONY: demo test lint deps venv control-plane clean bench-rollout bench-reconnect
 
 AGENTS ?= 100
 
@@ -34,10 +34,16 @@ demo: venv
 control-plane: venv
 	$(PY) -m edgesim.k8s_build
 
+# The linter and the type checker, at the versions pyproject.toml pins and with its settings: seconds (mypy's
+# first run on a fresh clone about half a minute, later ones under one), so make test runs them first.
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
 # Two workers, each taking whole test files (module fixtures stay with their tests): most tests wait on
 # brokers, hubs, pods and API servers rather than on the CPU. TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= 2
-test: venv control-plane
+test: venv lint control-plane
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # Printed figures, never a timed test; BENCH_ARGS passes more flags (--timeout, --full-agents, --window).
