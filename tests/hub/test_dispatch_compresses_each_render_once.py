@@ -52,7 +52,7 @@ async def test_a_publish_to_many_nodes_compresses_each_render_once_and_later_pub
 
     def counting_compress(data: bytes, *args: object, **kwargs: object) -> bytes:
         compressed.append(data)
-        return compress(data, *args, **kwargs)  # type: ignore[arg-type]
+        return compress(data, *args, **kwargs)  # type: ignore[arg-type]  # compress's own arguments, passed through
 
     monkeypatch.setattr(messages.gzip, "compress", counting_compress)
     published: dict[str, bytes] = {}
