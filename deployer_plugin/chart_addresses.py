@@ -227,7 +227,7 @@ class _GuardedHTTPSConnection(http.client.HTTPSConnection):
         self._create_connection = guard.connect
 
 
-_GUARDED: dict[type[http.client.HTTPConnection], type[http.client.HTTPConnection]] = {
+_GUARDED: dict[type[http.client.HTTPConnection], Callable[..., http.client.HTTPConnection]] = {
     http.client.HTTPConnection: _GuardedHTTPConnection,
     http.client.HTTPSConnection: _GuardedHTTPSConnection,
 }

@@ -34,10 +34,13 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .deployer import Deployer, DeployerError, HubUnavailable, ReleaseStatus, SpecRejected, is_local_chart
 from .spec import API_VERSION, KIND
+
+if TYPE_CHECKING:
+    from kubernetes.client.exceptions import ApiException
 
 logger = logging.getLogger(__name__)
 
@@ -362,6 +365,7 @@ class Controller:
         """Reconcile what changes for ``seconds`` from ``version``; returns the last version seen."""
         from kubernetes import watch  # the cluster client only where a cluster is used
 
+        args: tuple[str, ...]
         if self.namespace:
             lister, args = self.api.list_namespaced_custom_object, (GROUP, VERSION, self.namespace, PLURAL)
         else:
@@ -416,7 +420,7 @@ def _key(obj: Mapping[str, Any]) -> tuple[str, str]:
     return metadata.get("namespace") or "default", str(metadata.get("name"))
 
 
-def _api_exception() -> type[Exception]:
+def _api_exception() -> type[ApiException]:
     from kubernetes.client.exceptions import ApiException
 
     return ApiException

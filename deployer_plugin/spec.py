@@ -84,7 +84,7 @@ DEFAULT_HISTORY_LIMIT = 10
 MAX_HISTORY_LIMIT = 1000
 
 Operator = Literal["In", "NotIn", "Exists", "DoesNotExist"]
-OPERATORS: tuple[str, ...] = get_args(Operator)
+OPERATORS: tuple[Operator, ...] = get_args(Operator)
 
 _TOP_FIELDS = ("apiVersion", "kind", "metadata", "spec", "status")
 _METADATA_FIELDS = ("name", "namespace")
@@ -793,7 +793,7 @@ def _parse_requirement(raw: Any, where: str, problems: _Problems) -> SelectorReq
         problems.add(f"{where}.values", f"must be empty: operator {operator} takes no values")
     if len(problems.items) > before or key is None or operator is None or values is None:
         return None
-    return SelectorRequirement(key=key, operator=operator, values=values)  # type: ignore[arg-type]
+    return SelectorRequirement(key=key, operator=operator, values=values)
 
 
 def _parse_edge(spec: Mapping[str, Any], problems: _Problems) -> EdgeTarget | None:
@@ -957,12 +957,12 @@ def _parse_rollout(edge: Mapping[str, Any], node_pools: tuple[str, ...], problem
             problems.add(where, f"must be a count of nodes (0 or more) or a percent such as \"10%\", not "
                                 f"{value!r}" if isinstance(value, str | int | float) else
                                 f"must be a count of nodes or a percent such as \"10%\", not {_kind(value)}")
-    choices = {}
+    choices: dict[str, str] = {}
     for key, allowed, default in (("onFailure", ON_FAILURE, "Rollback"), ("offlineNodes", OFFLINE_NODES, "Defer")):
         choice = _string(raw, key, path, problems)
         if choice is not None and choice not in allowed:
             problems.add(f"{path}.{key}", f"{choice!r} is not one of {', '.join(allowed)}{_suggest(choice, allowed)}")
-        choices[key] = choice if choice in allowed else default
+        choices[key] = choice if choice is not None and choice in allowed else default
     if len(problems.items) > before:
         return None
     return RolloutPolicy(batches=tuple(batches), ready_within=ready_within, min_ready_time=min_ready,
@@ -1080,7 +1080,7 @@ def component_fingerprint(component: Component, chart_fingerprint: str) -> str:
     selector expressions and of their values, and the chart's path.
     """
     selector = component.edge.node_selector
-    canonical = {
+    canonical: dict[str, Any] = {
         "chart": chart_fingerprint,
         "name": component.name,
         "namespace": component.namespace,
@@ -1112,7 +1112,7 @@ class _SpecLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            key = self.construct_object(key_node, deep=True)
             if isinstance(key, str) and key in seen:
                 raise yaml.constructor.ConstructorError(
                     "while constructing a mapping", node.start_mark, f"found duplicate key {key!r}", key_node.start_mark

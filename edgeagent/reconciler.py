@@ -29,11 +29,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from typing import Protocol
 
 from edgekit.tasks import OwnedTask
+from edgeprotocol.messages import Phase
 
 from .health import NodeHealth, summary
 from .release_health import release_health
@@ -155,14 +157,14 @@ class Reconciler:
                 worker = OwnedTask(f"reconcile-{self.node.node}-{key[0]}/{key[1]}")
                 self._workers[key] = worker
                 task = worker.start(self._work(key))
-                task.add_done_callback(lambda _, key=key, worker=worker: self._forget_worker(key, worker))
+                task.add_done_callback(functools.partial(self._forget_worker, key, worker))
                 started.append(task)
             if started:
                 await asyncio.wait(started, timeout=self.settings.reconcile_interval)
         self.passes += 1
         await self.reporter.publish_status()
 
-    def _forget_worker(self, key: ReleaseKey, worker: OwnedTask) -> None:
+    def _forget_worker(self, key: ReleaseKey, worker: OwnedTask, _done: object) -> None:
         if self._workers.get(key) is worker:
             del self._workers[key]
 
@@ -307,6 +309,7 @@ class Reconciler:
                 if fresh is not None and fresh.desired_revision == rec.desired_revision:
                     rec, observation = fresh, await self.runtime.observe(ref)
         health = release_health(observation.pods)
+        phase: Phase
         if health.failing:
             phase = "Degraded"  # no waiting makes it right: said at once, not after ready_timeout
         elif observation.ready >= observation.total:

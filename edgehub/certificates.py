@@ -540,7 +540,8 @@ class CertificateKeeper:
             logger.debug("Could not read the certificate the broker serves: %s", exc)
             state.served = None
         state.file = await asyncio.to_thread(self._read_broker_file)
-        state.unreadable = await asyncio.to_thread(broker_cannot_read, self._files) or ""
+        unreadable = await asyncio.to_thread(broker_cannot_read, self._files)
+        state.unreadable = unreadable or ""
         state.blocker = state.refused or state.unreadable or await asyncio.to_thread(self._blocker)
         # Due by its dates, or issued by a CA that no longer issues (a CA rotation's switch: edgehub.ca_rotation).
         due = state.file is not None and (renewal_due(state.file, now)
@@ -668,8 +669,8 @@ class CertificateKeeper:
         """The command that issues the broker a new certificate, as far as the hub can tell its arguments."""
         directory = str(self._files.directory) if self._files is not None else "BROKER_DIR"
         host = self._broker_address.host
-        names = [n for n in subject_names(self._broker.served or self._broker.file) if n not in
-                 ("127.0.0.1", "::1", "localhost", host)] if (self._broker.served or self._broker.file) else []
+        shown = self._broker.served or self._broker.file
+        names = [n for n in subject_names(shown) if n not in ("127.0.0.1", "::1", "localhost", host)] if shown else []
         listen = f"[{host}]" if ":" in host else host
         extra = "".join(f" --name {n}" for n in names)
         return (f"edgehub mosquitto-config --state {self._settings.state_dir} --listen "

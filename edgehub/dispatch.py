@@ -42,6 +42,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nacl.public import PublicKey
@@ -55,7 +56,7 @@ from edgeprotocol.messages import MAX_ASSIGNMENT_BYTES, Assignment, Bundle, Node
 from edgeprotocol.signing import seal
 
 from .rollout import RolloutState, desired_revision
-from .store import AssignmentRecord, ComponentRecord, HubStore, JoinedNode
+from .store import AssignmentRecord, ComponentRecord, HubStore, JoinedNode, RolloutRow
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ class WireBundles:
 
 def placement_of(component: Component) -> Component:
     """``component`` with only what placement reads: its targeting and which pools have values."""
-    pools = {pool: {} for pool in component.edge.pool_values}
+    pools: dict[str, dict[str, Any]] = {pool: {} for pool in component.edge.pool_values}
     return dataclasses.replace(component, values={}, edge=dataclasses.replace(component.edge, pool_values=pools))
 
 
@@ -258,8 +259,8 @@ class Dispatcher:
             for ident, held in current.items():
                 if ident in desired or held.kind == "tombstone" or ident[1:] in unplaced:
                     continue
-                comp = by_release.get(ident[1:])
-                revision = max(comp.revision if comp else 0, held.revision + 1)
+                owner = by_release.get(ident[1:])
+                revision = max(owner.revision if owner else 0, held.revision + 1)
                 desired[ident] = AssignmentRecord(
                     node=held.node, namespace=held.namespace, release=held.release,
                     revision=revision, kind="tombstone",
@@ -278,9 +279,9 @@ class Dispatcher:
             await self._store.prune_history()
             return SyncReport(changed=len(changed), published=published)
 
-    def _rollout_state(self, row: object) -> RolloutState | None:
+    def _rollout_state(self, row: RolloutRow) -> RolloutState | None:
         try:
-            return RolloutState.from_row(row)  # type: ignore[arg-type]
+            return RolloutState.from_row(row)
         except (SpecError, ValueError, TypeError, KeyError) as exc:
             logger.error("Stored rollout of %s does not parse (%s); the component goes to every target at once",
                          getattr(row, "name", "?"), exc)

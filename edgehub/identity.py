@@ -22,7 +22,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edgekit.files import write_atomic
@@ -148,10 +148,10 @@ class HubIdentity:
             raise CsrError("signature does not verify")
         if len(names) != 1 or names[0].value != common_name:
             raise CsrError(f"must have exactly the common name {common_name!r}")
-        cert = self.issue(public_key, common_name, usage="client", lifetime=lifetime)  # type: ignore[arg-type]
+        cert = self.issue(public_key, common_name, usage="client", lifetime=lifetime)
         return cert.public_bytes(serialization.Encoding.PEM).decode()
 
-    def issue(self, public_key: CertificateIssuerPublicKeyTypes, common_name: str, *, usage: Usage,
+    def issue(self, public_key: CertificatePublicKeyTypes, common_name: str, *, usage: Usage,
               lifetime: dt.timedelta, names: Sequence[str] = ()) -> x509.Certificate:
         """A certificate for ``common_name`` signed by the hub's issuing CA.
 

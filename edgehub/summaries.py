@@ -179,7 +179,7 @@ def node_summary(node: NodeRecord) -> dict[str, Any]:
     status = node.status
     # With each release its health: the word ("" when healthy), its containers' restarts and its message (the
     # worst container's trouble, or what the node could not do).
-    releases = [{"release": f"{r.namespace}/{r.release}", "revision": r.applied_revision,
+    releases: list[dict[str, Any]] = [{"release": f"{r.namespace}/{r.release}", "revision": r.applied_revision,
                  "desired_revision": r.desired_revision, "phase": r.phase, "reason": r.reason,
                  "restarts": r.restarts, "message": r.message}
                 for r in (status.releases if status else ())]

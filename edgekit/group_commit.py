@@ -58,7 +58,7 @@ class GroupCommit(Generic[C]):
                 # Delivered by a callback, not by this caller: if it is cancelled while the
                 # transaction runs, the others still get their results.
                 committed = asyncio.ensure_future(self._transaction(functools.partial(_run_each, batch=batch)))
-                committed.add_done_callback(lambda outcome, batch=batch: _deliver(batch, outcome))
+                committed.add_done_callback(functools.partial(_deliver, batch))
                 await asyncio.wait([committed])
         return await done
 

@@ -19,6 +19,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 from urllib.parse import urlsplit
 
 import aiomqtt
@@ -32,6 +33,25 @@ from .tasks import OwnedTask
 logger = logging.getLogger(__name__)
 
 MessageHandler = Callable[[str, bytes], Awaitable[None]]
+
+
+class _ClientArguments(TypedDict, total=False):
+    """The ``aiomqtt.Client`` arguments a session sets (the rest keep aiomqtt's defaults)."""
+
+    hostname: str
+    port: int
+    identifier: str | None
+    will: aiomqtt.Will | None
+    keepalive: int
+    timeout: float | None
+    protocol: aiomqtt.ProtocolVersion | None
+    clean_session: bool | None
+    clean_start: bool
+    properties: Properties | None
+    max_queued_incoming_messages: int | None
+    max_inflight_messages: int | None
+    tls_context: ssl.SSLContext | None
+    bind_address: str
 ConnectHook = Callable[["MqttSession"], Awaitable[None]]
 
 
@@ -145,7 +165,8 @@ class SessionSettings:
     # messages (MQTT 5's session expiry, so the session is MQTT 5): a reconnect (a renewed certificate,
     # a link that dropped, a quick restart) loses nothing, a client away for longer starts afresh.
     session_expiry: int | None = None
-    extra: dict[str, object] = field(default_factory=dict)
+    # The local address connections leave from ("": the system's choice).
+    bind_address: str = ""
 
     def __post_init__(self) -> None:
         if self.session_expiry is not None and not 0 < self.session_expiry < 2**32 - 1:
@@ -232,9 +253,9 @@ class MqttSession:
     async def wait_connected(self, timeout: float) -> None:
         await asyncio.wait_for(self.connected.wait(), timeout)
 
-    def _client_args(self, tls_context: ssl.SSLContext | None) -> dict[str, object]:
+    def _client_args(self, tls_context: ssl.SSLContext | None) -> _ClientArguments:
         s = self.settings
-        session: dict[str, object] = {"clean_session": True}
+        session: _ClientArguments = {"clean_session": True}
         if s.session_expiry is not None:
             connect = Properties(PacketTypes.CONNECT)
             connect.SessionExpiryInterval = s.session_expiry
@@ -254,7 +275,7 @@ class MqttSession:
             # 0: unbounded; with manual acknowledgement the broker's in-flight window bounds it.
             "max_queued_incoming_messages": 0 if s.manual_ack else s.max_queued_incoming,
             "max_inflight_messages": s.max_inflight,
-            **s.extra,
+            "bind_address": s.bind_address,
         }
 
     async def _run(self) -> None:
@@ -316,7 +337,7 @@ class MqttSession:
 
     async def _serve_one_connection(self) -> None:
         tls_context = await self._tls_context()
-        async with aiomqtt.Client(**self._client_args(tls_context)) as client:  # type: ignore[arg-type]
+        async with aiomqtt.Client(**self._client_args(tls_context)) as client:
             self._client = client
             self._tune(client)
             try:
@@ -355,7 +376,7 @@ class MqttSession:
         # publish past 10.
         client.pending_calls_threshold = max(client.pending_calls_threshold, 4 * (self.settings.max_inflight or 0))
         sock = paho.socket()
-        if sock is not None:
+        if isinstance(sock, socket.socket):  # a TCP or TLS socket (paho's type also covers websockets')
             # MQTT packets are small and answered one by one (PUBLISH, PUBACK): without this, Nagle
             # plus the peer's delayed ACK stall a stream of them about 40 ms at a time.
             try:

@@ -87,7 +87,8 @@ class Connection(Protocol):
 class SqlDatabase(Protocol):
     """An open database; use as an async context manager. Functions run off the event loop, one at a time."""
 
-    dialect: Dialect
+    @property
+    def dialect(self) -> Dialect: ...
 
     async def __aenter__(self) -> SqlDatabase: ...
 

@@ -438,7 +438,7 @@ class KubernetesRuntime:
                     if conflict:
                         raise RuntimeApplyError(f"{obj.source} ({obj.key}) of release {ref}: {conflict}; not "
                                                 "replaced")
-                crds = []
+                crds: list[KubeObject] = []
                 for obj in plan.objects:
                     if crds and obj.kind != "CustomResourceDefinition":
                         await self._wait_established(crds)
@@ -597,8 +597,10 @@ class KubernetesRuntime:
                     _request_timeout=self.settings.request_timeout).to_dict().get("items") or []
                 for item in items:
                     labels = (item.get("metadata") or {}).get("labels") or {}
-                    with contextlib.suppress(ValueError, TypeError):
-                        refs.add(ReleaseRef(labels.get(LABEL_RELEASE_NAMESPACE), labels.get(LABEL_RELEASE)))
+                    namespace, release = labels.get(LABEL_RELEASE_NAMESPACE), labels.get(LABEL_RELEASE)
+                    if isinstance(namespace, str) and isinstance(release, str):
+                        with contextlib.suppress(ValueError):  # not a release's labels after all
+                            refs.add(ReleaseRef(namespace, release))
             return refs
 
         try:

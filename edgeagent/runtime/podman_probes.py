@@ -42,7 +42,7 @@ import shutil
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 from edgekit.processes import reap
 
@@ -170,7 +170,7 @@ def probes_of_container(
         here = f"{where}: container {container.get('name')!r}: {key}"
         if not isinstance(spec, Mapping):
             raise ManifestRejected(f"{here} must be a mapping")
-        timing = {
+        timing: _Timing = {
             "initial_delay": _number(spec, "initialDelaySeconds", 0, 0, here),
             "period": _number(spec, "periodSeconds", 10, 1, here),
             "timeout": _number(spec, "timeoutSeconds", 1, 1, here),
@@ -188,7 +188,7 @@ def probes_of_container(
             http = isinstance(spec.get("httpGet"), Mapping)
             handler = spec["httpGet" if http else "tcpSocket"]
             port = _resolve_port(handler.get("port"), ports, here)
-            extra: dict[str, Any] = {}
+            extra: _HttpTarget = {}
             if http:
                 headers = handler.get("httpHeaders") or []
                 extra = {
@@ -215,6 +215,20 @@ def _resolve_port(port: Any, ports: Mapping[str, int], where: str) -> int:
     if isinstance(port, str) and port in ports:
         return ports[port]
     raise ManifestRejected(f"{where}: port {port!r} is neither a port number nor a named port of the container")
+
+
+class _Timing(TypedDict):
+    initial_delay: float
+    period: float
+    timeout: float
+    failure_threshold: int
+    success_threshold: int
+
+
+class _HttpTarget(TypedDict, total=False):
+    path: str
+    scheme: str
+    headers: tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
