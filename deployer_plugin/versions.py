@@ -75,8 +75,8 @@ def highest_match(constraint: str, versions: Iterable[str]) -> str | None:
             candidate = _version(text)
         except ValueError:
             continue
-        allowed = any(candidate in spec and not any(candidate in x for x in excluded) for spec,
-                      excluded in alternatives)
+        allowed = any(candidate in spec and not any(candidate in x for x in excluded)
+                      for spec, excluded in alternatives)
         if allowed and (best is None or candidate > best[0]):
             best = (candidate, text)
     return best[1] if best else None

@@ -33,6 +33,7 @@ from .tasks import OwnedTask
 logger = logging.getLogger(__name__)
 
 MessageHandler = Callable[[str, bytes], Awaitable[None]]
+ConnectHook = Callable[["MqttSession"], Awaitable[None]]
 
 
 class _ClientArguments(TypedDict, total=False):
@@ -52,7 +53,6 @@ class _ClientArguments(TypedDict, total=False):
     max_inflight_messages: int | None
     tls_context: ssl.SSLContext | None
     bind_address: str
-ConnectHook = Callable[["MqttSession"], Awaitable[None]]
 
 
 _DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
