@@ -386,7 +386,7 @@ class Controller:
         410 Gone; look again at followed Components every poll period. When the API server cannot be
         reached (restarting, say) or refuses, it says so and lists again after a pause (1 s, doubling to
         8 s): it runs until stopped."""
-        ApiException = _api_exception()  # noqa: N806
+        ApiException = _api_exception()  # noqa: N806 - the client's class, under the client's own name
         version: str | None = None
         resync_at = 0.0
         pause = 1.0

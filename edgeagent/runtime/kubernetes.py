@@ -378,7 +378,7 @@ class KubernetesRuntime:
             return None
         # An API answer (400: no previous container; 403), a lost connection, ...: whatever it is, the log only
         # adds to a status and must not fail it.
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - whatever it is, the log must not fail the status
             logger.info("Cannot read the log of %s: %s", where, _why(exc))
             return "" if _is_api_error(exc) else None
 

@@ -43,7 +43,10 @@ def legacy_seal(packed: bytes, to: X25519PublicKey) -> dict[str, object]:
     epk, recipient = ephemeral.public_key().public_bytes_raw(), to.public_bytes_raw()
     wrap_key = legacy_hkdf(ephemeral.exchange(to), WRAP_INFO + epk + recipient)
     wrapped = ChaCha20Poly1305(wrap_key).encrypt(ZERO_NONCE, content_key, WRAP_INFO)
-    b64 = lambda raw: base64.b64encode(raw).decode()  # noqa: E731
+
+    def b64(raw: bytes) -> str:
+        return base64.b64encode(raw).decode()
+
     return {"encoding": ENCODING, "data": b64(data),
             "key": {"alg": KEY_ALG, "to": b64(recipient), "epk": b64(epk), "wrapped": b64(wrapped)}}
 
