@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test deps venv control-plane clean bench-rollout bench-reconnect
+.PHONY: demo test lint deps venv control-plane clean bench-rollout bench-reconnect
 
 AGENTS ?= 100
 
@@ -34,10 +34,16 @@ demo: venv
 control-plane: venv
 	$(PY) -m edgesim.k8s_build
 
+# The linter and the type checker, at the versions pyproject.toml pins and with its settings. Fast enough to
+# run first in make test: ruff well under a second, mypy about 20 s on a fresh clone (CI) and about 1 s after.
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
 # Two workers, each taking whole test files (module fixtures stay with their tests): most tests wait on
 # brokers, hubs, pods and API servers rather than on the CPU. TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= 2
-test: venv control-plane
+test: venv lint control-plane
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # Printed figures, never a timed test; BENCH_ARGS passes more flags (--timeout, --full-agents, --window).
@@ -48,4 +54,4 @@ bench-reconnect: venv
 	$(PY) bench/reconnect.py --agents $(AGENTS) $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .build .pytest_cache
+	rm -rf $(VENV) .build .pytest_cache .mypy_cache .ruff_cache

@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey 
 from edgeagent.agent import Agent, AgentSettings  # noqa: E402
 from edgeagent.identity import NodeIdentity  # noqa: E402
 from edgeagent.runtime import PodmanRuntime, PodmanSettings  # noqa: E402
+from edgekit.tasks import OwnedTask  # noqa: E402
 from edgeprotocol import topics  # noqa: E402
 from edgeprotocol.messages import Assignment, Bundle, now  # noqa: E402
 from edgeprotocol.signing import public_key_pem, seal  # noqa: E402
@@ -80,7 +81,7 @@ class LoopLag:
     def __init__(self) -> None:
         self.phase = "idle"
         self.samples: dict[str, list[float]] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._sampler = OwnedTask("loop-lag-probe")
 
     async def _sample(self) -> None:
         while True:
@@ -89,16 +90,11 @@ class LoopLag:
             self.samples.setdefault(self.phase, []).append(time.perf_counter() - start - SAMPLE_SECONDS)
 
     async def __aenter__(self) -> LoopLag:
-        self._task = asyncio.create_task(self._sample(), name="loop-lag-probe")
+        self._sampler.start(self._sample())
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await self._sampler.stop()
 
     def line(self, phase: str) -> str:
         lags = sorted(self.samples.get(phase, [0.0]))

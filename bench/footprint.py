@@ -74,7 +74,7 @@ class Sample:
             return int(match.group(1)) * 1024
 
         uss = kib(rollup, "Private_Clean") + kib(rollup, "Private_Dirty")
-        threads = int(re.search(r"^Threads:\s+(\d+)", status, re.M).group(1))  # type: ignore[union-attr]
+        threads = int(re.search(r"^Threads:\s+(\d+)", status, re.M).group(1))  # type: ignore[union-attr]  # the kernel always writes Threads:
         return cls(phase=phase, rss=kib(status, "VmRSS"), hwm=kib(status, "VmHWM"), uss=uss,
                    pss=kib(rollup, "Pss"), threads=threads)
 
@@ -96,7 +96,8 @@ def web_component(path: Path) -> Path:
 
 
 def node_ready(hub: Hub) -> bool:
-    return any(n["name"] == NODE and n["presence"] == "online" and n["conditions"] for n in hub.ctl_json("get", "nodes"))
+    nodes = hub.ctl_json("get", "nodes")
+    return any(n["name"] == NODE and n["presence"] == "online" and n["conditions"] for n in nodes)
 
 
 def deployed(hub: Hub) -> bool:
@@ -155,7 +156,7 @@ def main() -> int:
         return 1
     workdir = Path(tempfile.mkdtemp(prefix="ec-bench-footprint-"))
     options = NodeOptions(containers_conf=machine.containers_conf, image_tar=machine.image_tar,
-                          env=env)  # type: ignore[arg-type]
+                          env=env)
     try:
         with Fleet(workdir=workdir, node_options=options) as fleet:
             try:
@@ -182,7 +183,7 @@ def main() -> int:
         "deployed_uss_mib": round(by_phase["deployed"].uss / MIB, 1),
         "idle_threads": by_phase["idle"].threads,
         "deployed_threads": by_phase["deployed"].threads,
-        "env": dict(env),  # type: ignore[arg-type]
+        "env": dict(env),
         "python": sys.version.split()[0],
         "nproc": os.cpu_count(),
     }

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import math
 import os
@@ -37,6 +38,7 @@ sys.path.insert(0, str(REPO))
 import aiomqtt  # noqa: E402
 
 from edgeagent.identity import join  # noqa: E402
+from edgekit.tasks import OwnedTask  # noqa: E402
 from edgesim.fleet import Hub, Mosquitto  # noqa: E402
 
 WORKER = Path(__file__).resolve().parent / "simworker.py"
@@ -186,7 +188,7 @@ class SysWatch:
         self.values: dict[str, float] = {}
         self.series: list[tuple[float, str, float]] = []
         self.client: aiomqtt.Client | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._reader = OwnedTask("sys-watch")
         self.on_message: Callable[[str, bytes], None] | None = None
 
     async def __aenter__(self) -> SysWatch:
@@ -198,7 +200,7 @@ class SysWatch:
         self.client.pending_calls_threshold = 1_000_000  # the raw round trip keeps a window of publishes in flight
         await self.client.__aenter__()
         await self.client.subscribe("$SYS/broker/#", qos=0)
-        self._task = asyncio.create_task(self._read(), name="sys-watch")
+        self._reader.start(self._read())
         return self
 
     async def _read(self) -> None:
@@ -233,21 +235,12 @@ class SysWatch:
         return self.snapshot()
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with _suppress():
-                await self._task
+        # The reader ends with the client's error when the broker went first: the figures are taken already.
+        with contextlib.suppress(Exception):
+            await self._reader.stop()
         if self.client is not None:
-            with _suppress():
+            with contextlib.suppress(Exception):
                 await self.client.__aexit__(None, None, None)
-
-
-class _suppress:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> bool:
-        return True
 
 
 def deltas(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:

@@ -6,8 +6,8 @@ Starts a real Mosquitto (TLS identities) and ``edgehub serve``, joins N nodes, r
 project's ``Agent`` class with the dry-run runtime (``edgeagent run --runtime dry-run`` in-process, many
 per worker process) and the rest as light protocol-faithful agents (bench/simworker.py: the same backoff,
 presence, resync and status on every connect), each client on its own 127.0.0.0/8 source address, applies
-bench/component.yaml and waits until all N are Deployed. Then it stops the broker (SIGTERM: Mosquitto saves its retained messages and sessions)
-and starts it again on the same port, and measures:
+bench/component.yaml and waits until all N are Deployed. Then it stops the broker (SIGTERM: Mosquitto saves
+its retained messages and sessions) and starts it again on the same port, and measures:
 
 - ``back_s``: from the broker's restart until the hub's API (``GET /api/v1/nodes``) shows every node online
   with its status converged: the release Deployed at the current revision, reported after the restart;

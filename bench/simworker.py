@@ -258,7 +258,7 @@ class LightAgent:
         try:
             client.loop_read()
             # paho reads a packet at a time; what TLS already decrypted the socket will not signal again.
-            while (sock := client.socket()) is not None and sock.pending():  # type: ignore[union-attr]
+            while isinstance(sock := client.socket(), ssl.SSLSocket) and sock.pending():
                 client.loop_read()
         except Exception:
             logger.exception("%s: reading failed; dropping the connection", self.node)
@@ -454,7 +454,7 @@ class FullAgent:
             await on_connect(s)
             self.connected.set()
 
-        session.publish = publish_watched  # type: ignore[method-assign]
+        session.publish = publish_watched  # type: ignore[method-assign]  # publish wrapped to watch statuses
         session._on_connect = on_connect_watched
 
     async def stop(self) -> None:

@@ -199,7 +199,7 @@ class AddressGuard:
             raise AddressRefused(f"{url[:200]} names no host")
         self.resolve(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
 
-    def _connection(self, base: type[http.client.HTTPConnection], req: urllib.request.Request) -> Callable[..., Any]:
+    def connection_for(self, base: type[http.client.HTTPConnection], req: urllib.request.Request) -> Callable[..., Any]:
         # urllib points a request that goes through a proxy at the proxy (has_proxy for http://, a CONNECT
         # tunnel for https://). The proxy comes from the hub's own environment, so it is connected to as it
         # is, after the target's addresses have been checked.
@@ -227,7 +227,7 @@ class _GuardedHTTPSConnection(http.client.HTTPSConnection):
         self._create_connection = guard.connect
 
 
-_GUARDED: dict[type[http.client.HTTPConnection], type[http.client.HTTPConnection]] = {
+_GUARDED: dict[type[http.client.HTTPConnection], Callable[..., http.client.HTTPConnection]] = {
     http.client.HTTPConnection: _GuardedHTTPConnection,
     http.client.HTTPSConnection: _GuardedHTTPSConnection,
 }
@@ -239,7 +239,7 @@ class _GuardedHTTPHandler(urllib.request.HTTPHandler):
         self._guard = guard
 
     def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(self._guard._connection(http.client.HTTPConnection, req), req)
+        return self.do_open(self._guard.connection_for(http.client.HTTPConnection, req), req)
 
 
 class _GuardedHTTPSHandler(urllib.request.HTTPSHandler):
@@ -249,4 +249,4 @@ class _GuardedHTTPSHandler(urllib.request.HTTPSHandler):
         self._tls = context
 
     def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(self._guard._connection(http.client.HTTPSConnection, req), req, context=self._tls)
+        return self.do_open(self._guard.connection_for(http.client.HTTPSConnection, req), req, context=self._tls)

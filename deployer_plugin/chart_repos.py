@@ -228,7 +228,7 @@ class _Redirects(urllib.request.HTTPRedirectHandler):
 
     max_redirections = 5
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
         old, new = urllib.parse.urlsplit(req.full_url), urllib.parse.urlsplit(newurl)
         problem = None
         if new.scheme not in ("http", "https"):  # urllib itself would follow ftp://, past the address check
@@ -442,8 +442,8 @@ class ChartFetcher:
                                    f"{_shown_url(url)}, away from HTTPS")
         digest = entry.get("digest")
         expected = None
-        if isinstance(digest, str) and _SHA256.match(digest.strip().lower()):
-            expected = _SHA256.match(digest.strip().lower()).group(2)  # type: ignore[union-attr]
+        if isinstance(digest, str) and (match := _SHA256.match(digest.strip().lower())):
+            expected = match.group(2)
         elif digest:
             raise ChartUnavailable(f"spec.chart: the index of {ref.repo} gives {ref.name} {version} a digest that "
                                    f"is not a SHA-256: {str(digest)[:80]!r}")
@@ -630,7 +630,7 @@ def _exact(version: str) -> bool:
 
 def _version_order(text: str) -> tuple[int, Any]:
     """Sort key: semver versions by precedence above anything else (by text)."""
-    import semantic_version  # noqa: PLC0415
+    import semantic_version
 
     try:
         return (1, semantic_version.Version.coerce(text.lstrip("vV")))

@@ -108,7 +108,8 @@ def chart_fingerprint(archive: bytes) -> str:
                 if not member.isfile():
                     raise ChartError(f"the chart archive holds {name}, which is not a regular file")
                 if member.size > MAX_CHART_FILE_BYTES:
-                    raise ChartError(f"the chart archive holds {name} of {member.size} bytes; the limit is {MAX_CHART_FILE_BYTES}")
+                    raise ChartError(f"the chart archive holds {name} of {member.size} bytes; "
+                                     f"the limit is {MAX_CHART_FILE_BYTES}")
                 total += member.size
                 if total > MAX_CHART_BYTES:
                     raise ChartError(f"the chart archive inflates past {MAX_CHART_BYTES} bytes")

@@ -34,10 +34,13 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .deployer import Deployer, DeployerError, HubUnavailable, ReleaseStatus, SpecRejected, is_local_chart
 from .spec import API_VERSION, KIND
+
+if TYPE_CHECKING:
+    from kubernetes.client.exceptions import ApiException
 
 logger = logging.getLogger(__name__)
 
@@ -360,8 +363,9 @@ class Controller:
 
     def _watch(self, version: str, seconds: int) -> str:
         """Reconcile what changes for ``seconds`` from ``version``; returns the last version seen."""
-        from kubernetes import watch  # noqa: PLC0415 - the cluster client only where a cluster is used
+        from kubernetes import watch  # the cluster client only where a cluster is used
 
+        args: tuple[str, ...]
         if self.namespace:
             lister, args = self.api.list_namespaced_custom_object, (GROUP, VERSION, self.namespace, PLURAL)
         else:
@@ -382,7 +386,7 @@ class Controller:
         410 Gone; look again at followed Components every poll period. When the API server cannot be
         reached (restarting, say) or refuses, it says so and lists again after a pause (1 s, doubling to
         8 s): it runs until stopped."""
-        ApiException = _api_exception()  # noqa: N806
+        ApiException = _api_exception()  # noqa: N806 - the client's class, under the client's own name
         version: str | None = None
         resync_at = 0.0
         pause = 1.0
@@ -416,15 +420,15 @@ def _key(obj: Mapping[str, Any]) -> tuple[str, str]:
     return metadata.get("namespace") or "default", str(metadata.get("name"))
 
 
-def _api_exception() -> type[Exception]:
-    from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
+def _api_exception() -> type[ApiException]:
+    from kubernetes.client.exceptions import ApiException
 
     return ApiException
 
 
 def _unreachable() -> tuple[type[Exception], ...]:
     """What the kubernetes client raises when the API server does not answer (urllib3's errors)."""
-    from urllib3.exceptions import HTTPError  # noqa: PLC0415
+    from urllib3.exceptions import HTTPError
 
     return (HTTPError, OSError)
 
@@ -479,7 +483,7 @@ def _stop(signum: int, frame: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .deployer import EdgeDeployer  # noqa: PLC0415
+    from .deployer import EdgeDeployer
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -487,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:  # each of urllib3's quick retries of a refused connection, which run() reports once
         logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     try:
-        from kubernetes import client, config  # noqa: PLC0415
+        from kubernetes import client, config
     except ImportError as exc:
         print(f"the controller needs the kubernetes client ({exc}): pip install 'edgecollab[controller]'",
               file=sys.stderr)
@@ -514,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _in_cluster() -> bool:
-    import os  # noqa: PLC0415
+    import os
 
     return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and not os.environ.get("KUBECONFIG")
 

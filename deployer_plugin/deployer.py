@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import quote
 
-from edgekit.http import HttpError, JsonHttpClient, Unreachable, tls_context
+from edgekit.http import REQUEST_TIMEOUT_SECONDS, HttpError, JsonHttpClient, Unreachable, tls_context
 
 # The entry point group host deployers load deployers from, and the name this package registers.
 ENTRY_POINT_GROUP = "edgecollab.deployers"
@@ -244,9 +244,9 @@ class EdgeDeployer(Deployer):
         token = token if token is not None else operator_token_from(env)
         ca = ca_file if ca_file is not None else env.get(CA_FILE_ENV) or None
         context = tls_context(ca_file=Path(ca).expanduser()) if ca else None
-        extra = {"timeout": timeout} if timeout is not None else {}
         self.client_name = client_name
-        self._hub = JsonHttpClient(self.hub_url, token=token, ssl_context=context, **extra)
+        self._hub = JsonHttpClient(self.hub_url, token=token, ssl_context=context,
+                                   timeout=REQUEST_TIMEOUT_SECONDS if timeout is None else timeout)
 
     # -- the verbs
 

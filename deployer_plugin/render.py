@@ -224,7 +224,8 @@ def _render(
             try:
                 chart.validate_schema(values)
             except HelmError as exc:
-                raise RenderError(**where, detail=str(exc), what="values do not match the chart's values.schema.json") from exc
+                raise RenderError(**where, detail=str(exc),
+                                  what="values do not match the chart's values.schema.json") from exc
         try:
             rendered = chart.render(
                 values, name=component.name, namespace=component.namespace, revision=revision,
@@ -347,7 +348,8 @@ def _parse(rendered: Mapping[str, str], where: dict[str, str]) -> list[_Document
                 continue
             if not isinstance(body, dict):
                 raise RenderError(
-                    **where, detail=text.strip()[:200], what=f"{path} rendered a document that is not a Kubernetes object"
+                    **where, detail=text.strip()[:200],
+                    what=f"{path} rendered a document that is not a Kubernetes object"
                 )
             documents.append(_Document(path, ordinal, _LEADING_BLANK_LINES.sub("", text).rstrip(), body))
             ordinal += 1
@@ -434,17 +436,17 @@ def _differing_leaves(first: Any, second: Any, path: _LeafPath = ()) -> Iterator
     elif isinstance(first, list) and isinstance(second, list):
         for index, (a, b) in enumerate(zip(first, second, strict=False)):
             yield from _differing_leaves(a, b, (*path, index))
-    elif not isinstance(first, (dict, list)) and not isinstance(second, (dict, list)):
-        if first != second or type(first) is not type(second):
-            yield path
+    elif not isinstance(first, (dict, list)) and not isinstance(second, (dict, list)) and (
+            first != second or type(first) is not type(second)):
+        yield path
     # A dict in one render and something else in the other: the chart branched; keep the first.
 
 
 def _get(value: Any, path: _LeafPath) -> Any:
     for step in path:
-        if isinstance(value, dict) and step in value:
-            value = value[step]
-        elif isinstance(value, list) and isinstance(step, int) and 0 <= step < len(value):
+        in_dict = isinstance(value, dict) and step in value
+        in_list = isinstance(value, list) and isinstance(step, int) and 0 <= step < len(value)
+        if in_dict or in_list:
             value = value[step]
         else:
             return _MISSING

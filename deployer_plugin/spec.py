@@ -84,7 +84,7 @@ DEFAULT_HISTORY_LIMIT = 10
 MAX_HISTORY_LIMIT = 1000
 
 Operator = Literal["In", "NotIn", "Exists", "DoesNotExist"]
-OPERATORS: tuple[str, ...] = get_args(Operator)
+OPERATORS: tuple[Operator, ...] = get_args(Operator)
 
 _TOP_FIELDS = ("apiVersion", "kind", "metadata", "spec", "status")
 _METADATA_FIELDS = ("name", "namespace")
@@ -434,7 +434,8 @@ def _check_fields(
             problems.add(_join(path, key), f"unknown field{_suggest(key, allowed)}")
 
 
-def _mapping(doc: Mapping[str, Any], key: str, path: str, problems: _Problems, *, required: str = "") -> Mapping[str, Any] | None:
+def _mapping(doc: Mapping[str, Any], key: str, path: str, problems: _Problems, *,
+             required: str = "") -> Mapping[str, Any] | None:
     """The mapping at ``doc[key]``; null counts as absent. ``required`` says what to put there."""
     where = _join(path, key)
     value = doc.get(key)
@@ -539,7 +540,8 @@ def _values(doc: Mapping[str, Any], key: str, path: str, problems: _Problems) ->
     return json.loads(json.dumps(mapping))
 
 
-def _string_list(doc: Mapping[str, Any], key: str, path: str, problems: _Problems, check: Callable[[Any, str, _Problems], str | None]) -> tuple[str, ...] | None:
+def _string_list(doc: Mapping[str, Any], key: str, path: str, problems: _Problems,
+                 check: Callable[[Any, str, _Problems], str | None]) -> tuple[str, ...] | None:
     where = _join(path, key)
     value = doc.get(key)
     if not isinstance(value, list):
@@ -603,7 +605,8 @@ def _short(text: str) -> str:
     return repr(text) if len(text) <= 80 else repr(text[:77] + "...")
 
 
-def _chart_url(url: str, where: str, problems: _Problems, *, schemes: tuple[str, ...]) -> urllib.parse.SplitResult | None:
+def _chart_url(url: str, where: str, problems: _Problems, *,
+               schemes: tuple[str, ...]) -> urllib.parse.SplitResult | None:
     """``url`` split, or None after reporting why it is not a usable chart URL."""
     if len(url) > MAX_CHART_URL:
         problems.add(where, f"is {len(url)} characters; the limit is {MAX_CHART_URL}")
@@ -695,7 +698,8 @@ def _parse_oci_reference(ref: str, version: str | None, where: str, problems: _P
         return None
     repository = parts.path.lstrip("/")
     if "@" in repository:
-        problems.add(where, f"{_short(ref)}: a digest (@sha256:...) is not supported; give the chart's version as its tag")
+        problems.add(where,
+                     f"{_short(ref)}: a digest (@sha256:...) is not supported; give the chart's version as its tag")
         return None
     name_part, colon, tag = repository.rpartition(":")
     if version is None:
@@ -789,12 +793,13 @@ def _parse_requirement(raw: Any, where: str, problems: _Problems) -> SelectorReq
         problems.add(f"{where}.values", f"must be empty: operator {operator} takes no values")
     if len(problems.items) > before or key is None or operator is None or values is None:
         return None
-    return SelectorRequirement(key=key, operator=operator, values=values)  # type: ignore[arg-type]
+    return SelectorRequirement(key=key, operator=operator, values=values)
 
 
 def _parse_edge(spec: Mapping[str, Any], problems: _Problems) -> EdgeTarget | None:
     path = "spec.edge"
-    edge = _mapping(spec, "edge", "spec", problems, required="which nodes run the component (nodePools and/or nodeSelector)")
+    edge = _mapping(spec, "edge", "spec", problems,
+                    required="which nodes run the component (nodePools and/or nodeSelector)")
     if edge is None:
         return None
     before = len(problems.items)
@@ -815,7 +820,8 @@ def _parse_edge(spec: Mapping[str, Any], problems: _Problems) -> EdgeTarget | No
     # A misspelt nodePools or nodeSelector was reported as an unknown field;
     # "selects no node" would only repeat it.
     misspelt = any(
-        isinstance(key, str) and key not in _EDGE_FIELDS and _suggest(key, ("nodePools", "nodeSelector")) for key in edge
+        isinstance(key, str) and key not in _EDGE_FIELDS and _suggest(key, ("nodePools", "nodeSelector"))
+        for key in edge
     )
     if edge.get("nodePools") is None and edge.get("nodeSelector") is None and not misspelt:
         problems.add(path, "selects no node: give nodePools and/or nodeSelector")
@@ -951,12 +957,12 @@ def _parse_rollout(edge: Mapping[str, Any], node_pools: tuple[str, ...], problem
             problems.add(where, f"must be a count of nodes (0 or more) or a percent such as \"10%\", not "
                                 f"{value!r}" if isinstance(value, str | int | float) else
                                 f"must be a count of nodes or a percent such as \"10%\", not {_kind(value)}")
-    choices = {}
+    choices: dict[str, str] = {}
     for key, allowed, default in (("onFailure", ON_FAILURE, "Rollback"), ("offlineNodes", OFFLINE_NODES, "Defer")):
         choice = _string(raw, key, path, problems)
         if choice is not None and choice not in allowed:
             problems.add(f"{path}.{key}", f"{choice!r} is not one of {', '.join(allowed)}{_suggest(choice, allowed)}")
-        choices[key] = choice if choice in allowed else default
+        choices[key] = choice if choice is not None and choice in allowed else default
     if len(problems.items) > before:
         return None
     return RolloutPolicy(batches=tuple(batches), ready_within=ready_within, min_ready_time=min_ready,
@@ -984,7 +990,8 @@ def _parse_cluster_scoped(spec: Mapping[str, Any], problems: _Problems) -> bool 
     if value is None:
         return False
     if not isinstance(value, bool):
-        hint = " (write true or false, unquoted)" if isinstance(value, str) and value.lower() in ("true", "false") else ""
+        quoted = isinstance(value, str) and value.lower() in ("true", "false")
+        hint = " (write true or false, unquoted)" if quoted else ""
         problems.add("spec.clusterScoped", f"must be true or false, not {_kind(value)}{hint}")
         return None
     return value
@@ -1055,7 +1062,7 @@ def cluster_component_update_due(installed_version: str, declared_version: str) 
     upgraded to a spec declaring chart ``declared_version``: only for a higher version (semantic
     versioning; a version that does not parse is compared as text, and never counts as higher when
     equal). Otherwise the installed release is left alone."""
-    import semantic_version  # noqa: PLC0415 - a hub dependency; the rest of this module needs none
+    import semantic_version  # a hub dependency; the rest of this module needs none
 
     try:
         return semantic_version.Version.coerce(declared_version.strip().lstrip("vV")) > \
@@ -1073,7 +1080,7 @@ def component_fingerprint(component: Component, chart_fingerprint: str) -> str:
     selector expressions and of their values, and the chart's path.
     """
     selector = component.edge.node_selector
-    canonical = {
+    canonical: dict[str, Any] = {
         "chart": chart_fingerprint,
         "name": component.name,
         "namespace": component.namespace,
@@ -1105,7 +1112,7 @@ class _SpecLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            key = self.construct_object(key_node, deep=True)
             if isinstance(key, str) and key in seen:
                 raise yaml.constructor.ConstructorError(
                     "while constructing a mapping", node.start_mark, f"found duplicate key {key!r}", key_node.start_mark
@@ -1135,7 +1142,7 @@ def read_component_document(text: str, *, source: str) -> dict[str, Any]:
         alias_line = first_alias_line(text, name=source)
         if alias_line is not None:
             raise SpecError(ALIASES_REFUSED, source=f"{source} line {alias_line}")
-        documents = [d for d in yaml.load_all(stream, Loader=_SpecLoader) if d is not None]  # noqa: S506 - a SafeLoader
+        documents = [d for d in yaml.load_all(stream, Loader=_SpecLoader) if d is not None]
     except yaml.YAMLError as exc:
         raise SpecError(f"not valid YAML: {exc}", source=source) from exc
     if not documents:
@@ -1190,7 +1197,8 @@ def load_component_file(path: str | os.PathLike[str]) -> tuple[Component, bytes 
     chart_path = resolve_chart_path(component, path)
     what = "chart archive" if chart_path.name.endswith((".tgz", ".tar.gz")) else "chart directory"
     if not chart_path.exists():
-        raise ChartError(f"spec.chart: {what} {component.chart_ref} not found (resolved to {chart_path})", source=source)
+        raise ChartError(f"spec.chart: {what} {component.chart_ref} not found (resolved to {chart_path})",
+                         source=source)
     try:
         archive = package_chart(chart_path)
     except ChartError as exc:
@@ -1202,7 +1210,8 @@ def load_component_file(path: str | os.PathLike[str]) -> tuple[Component, bytes 
 
 
 def parse_rollout_policy(document: Mapping[str, Any]) -> RolloutPolicy:
-    """A ``spec.edge.rollout`` document (as ``RolloutPolicy.to_document`` writes it) read back; SpecError if not valid."""
+    """A ``spec.edge.rollout`` document (as ``RolloutPolicy.to_document`` writes it) read back; SpecError if not
+    valid."""
     problems = _Problems()
     policy = _parse_rollout({"rollout": document}, (), problems)
     if problems.items or policy is None:

@@ -30,7 +30,8 @@ def _alternatives(constraint: str) -> list[tuple[semantic_version.NpmSpec, list[
         text = _LEADING_V.sub(r"\1", _SPACE_AFTER_OPERATOR.sub(r"\1", alternative.replace("~>", "~")))
         tokens = text.replace(",", " ").split()
         excluded = [semantic_version.NpmSpec(token[2:]) for token in tokens if token.startswith("!=")]
-        parsed.append((semantic_version.NpmSpec(" ".join(t for t in tokens if not t.startswith("!=")) or "*"), excluded))
+        parsed.append((semantic_version.NpmSpec(" ".join(t for t in tokens if not t.startswith("!=")) or "*"),
+                       excluded))
     return parsed
 
 
@@ -45,7 +46,8 @@ def satisfies(constraint: str, version: str) -> bool:
         ValueError: if the constraint or the version cannot be parsed.
     """
     target = _version(version)
-    return any(target in spec and not any(target in x for x in excluded) for spec, excluded in _alternatives(constraint))
+    return any(target in spec and not any(target in x for x in excluded)
+               for spec, excluded in _alternatives(constraint))
 
 
 def constraint_problem(constraint: str) -> str:
@@ -73,7 +75,8 @@ def highest_match(constraint: str, versions: Iterable[str]) -> str | None:
             candidate = _version(text)
         except ValueError:
             continue
-        if any(candidate in spec and not any(candidate in x for x in excluded) for spec, excluded in alternatives):
-            if best is None or candidate > best[0]:
-                best = (candidate, text)
+        allowed = any(candidate in spec and not any(candidate in x for x in excluded)
+                      for spec, excluded in alternatives)
+        if allowed and (best is None or candidate > best[0]):
+            best = (candidate, text)
     return best[1] if best else None

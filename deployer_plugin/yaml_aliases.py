@@ -39,16 +39,24 @@ def first_alias_line(text: str | bytes, *, name: str = "<text>") -> int | None:
     stops being YAML before its first alias.
     """
     # Every alias starts with '*' (in UTF-16 too): text without one needs no parsing.
-    if ("*" if isinstance(text, str) else b"*") not in text:
-        return None
-    stream = io.StringIO(text) if isinstance(text, str) else io.BytesIO(text)
-    stream.name = name  # type: ignore[attr-defined]  # the parser's marks name it
+    stream: io.StringIO | io.BytesIO
+    if isinstance(text, str):
+        if "*" not in text:
+            return None
+        stream = io.StringIO(text)
+    else:
+        if b"*" not in text:
+            return None
+        stream = io.BytesIO(text)
+    stream.name = name  # the parser's marks name it
     loader = _Loader(stream)
     try:
         while loader.check_event():
             event = loader.get_event()
             if isinstance(event, yaml.AliasEvent):
-                return int(event.start_mark.line) + 1
+                mark = event.start_mark
+                assert mark is not None  # the parser marks every event
+                return int(mark.line) + 1
     finally:
         loader.dispose()
     return None

@@ -135,7 +135,8 @@ def runtime_from_args(args: argparse.Namespace, state_dir: Path) -> PodmanRuntim
     protected = (state_dir.absolute(), *((args.policy.resolve(),) if args.policy is not None else ()))
     return PodmanRuntime(PodmanSettings(work_dir=state_dir / "podman", network=args.podman_network,
                                         policy=policy_from_args(args, state_dir), protected_paths=protected,
-                                        **absolute))
+                                        root=absolute["root"], runroot=absolute["runroot"],
+                                        tmpdir=absolute["tmpdir"], containers_conf=absolute["containers_conf"]))
 
 
 def install_policy(source: Path, state_dir: Path) -> NodePolicy:

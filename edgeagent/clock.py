@@ -68,7 +68,7 @@ from edgekit.http import HttpError, JsonHttpClient, unverified_tls_context
 from edgekit.tls_time import check_time_against
 from edgeprotocol.errors import EdgeError, ProtocolError
 from edgeprotocol.hub_facts import TIME_PATH, HubFacts, open_facts
-from edgeprotocol.messages import Condition
+from edgeprotocol.messages import Condition, ConditionType
 from edgeprotocol.signing import load_public_key
 
 if TYPE_CHECKING:  # identity.py imports this module (the join measures the hub's time too)
@@ -86,7 +86,7 @@ MAX_ROUND_TRIP_SECONDS = 10.0
 MEASURE_TIMEOUT_SECONDS = 10.0
 # How far back the hub's time may go between two answers and still be taken (a step of the hub's own clock).
 HIGH_WATER_SLACK_SECONDS = 60.0
-CONDITION = "ClockSynchronized"
+CONDITION: ConditionType = "ClockSynchronized"
 
 
 class ClockError(EdgeError):

@@ -115,7 +115,8 @@ def certificate_check(state_dir: Path, identity: NodeIdentity | None, *,
     serial = f"serial {cert.serial_number:x}"
     if other_ca:
         return PreflightCheck("node-cert", True, f"issued by a hub CA that no longer issues (a CA rotation); "
-                                                 f"'edgeagent run' renews it at its next check ({serial})", warning=True)
+                                                 f"'edgeagent run' renews it at its next check ({serial})",
+                                                 warning=True)
     if now >= due:
         return PreflightCheck("node-cert", True,
                               f"renewal overdue since {_iso(due)}; expires {_iso(expires)} ({serial}): "

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from edgeprotocol.messages import READINESS_CONDITIONS, Condition, now
+from edgeprotocol.messages import READINESS_CONDITIONS, Condition, ConditionStatus, now
 
 from .runtime import PreflightCheck, Runtime
 
@@ -36,6 +36,7 @@ def conditions_from(checks: Iterable[PreflightCheck], previous: Iterable[Conditi
     for kind in READINESS_CONDITIONS:  # the runtime's; the clock's come from edgeagent.clock
         relevant = [c for c in checks if c.condition == kind]
         failing = [c for c in relevant if not c.ok]
+        status: ConditionStatus
         if not relevant:
             status, reason, message = "Unknown", "NotChecked", "no check reported on this"
         elif failing:
@@ -44,9 +45,9 @@ def conditions_from(checks: Iterable[PreflightCheck], previous: Iterable[Conditi
         else:
             status, reason = "True", READY_REASONS[kind]
             message = "; ".join(f"{c.name}: {c.detail}" for c in relevant)
-        old = before.get(kind)  # type: ignore[call-overload]
+        old = before.get(kind)
         since = old.since if old is not None and old.status == status and old.since else stamp
-        out.append(Condition(type=kind, status=status, reason=reason, message=message, since=since))  # type: ignore[arg-type]
+        out.append(Condition(type=kind, status=status, reason=reason, message=message, since=since))
     return tuple(out)
 
 

@@ -334,7 +334,8 @@ def join(
     if answered not in trusted:
         raise JoinError(f"the hub answered the join with CAs that do not hold its CA {answered}: nothing was stored; "
                         "ask the hub's operator")
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
     write_atomic(state_dir / KEY_FILE, key_pem, mode=0o600)
     write_atomic(state_dir / BUNDLE_KEY_FILE, bundle_crypto.private_key_pem(bundle_key), mode=0o600)
     measurement = _verified_time(asked, answer.get("hub_public_key"), context)

@@ -29,9 +29,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from typing import Protocol
+
+from edgekit.tasks import OwnedTask
+from edgeprotocol.messages import Phase
 
 from .health import NodeHealth, summary
 from .release_health import release_health
@@ -101,27 +105,22 @@ class Reconciler:
         self._heal_retry = Backoff(settings.retry_initial, settings.retry_max)
         self._health_retry = Backoff(settings.retry_initial, settings.retry_max)
         self._slots = asyncio.Semaphore(settings.max_parallel_releases)
-        self._workers: dict[ReleaseKey, asyncio.Task[None]] = {}
+        self._workers: dict[ReleaseKey, OwnedTask] = {}
         # Set by whoever learns of new desired state (the uplink); a pass runs at once.
         self._wake = wake
-        self._loop: asyncio.Task[None] | None = None
+        self._loop = OwnedTask(f"reconcile-{node.node}")
         self.passes = 0  # reconcile passes done, for tests and benchmarks
 
     async def __aenter__(self) -> Reconciler:
-        if self._loop is not None:
+        if self._loop.running:
             raise RuntimeError(f"the reconciler of {self.node.node} is already running")
-        self._loop = asyncio.create_task(self._run_forever(), name=f"reconcile-{self.node.node}")
+        self._loop.start(self._run_forever())
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        loop, self._loop = self._loop, None
-        tasks = [t for t in (loop, *self._workers.values()) if t is not None]
+        owned = [self._loop, *self._workers.values()]
         self._workers.clear()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await asyncio.gather(*(task.stop() for task in owned))
 
     def wake(self) -> None:
         """Run a pass now (a new assignment arrived) instead of at the next interval."""
@@ -153,19 +152,20 @@ class Reconciler:
             for rec in await self.store.releases():
                 key = (rec.namespace, rec.release)
                 busy = self._workers.get(key)
-                if busy is not None and not busy.done():
+                if busy is not None and busy.running:
                     continue
-                task = asyncio.create_task(self._work(key), name=f"reconcile-{self.node.node}-{key[0]}/{key[1]}")
-                self._workers[key] = task
-                task.add_done_callback(lambda t, key=key: self._forget_worker(key, t))
+                worker = OwnedTask(f"reconcile-{self.node.node}-{key[0]}/{key[1]}")
+                self._workers[key] = worker
+                task = worker.start(self._work(key))
+                task.add_done_callback(functools.partial(self._forget_worker, key, worker))
                 started.append(task)
             if started:
                 await asyncio.wait(started, timeout=self.settings.reconcile_interval)
         self.passes += 1
         await self.reporter.publish_status()
 
-    def _forget_worker(self, key: ReleaseKey, task: asyncio.Task[None]) -> None:
-        if self._workers.get(key) is task:
+    def _forget_worker(self, key: ReleaseKey, worker: OwnedTask, _done: object) -> None:
+        if self._workers.get(key) is worker:
             del self._workers[key]
 
     async def _work(self, key: ReleaseKey) -> None:
@@ -309,6 +309,7 @@ class Reconciler:
                 if fresh is not None and fresh.desired_revision == rec.desired_revision:
                     rec, observation = fresh, await self.runtime.observe(ref)
         health = release_health(observation.pods)
+        phase: Phase
         if health.failing or observation.failed:
             phase = "Degraded"  # no waiting makes it right: said at once, not after ready_timeout
         elif observation.ready >= observation.total:

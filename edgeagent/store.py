@@ -169,7 +169,8 @@ class AgentStore:
 
     async def get(self, namespace: str, release: str) -> ReleaseRecord | None:
         row = await self._db.read(
-            lambda c: c.execute("SELECT * FROM releases WHERE namespace = ? AND release = ?", (namespace, release)).fetchone()
+            lambda c: c.execute("SELECT * FROM releases WHERE namespace = ? AND release = ?",
+                                (namespace, release)).fetchone()
         )
         return ReleaseRecord.from_row(row) if row else None
 
@@ -243,7 +244,8 @@ class AgentStore:
     async def set_counter(self, name: str, value: int) -> None:
         await self._db.transaction(
             lambda c: c.execute(
-                "INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value", (name, value)
+                "INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                (name, value)
             )
         )
 

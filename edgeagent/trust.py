@@ -113,11 +113,11 @@ class NodeTrust:
             if bundle == before.ca_certificate and (not issuing or issuing == before.issuing_ca):
                 return False
             fingerprints = checked(bundle, issuing)
-            changes = {"ca_certificate": bundle, "issuing_ca": issuing or before.issuing_ca}
+            issuing = issuing or before.issuing_ca
             # Saved before it is used, so a restart finds what the node was told; into identity.json as it is on
             # disk (the running identity may hold a flag's override, ``edgeagent run --mqtt``, never saved).
-            await asyncio.to_thread(self._save, changes)
-            after = self._identity = dataclasses.replace(before, **changes)
+            await asyncio.to_thread(self._save, bundle, issuing)
+            after = self._identity = dataclasses.replace(before, ca_certificate=bundle, issuing_ca=issuing)
         try:
             was = bundle_fingerprints(before.ca_certificate) if before.ca_certificate else []
         except TrustError:
@@ -132,9 +132,9 @@ class NodeTrust:
             listener(after)
         return True
 
-    def _save(self, changes: dict[str, str]) -> None:
+    def _save(self, bundle: str, issuing: str) -> None:
         try:
             on_disk = NodeIdentity.load(self.state_dir)
         except EdgeError as exc:
             raise TrustError(f"the hub's CAs cannot be kept: {exc}") from exc
-        dataclasses.replace(on_disk, **changes).save(self.state_dir)
+        dataclasses.replace(on_disk, ca_certificate=bundle, issuing_ca=issuing).save(self.state_dir)

@@ -100,7 +100,7 @@ class Uplink:
                 keepalive=self.settings.keepalive,
                 timeout=self.settings.mqtt_timeout,
                 tls=self.identity.broker_tls(self.settings.state_dir, adjust=self._clock.adjust_tls),
-                extra={"bind_address": self.settings.mqtt_bind_address} if self.settings.mqtt_bind_address else {},
+                bind_address=self.settings.mqtt_bind_address,
             ),
             on_message=self._on_message, on_connect=self._on_connect, before_connect=self._before_connect,
             on_connect_failed=self._connect_failed,

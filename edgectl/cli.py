@@ -70,7 +70,7 @@ import sys
 import urllib.parse
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -441,7 +441,7 @@ def cmd_apply(hub: JsonHttpClient, args: argparse.Namespace) -> None:
     # Only apply needs the Helm engine (to package a local chart), so only apply imports it. A chart from a
     # repository or a registry is the hub's to fetch: nothing is sent but the spec.
     try:
-        from deployer_plugin import load_component_file  # noqa: PLC0415
+        from deployer_plugin import load_component_file
     except ImportError as exc:
         raise CommandError(
             f"apply packages the chart with the Helm engine, which cannot be imported here ({exc}); "
@@ -518,7 +518,8 @@ def list_rows(kind: str, data: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 for n in data]
     if kind == "pools":
         return list(data)
-    return [{**c, "component": f"{c['namespace']}/{c['name']}", "chart": f"{c['chart']['name']}-{c['chart']['version']}",
+    return [{**c, "component": f"{c['namespace']}/{c['name']}",
+             "chart": f"{c['chart']['name']}-{c['chart']['version']}",
              "ready": f"{c['deployed']}/{c['targets']}", "phases": _counts(c.get("phases", {})),
              # Per pool, deployed/targets; a hub older than this edgectl does not say.
              "pools": ",".join(f"{p or '?'}={n['deployed']}/{n['targets']}"
@@ -640,7 +641,8 @@ def cmd_describe(hub: JsonHttpClient, args: argparse.Namespace) -> None:
     d, chart = {key: one_line(value) for key, value in data.items()}, {k: one_line(v) for k, v in data["chart"].items()}
     say(f"Component: {d['namespace']}/{d['name']}\nRevision:  {d['revision']}\n"
         f"Chart:     {chart['name']}-{chart['version']}\nReady:     {d['deployed']}/{d['targets']} node(s)")
-    rows = [{**r, "ready": f"{r['ready']}/{r['total']}", "presence": r["presence"] + (" (stale)" if r.get("stale") else "")}
+    rows = [{**r, "ready": f"{r['ready']}/{r['total']}",
+             "presence": r["presence"] + (" (stale)" if r.get("stale") else "")}
             for r in data["nodes"]]
     show_table(rows, ["node", "pool", "presence", "last_seen", "assigned_revision", "applied_revision", "phase",
                       "reason", "restarts", "ready", "observed_at", "message"] if wide else
@@ -842,7 +844,7 @@ def timestamp(seconds: Any) -> str:
     """A Unix time from the hub as UTC ISO 8601; ``-`` if there is none."""
     if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
         return "-"
-    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 EVENT_COLUMNS = ["at", "node", "reason", "release", "message"]

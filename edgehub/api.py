@@ -181,7 +181,7 @@ _NONCE = re.compile(r"^[0-9a-f]{32,64}$")
 
 # The one place that maps a refusal to its HTTP status. A type not listed
 # answers the status of its nearest listed base: CsrError is a BadRequest
-# (400), TokenFormatError a JoinRefused (403).
+# (400).
 STATUS: dict[type[HubError], int] = {
     HubError: 400,
     BadRequest: 400,
@@ -214,7 +214,8 @@ def _headers_of(exc: HubError) -> dict[str, str] | None:
 
 
 @web.middleware
-async def json_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+async def json_errors(request: web.Request,
+                      handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     """Answer every error as ``{"error": ...}`` JSON, never aiohttp's HTML or text pages."""
     try:
         return await handler(request)
@@ -365,11 +366,11 @@ async def hub_time(request: web.Request) -> web.Response:
     if not NONCE.match(nonce):
         raise BadRequest("must be 32 to 64 lower-case hex digits", field="nonce")
     identity = request.app[IDENTITY]
-    facts = {"time": time.time(), "nonce": nonce, "ca_bundle": identity.trust_bundle_pem,
-             "issuing_ca": identity.issuing_ca_fingerprint}
-    signature = identity.key.sign(facts_payload(**facts))
+    at, bundle, issuing = time.time(), identity.trust_bundle_pem, identity.issuing_ca_fingerprint
+    signature = identity.key.sign(facts_payload(time=at, nonce=nonce, ca_bundle=bundle, issuing_ca=issuing))
+    answer = facts_answer(time=at, nonce=nonce, ca_bundle=bundle, issuing_ca=issuing, signature=signature)
     # No cache may keep an answer: it is for this nonce, now.
-    return web.json_response(facts_answer(**facts, signature=signature), headers={"Cache-Control": "no-store"})
+    return web.json_response(answer, headers={"Cache-Control": "no-store"})
 
 
 async def create_token(request: web.Request) -> web.Response:
@@ -807,10 +808,11 @@ async def stream(request: web.Request) -> web.StreamResponse:
                     if not closing.is_set():
                         await response.write(b": keepalive\n\n")
                     continue
-                if change.result() is None:
+                changed = change.result()
+                if changed is None:
                     await send("reset", {})
                     break
-                await send("summary", {"topic": change.result()[0], "summary": change.result()[1]})
+                await send("summary", {"topic": changed[0], "summary": changed[1]})
     finally:
         stopping.cancel()
     return response

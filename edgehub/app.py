@@ -242,7 +242,7 @@ async def mqtt_ctx(app: web.Application) -> AsyncIterator[None]:
         # background: the nodes coming back meanwhile are heard at once.
         republish.restart(publish_all())
 
-    subscriptions = (topics.ALL_STATUS, topics.ALL_PRESENCE, topics.ALL_EVENTS, topics.ALL_RESYNC)
+    subscriptions: tuple[str, ...] = (topics.ALL_STATUS, topics.ALL_PRESENCE, topics.ALL_EVENTS, topics.ALL_RESYNC)
     tls = None
     if settings.broker_identities:
         subscriptions += (CONTROL_RESPONSE_TOPIC,)

@@ -33,10 +33,11 @@ import os
 import secrets
 import stat
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 from yarl import URL
 
 from edgekit.http import LOOPBACK_NAMES
@@ -75,7 +76,6 @@ _WILDCARDS = frozenset({"", "0.0.0.0", "::"})
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _SHOWN_CHARS = 60
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class OperatorTokenError(ValueError):
@@ -221,7 +221,7 @@ def _origin(url: str) -> tuple[str, str, int | None] | None:
     return parsed.scheme.lower(), parsed.host.lower().rstrip("."), parsed.port
 
 
-def same_origin_only(hosts: HostAllowList) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def same_origin_only(hosts: HostAllowList) -> Middleware:
     """Middleware: the Host must be on ``hosts`` (421), and an Origin header must be the hub's own (403)."""
 
     @web.middleware

@@ -111,7 +111,8 @@ class BrokerAccess:
     async def admit_dashboard(self, name: str) -> None:
         if self.enabled:
             await self._run_tolerating(
-                [{"command": "createClient", "username": dashboard_user(name), "roles": [{"rolename": DASHBOARD_ROLE}]}],
+                [{"command": "createClient", "username": dashboard_user(name),
+                  "roles": [{"rolename": DASHBOARD_ROLE}]}],
                 what=f"admit dashboard {name}")
 
     async def expel_dashboard(self, name: str) -> None:

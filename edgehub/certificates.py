@@ -30,9 +30,9 @@ Where the hub cannot renew the broker's certificate (no ``broker-files.json``: a
 another machine or in another container; a directory it cannot write; a key whose owner it cannot give a
 new file) it warns, from ``WARN_DAYS`` before the certificate the broker serves ends, in ``/healthz``
 (so ``edgectl get nodes``), ``edgectl describe hub`` and the web dashboard, naming the command to run.
-The hub's CA (ten years) gets the same warning ``CA_WARN_DAYS`` (a year) ahead, naming ``edgehub ca rotate``. A certificate the hub
-renews that is within ``WARN_DAYS`` of its end anyway (a renewal that keeps failing, a broker that does
-not take its new one) is warned about too, with the reason.
+The hub's CA (ten years) gets the same warning ``CA_WARN_DAYS`` (a year) ahead, naming ``edgehub ca rotate``.
+A certificate the hub renews that is within ``WARN_DAYS`` of its end anyway (a renewal that keeps failing, a
+broker that does not take its new one) is warned about too, with the reason.
 
 ``describe()`` is the inventory behind ``GET /api/v1/hub``: every certificate in the chain (CA, broker,
 the hub's two, each node's) with its end and days left; ``gauges()`` feeds ``/metrics`` (as of the last
@@ -540,7 +540,8 @@ class CertificateKeeper:
             logger.debug("Could not read the certificate the broker serves: %s", exc)
             state.served = None
         state.file = await asyncio.to_thread(self._read_broker_file)
-        state.unreadable = await asyncio.to_thread(broker_cannot_read, self._files) or ""
+        unreadable = await asyncio.to_thread(broker_cannot_read, self._files)
+        state.unreadable = unreadable or ""
         state.blocker = state.refused or state.unreadable or await asyncio.to_thread(self._blocker)
         # Due by its dates, or issued by a CA that no longer issues (a CA rotation's switch: edgehub.ca_rotation).
         due = state.file is not None and (renewal_due(state.file, now)
@@ -668,8 +669,8 @@ class CertificateKeeper:
         """The command that issues the broker a new certificate, as far as the hub can tell its arguments."""
         directory = str(self._files.directory) if self._files is not None else "BROKER_DIR"
         host = self._broker_address.host
-        names = [n for n in subject_names(self._broker.served or self._broker.file) if n not in
-                 ("127.0.0.1", "::1", "localhost", host)] if (self._broker.served or self._broker.file) else []
+        shown = self._broker.served or self._broker.file
+        names = [n for n in subject_names(shown) if n not in ("127.0.0.1", "::1", "localhost", host)] if shown else []
         listen = f"[{host}]" if ":" in host else host
         extra = "".join(f" --name {n}" for n in names)
         return (f"edgehub mosquitto-config --state {self._settings.state_dir} --listen "

@@ -38,7 +38,8 @@ def _chart_source(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgehub", description="edgecollab hub: pushes Helm releases to edge nodes over MQTT.")
+    parser = argparse.ArgumentParser(prog="edgehub",
+                                     description="edgecollab hub: pushes Helm releases to edge nodes over MQTT.")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the hub (HTTP API and MQTT dispatcher)")
     serve.add_argument("--config", type=Path, help="settings file (YAML or JSON); flags override it")

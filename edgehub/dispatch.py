@@ -42,6 +42,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nacl.public import PublicKey
@@ -56,7 +57,7 @@ from edgeprotocol.signing import seal
 
 from .rollout import RolloutState, desired_revision
 from .store.assignments import AssignmentRecord, AssignmentStore
-from .store.components import ComponentRecord, ComponentStore
+from .store.components import ComponentRecord, ComponentStore, RolloutRow
 from .store.enrollment import EnrollmentStore, JoinedNode
 
 logger = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ class WireBundles:
 
 def placement_of(component: Component) -> Component:
     """``component`` with only what placement reads: its targeting and which pools have values."""
-    pools = {pool: {} for pool in component.edge.pool_values}
+    pools: dict[str, dict[str, Any]] = {pool: {} for pool in component.edge.pool_values}
     return dataclasses.replace(component, values={}, edge=dataclasses.replace(component.edge, pool_values=pools))
 
 
@@ -263,8 +264,8 @@ class Dispatcher:
             for ident, held in current.items():
                 if ident in desired or held.kind == "tombstone" or ident[1:] in unplaced:
                     continue
-                comp = by_release.get(ident[1:])
-                revision = max(comp.revision if comp else 0, held.revision + 1)
+                owner = by_release.get(ident[1:])
+                revision = max(owner.revision if owner else 0, held.revision + 1)
                 desired[ident] = AssignmentRecord(
                     node=held.node, namespace=held.namespace, release=held.release,
                     revision=revision, kind="tombstone",
@@ -283,9 +284,9 @@ class Dispatcher:
             await self._component_store.prune_history()
             return SyncReport(changed=len(changed), published=published)
 
-    def _rollout_state(self, row: object) -> RolloutState | None:
+    def _rollout_state(self, row: RolloutRow) -> RolloutState | None:
         try:
-            return RolloutState.from_row(row)  # type: ignore[arg-type]
+            return RolloutState.from_row(row)
         except (SpecError, ValueError, TypeError, KeyError) as exc:
             logger.error("Stored rollout of %s does not parse (%s); the component goes to every target at once",
                          getattr(row, "name", "?"), exc)

@@ -4,9 +4,8 @@ EdgeError                    (edgeprotocol.errors)
   HubError                   a request the hub refuses; the message says why
     BadRequest               400  a malformed request; ``field`` names the field at fault
       CsrError               400  a certificate request the hub will not sign
-    JoinRefused              403  a join with an unknown, expired or used-up token, or for another pool,
-                                  or with a name registered to another key or revoked
-      TokenFormatError       403  a token that is not ``ec1.<id>.<secret>[.<pin>]``
+    JoinRefused              403  a join with a malformed, unknown, expired or used-up token, or for another
+                                  pool, or with a name registered to another key or revoked
     RenewalRefused           403  a certificate renewal of a node that is not joined (unknown, reset,
                                   revoked), with a wrong proof, an expired certificate, a stale
                                   timestamp, or a nonce already taken
@@ -62,10 +61,6 @@ class CsrError(BadRequest):
 
 class JoinRefused(HubError):
     """A join that the hub refuses; the message says why."""
-
-
-class TokenFormatError(JoinRefused):
-    """A join token that is not of the form ``ec1.<id>.<secret>[.<pin>]``."""
 
 
 class RenewalRefused(HubError):

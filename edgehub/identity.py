@@ -22,7 +22,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edgekit.files import write_atomic
@@ -116,7 +116,8 @@ class HubIdentity:
             return cls(key=key, cas=load_ca_set(state_dir, key))
         key = Ed25519PrivateKey.generate()
         ca = self_signed_ca(key, FIRST_CA_NAME)
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
         fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(pem)
@@ -147,10 +148,10 @@ class HubIdentity:
             raise CsrError("signature does not verify")
         if len(names) != 1 or names[0].value != common_name:
             raise CsrError(f"must have exactly the common name {common_name!r}")
-        cert = self.issue(public_key, common_name, usage="client", lifetime=lifetime)  # type: ignore[arg-type]
+        cert = self.issue(public_key, common_name, usage="client", lifetime=lifetime)
         return cert.public_bytes(serialization.Encoding.PEM).decode()
 
-    def issue(self, public_key: CertificateIssuerPublicKeyTypes, common_name: str, *, usage: Usage,
+    def issue(self, public_key: CertificatePublicKeyTypes, common_name: str, *, usage: Usage,
               lifetime: dt.timedelta, names: Sequence[str] = ()) -> x509.Certificate:
         """A certificate for ``common_name`` signed by the hub's issuing CA.
 

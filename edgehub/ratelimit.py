@@ -21,10 +21,11 @@ import ipaddress
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 
 from .errors import RateLimited
 from .settings import RateLimit
@@ -116,8 +117,6 @@ class SourceRateLimiter:
                            "(%d so far)", self.what, self.max_sources, self._evictions)
 
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 
 def rate_limits(limiters: Mapping[tuple[str, str], SourceRateLimiter]) -> Middleware:

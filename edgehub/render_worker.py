@@ -43,7 +43,7 @@ def render_in_worker(job: RenderJob, send: Connection) -> None:
         outcome = ("rendered", rendered)
     except SpecError as exc:
         outcome = ("refused", portable_error(exc))
-    except Exception as exc:  # a bug or the engine's own failure: the hub logs it and answers 500
+    except Exception as exc:  # noqa: BLE001 - a bug or the engine's own failure: the hub logs it and answers 500
         outcome = ("crashed", f"{type(exc).__name__}: {exc}")
     send.send(outcome)
     send.close()

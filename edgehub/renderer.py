@@ -382,7 +382,8 @@ class Renderer:
             logger.debug("Rendered %s in %.2f s", ident, took)
             return payload
         if kind == "refused":
-            name, args, attributes = payload  # type: ignore[misc]
+            assert isinstance(payload, tuple)
+            name, args, attributes = payload
             raise rebuilt_error(name, args, attributes)
         if kind == "timeout":
             logger.warning("Render of %s ran past %g s; its worker was killed", ident, self.limits.timeout_seconds)

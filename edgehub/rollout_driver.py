@@ -22,6 +22,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from edgekit.tasks import OwnedTask
+
 from .components import Components
 from .dispatch import Dispatcher
 from .errors import ConcurrentChange, HubError, NotFound
@@ -46,22 +48,18 @@ class RolloutDriver:
         self._tick = tick
         self._clock = clock
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._loop = OwnedTask("rollout-driver")
         self._lock = asyncio.Lock()
         # Short words per component for its summary on the bus ("batch 2/3", "rolled back").
         self.summaries: dict[tuple[str, str], str] = {}
 
     async def __aenter__(self) -> RolloutDriver:
-        self._task = asyncio.create_task(self._run(), name="rollout-driver")
+        self._loop.start(self._run())
         self._wake.set()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._loop.stop()
 
     def changed(self) -> None:
         self._wake.set()
@@ -82,8 +80,8 @@ class RolloutDriver:
 
     async def _observe(self, state: RolloutState) -> tuple[dict[str, Target], dict[str, Report]]:
         """The component's targets (the nodes assigned a release of it) and what each reported of it."""
-        nodes: dict[str, NodeRecord] = {n.name: n for n in await self._reports.list_nodes(with_certificate=False)
-                                        if n.standing == "joined"}
+        listed = await self._reports.list_nodes(with_certificate=False)
+        nodes: dict[str, NodeRecord] = {n.name: n for n in listed if n.standing == "joined"}
         targets: dict[str, Target] = {}
         reports: dict[str, Report] = {}
         for a in await self._assignments.list_assignments():

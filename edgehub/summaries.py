@@ -169,7 +169,7 @@ def staged_words(rows: list[RolloutRow], components: list[ComponentRecord]) -> d
     for row in rows:
         try:
             state = RolloutState.from_row(row)
-        except Exception:  # a row that does not parse is the dispatcher's to report
+        except Exception:  # noqa: BLE001 - a row that does not parse is the dispatcher's to report
             continue
         current = revisions.get((row.namespace, row.name))
         if state.state != "complete" and current in (state.revision, state.rollback_revision):
@@ -182,7 +182,7 @@ def node_summary(node: NodeRecord) -> dict[str, Any]:
     status = node.status
     # With each release its health: the word ("" when healthy), its containers' restarts and its message (the
     # worst container's trouble, or what the node could not do).
-    releases = [{"release": f"{r.namespace}/{r.release}", "revision": r.applied_revision,
+    releases: list[dict[str, Any]] = [{"release": f"{r.namespace}/{r.release}", "revision": r.applied_revision,
                  "desired_revision": r.desired_revision, "phase": r.phase, "reason": r.reason,
                  "restarts": r.restarts, "message": r.message}
                 for r in (status.releases if status else ())]
@@ -355,10 +355,8 @@ class SummaryPublisher:
 
     async def _run(self) -> None:
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):  # the periodic refresh
                 await asyncio.wait_for(self._wake.wait(), timeout=self.settings.refresh)
-            except TimeoutError:
-                pass  # the periodic refresh
             self._wake.clear()
             started = time.monotonic()
             try:

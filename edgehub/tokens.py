@@ -13,10 +13,9 @@ import hashlib
 import hmac
 import secrets
 
-from edgeprotocol.enrollment import JoinToken, parse_join_token
-from edgeprotocol.enrollment import TokenFormatError as _FormatError
+from edgeprotocol.enrollment import JoinToken, TokenFormatError, parse_join_token
 
-from .errors import TokenFormatError
+from .errors import JoinRefused
 
 # The hub's name for a token: its id and secret (and, when printed, the CA pin).
 TokenParts = JoinToken
@@ -27,11 +26,11 @@ def new_token() -> TokenParts:
 
 
 def parse_token(text: str) -> TokenParts:
-    """Split a token as printed by ``edgectl token create``, pin dropped; TokenFormatError if it is not one."""
+    """Split a token as printed by ``edgectl token create``, pin dropped; JoinRefused (403) if it is not one."""
     try:
         return parse_join_token(text).without_pin()
-    except _FormatError as exc:
-        raise TokenFormatError(str(exc)) from exc
+    except TokenFormatError as exc:
+        raise JoinRefused(str(exc)) from exc
 
 
 def hash_secret(secret: str) -> str:

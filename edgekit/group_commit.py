@@ -58,19 +58,20 @@ class GroupCommit(Generic[C]):
                 # Delivered by a callback, not by this caller: if it is cancelled while the
                 # transaction runs, the others still get their results.
                 committed = asyncio.ensure_future(self._transaction(functools.partial(_run_each, batch=batch)))
-                committed.add_done_callback(lambda outcome, batch=batch: _deliver(batch, outcome))
+                committed.add_done_callback(functools.partial(_deliver, batch))
                 await asyncio.wait([committed])
         return await done
 
 
-def _run_each(conn: Executes, *, batch: list[tuple[Callable[[Any], Any], asyncio.Future[Any]]]) -> list[tuple[bool, Any]]:
+def _run_each(conn: Executes, *,
+              batch: list[tuple[Callable[[Any], Any], asyncio.Future[Any]]]) -> list[tuple[bool, Any]]:
     """Run each write in a savepoint of its own (on the database's thread); (ok, result or exception) each."""
     outcomes: list[tuple[bool, Any]] = []
     for fn, _ in batch:
         conn.execute("SAVEPOINT one_write")
         try:
             result = fn(conn)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the write's own error, handed to the caller that queued it
             conn.execute("ROLLBACK TO one_write")
             conn.execute("RELEASE one_write")
             outcomes.append((False, exc))

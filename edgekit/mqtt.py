@@ -19,6 +19,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 from urllib.parse import urlsplit
 
 import aiomqtt
@@ -26,12 +27,32 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_random_exponential
 
+from .aiomqtt_private import acknowledge, paho_client, take_queued
 from .tasks import OwnedTask
 
 logger = logging.getLogger(__name__)
 
 MessageHandler = Callable[[str, bytes], Awaitable[None]]
 ConnectHook = Callable[["MqttSession"], Awaitable[None]]
+
+
+class _ClientArguments(TypedDict, total=False):
+    """The ``aiomqtt.Client`` arguments a session sets (the rest keep aiomqtt's defaults)."""
+
+    hostname: str
+    port: int
+    identifier: str | None
+    will: aiomqtt.Will | None
+    keepalive: int
+    timeout: float | None
+    protocol: aiomqtt.ProtocolVersion | None
+    clean_session: bool | None
+    clean_start: bool
+    properties: Properties | None
+    max_queued_incoming_messages: int | None
+    max_inflight_messages: int | None
+    tls_context: ssl.SSLContext | None
+    bind_address: str
 
 
 _DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
@@ -144,7 +165,8 @@ class SessionSettings:
     # messages (MQTT 5's session expiry, so the session is MQTT 5): a reconnect (a renewed certificate,
     # a link that dropped, a quick restart) loses nothing, a client away for longer starts afresh.
     session_expiry: int | None = None
-    extra: dict[str, object] = field(default_factory=dict)
+    # The local address connections leave from ("": the system's choice).
+    bind_address: str = ""
 
     def __post_init__(self) -> None:
         if self.session_expiry is not None and not 0 < self.session_expiry < 2**32 - 1:
@@ -231,9 +253,9 @@ class MqttSession:
     async def wait_connected(self, timeout: float) -> None:
         await asyncio.wait_for(self.connected.wait(), timeout)
 
-    def _client_args(self, tls_context: ssl.SSLContext | None) -> dict[str, object]:
+    def _client_args(self, tls_context: ssl.SSLContext | None) -> _ClientArguments:
         s = self.settings
-        session: dict[str, object] = {"clean_session": True}
+        session: _ClientArguments = {"clean_session": True}
         if s.session_expiry is not None:
             connect = Properties(PacketTypes.CONNECT)
             connect.SessionExpiryInterval = s.session_expiry
@@ -253,7 +275,7 @@ class MqttSession:
             # 0: unbounded; with manual acknowledgement the broker's in-flight window bounds it.
             "max_queued_incoming_messages": 0 if s.manual_ack else s.max_queued_incoming,
             "max_inflight_messages": s.max_inflight,
-            **s.extra,
+            "bind_address": s.bind_address,
         }
 
     async def _run(self) -> None:
@@ -262,7 +284,8 @@ class MqttSession:
                 wait=wait_random_exponential(multiplier=self.settings.backoff_initial, max=self.settings.backoff_max),
                 # aiomqtt may turn a cancellation into its own error (a disconnect that timed out while the
                 # session stops): never retry then.
-                retry=retry_if_exception(lambda exc: isinstance(exc, (aiomqtt.MqttError, OSError)) and not self._stopping),
+                retry=retry_if_exception(
+                    lambda exc: isinstance(exc, (aiomqtt.MqttError, OSError)) and not self._stopping),
                 before_sleep=self._log_retry,
                 reraise=True,
             )
@@ -281,13 +304,15 @@ class MqttSession:
             except Exception:  # a bug, not a network fault: log loudly, keep serving
                 if self._stopping:
                     return
-                logger.exception("MQTT session with %s crashed; restarting it in %.1f s", self.broker, self.settings.backoff_max)
+                logger.exception("MQTT session with %s crashed; restarting it in %.1f s", self.broker,
+                                 self.settings.backoff_max)
                 await asyncio.sleep(self.settings.backoff_max)
 
     def _log_retry(self, state: RetryCallState) -> None:
         delay = state.next_action.sleep if state.next_action else 0.0
         exc = state.outcome.exception() if state.outcome else None
-        logger.info("Connecting to %s failed (attempt #%d: %s); will retry in %.1f s", self.broker, state.attempt_number, exc, delay)
+        logger.info("Connecting to %s failed (attempt #%d: %s); will retry in %.1f s", self.broker,
+                    state.attempt_number, exc, delay)
         if exc is not None and self._on_connect_failed is not None:
             try:
                 self._on_connect_failed(exc)
@@ -312,7 +337,7 @@ class MqttSession:
 
     async def _serve_one_connection(self) -> None:
         tls_context = await self._tls_context()
-        async with aiomqtt.Client(**self._client_args(tls_context)) as client:  # type: ignore[arg-type]
+        async with aiomqtt.Client(**self._client_args(tls_context)) as client:
             self._client = client
             self._tune(client)
             try:
@@ -335,7 +360,7 @@ class MqttSession:
                     # and a busy loop (a rollout's publishing) makes each turn long: what is queued already is
                     # taken now, or the broker holds a fleet's reports until the publishing is done.
                     while len(client.messages):
-                        await self._handle_and_ack(client, client._queue.get_nowait())  # noqa: SLF001
+                        await self._handle_and_ack(client, take_queued(client))
             except aiomqtt.MqttError as exc:
                 raise SessionLost(str(exc)) from exc
             finally:
@@ -345,13 +370,13 @@ class MqttSession:
 
     def _tune(self, client: aiomqtt.Client) -> None:
         """Per-connection settings aiomqtt does not take as arguments (so reach paho's client)."""
-        paho = client._client  # noqa: SLF001
+        paho = paho_client(client)
         paho.manual_ack_set(self.settings.manual_ack)
         # Windows of publishes (assignments, summaries) are pending on purpose: aiomqtt would warn on every
         # publish past 10.
         client.pending_calls_threshold = max(client.pending_calls_threshold, 4 * (self.settings.max_inflight or 0))
         sock = paho.socket()
-        if sock is not None:
+        if isinstance(sock, socket.socket):  # a TCP or TLS socket (paho's type also covers websockets')
             # MQTT packets are small and answered one by one (PUBLISH, PUBACK): without this, Nagle
             # plus the peer's delayed ACK stall a stream of them about 40 ms at a time.
             try:
@@ -362,8 +387,7 @@ class MqttSession:
     async def _handle_and_ack(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
         await self._handle(message)
         if self.settings.manual_ack and message.qos > 0:
-            # aiomqtt has no acknowledgement of its own yet (aiomqtt issue #345): paho's.
-            client._client.ack(message.mid, message.qos)  # noqa: SLF001
+            acknowledge(client, message)
 
     async def _handle(self, message: aiomqtt.Message) -> None:
         payload = message.payload if isinstance(message.payload, bytes) else str(message.payload or "").encode()

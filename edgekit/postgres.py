@@ -38,6 +38,7 @@ from functools import lru_cache
 from typing import Any, Literal, TypeVar
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 
 from .sql import Connection, OnOneThread, StoreUnavailable, redact
 
@@ -169,9 +170,9 @@ class PostgresDatabase(OnOneThread):
         # Autocommit: every transaction is an explicit ``conn.transaction()`` block, nothing is left open.
         # The URL's own options (a statement_timeout of the operator's, say) win over ours.
         options = {} if "options=" in self._url else {"options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"}
-        self._conn = psycopg.connect(self._url, autocommit=True, row_factory=_row_factory,
-                                     connect_timeout=CONNECT_TIMEOUT_SECONDS, application_name="edgecollab",
-                                     **KEEPALIVES, **options)
+        conninfo = make_conninfo(self._url, connect_timeout=CONNECT_TIMEOUT_SECONDS, application_name="edgecollab",
+                                 **KEEPALIVES, **options)
+        self._conn = psycopg.connect(conninfo, autocommit=True, row_factory=_row_factory)
         return self._conn
 
     def _create_schema(self) -> None:

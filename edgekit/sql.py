@@ -36,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import urllib.parse
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +64,8 @@ class StoreUnavailable(RuntimeError):
 class Row(Protocol):
     def __getitem__(self, key: int | str) -> Any: ...
 
+    def __iter__(self) -> Iterator[Any]: ...
+
     def keys(self) -> list[str]: ...
 
 
@@ -87,7 +89,8 @@ class Connection(Protocol):
 class SqlDatabase(Protocol):
     """An open database; use as an async context manager. Functions run off the event loop, one at a time."""
 
-    dialect: Dialect
+    @property
+    def dialect(self) -> Dialect: ...
 
     async def __aenter__(self) -> SqlDatabase: ...
 

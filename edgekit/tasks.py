@@ -15,7 +15,8 @@ RECANCEL_SECONDS = 1.0
 
 class OwnedTask:
     """At most one running task under one name. ``start`` refuses a second one; ``restart`` replaces it
-    (cancelled, not awaited: the new one may start at once); ``stop`` cancels and awaits it."""
+    (cancelled, not awaited: the new one may start at once); ``stop`` cancels and awaits it. Both return the
+    task so that the owner may wait on it (``asyncio.wait`` with a timeout); cancelling stays ``stop``'s."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -25,16 +26,18 @@ class OwnedTask:
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
-    def start(self, coro: Coroutine[Any, Any, Any]) -> None:
+    def start(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         if self._task is not None:
             coro.close()
             raise RuntimeError(f"{self.name} is already running")
         self._task = asyncio.create_task(coro, name=self.name)
+        return self._task
 
-    def restart(self, coro: Coroutine[Any, Any, Any]) -> None:
+    def restart(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         if self._task is not None:
             self._task.cancel()
         self._task = asyncio.create_task(coro, name=self.name)
+        return self._task
 
     async def stop(self) -> None:
         """Cancel the task and wait until it is done. A task may swallow one cancellation (a library that

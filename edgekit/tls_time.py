@@ -80,9 +80,10 @@ def _check(peer: dict[str, Any], context: ssl.SSLContext, now: float) -> None:
     if problem is not None:
         raise problem
     issuers = [ca for ca in context.get_ca_certs() if ca.get("subject") == peer.get("issuer")]
-    problems = [date_problem(ca, now, "the CA that issued the server's certificate") for ca in issuers]
-    if issuers and all(problems):
-        raise problems[0]  # type: ignore[misc]
+    problems = [problem for ca in issuers
+                if (problem := date_problem(ca, now, "the CA that issued the server's certificate")) is not None]
+    if issuers and len(problems) == len(issuers):
+        raise problems[0]
 
 
 def check_time_against(context: ssl.SSLContext, now: Clock) -> ssl.SSLContext:

@@ -43,7 +43,7 @@ _LARGEST_PACKED_BUNDLE = MAX_BUNDLE_BYTES + MAX_BUNDLE_BYTES // 1000 + 64
 MAX_ASSIGNMENT_BYTES = 4 * -(-(_LARGEST_PACKED_BUNDLE + 28) // 3) + 64 * 1024
 
 Phase = Literal["Pending", "Applying", "Deployed", "Failed", "Degraded", "Removing", "Removed"]
-PHASES: tuple[str, ...] = get_args(Phase)
+PHASES: tuple[Phase, ...] = get_args(Phase)
 AssignmentKind = Literal["release", "tombstone"]
 PresenceState = Literal["online", "offline"]
 # A node's own health, as Kubernetes node conditions: RuntimeReady (the
@@ -53,9 +53,9 @@ PresenceState = Literal["online", "offline"]
 # more than a minute: the agent corrects for it, so it is a warning, not a
 # reason the node cannot run pods.
 ConditionType = Literal["RuntimeReady", "StorageReady", "ClockSynchronized"]
-CONDITION_TYPES: tuple[str, ...] = get_args(ConditionType)
+CONDITION_TYPES: tuple[ConditionType, ...] = get_args(ConditionType)
 # The conditions that say whether a node can run pods (its "ready").
-READINESS_CONDITIONS: tuple[str, ...] = ("RuntimeReady", "StorageReady")
+READINESS_CONDITIONS: tuple[ConditionType, ...] = ("RuntimeReady", "StorageReady")
 ConditionStatus = Literal["True", "False", "Unknown"]
 CONDITION_STATUSES: tuple[str, ...] = get_args(ConditionStatus)
 # A condition's message is for people; longer ones are cut so a verbose tool
@@ -69,7 +69,7 @@ MAX_CONDITION_MESSAGE = 1000
 # the runtime refused to create it) or, while it runs or once it terminated,
 # how it last terminated (Error, OOMKilled, Completed).
 ContainerState = Literal["running", "waiting", "terminated"]
-CONTAINER_STATES: tuple[str, ...] = get_args(ContainerState)
+CONTAINER_STATES: tuple[ContainerState, ...] = get_args(ContainerState)
 # Reasons no waiting makes right: the health gate fails a node on them as soon as it hears them.
 FAILING_REASONS: tuple[str, ...] = ("CrashLoopBackOff", "ErrImagePull", "ImagePullBackOff", "OOMKilled",
                                     "CreateContainerConfigError", "CreateContainerError")
@@ -159,7 +159,8 @@ def _field_names(kind: type) -> tuple[str, ...]:
 def _flat(message: Any) -> dict[str, Any]:
     """A message's fields, one level deep. (``dataclasses.asdict`` deep-copies every value, strings
     included: at a fleet's rollout the hub and every agent encode a status per node.)"""
-    return {name: getattr(message, name) for name in _field_names(type(message))}
+    kind: type = type(message)
+    return {name: getattr(message, name) for name in _field_names(kind)}
 
 
 def encode_json(data: dict[str, Any]) -> bytes:
@@ -189,20 +190,26 @@ class Bundle:
 
     def packed(self) -> bytes:
         """The manifests, gzip-compressed (once)."""
-        if self._packed is None:
-            object.__setattr__(self, "_packed", gzip.compress(self.manifests.encode(), mtime=0))
-        return self._packed  # type: ignore[return-value]
+        packed = self._packed
+        if packed is None:
+            packed = gzip.compress(self.manifests.encode(), mtime=0)
+            object.__setattr__(self, "_packed", packed)
+        return packed
 
     def to_wire(self, to: PublicKey | None = None) -> dict[str, Any]:
         """The wire form: encrypted to the node whose bundle key is ``to``, else plain (and cached)."""
         if to is not None:
-            if self._encrypted is None:
-                object.__setattr__(self, "_encrypted", bundle_crypto.encrypt(self.packed()))
-            return self._encrypted.to_wire(to)  # type: ignore[union-attr]
-        if self._wire is None:
+            encrypted = self._encrypted
+            if encrypted is None:
+                encrypted = bundle_crypto.encrypt(self.packed())
+                object.__setattr__(self, "_encrypted", encrypted)
+            return encrypted.to_wire(to)
+        wire = self._wire
+        if wire is None:
             packed = base64.b64encode(self.packed()).decode()
-            object.__setattr__(self, "_wire", {"encoding": "gzip+base64", "data": packed, "digest": self.digest})
-        return self._wire  # type: ignore[return-value]
+            wire = {"encoding": "gzip+base64", "data": packed, "digest": self.digest}
+            object.__setattr__(self, "_wire", wire)
+        return wire
 
     @classmethod
     def from_wire(cls, data: Any, where: str, key: PrivateKey | None = None) -> Bundle:
@@ -329,7 +336,7 @@ class Assignment:
             namespace=_name(body, "namespace", where),
             release=_name(body, "release", where),
             revision=revision,
-            kind=kind,  # type: ignore[arg-type]
+            kind=kind,
             issued_at=_require(body, "issued_at", str, where),
             pool=_optional_str(body, "pool", where),
             chart=chart,
@@ -384,7 +391,7 @@ class ContainerStatus:
         if not isinstance(ready, bool):
             raise ProtocolError(f"{where}: field 'ready' has the wrong type {type(ready).__name__}")
         return cls(name=_require(data, "name", str, where)[:253], ready=ready, restarts=_count(data, "restarts", where),
-                   state=state,  # type: ignore[arg-type]
+                   state=state,
                    reason=_optional_str(data, "reason", where)[:64], exit_code=exit_code,
                    last_reason=_optional_str(data, "last_reason", where)[:64],
                    finished_at=_optional_str(data, "finished_at", where)[:64],
@@ -457,7 +464,7 @@ class ReleaseStatus:
             release=_name(data, "release", where),
             desired_revision=_require(data, "desired_revision", int, where),
             applied_revision=_require(data, "applied_revision", int, where),
-            phase=phase,  # type: ignore[arg-type]
+            phase=phase,
             message=_optional_str(data, "message", where),
             ready=_optional_int(data, "ready", where),
             total=_optional_int(data, "total", where),
@@ -505,7 +512,7 @@ class Condition:
         kind = _require(data, "type", str, where)
         status = _require(data, "status", str, where)
         try:
-            return cls(type=kind, status=status,  # type: ignore[arg-type]
+            return cls(type=kind, status=status,
                        reason=_require(data, "reason", str, where), message=_optional_str(data, "message", where),
                        since=_optional_str(data, "since", where))
         except ValueError as exc:
@@ -574,7 +581,7 @@ class Presence:
         state = _require(data, "state", str, where)
         if state not in get_args(PresenceState):
             raise ProtocolError(f"{where}: state {state!r} is not online or offline")
-        return cls(node=_name(data, "node", where), state=state, at=_optional_str(data, "at", where))  # type: ignore[arg-type]
+        return cls(node=_name(data, "node", where), state=state, at=_optional_str(data, "at", where))
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,7 +60,7 @@ ALL_RESYNC = f"{PREFIX}/nodes/+/resync"
 
 
 NodeTopicKind = Literal["releases", "status", "presence", "events", "resync"]
-NODE_TOPIC_KINDS: tuple[str, ...] = get_args(NodeTopicKind)
+NODE_TOPIC_KINDS: tuple[NodeTopicKind, ...] = get_args(NodeTopicKind)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +79,7 @@ class NodeTopic:
             raise ValueError(f"topic {topic!r} is not an edgecollab v1 node topic")
         node, kind = parts[3], parts[4] if len(parts) > 4 else ""
         if kind == "releases" and len(parts) == 7:
-            return cls(node=node, kind=kind, namespace=parts[5], release=parts[6])
+            return cls(node=node, kind="releases", namespace=parts[5], release=parts[6])
         if kind in NODE_TOPIC_KINDS and kind != "releases" and len(parts) == 5:
-            return cls(node=node, kind=kind)  # type: ignore[arg-type]
+            return cls(node=node, kind=kind)
         raise ValueError(f"topic {topic!r} is not an edgecollab v1 node topic")

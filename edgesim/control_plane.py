@@ -11,7 +11,8 @@ users Kubernetes' bootstrap RBAC already binds), authorization by RBAC, a kubeco
 (``DIR/kubeconfig`` is the administrator's), and one kwok-managed node (``kwok-node-0``) on which pods
 run as kwok says: Deployments, StatefulSets and DaemonSets become ready, Jobs complete, and the API
 server's audit log of what clients (not the control plane's own components) created, patched and deleted
-(``DIR/audit.log``). Every port is a free loopback port. ``stop`` ends what ``start`` started (their pids are in ``DIR/pids.json``).
+(``DIR/audit.log``). Every port is a free loopback port. ``stop`` ends what ``start`` started (their
+pids are in ``DIR/pids.json``).
 
 The tests use :class:`ControlPlane` directly (``tests/conftest.py``: one per session); a test can stop
 and start the API server alone (:meth:`ControlPlane.restart_apiserver`). Synchronous and blocking: it
@@ -278,7 +279,7 @@ class ControlPlane:
         request = urllib.request.Request(self.server + path,
                                          headers={"Authorization": f"Bearer {self.identities['admin'].token}"})
         try:
-            with urllib.request.urlopen(request, context=context, timeout=timeout) as response:  # noqa: S310
+            with urllib.request.urlopen(request, context=context, timeout=timeout) as response:
                 return response.status, response.read().decode()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode(errors="replace")
@@ -330,7 +331,7 @@ class ControlPlane:
                                          headers={"Authorization": f"Bearer {self.identities['admin'].token}",
                                                   "Content-Type": "application/json"})
         try:
-            urllib.request.urlopen(request, context=context, timeout=10).close()  # noqa: S310
+            urllib.request.urlopen(request, context=context, timeout=10).close()
         except urllib.error.HTTPError as exc:
             if exc.code != 409:
                 raise ControlPlaneError(f"registering node {NODE_NAME}: {exc.code} {exc.read().decode()}") from exc

@@ -16,6 +16,8 @@ import asyncio
 import contextlib
 import logging
 import threading
+from collections.abc import Coroutine
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +72,8 @@ class LinkProxy:
         self._thread.join(CALL_TIMEOUT_SECONDS)
         self._loop.close()
 
-    def _call(self, coro: object) -> None:
-        asyncio.run_coroutine_threadsafe(coro, self._loop).result(CALL_TIMEOUT_SECONDS)  # type: ignore[arg-type]
+    def _call(self, coro: Coroutine[Any, Any, None]) -> None:
+        asyncio.run_coroutine_threadsafe(coro, self._loop).result(CALL_TIMEOUT_SECONDS)
 
     async def _start(self) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)

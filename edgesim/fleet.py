@@ -382,7 +382,8 @@ class NodeOptions:
 class Node(ManagedProcess):
     """A simulated edge node: its own state directory and podman storage."""
 
-    def __init__(self, name: str, workdir: Path, hub: Hub, options: NodeOptions, *, mqtt_url: str | None = None) -> None:
+    def __init__(self, name: str, workdir: Path, hub: Hub, options: NodeOptions, *,
+                 mqtt_url: str | None = None) -> None:
         self.node_dir = workdir / name
         # The broker URL this node's agent uses instead of the one from join
         # (a fault-injecting proxy in tests); None: the one from join.
@@ -404,7 +405,8 @@ class Node(ManagedProcess):
             network=options.network,
         )
 
-    def join(self, token: str, *, labels: dict[str, str] | None = None, pool: str | None = None) -> subprocess.CompletedProcess[str]:
+    def join(self, token: str, *, labels: dict[str, str] | None = None,
+             pool: str | None = None) -> subprocess.CompletedProcess[str]:
         args = [sys.executable, "-m", "edgeagent.cli", "join", "--hub", self.hub.url, "--token", token,
                 "--name", self.name, "--state-dir", str(self.state_dir)]
         for key, value in (labels or {}).items():

@@ -21,7 +21,8 @@ def _client(prefix: str, tls: TlsIdentity | None) -> mqtt.Client:
 
 class TopicRecorder:
     """Subscribes to ``topic`` (a filter: ``ec/v1/#`` records everything) on the broker at ``port`` and keeps
-    every message, in order. ``tls``: the identity to show a broker with identities (``Mosquitto.identity()``: the observer)."""
+    every message, in order. ``tls``: the identity to show a broker with identities (``Mosquitto.identity()``:
+    the observer)."""
 
     def __init__(self, port: int, topic: str, *, tls: TlsIdentity | None = None) -> None:
         self.topic = topic

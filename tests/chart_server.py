@@ -186,7 +186,7 @@ class ChartServer:
 
 def closed_port() -> int:
     """A loopback port nothing listens on (bound, then closed)."""
-    import socket  # noqa: PLC0415
+    import socket
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

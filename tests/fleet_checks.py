@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import dataclasses
 import gzip
 import json
@@ -48,7 +49,8 @@ def component(hub: Hub, ref: str) -> dict[str, Any]:
     return hub.ctl_json("describe", "component", ref)
 
 
-def wait_deployed(hub: Hub, ref: str, *, revision: int, nodes: int, timeout: float = CONVERGE_SECONDS) -> dict[str, Any]:
+def wait_deployed(hub: Hub, ref: str, *, revision: int, nodes: int,
+                  timeout: float = CONVERGE_SECONDS) -> dict[str, Any]:
     """Wait until ``nodes`` nodes report Deployed at ``revision`` and no other node is targeted."""
 
     def done() -> dict[str, Any] | None:
@@ -134,15 +136,11 @@ def readable_without_a_key(payload: bytes) -> str:
             except (binascii.Error, ValueError):
                 return
             parts.append(raw)
-            try:
+            with contextlib.suppress(OSError, EOFError, zlib.error):
                 parts.append(gzip.decompress(raw))
-            except (OSError, EOFError, zlib.error):
-                pass
 
-    try:
+    with contextlib.suppress(ValueError):
         walk(json.loads(payload))
-    except ValueError:
-        pass
     return "\n".join(part.decode("latin-1") for part in parts)
 
 

@@ -7,6 +7,7 @@ kubeconfig. Every test works in namespaces (and CustomResourceDefinition groups)
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import uuid
@@ -74,12 +75,10 @@ def delete(kubeconfig: Path, api_version: str, kind: str, name: str, namespace: 
     """Delete an object if it exists (background propagation, as ``kubectl delete`` does)."""
     from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
 
-    try:
+    with contextlib.suppress(NotFoundError, ResourceNotFoundError):
         resource(kubeconfig, api_version, kind).delete(name=name, namespace=namespace,
                                                        body={"propagationPolicy": "Background"},
                                                        _request_timeout=REQUEST_TIMEOUT)
-    except (NotFoundError, ResourceNotFoundError):
-        pass
 
 
 def remove_test_objects(kubeconfig: Path, namespace: str) -> None:

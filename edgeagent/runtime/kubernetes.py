@@ -428,7 +428,7 @@ class KubernetesRuntime:
             return None
         # An API answer (400: no previous container; 403), a lost connection, ...: whatever it is, the log only
         # adds to a status and must not fail it.
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - whatever it is, the log must not fail the status
             logger.info("Cannot read the log of %s: %s", where, _why(exc))
             return "" if _is_api_error(exc) else None
 
@@ -496,7 +496,7 @@ class KubernetesRuntime:
             for obj in old:  # what the server said of the old bodies says nothing of the new ones
                 self._unchanged_at.pop(obj.key, None)
             with _as_apply_error(ref):
-                crds = []
+                crds: list[KubeObject] = []
                 for obj in plan.objects:
                     if crds and obj.kind != "CustomResourceDefinition":
                         await self._wait_established(crds)
@@ -662,8 +662,10 @@ class KubernetesRuntime:
                     _request_timeout=self.settings.request_timeout).to_dict().get("items") or []
                 for item in items:
                     labels = (item.get("metadata") or {}).get("labels") or {}
-                    with contextlib.suppress(ValueError, TypeError):
-                        refs.add(ReleaseRef(labels.get(LABEL_RELEASE_NAMESPACE), labels.get(LABEL_RELEASE)))
+                    namespace, release = labels.get(LABEL_RELEASE_NAMESPACE), labels.get(LABEL_RELEASE)
+                    if isinstance(namespace, str) and isinstance(release, str):
+                        with contextlib.suppress(ValueError):  # not a release's labels after all
+                            refs.add(ReleaseRef(namespace, release))
             return refs
 
         try:
@@ -688,7 +690,7 @@ class KubernetesRuntime:
                                          "RuntimeReady"))
             try:
                 denied = await self._call(self._denied)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any failure of the question is the check's answer
                 checks.append(PreflightCheck("permissions", False, f"cannot ask the API server: {_why(exc)}",
                                              "RuntimeReady", "KubernetesForbidden"))
             else:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgeprotocol.messages import ContainerStatus
+from edgeprotocol.messages import ContainerState, ContainerStatus
 
 from ..policy import NodePolicy
 from .base import ManifestRejected, NodeContext, Observation, PodState, ReleaseRef
@@ -257,9 +257,15 @@ def ownership_conflict(live: Mapping[str, Any] | None, ref: ReleaseRef) -> str:
 # -- the plan ------------------------------------------------------------------
 
 
+def _mapping_at(doc: dict[str, Any], key: str) -> dict[str, Any]:
+    """``doc[key]`` when it is a mapping, else an empty one."""
+    value = doc.get(key)
+    return value if isinstance(value, dict) else {}
+
+
 def _describe(doc: Any, index: int) -> str:
     if isinstance(doc, dict):
-        meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
+        meta = _mapping_at(doc, "metadata")
         return f"{doc.get('kind', '?')}/{meta.get('name', '?')}"
     return f"document {index}"
 
@@ -269,8 +275,8 @@ def _crd_scopes(docs: Sequence[Any]) -> dict[tuple[str, str], bool]:
     scopes: dict[tuple[str, str], bool] = {}
     for doc in docs:
         if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition":
-            spec = doc.get("spec") if isinstance(doc.get("spec"), dict) else {}
-            names = spec.get("names") if isinstance(spec.get("names"), dict) else {}
+            spec = _mapping_at(doc, "spec")
+            names = _mapping_at(spec, "names")
             if spec.get("group") and names.get("kind"):
                 scopes[(str(spec["group"]), str(names["kind"]))] = spec.get("scope", "Namespaced") != "Cluster"
     return scopes
@@ -449,8 +455,9 @@ def workload_status(obj: Mapping[str, Any]) -> WorkloadStatus:
         ready = _int(status.get("readyReplicas"))
         if _stale(obj):
             return WorkloadStatus(False, "Progressing", "the controller has not seen the latest spec yet")
-        updated = status.get("updateRevision")
-        if ready >= wanted and (not updated or updated == status.get("currentRevision") or wanted == 0):
+        update_revision = status.get("updateRevision")
+        if ready >= wanted and (not update_revision or update_revision == status.get("currentRevision")
+                                or wanted == 0):
             return WorkloadStatus(True, "Available")
         return WorkloadStatus(False, "Progressing", f"{ready}/{wanted} replicas ready")
     if kind == "DaemonSet":
@@ -693,6 +700,7 @@ def _text(value: Any) -> str:
 
 def _container(raw: Mapping[str, Any], log: str) -> ContainerStatus:
     state = raw.get("state") or {}
+    word: ContainerState
     if state.get("running") is not None:
         word, reason = "running", ""
     elif state.get("terminated") is not None:
@@ -703,7 +711,7 @@ def _container(raw: Mapping[str, Any], log: str) -> ContainerStatus:
     exit_code = terminated.get("exitCode")
     return ContainerStatus(
         name=str(raw.get("name") or "?"), ready=raw.get("ready") is True, restarts=_int(raw.get("restartCount")),
-        state=word, reason=reason,  # type: ignore[arg-type]
+        state=word, reason=reason,
         exit_code=exit_code if isinstance(exit_code, int) and not isinstance(exit_code, bool) else None,
         last_reason=str(terminated.get("reason") or ""), finished_at=_text(terminated.get("finishedAt")),
         last_log=log)

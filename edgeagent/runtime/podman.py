@@ -208,7 +208,7 @@ import yaml
 
 from edgekit.files import write_atomic
 from edgekit.tasks import OwnedTask
-from edgeprotocol.messages import ContainerStatus
+from edgeprotocol.messages import ContainerState, ContainerStatus
 
 from ..policy import NodePolicy
 from .base import (
@@ -354,7 +354,7 @@ class PodmanRuntime:
         self._prober = ProbeRunner(self._cli, settings.probes)
         self._probes = OwnedTask("podman probes")
         # Restarts of Always pods' containers, with back-off, while entered, under each release's lock.
-        self._keeper = RestartKeeper(self._cli, self._lock, settings.restarts,  # type: ignore[arg-type]
+        self._keeper = RestartKeeper(self._cli, self._lock, settings.restarts,
                                      restarting=self._prober.restarting)
         self._restarts = OwnedTask("podman restarts")
         self._storage: tuple[str, ...] | None = None  # podman's volume path, graph root and run root, asked once
@@ -652,7 +652,8 @@ class PodmanRuntime:
         return played
 
     async def _read_played_or_empty(self, ref: ReleaseRef, fallback: str) -> PlayedFile:
-        """The played file of ``ref``, or an empty one when there is none or it is damaged (logged with ``fallback``)."""
+        """The played file of ``ref``, or an empty one when there is none or it is damaged (logged with
+        ``fallback``)."""
         try:
             played = await self._read_played(ref)
         except EdgeRuntimeError as exc:
@@ -914,18 +915,18 @@ class PodmanRuntime:
             )
 
         counted = [s for s in states if s.name in expected] if on_record is not None else states
-        ready = sum(1 for s in counted if s.ready)
+        ready_pods = sum(1 for s in counted if s.ready)
         message = ""
         if on_record is None and found:
             message = f"no played manifests on record for {ref}; counting the pods found"
-        elif ready < len(counted):
+        elif ready_pods < len(counted):
             lagging = ", ".join(f"{s.name} ({s.phase}{', ' + reasons[s.name] if s.name in reasons else ''})"
                                 for s in counted if not s.ready)
-            message = f"{len(counted) - ready} of {len(counted)} pods not ready: {lagging}"
+            message = f"{len(counted) - ready_pods} of {len(counted)} pods not ready: {lagging}"
         extra = [s.name for s in states if on_record is not None and s.name not in expected]
         if extra:
             message = (message + "; " if message else "") + f"leftover pods: {', '.join(extra)}"
-        return Observation(ready=ready, total=len(counted), pods=tuple(states), message=message)
+        return Observation(ready=ready_pods, total=len(counted), pods=tuple(states), message=message)
 
     def _container_status(self, pod: str, name: str, info: Mapping[str, Any] | None, *,
                           kept: bool = False) -> ContainerStatus:
@@ -949,6 +950,7 @@ class PodmanRuntime:
         oom = (known.oom_killed if known and known.finished_at else bool(state.get("OOMKilled"))) or \
             _killed_for_memory(info, exit_code)
         last_reason = "" if exit_code is None else "OOMKilled" if oom else "Completed" if exit_code == 0 else "Error"
+        current: ContainerState
         if status == "running":
             current, reason = "running", ""
             if known is not None and known.restarts and running_seconds(state) < self._keeper.settings.initial:
@@ -964,7 +966,7 @@ class PodmanRuntime:
         else:
             current, reason = "waiting", "ContainerCreating"
         ready = status == "running" and _is_running(info) and self._prober.verdict(name)[0]
-        return ContainerStatus(short, ready=ready, restarts=restarts, state=current, reason=reason,  # type: ignore[arg-type]
+        return ContainerStatus(short, ready=ready, restarts=restarts, state=current, reason=reason,
                                exit_code=exit_code, last_reason=last_reason, finished_at=finished if ended else "",
                                last_log=known.last_log if known else "")
 
@@ -994,8 +996,10 @@ class PodmanRuntime:
         found = await asyncio.to_thread(_releases_on_disk, self.settings.work_dir)  # file I/O off the loop
         for pod in await self._pods(f"label={LABEL_NAMESPACE}"):
             labels = pod.get("Labels") or {}
-            with contextlib.suppress(ValueError, TypeError):
-                found.add(ReleaseRef(labels.get(LABEL_NAMESPACE), labels.get(LABEL_RELEASE_NAME)))
+            namespace, release = labels.get(LABEL_NAMESPACE), labels.get(LABEL_RELEASE_NAME)
+            if isinstance(namespace, str) and isinstance(release, str):
+                with contextlib.suppress(ValueError):  # not a release's labels after all
+                    found.add(ReleaseRef(namespace, release))
         return found
 
 # --------------------------------------------------------------------------

@@ -212,7 +212,8 @@ class HookRunner:
             if len(states) < len(containers) and result.returncode != 0:
                 return f"its containers are gone: {last_error(result.stderr)}"
             if time.monotonic() >= deadline:
-                return f"still running after {timeout:.0f} s (activeDeadlineSeconds or the {HOOK_TIMEOUT_SECONDS:.0f} s default)"
+                return (f"still running after {timeout:.0f} s "
+                        f"(activeDeadlineSeconds or the {HOOK_TIMEOUT_SECONDS:.0f} s default)")
             await asyncio.sleep(POLL_SECONDS)
 
     async def _log_tail(self, container: str) -> str:

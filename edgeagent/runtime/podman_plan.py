@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
+import functools
 import hashlib
 import re
 from collections.abc import Mapping
@@ -370,7 +371,7 @@ def expand_refs(text: str, env: Mapping[str, str]) -> str:
                 i += 2
             else:
                 name = text[i + 2 : close]
-                out.append(env[name] if name in env else f"$({name})")
+                out.append(env.get(name, f"$({name})"))
                 i = close + 1
         else:
             out.append("$" + nxt)
@@ -399,7 +400,9 @@ def _expand_container(container: dict[str, Any], seed: Mapping[str, str], releas
             item["value"] = expand_refs(str(item["value"]), known)
             known[item["name"]] = item["value"]
             continue
-        value_from = item.get("valueFrom") if isinstance(item.get("valueFrom"), dict) else {}
+        value_from = item.get("valueFrom")
+        if not isinstance(value_from, dict):
+            value_from = {}
         resolved = None
         if isinstance(value_from.get("configMapKeyRef"), dict):
             ref = value_from["configMapKeyRef"]
@@ -1073,8 +1076,8 @@ def _add_object(
         plan.warnings.append(
             f"{where}: namespace {own_ns!r} ignored, applied in the release's namespace {ref.namespace!r}"
         )
-    common = {"source": where, "ref": ref, "node": node, "network": network, "plan": plan, "release": release,
-              "paths": paths, "policy": policy}
+    prepare_pod = functools.partial(_prepare_pod, source=where, ref=ref, node=node, network=network, plan=plan,
+                                    release=release, paths=paths, policy=policy)
     if kind in ("Pod", "Deployment", "DaemonSet"):
         if kind == "Pod":
             _check_pod_count(plan, 1, where, policy)
@@ -1085,7 +1088,7 @@ def _add_object(
             _check_pod_count(plan, count, where, policy)
             instances = [f"{name}-pod-{i}" for i in range(count)]
         for pod_name in instances:
-            pods.append(_prepare_pod(pod_name, template, restart_always=restart_always, **common))
+            pods.append(prepare_pod(pod_name, template, restart_always=restart_always))
     elif kind == "StatefulSet":
         template = _pod_template(doc, where)
         templates = _optional_list(doc["spec"].get("volumeClaimTemplates"), where, "spec.volumeClaimTemplates")
@@ -1095,7 +1098,7 @@ def _add_object(
         for ordinal in range(count):
             pod_name = f"{name}-{ordinal}"
             claims = {claim: f"{claim}-{name}-{ordinal}" for claim in claim_names}
-            pods.append(_prepare_pod(pod_name, template, restart_always=True, claims=claims, **common))
+            pods.append(prepare_pod(pod_name, template, restart_always=True, claims=claims))
     elif kind == "Job":
         template = _pod_template(doc, where)
         restart = _require_mapping(template.get("spec"), where, "spec.template.spec").get("restartPolicy") or "Never"
@@ -1108,7 +1111,7 @@ def _add_object(
             if isinstance(count, int) and count > 1:
                 plan.warnings.append(f"{where}: spec.{field_name} {count}: podman runs the Job's pod once")
         _check_pod_count(plan, 1, where, policy)
-        pods.append(_prepare_pod(f"{name}-pod-0", template, restart_always=False, job=True, **common))
+        pods.append(prepare_pod(f"{name}-pod-0", template, restart_always=False, job=True))
     elif kind == "ConfigMap":
         cm = {
             "apiVersion": "v1",

@@ -42,7 +42,7 @@ import shutil
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 from edgekit.processes import reap
 
@@ -170,7 +170,7 @@ def probes_of_container(
         here = f"{where}: container {container.get('name')!r}: {key}"
         if not isinstance(spec, Mapping):
             raise ManifestRejected(f"{here} must be a mapping")
-        timing = {
+        timing: _Timing = {
             "initial_delay": _number(spec, "initialDelaySeconds", 0, 0, here),
             "period": _number(spec, "periodSeconds", 10, 1, here),
             "timeout": _number(spec, "timeoutSeconds", 1, 1, here),
@@ -188,7 +188,7 @@ def probes_of_container(
             http = isinstance(spec.get("httpGet"), Mapping)
             handler = spec["httpGet" if http else "tcpSocket"]
             port = _resolve_port(handler.get("port"), ports, here)
-            extra: dict[str, Any] = {}
+            extra: _HttpTarget = {}
             if http:
                 headers = handler.get("httpHeaders") or []
                 extra = {
@@ -215,6 +215,20 @@ def _resolve_port(port: Any, ports: Mapping[str, int], where: str) -> int:
     if isinstance(port, str) and port in ports:
         return ports[port]
     raise ManifestRejected(f"{where}: port {port!r} is neither a port number nor a named port of the container")
+
+
+class _Timing(TypedDict):
+    initial_delay: float
+    period: float
+    timeout: float
+    failure_threshold: int
+    success_threshold: int
+
+
+class _HttpTarget(TypedDict, total=False):
+    path: str
+    scheme: str
+    headers: tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -272,7 +286,6 @@ class ProbeRunner:
         self.restarting: set[str] = set()
         self._releases: dict[Any, _Release] = {}
         self._states: dict[tuple[str, str], _State] = {}  # (container, kind) -> state
-        self._checks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(self.settings.max_concurrent)
         self._nsenter = shutil.which("nsenter")
         self.restarts: dict[str, int] = {}  # container -> restarts the runner made (for logs and tests)
@@ -308,23 +321,19 @@ class ProbeRunner:
         return self._clock() if self._clock else asyncio.get_running_loop().time()
 
     async def run(self) -> None:
-        """The probe loop; runs until cancelled, cancelling its in-flight checks on the way out."""
-        try:
+        """The probe loop; runs until cancelled, cancelling its in-flight checks on the way out (the task
+        group's exit: a check catches its own errors, so only a cancellation ends the group)."""
+        async with asyncio.TaskGroup() as checks:
             while True:
                 try:
-                    await self._tick()
+                    await self._tick(checks)
                 except asyncio.CancelledError:
                     raise
                 except Exception:
                     logger.exception("Probe loop pass failed; trying again in %.2f s", self.settings.tick)
                 await asyncio.sleep(self.settings.tick)
-        finally:
-            for task in list(self._checks):
-                task.cancel()
-            if self._checks:
-                await asyncio.gather(*self._checks, return_exceptions=True)
 
-    async def _tick(self) -> None:
+    async def _tick(self, checks: asyncio.TaskGroup) -> None:
         probes = [(p, r.grace.get(p.container, 0)) for r in list(self._releases.values()) for p in r.probes]
         if not probes:
             return
@@ -349,9 +358,7 @@ class ProbeRunner:
                 continue
             target.grace = grace
             state.running = True
-            task = asyncio.create_task(self._check(probe, state, target), name=f"probe {probe.kind} {probe.container}")
-            self._checks.add(task)
-            task.add_done_callback(self._checks.discard)
+            checks.create_task(self._check(probe, state, target), name=f"probe {probe.kind} {probe.container}")
 
     def _gate_open(self, probe: Probe) -> bool:
         """Liveness and readiness wait for a startup probe to pass, as in the kubelet."""

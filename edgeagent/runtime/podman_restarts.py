@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from .base import EdgeRuntimeError
+from .base import EdgeRuntimeError, ReleaseRef
 from .podman_cli import PodmanCli, loads_json
 
 __all__ = ["RestartKeeper", "RestartSettings", "Termination", "running_seconds"]
@@ -84,7 +84,7 @@ class Termination:
 class RestartKeeper:
     """Starts exited containers of ``Always`` pods again after their back-off (see the module docstring)."""
 
-    def __init__(self, cli: PodmanCli, lock: Callable[[object], asyncio.Lock],
+    def __init__(self, cli: PodmanCli, lock: Callable[[ReleaseRef], asyncio.Lock],
                  settings: RestartSettings | None = None, *, clock: Callable[[], float] | None = None,
                  restarting: Collection[str] = frozenset()) -> None:
         self._cli = cli
@@ -93,10 +93,10 @@ class RestartKeeper:
         self.settings = settings or RestartSettings()
         self._lock = lock
         self._clock = clock
-        self._releases: dict[object, tuple[str, ...]] = {}  # release -> container names it keeps running
+        self._releases: dict[ReleaseRef, tuple[str, ...]] = {}  # release -> container names it keeps running
         self._known: dict[str, Termination] = {}  # container name -> what is known of its current ID
 
-    def track(self, key: object, containers: Iterable[str]) -> None:
+    def track(self, key: ReleaseRef, containers: Iterable[str]) -> None:
         """Keep ``containers`` of release ``key`` running from now on (replacing what it had)."""
         names = tuple(containers)
         if names:
@@ -107,7 +107,7 @@ class RestartKeeper:
         for gone in set(self._known) - kept:
             del self._known[gone]
 
-    def forget(self, key: object) -> None:
+    def forget(self, key: ReleaseRef) -> None:
         self.track(key, ())
 
     def termination(self, name: str, container_id: str) -> Termination | None:

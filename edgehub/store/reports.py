@@ -128,7 +128,7 @@ class ReportStore:
                                  for r in rows_named(c, "SELECT name, status FROM nodes", changed)}
         records = {}
         for r in rows:
-            name, values = r["name"], tuple(r)
+            name, values = r["name"], tuple[Any, ...](r)
             kept = held.get(name)
             if kept is None or kept[0] != values or name in texts:
                 kept = (values, NodeRecord.from_row(r, status=self._status_of(

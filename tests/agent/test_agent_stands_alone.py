@@ -40,7 +40,8 @@ def test_every_agent_module_imports_without_the_hub_side():
 
 def test_the_agent_command_runs_without_the_hub_side():
     script = SCRIPT.replace("for name in names:", "from edgeagent.cli import main\nfor name in []:")
-    script += "\nsys.argv = ['edgeagent', '--help']\ntry:\n    main()\nexcept SystemExit as e:\n    print('exit', e.code)\n"
+    script += ("\nsys.argv = ['edgeagent', '--help']\n"
+               "try:\n    main()\nexcept SystemExit as e:\n    print('exit', e.code)\n")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "join" in result.stdout and "doctor" in result.stdout and "exit 0" in result.stdout

@@ -59,7 +59,7 @@ def test_a_certificate_of_another_key_or_ca_fails(node: tuple[Path, NodeIdentity
     state, identity, _ = node
     other_hub = HubIdentity.load_or_create(tmp_path / "other")
     own_key = serialization.load_pem_private_key((state / "node.key").read_bytes(), None)
-    (state / "node.crt").write_text(other_hub.sign_node_csr(make_csr(own_key, "n1"), node="n1"))  # type: ignore[arg-type]
+    (state / "node.crt").write_text(other_hub.sign_node_csr(make_csr(own_key, "n1"), node="n1"))  # type: ignore[arg-type]  # the node's PEM key is Ed25519
     check = certificate_check(state, identity)
     assert not check.ok and "not issued by a hub CA in identity.json" in check.detail
     (state / "node.crt").write_text(other_hub.sign_node_csr(make_csr(Ed25519PrivateKey.generate(), "n1"), node="n1"))

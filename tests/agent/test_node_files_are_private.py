@@ -88,7 +88,8 @@ def test_run_uses_the_state_dirs_policy_unless_given_one_and_the_default_without
     assert policy_from_args(argparse.Namespace(policy=override), state).namespaces == {"monitoring"}
 
 
-def test_doctor_with_a_bad_policy_says_which_key_and_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_doctor_with_a_bad_policy_says_which_key_and_exits_2(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "policy.yaml"
     bad.write_text("namespaces: demo\n")
 

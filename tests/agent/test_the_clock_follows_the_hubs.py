@@ -64,7 +64,7 @@ class TimeServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            def do_GET(self) -> None:
                 query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
                 time.sleep(server.delay)
                 facts = {"time": time.time() + server.shift, "nonce": server.echo or query["nonce"][0],

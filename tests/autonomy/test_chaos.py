@@ -29,7 +29,8 @@ def test_upgrades_survive_random_faults_and_every_node_ends_on_the_last_revision
     seed = int(os.environ.get("EDGECOLLAB_CHAOS_SEED", time.time_ns() % 100_000))
     rng = random.Random(seed)
     links = {name: fleet.link(name) for name in NODES}
-    nodes = {name: fleet.add_node(name, "shanghai", link=links[name], options=link_test_options(fleet)) for name in NODES}
+    nodes = {name: fleet.add_node(name, "shanghai", link=links[name],
+                                  options=link_test_options(fleet)) for name in NODES}
     spec = tmp_path / "web.yaml"
     faults: Counter[str] = Counter()
 
@@ -54,7 +55,8 @@ def test_upgrades_survive_random_faults_and_every_node_ends_on_the_last_revision
     wait_deployed(hub, "demo/web", revision=ROUNDS, nodes=len(NODES), timeout=240)
     applies = ignored = heals = 0
     for name, node in nodes.items():
-        wait_until(lambda n=node: f"round {ROUNDS}" in n.served_page("demo.web"), timeout=30, what=f"the last page on {name}")
+        wait_until(lambda n=node: f"round {ROUNDS}" in n.served_page("demo.web"), timeout=30,
+                   what=f"the last page on {name}")
         revisions = [e["revision"] for e in node_events(hub, name) if e["reason"] == "Applied"]
         assert revisions == sorted(set(revisions)), f"{name} applied out of order or twice: {revisions}"
         counters = agent_status(node)["counters"]

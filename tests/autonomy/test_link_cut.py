@@ -41,7 +41,8 @@ def test_pods_run_untouched_through_a_cut_a_killed_pod_is_healed_offline_and_eve
 
     (alpha_pod,) = node.release_pods("demo.alpha")
     node.podman("pod", "rm", "-f", "-t", "0", alpha_pod["Name"])
-    healed = wait_until(lambda: node.release_pods("demo.alpha"), timeout=60, what="the agent to bring alpha back offline")
+    healed = wait_until(lambda: node.release_pods("demo.alpha"), timeout=60,
+                        what="the agent to bring alpha back offline")
     assert healed[0]["Id"] != alpha_pod["Id"]
     during = container_starts(node)
     beta = {k: v for k, v in before.items() if ".beta-" in k}

@@ -53,7 +53,7 @@ def test_reordered_and_duplicated_assignments_end_on_the_newest_applied_once(fle
         assignment = Assignment(node="sh-1", namespace="demo", release="pinned", revision=revision, kind="release",
                                 issued_at=now(), bundle=Bundle.of(POD.format(revision=revision)),
                                 generation=generation)
-        return topics.assignment("sh-1", "demo", "pinned"), seal(assignment, key), False  # type: ignore[arg-type]
+        return topics.assignment("sh-1", "demo", "pinned"), seal(assignment, key), False  # type: ignore[arg-type]  # the node's PEM key is Ed25519
 
     # As the hub (stopped): on the broker with identities only it may write assignments.
     publish(broker.port, [signed(3), signed(2), signed(3)], tls=broker.identity(HUB_USER))

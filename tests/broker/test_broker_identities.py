@@ -14,7 +14,7 @@ import ssl
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import aiomqtt
@@ -67,11 +67,11 @@ async def received(mqtt: aiomqtt.Client, seconds: float = QUIET_SECONDS) -> list
                 message = await anext(aiter(mqtt.messages))
         except TimeoutError:
             return got
-        got.append((message.topic.value, bytes(message.payload)))  # type: ignore[arg-type]
+        got.append((message.topic.value, bytes(message.payload)))
 
 
-def refused(granted: object) -> bool:
-    return all(getattr(code, "is_failure", False) for code in granted)  # type: ignore[union-attr]
+def refused(granted: Iterable[object]) -> bool:
+    return all(getattr(code, "is_failure", False) for code in granted)
 
 
 def hub_node(fleet: Fleet, name: str) -> dict[str, object]:
@@ -138,7 +138,7 @@ async def test_a_client_without_a_certificate_of_the_hub_ca_is_refused(fleet: Fl
     key, cert = tmp_path / "hub.key", tmp_path / "hub.crt"
     stranger_ca.ensure_certificate(key, cert, HUB_USER, usage="client")
     assert fleet.broker is not None
-    real_ca = fleet.broker.identity().ca_pem  # type: ignore[union-attr]
+    real_ca = fleet.broker.identity().ca_pem  # type: ignore[union-attr]  # a broker with identities has them
     no_certificate = ssl.create_default_context(cadata=real_ca)
     foreign = TlsIdentity(ca_pem=real_ca, cert_file=cert, key_file=key).context()
     plain: ssl.SSLContext | None = None
@@ -193,7 +193,7 @@ async def test_revoking_a_node_disconnects_it_and_the_broker_refuses_it(fleet: F
         async with client(fleet, tls) as again:
             await again.subscribe(topics.assignments_of("a"), qos=1)
     # Any other certificate of the name (here one the test issues) is refused every topic by the plugin.
-    async with client(fleet, fleet.broker.identity("a")) as again:  # type: ignore[union-attr]
+    async with client(fleet, fleet.broker.identity("a")) as again:  # type: ignore[union-attr]  # the fleet's broker is up
         assert refused(await again.subscribe(topics.assignments_of("a"), qos=1))
         await again.publish(topics.status("a"), b"{}", qos=1)
         assert await received(again) == []

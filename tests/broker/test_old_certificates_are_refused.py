@@ -111,7 +111,7 @@ async def what_it_can_do(broker: Mosquitto, tls: TlsIdentity, node: str) -> set[
     except aiomqtt.MqttError:
         return done
     async with aiomqtt.Client("127.0.0.1", broker.port, identifier="observer", tls_context=broker.identity().context(),
-                              timeout=5) as observer:  # type: ignore[union-attr]
+                              timeout=5) as observer:
         await observer.subscribe(topics.status(node), qos=1)
         try:
             async with asyncio.timeout(QUIET_SECONDS):
@@ -127,7 +127,7 @@ async def what_it_can_do(broker: Mosquitto, tls: TlsIdentity, node: str) -> set[
 EVERYTHING = {"connect", "read assignments", "publish status"}
 
 
-async def wait_for(predicate, *, timeout: float, what: str, interval: float = 0.2):  # type: ignore[no-untyped-def]
+async def wait_for(predicate, *, timeout: float, what: str, interval: float = 0.2):
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -153,7 +153,7 @@ async def test_after_a_renewal_the_old_certificate_is_refused_and_the_node_works
         await wait_for(lambda: agent.session.connected.is_set() and agent.session.connections >= 2, timeout=20,
                        what="the agent to reconnect with its new certificate")
         await asyncio.to_thread(setup.hub.ctl, "apply", "-f", str(write_spec(setup.workdir / "web.yaml")))
-        await wait_for(lambda: agent.runtime.applies, timeout=30, what="the assignment to reach the agent")  # type: ignore[attr-defined]
+        await wait_for(lambda: agent.runtime.applies, timeout=30, what="the assignment to reach the agent")  # type: ignore[attr-defined]  # the dry-run runtime counts its applies
         view = await asyncio.to_thread(wait_until, lambda: [
             r for r in setup.hub.ctl_json("describe", "node", "renew-1")["releases"] if r["phase"] == "Deployed"],
             timeout=30, what="the node's Deployed status at the hub")

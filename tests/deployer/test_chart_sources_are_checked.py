@@ -132,7 +132,7 @@ def answering(host: str, port: int, answer: Callable[[str], Answer], *,
     """An HTTP(S) server on host:port giving ``answer(path)`` to every GET."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        def do_GET(self) -> None:
             status, headers, body = answer(self.path)
             self.send_response(status)
             for name, value in {"Content-Length": str(len(body)), **headers}.items():

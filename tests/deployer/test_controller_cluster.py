@@ -153,7 +153,8 @@ def controller_kubeconfig(admin: client.ApiClient, control_plane: Any, namespace
     charts/edgehub gives its controller (bound in ``namespace`` only); returns the ClusterRole's name."""
     with helm_python.Chart.load(HUB_CHART) as chart:
         rendered = chart.render({}, name="ec", namespace=namespace, revision=1, is_install=True, is_upgrade=False)
-    (role,) = [d for d in yaml.safe_load_all(rendered["edgehub/templates/rbac.yaml"]) if d and d["kind"] == "ClusterRole"]
+    rbac = yaml.safe_load_all(rendered["edgehub/templates/rbac.yaml"])
+    (role,) = [d for d in rbac if d and d["kind"] == "ClusterRole"]
     role_name = f"edgecollab-controller-{namespace}"
     rbac, core = client.RbacAuthorizationV1Api(admin), client.CoreV1Api(admin)
     rbac.create_cluster_role({"metadata": {"name": role_name}, "rules": role["rules"]})
@@ -224,7 +225,8 @@ def scene(request: pytest.FixtureRequest, control_plane: Any, tmp_path_factory: 
 
 def test_a_component_is_applied_to_the_nodes_with_its_status_and_columns(scene: Scene) -> None:
     body = scene.component("web", values={"greeting": "from the cluster"},
-                           edge={"nodePools": ["shanghai", "beijing"], "poolValues": {"beijing": {"greeting": "ni hao"}}})
+                           edge={"nodePools": ["shanghai", "beijing"],
+                                 "poolValues": {"beijing": {"greeting": "ni hao"}}})
     scene.create(body)
 
     status = scene.available("web", generation=1, revision=1, ready="2/2")

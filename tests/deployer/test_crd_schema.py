@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 import yaml
-from cluster import REPO, api_client, create_namespace, crd_document, delete_namespace, install_crd, refusal
+from cluster import REPO, api_client, crd_document, create_namespace, delete_namespace, install_crd, refusal
 from component_docs import BASE_DOC
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -175,7 +175,8 @@ VALID = {
         kube_metadata=lambda d: d["metadata"].update(labels={"a": "b"}, generation=3, uid="1234",
                                                       finalizers=["edgecollab.io/release"]),
         longest_name=lambda d: d["metadata"].update(name="w" * 53),
-        oci_chart=lambda d: d["spec"].update(chart={"oci": "oci://registry.example.com/charts/web", "version": "1.2.3"}),
+        oci_chart=lambda d: d["spec"].update(chart={"oci": "oci://registry.example.com/charts/web",
+                                                    "version": "1.2.3"}),
         version_range=lambda d: d["spec"].update(chart={**CLUSTER_CHART, "version": ">=1.0.0 <2.0.0"}),
         rollout_every_field=_rollout(healthGate={"readyWithin": "1h30m", "minReadyTime": "500ms"},
                                      maxFailures="12.5%", onFailure="Pause", offlineNodes="Skip"),
@@ -231,7 +232,8 @@ _BROKEN: dict[str, tuple[Callable[[dict[str, Any]], Any], str]] = dict(
     history_limit_text=(lambda d: d["spec"].update(historyLimit="ten"), "spec.historyLimit: "),
     cluster_scoped_text=(lambda d: d["spec"].update(clusterScoped="true"), "spec.clusterScoped: "),
     unknown_spec_field=(lambda d: d["spec"].update(replicas=3), 'unknown field "spec.replicas"'),
-    unknown_edge_field=(lambda d: d["spec"]["edge"].update(nodePool=["shanghai"]), 'unknown field "spec.edge.nodePool"'),
+    unknown_edge_field=(lambda d: d["spec"]["edge"].update(nodePool=["shanghai"]),
+                        'unknown field "spec.edge.nodePool"'),
     unknown_top_field=(lambda d: d.update(specs={}), 'unknown field "specs"'),
     no_spec=(lambda d: d.pop("spec"), "spec: Required value"),
     rollout_without_batches=(lambda d: d["spec"]["edge"].update(rollout={}), "spec.edge.rollout.batches: "),
@@ -243,7 +245,8 @@ _BROKEN: dict[str, tuple[Callable[[dict[str, Any]], Any], str]] = dict(
     rollout_pool_outside_pools=(_rollout(batches=[{"pools": ["hangzhou"]}]), "spec.edge.rollout.batches: "),
     rollout_duration_in_words=(_rollout(healthGate={"readyWithin": "2 minutes"}),
                                "spec.edge.rollout.healthGate.readyWithin: "),
-    rollout_ready_within_zero=(_rollout(healthGate={"readyWithin": "0s"}), "spec.edge.rollout.healthGate.readyWithin: "),
+    rollout_ready_within_zero=(_rollout(healthGate={"readyWithin": "0s"}),
+                               "spec.edge.rollout.healthGate.readyWithin: "),
     rollout_longer_than_a_week=(_rollout(healthGate={"minReadyTime": "169h"}),
                                 "spec.edge.rollout.healthGate.minReadyTime: "),
     rollout_failures_over_100_percent=(_rollout(maxFailures="150%"), "spec.edge.rollout.maxFailures: "),
@@ -320,7 +323,8 @@ def test_the_crd_and_the_parser_take_repository_and_oci_charts(server: Server, c
     ({"repo": "ftp://charts.example.com", "name": "web", "version": "1"}, "spec.chart.repo: "),
     ({"repo": "https://user:secret@charts.example.com", "name": "web", "version": "1"}, "spec.chart.repo: "),
     ({"oci": "https://registry.example.com/web", "version": "1"}, "spec.chart.oci: "),
-    ({"repo": "https://c.example.com", "name": "web", "version": "1", "oci": "oci://r.example.com/web"}, "spec.chart: "),
+    ({"repo": "https://c.example.com", "name": "web", "version": "1", "oci": "oci://r.example.com/web"},
+     "spec.chart: "),
 ])
 def test_the_api_server_refuses_local_and_malformed_charts_naming_the_field(server: Server, chart: Any,
                                                                            field: str) -> None:

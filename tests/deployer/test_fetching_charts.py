@@ -134,7 +134,8 @@ def test_what_is_not_a_chart_is_refused(server: ChartServer):
 def test_sizes_are_bounded(server: ChartServer):
     with pytest.raises(ChartUnavailable, match=r"^spec.chart.repo: the index of .* is \d+ bytes; the limit is 100$"):
         lab_fetcher(max_index_bytes=100).fetch(RepoChart(repo=server.repo_url, name="good", version="0.2.0"))
-    with pytest.raises(ChartUnavailable, match=r"^spec.chart: the archive of good 0.2.0 is \d+ bytes; the limit is 200$"):
+    with pytest.raises(ChartUnavailable,
+                       match=r"^spec.chart: the archive of good 0.2.0 is \d+ bytes; the limit is 200$"):
         lab_fetcher(max_archive_bytes=200).fetch(RepoChart(repo=server.repo_url, name="good", version="0.2.0"))
 
 
@@ -230,7 +231,8 @@ def test_oci_refusals_name_the_reference(server: ChartServer):
                                  "registry; it has 0.4.0+build.7, 0.3.0")
     layer = next(d for d, b in server.blobs.items() if b.startswith(b"\x1f\x8b"))
     server.blobs[layer] = server.blobs[layer][:-1] + bytes([server.blobs[layer][-1] ^ 1])
-    with pytest.raises(ChartUnavailable, match=r"has SHA-256 [0-9a-f]{64}, but its manifest says [0-9a-f]{64}: refused"):
+    with pytest.raises(ChartUnavailable,
+                       match=r"has SHA-256 [0-9a-f]{64}, but its manifest says [0-9a-f]{64}: refused"):
         lab_fetcher().fetch(OciChart(oci=f"oci://{server.oci_host}/charts/good", version="0.3.0"))
     closed = OciChart(oci=f"oci://127.0.0.1:{closed_port()}/charts/good", version="1.0.0")
     with pytest.raises(ChartUnavailable) as caught:

@@ -89,7 +89,8 @@ def test_a_password_given_in_the_values_is_not_generated_and_follows_the_values(
     assert checksum(first.bundles[""]) != checksum(second.bundles[""])
 
 
-def test_a_previous_render_without_the_document_leaves_the_new_value(doc: dict[str, Any], generated_archive: bytes) -> None:
+def test_a_previous_render_without_the_document_leaves_the_new_value(doc: dict[str, Any],
+                                                                     generated_archive: bytes) -> None:
     component = parse_component(doc)
     unrelated = {"": Bundle.of("---\n# Source: other/templates/cm.yaml\napiVersion: v1\nkind: ConfigMap\n"
                                    "metadata: {name: web-auth}\ndata: {password: old}\n")}

@@ -62,7 +62,8 @@ def test_a_chart_with_its_declared_dependencies_in_charts_renders_them(doc: dict
     assert "name: web-present" in bundle.manifests and "name: web-config" in bundle.manifests
 
 
-@pytest.mark.parametrize("constraint", [">=1.40.0-0", "< 1.20", ">= 1.20, < 1.30", "~1.2", "<1.20 || >=2.0", "not-a-range"])
+@pytest.mark.parametrize("constraint",
+                         [">=1.40.0-0", "< 1.20", ">= 1.20, < 1.30", "~1.2", "<1.20 || >=2.0", "not-a-range"])
 def test_a_kube_version_the_engine_does_not_meet_is_refused_with_helms_message(
     doc: dict[str, Any], copy_chart, constraint: str
 ) -> None:
@@ -72,12 +73,14 @@ def test_a_kube_version_the_engine_does_not_meet_is_refused_with_helms_message(
         render_component(parse_component(doc), archive, revision=1)
 
     kube = engine_kube_version()
-    assert caught.value.detail == f"chart requires kubeVersion: {constraint} which is incompatible with Kubernetes {kube}"
+    assert caught.value.detail == (f"chart requires kubeVersion: {constraint} "
+                                   f"which is incompatible with Kubernetes {kube}")
 
 
 @pytest.mark.parametrize(
     "constraint",
-    [">=1.19.0-0", ">= 1.20, < 2.0", ">=1.20 <2.0", "^1.2", "~>1.36 || ~1.37", ">=v1.20", "1.x", "1.20 - 1.99", "!=1.19"],
+    [">=1.19.0-0", ">= 1.20, < 2.0", ">=1.20 <2.0", "^1.2", "~>1.36 || ~1.37", ">=v1.20", "1.x", "1.20 - 1.99",
+     "!=1.19"],
 )
 def test_a_kube_version_the_engine_meets_renders(doc: dict[str, Any], copy_chart, constraint: str) -> None:
     archive = with_kube_version(copy_chart, constraint)

@@ -59,7 +59,8 @@ def test_match_labels_must_all_hold() -> None:
     ],
     ids=["In", "NotIn", "Exists", "DoesNotExist"],
 )
-def test_every_match_expression_operator_selects_as_in_kubernetes(expression: dict[str, Any], expected: list[str]) -> None:
+def test_every_match_expression_operator_selects_as_in_kubernetes(expression: dict[str, Any],
+                                                                  expected: list[str]) -> None:
     component = targeting({"nodeSelector": {"matchExpressions": [expression]}})
 
     assert list(place(component, NODES)) == expected

@@ -30,7 +30,8 @@ def configmap(bundle: Bundle) -> dict[str, Any]:
     return found
 
 
-def test_render_produces_one_bundle_per_render_key_with_pool_values_visible(doc: dict[str, Any], good_archive: bytes) -> None:
+def test_render_produces_one_bundle_per_render_key_with_pool_values_visible(doc: dict[str, Any],
+                                                                            good_archive: bytes) -> None:
     component = parse_component(doc)
 
     bundles = render_component(component, good_archive, revision=3)
@@ -94,7 +95,8 @@ def test_documents_come_in_helms_install_order_by_kind_keeping_template_order_wi
 def test_rendering_is_deterministic(doc: dict[str, Any], good_archive: bytes) -> None:
     component = parse_component(doc)
 
-    assert render_component(component, good_archive, revision=5) == render_component(component, good_archive, revision=5)
+    first = render_component(component, good_archive, revision=5)
+    assert first == render_component(component, good_archive, revision=5)
 
 
 def test_a_null_pool_value_deletes_the_key_even_when_the_chart_has_a_default(
@@ -139,7 +141,8 @@ def test_a_template_error_in_one_pool_names_that_pool(doc: dict[str, Any], broke
     assert str(caught.value).startswith("component demo/web (poolValues of pool shanghai): template error:")
 
 
-def test_values_that_break_the_schema_raise_render_error_naming_the_key(doc: dict[str, Any], schema_archive: bytes) -> None:
+def test_values_that_break_the_schema_raise_render_error_naming_the_key(doc: dict[str, Any],
+                                                                        schema_archive: bytes) -> None:
     doc["spec"]["values"] = {"replicas": "three"}
 
     with pytest.raises(RenderError) as caught:
@@ -154,7 +157,8 @@ def test_a_schema_violation_only_in_pool_values_names_the_pool(doc: dict[str, An
     doc["spec"]["values"] = {"replicas": 2}
     doc["spec"]["edge"]["poolValues"] = {"shanghai": {"replicas": 0}}
 
-    with pytest.raises(RenderError, match=r"(?s)\(poolValues of pool shanghai\): values do not match .*minimum: got 0, want 1"):
+    with pytest.raises(RenderError,
+                       match=r"(?s)\(poolValues of pool shanghai\): values do not match .*minimum: got 0, want 1"):
         render_component(parse_component(doc), schema_archive, revision=1)
 
 
@@ -193,7 +197,8 @@ def test_a_template_that_renders_a_bare_string_is_a_render_error() -> None:
     ("metadata: {name: x}\n", "apiVersion or kind"),
 ])
 def test_a_document_without_api_version_or_kind_is_a_render_error(document: str, missing: str) -> None:
-    with pytest.raises(RenderError, match=f"c/templates/cm.yaml rendered a document without {missing}, which Kubernetes"):
+    with pytest.raises(RenderError,
+                       match=f"c/templates/cm.yaml rendered a document without {missing}, which Kubernetes"):
         join_manifests({"c/templates/cm.yaml": document}, component="demo/web")
 
 
@@ -203,11 +208,13 @@ def test_a_chart_rendering_a_document_without_kind_is_refused_naming_the_templat
     chart = copy_chart("good")
     (chart / "templates" / "kindless.yaml").write_text("apiVersion: v1\nmetadata:\n  name: {{ .Release.Name }}-x\n")
 
-    with pytest.raises(RenderError, match="component demo/web: good/templates/kindless.yaml rendered a document without kind"):
+    with pytest.raises(RenderError,
+                       match="component demo/web: good/templates/kindless.yaml rendered a document without kind"):
         render_component(parse_component(doc), package_chart(chart), revision=1)
 
 
-def test_revision_1_renders_as_an_install_and_later_revisions_as_upgrades(doc: dict[str, Any], good_archive: bytes) -> None:
+def test_revision_1_renders_as_an_install_and_later_revisions_as_upgrades(doc: dict[str, Any],
+                                                                          good_archive: bytes) -> None:
     component = parse_component(doc)
 
     first = configmap(render_release(component, good_archive, revision=1).bundles[""])["data"]
@@ -253,7 +260,8 @@ def test_notes_are_rendered_with_the_base_values_as_an_install_or_an_upgrade(
 ) -> None:
     component = parse_component(doc)
 
-    assert render_release(component, generated_archive, revision=1).notes.startswith("web is installed at revision 1.\n")
+    notes = render_release(component, generated_archive, revision=1).notes
+    assert notes.startswith("web is installed at revision 1.\n")
     assert render_release(component, generated_archive, revision=2).notes.startswith("web is upgraded at revision 2.\n")
     assert render_release(component, good_archive, revision=1).notes == "web is installed.\n"
     assert render_release(component, schema_archive, revision=1).notes == ""  # the chart has no NOTES.txt

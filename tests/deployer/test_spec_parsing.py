@@ -155,16 +155,21 @@ def test_an_unknown_operator_lists_the_valid_ones(doc: dict[str, Any]) -> None:
 @pytest.mark.parametrize(
     ("expression", "expected"),
     [
-        ({"key": "zone", "operator": "In"}, "matchExpressions[0].values: required: operator In needs at least one value"),
-        ({"key": "zone", "operator": "NotIn", "values": []}, "values: required: operator NotIn needs at least one value"),
-        ({"key": "zone", "operator": "Exists", "values": ["a"]}, "values: must be empty: operator Exists takes no values"),
+        ({"key": "zone", "operator": "In"},
+         "matchExpressions[0].values: required: operator In needs at least one value"),
+        ({"key": "zone", "operator": "NotIn", "values": []},
+         "values: required: operator NotIn needs at least one value"),
+        ({"key": "zone", "operator": "Exists", "values": ["a"]},
+         "values: must be empty: operator Exists takes no values"),
         ({"operator": "Exists"}, "matchExpressions[0].key: required: the label key to test"),
         ({"key": "zone"}, "matchExpressions[0].operator: required: one of In, NotIn, Exists, DoesNotExist"),
         ({"key": "-bad-", "operator": "Exists"}, "matchExpressions[0].key: '-bad-' is not a valid label key"),
-        ({"key": "zone", "operator": "In", "values": [1]}, "matchExpressions[0].values[0]: must be a string, not a number"),
+        ({"key": "zone", "operator": "In", "values": [1]},
+         "matchExpressions[0].values[0]: must be a string, not a number"),
     ],
 )
-def test_selector_expressions_are_checked_per_operator(doc: dict[str, Any], expression: dict[str, Any], expected: str) -> None:
+def test_selector_expressions_are_checked_per_operator(doc: dict[str, Any], expression: dict[str, Any],
+                                                       expected: str) -> None:
     doc["spec"]["edge"]["nodeSelector"] = {"matchExpressions": [expression]}
 
     (problem,) = problems_of(doc)
@@ -233,15 +238,19 @@ def test_pool_values_need_no_node_pools_when_a_selector_targets(doc: dict[str, A
         (lambda d: d["spec"].update(values=[1]), "spec.values: must be a mapping, not a list"),
         (lambda d: d["spec"]["edge"].update(nodePools="shanghai"), "spec.edge.nodePools: must be a list, not a string"),
         (lambda d: d["spec"]["edge"].update(nodePools=[]), "spec.edge.nodePools: must list at least one pool"),
-        (lambda d: d["spec"]["edge"]["nodePools"].append("shanghai"), "spec.edge.nodePools[2]: pool 'shanghai' is listed twice"),
-        (lambda d: d["spec"]["edge"]["nodePools"].append("Bad Pool"), "spec.edge.nodePools[2]: 'Bad Pool' is not a valid name"),
-        (lambda d: d["spec"]["edge"]["poolValues"].update(beijing="x"), "spec.edge.poolValues.beijing: must be a mapping of values"),
+        (lambda d: d["spec"]["edge"]["nodePools"].append("shanghai"),
+         "spec.edge.nodePools[2]: pool 'shanghai' is listed twice"),
+        (lambda d: d["spec"]["edge"]["nodePools"].append("Bad Pool"),
+         "spec.edge.nodePools[2]: 'Bad Pool' is not a valid name"),
+        (lambda d: d["spec"]["edge"]["poolValues"].update(beijing="x"),
+         "spec.edge.poolValues.beijing: must be a mapping of values"),
         (
             lambda d: d["spec"]["values"].update(when=datetime.date(2024, 1, 1)),
             "spec.values.when: a date is not a JSON value (quote it if it is meant as text)",
         ),
         (lambda d: d["spec"]["values"].update({1: "x"}), "spec.values: key 1 is not a string"),
-        (lambda d: d["spec"]["values"].update({"a.b": {"c": float("nan")}}), 'spec.values["a.b"].c: nan is not a JSON number'),
+        (lambda d: d["spec"]["values"].update({"a.b": {"c": float("nan")}}),
+         'spec.values["a.b"].c: nan is not a JSON number'),
     ],
 )
 def test_each_kind_of_error_names_its_field(doc: dict[str, Any], edit: Any, expected: str) -> None:

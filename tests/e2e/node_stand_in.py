@@ -30,7 +30,7 @@ def release(text: str) -> ReleaseStatus:
     reason, message = (*health, "", "")[:2]
     namespace, name = ref.split("/")
     return ReleaseStatus(namespace=namespace, release=name, desired_revision=int(revision),
-                         applied_revision=int(revision), phase=phase, ready=0 if reason else 1, total=1,  # type: ignore[arg-type]
+                         applied_revision=int(revision), phase=phase, ready=0 if reason else 1, total=1,  # type: ignore[arg-type]  # a phase the calling test names
                          observed_at=now(), reason=reason, restarts=4 if reason else 0, message=message)
 
 
@@ -50,7 +50,7 @@ async def main() -> None:
         await mqtt.publish(topics.presence(node), Presence(node=node, state="online", at=now()).encode(), qos=1,
                            retain=True)
         at = now()
-        conditions = tuple(Condition(type=kind, status="True", reason="Checked", message="", since=at)  # type: ignore[arg-type]
+        conditions = tuple(Condition(type=kind, status="True", reason="Checked", message="", since=at)
                            for kind in ("RuntimeReady", "StorageReady"))
         status = NodeStatus(node=node, seq=1, observed_at=at, releases=tuple(args.release),
                             agent_version="stand-in", runtime="none", conditions=conditions)

@@ -96,7 +96,8 @@ def test_every_way_a_release_breaks_fails_the_canary_and_never_touches_the_later
         assert "c1" in said and reason in said, f"{what}: {said}"
         # The hub rolled back by itself: the canary runs the last good values again.
         rollback = bad + 1
-        wait_until(lambda: (r := release_of(canary))["applied_revision"] == rollback and r["phase"] == "Deployed",
+        wait_until(lambda rollback=rollback: (r := release_of(canary))["applied_revision"] == rollback
+                   and r["phase"] == "Deployed",
                    timeout=120, what=f"{what}: c1 back on the good revision ({rollback})")
         # The later batch never got the bad revision: its containers are the very same.
         for node in prod:

@@ -15,7 +15,8 @@ from fleet_checks import EXAMPLE_SPEC, wait_deployed
 from edgesim.fleet import Fleet, ManagedProcess, listening_ports, wait_until
 
 
-def test_the_hub_reads_its_settings_from_a_file_and_edgectl_finds_it_through_the_environment(fleet: Fleet, tmp_path: Path):
+def test_the_hub_reads_its_settings_from_a_file_and_edgectl_finds_it_through_the_environment(fleet: Fleet,
+                                                                                             tmp_path: Path):
     assert fleet.broker is not None
     config = tmp_path / "hub.yaml"
     config.write_text(yaml.safe_dump({"state_dir": "configured-state", "listen_port": 0,

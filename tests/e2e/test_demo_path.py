@@ -36,7 +36,8 @@ def test_a_component_for_one_pool_runs_on_exactly_its_nodes_upgrades_and_goes_aw
     assert "revision 2" in hub.ctl("apply", "-f", str(upgraded)).stdout
     wait_deployed(hub, "demo/web", revision=2, nodes=2)
     for node in (sh1, sh2):
-        wait_until(lambda n=node: "second revision" in n.served_page("demo.web"), timeout=30, what=f"new page on {node.name}")
+        wait_until(lambda n=node: "second revision" in n.served_page("demo.web"), timeout=30,
+                   what=f"new page on {node.name}")
 
     # Applying the same spec again changes nothing.
     assert "unchanged (revision 2" in hub.ctl("apply", "-f", str(upgraded)).stdout
@@ -50,7 +51,8 @@ def test_a_component_for_one_pool_runs_on_exactly_its_nodes_upgrades_and_goes_aw
 
     assert "deleted" in hub.ctl("delete", "component", "demo/web").stdout
     for node in (sh1, sh2):
-        wait_until(lambda n=node: n.release_pods("demo.web") == [] and n.pods() == [], timeout=60, what=f"pods gone on {node.name}")
+        wait_until(lambda n=node: n.release_pods("demo.web") == [] and n.pods() == [], timeout=60,
+                   what=f"pods gone on {node.name}")
     missing = hub.ctl("describe", "component", "demo/web", check=False)
     assert missing.returncode == 4 and "not found" in missing.stderr  # 4: not found
     wait_until(lambda: all(n["releases"] == [] for n in hub.ctl_json("get", "nodes")), timeout=30,

@@ -35,7 +35,8 @@ def test_a_chart_with_a_template_error_is_refused_by_the_hub_with_helms_message(
     (chart / "templates").mkdir(parents=True)
     (chart / "Chart.yaml").write_text(yaml.safe_dump({"apiVersion": "v2", "name": "broken", "version": "0.1.0"}))
     (chart / "templates" / "cm.yaml").write_text(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\ndata:\n  host: {{ required \"db.host is required\" .Values.db }}\n"
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n"
+        "data:\n  host: {{ required \"db.host is required\" .Values.db }}\n"
     )
     error = _refused(fleet, write_spec(tmp_path / "web.yaml", chart=chart))
     assert "db.host is required" in error and "demo/web" in error

@@ -126,7 +126,7 @@ def hub_state(broker: Mosquitto) -> dict[str, Any]:
             await mqtt.subscribe("ec/v1/hub/state", qos=1)
             async with asyncio.timeout(10):
                 message = await anext(aiter(mqtt.messages))
-            return json.loads(bytes(message.payload))  # type: ignore[arg-type]
+            return json.loads(bytes(message.payload))
 
     return asyncio.run(read())
 

@@ -151,7 +151,8 @@ def row(driver: Any, node: str) -> dict[str, Any]:
         const tr = document.querySelector(`#node-rows tr[data-node="${arguments[0]}"]`);
         if (!tr) return null;
         return {presence: tr.dataset.presence, text: tr.innerText, stale: !!tr.querySelector('.stale-label'),
-                visibleStale: tr.querySelector('.stale-label')?.offsetParent !== null && !!tr.querySelector('.stale-label'),
+                visibleStale: tr.querySelector('.stale-label')?.offsetParent !== null
+                              && !!tr.querySelector('.stale-label'),
                 badge: tr.querySelector('.presence .badge')?.textContent,
                 lastSeen: tr.querySelector('time')?.textContent};
     """, node)
@@ -288,7 +289,8 @@ def test_the_dashboard_lists_the_fleet_and_shows_a_node_going_offline_without_a_
     field = browser.find_element("id", "token-input")
     field.send_keys(viewer)
     field.submit()
-    page_wait(browser, "document.getElementById('connection').dataset.state === 'live'", "the stream with the pasted token")
+    page_wait(browser, "document.getElementById('connection').dataset.state === 'live'",
+              "the stream with the pasted token")
     page_wait(browser, "document.querySelectorAll('#node-rows tr[data-node]').length === 3", "the nodes again")
     assert viewer not in browser.current_url
 
@@ -311,7 +313,8 @@ def test_the_dashboard_shows_why_a_release_is_unhealthy_where_it_shows_its_phase
         assert "demo/web r1 Deployed" in row(browser, "sh-1")["text"]
         # The node's chip says why when pointed at; the component's per-node list says it in full.
         assert browser.execute_script(
-            "return document.querySelector('#node-rows tr[data-node=\"sh-2\"] td[data-label=Releases] li').title") == CRASHING
+            "return document.querySelector('#node-rows tr[data-node=\"sh-2\"] td[data-label=Releases] li').title"
+        ) == CRASHING
         page_wait(browser, "document.querySelector('[data-component=\"demo/web\"]')?.innerText"
                            ".includes('1 failed')", "the component counting sh-2 failed")
         card = browser.execute_script("return document.querySelector('[data-component=\"demo/web\"]').innerText")

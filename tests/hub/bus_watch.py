@@ -32,7 +32,7 @@ class Watcher:
 
     async def _read(self) -> None:
         async for message in self.mqtt.messages:
-            topic, payload = message.topic.value, bytes(message.payload)  # type: ignore[arg-type]
+            topic, payload = message.topic.value, bytes(message.payload)
             self.latest[topic] = json.loads(payload) if payload else None
             self.counts[topic] = self.counts.get(topic, 0) + 1
 

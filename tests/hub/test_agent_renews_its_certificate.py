@@ -101,7 +101,8 @@ def test_a_running_agent_renews_in_a_process_of_its_own_and_never_loads_cryptogr
     state, log = tmp_path / "node", tmp_path / "agent.log"
     token = hub.token("shanghai")
     joined = subprocess.run([sys.executable, "-m", "edgeagent.cli", "join", "--hub", hub.url, "--token", token,
-                             "--name", "renew-2", "--state-dir", str(state)], capture_output=True, text=True, timeout=60)
+                             "--name", "renew-2", "--state-dir", str(state)], capture_output=True, text=True,
+                             timeout=60)
     assert joined.returncode == 0, joined.stderr
     first = certificate(state)
     with log.open("wb") as out:

@@ -91,7 +91,7 @@ async def step(hub: TestClient, name: str, *, force: bool = False, status: int =
 
 
 @contextlib.asynccontextmanager
-async def notices_seen(broker: Mosquitto):  # type: ignore[no-untyped-def]
+async def notices_seen(broker: Mosquitto):
     """Every CA notice published while inside, by topic (the test's broker is anonymous: anyone may read)."""
     seen: dict[str, bytes] = {}
     async with aiomqtt.Client("127.0.0.1", broker.port, identifier=unique("notice-watch")) as mqtt:
@@ -99,7 +99,7 @@ async def notices_seen(broker: Mosquitto):  # type: ignore[no-untyped-def]
 
         async def collect() -> None:
             async for message in mqtt.messages:
-                seen[message.topic.value] = bytes(message.payload)  # type: ignore[arg-type]
+                seen[message.topic.value] = bytes(message.payload)
 
         task = asyncio.create_task(collect())
         try:
@@ -187,7 +187,8 @@ async def test_a_forced_finish_says_whom_it_shuts_out(hub: TestClient) -> None:
     assert issuer(hub, behind.certificate) == finished["issuing"]
 
 
-async def test_steps_out_of_order_and_bad_requests_are_refused(hub: TestClient, stranger: aiohttp.ClientSession) -> None:
+async def test_steps_out_of_order_and_bad_requests_are_refused(hub: TestClient,
+                                                               stranger: aiohttp.ClientSession) -> None:
     error = await refused(await hub.post("/api/v1/ca/rotation", json={"step": "switch"}), 409)
     assert "no new CA to switch to" in error and "'edgehub ca rotate begin' starts one" in error
     await refused(await hub.post("/api/v1/ca/rotation", json={"step": "rotate"}), 400, field="step")
@@ -240,7 +241,8 @@ async def test_edgehub_ca_asks_the_hub_running_on_the_state_directory(hub: TestC
 def dashboard_csr(name: str) -> str:
     key = ec.generate_private_key(ec.SECP256R1())
     csr = (x509.CertificateSigningRequestBuilder()
-           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"dashboard.{name}")])).sign(key, hashes.SHA256()))
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"dashboard.{name}")]))
+           .sign(key, hashes.SHA256()))
     return csr.public_bytes(serialization.Encoding.PEM).decode()
 
 
@@ -303,7 +305,7 @@ async def test_failed_handshakes_ask_the_hub_at_most_so_often(tmp_path: Path) ->
                             hub_public_key=hub_identity.public_key_pem, ca_certificate=hub_identity.ca_pem)
     renewer = CertificateRenewer(tmp_path, identity)
     woken: list[float] = []
-    renewer.wake = lambda after=0.0: woken.append(after)  # type: ignore[method-assign]
+    renewer.wake = lambda after=0.0: woken.append(after)  # type: ignore[method-assign]  # the wake-up recorded instead of done
     failure = ssl.SSLCertVerificationError("certificate verify failed")
     renewer.trust_failed(failure)
     renewer.trust_failed(failure)

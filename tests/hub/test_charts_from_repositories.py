@@ -53,7 +53,8 @@ def server(tmp_path: Path) -> Iterator[ChartServer]:
 
 
 def component(chart: Any, values: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"apiVersion": "edgecollab.io/v1alpha1", "kind": "Component", "metadata": {"name": "web", "namespace": "demo"},
+    return {"apiVersion": "edgecollab.io/v1alpha1", "kind": "Component",
+            "metadata": {"name": "web", "namespace": "demo"},
             "spec": {"chart": chart, "values": values or {"message": "from a repository"},
                      "edge": {"nodePools": ["shanghai"]}}}
 

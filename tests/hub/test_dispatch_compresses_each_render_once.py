@@ -39,7 +39,8 @@ async def _store_revision(components: ComponentStore, revision: int, message: st
     chart = ChartArchive.from_bytes(archive)
     await components.save_component(
         namespace=component.namespace, name=component.name, spec=component.to_document(), chart_archive=archive,
-        chart_name=chart.name, chart_version=chart.version, fingerprint=component_fingerprint(component, chart.fingerprint),
+        chart_name=chart.name, chart_version=chart.version,
+        fingerprint=component_fingerprint(component, chart.fingerprint),
         revision=revision, renders=render_component(component, archive, revision=revision),
     )
 
@@ -52,7 +53,7 @@ async def test_a_publish_to_many_nodes_compresses_each_render_once_and_later_pub
 
     def counting_compress(data: bytes, *args: object, **kwargs: object) -> bytes:
         compressed.append(data)
-        return compress(data, *args, **kwargs)  # type: ignore[arg-type]
+        return compress(data, *args, **kwargs)  # type: ignore[arg-type]  # compress's own arguments, passed through
 
     monkeypatch.setattr(messages.gzip, "compress", counting_compress)
     published: dict[str, bytes] = {}

@@ -194,7 +194,7 @@ async def test_a_resync_flood_costs_one_re_publish_of_only_what_the_node_lacks(
 
         async def watch() -> None:
             async for message in watcher.messages:
-                received.append(message.payload)  # type: ignore[arg-type]
+                received.append(message.payload)
 
         watching = asyncio.create_task(watch(), name="watch-assignments")
         try:

@@ -181,7 +181,8 @@ async def test_history_limit_prunes_revisions_and_their_renders_but_keeps_the_cu
         await answer(await hub.post("/api/v1/components", json=with_values(example, f"m{i}", historyLimit=3)),
                      201 if i == 0 else 200)
     assert [r for r, _ in await statuses(hub)] == [5, 4, 3]
-    assert stored(hub, "SELECT DISTINCT revision FROM renders WHERE name = 'web' ORDER BY revision") == [(3,), (4,), (5,)]
+    revisions = stored(hub, "SELECT DISTINCT revision FROM renders WHERE name = 'web' ORDER BY revision")
+    assert revisions == [(3,), (4,), (5,)]
     # Lowering the limit alone makes no revision, and prunes at once.
     same = await answer(await hub.post("/api/v1/components", json=with_values(example, "m4", historyLimit=1)), 200)
     assert same == {"component": "demo/web", "revision": 5, "changed": False}
@@ -243,7 +244,8 @@ async def test_a_store_from_before_history_gets_a_revision_for_each_component_on
     db.close()
     async with running_hub(hub_settings) as hub:
         shown = await history(hub)
-        assert [(r["revision"], r["origin"], r["status"]) for r in shown] == [(2, "stored before history", "no targets")]
+        assert [(r["revision"], r["origin"], r["status"]) for r in shown] == [
+            (2, "stored before history", "no targets")]
         assert await hub.app[COMPONENT_STORE].get_chart_archive("demo", "web") == archive
         assert stored(hub, "SELECT length(chart_archive) FROM components") == [(0,)]
         # Revision 1's render, which no history row holds, goes at the next dispatch.

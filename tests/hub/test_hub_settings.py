@@ -49,13 +49,14 @@ def test_a_settings_file_with_a_bound_out_of_range_is_refused_when_read_naming_t
 @pytest.mark.parametrize("days", [0, -1, 29 / 86400, 3651, float("nan"), "90", True])
 def test_a_node_certificate_lifetime_out_of_bounds_is_refused(days: object):
     with pytest.raises(ValueError, match="node_certificate_days"):
-        HubSettings(state_dir=Path("/s"), node_certificate_days=days)  # type: ignore[arg-type]
+        HubSettings(state_dir=Path("/s"), node_certificate_days=days)  # type: ignore[arg-type]  # wrong types on purpose: refused
 
 
 def test_node_certificates_live_90_days_unless_the_file_says_otherwise(tmp_path: Path):
     assert HubSettings(state_dir=tmp_path).node_certificate_lifetime.days == 90
     config = tmp_path / "hub.yaml"
-    config.write_text("state_dir: state\nnode_certificate_days: 0.00035\nrenewal_rate_limit: {per_second: 1, burst: 3}\n")
+    config.write_text("state_dir: state\nnode_certificate_days: 0.00035\n"
+                      "renewal_rate_limit: {per_second: 1, burst: 3}\n")
     settings = HubSettings.from_file(config)
     assert settings.node_certificate_lifetime.total_seconds() == pytest.approx(30.24)
     assert (settings.renewal_rate_limit.per_second, settings.renewal_rate_limit.burst) == (1, 3)
@@ -102,9 +103,9 @@ def test_edgehub_serve_allow_chart_source_adds_to_the_settings_file(tmp_path: Pa
     assert settings is not None and settings.chart_sources.allow == ("10.1.0.0/16", "127.0.0.0/8", "::1/128")
     # Without a settings file, the flags alone.
     args = build_parser().parse_args(["serve", "--state", str(tmp_path / "s"), "--allow-chart-source", "127.0.0.1"])
-    assert settings_from_args(args).chart_sources.allow == ("127.0.0.1/32",)  # type: ignore[union-attr]
+    assert settings_from_args(args).chart_sources.allow == ("127.0.0.1/32",)  # type: ignore[union-attr]  # flags alone still make settings
     args = build_parser().parse_args(["serve", "--state", str(tmp_path / "s")])
-    assert settings_from_args(args).chart_sources.allow == ()  # type: ignore[union-attr]
+    assert settings_from_args(args).chart_sources.allow == ()  # type: ignore[union-attr]  # flags alone still make settings
 
 
 def test_a_bad_allow_chart_source_flag_or_setting_stops_edgehub_serve_naming_it(tmp_path: Path,

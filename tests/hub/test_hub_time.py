@@ -56,7 +56,7 @@ async def test_only_get_is_open(stranger: aiohttp.ClientSession):
 def signed(key: Ed25519PrivateKey, nonce: str, **change: object) -> dict[str, object]:
     facts = {"time": 1_900_000_000.25, "nonce": nonce, "ca_bundle": "-----BEGIN CERTIFICATE-----\n...",
              "issuing_ca": "ab" * 32}
-    return {**facts_answer(**facts, signature=key.sign(facts_payload(**facts))), **change}  # type: ignore[arg-type]
+    return {**facts_answer(**facts, signature=key.sign(facts_payload(**facts))), **change}  # type: ignore[arg-type]  # one dict, so **change can alter any fact
 
 
 def test_a_node_refuses_an_answer_changed_replayed_or_signed_by_another_key():

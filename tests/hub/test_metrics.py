@@ -26,7 +26,8 @@ def hub_settings(tmp_path: Path, broker: Mosquitto) -> HubSettings:
     return HubSettings(state_dir=tmp_path / "state", mqtt_url=broker.url, summary_interval_seconds=0.1)
 
 
-async def scrape(client: Any, headers: dict[str, str] | None = None) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+async def scrape(client: Any,
+                 headers: dict[str, str] | None = None) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     response = await client.get("/metrics", headers=headers or {})
     text = await response.text()
     assert response.status == 200, text

@@ -54,7 +54,7 @@ async def retained(broker: Mosquitto, topic: str) -> bytes | None:
         await mqtt.subscribe(topic, qos=1)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(NOTHING_RETAINED_SECONDS):
-                return (await anext(aiter(mqtt.messages))).payload  # type: ignore[return-value]
+                return (await anext(aiter(mqtt.messages))).payload
     return None
 
 

@@ -92,7 +92,7 @@ def test_the_horizon_is_400_days_unless_the_settings_file_says_otherwise(tmp_pat
 @pytest.mark.parametrize("days", [-1, 3651, float("nan"), float("inf"), "400", True, None])
 def test_a_horizon_out_of_bounds_is_refused_naming_the_key(tmp_path: Path, days: object):
     with pytest.raises(ValueError, match="offline_horizon_days .* must be from 0"):
-        HubSettings(state_dir=tmp_path, offline_horizon_days=days)  # type: ignore[arg-type]
+        HubSettings(state_dir=tmp_path, offline_horizon_days=days)  # type: ignore[arg-type]  # wrong types on purpose: refused
 
 
 # --- the hub, with certificates its CA issued in the past ------------------------------------------
@@ -108,7 +108,7 @@ def issued_in_the_past(hub: TestClient, state: Path, node: str, *, expired_days_
     pem = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node)]))
            .issuer_name(ca.subject).public_key(key_of(state).public_key()).serial_number(x509.random_serial_number())
            .not_valid_before(end - dt.timedelta(days=90)).not_valid_after(end)
-           .sign(ca_key, algorithm=None)).public_bytes(serialization.Encoding.PEM).decode()  # type: ignore[arg-type]
+           .sign(ca_key, algorithm=None)).public_bytes(serialization.Encoding.PEM).decode()  # type: ignore[arg-type]  # the hub CA's PEM key is Ed25519
     with contextlib.closing(sqlite3.connect(hub.app[SETTINGS].db_path)) as connection, connection:
         connection.execute("UPDATE nodes SET certificate = ? WHERE name = ?", (pem, node))
     return pem

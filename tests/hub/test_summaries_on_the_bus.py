@@ -137,7 +137,7 @@ async def test_a_burst_of_reports_is_coalesced(hub: TestClient, fresh_broker: Mo
 
 
 async def test_the_hub_says_it_is_offline_when_it_stops(hub_settings: HubSettings, watcher: Watcher):
-    from hub_api import running_hub  # noqa: PLC0415
+    from hub_api import running_hub
 
     async with running_hub(hub_settings):
         await watcher.until("ec/v1/hub/state", lambda s: s["online"] is True)

@@ -140,7 +140,8 @@ def test_the_hub_chart_refuses_no_broker() -> None:
     (HUB_CHART, {"settings": {"tls": True}}, "/settings/tls"),  # a bare YAML `on`
     (HUB_CHART, {"settings": {"tls": "maybe"}}, "/settings/tls"),
     (HUB_CHART, {"settings": {"tokens": {"uses": 0}}}, "/settings/tokens/uses"),
-    (HUB_CHART, {"settings": {"join_rate_limit": {"per_second": 0, "burst": 1}}}, "/settings/join_rate_limit/per_second"),
+    (HUB_CHART, {"settings": {"join_rate_limit": {"per_second": 0, "burst": 1}}},
+     "/settings/join_rate_limit/per_second"),
     (HUB_CHART, {"settings": {"node_certificate_days": 4000}}, "/settings/node_certificate_days"),
     (HUB_CHART, {"settings": {"allowed_hosts": "hub.example.com"}}, "/settings/allowed_hosts"),
     (HUB_CHART, {"settings": {"mqtt_url": "http://broker:8883"}}, "/settings/mqtt_url"),
@@ -413,7 +414,8 @@ def test_the_agent_daemonset_joins_once_and_runs_the_kubernetes_runtime() -> Non
     state = next(v for v in pod["volumes"] if v["name"] == "state")
     assert state["hostPath"] == {"path": "/var/lib/edgeagent", "type": "DirectoryOrCreate"}
     agent = container(daemonset, "agent")
-    assert agent["command"][:5] == ["edgeagent", "--log-level=INFO", "run", "--state-dir=/state", "--runtime=kubernetes"]
+    assert agent["command"][:5] == ["edgeagent", "--log-level=INFO", "run", "--state-dir=/state",
+                                    "--runtime=kubernetes"]
     join = container(daemonset, "join", init=True)
     script = join["command"][2]
     assert "if [ -f /state/identity.json ]" in script

@@ -263,7 +263,8 @@ class Account:
 
     def refused(self, wanted: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
         """Of ``wanted`` ((verb, group, resource[, namespace[, name[, subresource]]])), what this account may not."""
-        return [w for w in wanted if not self.may(*w[:3], **dict(zip(("namespace", "name", "subresource"), w[3:])))]
+        return [w for w in wanted if not self.may(*w[:3], **dict(zip(("namespace", "name", "subresource"), w[3:],
+                                                                     strict=False)))]
 
     def granted(self, unwanted: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
         """Of ``unwanted``, what this account may do all the same."""

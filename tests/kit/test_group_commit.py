@@ -19,12 +19,12 @@ class CountingDatabase(Database):
 
     transactions = 0
 
-    async def transaction(self, fn):  # type: ignore[no-untyped-def]
+    async def transaction(self, fn):
         self.transactions += 1
         return await super().transaction(fn)
 
 
-def insert(name: str, n: int):  # type: ignore[no-untyped-def]
+def insert(name: str, n: int):
     def run(c: sqlite3.Connection) -> str:
         c.execute("INSERT INTO items VALUES (?, ?)", (name, n))
         return name
@@ -67,7 +67,7 @@ async def test_writes_commit_in_the_order_they_were_asked_for(tmp_path: Path):
         writes = GroupCommit(db.transaction)
         await writes.write(insert("counter", 0))
 
-        def bump_to(value: int):  # type: ignore[no-untyped-def]
+        def bump_to(value: int):
             def run(c: sqlite3.Connection) -> None:
                 c.execute("UPDATE items SET n = ? WHERE name = 'counter'", (value,))
 

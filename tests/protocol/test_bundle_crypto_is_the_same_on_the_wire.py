@@ -43,7 +43,10 @@ def legacy_seal(packed: bytes, to: X25519PublicKey) -> dict[str, object]:
     epk, recipient = ephemeral.public_key().public_bytes_raw(), to.public_bytes_raw()
     wrap_key = legacy_hkdf(ephemeral.exchange(to), WRAP_INFO + epk + recipient)
     wrapped = ChaCha20Poly1305(wrap_key).encrypt(ZERO_NONCE, content_key, WRAP_INFO)
-    b64 = lambda raw: base64.b64encode(raw).decode()  # noqa: E731
+
+    def b64(raw: bytes) -> str:
+        return base64.b64encode(raw).decode()
+
     return {"encoding": ENCODING, "data": b64(data),
             "key": {"alg": KEY_ALG, "to": b64(recipient), "epk": b64(epk), "wrapped": b64(wrapped)}}
 
@@ -138,7 +141,8 @@ def test_a_key_file_laid_out_otherwise_loads_to_the_same_key():
     # Text before it (as openssl pkcs12 writes), CRLF line ends, a body cut at 16 characters.
     odd = "Bag Attributes\r\n-----BEGIN PRIVATE KEY-----\r\n" + \
         "\r\n".join(text[i:i + 16] for i in range(0, len(text), 16)) + "\r\n-----END PRIVATE KEY-----\r\n"
-    assert serialization.load_pem_private_key(odd.encode(), password=None).private_bytes_raw() == key.private_bytes_raw()
+    loaded = serialization.load_pem_private_key(odd.encode(), password=None)
+    assert loaded.private_bytes_raw() == key.private_bytes_raw()
     assert bytes(bundle_crypto.load_private_key_pem(odd.encode())) == key.private_bytes_raw()
 
 
@@ -156,7 +160,8 @@ def test_a_key_file_that_holds_no_x25519_private_key_is_refused_with_the_reason(
 def test_a_hub_key_that_is_not_an_ed25519_public_key_is_refused_with_the_reason():
     p256 = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-    with pytest.raises(ProtocolError, match="hub public key is not a PEM Ed25519 public key .*not an Ed25519 public key"):
+    with pytest.raises(ProtocolError,
+                       match="hub public key is not a PEM Ed25519 public key .*not an Ed25519 public key"):
         load_public_key(p256)
     with pytest.raises(ProtocolError, match="hub public key is not a PEM Ed25519 public key"):
         load_public_key("")

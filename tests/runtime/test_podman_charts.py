@@ -116,7 +116,7 @@ spec:
     - {name: WHO, value: world}
     - {name: GREETING, value: "hello $(WHO)"}
     - {name: MODE, valueFrom: {configMapKeyRef: {name: settings, key: MODE}}}
-""" % (DEMO_IMAGE, SLEEP)
+""" % (DEMO_IMAGE, SLEEP)  # noqa: UP031 - the YAML's flow-style braces stay single
     ref = ReleaseRef("demo", "vars")
 
     await node.runtime.apply(ref, manifests, node.context)

@@ -86,7 +86,7 @@ def test_release_and_node_names_must_be_dns_labels() -> None:
 def test_settings_refuse_a_timeout_that_is_not_positive(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="command_timeout"):
         PodmanSettings(work_dir=tmp_path, command_timeout=0)
-    assert PodmanSettings(work_dir=str(tmp_path)).work_dir == tmp_path  # type: ignore[arg-type]
+    assert PodmanSettings(work_dir=str(tmp_path)).work_dir == tmp_path  # type: ignore[arg-type]  # a str on purpose: the settings make it a Path
 
 
 async def test_importing_an_image_the_node_already_has_changes_nothing(node: PodmanNode, demo_rootfs_tar: Path) -> None:

@@ -137,7 +137,7 @@ spec:
   - {name: cm, configMap: {name: data}}
   - {name: s, secret: {secretName: data, defaultMode: 256}}
   - {name: pv, persistentVolumeClaim: {claimName: data}}
-""" % (base64.b64encode(b"v").decode(), base64.b64encode(b"\xff\x00").decode())
+""" % (base64.b64encode(b"v").decode(), base64.b64encode(b"\xff\x00").decode())  # noqa: UP031 - flow-style braces
 
     plan = build_plan(DEMO_WEB, manifests, NODE, policy=ALLOW_ALL)
 

@@ -17,7 +17,8 @@ from .helpers import DEMO_IMAGE, PodmanNode, eventually
 
 pytestmark = pytest.mark.timeout(90)
 
-SERVER = "mkdir -p /www; echo ok > /www/index.html; touch /tmp/alive; trap 'exit 0' TERM; httpd -f -p 8080 -h /www & wait"
+SERVER = ("mkdir -p /www; echo ok > /www/index.html; touch /tmp/alive; trap 'exit 0' TERM; "
+          "httpd -f -p 8080 -h /www & wait")
 
 
 def probed(probes: str) -> str:

@@ -65,7 +65,7 @@ def store(state: Path, secret: str, namespace: str, api: str, token_file: Path, 
         headers={"Content-Type": "application/merge-patch+json", "Accept": "application/json",
                  "Authorization": f"Bearer {token_file.read_text().strip()}"})
     context = ssl.create_default_context(cafile=str(ca_file)) if ca_file is not None else None
-    with urllib.request.urlopen(request, context=context, timeout=30) as answer:  # noqa: S310 - the API server
+    with urllib.request.urlopen(request, context=context, timeout=30) as answer:
         answer.read()
     print(f"ca-init: stored the hub CA in the Secret {namespace}/{secret}: back it up")
 
