@@ -28,6 +28,7 @@ import ipaddress
 import json
 import os
 import secrets
+import shutil
 import signal
 import ssl
 import subprocess
@@ -57,6 +58,7 @@ NODE_NAME = "kwok-node-0"
 KWOK_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
 READY_TIMEOUT_SECONDS = 90.0
 STOP_TIMEOUT_SECONDS = 15.0
+START_ATTEMPTS = 3
 # kube-apiserver stops listening and drains its requests at once on SIGTERM, then its process lingers
 # (15 s here) before it exits: killed after this, a restart loses nothing and takes 5 s, not 20.
 APISERVER_STOP_SECONDS = 3.0
@@ -351,11 +353,27 @@ class ControlPlane:
         """Build if needed, start all five, and return once a pod can be created and scheduled."""
         ensure_built(self.toolset)
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        # A port picked free can be taken before its server binds it: start again on other ports.
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                self._start_once()
+                break
+            except ControlPlaneError as exc:
+                if attempt == START_ATTEMPTS or "address already in use" not in str(exc):
+                    raise
+                print(f"[control plane] a port was taken meanwhile (attempt {attempt}/{START_ATTEMPTS}); "
+                      "starting again on other ports", flush=True)
+        print(f"[control plane] ready in {time.monotonic() - started:.1f} s: {self.server} "
+              f"(KUBECONFIG={self.kubeconfig})", flush=True)
+        return self
+
+    def _start_once(self) -> None:
         for port in ("etcd", "etcd-peer", "etcd-metrics", "apiserver", "controller-manager", "scheduler"):
             self.ports[port] = free_port()
+        shutil.rmtree(self.work_dir / "etcd", ignore_errors=True)
         self._write_pki()
         self.kubeconfig_for("admin")
-        started = time.monotonic()
         try:
             self._spawn("etcd")
             self.start_apiserver()
@@ -368,9 +386,6 @@ class ControlPlane:
         except BaseException:
             self.stop()
             raise
-        print(f"[control plane] ready in {time.monotonic() - started:.1f} s: {self.server} "
-              f"(KUBECONFIG={self.kubeconfig})", flush=True)
-        return self
 
     def _stop(self, name: str) -> None:
         proc = self.processes.pop(name, None)

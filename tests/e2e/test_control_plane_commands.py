@@ -108,3 +108,26 @@ def test_where_names_the_binaries_of_a_built_machine(control_plane) -> None:
     done = subprocess.run([sys.executable, "-m", "edgesim.k8s_build", "--where"], capture_output=True, text=True,
                           timeout=30, check=False, env={**os.environ})
     assert (done.returncode, done.stdout.strip()) == (0, str(Toolset.default().bin_dir))
+
+
+def test_a_port_taken_before_its_server_binds_it_is_given_up_for_another(tmp_path: Path, monkeypatch,
+                                                                         capsys) -> None:
+    import socket
+
+    from edgesim import control_plane as module
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    ports = iter([taken.getsockname()[1]])  # etcd's client port, the first one picked, is someone else's
+    real = module.free_port
+    monkeypatch.setattr(module, "free_port", lambda: next(ports, None) or real())
+    plane = module.ControlPlane(tmp_path / "cluster")
+    try:
+        plane.start()
+        assert plane.ports["etcd"] != taken.getsockname()[1]
+        assert plane._api_ready() is True
+    finally:
+        plane.stop()
+        taken.close()
+    assert "a port was taken meanwhile (attempt 1/3); starting again on other ports" in capsys.readouterr().out
