@@ -62,10 +62,14 @@ class HubClient:
         answer: JsonObject = self.http.post("/api/v1/tokens", body)
         return answer
 
-    def apply(self, document: Mapping[str, Any], *, client: str, chart_archive: bytes | None = None) -> JsonObject:
+    def apply(self, document: Mapping[str, Any], *, client: str | None = None,
+              chart_archive: bytes | None = None) -> JsonObject:
         """Apply a Component document; ``chart_archive``: the packaged local chart (None: the hub fetches the
-        repository or OCI chart the spec names). ``client`` is what the history says made the revision."""
-        body: JsonObject = {"component": dict(document), "client": client}
+        repository or OCI chart the spec names). ``client`` is what the history says made the revision
+        (``apply by CLIENT``; None: ``apply``)."""
+        body: JsonObject = {"component": dict(document)}
+        if client is not None:
+            body["client"] = client
         if chart_archive is not None:
             body["chart_archive"] = base64.b64encode(chart_archive).decode()
         answer: JsonObject = self.http.post("/api/v1/components", body)
