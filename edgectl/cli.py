@@ -43,8 +43,8 @@ answers ends it with that error's code.
 Exit codes: ``edgectl.output.EXIT_CODE_MEANINGS`` (``edgectl --help`` and docs/cli.md list them).
 
 The parts: ``edgectl.parser`` (commands, flags, values), ``edgectl.commands`` (what each does),
-``edgectl.output`` (printing, exit codes), ``edgectl.follow`` (watch and follow), and the hub's API
-through ``edgeclient``.
+``edgectl.views`` (answers as rows and lines), ``edgectl.output`` (printing, exit codes),
+``edgectl.follow`` (watch and follow), and the hub's API through ``edgeclient``.
 """
 
 
