@@ -304,9 +304,8 @@ def join(
     bundle_key = bundle_crypto.new_node_key()
     try:
         answer = HubClient.at(hub_url, timeout=JOIN_TIMEOUT_SECONDS, ssl_context=context).join(
-            {"token": str(parsed.without_pin()), "node": name, "pool": pool, "labels": labels or {},
-             "csr": make_csr(key, name), "bundle_key": bundle_crypto.public_key_text(bundle_key)},
-        )
+            token=str(parsed.without_pin()), node=name, pool=pool, labels=labels or {}, csr=make_csr(key, name),
+            bundle_key=bundle_crypto.public_key_text(bundle_key))
     except HttpError as exc:
         prefix = "hub refused the join: " if exc.status else ""
         raise JoinError(f"{prefix}{exc}") from exc

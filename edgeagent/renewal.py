@@ -228,8 +228,8 @@ def _request(client: HubClient, node: str, csr: str, prover: Ed25519PrivateKey, 
     # The hub's time, as measured: the hub refuses a timestamp more than 300 s from its clock.
     timestamp, nonce = int(clock.now()), secrets.token_hex(16)
     proof = prover.sign(renewal_payload(node=node, csr=csr, timestamp=timestamp, nonce=nonce))
-    answer = client.renew_certificate(node, {
-        "csr": csr, "timestamp": timestamp, "nonce": nonce, "proof": base64.b64encode(proof).decode()})
+    answer = client.renew_certificate(node, csr=csr, timestamp=timestamp, nonce=nonce,
+                                      proof=base64.b64encode(proof).decode())
     if not isinstance(answer, dict):
         raise RenewalError("the hub answered the renewal with something other than a JSON object")
     return answer

@@ -145,8 +145,15 @@ class HubClient:
         """The hub's CA certificate and bundle; checked by the caller (it may come over unverified TLS)."""
         return self.http.get("/api/v1/ca")
 
-    def join(self, request: Mapping[str, Any]) -> Any:
-        return self.http.post("/api/v1/join", dict(request))
+    def join(self, *, token: str, node: str, pool: str | None, labels: Mapping[str, str], csr: str,
+             bundle_key: str) -> Any:
+        """Join as ``node`` with a join token (without its pin), the node's CSR (PEM) and bundle key (its text);
+        ``pool`` None: the token's."""
+        return self.http.post("/api/v1/join", {"token": token, "node": node, "pool": pool, "labels": dict(labels),
+                                               "csr": csr, "bundle_key": bundle_key})
 
-    def renew_certificate(self, node: str, request: Mapping[str, Any]) -> Any:
-        return self.http.post(f"/api/v1/nodes/{_part(node)}/certificate", dict(request))
+    def renew_certificate(self, node: str, *, csr: str, timestamp: int, nonce: str, proof: str) -> Any:
+        """A new certificate for ``node``'s new key (``csr``), ``proof`` signed by its current key over the
+        hub's time ``timestamp`` and ``nonce`` (``edgeprotocol.enrollment.renewal_payload``; base64)."""
+        return self.http.post(f"/api/v1/nodes/{_part(node)}/certificate",
+                              {"csr": csr, "timestamp": timestamp, "nonce": nonce, "proof": proof})
