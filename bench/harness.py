@@ -27,7 +27,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ sys.path.insert(0, str(REPO))
 import aiomqtt  # noqa: E402
 
 from edgeagent.identity import join  # noqa: E402
+from edgeclient.hub import HubClient  # noqa: E402
 from edgekit.tasks import OwnedTask  # noqa: E402
 from edgesim.fleet import Hub, Mosquitto  # noqa: E402
 
@@ -359,15 +359,10 @@ class Bench:
                 future.result()
         return time.perf_counter() - started
 
-    def api(self, path: str, *, method: str = "GET", body: dict[str, Any] | None = None,
-            timeout: float = 120.0) -> Any:
+    def hub_client(self, *, timeout: float = 120.0) -> HubClient:
+        """The hub's API as its operator (the admin token the hub wrote)."""
         assert self.hub is not None
-        headers = {"Authorization": f"Bearer {self.hub.admin_token_path.read_text().strip()}",
-                   "Content-Type": "application/json"}
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.hub.url + path, data=data, method=method, headers=headers)
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return json.loads(response.read())
+        return HubClient.at(self.hub.url, token=self.hub.admin_token_path.read_text().strip(), timeout=timeout)
 
     async def start_workers(self, count: int, prefix: str) -> list[WorkerProcess]:
         started = [await WorkerProcess(f"{prefix}{k}", self.workdir / f"worker-{prefix}{k}.log").start()
@@ -395,7 +390,7 @@ class Bench:
         """Poll the hub until ``count`` nodes are online; seconds waited."""
         started = time.monotonic()
         while True:
-            nodes = await asyncio.to_thread(self.api, "/api/v1/nodes")
+            nodes = await asyncio.to_thread(self.hub_client().list, "nodes")
             if sum(n["presence"] == "online" for n in nodes) >= count:
                 return time.monotonic() - started
             if time.monotonic() > deadline:

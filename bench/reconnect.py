@@ -24,12 +24,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import math
 import sys
 import time
-import urllib.error
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -51,6 +49,8 @@ from harness import (  # noqa: E402
     proc_cpu,
     raise_nofile,
 )
+
+from edgekit.http import HttpError  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -93,13 +93,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
         component, archive = load_component_file(COMPONENT)
         assert archive is not None
-        body = {"component": component.to_document(), "chart_archive": base64.b64encode(archive).decode()}
-        await asyncio.to_thread(bench.api, "/api/v1/components", method="POST", body=body,
-                                timeout=max(1.0, deadline - time.monotonic()))
+        await asyncio.to_thread(bench.hub_client(timeout=max(1.0, deadline - time.monotonic())).apply,
+                                component.to_document(), chart_archive=archive)
+        hub = bench.hub_client()
         while True:
             try:
-                view = await asyncio.to_thread(bench.api, f"/api/v1/components/{NAMESPACE}/{NAME}")
-            except urllib.error.HTTPError:
+                view = await asyncio.to_thread(hub.component, NAMESPACE, NAME)
+            except HttpError as exc:
+                if not exc.status:  # nothing answered: not "not there yet"
+                    raise
                 view = {"deployed": 0}
             if view["deployed"] >= n:
                 break
@@ -120,7 +122,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         cpu_before = proc_cpu(bench.hub_pid)
         await asyncio.to_thread(bench.broker.start)
         while True:
-            listed = await asyncio.to_thread(bench.api, "/api/v1/nodes")
+            listed = await asyncio.to_thread(hub.list, "nodes")
             done = converged(listed, 1, restart_wall)
             if done >= n:
                 back_s = time.monotonic() - started

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import math
 import sys
@@ -94,14 +93,15 @@ def payload_sizes() -> tuple[int, int]:
     return len(sealed), len(status.encode())
 
 
-def apply_body(message: str) -> dict[str, Any]:
+def component_with(message: str) -> tuple[dict[str, Any], bytes]:
+    """The benchmark's component with ``message`` in its values, and its packaged chart."""
     from deployer_plugin import load_component_file
 
     component, archive = load_component_file(COMPONENT)
     assert archive is not None
     document = component.to_document()
     document["spec"]["values"] = {**document["spec"].get("values", {}), "message": message}
-    return {"component": document, "chart_archive": base64.b64encode(archive).decode(), "client": "bench"}
+    return document, archive
 
 
 async def raw_round_trip(bench: Bench, watch: SysWatch, n: int, window: int, sizes: tuple[int, int],
@@ -157,10 +157,11 @@ LISTING_POLL_SECONDS = 0.25
 
 async def wait_deployed(bench: Bench, revision: int, n: int, deadline: float) -> float:
     """Poll the hub's API until all ``n`` nodes are Deployed at ``revision``; the time.time() it saw that."""
+    hub = bench.hub_client()
     while True:
         # The listing's counts (what 'edgectl get components' shows), not the component's page: that lists
         # every node, a few MB of JSON per poll at 10,000 nodes, which the hub would spend on the bench.
-        listed = await asyncio.to_thread(bench.api, "/api/v1/components")
+        listed = await asyncio.to_thread(hub.list, "components")
         view = next((c for c in listed if (c["namespace"], c["name"]) == (NAMESPACE, NAME)),
                     {"revision": 0, "deployed": 0, "phases": {}})  # the apply has not stored it yet
         if view["revision"] == revision and view["deployed"] >= n:
@@ -176,12 +177,12 @@ async def wait_deployed(bench: Bench, revision: int, n: int, deadline: float) ->
 async def phase(bench: Bench, watch: SysWatch, message: str, revision: int, n: int, deadline: float
                 ) -> dict[str, Any]:
     """Apply (a new revision) and wait for all N Deployed: totals, hub CPU, broker traffic."""
-    body = apply_body(message)
+    document, archive = component_with(message)
     before = await watch.settled_snapshot()
     cpu_before = cpu_by_process(bench)
     started = time.time()
-    apply = asyncio.create_task(asyncio.to_thread(bench.api, "/api/v1/components", method="POST", body=body,
-                                                  timeout=max(1.0, deadline - time.monotonic())))
+    hub = bench.hub_client(timeout=max(1.0, deadline - time.monotonic()))
+    apply = asyncio.create_task(asyncio.to_thread(hub.apply, document, client="bench", chart_archive=archive))
     done_at = await wait_deployed(bench, revision, n, deadline)
     answer = await apply
     applied = answer.get("revision")

@@ -10,9 +10,9 @@ deployer by its entry point and drives edge releases with the same five verbs it
     deployer.status("demo", "web")
 
 (docs/deployer.md). :class:`Deployer` is the interface; :class:`EdgeDeployer` speaks to the hub
-exactly as ``edgectl`` does: ``POST /api/v1/components`` with the component document (and, for a
-local chart, its packaged archive), ``POST .../rollback``, ``DELETE``, and ``GET`` the component and
-its history. Everything here is synchronous (urllib); an async host runs it in a thread.
+through ``edgeclient.hub.HubClient``, as ``edgectl`` does: it applies the component document (and,
+for a local chart, its packaged archive), rolls back, deletes, and reads the component and its
+history. Everything here is synchronous (urllib); an async host runs it in a thread.
 
 Errors are :class:`DeployerError` and its subclasses: ``ReleaseNotFound`` (404, or an upgrade of a
 release that is not there), ``ReleaseExists`` (an install of one that is), ``SpecRejected`` (the hub
@@ -22,27 +22,20 @@ refused the spec or chart, 422; the message names the field), ``HubUnavailable``
 from __future__ import annotations
 
 import abc
-import base64
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
-from urllib.parse import quote
+from typing import Any, ClassVar, TypeVar
 
-from edgekit.http import REQUEST_TIMEOUT_SECONDS, HttpError, JsonHttpClient, Unreachable, tls_context
+from edgeclient.hub import HubClient
+from edgeclient.settings import CA_FILE_ENV, DEFAULT_HUB, HUB_ENV, TokenFileError, operator_token_from
+from edgekit.http import REQUEST_TIMEOUT_SECONDS, HttpError, Unreachable
 
 # The entry point group host deployers load deployers from, and the name this package registers.
 ENTRY_POINT_GROUP = "edgecollab.deployers"
 ENTRY_POINT_NAME = "edge"
-
-# The same variables edgectl reads (edgectl/cli.py): the hub's URL, the operator token (or a file
-# holding it; the hub writes STATE/admin-token), and the CA an https:// hub is trusted by.
-HUB_ENV = "EDGECOLLAB_HUB"
-TOKEN_ENV = "EDGECOLLAB_TOKEN"
-TOKEN_FILE_ENV = "EDGECOLLAB_TOKEN_FILE"
-CA_FILE_ENV = "EDGECOLLAB_CA_FILE"
-DEFAULT_HUB = "http://127.0.0.1:8470"
+_Answer = TypeVar("_Answer")
 
 
 class DeployerError(Exception):
@@ -143,7 +136,7 @@ def _count(rows: list[Mapping[str, Any]], revision: int) -> RolloutCounts:
     )
 
 
-def release_status_from(view: Mapping[str, Any], history: list[Mapping[str, Any]] | None = None) -> ReleaseStatus:
+def release_status_from(view: Mapping[str, Any], history: Sequence[Mapping[str, Any]] | None = None) -> ReleaseStatus:
     """A :class:`ReleaseStatus` from the hub's component view (``GET /api/v1/components/NS/NAME``, its
     ``nodes`` rows) and history (``GET .../history``, newest first; for the origin). Pure."""
     revision = int(view["revision"])
@@ -209,23 +202,6 @@ class Deployer(abc.ABC):
         """The release as it stands, or None when there is none."""
 
 
-def operator_token_from(environ: Mapping[str, str]) -> str | None:
-    """The operator token as edgectl finds it: ``EDGECOLLAB_TOKEN``, else the file ``EDGECOLLAB_TOKEN_FILE``
-    names; None when neither is set."""
-    if environ.get(TOKEN_ENV, "").strip():
-        return environ[TOKEN_ENV].strip()
-    if environ.get(TOKEN_FILE_ENV):
-        path = Path(environ[TOKEN_FILE_ENV]).expanduser()
-        try:
-            token = path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise DeployerError(f"{TOKEN_FILE_ENV} names {path}, which cannot be read: {exc}") from exc
-        if not token:
-            raise DeployerError(f"{TOKEN_FILE_ENV} names {path}, which is empty")
-        return token
-    return None
-
-
 class EdgeDeployer(Deployer):
     """Deploys to edge nodes through an edgecollab hub.
 
@@ -241,12 +217,15 @@ class EdgeDeployer(Deployer):
                  environ: Mapping[str, str] | None = None) -> None:
         env = os.environ if environ is None else environ
         self.hub_url = hub_url or env.get(HUB_ENV) or DEFAULT_HUB
-        token = token if token is not None else operator_token_from(env)
+        if token is None:
+            try:
+                token, _ = operator_token_from(env)
+            except TokenFileError as exc:
+                raise DeployerError(str(exc)) from exc
         ca = ca_file if ca_file is not None else env.get(CA_FILE_ENV) or None
-        context = tls_context(ca_file=Path(ca).expanduser()) if ca else None
         self.client_name = client_name
-        self._hub = JsonHttpClient(self.hub_url, token=token, ssl_context=context,
-                                   timeout=REQUEST_TIMEOUT_SECONDS if timeout is None else timeout)
+        self._hub = HubClient.at(self.hub_url, token=token, ca_file=Path(ca).expanduser() if ca else None,
+                                 timeout=REQUEST_TIMEOUT_SECONDS if timeout is None else timeout)
 
     # -- the verbs
 
@@ -264,16 +243,15 @@ class EdgeDeployer(Deployer):
         return self._apply(document, chart_archive)
 
     def rollback(self, namespace: str, name: str, *, to_revision: int | None = None) -> DeployOutcome:
-        body = {} if to_revision is None else {"to_revision": to_revision}
-        return _outcome(self._call("POST", f"{_path(namespace, name)}/rollback", body))
+        return _outcome(self._call(self._hub.rollback, namespace, name, to_revision=to_revision))
 
     def uninstall(self, namespace: str, name: str) -> int:
-        return int(self._call("DELETE", _path(namespace, name))["revision"])
+        return int(self._call(self._hub.delete_component, namespace, name)["revision"])
 
     def status(self, namespace: str, name: str) -> ReleaseStatus | None:
         try:
-            view = self._call("GET", _path(namespace, name))
-            history = self._call("GET", f"{_path(namespace, name)}/history")
+            view = self._call(self._hub.component, namespace, name)
+            history = self._call(self._hub.history, namespace, name)
         except ReleaseNotFound:
             return None
         return release_status_from(view, history)
@@ -281,20 +259,18 @@ class EdgeDeployer(Deployer):
     # -- the wire
 
     def _apply(self, document: Mapping[str, Any], chart_archive: bytes | None) -> DeployOutcome:
-        body: dict[str, Any] = {"component": dict(document), "client": self.client_name}
         chart = (document.get("spec") or {}).get("chart") if isinstance(document.get("spec"), Mapping) else None
-        if chart_archive is not None:
-            body["chart_archive"] = base64.b64encode(chart_archive).decode()
-        elif is_local_chart(chart):
+        if chart_archive is None and is_local_chart(chart):
             raise SpecRejected("spec.chart names a local chart: pass its packaged archive as chart_archive "
                                "(deployer_plugin.load_component_file packages it)")
         # EXTENSION POINT (chart repositories): without chart_archive the hub fetches a repository or OCI
         # chart itself (the chartrepo work); a hub without that answers that chart_archive is required.
-        return _outcome(self._call("POST", "/api/v1/components", body))
+        return _outcome(self._call(self._hub.apply, document, client=self.client_name, chart_archive=chart_archive))
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    def _call(self, request: Callable[..., _Answer], *args: Any, **kwargs: Any) -> _Answer:
+        """``request`` of the hub client, its errors as DeployerErrors."""
         try:
-            return self._hub.request(method, path, body)
+            return request(*args, **kwargs)
         except Unreachable as exc:
             raise HubUnavailable(str(exc)) from exc
         except HttpError as exc:
@@ -307,10 +283,6 @@ def _key(document: Mapping[str, Any]) -> tuple[str, str]:
     if not isinstance(metadata, Mapping) or not isinstance(metadata.get("name"), str):
         raise SpecRejected("metadata.name: required: the component name, which is also the Helm release name")
     return str(metadata.get("namespace") or "default"), metadata["name"]
-
-
-def _path(namespace: str, name: str) -> str:
-    return f"/api/v1/components/{quote(namespace, safe='')}/{quote(name, safe='')}"
 
 
 def _outcome(answer: Mapping[str, Any]) -> DeployOutcome:

@@ -34,8 +34,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from edgeclient.hub import HubClient
 from edgekit.files import write_atomic
-from edgekit.http import HttpError, JsonHttpClient, is_loopback_host, tls_context, unverified_tls_context
+from edgekit.http import HttpError, is_loopback_host, tls_context, unverified_tls_context
 from edgekit.mqtt import BrokerAddress, TlsIdentity
 from edgekit.tls_time import check_time_against
 from edgeprotocol import bundle_crypto
@@ -114,7 +115,7 @@ class NodeIdentity:
     def save(self, state_dir: Path) -> None:
         write_atomic(state_dir / IDENTITY_FILE, json.dumps(asdict(self), indent=2).encode(), mode=0o644)
 
-    def hub_client(self, *, timeout: float, adjust: Callable[[ssl.SSLContext], None] | None = None) -> JsonHttpClient:
+    def hub_client(self, *, timeout: float, adjust: Callable[[ssl.SSLContext], None] | None = None) -> HubClient:
         """A client of the hub this node joined: over HTTPS, trusting only the hub CA kept at join. ``adjust``:
         the node's clock correction, as for ``broker_tls``."""
         context = None
@@ -124,7 +125,7 @@ class NodeIdentity:
             context = tls_context(ca_pem=self.ca_certificate)
             if adjust is not None:
                 adjust(context)
-        return JsonHttpClient(self.hub_url, timeout=timeout, ssl_context=context)
+        return HubClient.at(self.hub_url, timeout=timeout, ssl_context=context)
 
 
 def make_private_dir(path: Path) -> None:
@@ -171,9 +172,9 @@ def _fingerprint(pem: str, what: str) -> str:
 
 def fetch_hub_ca(hub_url: str, pin: str) -> str:
     """The hub's CA certificate (PEM), fetched over TLS that verifies nothing, then checked against ``pin``."""
-    client = JsonHttpClient(hub_url, timeout=JOIN_TIMEOUT_SECONDS, ssl_context=unverified_tls_context())
+    client = HubClient.at(hub_url, timeout=JOIN_TIMEOUT_SECONDS, ssl_context=unverified_tls_context())
     try:
-        answer = client.get("/api/v1/ca")
+        answer = client.ca()
     except HttpError as exc:
         raise JoinError(f"cannot fetch the hub's CA certificate to check it against the token: {exc}") from exc
     pem = answer.get("ca_certificate") if isinstance(answer, dict) else None
@@ -302,11 +303,9 @@ def join(
     key = Ed25519PrivateKey.generate()
     bundle_key = bundle_crypto.new_node_key()
     try:
-        answer = JsonHttpClient(hub_url, timeout=JOIN_TIMEOUT_SECONDS, ssl_context=context).post(
-            "/api/v1/join",
-            {"token": str(parsed.without_pin()), "node": name, "pool": pool, "labels": labels or {},
-             "csr": make_csr(key, name), "bundle_key": bundle_crypto.public_key_text(bundle_key)},
-        )
+        answer = HubClient.at(hub_url, timeout=JOIN_TIMEOUT_SECONDS, ssl_context=context).join(
+            token=str(parsed.without_pin()), node=name, pool=pool, labels=labels or {}, csr=make_csr(key, name),
+            bundle_key=bundle_crypto.public_key_text(bundle_key))
     except HttpError as exc:
         prefix = "hub refused the join: " if exc.status else ""
         raise JoinError(f"{prefix}{exc}") from exc

@@ -77,8 +77,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edgeclient.hub import HubClient
 from edgekit.files import write_atomic
-from edgekit.http import HttpError, JsonHttpClient, Unreachable
+from edgekit.http import HttpError, Unreachable
 from edgekit.processes import reap
 from edgekit.tasks import OwnedTask
 from edgeprotocol.enrollment import issuer_among, renew_after, renewal_payload
@@ -222,13 +223,13 @@ def finish_interrupted(state_dir: Path) -> bool:
     return True
 
 
-def _request(client: JsonHttpClient, node: str, csr: str, prover: Ed25519PrivateKey, clock: HubClock
+def _request(client: HubClient, node: str, csr: str, prover: Ed25519PrivateKey, clock: HubClock
              ) -> dict[str, object]:
     # The hub's time, as measured: the hub refuses a timestamp more than 300 s from its clock.
     timestamp, nonce = int(clock.now()), secrets.token_hex(16)
     proof = prover.sign(renewal_payload(node=node, csr=csr, timestamp=timestamp, nonce=nonce))
-    answer = client.post(f"/api/v1/nodes/{node}/certificate", {
-        "csr": csr, "timestamp": timestamp, "nonce": nonce, "proof": base64.b64encode(proof).decode()})
+    answer = client.renew_certificate(node, csr=csr, timestamp=timestamp, nonce=nonce,
+                                      proof=base64.b64encode(proof).decode())
     if not isinstance(answer, dict):
         raise RenewalError("the hub answered the renewal with something other than a JSON object")
     return answer

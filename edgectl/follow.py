@@ -14,7 +14,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from edgekit.http import JsonHttpClient, Unreachable
+from edgeclient.hub import HubClient
+from edgekit.http import Unreachable
 
 DEFAULT_INTERVAL = 2.0
 MIN_INTERVAL = 0.5
@@ -25,7 +26,7 @@ MAX_INTERVAL = 300.0
 POLL_REQUEST_TIMEOUT = 10.0
 
 
-def poll_until_stopped(hub: JsonHttpClient, poll: Callable[[bool], None], *, interval: float,
+def poll_until_stopped(hub: HubClient, poll: Callable[[bool], None], *, interval: float,
                        timeout: float | None, note: Callable[[str], None],
                        clock: Callable[[], float] = time.monotonic,
                        sleep: Callable[[float], None] = time.sleep) -> None:
@@ -42,7 +43,7 @@ def poll_until_stopped(hub: JsonHttpClient, poll: Callable[[bool], None], *, int
         if deadline is not None and clock() >= deadline:
             return
         left = POLL_REQUEST_TIMEOUT if deadline is None else deadline - clock()
-        hub.timeout = max(0.5, min(POLL_REQUEST_TIMEOUT, left))
+        hub.http.timeout = max(0.5, min(POLL_REQUEST_TIMEOUT, left))
         try:
             poll(down)
         except Unreachable as exc:
@@ -51,5 +52,5 @@ def poll_until_stopped(hub: JsonHttpClient, poll: Callable[[bool], None], *, int
                 down = True
             continue
         if down:
-            note(f"edgectl: {hub.name} at {hub.base_url} answers again")
+            note(f"edgectl: {hub.http.name} at {hub.http.base_url} answers again")
             down = False

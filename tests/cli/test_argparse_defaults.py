@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from edgeagent.cli import build_parser as agent_parser
-from edgectl.cli import build_parser as ctl_parser
+from edgectl.parser import build_parser as ctl_parser
 from edgehub.cli import build_parser as hub_parser
 
 PLAIN = (str, int, float, bool, Path, list, tuple, type(None))

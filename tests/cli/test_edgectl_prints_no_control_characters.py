@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgectl.cli import one_line, sanitize, say, show_table
+from edgectl.output import one_line, sanitize, say, show_table
 
 
 @pytest.mark.parametrize(("text", "shown"), [

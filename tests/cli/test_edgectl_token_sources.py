@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from edgectl.cli import CommandError, build_parser, main, operator_token
+from edgeclient.settings import TokenFileError
+from edgectl.cli import main, operator_token
+from edgectl.parser import build_parser
 
 
 def args(*argv: str):
@@ -30,7 +32,7 @@ def test_a_token_file_that_is_missing_or_empty_is_named_in_the_error(tmp_path: P
     path = tmp_path / "admin-token"
     if content is not None:
         path.write_text(content)
-    with pytest.raises(CommandError, match=str(path)):
+    with pytest.raises(TokenFileError, match=str(path)):
         operator_token(args(), {"EDGECOLLAB_TOKEN_FILE": str(path)})
 
 

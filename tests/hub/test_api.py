@@ -27,7 +27,7 @@ from hub_api import JSON, answer, create_token, join, operator_token, refused, u
 from deployer_plugin import SpecError, package_chart
 from edgeagent.identity import make_csr
 from edgectl.cli import main as edgectl
-from edgectl.cli import notes_section
+from edgectl.views import notes_section
 from edgehub.api import INTERNAL_ERROR, MAX_REQUEST_BYTES, status_of
 from edgehub.errors import (
     BadRequest,

@@ -20,8 +20,8 @@ from cryptography import x509
 from hub_api import answer, create_token, join, operator_token, refused, unique
 from prometheus_client.parser import text_string_to_metric_families
 
-from edgectl.cli import HUB_NODES_SHOWN
 from edgectl.cli import main as edgectl
+from edgectl.views import HUB_NODES_SHOWN
 from edgehub.broker_access import ANONYMOUS_BROKER_WARNING
 from edgehub.keys import CERTIFICATES
 from edgehub.settings import HubSettings

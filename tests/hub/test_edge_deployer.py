@@ -136,4 +136,4 @@ def test_settings_come_from_edgectls_variables(tmp_path: Path) -> None:
     deployer = EdgeDeployer(environ={"EDGECOLLAB_HUB": "http://127.0.0.1:1234",
                                      "EDGECOLLAB_TOKEN_FILE": str(tmp_path / "admin-token")})
     assert deployer.hub_url == "http://127.0.0.1:1234"
-    assert deployer._hub.token == "secret-token"
+    assert deployer._hub.http.token == "secret-token"

@@ -184,11 +184,11 @@ def test_a_join_over_https_with_a_pinned_token_then_talks_to_the_hub_verified_ag
     assert uses_left(tls_hub, token) == 0
     assert tls_hub.ctl_json("describe", "node", "tls-1")["certificate"]["serial"]
     # Later calls trust that CA and no other: the same hub under another CA does not verify.
-    assert identity.hub_client(timeout=10).get("/api/v1/ca")["sha256"] == der_sha256(tls_hub.ca_path)
+    assert identity.hub_client(timeout=10).ca()["sha256"] == der_sha256(tls_hub.ca_path)
     impostor_ca = HubIdentity.load_or_create(tmp_path / "impostor").ca_pem
     other = dataclasses.replace(identity, ca_certificate=impostor_ca)
     with pytest.raises(HttpError) as refused:
-        other.hub_client(timeout=10).get("/api/v1/ca")
+        other.hub_client(timeout=10).ca()
     assert refused.value.certificate_error
 
 
