@@ -1,7 +1,7 @@
 """Enrollment: a node's join, the renewal of its certificate, and an operator's reset or revoke of it.
 
-``Enrollment`` is what the HTTP API calls for these (``edgehub.routes.enrollment``, ``edgehub.routes.nodes``);
-it speaks in tokens, CSRs, proofs and records, never in requests or responses. Refusals are raised from the
+``Enrollment`` is what the HTTP API calls for these; it speaks in tokens, CSRs, proofs and records, never
+in requests or responses. Refusals are raised from the
 hub's error tree (:mod:`edgehub.errors`): a join refused (a bad token, a name registered to another key or
 revoked) is a ``JoinRefused``, a renewal refused a ``RenewalRefused``, a CSR that does not name the node a
 ``CsrError``, a node that does not exist a ``NotFound``.
