@@ -18,7 +18,6 @@ from edgeprotocol import topics
 from edgeprotocol.messages import now
 
 from . import ha_discovery
-from .api import MAX_REQUEST_BYTES, add_routes, json_errors
 from .auth import HostAllowList, json_bodies_only, operator_only, operator_token_ctx, same_origin_only
 from .broker_access import ANONYMOUS_BROKER_WARNING, BrokerAccess
 from .broker_revocations import BROKER_FILES, BrokerFiles, BrokerRevocations
@@ -29,6 +28,7 @@ from .chart_sources import ChartSources
 from .components import Components
 from .dashboard import add_dashboard_routes
 from .dispatch import Dispatcher
+from .enrollment import Enrollment, NodeCertificates
 from .identity import HubIdentity
 from .ingest import IngestLimits, NodeMessages
 from .keys import (
@@ -38,6 +38,7 @@ from .keys import (
     COMPONENT_STORE,
     COMPONENTS,
     DISPATCHER,
+    ENROLLMENT,
     ENROLLMENT_STORE,
     IDENTITY,
     METRICS,
@@ -54,6 +55,9 @@ from .metrics import HubMetrics
 from .ratelimit import SourceRateLimiter, rate_limits
 from .renderer import Renderer, RenderLimits
 from .rollout_driver import RolloutDriver
+from .routes import add_routes
+from .routes.error_answers import json_errors
+from .routes.parsing import MAX_REQUEST_BYTES
 from .settings import HubSettings
 from .store import HubStores
 from .summaries import HUB_STATE_TOPIC, SummaryPublisher, SummarySettings
@@ -150,6 +154,9 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
                                       broker=BrokerAddress.parse(settings.mqtt_url)) as revocations):
             app[BROKER_ACCESS] = access
             app[REVOCATIONS] = revocations
+            app[ENROLLMENT] = Enrollment(enrollment, app[IDENTITY], app[DISPATCHER], access, revocations,
+                                         NodeCertificates(lifetime=settings.node_certificate_lifetime,
+                                                          offline_horizon_days=settings.offline_horizon_days))
             yield
 
 

@@ -20,7 +20,8 @@ The middlewares here run in ``create_app``'s order, before any handler:
                         application/json, which a browser cannot send
                         cross-origin without a preflight                  415
 
-Their refusals are ``HubError``s; ``edgehub.api.json_errors`` answers them.
+Their refusals are ``HubError``s; ``edgehub.routes.error_answers.json_errors``
+answers them.
 """
 
 from __future__ import annotations

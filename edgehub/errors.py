@@ -21,10 +21,10 @@ EdgeError                    (edgeprotocol.errors)
     RateLimited              429  more requests from one source than its limit allows
 
 The statuses above are documentation: the one place that maps an exception
-type to its HTTP status is ``edgehub.api.STATUS``, read by the API's
-``json_errors`` middleware. Handlers and services raise these; none builds an
-error response. Anything else that escapes a handler is a bug: the middleware
-logs its traceback and answers 500 with a generic message.
+type to its HTTP status is ``edgehub.routes.error_answers.STATUS``, read by
+the API's ``json_errors`` middleware. Handlers and services raise these; none
+builds an error response. Anything else that escapes a handler is a bug: the
+middleware logs its traceback and answers 500 with a generic message.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from .broker_access import BrokerAccess
 from .broker_revocations import BrokerRevocations
 from .components import Components
 from .dispatch import Dispatcher
+from .enrollment import Enrollment
 from .identity import HubIdentity
 from .metrics import HubMetrics
 from .renderer import Renderer
@@ -38,6 +39,7 @@ IDENTITY = web.AppKey("identity", HubIdentity)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 MQTT = web.AppKey("mqtt", MqttSession)
 COMPONENTS = web.AppKey("components", Components)
+ENROLLMENT = web.AppKey("enrollment", Enrollment)
 RENDERER = web.AppKey("renderer", Renderer)
 BROKER_ACCESS = web.AppKey("broker_access", BrokerAccess)
 REVOCATIONS = web.AppKey("revocations", BrokerRevocations)

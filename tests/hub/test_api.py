@@ -28,7 +28,6 @@ from deployer_plugin import SpecError, package_chart
 from edgeagent.identity import make_csr
 from edgectl.cli import main as edgectl
 from edgectl.views import notes_section
-from edgehub.api import INTERNAL_ERROR, MAX_REQUEST_BYTES, status_of
 from edgehub.errors import (
     BadRequest,
     ConcurrentChange,
@@ -39,6 +38,8 @@ from edgehub.errors import (
     SpecRefused,
 )
 from edgehub.keys import COMPONENT_STORE, REPORT_STORE
+from edgehub.routes.error_answers import INTERNAL_ERROR, status_of
+from edgehub.routes.parsing import MAX_REQUEST_BYTES
 from edgeprotocol import topics
 from edgeprotocol.messages import Event
 from edgeprotocol.signing import load_public_key, open_sealed
@@ -437,10 +438,10 @@ async def test_an_unexpected_error_is_a_json_500_with_the_traceback_in_the_log(
         raise RuntimeError("disk on fire")
 
     monkeypatch.setattr(hub.app[REPORT_STORE], "list_nodes", broken)
-    with caplog.at_level(logging.ERROR, logger="edgehub.api"):
+    with caplog.at_level(logging.ERROR, logger="edgehub.routes.error_answers"):
         body = await answer(await hub.get("/api/v1/pools"), 500)
     assert body == {"error": INTERNAL_ERROR}
-    (record,) = [r for r in caplog.records if r.name == "edgehub.api"]
+    (record,) = [r for r in caplog.records if r.name == "edgehub.routes.error_answers"]
     assert "GET /api/v1/pools" in record.getMessage() and record.exc_info is not None
     assert "disk on fire" in caplog.text
 

@@ -69,7 +69,7 @@ async def test_an_unchanged_file_is_not_sent_again(stranger: aiohttp.ClientSessi
 
 
 async def test_no_other_file_answers_under_ui(stranger: aiohttp.ClientSession):
-    for path in ("/ui/", "/ui/missing.js", "/ui/..%2Fdashboard.py", "/ui/%2e%2e/api.py", "/ui/../auth.py",
+    for path in ("/ui/", "/ui/missing.js", "/ui/..%2Fdashboard.py", "/ui/%2e%2e/app.py", "/ui/../auth.py",
                  "/ui/web/app.js", "/index.html"):
         response = await stranger.get(path)
         assert response.status in (401, 404), (path, response.status)
