@@ -95,7 +95,7 @@ def load_component_file(path: str | os.PathLike[str]) -> tuple[Component, bytes 
         ChartError: the chart is missing or is not a Helm chart.
     """
     # Imported here: charts needs the Helm engine, the rest of this module does not.
-    from .charts import package_chart
+    from ..charts import package_chart
 
     source = os.fspath(path)
     try:
