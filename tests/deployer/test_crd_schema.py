@@ -31,9 +31,9 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from deployer_plugin import SpecError, parse_component, read_component_document
-from deployer_plugin import spec as spec_module
 from deployer_plugin.controller import GROUP, PLURAL, VERSION
 from deployer_plugin.deployer import is_local_chart
+from deployer_plugin.spec import model, validation
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -345,16 +345,16 @@ def test_the_api_server_accepts_the_crd_and_serves_it(server: Server) -> None:
     # What the API server serves: the group, version and resource the controller watches.
     resources = client.CustomObjectsApi(server.api).get_api_resources(GROUP, VERSION)
     (component,) = [r for r in server.api.sanitize_for_serialization(resources)["resources"] if r["name"] == PLURAL]
-    assert component["kind"] == spec_module.KIND and component["namespaced"] is True
+    assert component["kind"] == model.KIND and component["namespaced"] is True
     assert f"{PLURAL}/status" in {r.name for r in resources.resources}
 
 
 def test_the_crd_names_the_parsers_group_version_and_kind() -> None:
     doc = crd_document()
-    group, version = spec_module.API_VERSION.split("/")
+    group, version = model.API_VERSION.split("/")
     assert doc["apiVersion"] == "apiextensions.k8s.io/v1"
     assert doc["metadata"]["name"] == f"components.{group}"
-    assert doc["spec"]["group"] == group and doc["spec"]["names"]["kind"] == spec_module.KIND
+    assert doc["spec"]["group"] == group and doc["spec"]["names"]["kind"] == model.KIND
     (served,) = doc["spec"]["versions"]
     assert served["name"] == version and served["served"] and served["storage"]
     assert served["subresources"] == {"status": {}}
@@ -369,22 +369,22 @@ def _schema() -> dict[str, Any]:
 
 def test_the_crd_has_the_parsers_fields_and_no_others() -> None:
     spec = _schema()["properties"]["spec"]["properties"]
-    assert set(spec) == set(spec_module._SPEC_FIELDS)
+    assert set(spec) == set(validation._SPEC_FIELDS)
     edge = spec["edge"]["properties"]
-    assert set(edge) == set(spec_module._EDGE_FIELDS)
-    assert set(spec["chart"]["properties"]) == set(spec_module._CHART_FIELDS) - {"path"}
-    assert set(edge["nodeSelector"]["properties"]) == set(spec_module._SELECTOR_FIELDS)
+    assert set(edge) == set(validation._EDGE_FIELDS)
+    assert set(spec["chart"]["properties"]) == set(validation._CHART_FIELDS) - {"path"}
+    assert set(edge["nodeSelector"]["properties"]) == set(validation._SELECTOR_FIELDS)
     assert set(edge["nodeSelector"]["properties"]["matchExpressions"]["items"]["properties"]) == set(
-        spec_module._EXPRESSION_FIELDS)
+        validation._EXPRESSION_FIELDS)
     assert edge["nodeSelector"]["properties"]["matchExpressions"]["items"]["properties"]["operator"]["enum"] == list(
-        spec_module.OPERATORS)
+        model.OPERATORS)
     rollout = edge["rollout"]["properties"]
-    assert set(rollout) == set(spec_module._ROLLOUT_FIELDS)
-    assert set(rollout["batches"]["items"]["properties"]) == set(spec_module._BATCH_FIELDS)
-    assert set(rollout["healthGate"]["properties"]) == set(spec_module._GATE_FIELDS)
-    assert rollout["batches"]["maxItems"] == spec_module.MAX_BATCHES
-    assert rollout["onFailure"]["enum"] == list(spec_module.ON_FAILURE)
-    assert rollout["offlineNodes"]["enum"] == list(spec_module.OFFLINE_NODES)
+    assert set(rollout) == set(validation._ROLLOUT_FIELDS)
+    assert set(rollout["batches"]["items"]["properties"]) == set(validation._BATCH_FIELDS)
+    assert set(rollout["healthGate"]["properties"]) == set(validation._GATE_FIELDS)
+    assert rollout["batches"]["maxItems"] == validation.MAX_BATCHES
+    assert rollout["onFailure"]["enum"] == list(model.ON_FAILURE)
+    assert rollout["offlineNodes"]["enum"] == list(model.OFFLINE_NODES)
     limits = spec["historyLimit"]
-    assert (limits["minimum"], limits["maximum"]) == (1, spec_module.MAX_HISTORY_LIMIT)
-    assert _schema()["properties"]["metadata"]["properties"]["name"]["maxLength"] == spec_module.MAX_RELEASE_NAME
+    assert (limits["minimum"], limits["maximum"]) == (1, model.MAX_HISTORY_LIMIT)
+    assert _schema()["properties"]["metadata"]["properties"]["name"]["maxLength"] == validation.MAX_RELEASE_NAME

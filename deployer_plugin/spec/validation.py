@@ -1,90 +1,58 @@
-"""Component specs: the typed model, validation, fingerprinting and spec files.
+"""Validating a Component document: :func:`parse_component` and :func:`parse_rollout_policy`.
 
-A Component is one Helm release targeted at edge nodes::
+:func:`parse_component` reports *every* problem it finds in one :class:`SpecError`, one line per
+problem, each starting with the path of the field at fault. Unknown fields are refused everywhere
+(with a "did you mean" suggestion), except the standard Kubernetes object metadata (labels, uid,
+resourceVersion, ...) and a top-level ``status``, which a Component read back from the Kubernetes
+API carries and which are ignored.
 
-    apiVersion: edgecollab.io/v1alpha1
-    kind: Component
-    metadata: {name: web, namespace: demo}
-    spec:
-      chart: ./chart                  # or {path: ./chart}; a directory or a .tgz
-      # or a chart repository:  {repo: https://charts.example.com, name: web, version: 1.2.3}
-      # or an OCI registry:     oci://registry.example.com/charts/web:1.2.3
-      #                         (or {oci: oci://registry.example.com/charts/web, version: 1.2.3})
-      values: {message: hi}
-      edge:
-        nodePools: [shanghai]
-        nodeSelector:
-          matchLabels: {tier: store}
-          matchExpressions: [{key: zone, operator: In, values: [east]}]
-        poolValues:
-          shanghai: {greeting: "ni hao"}
-        rollout:                      # optional: staged, health-gated rollout (docs/rollouts.md)
-          batches: [{pools: [canary]}, {percent: 50}, {percent: 100}]   # or {count: N}
-          healthGate: {readyWithin: 2m, minReadyTime: 10s}
-          maxFailures: 0              # a count or "10%" per batch
-          onFailure: Rollback         # or Pause
-          offlineNodes: Defer         # or Skip, Block
-      historyLimit: 10                # revisions the hub keeps (1 to 1000; default 10)
-      clusterScoped: false            # true: a cluster component (one release per node, installed when
-                                      # absent, upgraded only for a higher chart version; docs/deployer.md)
+A chart URL may carry no credentials: the spec is stored and shown, so they would leak (public
+repositories and anonymous registry pulls only).
 
-:func:`parse_component` validates a document and reports *every* problem it
-finds in one :class:`SpecError`, one line per problem, each starting with the
-path of the field at fault. Unknown fields are refused everywhere (with a
-"did you mean" suggestion), except the standard Kubernetes object metadata
-(labels, uid, resourceVersion, ...) and a top-level ``status``, which a
-Component read back from the Kubernetes API carries and which are ignored.
-
-A local chart travels with the apply request as an archive; a chart
-repository or OCI reference (:class:`RepoChart`, :class:`OciChart`) is
-fetched by the hub (:mod:`deployer_plugin.chart_repos`). A chart URL may
-carry no credentials: the spec is stored and shown, so they would leak
-(public repositories and anonymous registry pulls only).
-
-Everything here is pure Python except :func:`load_component_file`, which
-packages a local chart with the Helm engine and so blocks (see
-:mod:`deployer_plugin.charts`).
+The Component CRD (``charts/edgehub/crds/components.edgecollab.io.yaml``) states the same rules for
+the API server; ``tests/deployer/test_crd_schema.py`` holds the two in step (docs/deployer.md).
 """
 
 from __future__ import annotations
 
-import copy
 import difflib
-import hashlib
-import io
 import json
 import math
-import os
 import re
 import urllib.parse
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal, get_args
-
-import yaml
+from typing import Any
 
 from edgeprotocol.topics import check_name
 
-from .errors import ChartError, SpecError
-from .versions import constraint_problem
-from .yaml_aliases import ALIASES_REFUSED, first_alias_line
+from ..errors import SpecError
+from ..versions import constraint_problem
+from .model import (
+    API_VERSION,
+    DEFAULT_HISTORY_LIMIT,
+    DEFAULT_MIN_READY_TIME,
+    DEFAULT_NAMESPACE,
+    DEFAULT_READY_WITHIN,
+    KIND,
+    MAX_HISTORY_LIMIT,
+    OFFLINE_NODES,
+    ON_FAILURE,
+    OPERATORS,
+    POOL_LABEL,
+    Batch,
+    ChartRef,
+    Component,
+    EdgeTarget,
+    LabelSelector,
+    OciChart,
+    RepoChart,
+    RolloutPolicy,
+    SelectorRequirement,
+)
 
-API_VERSION = "edgecollab.io/v1alpha1"
-KIND = "Component"
-DEFAULT_NAMESPACE = "default"
-# Every node carries this label with its pool name, so a selector can use pools.
-POOL_LABEL = "edgecollab.io/pool"
 # Helm refuses release names longer than this (they must fit in label values
 # with a suffix); the component name is the release name.
 MAX_RELEASE_NAME = 53
-# spec.historyLimit: how many revisions of a component the hub keeps (its spec, chart and renders),
-# the current one included; as ``helm upgrade --history-max``, but at least 1 (the current is always kept).
-DEFAULT_HISTORY_LIMIT = 10
-MAX_HISTORY_LIMIT = 1000
-
-Operator = Literal["In", "NotIn", "Exists", "DoesNotExist"]
-OPERATORS: tuple[Operator, ...] = get_args(Operator)
 
 _TOP_FIELDS = ("apiVersion", "kind", "metadata", "spec", "status")
 _METADATA_FIELDS = ("name", "namespace")
@@ -113,11 +81,7 @@ _EDGE_FIELDS = ("nodePools", "nodeSelector", "poolValues", "rollout")
 _ROLLOUT_FIELDS = ("batches", "healthGate", "maxFailures", "onFailure", "offlineNodes")
 _BATCH_FIELDS = ("pools", "percent", "count")
 _GATE_FIELDS = ("readyWithin", "minReadyTime")
-ON_FAILURE = ("Rollback", "Pause")
-OFFLINE_NODES = ("Defer", "Skip", "Block")
 MAX_BATCHES = 100
-DEFAULT_READY_WITHIN = 120.0
-DEFAULT_MIN_READY_TIME = 0.0
 # Durations: a number of seconds, or a string of Go-style parts ("90s", "2m", "1h30m", "500ms").
 _DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)(ms|s|m|h))+$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -138,252 +102,6 @@ _OCI_PATH = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(
 MAX_CHART_URL = 2048
 
 
-# --------------------------------------------------------------------------- model
-
-
-@dataclass(frozen=True, slots=True)
-class SelectorRequirement:
-    """One ``matchExpressions`` entry of a label selector."""
-
-    key: str
-    operator: Operator
-    values: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.operator not in OPERATORS:
-            raise ValueError(f"operator {self.operator!r} is not one of {', '.join(OPERATORS)}")
-        if self.operator in ("In", "NotIn") and not self.values:
-            raise ValueError(f"operator {self.operator} needs at least one value")
-        if self.operator in ("Exists", "DoesNotExist") and self.values:
-            raise ValueError(f"operator {self.operator} takes no values")
-
-    def matches(self, labels: Mapping[str, str]) -> bool:
-        """Kubernetes semantics: ``NotIn`` also matches a node without the label."""
-        if self.operator == "In":
-            return self.key in labels and labels[self.key] in self.values
-        if self.operator == "NotIn":
-            return self.key not in labels or labels[self.key] not in self.values
-        if self.operator == "Exists":
-            return self.key in labels
-        return self.key not in labels
-
-    def to_document(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {"key": self.key, "operator": self.operator}
-        if self.values:
-            doc["values"] = list(self.values)
-        return doc
-
-
-@dataclass(frozen=True, slots=True)
-class LabelSelector:
-    """A Kubernetes LabelSelector: every matchLabels pair and every expression must hold.
-
-    An empty selector matches every node, as in Kubernetes; a spec may not
-    give one (see :func:`parse_component`), but code may build one.
-    """
-
-    match_labels: Mapping[str, str] = field(default_factory=dict, hash=False)
-    match_expressions: tuple[SelectorRequirement, ...] = ()
-
-    def matches(self, labels: Mapping[str, str]) -> bool:
-        return all(labels.get(key) == value for key, value in self.match_labels.items()) and all(
-            requirement.matches(labels) for requirement in self.match_expressions
-        )
-
-    def to_document(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {}
-        if self.match_labels:
-            doc["matchLabels"] = dict(self.match_labels)
-        if self.match_expressions:
-            doc["matchExpressions"] = [r.to_document() for r in self.match_expressions]
-        return doc
-
-
-@dataclass(frozen=True, slots=True)
-class EdgeTarget:
-    """Which nodes run a component, and the values each pool overrides.
-
-    A node is targeted when it is in one of ``node_pools`` (if any are given)
-    and its labels match ``node_selector`` (if one is given).
-    """
-
-    node_pools: tuple[str, ...] = ()
-    node_selector: LabelSelector | None = None
-    pool_values: Mapping[str, dict[str, Any]] = field(default_factory=dict, hash=False)
-    # spec.edge.rollout: None sends a change to every target at once.
-    rollout: RolloutPolicy | None = None
-
-    def to_document(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {}
-        if self.node_pools:
-            doc["nodePools"] = list(self.node_pools)
-        if self.node_selector is not None:
-            doc["nodeSelector"] = self.node_selector.to_document()
-        if self.pool_values:
-            doc["poolValues"] = copy.deepcopy(dict(self.pool_values))
-        if self.rollout is not None:
-            doc["rollout"] = self.rollout.to_document()
-        return doc
-
-
-@dataclass(frozen=True, slots=True)
-class RepoChart:
-    """A chart in a Helm chart repository: ``{repo: URL, name: NAME, version: VERSION}``.
-
-    ``version`` is an exact version (``1.2.3``) or a version constraint as
-    ``helm install --version`` takes it (``^1.2``, ``>=1.0 <2``, ``1.2.x``),
-    which resolves to the highest matching version in the repository's index
-    (pre-releases only when the constraint names one).
-    """
-
-    repo: str
-    name: str
-    version: str
-
-    def to_document(self) -> dict[str, str]:
-        return {"repo": self.repo, "name": self.name, "version": self.version}
-
-    def __str__(self) -> str:
-        return f"{self.name} {self.version} from {self.repo}"
-
-
-@dataclass(frozen=True, slots=True)
-class OciChart:
-    """A chart in an OCI registry: ``oci://HOST[:PORT]/PATH/NAME`` at tag ``version`` (an exact version)."""
-
-    oci: str  # oci://host/path/name, without the tag
-    version: str
-
-    @property
-    def host(self) -> str:
-        return urllib.parse.urlsplit(self.oci).netloc
-
-    @property
-    def repository(self) -> str:
-        """The registry's repository name: ``path/name``."""
-        return urllib.parse.urlsplit(self.oci).path.lstrip("/")
-
-    @property
-    def name(self) -> str:
-        return self.repository.rpartition("/")[2]
-
-    def to_document(self) -> str:
-        return f"{self.oci}:{self.version}"
-
-    def __str__(self) -> str:
-        return self.to_document()
-
-
-ChartRef = str | RepoChart | OciChart
-
-
-@dataclass(frozen=True, slots=True)
-class Batch:
-    """One step of a staged rollout: nodes of ``pools``, or ``percent`` of the remaining targets, or ``count``
-    of them (exactly one is set)."""
-
-    pools: tuple[str, ...] = ()
-    percent: float | None = None
-    count: int | None = None
-
-    def to_document(self) -> dict[str, Any]:
-        if self.pools:
-            return {"pools": list(self.pools)}
-        if self.percent is not None:
-            return {"percent": int(self.percent) if float(self.percent).is_integer() else self.percent}
-        return {"count": self.count}
-
-
-@dataclass(frozen=True, slots=True)
-class RolloutPolicy:
-    """``spec.edge.rollout``: batches in order, each gated on the health of its nodes.
-
-    ``max_failures`` is a count (``"3"``-like ints) or a percent string (``"10%"``) of a batch's nodes.
-    Durations are seconds."""
-
-    batches: tuple[Batch, ...]
-    ready_within: float = DEFAULT_READY_WITHIN
-    min_ready_time: float = DEFAULT_MIN_READY_TIME
-    max_failures: int | str = 0
-    on_failure: str = "Rollback"
-    offline_nodes: str = "Defer"
-
-    def failures_allowed(self, batch_size: int) -> int:
-        if isinstance(self.max_failures, str):
-            return int(batch_size * float(self.max_failures.rstrip("%")) / 100.0)
-        return self.max_failures
-
-    def to_document(self) -> dict[str, Any]:
-        return {"batches": [b.to_document() for b in self.batches],
-                "healthGate": {"readyWithin": _duration_text(self.ready_within),
-                               "minReadyTime": _duration_text(self.min_ready_time)},
-                "maxFailures": self.max_failures, "onFailure": self.on_failure, "offlineNodes": self.offline_nodes}
-
-
-def _duration_text(seconds: float) -> str:
-    return f"{int(seconds)}s" if float(seconds).is_integer() else f"{int(round(seconds * 1000))}ms"
-
-
-@dataclass(frozen=True, slots=True)
-class Component:
-    """A validated Component spec. Build one with :func:`parse_component`.
-
-    ``chart_ref`` is the chart path as the spec wrote it (relative to the spec
-    file), whose chart travels separately as archive bytes, or a chart
-    repository or OCI reference (:class:`RepoChart`, :class:`OciChart`) the
-    hub fetches.
-    ``history_limit`` (``spec.historyLimit``) bounds the revisions the hub
-    keeps; it is not part of the fingerprint (changing it alone makes no new
-    revision). ``cluster_scoped`` (``spec.clusterScoped``) makes it a cluster
-    component: the hub makes a new revision of it only for a higher chart
-    version (see :func:`cluster_component_update_due`).
-    """
-
-    name: str
-    namespace: str
-    chart_ref: ChartRef
-    values: dict[str, Any] = field(default_factory=dict, hash=False)
-    edge: EdgeTarget = field(default_factory=EdgeTarget)
-    history_limit: int = DEFAULT_HISTORY_LIMIT
-    cluster_scoped: bool = False
-
-    def __post_init__(self) -> None:
-        check_name(self.name, "component name")
-        check_name(self.namespace, "component namespace")
-
-    @property
-    def key(self) -> tuple[str, str]:
-        """``(namespace, name)``: the release this component becomes."""
-        return (self.namespace, self.name)
-
-    @property
-    def remote_chart(self) -> RepoChart | OciChart | None:
-        """The chart repository or OCI reference, or None for a local chart."""
-        return None if isinstance(self.chart_ref, str) else self.chart_ref
-
-    def to_document(self) -> dict[str, Any]:
-        """The spec as a plain document; ``parse_component`` reads it back to an equal Component.
-        ``historyLimit`` is written only when it is not the default."""
-        spec: dict[str, Any] = {
-            "chart": self.chart_ref if isinstance(self.chart_ref, str) else self.chart_ref.to_document(),
-            "values": copy.deepcopy(self.values),
-            "edge": self.edge.to_document(),
-        }
-        if self.history_limit != DEFAULT_HISTORY_LIMIT:
-            spec["historyLimit"] = self.history_limit
-        if self.cluster_scoped:
-            spec["clusterScoped"] = True
-        return {
-            "apiVersion": API_VERSION,
-            "kind": KIND,
-            "metadata": {"name": self.name, "namespace": self.namespace},
-            "spec": spec,
-        }
-
-
-# --------------------------------------------------------------------------- validation
-
-
 class _Problems:
     """Collects problems, each as ``path: message``, in the order found."""
 
@@ -400,7 +118,8 @@ def _join(path: str, key: str) -> str:
     return f"{path}[{json.dumps(key)}]"
 
 
-def _kind(value: Any) -> str:
+def kind_of(value: Any) -> str:
+    """How a message names the type of a document value: "a string", "a mapping", "null", ..."""
     if value is None:
         return "null"
     names = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list"}
@@ -444,7 +163,7 @@ def _mapping(doc: Mapping[str, Any], key: str, path: str, problems: _Problems, *
             problems.add(where, f"required: {required}")
         return None
     if not isinstance(value, Mapping):
-        problems.add(where, f"must be a mapping, not {_kind(value)}")
+        problems.add(where, f"must be a mapping, not {kind_of(value)}")
         return None
     return value
 
@@ -457,14 +176,14 @@ def _string(doc: Mapping[str, Any], key: str, path: str, problems: _Problems, *,
             problems.add(where, f"required: {required}")
         return None
     if not isinstance(value, str):
-        problems.add(where, f"must be a string, not {_kind(value)}")
+        problems.add(where, f"must be a string, not {kind_of(value)}")
         return None
     return value
 
 
 def _dns_label(value: Any, path: str, problems: _Problems) -> str | None:
     if not isinstance(value, str):
-        problems.add(path, f"must be a string, not {_kind(value)}")
+        problems.add(path, f"must be a string, not {kind_of(value)}")
         return None
     try:
         return check_name(value, "")
@@ -475,7 +194,7 @@ def _dns_label(value: Any, path: str, problems: _Problems) -> str | None:
 
 def _label_key(value: Any, path: str, problems: _Problems) -> str | None:
     if not isinstance(value, str):
-        problems.add(path, f"must be a string, not {_kind(value)}")
+        problems.add(path, f"must be a string, not {kind_of(value)}")
         return None
     prefix, _, name = value.rpartition("/")
     if (
@@ -496,7 +215,7 @@ def _label_key(value: Any, path: str, problems: _Problems) -> str | None:
 def _label_value(value: Any, path: str, problems: _Problems) -> str | None:
     if not isinstance(value, str):
         hint = " (quote it)" if isinstance(value, (bool, int, float)) else ""
-        problems.add(path, f"must be a string, not {_kind(value)}{hint}")
+        problems.add(path, f"must be a string, not {kind_of(value)}{hint}")
         return None
     if value and (len(value) > 63 or not _LABEL_NAME.match(value)):
         problems.add(
@@ -526,7 +245,7 @@ def _json_values(value: Any, path: str, problems: _Problems) -> bool:
         return False
     if value is None or isinstance(value, str | bool | int | float):
         return True
-    problems.add(path, f"{_kind(value)} is not a JSON value (quote it if it is meant as text)")
+    problems.add(path, f"{kind_of(value)} is not a JSON value (quote it if it is meant as text)")
     return False
 
 
@@ -545,7 +264,7 @@ def _string_list(doc: Mapping[str, Any], key: str, path: str, problems: _Problem
     where = _join(path, key)
     value = doc.get(key)
     if not isinstance(value, list):
-        problems.add(where, f"must be a list, not {_kind(value)}")
+        problems.add(where, f"must be a list, not {kind_of(value)}")
         return None
     items = [check(item, f"{where}[{i}]", problems) for i, item in enumerate(value)]
     if any(item is None for item in items):
@@ -582,7 +301,7 @@ def _parse_chart(spec: Mapping[str, Any], problems: _Problems) -> ChartRef | Non
         )
         where = "spec.chart"
     else:
-        problems.add("spec.chart", f"must be a path, an oci:// reference or a mapping, not {_kind(raw)}")
+        problems.add("spec.chart", f"must be a path, an oci:// reference or a mapping, not {kind_of(raw)}")
         return None
     if ref is None:
         return None
@@ -747,7 +466,7 @@ def _parse_selector(edge: Mapping[str, Any], problems: _Problems) -> LabelSelect
     requirements: list[SelectorRequirement] = []
     raw_expressions = raw.get("matchExpressions")
     if raw_expressions is not None and not isinstance(raw_expressions, list):
-        problems.add(f"{path}.matchExpressions", f"must be a list, not {_kind(raw_expressions)}")
+        problems.add(f"{path}.matchExpressions", f"must be a list, not {kind_of(raw_expressions)}")
         ok = False
     for i, expression in enumerate(raw_expressions or []):
         where = f"{path}.matchExpressions[{i}]"
@@ -771,7 +490,7 @@ def _parse_selector(edge: Mapping[str, Any], problems: _Problems) -> LabelSelect
 
 def _parse_requirement(raw: Any, where: str, problems: _Problems) -> SelectorRequirement | None:
     if not isinstance(raw, Mapping):
-        problems.add(where, f"must be a mapping with key, operator and values, not {_kind(raw)}")
+        problems.add(where, f"must be a mapping with key, operator and values, not {kind_of(raw)}")
         return None
     before = len(problems.items)
     _check_fields(raw, where, _EXPRESSION_FIELDS, problems)
@@ -836,7 +555,7 @@ def _parse_edge(spec: Mapping[str, Any], problems: _Problems) -> EdgeTarget | No
             problems.add(where, f"pool {pool!r} is not in spec.edge.nodePools{_suggest(pool, pools)}")
             continue
         if not isinstance(overrides, Mapping):
-            problems.add(where, f"must be a mapping of values, not {_kind(overrides)}")
+            problems.add(where, f"must be a mapping of values, not {kind_of(overrides)}")
             continue
         if _json_values(overrides, where, problems):
             pool_values[pool] = json.loads(json.dumps(overrides))
@@ -851,7 +570,7 @@ def _parse_edge(spec: Mapping[str, Any], problems: _Problems) -> EdgeTarget | No
 def _duration(value: Any, where: str, problems: _Problems) -> float | None:
     """A duration: a number of seconds, or "90s", "2m", "1h30m", "500ms"."""
     if isinstance(value, bool) or not isinstance(value, int | float | str):
-        problems.add(where, f"must be a duration such as 90s, 2m or 1h30m, not {_kind(value)}")
+        problems.add(where, f"must be a duration such as 90s, 2m or 1h30m, not {kind_of(value)}")
         return None
     if isinstance(value, str):
         text = value.strip()
@@ -870,7 +589,7 @@ def _duration(value: Any, where: str, problems: _Problems) -> float | None:
 
 def _parse_batch(raw: Any, where: str, node_pools: tuple[str, ...], problems: _Problems) -> Batch | None:
     if not isinstance(raw, Mapping):
-        problems.add(where, f"must be a mapping with one of pools, percent or count, not {_kind(raw)}")
+        problems.add(where, f"must be a mapping with one of pools, percent or count, not {kind_of(raw)}")
         return None
     before = len(problems.items)
     _check_fields(raw, where, _BATCH_FIELDS, problems)
@@ -896,7 +615,7 @@ def _parse_batch(raw: Any, where: str, node_pools: tuple[str, ...], problems: _P
                              f"pool {pool!r} is not in spec.edge.nodePools{_suggest(pool, node_pools)}")
         return Batch(pools=pools) if len(problems.items) == before else None
     if isinstance(value, bool) or not isinstance(value, int | float):
-        problems.add(f"{where}.{key}", f"must be a number, not {_kind(value)}")
+        problems.add(f"{where}.{key}", f"must be a number, not {kind_of(value)}")
         return None
     if key == "percent":
         if not 0 < value <= 100:
@@ -923,7 +642,7 @@ def _parse_rollout(edge: Mapping[str, Any], node_pools: tuple[str, ...], problem
         problems.add(f"{path}.batches", "required: the batches in order, each {pools: [...]}, {percent: N} "
                                         "or {count: N}")
     elif not isinstance(raw_batches, list):
-        problems.add(f"{path}.batches", f"must be a list of batches, not {_kind(raw_batches)}")
+        problems.add(f"{path}.batches", f"must be a list of batches, not {kind_of(raw_batches)}")
     elif not raw_batches:
         problems.add(f"{path}.batches", "must list at least one batch")
     elif len(raw_batches) > MAX_BATCHES:
@@ -956,7 +675,7 @@ def _parse_rollout(edge: Mapping[str, Any], node_pools: tuple[str, ...], problem
         else:
             problems.add(where, f"must be a count of nodes (0 or more) or a percent such as \"10%\", not "
                                 f"{value!r}" if isinstance(value, str | int | float) else
-                                f"must be a count of nodes or a percent such as \"10%\", not {_kind(value)}")
+                                f"must be a count of nodes or a percent such as \"10%\", not {kind_of(value)}")
     choices: dict[str, str] = {}
     for key, allowed, default in (("onFailure", ON_FAILURE, "Rollback"), ("offlineNodes", OFFLINE_NODES, "Defer")):
         choice = _string(raw, key, path, problems)
@@ -976,7 +695,7 @@ def _parse_history_limit(spec: Mapping[str, Any], problems: _Problems) -> int | 
         return DEFAULT_HISTORY_LIMIT
     if isinstance(value, bool) or not isinstance(value, int | float) or (
             isinstance(value, float) and not value.is_integer()):
-        problems.add("spec.historyLimit", f"must be a whole number of revisions to keep, not {_kind(value)}")
+        problems.add("spec.historyLimit", f"must be a whole number of revisions to keep, not {kind_of(value)}")
         return None
     if not 1 <= value <= MAX_HISTORY_LIMIT:
         problems.add("spec.historyLimit", f"must be from 1 to {MAX_HISTORY_LIMIT} (revisions kept, the current one "
@@ -992,7 +711,7 @@ def _parse_cluster_scoped(spec: Mapping[str, Any], problems: _Problems) -> bool 
     if not isinstance(value, bool):
         quoted = isinstance(value, str) and value.lower() in ("true", "false")
         hint = " (write true or false, unquoted)" if quoted else ""
-        problems.add("spec.clusterScoped", f"must be true or false, not {_kind(value)}{hint}")
+        problems.add("spec.clusterScoped", f"must be true or false, not {kind_of(value)}{hint}")
         return None
     return value
 
@@ -1007,7 +726,7 @@ def parse_component(doc: Mapping[str, Any], *, source: str = "<spec>") -> Compon
     """
     where = None if source == "<spec>" else source
     if not isinstance(doc, Mapping):
-        raise SpecError(f"a Component must be a mapping, not {_kind(doc)}", source=where)
+        raise SpecError(f"a Component must be a mapping, not {kind_of(doc)}", source=where)
     problems = _Problems()
     _check_fields(doc, "", _TOP_FIELDS, problems)
 
@@ -1052,161 +771,6 @@ def parse_component(doc: Mapping[str, Any], *, source: str = "<spec>") -> Compon
     assert history_limit is not None and cluster_scoped is not None
     return Component(name=name, namespace=namespace, chart_ref=chart_ref, values=values, edge=edge,
                      history_limit=history_limit, cluster_scoped=cluster_scoped)
-
-
-# --------------------------------------------------------------------------- fingerprint
-
-
-def cluster_component_update_due(installed_version: str, declared_version: str) -> bool:
-    """Whether a cluster component (``spec.clusterScoped: true``) at chart ``installed_version`` is
-    upgraded to a spec declaring chart ``declared_version``: only for a higher version (semantic
-    versioning; a version that does not parse is compared as text, and never counts as higher when
-    equal). Otherwise the installed release is left alone."""
-    import semantic_version  # a hub dependency; the rest of this module needs none
-
-    try:
-        return semantic_version.Version.coerce(declared_version.strip().lstrip("vV")) > \
-            semantic_version.Version.coerce(installed_version.strip().lstrip("vV"))
-    except ValueError:
-        return declared_version != installed_version and declared_version > installed_version
-
-
-def component_fingerprint(component: Component, chart_fingerprint: str) -> str:
-    """A ``sha256:`` digest of everything that makes a new revision due.
-
-    It covers the chart's content (pass :func:`~deployer_plugin.charts.chart_fingerprint`),
-    the values, the per-pool values and the targeting. It ignores what does
-    not change a deployment: mapping key order, the order of nodePools, of
-    selector expressions and of their values, and the chart's path.
-    """
-    selector = component.edge.node_selector
-    canonical: dict[str, Any] = {
-        "chart": chart_fingerprint,
-        "name": component.name,
-        "namespace": component.namespace,
-        "values": component.values,
-        "nodePools": sorted(set(component.edge.node_pools)),
-        "poolValues": component.edge.pool_values,
-        "nodeSelector": None
-        if selector is None
-        else {
-            "matchLabels": dict(selector.match_labels),
-            "matchExpressions": sorted(
-                {json.dumps([r.key, r.operator, sorted(set(r.values))]) for r in selector.match_expressions}
-            ),
-        },
-    }
-    if component.cluster_scoped:  # only when set: fingerprints of other components stay as they were
-        canonical["clusterScoped"] = True
-    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
-
-
-# --------------------------------------------------------------------------- spec files
-
-
-class _SpecLoader(yaml.SafeLoader):
-    """Safe YAML without timestamps (a date stays text, as Helm's values do) and
-    with duplicate keys refused (PyYAML would silently keep the last)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if isinstance(key, str) and key in seen:
-                raise yaml.constructor.ConstructorError(
-                    "while constructing a mapping", node.start_mark, f"found duplicate key {key!r}", key_node.start_mark
-                )
-            if isinstance(key, str):
-                seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-_SpecLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-
-
-def read_component_document(text: str, *, source: str) -> dict[str, Any]:
-    """The single YAML (or JSON) document of a spec file's text.
-
-    Raises:
-        SpecError: if the text is not YAML, holds an alias (refused before
-            anything is built: see :mod:`deployer_plugin.yaml_aliases`), or
-            holds no document or several.
-    """
-    stream = io.StringIO(text)
-    stream.name = source  # so YAML errors name the file, not "<unicode string>"
-    try:
-        alias_line = first_alias_line(text, name=source)
-        if alias_line is not None:
-            raise SpecError(ALIASES_REFUSED, source=f"{source} line {alias_line}")
-        documents = [d for d in yaml.load_all(stream, Loader=_SpecLoader) if d is not None]
-    except yaml.YAMLError as exc:
-        raise SpecError(f"not valid YAML: {exc}", source=source) from exc
-    if not documents:
-        raise SpecError("holds no document; expected one Component", source=source)
-    if len(documents) > 1:
-        raise SpecError(f"holds {len(documents)} documents; put one Component per file", source=source)
-    if not isinstance(documents[0], dict):
-        raise SpecError(f"a Component must be a mapping, not {_kind(documents[0])}", source=source)
-    return documents[0]
-
-
-def resolve_chart_path(component: Component, spec_file: str | os.PathLike[str]) -> Path:
-    """The chart's absolute path: ``chart_ref`` taken relative to the spec file's directory.
-
-    Raises:
-        ValueError: if the component's chart is not a local one.
-    """
-    if not isinstance(component.chart_ref, str):
-        raise ValueError(f"the chart of {component.namespace}/{component.name} is not a local path")
-    ref = Path(component.chart_ref)
-    base = Path(os.path.abspath(spec_file)).parent
-    return Path(os.path.normpath(ref if ref.is_absolute() else base / ref))
-
-
-def load_component_file(path: str | os.PathLike[str]) -> tuple[Component, bytes | None]:
-    """Read a spec file and package its chart; for ``edgectl apply -f``.
-
-    Returns the Component and its local chart packaged as ``.tgz`` bytes,
-    ready to send to a hub that does not share this filesystem; None instead
-    of bytes when the chart is in a chart repository or an OCI registry (the
-    hub fetches it). Blocks on file I/O and the Helm engine.
-
-    Raises:
-        SpecError: the file is unreadable, not one YAML document, or not a
-            valid Component.
-        ChartError: the chart is missing or is not a Helm chart.
-    """
-    # Imported here: charts needs the Helm engine, the rest of this module does not.
-    from .charts import package_chart
-
-    source = os.fspath(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SpecError(f"cannot read the spec file: {exc.strerror or exc}", source=source) from exc
-    except UnicodeDecodeError as exc:
-        raise SpecError(f"the spec file is not UTF-8 text ({exc.reason})", source=source) from exc
-    component = parse_component(read_component_document(text, source=source), source=source)
-    if component.remote_chart is not None:
-        return component, None
-
-    chart_path = resolve_chart_path(component, path)
-    what = "chart archive" if chart_path.name.endswith((".tgz", ".tar.gz")) else "chart directory"
-    if not chart_path.exists():
-        raise ChartError(f"spec.chart: {what} {component.chart_ref} not found (resolved to {chart_path})",
-                         source=source)
-    try:
-        archive = package_chart(chart_path)
-    except ChartError as exc:
-        raise ChartError(
-            f"spec.chart: {component.chart_ref} is not a Helm chart: {exc.detail} (resolved to {chart_path})",
-            source=source,
-        ) from exc
-    return component, archive
 
 
 def parse_rollout_policy(document: Mapping[str, Any]) -> RolloutPolicy:
