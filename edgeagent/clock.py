@@ -63,11 +63,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from edgeclient.hub import HubClient
 from edgekit.files import write_atomic
 from edgekit.http import HttpError, JsonHttpClient, unverified_tls_context
 from edgekit.tls_time import check_time_against
 from edgeprotocol.errors import EdgeError, ProtocolError
-from edgeprotocol.hub_facts import TIME_PATH, HubFacts, open_facts
+from edgeprotocol.hub_facts import HubFacts, open_facts
 from edgeprotocol.messages import Condition, ConditionType
 from edgeprotocol.signing import load_public_key
 
@@ -209,10 +210,11 @@ def ask(hub_url: str, *, timeout: float = MEASURE_TIMEOUT_SECONDS, wall: Callabl
     nonce = secrets.token_hex(16)
     https = urlsplit(hub_url).scheme == "https"
     # Unverified on purpose: see the module's docstring. The signature and the nonce are what is trusted.
-    client = JsonHttpClient(hub_url, timeout=timeout, ssl_context=unverified_tls_context() if https else None)
+    hub = HubClient(JsonHttpClient(hub_url, timeout=timeout,
+                                   ssl_context=unverified_tls_context() if https else None))
     started, started_wall = ticks(), wall()
     try:
-        answer = client.get(f"{TIME_PATH}?nonce={nonce}")
+        answer = hub.signed_time(nonce)
     except HttpError as exc:
         raise ClockError(f"cannot ask the hub for its time: {exc}") from exc
     return Asked(answer=answer, nonce=nonce, started_wall=started_wall, started_ticks=started,

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from edgekit.http import REQUEST_TIMEOUT_SECONDS, JsonHttpClient, tls_context
+from edgeprotocol.hub_facts import TIME_PATH
 
 JsonObject = dict[str, Any]
 JsonList = list[dict[str, Any]]
@@ -140,6 +141,11 @@ class HubClient:
         return answer
 
     # -- nodes: join and renewal
+
+    def signed_time(self, nonce: str) -> Any:
+        """The hub's time, CAs and ``nonce``, signed by its key (``edgeprotocol.hub_facts``); checked by the caller
+        (it may come over unverified TLS)."""
+        return self.http.get(f"{TIME_PATH}?nonce={urllib.parse.quote(nonce, safe='')}")
 
     def ca(self) -> Any:
         """The hub's CA certificate and bundle; checked by the caller (it may come over unverified TLS)."""
