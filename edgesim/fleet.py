@@ -393,6 +393,7 @@ class Node(ManagedProcess):
         self.hub = hub
         self.options = options
         self.state_dir = self.node_dir / "state"
+        self.join_output = ""
         # podman keeps sockets under runroot: short paths stay under the
         # 108-byte limit of Unix socket names.
         self.podman_base = Path(tempfile.mkdtemp(prefix=f"ec-{name[:12]}-", dir="/tmp"))
@@ -526,6 +527,7 @@ class Fleet:
         result = node.join(token or self.hub.token(pool), labels=labels)
         if result.returncode != 0:
             raise FleetError(f"join of {name} failed: {result.stderr.strip()}")
+        node.join_output = result.stdout  # what `edgeagent join` told the user (the demo shows it)
         node.load_image()
         if start:
             node.start()

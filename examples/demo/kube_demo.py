@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from edgesim.control_plane import NODE_NAME, ControlPlane
-from edgesim.fleet import Fleet, FleetError, ManagedProcess, wait_until
+from edgesim.fleet import Fleet, FleetError, Node, NodeOptions, wait_until
 
 # The kubernetes client is imported where it is used: `make demo` on podman never needs it.
 
@@ -31,40 +31,25 @@ WHY_ONE_NODE = ("one Kubernetes node: this machine has one cluster, and a node's
 ROLLOUT_SECONDS = 60
 
 
-class KubeNode(ManagedProcess):
-    """An edge node whose runtime is a Kubernetes cluster: ``edgeagent join/doctor/run`` as docs/edge-nodes.md shows."""
-
-    def __init__(self, name: str, workdir: Path, fleet: Fleet, kubeconfig: Path) -> None:
-        super().__init__(f"edgeagent {name}", workdir / name / "agent.log")
-        assert fleet.hub is not None
-        self.name = name
-        self.hub = fleet.hub
-        self.kubeconfig = kubeconfig
-        self.state_dir = workdir / name / "state"
-
-    def _agent(self, *args: str) -> subprocess.CompletedProcess[str]:
-        print(f"$ edgeagent {' '.join(args)}", flush=True)
-        return subprocess.run([sys.executable, "-m", "edgeagent.cli", *args], capture_output=True, text=True,
-                              timeout=60)
-
-    def join(self, token: str) -> None:
-        done = self._agent("join", "--hub", self.hub.url, "--token", token, "--name", self.name,
-                           "--runtime", "kubernetes", "--kubeconfig", str(self.kubeconfig),
-                           "--state-dir", str(self.state_dir))
-        if done.returncode != 0:
-            raise FleetError(f"join of {self.name} failed: {done.stderr.strip()}")
-        print(done.stdout.rstrip(), flush=True)
-
-    def doctor(self) -> None:
-        done = self._agent("doctor", "--state-dir", str(self.state_dir))
-        print(done.stdout.rstrip(), flush=True)
-        if done.returncode != 0:
-            raise FleetError(f"edgeagent doctor on {self.name} failed ({done.returncode}): {done.stderr.strip()}")
-
-    def start(self) -> KubeNode:
-        print(f"$ edgeagent run --state-dir {self.state_dir}   (in the background; log {self.log_path})", flush=True)
-        self._spawn([sys.executable, "-m", "edgeagent.cli", "run", "--state-dir", str(self.state_dir)])
-        return self
+def join_and_check(fleet: Fleet, name: str, pool: str, kubeconfig: Path) -> Node:
+    """Join ``name`` with the kubernetes runtime and run ``edgeagent doctor`` on it, printing both commands as a
+    user types them; the agent is left to start (the fleet stops it with its other nodes)."""
+    assert fleet.hub is not None
+    token = fleet.hub.token(pool)
+    print(f"$ edgectl token create --pool {pool}\n{token}")
+    node = fleet.add_node(name, pool, token=token, start=False,
+                          options=NodeOptions(runtime="kubernetes", kubeconfig=kubeconfig))
+    print(f"$ edgeagent join --hub {fleet.hub.url} --token {token} --name {name} --runtime kubernetes "
+          f"--kubeconfig {kubeconfig} --state-dir {node.state_dir}")
+    print(node.join_output.rstrip())
+    print(f"$ edgeagent doctor --state-dir {node.state_dir}", flush=True)
+    done = subprocess.run([sys.executable, "-m", "edgeagent.cli", "doctor", "--state-dir", str(node.state_dir)],
+                          capture_output=True, text=True, timeout=60)
+    print(done.stdout.rstrip(), flush=True)
+    if done.returncode != 0:
+        raise FleetError(f"edgeagent doctor on {name} failed ({done.returncode}): {done.stderr.strip()}")
+    print(f"$ edgeagent run --state-dir {node.state_dir}   (in the background; log {node.log_path})", flush=True)
+    return node
 
 
 class ClusterView:

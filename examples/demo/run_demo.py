@@ -185,18 +185,12 @@ class KubernetesNodes:
         return NodeOptions()
 
     def join(self, fleet: Fleet, stack: contextlib.ExitStack) -> None:
-        from kube_demo import WHY_ONE_NODE, ClusterView, KubeNode
+        from kube_demo import WHY_ONE_NODE, ClusterView, join_and_check
 
-        assert fleet.hub is not None and self.plane is not None
+        assert self.plane is not None
         step("Joining one agent as a k3s node: sh-1 (pool shanghai), runtime kubernetes")
         print(f"({WHY_ONE_NODE})")
-        token = fleet.hub.token("shanghai")
-        print(f"$ edgectl token create --pool shanghai\n{token}")
-        node = KubeNode("sh-1", fleet.workdir / "nodes", fleet, self.plane.kubeconfig)
-        node.join(token)
-        node.doctor()
-        stack.callback(node.stop)  # the agent stops before the hub and broker, as the fleet's own nodes do
-        node.start()
+        join_and_check(fleet, "sh-1", "shanghai", self.plane.kubeconfig).start()
         self.view = ClusterView(self.plane, "demo", "web")
         wait_until(lambda: all_online(fleet, 1), timeout=60, what="sh-1 online, with its health checked")
 
