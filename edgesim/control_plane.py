@@ -276,10 +276,15 @@ class ControlPlane:
         if proc is not None and proc.poll() is not None:
             raise ControlPlaneError(f"{name} exited with {proc.returncode}; its log ends:\n{self.log_tail(name)}")
 
-    def _get(self, path: str, timeout: float = 5.0) -> tuple[int, str]:
+    def _request(self, path: str, *, body: dict[str, Any] | None = None, timeout: float = 5.0) -> tuple[int, str]:
+        """The administrator's GET of ``path`` (a POST of ``body`` when given): the status and the text."""
         context = ssl.create_default_context(cafile=str(self.ca_file))
-        request = urllib.request.Request(self.server + path,
-                                         headers={"Authorization": f"Bearer {self.identities['admin'].token}"})
+        headers = {"Authorization": f"Bearer {self.identities['admin'].token}"}
+        data = None
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+            data = json.dumps(body).encode()
+        request = urllib.request.Request(self.server + path, data=data, headers=headers)
         try:
             with urllib.request.urlopen(request, context=context, timeout=timeout) as response:
                 return response.status, response.read().decode()
@@ -304,7 +309,7 @@ class ControlPlane:
                                 + "\n".join(f"--- {n}\n{self.log_tail(n)}" for n in watched))
 
     def _api_ready(self) -> bool | str:
-        status, body = self._get("/readyz")
+        status, body = self._request("/readyz")
         return True if status == 200 else f"/readyz {status}: {body[-300:]}"
 
     def start_apiserver(self) -> None:
@@ -328,25 +333,19 @@ class ControlPlane:
                 "spec": {"podCIDR": "10.244.0.0/24"},
                 "status": {"allocatable": {"cpu": "32", "memory": "256Gi", "pods": "250"},
                            "capacity": {"cpu": "32", "memory": "256Gi", "pods": "250"}}}
-        context = ssl.create_default_context(cafile=str(self.ca_file))
-        request = urllib.request.Request(self.server + "/api/v1/nodes", data=json.dumps(node).encode(), method="POST",
-                                         headers={"Authorization": f"Bearer {self.identities['admin'].token}",
-                                                  "Content-Type": "application/json"})
-        try:
-            urllib.request.urlopen(request, context=context, timeout=10).close()
-        except urllib.error.HTTPError as exc:
-            if exc.code != 409:
-                raise ControlPlaneError(f"registering node {NODE_NAME}: {exc.code} {exc.read().decode()}") from exc
+        status, answer = self._request("/api/v1/nodes", body=node, timeout=10)
+        if status not in (201, 409):
+            raise ControlPlaneError(f"registering node {NODE_NAME}: {status} {answer}")
 
     def _node_ready(self) -> bool | str:
-        status, body = self._get(f"/api/v1/nodes/{NODE_NAME}")
+        status, body = self._request(f"/api/v1/nodes/{NODE_NAME}")
         if status != 200:
             return f"{status}: {body[-200:]}"
         conditions = json.loads(body).get("status", {}).get("conditions") or []
         return True if any(c["type"] == "Ready" and c["status"] == "True" for c in conditions) else str(conditions)
 
     def _default_service_account(self) -> bool | str:
-        status, _ = self._get("/api/v1/namespaces/default/serviceaccounts/default")
+        status, _ = self._request("/api/v1/namespaces/default/serviceaccounts/default")
         return True if status == 200 else f"{status}"
 
     def start(self) -> ControlPlane:
